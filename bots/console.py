@@ -1,0 +1,172 @@
+"""Terminal adapter: lines from stdin in, answers on stdout (streamed on a terminal)."""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TextIO
+
+from core.app import Core
+from core.types import (
+    Attachment,
+    AttachmentKind,
+    ChatRef,
+    IncomingMessage,
+    Reply,
+    ReplyKind,
+    Sender,
+)
+
+PLATFORM = "console"
+
+
+def _file_attachment(path: Path, kind: AttachmentKind) -> Attachment:
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+    async def fetch() -> bytes:
+        return await asyncio.to_thread(path.read_bytes)
+
+    return Attachment(
+        kind=kind, mime=mime, size=path.stat().st_size, filename=path.name, fetch=fetch
+    )
+
+
+def to_incoming(line: str, chat: str, user: str) -> IncomingMessage | str:
+    """A console line as a neutral message, or a one-line error for the person."""
+    text = line.rstrip("\n")
+    attachments: tuple[Attachment, ...] = ()
+    head, _, rest = text.strip().partition(" ")
+    head = head.lower()
+    if head in ("/voice", "/translate"):
+        if not rest.strip():
+            return f"Usage: {head} PATH_TO_AUDIO_FILE"
+        path = Path(rest.strip()).expanduser()
+        if not path.is_file():
+            return f"No such file: {path}"
+        attachments = (_file_attachment(path, AttachmentKind.AUDIO),)
+        text = "/translate" if head == "/translate" else ""
+    elif head == "/edit":
+        path_text, _, instruction = rest.strip().partition(" ")
+        path = Path(path_text).expanduser()
+        if not path_text or not path.is_file():
+            return "Usage: /edit PATH_TO_IMAGE INSTRUCTION"
+        attachments = (_file_attachment(path, AttachmentKind.IMAGE),)
+        text = f"/edit {instruction}"
+    return IncomingMessage(
+        chat=ChatRef(PLATFORM, chat),
+        sender=Sender(id=user, name=user),
+        event_key=f"{PLATFORM}:{uuid.uuid4()}",
+        text=text,
+        attachments=attachments,
+    )
+
+
+class ConsoleStream:
+    """Prints deltas as they come on a terminal; buffers and prints once when piped."""
+
+    def __init__(self, out: TextIO, live: bool) -> None:
+        self._out = out
+        self._live = live
+        self._parts: list[str] = []
+        self._retracted = False
+
+    async def append(self, delta: str) -> None:
+        """Add text to the answer."""
+        self._parts.append(delta)
+        if self._live and not self._retracted:
+            self._out.write(delta)
+            self._out.flush()
+
+    async def retract(self, notice: str) -> None:
+        """Drop the answer and show the notice instead."""
+        if self._live and self._parts:
+            self._out.write("\n")
+        self._parts = []
+        self._out.write(f"[{notice}]\n")
+        self._out.flush()
+        self._retracted = True
+
+    def finish(self) -> None:
+        """End the answer with a newline (printing it now when buffered)."""
+        if self._retracted:
+            return
+        text = "".join(self._parts)
+        if self._live:
+            self._out.write("\n")
+        elif text:
+            self._out.write(text + "\n")
+        self._out.flush()
+
+
+class ConsoleSink:
+    """Reply sink writing to a text stream; images go to files whose path is printed."""
+
+    def __init__(self, out: TextIO, image_dir: Path, live: bool) -> None:
+        self._out = out
+        self._image_dir = image_dir
+        self._live = live
+
+    async def send(self, reply: Reply) -> None:
+        """Print a complete reply."""
+        if reply.image is not None:
+            self._image_dir.mkdir(parents=True, exist_ok=True)
+            suffix = Path(reply.image_name).suffix or ".png"
+            path = self._image_dir / f"{uuid.uuid4().hex[:12]}{suffix}"
+            await asyncio.to_thread(path.write_bytes, reply.image)
+            self._out.write(f"Image saved to {path.resolve()}\n")
+        elif reply.kind is ReplyKind.ERROR:
+            self._out.write(f"! {reply.text}\n")
+        elif reply.kind is ReplyKind.TRANSCRIPT:
+            self._out.write(f"Transcript: {reply.text}\n")
+        else:
+            self._out.write(reply.text + "\n")
+        self._out.flush()
+
+    @asynccontextmanager
+    async def stream(self) -> AsyncIterator[ConsoleStream]:
+        """A streamed answer."""
+        stream = ConsoleStream(self._out, self._live)
+        try:
+            yield stream
+        finally:
+            stream.finish()
+
+    async def typing(self) -> None:
+        """Nothing to show on a terminal."""
+
+
+async def run_console(
+    core: Core,
+    *,
+    chat: str = "default",
+    user: str = "you",
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> None:
+    """Chat on the terminal until end of input."""
+    src = stdin or sys.stdin
+    out = stdout or sys.stdout
+    interactive = src.isatty() and out.isatty()
+    sink = ConsoleSink(out, Path(core.settings.image_dir), live=out.isatty())
+    if interactive:
+        out.write(f"relaybot console, chat {chat!r}. /help for commands, Ctrl-D to quit.\n")
+    while True:
+        if interactive:
+            out.write("you> ")
+            out.flush()
+        line = await asyncio.to_thread(src.readline)
+        if not line:
+            break
+        if not line.strip():
+            continue
+        msg = to_incoming(line, chat, user)
+        if isinstance(msg, str):
+            out.write(f"! {msg}\n")
+            out.flush()
+            continue
+        await core.service.handle(msg, sink)

@@ -1,0 +1,48 @@
+"""The app's own HTTP server: webhooks (Telegram, Slack) and health checks share it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+ReadyCheck = Callable[[], Awaitable[str | None]]
+
+
+class HttpServer:
+    """An aiohttp server adapters add routes to before `start()`."""
+
+    def __init__(self, host: str, port: int, ready_check: ReadyCheck | None = None) -> None:
+        self.host = host
+        self._requested_port = port
+        self.app = web.Application(client_max_size=32 * 1024 * 1024)
+        self._ready_check = ready_check
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problem = await self._ready_check() if self._ready_check else None
+        if problem:
+            return web.json_response({"status": "unavailable", "reason": problem}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def start(self) -> None:
+        """Listen; port 0 picks a free port (read it from `port`)."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._requested_port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._requested_port
+
+    async def stop(self) -> None:
+        """Stop listening and close connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,69 @@
+"""Builds the core from settings: one HTTP client, one engine, the store and the service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.config import Settings
+from core.db import migrate
+from core.db.store import Store, create_engine
+from core.openai_client import OpenAIClient, build_http_client
+from core.service import ConversationService
+
+log = logging.getLogger("relaybot.app")
+
+
+@dataclass(slots=True)
+class Core:
+    """Everything an adapter needs; created by `open_core`."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    engine: AsyncEngine
+    store: Store
+    client: OpenAIClient
+    service: ConversationService
+
+    async def readiness_problem(self) -> str | None:
+        """None when the database answers and is migrated to head, else what is wrong."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            current = await migrate.current_revision(self.engine)
+        except Exception as exc:  # any driver error means "not ready"
+            return f"database unreachable: {type(exc).__name__}"
+        head = migrate.head_revision()
+        if current != head:
+            return f"database at migration {current}, code expects {head}"
+        return None
+
+
+@asynccontextmanager
+async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> AsyncIterator[Core]:
+    """Open the core; migrates the database first unless told not to."""
+    engine = create_engine(settings.database_url)
+    http = build_http_client(settings)
+    try:
+        if settings.auto_migrate if migrate_db is None else migrate_db:
+            await migrate.upgrade(engine)
+        store = Store(engine)
+        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        client = OpenAIClient(
+            http,
+            base_url=settings.openai_base_url,
+            api_key=api_key,
+            max_retries=settings.max_retries,
+            stream_idle_timeout=settings.stream_idle_timeout,
+        )
+        service = ConversationService(settings, store, client)
+        yield Core(settings, http, engine, store, client, service)
+    finally:
+        await http.aclose()
+        await engine.dispose()

@@ -1,0 +1,62 @@
+"""Moderation of what goes in and what comes out, per the configured policy."""
+
+from __future__ import annotations
+
+from core.config import ModerationPolicy
+from core.errors import ContentRefused
+from core.openai_client import OpenAIClient
+
+WITHHELD_NOTICE = "This answer was withheld because it was flagged by moderation."
+
+
+def describe(categories: tuple[str, ...]) -> str:
+    """Human words for moderation categories ("harassment/threatening" -> "harassment")."""
+    words: list[str] = []
+    for category in categories:
+        word = category.split("/")[0].replace("-", " ").replace("_", " ")
+        if word not in words:
+            words.append(word)
+    return ", ".join(words) or "unsafe content"
+
+
+class Moderator:
+    """Calls the moderation endpoint when the policy asks for it."""
+
+    def __init__(self, client: OpenAIClient, model: str, policy: ModerationPolicy) -> None:
+        self._client = client
+        self._model = model
+        self.policy = policy
+
+    async def flagged(self, texts: list[str]) -> tuple[str, ...]:
+        """Categories flagged across `texts` (empty when all are fine)."""
+        texts = [t for t in texts if t.strip()]
+        if not texts:
+            return ()
+        results = await self._client.moderate(model=self._model, inputs=texts)
+        categories: list[str] = []
+        for result in results:
+            if result.flagged:
+                categories.extend(c for c in result.categories if c not in categories)
+                if not result.categories:
+                    categories.append("unsafe content")
+        return tuple(categories)
+
+    async def check_input(self, *texts: str) -> None:
+        """Raise ContentRefused naming the categories when input is flagged."""
+        if not self.policy.checks_input:
+            return
+        categories = await self.flagged(list(texts))
+        if categories:
+            raise ContentRefused(
+                f"input flagged: {categories}",
+                user_message=(
+                    "Sorry, I can't help with that: your message was flagged by moderation "
+                    f"({describe(categories)}) and was not sent to the model."
+                ),
+            )
+
+    async def output_flagged(self, text: str) -> tuple[str, ...]:
+        """Categories flagged in model output, or () when allowed or not checked."""
+        if not self.policy.checks_output:
+            return ()
+        return await self.flagged([text])

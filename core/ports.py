@@ -1,0 +1,31 @@
+"""Ports: what the core needs from the outside, as structural protocols."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from core.types import Reply
+
+
+class ReplyStream(Protocol):
+    """An answer being written token by token into one platform message (or several)."""
+
+    async def append(self, delta: str) -> None:
+        """Add a piece of text; the sink decides when to flush it to the platform."""
+
+    async def retract(self, notice: str) -> None:
+        """Withdraw what was streamed so far and show `notice` instead (e.g. flagged output)."""
+
+
+class ReplySink(Protocol):
+    """Where the answers to one incoming message go; bound by the adapter to chat + thread."""
+
+    async def send(self, reply: Reply) -> None:
+        """Deliver a complete reply (text, notice, image)."""
+
+    def stream(self) -> AbstractAsyncContextManager[ReplyStream]:
+        """Open a streamed answer; leaving the context finalises it."""
+
+    async def typing(self) -> None:
+        """Show that the bot is working (a no-op where the platform has no such signal)."""

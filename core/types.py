@@ -1,0 +1,91 @@
+"""Neutral message types shared by the core and every platform adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRef:
+    """Where a conversation lives: platform, chat and (optional) thread or topic."""
+
+    platform: str
+    chat_id: str
+    thread_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable string naming this conversation in the database."""
+        base = f"{self.platform}:{self.chat_id}"
+        return f"{base}:{self.thread_id}" if self.thread_id else base
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sent a message."""
+
+    id: str
+    name: str = ""
+    is_bot: bool = False
+
+
+class AttachmentKind(StrEnum):
+    """What an attachment holds, as far as the core cares."""
+
+    AUDIO = "audio"
+    IMAGE = "image"
+    FILE = "file"
+
+
+Fetch = Callable[[], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file the adapter can download on demand; the core calls `fetch` only when needed."""
+
+    kind: AttachmentKind
+    mime: str
+    size: int | None
+    filename: str
+    fetch: Fetch
+    duration_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """One platform event turned neutral; `event_key` is unique per platform delivery."""
+
+    chat: ChatRef
+    sender: Sender
+    event_key: str
+    text: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    is_direct: bool = True
+    addressed_to_bot: bool = True
+    platform_message_id: str | None = None
+    # Text of the message this one replies to (e.g. a quoted bot answer), for context only.
+    reply_to_text: str | None = None
+
+
+class ReplyKind(StrEnum):
+    """Why the core sends a reply, so sinks can format notices differently from answers."""
+
+    ANSWER = "answer"
+    NOTICE = "notice"
+    ERROR = "error"
+    TRANSCRIPT = "transcript"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete reply: text, an image, or both (the text then is the caption)."""
+
+    text: str = ""
+    kind: ReplyKind = ReplyKind.ANSWER
+    image: bytes | None = None
+    image_mime: str = "image/png"
+    image_name: str = "image.png"
+    extras: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,86 @@
+"""Shared fixtures: the fake OpenAI server and a real core on a real database."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# tiktoken downloads its BPE files; offline we point it at the shared, hash-checked copy.
+_shared_cache = REPO.parent / "shared" / "tiktoken-cache"
+if "TIKTOKEN_CACHE_DIR" not in os.environ and _shared_cache.is_dir():
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(_shared_cache)
+
+from core.app import Core, open_core  # noqa: E402
+from core.config import Settings  # noqa: E402
+from core.testing.fake_openai import FakeOpenAI  # noqa: E402
+
+POSTGRES_URL = os.environ.get("RELAYBOT_TEST_POSTGRES_URL")
+
+
+def database_params() -> list[object]:
+    """SQLite always; PostgreSQL when RELAYBOT_TEST_POSTGRES_URL is set."""
+    params: list[object] = ["sqlite"]
+    params.append(
+        pytest.param(
+            "postgres",
+            marks=pytest.mark.skipif(not POSTGRES_URL, reason="RELAYBOT_TEST_POSTGRES_URL unset"),
+        )
+    )
+    return params
+
+
+async def reset_postgres(url: str) -> None:
+    """Drop every table so each test starts from an empty PostgreSQL database."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP SCHEMA public CASCADE"))
+            await conn.execute(text("CREATE SCHEMA public"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=database_params())
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind."""
+    if request.param == "postgres":
+        assert POSTGRES_URL
+        await reset_postgres(POSTGRES_URL)
+        return POSTGRES_URL
+    return f"sqlite+aiosqlite:///{tmp_path / 'relaybot.db'}"
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server on 127.0.0.1, in the test's event loop."""
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(database_url: str, fake_openai: FakeOpenAI, tmp_path: Path) -> Settings:
+    """Settings pointing the core at the fake server and the test database."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        openai_api_key="sk-test-not-a-real-key",
+        openai_base_url=fake_openai.base_url,
+        database_url=database_url,
+        image_dir=str(tmp_path / "images"),
+        max_retries=1,
+    )
+
+
+@pytest.fixture
+async def core(settings: Settings) -> AsyncIterator[Core]:
+    """A real core: migrated database, HTTP client, store and service."""
+    async with open_core(settings) as opened:
+        yield opened

@@ -6,7 +6,7 @@ import base64
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from core.errors import BadInput, ContextTooLong, RelaybotError
 from core.locks import ChatLocks
 from core.moderation import WITHHELD_NOTICE, Moderator
 from core.openai_client import OpenAIClient, Usage
-from core.ports import ReplySink
+from core.ports import ReplySink, ReplyStream
 from core.tokens import PER_MESSAGE_TOKENS, PER_NAME_TOKENS, context_window, counter_for
 from core.trimming import Budget, fit_newest
 from core.types import Attachment, AttachmentKind, IncomingMessage, Reply, ReplyKind
@@ -99,13 +99,22 @@ class ConversationService:
     async def handle(self, msg: IncomingMessage, sink: ReplySink) -> bool:
         """Process one message; False when it was a redelivery and nothing was done."""
         started = time.perf_counter()
-        event_id = await self.store.record_inbound(msg.event_key, msg.chat.key, msg.sender.id)
+        # The place in the chat's queue is taken before the first await: arrival order holds.
+        ticket = self.locks.reserve(msg.chat.key)
+        try:
+            event_id = await self.store.record_inbound(
+                msg.event_key, msg.chat.key, msg.sender.id
+            )
+        except BaseException:
+            ticket.release()
+            raise
         if event_id is None:
+            ticket.release()
             log.info("duplicate event dropped", extra={"chat": msg.chat.key})
             return False
         outcome = "done"
         try:
-            async with self.locks.hold(msg.chat.key):
+            async with ticket:
                 await self._process(msg, sink)
         except RelaybotError as err:
             outcome = "failed"
@@ -221,13 +230,12 @@ class ConversationService:
         ).history_tokens
         image_parts = [await self._image_part(a) for a in images]
         await sink.typing()
-        try:
-            messages = await self._request_messages(msg.chat.key, system, model, budget)
-            answer = await self._stream_answer(sink, model, messages, image_parts, msg)
-        except ContextTooLong:
-            # The provider counts differently from us (or the override is wrong): trim harder once.
-            messages = await self._request_messages(msg.chat.key, system, model, budget // 2)
-            answer = await self._stream_answer(sink, model, messages, image_parts, msg)
+        messages = await self._request_messages(msg.chat.key, system, model, budget)
+
+        async def trim_harder() -> list[dict[str, Any]]:
+            return await self._request_messages(msg.chat.key, system, model, budget // 2)
+
+        answer = await self._stream_answer(sink, model, messages, image_parts, msg, trim_harder)
         if answer is None:
             return
         usage = answer.usage or Usage(
@@ -288,22 +296,20 @@ class ConversationService:
         messages: list[dict[str, Any]],
         image_parts: list[dict[str, Any]],
         msg: IncomingMessage,
+        trim_harder: Callable[[], Awaitable[list[dict[str, Any]]]],
     ) -> _Answer | None:
-        if image_parts and messages[-1]["role"] == "user":
-            last = dict(messages[-1])
-            last["content"] = [{"type": "text", "text": last["content"]}, *image_parts]
-            messages = [*messages[:-1], last]
         answer = _Answer()
         async with sink.stream() as stream:
             try:
-                async for delta in self.client.chat_stream(
-                    model=model, messages=messages, max_tokens=self.settings.reply_tokens
-                ):
-                    if delta.text:
-                        answer.text += delta.text
-                        await stream.append(delta.text)
-                    if delta.usage is not None:
-                        answer.usage = delta.usage
+                try:
+                    await self._stream_into(stream, answer, model, messages, image_parts)
+                except ContextTooLong:
+                    if answer.text:
+                        raise
+                    # The provider counts differently from us (or the override is wrong):
+                    # trim harder once before giving up.
+                    messages = await trim_harder()
+                    await self._stream_into(stream, answer, model, messages, image_parts)
             except RelaybotError as err:
                 if not answer.text:
                     raise
@@ -342,6 +348,27 @@ class ConversationService:
                 )
                 return None
         return answer
+
+    async def _stream_into(
+        self,
+        stream: ReplyStream,
+        answer: _Answer,
+        model: str,
+        messages: list[dict[str, Any]],
+        image_parts: list[dict[str, Any]],
+    ) -> None:
+        if image_parts and messages[-1]["role"] == "user":
+            last = dict(messages[-1])
+            last["content"] = [{"type": "text", "text": last["content"]}, *image_parts]
+            messages = [*messages[:-1], last]
+        async for delta in self.client.chat_stream(
+            model=model, messages=messages, max_tokens=self.settings.reply_tokens
+        ):
+            if delta.text:
+                answer.text += delta.text
+                await stream.append(delta.text)
+            if delta.usage is not None:
+                answer.usage = delta.usage
 
     # -- audio ----------------------------------------------------------------------------
     async def _transcribe(

@@ -1,0 +1,651 @@
+"""A thin typed client for OpenAI-compatible REST endpoints, over the app's one httpx client.
+
+Every failure leaves this module as one of `core.errors`; transient ones (429 without
+`insufficient_quota`, 5xx, connect errors, timeouts) are retried first. The API key is sent
+only to URLs under `base_url` and never appears in exception text or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from core.config import Settings
+from core.errors import (
+    AuthFailed,
+    BadInput,
+    ConfigError,
+    ContentRefused,
+    ContextTooLong,
+    QuotaExhausted,
+    RateLimited,
+    RelaybotError,
+    UpstreamDown,
+)
+
+log = logging.getLogger(__name__)
+
+_CONTEXT_MESSAGE = re.compile(
+    r"context[ _]length|maximum context|context window|context size|too many tokens", re.I
+)
+_TPM_TOO_LARGE = re.compile(r"request too large", re.I)
+_REFUSAL_TAGS = ("content_policy", "moderation_blocked", "content_filter", "safety")
+_SECRET_PATTERNS = (
+    re.compile(r"sk-[A-Za-z0-9_\-*]{4,}"),
+    re.compile(r"(?i)bearer\s+\S+"),
+    re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@"),  # user:password@ in URLs
+)
+_AUDIO_MIME = {
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "mp4": "audio/mp4",
+    "mpeg": "audio/mpeg",
+    "mpga": "audio/mpeg",
+    "m4a": "audio/mp4",
+    "ogg": "audio/ogg",
+    "wav": "audio/wav",
+    "webm": "audio/webm",
+}
+# Names platforms give audio whose format the endpoint knows under another extension.
+_AUDIO_ALIASES = {"oga": "ogg", "opus": "ogg", "wave": "wav", "mp4a": "m4a"}
+_IMAGE_MIME = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens a request consumed, as the endpoint reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """A complete (non-streamed) chat answer."""
+
+    text: str
+    usage: Usage | None
+    finish_reason: str | None
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatDelta:
+    """One piece of a streamed answer; the last one carries usage and no text."""
+
+    text: str
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationResult:
+    """The verdict on one moderated input: flagged, and the names of the categories hit."""
+
+    flagged: bool
+    categories: tuple[str, ...]
+
+
+def build_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The app's shared httpx client, with timeouts, pool size and proxy from `settings`."""
+    timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
+    limits = httpx.Limits(
+        max_connections=settings.max_connections,
+        max_keepalive_connections=min(20, settings.max_connections),
+    )
+    return httpx.AsyncClient(timeout=timeout, limits=limits, proxy=settings.http_proxy or None)
+
+
+class _UnsupportedMaxTokens(BadInput):
+    """The model wants `max_completion_tokens` instead of `max_tokens` (or the reverse)."""
+
+
+class OpenAIClient:
+    """Chat, transcription, images, moderation and model listing against one endpoint."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str | None,
+        max_retries: int = 2,
+        stream_idle_timeout: float = 60.0,
+        max_retry_wait: float = 30.0,
+        retry_base_delay: float = 0.5,
+    ) -> None:
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key or None
+        self._max_retries = max(0, max_retries)
+        self._idle_timeout = stream_idle_timeout
+        self._max_retry_wait = max_retry_wait
+        self._retry_base_delay = retry_base_delay
+        host = urlsplit(self._base_url).hostname or ""
+        # OpenAI's reasoning models reject `max_tokens`; other servers may only know it.
+        self._token_param = (
+            "max_completion_tokens" if host.endswith("openai.com") else "max_tokens"
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIClient(base_url={self._base_url!r})"
+
+    # -- public API --------------------------------------------------------------------
+    async def chat(
+        self, *, model: str, messages: list[dict[str, Any]], max_tokens: int | None = None
+    ) -> ChatResult:
+        """One chat completion, waited for in full."""
+        body = self._chat_body(model, messages, max_tokens)
+        try:
+            payload = await self._request_json("POST", "/chat/completions", json_body=body)
+        except _UnsupportedMaxTokens:
+            self._swap_token_param()
+            body = self._chat_body(model, messages, max_tokens)
+            payload = await self._request_json("POST", "/chat/completions", json_body=body)
+        return _parse_chat(payload, model)
+
+    async def chat_stream(
+        self, *, model: str, messages: list[dict[str, Any]], max_tokens: int | None = None
+    ) -> AsyncGenerator[ChatDelta, None]:
+        """Stream a chat completion: text deltas, then one delta carrying the usage."""
+        attempt = 0
+        swapped = False
+        while True:
+            body = self._chat_body(model, messages, max_tokens)
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+            yielded = False
+            try:
+                # aclosing: if our consumer stops early, the HTTP response is closed right away.
+                async with aclosing(self._stream_once(body)) as deltas:
+                    async for delta in deltas:
+                        yielded = True
+                        yield delta
+                return
+            except _UnsupportedMaxTokens:
+                if swapped:
+                    raise
+                swapped = True
+                self._swap_token_param()
+            except (RateLimited, UpstreamDown) as err:
+                # Once text reached the person a retry would repeat it: fail instead.
+                delay = None if yielded else self._retry_delay(attempt, err)
+                if delay is None:
+                    raise
+                attempt += 1
+                self._log_retry("chat stream", err, attempt, delay)
+                await asyncio.sleep(delay)
+
+    async def transcribe(
+        self,
+        *,
+        model: str,
+        audio: bytes,
+        filename: str,
+        translate: bool = False,
+        language: str | None = None,
+    ) -> str:
+        """Speech to text; with `translate`, to English text."""
+        if not audio:
+            raise BadInput("empty audio", user_message="That audio message is empty.")
+        name, mime = _audio_upload(filename, audio)
+        data = {"model": model, "response_format": "json"}
+        if language and not translate:
+            data["language"] = language
+        path = "/audio/translations" if translate else "/audio/transcriptions"
+        payload = await self._request_json(
+            "POST", path, data=data, files={"file": (name, audio, mime)}
+        )
+        text = payload.get("text") if isinstance(payload, dict) else None
+        if not isinstance(text, str):
+            raise UpstreamDown(f"{path}: no text in the response")
+        return text.strip()
+
+    async def generate_image(self, *, model: str, prompt: str, size: str = "1024x1024") -> bytes:
+        """Create an image from a prompt; returns the image file's bytes."""
+        body = {"model": model, "prompt": prompt, "size": size, "n": 1}
+        payload = await self._request_json("POST", "/images/generations", json_body=body)
+        return await self._image_bytes(payload, "/images/generations")
+
+    async def edit_image(
+        self, *, model: str, image: bytes, filename: str, prompt: str, size: str = "1024x1024"
+    ) -> bytes:
+        """Change an image as the prompt says; returns the new image file's bytes."""
+        if not image:
+            raise BadInput("empty image", user_message="That image is empty.")
+        name, mime = _image_upload(filename, image)
+        data = {"model": model, "prompt": prompt, "size": size, "n": "1"}
+        payload = await self._request_json(
+            "POST", "/images/edits", data=data, files={"image": (name, image, mime)}
+        )
+        return await self._image_bytes(payload, "/images/edits")
+
+    async def moderate(self, *, model: str, inputs: list[str]) -> list[ModerationResult]:
+        """Classify texts; one result per input, in order."""
+        if not inputs:
+            return []
+        body = {"model": model, "input": inputs}
+        payload = await self._request_json("POST", "/moderations", json_body=body)
+        results = payload.get("results") if isinstance(payload, dict) else None
+        if not isinstance(results, list) or len(results) != len(inputs):
+            raise UpstreamDown("/moderations: malformed response")
+        parsed = []
+        for item in results:
+            categories = item.get("categories") if isinstance(item, dict) else None
+            hit = (
+                tuple(name for name, on in categories.items() if on is True)
+                if isinstance(categories, dict)
+                else ()
+            )
+            flagged = bool(item.get("flagged")) if isinstance(item, dict) else False
+            parsed.append(ModerationResult(flagged=flagged, categories=hit))
+        return parsed
+
+    async def list_models(self) -> list[str]:
+        """The model ids the endpoint offers, sorted."""
+        payload = await self._request_json("GET", "/models")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise UpstreamDown("/models: malformed response")
+        return sorted(
+            str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)
+        )
+
+    # -- requests and retries ----------------------------------------------------------
+    def _url(self, path: str) -> str:
+        return self._base_url + path
+
+    def _headers(self, url: str | None = None) -> dict[str, str]:
+        # The key goes only to our endpoint, never to e.g. an image URL on a CDN.
+        if self._api_key is None or (url is not None and not self._under_base(url)):
+            return {}
+        return {"Authorization": f"Bearer {self._api_key}"}
+
+    def _under_base(self, url: str) -> bool:
+        return url == self._base_url or url.startswith(self._base_url + "/")
+
+    def _chat_body(
+        self, model: str, messages: list[dict[str, Any]], max_tokens: int | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        if max_tokens is not None:
+            body[self._token_param] = max_tokens
+        return body
+
+    def _swap_token_param(self) -> None:
+        self._token_param = (
+            "max_tokens"
+            if self._token_param == "max_completion_tokens"
+            else "max_completion_tokens"
+        )
+
+    async def _request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: Mapping[str, str] | None = None,
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+    ) -> Any:
+        response = await self._send(
+            method, self._url(path), where=path, json_body=json_body, data=data, files=files
+        )
+        try:
+            return response.json()
+        except ValueError:
+            raise UpstreamDown(f"{path}: the response is not JSON") from None
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        where: str,
+        json_body: Any = None,
+        data: Mapping[str, str] | None = None,
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+        follow_redirects: bool = False,
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            err: RelaybotError
+            try:
+                response = await self._http.request(
+                    method,
+                    url,
+                    json=json_body,
+                    data=data,
+                    files=files,
+                    headers=self._headers(url),
+                    follow_redirects=follow_redirects,
+                )
+            except httpx.TimeoutException as exc:
+                err = UpstreamDown(f"{where}: timed out ({type(exc).__name__})")
+            except httpx.TransportError as exc:
+                err = UpstreamDown(f"{where}: {type(exc).__name__}: {self._scrub(str(exc))}")
+            else:
+                if response.is_success:
+                    return response
+                err = self._error_from_response(response, where)
+            delay = self._retry_delay(attempt, err)
+            if delay is None:
+                raise err
+            attempt += 1
+            self._log_retry(where, err, attempt, delay)
+            await asyncio.sleep(delay)
+
+    def _retry_delay(self, attempt: int, err: RelaybotError) -> float | None:
+        """Seconds to wait before retrying after `err`, or None to give up."""
+        if not isinstance(err, (RateLimited, UpstreamDown)) or attempt >= self._max_retries:
+            return None
+        hint = err.retry_after if isinstance(err, RateLimited) else None
+        if hint is not None:
+            # Waiting longer than this keeps the person staring at nothing: fail and say so.
+            return None if hint > self._max_retry_wait else max(0.0, hint)
+        backoff = self._retry_base_delay * (2.0**attempt)
+        return min(self._max_retry_wait, backoff * random.uniform(0.5, 1.0))
+
+    @staticmethod
+    def _log_retry(where: str, err: RelaybotError, attempt: int, delay: float) -> None:
+        log.warning(
+            "%s failed (%s); retry %d in %.2f s", where, type(err).__name__, attempt, delay
+        )
+
+    async def _image_bytes(self, payload: Any, where: str) -> bytes:
+        data = payload.get("data") if isinstance(payload, dict) else None
+        item = data[0] if isinstance(data, list) and data else None
+        if not isinstance(item, dict):
+            raise UpstreamDown(f"{where}: no image in the response")
+        if isinstance(item.get("b64_json"), str):
+            try:
+                return base64.b64decode(item["b64_json"], validate=True)
+            except (binascii.Error, ValueError):
+                raise UpstreamDown(f"{where}: the image is not valid base64") from None
+        if isinstance(item.get("url"), str):
+            response = await self._send(
+                "GET", item["url"], where=f"{where} (download)", follow_redirects=True
+            )
+            return response.content
+        raise UpstreamDown(f"{where}: no image in the response")
+
+    # -- streaming ---------------------------------------------------------------------
+    async def _stream_once(self, body: dict[str, Any]) -> AsyncGenerator[ChatDelta, None]:
+        where = "/chat/completions (stream)"
+        url = self._url("/chat/completions")
+        done = False
+        try:
+            async with aconnect_sse(
+                self._http, "POST", url, json=body, headers=self._headers(url)
+            ) as source:
+                response = source.response
+                if not response.is_success:
+                    await response.aread()
+                    raise self._error_from_response(response, where)
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    # Some servers ignore `stream`; a whole answer is still an answer.
+                    await response.aread()
+                    try:
+                        result = _parse_chat(response.json(), str(body["model"]))
+                    except ValueError:
+                        raise UpstreamDown(f"{where}: the response is not JSON") from None
+                    yield ChatDelta(result.text, result.usage, result.finish_reason)
+                    return
+                events = source.aiter_sse()
+                try:
+                    while True:
+                        try:
+                            async with asyncio.timeout(self._idle_timeout):
+                                event = await anext(events)
+                        except StopAsyncIteration:
+                            break
+                        except TimeoutError:
+                            raise UpstreamDown(
+                                f"{where}: no data for {self._idle_timeout:g} s"
+                            ) from None
+                        if not event.data:
+                            continue
+                        if event.data.strip() == "[DONE]":
+                            done = True
+                            break
+                        try:
+                            chunk = json.loads(event.data)
+                        except ValueError:
+                            raise UpstreamDown(f"{where}: malformed data line") from None
+                        if not isinstance(chunk, dict):
+                            raise UpstreamDown(f"{where}: malformed data line")
+                        if "error" in chunk or event.event == "error":
+                            raise self._error_from_payload(None, chunk, where, None)
+                        delta = _parse_chunk(chunk)
+                        if delta is not None:
+                            yield delta
+                finally:
+                    await events.aclose()
+        except httpx.TimeoutException as exc:
+            raise UpstreamDown(f"{where}: timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            detail = self._scrub(str(exc))
+            raise UpstreamDown(f"{where}: stream cut ({type(exc).__name__}: {detail})") from None
+        if not done:
+            raise UpstreamDown(f"{where}: stream cut (ended without [DONE])")
+
+    # -- error mapping -----------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        for pattern in _SECRET_PATTERNS:
+            text = pattern.sub("***", text)
+        return text[:500]
+
+    def _error_from_response(self, response: httpx.Response, where: str) -> RelaybotError:
+        try:
+            payload: Any = response.json()
+        except ValueError:
+            payload = None
+        if payload is None:
+            payload = {"message": response.text[:300] or response.reason_phrase}
+        return self._error_from_payload(
+            response.status_code, payload, where, _retry_after(response.headers)
+        )
+
+    def _error_from_payload(
+        self, status: int | None, payload: Any, where: str, retry_after: float | None
+    ) -> RelaybotError:
+        """Map an error (an HTTP status and body, or a mid-stream error object) to our errors."""
+        error = _error_object(payload)
+        code = str(error.get("code") or "")
+        etype = str(error.get("type") or "")
+        param = str(error.get("param") or "")
+        message = self._scrub(str(error.get("message") or ""))
+        tags = f"{code} {etype}".lower()
+        label = f"HTTP {status}" if status is not None else "error in stream"
+        detail = f"{where}: {label} [{code or etype or '-'}] {message}".rstrip()
+        if status in (401, 403) or (status is None and "invalid_api_key" in tags):
+            return AuthFailed(detail)
+        if "insufficient_quota" in tags or "billing" in tags:
+            return QuotaExhausted(detail)
+        if "context_length_exceeded" in tags:
+            return ContextTooLong(detail)
+        if status == 429 or (status is None and "rate_limit" in tags):
+            if _TPM_TOO_LARGE.search(message):
+                # Over the per-minute token limit in one request: waiting cannot fix it.
+                return ContextTooLong(detail)
+            return RateLimited(detail, retry_after=retry_after)
+        if any(tag in tags for tag in _REFUSAL_TAGS):
+            return ContentRefused(detail)
+        if status is None:
+            if etype == "invalid_request_error":
+                if _CONTEXT_MESSAGE.search(message):
+                    return ContextTooLong(detail)
+                return BadInput(detail)
+            return UpstreamDown(detail)
+        if status >= 500 or status in (408, 409):
+            return UpstreamDown(detail)
+        if _CONTEXT_MESSAGE.search(message):
+            return ContextTooLong(detail)
+        if status == 400 and (param == "max_tokens" or "max_completion_tokens" in message):
+            return _UnsupportedMaxTokens(detail)
+        if status == 404 and "model" in tags:
+            return ConfigError(detail)
+        return BadInput(detail)
+
+
+# -- parsing helpers -------------------------------------------------------------------
+def _error_object(payload: Any) -> dict[str, Any]:
+    """The error dict inside OpenAI's, Ollama's or vLLM's error bodies."""
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict):
+            return error
+        if isinstance(error, str):
+            return {"message": error}
+        if "message" in payload:
+            return payload
+        if "detail" in payload:
+            return {"message": str(payload["detail"])}
+    return {"message": str(payload)[:300]}
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds the server asked us to wait, from `retry-after-ms` or `retry-after`."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _parse_usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+        cached_tokens=int(cached or 0),
+    )
+
+
+def _parse_chat(payload: Any, model: str) -> ChatResult:
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamDown("/chat/completions: no choices in the response")
+    choice = choices[0]
+    message = choice.get("message")
+    text = ""
+    if isinstance(message, dict):
+        text = message.get("content") or message.get("refusal") or ""
+    finish = choice.get("finish_reason")
+    return ChatResult(
+        text=str(text),
+        usage=_parse_usage(payload.get("usage")),
+        finish_reason=str(finish) if finish is not None else None,
+        model=str(payload.get("model") or model),
+    )
+
+
+def _parse_chunk(chunk: dict[str, Any]) -> ChatDelta | None:
+    text = ""
+    finish: str | None = None
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        delta = choices[0].get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            text = delta["content"]
+        if choices[0].get("finish_reason") is not None:
+            finish = str(choices[0]["finish_reason"])
+    usage = _parse_usage(chunk.get("usage"))
+    if not text and finish is None and usage is None:
+        return None
+    return ChatDelta(text=text, usage=usage, finish_reason=finish)
+
+
+def _extension(filename: str) -> str:
+    name = filename.rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def _stem(filename: str, fallback: str) -> str:
+    name = filename.rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return stem or fallback
+
+
+def _sniff_audio(audio: bytes) -> str | None:
+    head = audio[:16]
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return "wav"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "webm"
+    if head[4:8] == b"ftyp":
+        return "m4a"
+    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "mp3"
+    return None
+
+
+def _audio_upload(filename: str, audio: bytes) -> tuple[str, str]:
+    """A file name the endpoint accepts (it judges format by extension) and its MIME type."""
+    ext = _extension(filename)
+    ext = _AUDIO_ALIASES.get(ext, ext)
+    if ext not in _AUDIO_MIME:
+        sniffed = _sniff_audio(audio)
+        if sniffed is None:
+            raise BadInput(
+                f"unsupported audio format: {filename!r}",
+                user_message="I can't read that audio format.",
+            )
+        ext = sniffed
+    return f"{_stem(filename, 'audio')}.{ext}", _AUDIO_MIME[ext]
+
+
+def _image_upload(filename: str, image: bytes) -> tuple[str, str]:
+    """A file name and MIME type that match what the image bytes really are."""
+    if image.startswith(b"\x89PNG\r\n\x1a\n"):
+        ext = "png"
+    elif image.startswith(b"\xff\xd8\xff"):
+        ext = "jpg"
+    elif image[:4] == b"RIFF" and image[8:12] == b"WEBP":
+        ext = "webp"
+    else:
+        ext = _extension(filename)
+        if ext not in _IMAGE_MIME:
+            raise BadInput(
+                f"unsupported image format: {filename!r}",
+                user_message="I can only edit PNG, JPEG or WebP images.",
+            )
+    return f"{_stem(filename, 'image')}.{ext}", _IMAGE_MIME[ext]

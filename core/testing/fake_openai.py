@@ -1,0 +1,569 @@
+"""A fake OpenAI-compatible endpoint over real HTTP, for relaybot's tests and for yours.
+
+Start it with `async with FakeOpenAI() as fake:` (same event loop) or `with FakeOpenAI() as fake:`
+(its own thread), then point a client at `fake.base_url`. Knobs are plain attributes and
+methods; they may be changed from the test's thread while the server runs in another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import inspect
+import json
+import math
+import re
+import struct
+import threading
+import time
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from core.testing.server import FakeServer, RecordedRequest
+
+Messages = list[dict[str, Any]]
+ReplyFn = Callable[[Messages], str | Awaitable[str]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DEFAULT_TRANSCRIPT = (
+    "hello, this is a voice note for relay bot. what is the weather like in lisbon?"
+)
+DEFAULT_MODELS = [
+    "gpt-4o-mini",
+    "gpt-4o",
+    "whisper-1",
+    "gpt-4o-mini-transcribe",
+    "gpt-image-1",
+    "omni-moderation-latest",
+]
+AUDIO_EXTENSIONS = frozenset({"flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "wav", "webm"})
+MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MAX_AUDIO_BYTES = 25 * 1024 * 1024
+
+
+def make_png(width: int, height: int, rgb: tuple[int, int, int] = (80, 140, 220)) -> bytes:
+    """A valid solid-colour RGB PNG, built with zlib and struct only."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+    row = b"\x00" + bytes(rgb) * width  # filter byte 0, then the pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        PNG_SIGNATURE
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height, 6))
+        + chunk(b"IEND", b"")
+    )
+
+
+def message_text(content: Any) -> str:
+    """The text of a chat message's content: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        ]
+        return " ".join(parts)
+    return ""
+
+
+def echo_reply(messages: Messages) -> str:
+    """The default reply: "echo: " and the text of the last user message."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return "echo: " + message_text(message.get("content"))
+    return "echo: "
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> Any:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _error(
+    status: int,
+    message: str,
+    *,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.json_response(
+        _error_body(message, type_, code, param), status=status, headers=headers
+    )
+
+
+@dataclass(slots=True)
+class _Failure:
+    status: int
+    code: str | None
+    message: str
+    type: str
+    retry_after: float | None
+    times: int
+    path: str | None
+
+
+class FakeOpenAI(FakeServer):
+    """An OpenAI-compatible server: chat (JSON and SSE), audio, images, moderations, models."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply: ReplyFn = echo_reply
+        self.transcript: str = DEFAULT_TRANSCRIPT
+        self.translation: str = DEFAULT_TRANSCRIPT
+        self.flag_words: dict[str, list[str]] = {"FLAGME": ["violence"]}
+        self.models: list[str] = list(DEFAULT_MODELS)
+        self.chunk_delay: float = 0.0
+        self.cut_stream_after: int | None = None
+        self.error_mid_stream: dict[str, Any] | None = None
+        # When set, requests must carry "Authorization: Bearer <api_key>" or get a 401.
+        self.api_key: str | None = None
+        # When set, chat prompts longer than this many (rough) tokens get context_length_exceeded.
+        self.context_tokens: int | None = None
+        # "b64_json" (GPT image models) or "url" (the retired DALL·E style, served by this fake).
+        self.image_response_format: str = "b64_json"
+        self._lock = threading.Lock()
+        self._replies: deque[str] = deque()
+        self._failures: list[_Failure] = []
+        self._images: dict[str, bytes] = {}
+
+    # -- knobs -------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """The URL to configure as the OpenAI base URL (ends in /v1)."""
+        return self.url + "/v1"
+
+    def queue_reply(self, text: str) -> None:
+        """Answer the next chat request with `text` (queued replies are used first)."""
+        with self._lock:
+            self._replies.append(text)
+
+    def fail_next(
+        self,
+        status: int,
+        *,
+        code: str | None = None,
+        message: str = "The fake server was told to fail this request.",
+        retry_after: float | None = None,
+        times: int = 1,
+        path: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        """Answer the next `times` requests (whose path ends with `path`, if given) with an error.
+
+        The body has OpenAI's shape {"error": {"message", "type", "param", "code"}}, the type
+        derived from status and code unless `error_type` is given; with `retry_after` the
+        response carries `retry-after-ms` and `retry-after` headers.
+        """
+        if error_type is None:
+            if code == "insufficient_quota":
+                error_type = "insufficient_quota"
+            elif status == 429:
+                error_type = "requests"
+            elif status >= 500:
+                error_type = "server_error"
+            else:
+                error_type = "invalid_request_error"
+        failure = _Failure(status, code, message, error_type, retry_after, times, path)
+        with self._lock:
+            self._failures.append(failure)
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """The JSON bodies of the chat completion requests received so far."""
+        return [r.json for r in self.calls("/chat/completions") if isinstance(r.json, dict)]
+
+    # -- routing -----------------------------------------------------------------------
+    def routes(self, app: web.Application) -> None:
+        """Add the /v1 routes and the image download route."""
+        app.router.add_post("/v1/chat/completions", self._guard(self._chat))
+        app.router.add_post("/v1/audio/transcriptions", self._guard(self._transcribe))
+        app.router.add_post("/v1/audio/translations", self._guard(self._translate))
+        app.router.add_post("/v1/images/generations", self._guard(self._generate_image))
+        app.router.add_post("/v1/images/edits", self._guard(self._edit_image))
+        app.router.add_post("/v1/moderations", self._guard(self._moderate))
+        app.router.add_get("/v1/models", self._guard(self._list_models))
+        app.router.add_get("/files/images/{name}", self._download_image)
+
+    def _guard(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if self.api_key is not None:
+                sent = request.headers.get("Authorization", "")
+                if sent != f"Bearer {self.api_key}":
+                    shown = sent.removeprefix("Bearer ")
+                    masked = f"{shown[:3]}***{shown[-4:]}" if len(shown) > 8 else "***"
+                    return _error(
+                        401,
+                        f"Incorrect API key provided: {masked}. You can find your API key at "
+                        "https://platform.openai.com/account/api-keys.",
+                        code="invalid_api_key",
+                    )
+            failure = self._take_failure(request.path)
+            if failure is not None:
+                headers: dict[str, str] = {}
+                if failure.retry_after is not None:
+                    headers["retry-after-ms"] = str(round(failure.retry_after * 1000))
+                    headers["retry-after"] = str(math.ceil(failure.retry_after))
+                return _error(
+                    failure.status,
+                    failure.message,
+                    type_=failure.type,
+                    code=failure.code,
+                    headers=headers,
+                )
+            return await handler(request)
+
+        return guarded
+
+    def _take_failure(self, path: str) -> _Failure | None:
+        with self._lock:
+            for failure in self._failures:
+                if failure.path is None or path.endswith(failure.path):
+                    failure.times -= 1
+                    if failure.times <= 0:
+                        self._failures.remove(failure)
+                    return failure
+        return None
+
+    @staticmethod
+    def _recorded(request: web.Request) -> RecordedRequest:
+        rec: RecordedRequest = FakeServer.recorded(request)
+        return rec
+
+    # -- chat --------------------------------------------------------------------------
+    async def _next_reply(self, messages: Messages) -> str:
+        with self._lock:
+            queued = self._replies.popleft() if self._replies else None
+        if queued is not None:
+            return queued
+        result = self.reply(messages)
+        if inspect.isawaitable(result):
+            result = await result
+        return str(result)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = self._recorded(request).json
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.")
+        model = body.get("model")
+        messages = body.get("messages")
+        if not isinstance(model, str) or not model:
+            return _error(400, "you must provide a model parameter", param="model")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "'messages' must be a non-empty array", param="messages")
+        prompt_tokens = sum(
+            _words(message_text(m.get("content"))) for m in messages if isinstance(m, dict)
+        )
+        if self.context_tokens is not None and prompt_tokens > self.context_tokens:
+            return _error(
+                400,
+                f"This model's maximum context length is {self.context_tokens} tokens. "
+                f"However, your messages resulted in {prompt_tokens} tokens. "
+                "Please reduce the length of the messages.",
+                code="context_length_exceeded",
+                param="messages",
+            )
+        text = await self._next_reply(messages)
+        finish_reason = "stop"
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and limit > 0 and _words(text) > limit:
+            text = " ".join(text.split()[:limit])
+            finish_reason = "length"
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": _words(text),
+            "total_tokens": prompt_tokens + _words(text),
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        }
+        completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        if body.get("stream"):
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            return await self._chat_stream(
+                request,
+                text=text,
+                model=model,
+                completion_id=completion_id,
+                created=created,
+                finish_reason=finish_reason,
+                usage=usage if include_usage else None,
+            )
+        return web.json_response(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": usage,
+                "system_fingerprint": "fp_fake",
+            }
+        )
+
+    async def _chat_stream(
+        self,
+        request: web.Request,
+        *,
+        text: str,
+        model: str,
+        completion_id: str,
+        created: int,
+        finish_reason: str,
+        usage: dict[str, Any] | None,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+            }
+        )
+        await response.prepare(request)
+        include_usage = usage is not None
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            data: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            if include_usage:
+                data["usage"] = None
+            return data
+
+        async def send(data: Any) -> None:
+            payload = data if isinstance(data, str) else json.dumps(data)
+            await response.write(f"data: {payload}\n\n".encode())
+
+        try:
+            await send(chunk({"role": "assistant", "content": "", "refusal": None}))
+            pieces = re.findall(r"\S+\s*|\s+", text)
+            for sent, piece in enumerate(pieces):
+                if self.cut_stream_after is not None and sent >= self.cut_stream_after:
+                    return self._cut(request, response)
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+                await send(chunk({"content": piece}))
+                if self.error_mid_stream is not None:
+                    error = self.error_mid_stream
+                    await send(error if "error" in error else {"error": error})
+                    await response.write_eof()
+                    return response
+            if self.cut_stream_after is not None:
+                return self._cut(request, response)
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            await send(chunk({}, finish_reason))
+            if usage is not None:
+                last = chunk({})
+                last["choices"] = []
+                last["usage"] = usage
+                await send(last)
+            await send("[DONE]")
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away (e.g. its idle timeout fired); nothing left to do
+        return response
+
+    @staticmethod
+    def _cut(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        # Drop the TCP connection mid-body, as a crashed proxy or upstream would.
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+
+    # -- audio -------------------------------------------------------------------------
+    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
+        return self._audio(request, self.transcript)
+
+    async def _translate(self, request: web.Request) -> web.StreamResponse:
+        return self._audio(request, self.translation)
+
+    def _audio(self, request: web.Request, text: str) -> web.Response:
+        form = self._recorded(request).form
+        upload = form.get("file")
+        if not isinstance(upload, dict):
+            return _error(400, "No file was provided in the 'file' field.", param="file")
+        if not form.get("model"):
+            return _error(400, "you must provide a model parameter", param="model")
+        filename = str(upload.get("filename") or "")
+        ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+        if ext not in AUDIO_EXTENSIONS:
+            supported = ", ".join(f"'{e}'" for e in sorted(AUDIO_EXTENSIONS))
+            return _error(
+                400,
+                f"Invalid file format. Supported formats: [{supported}]",
+                code="invalid_value",
+                param="file",
+            )
+        data = upload.get("data", b"")
+        if len(data) > _MAX_AUDIO_BYTES:
+            return _error(
+                413, f"Maximum content size limit ({_MAX_AUDIO_BYTES}) exceeded.", param="file"
+            )
+        if form.get("response_format") == "text":
+            return web.Response(text=text + "\n", content_type="text/plain")
+        return web.json_response({"text": text})
+
+    # -- images ------------------------------------------------------------------------
+    def _image_result(
+        self, request: web.Request, prompt: str, size: Any, fmt: Any
+    ) -> web.Response:
+        if size in (None, "auto"):
+            size = "1024x1024"
+        match = re.fullmatch(r"(\d{1,4})x(\d{1,4})", str(size))
+        if match is None or not all(0 < int(v) <= 4096 for v in match.groups()):
+            return _error(400, f"Invalid value: '{size}'.", code="invalid_value", param="size")
+        width, height = (int(v) for v in match.groups())
+        digest = hashlib.sha256(prompt.encode()).digest()
+        png = make_png(width, height, (digest[0], digest[1], digest[2]))
+        item: dict[str, Any]
+        if (fmt or self.image_response_format) == "url":
+            name = uuid.uuid4().hex + ".png"
+            with self._lock:
+                self._images[name] = png
+            item = {"url": f"{self.url}/files/images/{name}", "revised_prompt": prompt}
+        else:
+            item = {"b64_json": base64.b64encode(png).decode("ascii")}
+        return web.json_response(
+            {
+                "created": int(time.time()),
+                "data": [item],
+                "usage": {
+                    "input_tokens": _words(prompt),
+                    "output_tokens": 1056,
+                    "total_tokens": _words(prompt) + 1056,
+                },
+            }
+        )
+
+    async def _generate_image(self, request: web.Request) -> web.StreamResponse:
+        body = self._recorded(request).json
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+            return _error(400, "Missing required parameter: 'prompt'.", param="prompt")
+        return self._image_result(
+            request, body["prompt"], body.get("size"), body.get("response_format")
+        )
+
+    async def _edit_image(self, request: web.Request) -> web.StreamResponse:
+        form = self._recorded(request).form
+        upload = form.get("image", form.get("image[]"))
+        if not isinstance(upload, dict):
+            return _error(400, "Missing required parameter: 'image'.", param="image")
+        data: bytes = upload.get("data", b"")
+        is_png = data.startswith(PNG_SIGNATURE)
+        is_jpeg = data.startswith(b"\xff\xd8\xff")
+        is_webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+        if not (is_png or is_jpeg or is_webp):
+            return _error(
+                400,
+                "Invalid image file or mode for image 1, please check your image file.",
+                code="invalid_image_format",
+                param="image",
+            )
+        prompt = form.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            return _error(400, "Missing required parameter: 'prompt'.", param="prompt")
+        return self._image_result(request, prompt, form.get("size"), form.get("response_format"))
+
+    async def _download_image(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            png = self._images.get(request.match_info["name"])
+        if png is None:
+            return web.Response(status=404, text="not found")
+        return web.Response(body=png, content_type="image/png")
+
+    # -- moderation and models ---------------------------------------------------------
+    async def _moderate(self, request: web.Request) -> web.StreamResponse:
+        body = self._recorded(request).json
+        if not isinstance(body, dict) or "input" not in body:
+            return _error(400, "Missing required parameter: 'input'.", param="input")
+        raw = body["input"]
+        inputs: list[str]
+        if isinstance(raw, str):
+            inputs = [raw]
+        elif isinstance(raw, list) and all(isinstance(i, str) for i in raw):
+            inputs = list(raw)
+        elif isinstance(raw, list):
+            inputs = [message_text(raw)]  # one multimodal input made of parts
+        else:
+            return _error(400, "Invalid type for 'input'.", param="input")
+        flag_words = dict(self.flag_words)
+        results = []
+        for text in inputs:
+            hit: set[str] = set()
+            for word, categories in flag_words.items():
+                if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE):
+                    hit.update(categories)
+            results.append(
+                {
+                    "flagged": bool(hit),
+                    "categories": {c: c in hit for c in MODERATION_CATEGORIES},
+                    "category_scores": {
+                        c: (0.97 if c in hit else 0.0001) for c in MODERATION_CATEGORIES
+                    },
+                    "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
+                }
+            )
+        return web.json_response(
+            {
+                "id": "modr-" + uuid.uuid4().hex[:24],
+                "model": str(body.get("model") or "omni-moderation-latest"),
+                "results": results,
+            }
+        )
+
+    async def _list_models(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
+                    for m in list(self.models)
+                ],
+            }
+        )

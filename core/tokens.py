@@ -1,0 +1,181 @@
+"""Token counts and context windows for chat models (OpenAI's cookbook accounting)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+
+import tiktoken
+
+log = logging.getLogger("relaybot.tokens")
+
+PRIMING_TOKENS = 3  # every reply is primed with <|start|>assistant<|message|>
+PER_MESSAGE_TOKENS = 3  # <|start|>, <|message|>, <|end|> around each message
+ROLE_TOKENS = 1  # the role itself ("system", "user", "assistant" are one token each)
+PER_NAME_TOKENS = 1  # a message with a `name` costs one more, plus the name's own tokens
+
+FALLBACK_ENCODING = "o200k_base"
+DEFAULT_CONTEXT_WINDOW = 8_192  # unknown models: small enough for most local servers
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCounter:
+    """Counts tokens of message text for one model; estimates when the BPE file is missing."""
+
+    model: str
+    encoding_name: str
+    exact: bool
+    _encoding: tiktoken.Encoding | None = field(default=None, repr=False, compare=False)
+
+    def count(self, text: str) -> int:
+        """Tokens in `text`; special-token text such as "<|endoftext|>" counts as plain text."""
+        if self._encoding is None:
+            return estimate_tokens(text)
+        return len(self._encoding.encode_ordinary(text))
+
+    def message_cost(self, content_tokens: int, *, has_name: bool = False) -> int:
+        """Tokens one chat message takes in a request: content plus framing (and name)."""
+        cost = content_tokens + PER_MESSAGE_TOKENS + ROLE_TOKENS
+        return cost + PER_NAME_TOKENS if has_name else cost
+
+
+# Pieces roughly as the GPT tokenizers pre-split text: a word with its leading space,
+# one punctuation mark with its leading space, up to three digits, or a run of whitespace.
+_PIECE = re.compile(r" ?[^\W\d_]+| ?(?:[^\w\s]|_)|\d{1,3}|\s+")
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token estimate used when no tokenizer is available.
+
+    It over-counts prose, code, JSON and non-Latin scripts against both o200k_base and
+    cl100k_base (about 1.3-2x), so a request trimmed with it still fits. Random strings
+    such as hashes or base64 can come out a little under.
+    """
+    tokens = 0
+    for match in _PIECE.finditer(text):
+        piece = match.group()
+        if piece.isspace():
+            tokens += 1 + len(piece) // 16
+            continue
+        body = piece.lstrip(" ")
+        if not body.isascii():
+            # Non-Latin scripts and emoji cost about a token per two UTF-8 bytes or more.
+            size = len(body.encode("utf-8", "surrogatepass"))
+            astral = sum(1 for char in body if ord(char) > 0xFFFF)
+            tokens += -(-size // 2) + astral
+        elif not body[0].isalpha():
+            tokens += 1
+        elif len(body) > 1 and not body[1:].islower():
+            tokens += -(-len(body) // 2)  # mixed case (identifiers, base64) splits finely
+        else:
+            tokens += -(-len(body) // 4)
+    return tokens
+
+
+_warned_lock = threading.Lock()
+_warned = False
+
+
+def _warn_estimating(encoding_name: str, error: Exception) -> None:
+    global _warned
+    with _warned_lock:
+        if _warned:
+            return
+        _warned = True
+    log.warning(
+        "Could not load the tiktoken encoding %s (%s: %s); token counts are ESTIMATED "
+        "(over-counted) and less history will fit. Put the tiktoken BPE files in a "
+        "directory and set TIKTOKEN_CACHE_DIR to it.",
+        encoding_name,
+        type(error).__name__,
+        error,
+    )
+
+
+@functools.cache
+def _load_encoding(encoding_name: str) -> tiktoken.Encoding | None:
+    try:
+        return tiktoken.get_encoding(encoding_name)
+    except Exception as error:  # offline without cache, hash mismatch, unreadable cache ...
+        _warn_estimating(encoding_name, error)
+        return None
+
+
+def _normalise(model: str) -> str:
+    # Routers and local servers prefix the vendor ("openai/gpt-4o", "meta-llama/Llama-3.1-8B").
+    return model.strip().rsplit("/", 1)[-1].lower()
+
+
+def _encoding_name(model: str) -> str:
+    for name in (model, _normalise(model)):
+        try:
+            return tiktoken.encoding_name_for_model(name)
+        except KeyError:
+            continue
+    return FALLBACK_ENCODING
+
+
+@functools.lru_cache(maxsize=64)
+def counter_for(model: str) -> TokenCounter:
+    """The token counter for `model`; unknown names use o200k_base, never an error.
+
+    The first call per encoding reads the BPE file (blocking, well under a second from the
+    cache): call it once at start-up rather than in a hot path.
+    """
+    encoding_name = _encoding_name(model)
+    encoding = _load_encoding(encoding_name)
+    return TokenCounter(model, encoding_name, encoding is not None, encoding)
+
+
+# Context windows in tokens, as the vendor documents them; looked up by the longest prefix
+# that ends at a separator, so dated snapshots ("gpt-4o-2024-08-06") and variants
+# ("gpt-4.1-mini") resolve. Self-hosted models are left out on purpose: their window is
+# whatever the server was started with, so they take the conservative default or the
+# configured override.
+CONTEXT_WINDOWS: dict[str, int] = {
+    "gpt-5": 400_000,
+    "gpt-5-chat": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4.5": 128_000,
+    "gpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+    "chatgpt-4o": 128_000,
+    "gpt-4-turbo": 128_000,
+    "gpt-4-1106": 128_000,
+    "gpt-4-0125": 128_000,
+    "gpt-4-vision": 128_000,
+    "gpt-4-32k": 32_768,
+    "gpt-4": 8_192,
+    "gpt-3.5-turbo": 16_385,
+    "gpt-3.5-turbo-0301": 4_096,
+    "gpt-3.5-turbo-0613": 4_096,
+    "gpt-3.5-turbo-instruct": 4_096,
+    "gpt-35-turbo": 16_385,
+    "o1": 200_000,
+    "o1-mini": 128_000,
+    "o1-preview": 128_000,
+    "o3": 200_000,
+    "o3-mini": 200_000,
+    "o4-mini": 200_000,
+}
+
+
+def context_window(model: str, override: int | None = None) -> int:
+    """The context window of `model` in tokens: `override` if given, else the table, else 8192."""
+    if override is not None:
+        if override <= 0:
+            raise ValueError(f"context window override must be positive, got {override}")
+        return override
+    name = _normalise(model)
+    if name.startswith("ft:"):  # fine-tunes: "ft:gpt-4o-mini-2024-07-18:org::id"
+        name = name[3:]
+    matches = [prefix for prefix in CONTEXT_WINDOWS if _has_prefix(name, prefix)]
+    return CONTEXT_WINDOWS[max(matches, key=len)] if matches else DEFAULT_CONTEXT_WINDOW
+
+
+def _has_prefix(name: str, prefix: str) -> bool:
+    # A prefix must end at a separator: "o1" is not "o1x", "gpt-4" is not "gpt-4o".
+    return name.startswith(prefix) and not name[len(prefix) : len(prefix) + 1].isalnum()

@@ -1,0 +1,62 @@
+"""How much chat history fits a model's context window next to the system prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from core.errors import ContextTooLong
+from core.tokens import PER_MESSAGE_TOKENS, PRIMING_TOKENS, ROLE_TOKENS
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """The token budget of one request; `system_tokens` are the system prompt's content tokens."""
+
+    window: int
+    reply_tokens: int
+    system_tokens: int
+
+    @property
+    def history_tokens(self) -> int:
+        """Tokens left for history messages (their costs include per-message overhead)."""
+        system_cost = self.system_tokens + PER_MESSAGE_TOKENS + ROLE_TOKENS
+        return self.window - self.reply_tokens - system_cost - PRIMING_TOKENS
+
+
+def fit_newest(costs_newest_first: Iterable[int], budget: int) -> int:
+    """How many of the newest messages fit `budget`, stopping at the first that does not.
+
+    The newest message is always required: if it alone exceeds the budget, ContextTooLong
+    tells the person their message is too long. If the budget is not positive (the system
+    prompt and reply reserve already fill the window), ContextTooLong says the system prompt
+    is too long. Costs are pulled lazily and never more than one past the last kept message,
+    so a store can feed rows page by page. An empty history gives 0.
+    """
+    if budget <= 0:
+        raise ContextTooLong(
+            f"system prompt and reply reserve leave {budget} tokens for history",
+            user_message=(
+                "The bot's system prompt is too long for the model's context window. "
+                "The operator has been told."
+            ),
+        )
+    used = 0
+    kept = 0
+    for cost in costs_newest_first:
+        if cost < 0:
+            raise ValueError(f"message cost must not be negative, got {cost}")
+        if used + cost > budget:
+            if kept == 0:
+                over = cost - budget
+                raise ContextTooLong(
+                    f"newest message costs {cost} tokens, history budget is {budget}",
+                    user_message=(
+                        "That message is too long for the model (about "
+                        f"{over} tokens over the limit). Please send something shorter."
+                    ),
+                )
+            continue
+        used += cost
+        kept += 1
+    return kept

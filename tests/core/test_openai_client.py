@@ -1,0 +1,474 @@
+"""The OpenAI client against the fake OpenAI server, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from core.config import Settings
+from core.errors import (
+    AuthFailed,
+    BadInput,
+    ContentRefused,
+    ContextTooLong,
+    QuotaExhausted,
+    RateLimited,
+    UpstreamDown,
+)
+from core.openai_client import (
+    ChatDelta,
+    OpenAIClient,
+    Usage,
+    build_http_client,
+)
+from core.testing.fake_openai import DEFAULT_TRANSCRIPT, PNG_SIGNATURE, FakeOpenAI
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+KEY = "sk-test-0123456789abcdef"
+PNG = PNG_SIGNATURE
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        yield client
+
+
+@pytest.fixture
+def client(http: httpx.AsyncClient, fake: FakeOpenAI) -> OpenAIClient:
+    return OpenAIClient(http, base_url=fake.base_url, api_key=KEY, retry_base_delay=0.001)
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+async def collect(client: OpenAIClient, text: str) -> list[ChatDelta]:
+    return [d async for d in client.chat_stream(model="gpt-4o-mini", messages=user(text))]
+
+
+# -- chat ------------------------------------------------------------------------------
+async def test_chat_returns_the_answer_with_usage(client: OpenAIClient, fake: FakeOpenAI) -> None:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "what is relaybot"}]},
+    ]
+    result = await client.chat(model="gpt-4o-mini", messages=messages, max_tokens=50)
+
+    assert result.text == "echo: what is relaybot"
+    assert result.finish_reason == "stop"
+    assert result.model == "gpt-4o-mini"
+    assert result.usage == Usage(prompt_tokens=5, completion_tokens=4)
+    sent = fake.chat_requests()[0]
+    assert sent["messages"] == messages
+    assert sent["max_tokens"] == 50
+    assert "stream" not in sent
+
+
+async def test_streamed_chat_yields_text_then_usage(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.queue_reply("Lisbon is sunny and warm today")
+
+    deltas = await collect(client, "weather in lisbon?")
+
+    assert "".join(d.text for d in deltas) == "Lisbon is sunny and warm today"
+    assert len([d for d in deltas if d.text]) > 1, "the answer arrives in pieces"
+    assert deltas[-1] == ChatDelta(text="", usage=Usage(prompt_tokens=3, completion_tokens=6))
+    assert any(d.finish_reason == "stop" for d in deltas)
+    sent = fake.chat_requests()[0]
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+
+
+async def test_error_mid_stream_after_text_is_raised_without_retry(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.queue_reply("a long answer that breaks")
+    fake.error_mid_stream = {"message": "The server had an error", "type": "server_error"}
+    received: list[str] = []
+
+    with pytest.raises(UpstreamDown) as caught:
+        async for delta in client.chat_stream(model="gpt-4o-mini", messages=user("hi")):
+            received.append(delta.text)
+
+    assert received == ["a "], "the text already shown is not repeated by a retry"
+    assert "server had an error" in str(caught.value)
+    assert len(fake.chat_requests()) == 1
+
+
+async def test_quota_error_mid_stream_maps_to_quota_exhausted(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.error_mid_stream = {
+        "error": {"message": "You exceeded your quota", "type": "insufficient_quota"}
+    }
+    with pytest.raises(QuotaExhausted):
+        await collect(client, "hi")
+
+
+async def test_cut_stream_raises_upstream_down(client: OpenAIClient, fake: FakeOpenAI) -> None:
+    fake.queue_reply("one two three four five")
+    fake.cut_stream_after = 2
+    received: list[str] = []
+
+    with pytest.raises(UpstreamDown, match="stream cut"):
+        async for delta in client.chat_stream(model="gpt-4o-mini", messages=user("hi")):
+            received.append(delta.text)
+
+    assert "".join(received) == "one two "
+
+
+async def test_stream_that_stalls_raises_upstream_down(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    client = OpenAIClient(
+        http, base_url=fake.base_url, api_key=KEY, stream_idle_timeout=0.02, max_retries=0
+    )
+    fake.queue_reply("slow")
+    fake.chunk_delay = 0.2
+
+    started = time.monotonic()
+    with pytest.raises(UpstreamDown, match="no data"):
+        await collect(client, "hi")
+    assert time.monotonic() - started < 0.15
+
+
+async def test_stream_closed_early_by_the_consumer_is_fine(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.queue_reply("one two three four")
+    stream = client.chat_stream(model="gpt-4o-mini", messages=user("hi"))
+    first = await anext(stream)
+    await stream.aclose()
+    assert first.text == "one "
+
+
+async def test_stream_error_before_any_text_is_retried(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(503, message="overloaded", path="/chat/completions")
+    deltas = await collect(client, "hi")
+    assert "".join(d.text for d in deltas) == "echo: hi"
+    assert len(fake.chat_requests()) == 2
+
+
+# -- retries and error mapping ----------------------------------------------------------
+async def test_rate_limit_waits_for_retry_after_then_succeeds(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(429, code="rate_limit_exceeded", message="Rate limit reached", retry_after=0.1)
+
+    started = time.monotonic()
+    result = await client.chat(model="gpt-4o-mini", messages=user("hi"))
+
+    assert result.text == "echo: hi"
+    assert time.monotonic() - started >= 0.1
+    assert len(fake.chat_requests()) == 2
+
+
+async def test_rate_limit_that_persists_raises_rate_limited(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(429, code="rate_limit_exceeded", retry_after=0.01, times=5)
+
+    with pytest.raises(RateLimited) as caught:
+        await client.chat(model="gpt-4o-mini", messages=user("hi"))
+
+    assert caught.value.retry_after == pytest.approx(0.01)
+    assert len(fake.chat_requests()) == 3  # the first try and max_retries=2
+
+
+async def test_rate_limit_asking_for_a_long_wait_fails_at_once(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    client = OpenAIClient(http, base_url=fake.base_url, api_key=KEY, max_retry_wait=5)
+    fake.fail_next(429, code="rate_limit_exceeded", retry_after=120)
+
+    with pytest.raises(RateLimited) as caught:
+        await client.chat(model="gpt-4o-mini", messages=user("hi"))
+
+    assert caught.value.retry_after == 120
+    assert len(fake.chat_requests()) == 1
+
+
+async def test_insufficient_quota_is_not_retried(client: OpenAIClient, fake: FakeOpenAI) -> None:
+    fake.fail_next(429, code="insufficient_quota", message="You exceeded your current quota")
+
+    with pytest.raises(QuotaExhausted):
+        await client.chat(model="gpt-4o-mini", messages=user("hi"))
+
+    assert len(fake.requests) == 1
+
+
+async def test_server_errors_are_retried_then_upstream_down(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(500, message="The server had an error", times=10)
+
+    with pytest.raises(UpstreamDown):
+        await client.chat(model="gpt-4o-mini", messages=user("hi"))
+
+    assert len(fake.chat_requests()) == 3
+
+
+async def test_server_error_then_success_is_invisible(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(502, times=2)
+    result = await client.chat(model="gpt-4o-mini", messages=user("hi"))
+    assert result.text == "echo: hi"
+
+
+async def test_unreachable_endpoint_is_upstream_down(http: httpx.AsyncClient) -> None:
+    async with FakeOpenAI() as gone:
+        base_url = gone.base_url
+    client = OpenAIClient(http, base_url=base_url, api_key=KEY, retry_base_delay=0.001)
+    with pytest.raises(UpstreamDown):
+        await client.list_models()
+
+
+async def test_context_length_exceeded_maps_to_context_too_long(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.context_tokens = 5
+    with pytest.raises(ContextTooLong) as caught:
+        await client.chat(model="gpt-4o-mini", messages=user("one two three four five six"))
+    assert "maximum context length" in str(caught.value)
+    assert len(fake.chat_requests()) == 1
+
+
+async def test_context_overflow_said_only_in_the_message_is_recognised(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    # vLLM and others say it only in words, with no code.
+    fake.fail_next(400, message="This model's maximum context length is 4096 tokens.")
+    with pytest.raises(ContextTooLong):
+        await client.chat(model="local-llama", messages=user("hi"))
+
+
+async def test_content_policy_maps_to_content_refused(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(400, code="moderation_blocked", message="Your request was rejected")
+    with pytest.raises(ContentRefused):
+        await client.generate_image(model="gpt-image-1", prompt="something bad")
+
+
+async def test_other_client_errors_are_bad_input_with_a_generic_user_message(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(400, code="invalid_value", message="Invalid value for 'messages[0].role'")
+    with pytest.raises(BadInput) as caught:
+        await client.chat(model="gpt-4o-mini", messages=user("hi"))
+    assert "messages[0].role" in str(caught.value)
+    assert "messages" not in caught.value.user_message
+
+
+async def test_model_wanting_max_completion_tokens_gets_it(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(
+        400,
+        code="unsupported_parameter",
+        message="Unsupported parameter: 'max_tokens' is not supported with this model. "
+        "Use 'max_completion_tokens' instead.",
+    )
+    result = await client.chat(model="o3", messages=user("one two three"), max_tokens=2)
+    assert result.finish_reason == "length"
+    assert fake.chat_requests()[-1]["max_completion_tokens"] == 2
+
+
+async def test_bad_key_is_auth_failed_and_never_leaks(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    fake.api_key = "sk-the-right-key-000000"
+    client = OpenAIClient(http, base_url=fake.base_url, api_key=KEY)
+
+    with pytest.raises(AuthFailed) as caught:
+        await client.chat(model="gpt-4o-mini", messages=user("hi"))
+
+    err = caught.value
+    for text in (str(err), err.user_message, repr(err)):
+        assert KEY not in text
+        assert KEY[-4:] not in text, "not even the masked tail the provider echoes back"
+    assert len(fake.requests) == 1
+
+
+# -- headers ---------------------------------------------------------------------------
+async def test_authorization_header_is_sent(client: OpenAIClient, fake: FakeOpenAI) -> None:
+    await client.list_models()
+    assert fake.requests[0].headers["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_no_authorization_header_without_a_key(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    client = OpenAIClient(http, base_url=fake.base_url + "/", api_key=None)  # e.g. Ollama
+    assert "gpt-4o" in await client.list_models()
+    assert "Authorization" not in fake.requests[0].headers
+    assert fake.requests[0].path == "/v1/models"
+
+
+async def test_client_from_settings_talks_to_the_endpoint(fake: FakeOpenAI) -> None:
+    settings = Settings(_env_file=None, request_timeout=7, max_connections=3)
+    async with build_http_client(settings) as http:
+        assert http.timeout.read == 7
+        client = OpenAIClient(http, base_url=fake.base_url, api_key=KEY)
+        assert await client.list_models() == sorted(fake.models)
+
+
+# -- audio -----------------------------------------------------------------------------
+async def test_voice_note_oga_is_sent_as_ogg(client: OpenAIClient, fake: FakeOpenAI) -> None:
+    audio = (FIXTURES / "voice-note.ogg").read_bytes()
+
+    text = await client.transcribe(
+        model="gpt-4o-mini-transcribe", audio=audio, filename="voice/file_12.oga", language="en"
+    )
+
+    assert text == DEFAULT_TRANSCRIPT
+    form = fake.calls("/audio/transcriptions")[0].form
+    assert form["file"]["filename"] == "file_12.ogg"
+    assert form["file"]["data"] == audio
+    assert form["model"] == "gpt-4o-mini-transcribe"
+    assert form["language"] == "en"
+
+
+async def test_audio_without_an_extension_is_named_by_its_content(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    audio = (FIXTURES / "audio-clip.m4a").read_bytes()
+    await client.transcribe(model="whisper-1", audio=audio, filename="audio_message")
+    assert fake.calls("/audio/transcriptions")[0].form["file"]["filename"] == "audio_message.m4a"
+
+
+async def test_unknown_audio_is_refused_before_upload(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    with pytest.raises(BadInput):
+        await client.transcribe(model="whisper-1", audio=b"not audio at all", filename="x.txt")
+    assert fake.requests == []
+
+
+async def test_fake_rejects_audio_named_without_a_supported_extension(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    response = await http.post(
+        fake.base_url + "/audio/transcriptions",
+        data={"model": "whisper-1"},
+        files={"file": ("voice.oga", b"OggS....", "audio/ogg")},
+    )
+    assert response.status_code == 400
+    assert "Invalid file format" in response.json()["error"]["message"]
+
+
+async def test_translation_goes_to_the_translation_endpoint(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.translation = "good morning, how are you?"
+    audio = (FIXTURES / "voice-note.ogg").read_bytes()
+
+    text = await client.transcribe(
+        model="whisper-1", audio=audio, filename="voice.oga", translate=True, language="pt"
+    )
+
+    assert text == "good morning, how are you?"
+    form = fake.calls("/audio/translations")[0].form
+    assert form["file"]["filename"] == "voice.ogg"
+    assert "language" not in form
+    assert fake.calls("/audio/transcriptions") == []
+
+
+# -- images ----------------------------------------------------------------------------
+async def test_generated_image_is_png_bytes(client: OpenAIClient, fake: FakeOpenAI) -> None:
+    image = await client.generate_image(model="gpt-image-1", prompt="a red fox", size="256x256")
+    assert image.startswith(PNG)
+    assert fake.calls("/images/generations")[0].json == {
+        "model": "gpt-image-1",
+        "prompt": "a red fox",
+        "size": "256x256",
+        "n": 1,
+    }
+
+
+async def test_image_given_as_url_is_downloaded_without_the_key(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.image_response_format = "url"
+    image = await client.generate_image(model="dall-e-3", prompt="a fox", size="64x64")
+    assert image.startswith(PNG)
+    download = fake.calls(".png")[0]
+    assert download.method == "GET"
+    assert "Authorization" not in download.headers
+
+
+async def test_image_edit_uploads_the_picture(client: OpenAIClient, fake: FakeOpenAI) -> None:
+    square = (FIXTURES / "square.png").read_bytes()
+
+    image = await client.edit_image(
+        model="gpt-image-1", image=square, filename="square.png", prompt="add a hat", size="64x64"
+    )
+
+    assert image.startswith(PNG)
+    form = fake.calls("/images/edits")[0].form
+    assert form["image"]["data"] == square
+    assert form["image"]["content_type"] == "image/png"
+    assert form["prompt"] == "add a hat"
+
+
+async def test_image_edit_of_a_jpeg_named_oddly_is_labelled_jpeg(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    photo = (FIXTURES / "photo.jpg").read_bytes()
+    await client.edit_image(model="gpt-image-1", image=photo, filename="file_7", prompt="x")
+    upload = fake.calls("/images/edits")[0].form["image"]
+    assert (upload["filename"], upload["content_type"]) == ("file_7.jpg", "image/jpeg")
+
+
+# -- moderation and models -------------------------------------------------------------
+async def test_moderation_reports_flagged_categories(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.flag_words["spam"] = ["harassment", "illicit"]
+
+    results = await client.moderate(
+        model="omni-moderation-latest", inputs=["hello there", "I will flagme now", "buy SPAM"]
+    )
+
+    assert [r.flagged for r in results] == [False, True, True]
+    assert results[0].categories == ()
+    assert results[1].categories == ("violence",)
+    assert set(results[2].categories) == {"harassment", "illicit"}
+    assert fake.calls("/moderations")[0].json["input"] == [
+        "hello there",
+        "I will flagme now",
+        "buy SPAM",
+    ]
+
+
+async def test_models_are_listed_sorted(client: OpenAIClient, fake: FakeOpenAI) -> None:
+    fake.models = ["zeta", "alpha", "mid"]
+    assert await client.list_models() == ["alpha", "mid", "zeta"]
+
+
+# -- the fake, used from another thread ------------------------------------------------
+def test_fake_runs_in_its_own_thread_for_sync_callers() -> None:
+    with FakeOpenAI() as server:
+        server.queue_reply("from a thread")
+        response = httpx.post(
+            server.base_url + "/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": user("hi")},
+        )
+        assert response.json()["choices"][0]["message"]["content"] == "from a thread"
+        assert server.chat_requests()[0]["model"] == "gpt-4o-mini"

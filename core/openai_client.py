@@ -364,7 +364,7 @@ class OpenAIClient:
 
     @staticmethod
     def _log_retry(where: str, err: RelaybotError, attempt: int, delay: float) -> None:
-        log.warning(
+        log.info(
             "%s failed (%s); retry %d in %.2f s", where, type(err).__name__, attempt, delay
         )
 

@@ -1,0 +1,130 @@
+"""The `relaybot` command as a person runs it: real processes, real files, the fake endpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.testing.fake_openai import FakeOpenAI
+
+RELAYBOT = str(Path(sys.executable).parent / "relaybot")
+
+
+@pytest.fixture
+def endpoint() -> Iterator[FakeOpenAI]:
+    """The fake OpenAI server in its own thread, so a child process can reach it."""
+    with FakeOpenAI() as server:
+        yield server
+
+
+def run(
+    args: list[str], cwd: Path, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run relaybot in `cwd` with a clean relaybot environment plus `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RELAYBOT_", "OPENAI_"))}
+    base.update(env)
+    return subprocess.run(
+        [RELAYBOT, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=base,
+        timeout=60,
+    )
+
+
+def endpoint_env(fake: FakeOpenAI) -> dict[str, str]:
+    return {"OPENAI_API_KEY": "sk-test-key", "OPENAI_BASE_URL": fake.base_url}
+
+
+def test_piped_console_answers_each_line(endpoint: FakeOpenAI, tmp_path: Path) -> None:
+    result = run(["console"], tmp_path, "hi\n/reset\n", **endpoint_env(endpoint))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["echo: hi", "History cleared. Let's start over."]
+    # Embedded default: a SQLite file in the working directory.
+    assert (tmp_path / "relaybot.db").is_file()
+
+
+def test_second_run_continues_the_conversation(endpoint: FakeOpenAI, tmp_path: Path) -> None:
+    env = endpoint_env(endpoint)
+    assert run(["console", "--chat", "work"], tmp_path, "my name is Ada\n", **env).returncode == 0
+    result = run(["console", "--chat", "work"], tmp_path, "what is my name?\n", **env)
+    assert result.returncode == 0, result.stderr
+    last = endpoint.chat_requests()[-1]["messages"]
+    assert [m["content"] for m in last[1:]] == [
+        "my name is Ada",
+        "echo: my name is Ada",
+        "what is my name?",
+    ]
+
+
+def test_env_file_is_read(endpoint: FakeOpenAI, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        f"OPENAI_API_KEY=sk-from-dotenv\nOPENAI_BASE_URL={endpoint.base_url}\n"
+        "RELAYBOT_SYSTEM_PROMPT=Speak like a sailor.\n"
+    )
+    result = run(["console"], tmp_path, "hello\n")
+    assert result.returncode == 0, result.stderr
+    body = endpoint.chat_requests()[-1]
+    assert body["messages"][0]["content"] == "Speak like a sailor."
+    assert endpoint.calls("/chat/completions")[-1].headers["Authorization"] == (
+        "Bearer sk-from-dotenv"
+    )
+
+
+def test_missing_key_is_one_clear_line(tmp_path: Path) -> None:
+    result = run(["console"], tmp_path, "hi\n")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "OPENAI_API_KEY is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_endpoint_is_one_clear_line(tmp_path: Path) -> None:
+    env = {"OPENAI_API_KEY": "sk-test-key", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    result = run(["console"], tmp_path, "hi\n", **env)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "cannot reach the model endpoint" in result.stderr
+    assert "OPENAI_BASE_URL" in result.stderr
+    assert "sk-test-key" not in result.stderr + result.stdout
+
+
+def test_invalid_setting_is_one_clear_line(endpoint: FakeOpenAI, tmp_path: Path) -> None:
+    env = {**endpoint_env(endpoint), "RELAYBOT_MODERATION": "sometimes"}
+    result = run(["console"], tmp_path, "hi\n", **env)
+    assert result.returncode == 2
+    assert "RELAYBOT_MODERATION" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_db_upgrade_and_current(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    assert run(["db", "current"], tmp_path, RELAYBOT_DATABASE_URL=db).stdout.startswith("empty")
+    result = run(["db", "upgrade"], tmp_path, RELAYBOT_DATABASE_URL=db)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "database at 0001"
+    assert run(["db", "check"], tmp_path, RELAYBOT_DATABASE_URL=db).returncode == 0
+
+
+def test_no_migrate_leaves_the_database_alone(endpoint: FakeOpenAI, tmp_path: Path) -> None:
+    result = run(["--no-migrate", "console"], tmp_path, "hi\n", **endpoint_env(endpoint))
+    # Without migrations there are no tables: the person is told, not shown a traceback.
+    assert "Traceback" not in result.stderr
+    assert run(["db", "current"], tmp_path).stdout.startswith("empty")
+
+
+def test_starts_without_tokenizer_files(endpoint: FakeOpenAI, tmp_path: Path) -> None:
+    empty = tmp_path / "no-tiktoken"
+    empty.mkdir()
+    env = {**endpoint_env(endpoint), "TIKTOKEN_CACHE_DIR": str(empty)}
+    result = run(["console"], tmp_path, "hello without tokenizer\n", **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "echo: hello without tokenizer"
+    assert "TIKTOKEN_CACHE_DIR" in result.stderr

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,13 +50,47 @@ async def reset_postgres(url: str) -> None:
         await engine.dispose()
 
 
+async def _admin(url: str, statement: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of our own on the test server, so parallel test runs never collide."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy.engine import make_url
+
+    def admin(statement: str) -> None:
+        # Its own thread and loop: this may be first requested from inside a running loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _admin(POSTGRES_URL or "", statement)).result()
+
+    assert POSTGRES_URL
+    name = f"relaybot_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(params=database_params())
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database of each kind."""
     if request.param == "postgres":
-        assert POSTGRES_URL
-        await reset_postgres(POSTGRES_URL)
-        return POSTGRES_URL
+        url: str = request.getfixturevalue("postgres_url")
+        await reset_postgres(url)
+        return url
     return f"sqlite+aiosqlite:///{tmp_path / 'relaybot.db'}"
 
 

@@ -61,9 +61,26 @@ class InboundEvent(Base):
     event_key: Mapped[str] = mapped_column(String(255), unique=True)
     chat_key: Mapped[str] = mapped_column(String(255), index=True)
     sender_id: Mapped[str] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(16), default="received")
+    # received -> answered (reply stored) -> done | failed
+    status: Mapped[str] = mapped_column(String(16), default="received", index=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # The neutral message as JSON, so unfinished work can resume after a crash.
+    payload: Mapped[str | None] = mapped_column(Text, default=None)
+    # Which process works on it, and until when that claim holds.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ChatLease(Base):
+    """Which replica currently answers a chat: one at a time, across processes."""
+
+    __tablename__ = "chat_leases"
+
+    chat_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    lease_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Message(Base):

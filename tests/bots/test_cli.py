@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from core.db import migrate
 from core.testing.fake_openai import FakeOpenAI
 
 RELAYBOT = str(Path(sys.executable).parent / "relaybot")
@@ -109,7 +110,7 @@ def test_db_upgrade_and_current(tmp_path: Path) -> None:
     assert run(["db", "current"], tmp_path, RELAYBOT_DATABASE_URL=db).stdout.startswith("empty")
     result = run(["db", "upgrade"], tmp_path, RELAYBOT_DATABASE_URL=db)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "database at 0001"
+    assert result.stdout.strip() == f"database at {migrate.head_revision()}"
     assert run(["db", "check"], tmp_path, RELAYBOT_DATABASE_URL=db).returncode == 0
 
 

@@ -20,7 +20,7 @@ async def test_upgrade_check_downgrade(database_url: str) -> None:
         assert await migrate.current_revision(engine) is None
         await migrate.upgrade(engine)
         assert await migrate.current_revision(engine) == migrate.head_revision()
-        assert await _tables(engine) == {"chats", "inbound_events", "messages", "usage"}
+        assert await _tables(engine) == {"chats", "chat_leases", "inbound_events", "messages", "usage"}
         # `alembic check`: the models and the migrations describe the same schema.
         await migrate.check(engine)
         await migrate.downgrade(engine, "base")

@@ -56,7 +56,7 @@ def fit_newest(costs_newest_first: Iterable[int], budget: int) -> int:
                         f"{over} tokens over the limit). Please send something shorter."
                     ),
                 )
-            continue
+            break
         used += cost
         kept += 1
     return kept

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -158,8 +157,11 @@ def test_an_empty_history_keeps_nothing():
     assert fit_newest([], budget=100) == 0
 
 
-def test_an_endless_history_is_read_only_as_far_as_needed():
-    assert fit_newest(itertools.repeat(10), budget=105) == 10
+def test_a_very_long_history_is_read_only_as_far_as_needed():
+    source = CountingIterator([10] * 100_000)
+
+    assert fit_newest(source, budget=105) == 10
+    assert source.pulled == 11
 
 
 def test_the_store_reads_only_the_pages_it_needs():

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.app import Core, open_core
 from core.config import Settings
 from core.db import migrate
 from core.db.store import create_engine
 from core.errors import AuthFailed, ConfigError, RelaybotError, UpstreamDown
+from core.privacy import maintenance_loop, run_maintenance
 
 OFFICIAL_API = "api.openai.com"
 
@@ -64,15 +68,15 @@ async def probe_endpoint(core: Core) -> None:
         logging.getLogger("relaybot").warning("the endpoint at %s cannot list models", url)
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def setup_logging(level: str, settings: Settings | None = None) -> None:
+    """Log to stderr: JSON lines unless it is a terminal, every configured secret redacted."""
+    from core.logs import configure_logging, settings_secrets
+
+    configure_logging(
+        level,
+        secrets=settings_secrets(settings) if settings else (),
+        fmt=settings.log_format if settings else "auto",
     )
-    for noisy in ("httpx", "httpcore", "telegram.ext", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 async def cmd_console(settings: Settings, args: argparse.Namespace) -> None:
@@ -82,6 +86,7 @@ async def cmd_console(settings: Settings, args: argparse.Namespace) -> None:
     check_model_settings(settings)
     async with open_core(settings, migrate_db=not args.no_migrate) as core:
         await probe_endpoint(core)
+        await run_maintenance(core.engine, settings)
         await run_console(core, chat=args.chat, user=os.environ.get("USER", "you") or "you")
 
 
@@ -99,7 +104,13 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_platforms(core, stop)
+        # Retention and counter clean-up: now, then hourly, beside the platforms.
+        maintenance = asyncio.create_task(maintenance_loop(core.engine, settings, stop))
+        try:
+            await run_platforms(core, stop)
+        finally:
+            stop.set()
+            await maintenance
 
 
 async def cmd_db(settings: Settings, args: argparse.Namespace) -> None:
@@ -121,6 +132,69 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> None:
         await engine.dispose()
 
 
+def parse_since(text: str) -> datetime:
+    """--since: an ISO date or date-time (UTC unless it says otherwise), or "7d" for days ago."""
+    value = text.strip()
+    if value[:-1].isdigit() and value.endswith("d"):
+        return datetime.now(UTC) - timedelta(days=int(value[:-1]))
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise StartupError(
+            f"--since {text!r}: use a date like 2026-11-01, a date-time, or 7d"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def _migrated_engine(settings: Settings) -> AsyncEngine:
+    engine = create_engine(settings.database_url)
+    if await migrate.current_revision(engine) is None:
+        await engine.dispose()
+        raise StartupError("the database has no relaybot tables yet; run `relaybot db upgrade`")
+    return engine
+
+
+async def cmd_usage(settings: Settings, args: argparse.Namespace) -> None:
+    """Print spend per user and chat, today, this month and all time."""
+    from core.accounting import Accounting, render_table
+
+    engine = await _migrated_engine(settings)
+    try:
+        report = await Accounting(engine).report()
+    finally:
+        await engine.dispose()
+    print(json.dumps(report, indent=2) if args.json else render_table(report))
+
+
+async def cmd_export(settings: Settings, args: argparse.Namespace) -> None:
+    """Write conversations as fine-tuning JSON Lines."""
+    from core.export import export_openai_jsonl
+
+    since = parse_since(args.since) if args.since else None
+    engine = await _migrated_engine(settings)
+    to_file = bool(args.output) and args.output != "-"
+    try:
+        out = (
+            await asyncio.to_thread(open, args.output, "w", encoding="utf-8")
+            if to_file
+            else sys.stdout
+        )
+        try:
+            count = await export_openai_jsonl(
+                engine,
+                out,
+                default_system_prompt=settings.system_prompt,
+                chats=args.chats,
+                since=since,
+            )
+        finally:
+            if to_file:
+                out.close()
+    finally:
+        await engine.dispose()
+    print(f"exported {count} conversation(s)", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="relaybot", description=__doc__)
@@ -135,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database migrations")
     db.add_argument("action", choices=["upgrade", "downgrade", "current", "check"])
     db.add_argument("revision", nargs="?", help="target revision (default head / -1)")
+    sub.add_parser(
+        "doctor", help="check configuration, database, model endpoint, tokens, tokenizer"
+    )
+    usage = sub.add_parser("usage", help="spend per user and chat: today, this month, all time")
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    export = sub.add_parser("export", help="write conversations for fine-tuning")
+    export.add_argument("--format", choices=["openai-jsonl"], default="openai-jsonl")
+    export.add_argument(
+        "--chat", dest="chats", action="append", help="only this chat key (repeatable)"
+    )
+    export.add_argument("--since", help="only turns since: 2026-11-01, an ISO date-time, or 7d")
+    export.add_argument("--output", "-o", help="file to write (default: standard output)")
     return parser
 
 
@@ -142,6 +228,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any,
     "run": cmd_run,
     "console": cmd_console,
     "db": cmd_db,
+    "usage": cmd_usage,
+    "export": cmd_export,
 }
 
 
@@ -151,13 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "run"
     if not hasattr(args, "chat"):
         args.chat = "default"
+    if command == "doctor":
+        from bots.doctor import run as run_doctor
+
+        return run_doctor(load_settings, sys.stdout)
     try:
         settings = load_settings()
         explicit_level = "RELAYBOT_LOG_LEVEL" in os.environ
-        quiet = command in ("console", "db") or (
+        quiet = command in ("console", "db", "usage", "export") or (
             command == "run" and not (settings.telegram_bot_token or settings.slack_bot_token)
         )
-        setup_logging(settings.log_level if explicit_level or not quiet else "WARNING")
+        setup_logging(settings.log_level if explicit_level or not quiet else "WARNING", settings)
         asyncio.run(COMMANDS[command](settings, args))
     except StartupError as exc:
         print(f"relaybot: {exc}", file=sys.stderr)

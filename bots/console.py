@@ -8,14 +8,17 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 from core.app import Core
+from core.ports import ReplySink
 from core.types import (
     Attachment,
     AttachmentKind,
     ChatRef,
+    Fetch,
     IncomingMessage,
     Reply,
     ReplyKind,
@@ -25,14 +28,22 @@ from core.types import (
 PLATFORM = "console"
 
 
-def _file_attachment(path: Path, kind: AttachmentKind) -> Attachment:
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-
+def _reader(path: Path) -> Fetch:
     async def fetch() -> bytes:
         return await asyncio.to_thread(path.read_bytes)
 
+    return fetch
+
+
+def _file_attachment(path: Path, kind: AttachmentKind) -> Attachment:
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return Attachment(
-        kind=kind, mime=mime, size=path.stat().st_size, filename=path.name, fetch=fetch
+        kind=kind,
+        mime=mime,
+        size=path.stat().st_size,
+        filename=path.name,
+        fetch=_reader(path),
+        ref=str(path.resolve()),
     )
 
 
@@ -64,6 +75,23 @@ def to_incoming(line: str, chat: str, user: str) -> IncomingMessage | str:
         text=text,
         attachments=attachments,
     )
+
+
+class ConsoleRestorer:
+    """Resumes this console chat's unfinished messages into the current terminal."""
+
+    def __init__(self, chat: str, sink: ReplySink) -> None:
+        self._chat = chat
+        self._sink = sink
+
+    def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, ReplySink] | None:
+        """The stored message with its files readable again; other chats stay queued."""
+        if msg.chat.chat_id != self._chat:
+            return None
+        files = tuple(
+            replace(a, fetch=_reader(Path(a.ref))) if a.ref else a for a in msg.attachments
+        )
+        return replace(msg, attachments=files), self._sink
 
 
 class ConsoleStream:
@@ -155,6 +183,11 @@ async def run_console(
     sink = ConsoleSink(out, Path(core.settings.image_dir), live=out.isatty())
     if interactive:
         out.write(f"relaybot console, chat {chat!r}. /help for commands, Ctrl-D to quit.\n")
+    # Answer what a previous run of this chat left unanswered (a crash, a kill -9).
+    await core.service.resume(
+        {PLATFORM: ConsoleRestorer(chat, sink)},
+        everything=core.engine.dialect.name == "sqlite",
+    )
     while True:
         if interactive:
             out.write("you> ")
@@ -170,3 +203,4 @@ async def run_console(
             out.flush()
             continue
         await core.service.handle(msg, sink)
+    await core.service.drain()

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 
 ReadyCheck = Callable[[], Awaitable[str | None]]
 
 
+class MetricsSource(Protocol):
+    """What `/metrics` serves (core.metrics.Metrics)."""
+
+    content_type: str
+
+    async def render(self) -> bytes:
+        """The Prometheus text exposition."""
+
+
 class HttpServer:
     """An aiohttp server adapters add routes to before `start()`."""
 
-    def __init__(self, host: str, port: int, ready_check: ReadyCheck | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready_check: ReadyCheck | None = None,
+        metrics: MetricsSource | None = None,
+    ) -> None:
         self.host = host
         self._requested_port = port
         self.app = web.Application(client_max_size=32 * 1024 * 1024)
@@ -21,6 +37,9 @@ class HttpServer:
         self.port: int | None = None
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
+        self._metrics = metrics
+        if metrics is not None:
+            self.app.router.add_get("/metrics", self._metrics_page)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -30,6 +49,11 @@ class HttpServer:
         if problem:
             return web.json_response({"status": "unavailable", "reason": problem}, status=503)
         return web.json_response({"status": "ready"})
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        assert self._metrics is not None
+        body = await self._metrics.render()
+        return web.Response(body=body, headers={"Content-Type": self._metrics.content_type})
 
     async def start(self) -> None:
         """Listen; port 0 picks a free port (read it from `port`)."""

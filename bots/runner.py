@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Protocol
 
 from bots.http_server import HttpServer
 from core.app import Core
+from core.ports import Restorer
+from core.tokens import counter_for
 
 log = logging.getLogger("relaybot.runner")
 
 
-class PlatformAdapter(Protocol):
-    """What every platform adapter offers the runner."""
+class PlatformAdapter(Restorer, Protocol):
+    """What every platform adapter offers the runner (and `restore` for resumed work)."""
 
     async def setup(self) -> None:
         """Register HTTP routes (before the server starts) and prepare clients."""
@@ -22,41 +25,72 @@ class PlatformAdapter(Protocol):
         """Begin receiving events (polling, socket mode, or webhooks already routed)."""
 
     async def stop(self) -> None:
-        """Stop receiving and finish in-flight work."""
+        """Stop receiving, then finish the work already received."""
 
 
-def configured_adapters(core: Core, server: HttpServer) -> list[PlatformAdapter]:
-    """One adapter per platform whose token is set."""
-    adapters: list[PlatformAdapter] = []
+def configured_adapters(core: Core, server: HttpServer) -> dict[str, PlatformAdapter]:
+    """One adapter per platform whose token is set, by platform name."""
+    adapters: dict[str, PlatformAdapter] = {}
     if core.settings.telegram_bot_token is not None:
         from bots.telegram import TelegramAdapter
 
-        adapters.append(TelegramAdapter(core, server))
+        adapters["telegram"] = TelegramAdapter(core, server)
     if core.settings.slack_bot_token is not None:
         from bots.slack import SlackAdapter
 
-        adapters.append(SlackAdapter(core, server))
+        adapters["slack"] = SlackAdapter(core, server)
     return adapters
 
 
+async def sweep(core: Core, restorers: Mapping[str, Restorer]) -> None:
+    """Periodically take over work whose process died (its lease ran out)."""
+    interval = max(core.settings.lease_seconds / 2, 1.0)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await core.service.resume(restorers)
+        except Exception:
+            log.exception("sweeping abandoned work failed")
+
+
 async def run_platforms(core: Core, stop: asyncio.Event) -> None:
-    """Start the HTTP server and every configured adapter; run until `stop` is set."""
+    """Start the HTTP server and every configured adapter; run until `stop` is set.
+
+    On stop: adapters stop receiving and finish what they took, within the shutdown grace;
+    whatever is still unfinished then is released for the next process to resume.
+    """
     server = HttpServer(
         core.settings.http_host, core.settings.http_port, ready_check=core.readiness_problem
     )
     adapters = configured_adapters(core, server)
-    for adapter in adapters:
+    for adapter in adapters.values():
         await adapter.setup()
+    # Loading the tokenizer blocks for most of a second: do it before taking work, not on the
+    # first message, where it would stall every answer and lease renewal of this process.
+    await asyncio.to_thread(counter_for, core.settings.chat_model)
     await server.start()
     log.info("HTTP server on %s:%s", server.host, server.port)
+    sweeper: asyncio.Task[None] | None = None
     try:
-        for adapter in adapters:
+        for adapter in adapters.values():
             await adapter.start()
+        # A single SQLite process knows every open event is left over from its last run.
+        alone = core.engine.dialect.name == "sqlite"
+        await core.service.resume(adapters, everything=alone)
+        sweeper = asyncio.create_task(sweep(core, adapters), name="relaybot:sweeper")
         await stop.wait()
+        log.info("stopping")
     finally:
-        for adapter in reversed(adapters):
-            try:
-                await adapter.stop()
-            except Exception:
-                log.exception("error stopping %s", type(adapter).__name__)
+        if sweeper is not None:
+            sweeper.cancel()
+        try:
+            async with asyncio.timeout(core.settings.shutdown_grace):
+                for adapter in reversed(list(adapters.values())):
+                    try:
+                        await adapter.stop()
+                    except Exception:
+                        log.exception("error stopping %s", type(adapter).__name__)
+        except TimeoutError:
+            log.warning("shutdown grace period over; unfinished messages are released")
+        await core.service.shutdown(grace=0)
         await server.stop()

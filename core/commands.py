@@ -13,6 +13,11 @@ COMMANDS: dict[str, str] = {
     "edit": "edit a photo: send or reply to a photo with /edit INSTRUCTION",
     "translate": "translate a voice note or audio file to English text",
     "retry": "regenerate the last answer",
+    "voicemode": "in groups: answer voice notes, or only post their transcript: "
+    "/voicemode transcript, /voicemode answer",
+    "usage": "what you spent today, this month and in all (admins: everyone's)",
+    "budget": "your budgets and what is left (admins: /budget user|chat|global ...)",
+    "forget": "delete everything stored about this chat",
 }
 
 HELP_TEXT = (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,7 +41,12 @@ class Settings(BaseSettings):
     """Every setting relaybot reads; see README and .env.example."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        # `RELAYBOT_CONTEXT_TOKENS=` in .env means "not set", not an invalid number.
+        env_ignore_empty=True,
     )
 
     # Model endpoint
@@ -97,10 +102,49 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(100_000, validation_alias=_env("RELAYBOT_MAX_INPUT_CHARS"))
     image_dir: str = Field("relaybot-images", validation_alias=_env("RELAYBOT_IMAGE_DIR"))
 
+    # Usage, budgets, access, rate limits, privacy (see core/policy.py)
+    prices: str | None = Field(None, validation_alias=_env("RELAYBOT_PRICES"))
+    image_quality: str = Field("auto", validation_alias=_env("RELAYBOT_IMAGE_QUALITY"))
+    allowed_users: str = Field("", validation_alias=_env("RELAYBOT_ALLOWED_USERS"))
+    allowed_chats: str = Field("", validation_alias=_env("RELAYBOT_ALLOWED_CHATS"))
+    admins: str = Field("", validation_alias=_env("RELAYBOT_ADMINS"))
+    budget_user_daily: Annotated[float, Field(ge=0)] | None = Field(
+        None, validation_alias=_env("RELAYBOT_BUDGET_USER_DAILY")
+    )
+    budget_user_monthly: Annotated[float, Field(ge=0)] | None = Field(
+        None, validation_alias=_env("RELAYBOT_BUDGET_USER_MONTHLY")
+    )
+    budget_chat_daily: Annotated[float, Field(ge=0)] | None = Field(
+        None, validation_alias=_env("RELAYBOT_BUDGET_CHAT_DAILY")
+    )
+    budget_chat_monthly: Annotated[float, Field(ge=0)] | None = Field(
+        None, validation_alias=_env("RELAYBOT_BUDGET_CHAT_MONTHLY")
+    )
+    budget_global_daily: Annotated[float, Field(ge=0)] | None = Field(
+        None, validation_alias=_env("RELAYBOT_BUDGET_GLOBAL_DAILY")
+    )
+    budget_global_monthly: Annotated[float, Field(ge=0)] | None = Field(
+        None, validation_alias=_env("RELAYBOT_BUDGET_GLOBAL_MONTHLY")
+    )
+    rate_limit_per_minute: Annotated[int, Field(ge=0)] = Field(
+        0, validation_alias=_env("RELAYBOT_RATE_LIMIT_PER_MINUTE")
+    )
+    retention_days: Annotated[int, Field(gt=0)] | None = Field(
+        None, validation_alias=_env("RELAYBOT_RETENTION_DAYS")
+    )
+
+    # Durability and shutdown
+    lease_seconds: float = Field(60.0, gt=0, validation_alias=_env("RELAYBOT_LEASE_SECONDS"))
+    shutdown_grace: float = Field(25.0, ge=0, validation_alias=_env("RELAYBOT_SHUTDOWN_GRACE"))
+
     # App HTTP server (webhooks, health)
     http_host: str = Field("0.0.0.0", validation_alias=_env("RELAYBOT_HTTP_HOST"))
     http_port: int = Field(8080, validation_alias=_env("RELAYBOT_HTTP_PORT"))
     log_level: str = Field("INFO", validation_alias=_env("RELAYBOT_LOG_LEVEL"))
+    # "json" (one object per line), "text", or "auto": JSON unless stderr is a terminal.
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", validation_alias=_env("RELAYBOT_LOG_FORMAT")
+    )
 
     # Telegram
     telegram_bot_token: SecretStr | None = Field(None, validation_alias=_env("TELEGRAM_BOT_TOKEN"))

@@ -70,3 +70,9 @@ class BadInput(RelaybotError):
     """The person sent something we cannot use (empty, unsupported, too large)."""
 
     user_message = "I can't use that input."
+
+
+class ShuttingDown(RelaybotError):
+    """This process no longer takes new work; the platform should deliver the event again."""
+
+    user_message = "The bot is restarting. Please send your message again in a moment."

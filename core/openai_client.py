@@ -364,9 +364,7 @@ class OpenAIClient:
 
     @staticmethod
     def _log_retry(where: str, err: RelaybotError, attempt: int, delay: float) -> None:
-        log.info(
-            "%s failed (%s); retry %d in %.2f s", where, type(err).__name__, attempt, delay
-        )
+        log.info("%s failed (%s); retry %d in %.2f s", where, type(err).__name__, attempt, delay)
 
     async def _image_bytes(self, payload: Any, where: str) -> bytes:
         data = payload.get("data") if isinstance(payload, dict) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from core.types import Reply
+from core.types import IncomingMessage, Reply
 
 
 class ReplyStream(Protocol):
@@ -29,3 +29,10 @@ class ReplySink(Protocol):
 
     async def typing(self) -> None:
         """Show that the bot is working (a no-op where the platform has no such signal)."""
+
+
+class Restorer(Protocol):
+    """An adapter's way to resume a stored message after a restart or on another replica."""
+
+    def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, ReplySink] | None:
+        """The message with working attachment fetches and a sink for its chat, or None."""

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.commands import HELP_TEXT, parse_command
 from core.config import Settings
 from core.db.store import Store, StoredMessage
-from core.errors import BadInput, ContextTooLong, RelaybotError
-from core.locks import ChatLocks
+from core.errors import (
+    AuthFailed,
+    BadInput,
+    ConfigError,
+    ContextTooLong,
+    QuotaExhausted,
+    RelaybotError,
+    ShuttingDown,
+)
+from core.inbox import Inbox, decode_message, new_worker_id
+from core.locks import ChatLocks, Ticket
+from core.metrics import Metrics
 from core.moderation import WITHHELD_NOTICE, Moderator
 from core.openai_client import OpenAIClient, Usage
-from core.ports import ReplySink, ReplyStream
-from core.tokens import PER_MESSAGE_TOKENS, PER_NAME_TOKENS, context_window, counter_for
+from core.policy import POLICY_COMMANDS, Policy
+from core.ports import ReplySink, ReplyStream, Restorer
+from core.tokens import context_window, counter_for
 from core.trimming import Budget, fit_newest
 from core.types import Attachment, AttachmentKind, IncomingMessage, Reply, ReplyKind
 
@@ -44,6 +57,12 @@ AUDIO_MIME_EXTENSIONS = {
     "video/mpeg": "mpeg",
 }
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+# Failures no retry or person can fix: the operator must act (logged at ERROR for alerts).
+OPERATOR_ERRORS = (QuotaExhausted, AuthFailed, ConfigError)
+UNREADABLE_AUDIO = (
+    "I couldn't read that audio file: it may be damaged, or not the format its name says. "
+    "Please record it again or send it as MP3, M4A, OGG or WAV."
+)
 
 
 def audio_filename(attachment: Attachment) -> str:
@@ -73,9 +92,26 @@ def speaker_name(name: str) -> str | None:
 
 
 @dataclass(slots=True)
+class _Job:
+    """One event being answered by this process."""
+
+    event_id: int
+    msg: IncomingMessage
+    sink: ReplySink
+    ticket: Ticket
+    resumed: bool
+
+
+# The job the running task works on (each task has its own copy of the context).
+_current: ContextVar[_Job | None] = ContextVar("relaybot_job", default=None)
+
+
+@dataclass(slots=True)
 class _Answer:
     text: str = ""
     usage: Usage | None = None
+    # The messages the answer was asked with (to estimate usage a server did not report).
+    sent: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ConversationService:
@@ -87,54 +123,208 @@ class ConversationService:
         store: Store,
         client: OpenAIClient,
         locks: ChatLocks | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.client = client
         self.locks = locks or ChatLocks()
+        # Each chat's events are stored one at a time, in queue order (see `submit`).
+        self._recording = ChatLocks()
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_inbox(store.engine)
         self.moderator = Moderator(client, settings.moderation_model, settings.moderation)
+        self.policy = Policy(settings, store)
         self._vision = settings.vision_model_names()
+        self.inbox = Inbox(store.engine, new_worker_id(), settings.lease_seconds)
+        self.accepting = True
+        self._jobs: dict[asyncio.Task[None], _Job] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
 
-    # -- entry point ----------------------------------------------------------------------
+    # -- entry points ---------------------------------------------------------------------
     async def handle(self, msg: IncomingMessage, sink: ReplySink) -> bool:
-        """Process one message; False when it was a redelivery and nothing was done."""
-        started = time.perf_counter()
+        """Process one message to the end; False when it was a redelivery (nothing done)."""
+        job = await self.submit(msg, sink)
+        if job is None:
+            return False
+        await asyncio.shield(job)
+        return True
+
+    async def submit(self, msg: IncomingMessage, sink: ReplySink) -> asyncio.Task[None] | None:
+        """Store the event durably and start answering it; returns once it is stored.
+
+        Adapters acknowledge the platform after this returns (the event is then safe).
+        None means the event was seen before. Raises ShuttingDown once `shutdown` began:
+        do not acknowledge then, so the platform delivers the event again elsewhere.
+        """
+        if not self.accepting:
+            raise ShuttingDown("not accepting new work")
         # The place in the chat's queue is taken before the first await: arrival order holds.
         ticket = self.locks.reserve(msg.chat.key)
+        # Stored in that same order, so event ids (which order a chat across replicas) agree
+        # with the local queue: else an event could wait in the queue behind one that waits
+        # in the database for it.
+        recording = self._recording.reserve(msg.chat.key)
         try:
-            event_id = await self.store.record_inbound(
-                msg.event_key, msg.chat.key, msg.sender.id
-            )
+            async with recording:
+                event_id = await self.inbox.record(msg)
         except BaseException:
             ticket.release()
             raise
         if event_id is None:
             ticket.release()
             log.info("duplicate event dropped", extra={"chat": msg.chat.key})
-            return False
+            self.metrics.duplicate(msg.chat.platform)
+            return None
+        return self._start(_Job(event_id, msg, sink, ticket, resumed=False))
+
+    def _start(self, job: _Job) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run(job), name=f"relaybot:{job.event_id}")
+        self._jobs[task] = job
+        task.add_done_callback(self._jobs.pop)
+        self._ensure_heartbeat()
+        return task
+
+    async def _run(self, job: _Job) -> None:
+        started = time.perf_counter()
+        msg, sink = job.msg, job.sink
+        sink = self.metrics.counting(sink, msg.chat.platform)
+        self.metrics.received(msg.chat.platform)
         outcome = "done"
+        _current.set(job)
         try:
-            async with ticket:
-                await self._process(msg, sink)
+            async with job.ticket:
+                await self._wait_for_chat(msg.chat.key, job.event_id)
+                try:
+                    await self._process(msg, sink)
+                finally:
+                    await self.inbox.release_chat(msg.chat.key)
+        except asyncio.CancelledError:
+            # Shutdown past the grace period: the event stays open for the next process.
+            outcome = "released"
+            raise
         except RelaybotError as err:
             outcome = "failed"
-            log.warning("message failed: %s", type(err).__name__, extra={"chat": msg.chat.key})
+            self.metrics.failed(msg.chat.platform, type(err).__name__)
+            if isinstance(err, OPERATOR_ERRORS):
+                # The person is told "the operator has been told": this line is the telling.
+                log.error(
+                    "operator action needed: %s: %s",
+                    type(err).__name__,
+                    err,
+                    extra={"chat": msg.chat.key},
+                )
+            else:
+                log.warning("message failed: %s", type(err).__name__, extra={"chat": msg.chat.key})
             await self._tell(sink, err.user_message, ReplyKind.ERROR)
         except Exception:
             outcome = "failed"
+            self.metrics.failed(msg.chat.platform, "unexpected")
             log.exception("unexpected error handling a message", extra={"chat": msg.chat.key})
             await self._tell(sink, RelaybotError.user_message, ReplyKind.ERROR)
         finally:
-            await self.store.finish_inbound(event_id, outcome)
+            self.metrics.finished(msg.chat.platform, outcome, time.perf_counter() - started)
+            if outcome != "released":
+                await self.inbox.finish(job.event_id, outcome)
             log.info(
                 "handled message",
                 extra={
                     "chat": msg.chat.key,
                     "outcome": outcome,
+                    "resumed": job.resumed,
                     "ms": round((time.perf_counter() - started) * 1000, 1),
                 },
             )
-        return True
+
+    async def _wait_for_chat(self, chat_key: str, event_id: int) -> None:
+        """Across replicas, wait until this process may answer the chat (PostgreSQL only)."""
+        delay = 0.02
+        while not await self.inbox.try_acquire_chat(chat_key, event_id):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._renew_leases(), name="relaybot:leases")
+
+    async def _renew_leases(self) -> None:
+        """Keep this process's claims alive while it has work; stops when idle."""
+        interval = max(self.settings.lease_seconds / 3, 0.05)
+        while self._jobs:
+            await asyncio.sleep(interval)
+            try:
+                await self.inbox.renew()
+                if self.inbox.shared:
+                    await self._drop_taken_over()
+            except Exception:
+                log.exception("could not renew leases")
+
+    async def _drop_taken_over(self) -> None:
+        """Stop working on events another replica took over while this process stalled."""
+        tasks = {job.event_id: task for task, job in self._jobs.items()}
+        for event_id in await self.inbox.taken_over(list(tasks)):
+            job = self._jobs.get(tasks[event_id])
+            log.warning(
+                "another replica took over a message while this process stalled",
+                extra={"chat": job.msg.chat.key if job else None},
+            )
+            # Cancelled jobs leave the event alone (outcome "released"): its new owner answers.
+            tasks[event_id].cancel()
+
+    async def resume(self, restorers: Mapping[str, Restorer], *, everything: bool = False) -> int:
+        """Take over unfinished events of these platforms; returns how many were resumed.
+
+        `everything`: this process is alone (SQLite start-up), so every open event is
+        abandoned. Otherwise only events whose lease ran out are taken.
+        """
+        claimed = await self.inbox.claim_abandoned(list(restorers), everything=everything)
+        running = {job.event_id for job in self._jobs.values()}
+        resumed = 0
+        for event in claimed:
+            if event.id in running:
+                # Our own work, whose lease ran out while this process stalled: it goes on.
+                continue
+            if event.status == "answered" or event.payload is None:
+                # The answer was stored (and so delivered): never send it twice.
+                await self.inbox.finish(event.id, "done")
+                continue
+            stored = decode_message(event.event_key, event.payload)
+            restored = restorers[stored.chat.platform].restore(stored)
+            if restored is None:
+                await self.inbox.release([event.id])
+                continue
+            msg, sink = restored
+            # Across replicas the database orders a chat (oldest unanswered event first). A
+            # resumed event is older than what this process may already queue for its chat,
+            # so it must not wait in that queue: it would wait behind events waiting for it.
+            queue = ChatLocks() if self.inbox.shared else self.locks
+            ticket = queue.reserve(msg.chat.key)
+            self._start(_Job(event.id, msg, sink, ticket, resumed=True))
+            resumed += 1
+        if resumed:
+            log.info("resumed unfinished messages", extra={"count": resumed})
+        return resumed
+
+    async def drain(self) -> None:
+        """Wait until every message this process took on is answered."""
+        while self._jobs:
+            await asyncio.wait(set(self._jobs))
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop taking work; let in-flight answers finish within `grace`, release the rest."""
+        self.accepting = False
+        grace = self.settings.shutdown_grace if grace is None else grace
+        pending = set(self._jobs)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace)
+            unfinished = [self._jobs[t].event_id for t in still if t in self._jobs]
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+            await self.inbox.release(unfinished)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
 
     async def _tell(self, sink: ReplySink, text: str, kind: ReplyKind) -> None:
         try:
@@ -145,15 +335,27 @@ class ConversationService:
     # -- routing --------------------------------------------------------------------------
     async def _process(self, msg: IncomingMessage, sink: ReplySink) -> None:
         command = parse_command(msg.text)
+        audio = self._first(msg, AttachmentKind.AUDIO)
+        transcript_only = (
+            command is None
+            and audio is not None
+            and not msg.is_direct
+            and await self._voice_mode(msg) == "transcript"
+        )
+        if not msg.addressed_to_bot and not transcript_only:
+            # Adapters pass group voice notes nobody addressed to us: only a group that
+            # asked for transcripts gets one; otherwise they are none of our business.
+            return
+        # Access, rate limit, admin rights and budgets, before any model call.
+        await self.policy.admit(msg, command)
         if command is not None:
             await self._command(command[0], command[1], msg, sink)
             return
-        audio = self._first(msg, AttachmentKind.AUDIO)
         images = [a for a in msg.attachments if a.kind is AttachmentKind.IMAGE]
         text = msg.text.strip()
         if audio is not None:
             transcript = await self._transcribe(msg, audio, translate=False)
-            if not msg.is_direct and self.settings.group_voice_transcript_only:
+            if transcript_only:
                 await sink.send(Reply(text=transcript, kind=ReplyKind.TRANSCRIPT))
                 return
             text = f"{text}\n\n{transcript}".strip() if text else transcript
@@ -165,6 +367,13 @@ class ConversationService:
                 )
             raise BadInput("empty message", user_message="Your message was empty.")
         await self._chat(msg, sink, text, images)
+
+    async def _voice_mode(self, msg: IncomingMessage) -> str:
+        """What a group does with voice notes: "answer" them or post a "transcript"."""
+        chosen = (await self.store.chat_settings(msg.chat.key, msg.chat.parent_key)).voice_mode
+        if chosen:
+            return chosen
+        return "transcript" if self.settings.group_voice_transcript_only else "answer"
 
     @staticmethod
     def _first(msg: IncomingMessage, kind: AttachmentKind) -> Attachment | None:
@@ -188,7 +397,7 @@ class ConversationService:
                     f"{self.settings.max_input_chars:,}. Please send a shorter one."
                 ),
             )
-        chat = await self.store.chat_settings(msg.chat.key)
+        chat = await self.store.chat_settings(msg.chat.key, msg.chat.parent_key)
         model = chat.model or self.settings.chat_model
         system = chat.system_prompt or self.settings.system_prompt
         counter = counter_for(model)
@@ -202,7 +411,7 @@ class ConversationService:
         stored_text = text or "[image]"
         name = None if msg.is_direct else speaker_name(msg.sender.name or msg.sender.id)
         user_id: int | None = None
-        if store_user_turn:
+        if store_user_turn and not await self._resumed_with_user_turn(msg):
             (user_id,) = await self.store.append_messages(
                 msg.chat.key,
                 [
@@ -211,7 +420,7 @@ class ConversationService:
                         "content": stored_text,
                         "name": name,
                         "token_count": counter.count(stored_text),
-                        "encoding": counter.encoding_name,
+                        "encoding": counter.stored_as,
                         "event_key": msg.event_key,
                     }
                 ],
@@ -236,24 +445,38 @@ class ConversationService:
             return await self._request_messages(msg.chat.key, system, model, budget // 2)
 
         answer = await self._stream_answer(sink, model, messages, image_parts, msg, trim_harder)
-        if answer is None:
-            return
-        usage = answer.usage or Usage(
-            prompt_tokens=sum(counter.count(str(m.get("content", ""))) for m in messages),
-            completion_tokens=counter.count(answer.text),
-        )
+        if answer is not None:
+            await self._store_answer(msg, model, answer, "ok")
+
+    async def _store_answer(
+        self, msg: IncomingMessage, model: str, answer: _Answer, status: str
+    ) -> None:
+        """Store an answer the person saw (whole, cut short or withheld) and what it cost."""
+        counter = counter_for(model)
+        tokens = counter.count(answer.text)
         await self.store.append_messages(
             msg.chat.key,
             [
                 {
                     "role": "assistant",
                     "content": answer.text,
-                    "token_count": counter.count(answer.text),
-                    "encoding": counter.encoding_name,
+                    "token_count": tokens,
+                    "encoding": counter.stored_as,
+                    "status": status,
                 }
             ],
+            answered_event=_event_id(),
+        )
+        usage = answer.usage or Usage(
+            prompt_tokens=sum(counter.count(str(m.get("content", ""))) for m in answer.sent),
+            completion_tokens=tokens,
         )
         await self._record_usage(msg, model, "chat", usage=usage)
+
+    async def _resumed_with_user_turn(self, msg: IncomingMessage) -> bool:
+        """True when a resumed event's user turn was stored before the crash."""
+        job = _current.get()
+        return bool(job and job.resumed and await self.inbox.user_turn_stored(msg.event_key))
 
     def _supports_vision(self, model: str) -> bool:
         return any(model == v or model.startswith(v + "-") for v in self._vision)
@@ -274,10 +497,12 @@ class ConversationService:
         async def costs() -> AsyncIterator[int]:
             async for row in self.store.newest_messages(chat_key):
                 tokens = row.token_count
-                if row.encoding != counter.encoding_name:
+                if row.encoding != counter.stored_as:
                     tokens = counter.count(row.content)
+                if row.name:
+                    tokens += counter.count(row.name)
                 kept.append(row)
-                yield tokens + PER_MESSAGE_TOKENS + (PER_NAME_TOKENS if row.name else 0)
+                yield counter.message_cost(tokens, has_name=bool(row.name))
 
         collected = [c async for c in _take_while_fits(costs(), budget)]
         count = fit_newest(collected, budget)
@@ -315,18 +540,7 @@ class ConversationService:
                     raise
                 # Keep what the person already saw, marked, and say what happened.
                 await stream.append("\n\n[answer cut short]")
-                await self.store.append_messages(
-                    msg.chat.key,
-                    [
-                        {
-                            "role": "assistant",
-                            "content": answer.text,
-                            "token_count": counter_for(model).count(answer.text),
-                            "encoding": counter_for(model).encoding_name,
-                            "status": "partial",
-                        }
-                    ],
-                )
+                await self._store_answer(msg, model, answer, "partial")
                 raise RelaybotError(
                     str(err),
                     user_message="The answer was cut short: " + err.user_message,
@@ -334,18 +548,7 @@ class ConversationService:
             flagged = await self.moderator.output_flagged(answer.text)
             if flagged:
                 await stream.retract(WITHHELD_NOTICE)
-                await self.store.append_messages(
-                    msg.chat.key,
-                    [
-                        {
-                            "role": "assistant",
-                            "content": answer.text,
-                            "token_count": 0,
-                            "encoding": counter_for(model).encoding_name,
-                            "status": "withheld",
-                        }
-                    ],
-                )
+                await self._store_answer(msg, model, answer, "withheld")
                 return None
         return answer
 
@@ -357,18 +560,20 @@ class ConversationService:
         messages: list[dict[str, Any]],
         image_parts: list[dict[str, Any]],
     ) -> None:
+        answer.sent = messages
         if image_parts and messages[-1]["role"] == "user":
             last = dict(messages[-1])
             last["content"] = [{"type": "text", "text": last["content"]}, *image_parts]
             messages = [*messages[:-1], last]
-        async for delta in self.client.chat_stream(
-            model=model, messages=messages, max_tokens=self.settings.reply_tokens
-        ):
-            if delta.text:
-                answer.text += delta.text
-                await stream.append(delta.text)
-            if delta.usage is not None:
-                answer.usage = delta.usage
+        with self.metrics.model_call("chat", model):
+            async for delta in self.client.chat_stream(
+                model=model, messages=messages, max_tokens=self.settings.reply_tokens
+            ):
+                if delta.text:
+                    answer.text += delta.text
+                    await stream.append(delta.text)
+                if delta.usage is not None:
+                    answer.usage = delta.usage
 
     # -- audio ----------------------------------------------------------------------------
     async def _transcribe(
@@ -390,11 +595,18 @@ class ConversationService:
         if not data:
             raise BadInput("empty audio", user_message="That audio file is empty.")
         model = self.settings.translate_model if translate else self.settings.transcribe_model
-        text = (
-            await self.client.transcribe(
-                model=model, audio=data, filename=filename, translate=translate
-            )
-        ).strip()
+        with self.metrics.model_call("audio", model):
+            try:
+                text = (
+                    await self.client.transcribe(
+                        model=model, audio=data, filename=filename, translate=translate
+                    )
+                ).strip()
+            except BadInput as err:
+                if err.user_message != BadInput.user_message:
+                    raise
+                # The endpoint refused the file itself (corrupt, or mislabelled).
+                raise BadInput(str(err), user_message=UNREADABLE_AUDIO) from err
         await self._record_usage(msg, model, "audio", audio_seconds=audio.duration_seconds or 0.0)
         if not text:
             raise BadInput("no speech", user_message="I couldn't hear any speech in that audio.")
@@ -413,6 +625,8 @@ class ConversationService:
             )
         elif name == "system":
             await self._system_command(args, msg, sink)
+        elif name == "voicemode":
+            await self._voice_mode_command(args, msg, sink)
         elif name == "model":
             await self._model_command(args, msg, sink)
         elif name == "image":
@@ -433,16 +647,40 @@ class ConversationService:
             if last is None:
                 raise BadInput("nothing to retry", user_message="There is no answer to retry yet.")
             await self._chat(msg, sink, last.content, [], store_user_turn=False)
+        elif name in POLICY_COMMANDS:
+            await self.policy.command(name, args, msg, sink)
         else:
             raise BadInput(
                 f"unknown command {name}",
                 user_message=f"Unknown command /{name}. Send /help to see what I can do.",
             )
 
+    async def _voice_mode_command(self, args: str, msg: IncomingMessage, sink: ReplySink) -> None:
+        # A group's or channel's setting, shared by its threads and topics.
+        key = msg.chat.parent_key or msg.chat.key
+        choice = args.strip().lower()
+        if choice in ("answer", "transcript"):
+            await self.store.update_chat(key, msg.chat.platform, voice_mode=choice)
+            done = (
+                "I'll post the transcript of each voice note here."
+                if choice == "transcript"
+                else "I'll answer voice notes addressed to me here."
+            )
+            await sink.send(Reply(text=done, kind=ReplyKind.NOTICE))
+            return
+        current = await self._voice_mode(msg)
+        await sink.send(
+            Reply(
+                text=f"Voice notes in groups: {current}. "
+                "Change it with /voicemode transcript or /voicemode answer.",
+                kind=ReplyKind.NOTICE,
+            )
+        )
+
     async def _system_command(self, args: str, msg: IncomingMessage, sink: ReplySink) -> None:
         key = msg.chat.key
         if not args:
-            current = (await self.store.chat_settings(key)).system_prompt
+            current = (await self.store.chat_settings(key, msg.chat.parent_key)).system_prompt
             shown = current or self.settings.system_prompt
             origin = "this chat's" if current else "the default"
             await sink.send(
@@ -465,7 +703,8 @@ class ConversationService:
 
     async def _model_command(self, args: str, msg: IncomingMessage, sink: ReplySink) -> None:
         key = msg.chat.key
-        current = (await self.store.chat_settings(key)).model or self.settings.chat_model
+        chat = await self.store.chat_settings(key, msg.chat.parent_key)
+        current = chat.model or self.settings.chat_model
         models = await self.client.list_models()
         if not args:
             lines = [f"{'* ' if m == current else '  '}{m}" for m in models]
@@ -501,9 +740,10 @@ class ConversationService:
         await self.moderator.check_input(prompt)
         await sink.typing()
         model = self.settings.image_model
-        png = await self.client.generate_image(
-            model=model, prompt=prompt, size=self.settings.image_size
-        )
+        with self.metrics.model_call("image", model):
+            png = await self.client.generate_image(
+                model=model, prompt=prompt, size=self.settings.image_size
+            )
         await self._record_usage(msg, model, "image", images=1)
         await sink.send(Reply(text=prompt, image=png, image_name="image.png"))
 
@@ -538,6 +778,14 @@ class ConversationService:
         audio_seconds: float = 0.0,
         images: int = 0,
     ) -> None:
+        cost = self.policy.cost(
+            model,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            audio_seconds=audio_seconds,
+            images=images,
+        )
         await self.store.add_usage(
             platform=msg.chat.platform,
             chat_key=msg.chat.key,
@@ -549,8 +797,14 @@ class ConversationService:
             cached_tokens=usage.cached_tokens if usage else 0,
             audio_seconds=audio_seconds,
             images=images,
-            cost_usd=0.0,
+            cost_usd=cost,
         )
+        self.metrics.usage(msg.chat.platform, model, usage, cost_usd=cost)
+
+
+def _event_id() -> int | None:
+    job = _current.get()
+    return job.event_id if job else None
 
 
 async def _take_while_fits(costs: AsyncIterator[int], budget: int) -> AsyncIterator[int]:

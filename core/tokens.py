@@ -36,6 +36,11 @@ class TokenCounter:
             return estimate_tokens(text)
         return len(self._encoding.encode_ordinary(text))
 
+    @property
+    def stored_as(self) -> str:
+        """The encoding recorded beside a stored count; estimates are recounted when exact."""
+        return self.encoding_name if self.exact else "estimate"
+
     def message_cost(self, content_tokens: int, *, has_name: bool = False) -> int:
         """Tokens one chat message takes in a request: content plus framing (and name)."""
         cost = content_tokens + PER_MESSAGE_TOKENS + ROLE_TOKENS

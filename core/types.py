@@ -21,6 +21,11 @@ class ChatRef:
         base = f"{self.platform}:{self.chat_id}"
         return f"{base}:{self.thread_id}" if self.thread_id else base
 
+    @property
+    def parent_key(self) -> str | None:
+        """The key of the channel or group a thread belongs to (None when not a thread)."""
+        return f"{self.platform}:{self.chat_id}" if self.thread_id else None
+
 
 @dataclass(frozen=True, slots=True)
 class Sender:
@@ -52,6 +57,8 @@ class Attachment:
     filename: str
     fetch: Fetch
     duration_seconds: float | None = None
+    # What the adapter needs to fetch the file again after a restart (a file id or URL).
+    ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,8 @@ class Chat(Base):
     platform: Mapped[str] = mapped_column(String(32))
     system_prompt: Mapped[str | None] = mapped_column(Text, default=None)
     model: Mapped[str | None] = mapped_column(String(128), default=None)
+    # "answer" or "transcript": what a voice note in a group gets (None = the bot's default).
+    voice_mode: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -106,6 +108,8 @@ class UsageRecord(Base):
     """What one model call consumed, for accounting."""
 
     __tablename__ = "usage"
+    # Budgets sum one person's spend since the start of the day or month.
+    __table_args__ = (Index("ix_usage_user", "platform", "user_id", "created_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(
@@ -122,3 +126,32 @@ class UsageRecord(Base):
     audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     images: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class BudgetOverride(Base):
+    """A budget an admin set with /budget, replacing the configured one for its subject."""
+
+    __tablename__ = "budget_overrides"
+
+    # scope: "user" (subject "platform:user_id"), "chat" (a chat key) or "global" (subject "")
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # period: "day" or "month"
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    # None: no limit at all; 0: no access.
+    amount_usd: Mapped[float | None] = mapped_column(Float, default=None)
+    set_by: Mapped[str] = mapped_column(String(160))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class RateLimitWindow(Base):
+    """Requests one subject made in one fixed window, shared by every replica."""
+
+    __tablename__ = "rate_limit_windows"
+
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # Window number: epoch seconds // window length.
+    window: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hits: Mapped[int] = mapped_column(Integer, default=0)

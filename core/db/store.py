@@ -6,13 +6,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, event, insert, select, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from core.db.models import Chat, InboundEvent, Message, UsageRecord, utcnow
+from core.db.models import Chat, InboundEvent, Message, UsageRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +20,7 @@ class ChatSettings:
 
     system_prompt: str | None = None
     model: str | None = None
+    voice_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,9 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
+_INSERT_MESSAGE = insert(Message).returning(Message.id)
+
+
 class Store:
     """All reads and writes of chats, inbound events, history and usage."""
 
@@ -64,37 +67,24 @@ class Store:
         self.engine = engine
         self._session = async_sessionmaker(engine, expire_on_commit=False)
 
-    # -- inbound events -------------------------------------------------------------------
-    async def record_inbound(self, event_key: str, chat_key: str, sender_id: str) -> int | None:
-        """Record an event; None when this key was seen before (a redelivery)."""
-        async with self._session() as session:
-            row = InboundEvent(event_key=event_key, chat_key=chat_key, sender_id=sender_id)
-            session.add(row)
-            try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()
-                return None
-            return row.id
-
-    async def finish_inbound(self, event_id: int, status: str) -> None:
-        """Mark an inbound event handled ("done") or failed."""
-        async with self._session() as session:
-            await session.execute(
-                update(InboundEvent)
-                .where(InboundEvent.id == event_id)
-                .values(status=status, finished_at=utcnow())
-            )
-            await session.commit()
-
     # -- chat settings --------------------------------------------------------------------
-    async def chat_settings(self, chat_key: str) -> ChatSettings:
-        """The chat's own settings (defaults when it never changed any)."""
-        async with self._session() as session:
-            chat = await session.get(Chat, chat_key)
-            if chat is None:
-                return ChatSettings()
-            return ChatSettings(system_prompt=chat.system_prompt, model=chat.model)
+    async def chat_settings(self, chat_key: str, parent_key: str | None = None) -> ChatSettings:
+        """The chat's settings; a thread inherits what its channel or group set."""
+        keys = [chat_key] if parent_key is None else [chat_key, parent_key]
+        # A Core select on a bare connection: the ORM identity map costs more than the query.
+        query = select(Chat.key, Chat.system_prompt, Chat.model, Chat.voice_mode).where(
+            Chat.key.in_(keys)
+        )
+        async with self.engine.connect() as conn:
+            rows = {row[0]: row[1:] for row in await conn.execute(query)}
+        if not rows:
+            return ChatSettings()
+        own = rows.get(chat_key, (None, None, None))
+        parent = rows.get(parent_key or "", (None, None, None))
+        merged = [
+            mine if mine is not None else theirs for mine, theirs in zip(own, parent, strict=True)
+        ]
+        return ChatSettings(system_prompt=merged[0], model=merged[1], voice_mode=merged[2])
 
     async def update_chat(self, chat_key: str, platform: str, **values: str | None) -> None:
         """Set `system_prompt` and/or `model` for a chat (None resets to the default)."""
@@ -108,13 +98,31 @@ class Store:
             await session.commit()
 
     # -- history --------------------------------------------------------------------------
-    async def append_messages(self, chat_key: str, rows: Sequence[dict[str, Any]]) -> list[int]:
-        """Append history rows in order in one transaction; returns their ids."""
-        async with self._session() as session:
-            objs = [Message(chat_key=chat_key, **row) for row in rows]
-            session.add_all(objs)
-            await session.commit()
-            return [obj.id for obj in objs]
+    async def append_messages(
+        self,
+        chat_key: str,
+        rows: Sequence[dict[str, Any]],
+        *,
+        answered_event: int | None = None,
+    ) -> list[int]:
+        """Append history rows in order in one transaction; returns their ids.
+
+        With `answered_event`, that inbound event is marked answered in the same
+        transaction, so a crash after this point never sends the answer twice.
+        """
+        # Core INSERT ... RETURNING: an ORM flush costs several times the statement itself.
+        ids: list[int] = []
+        async with self.engine.begin() as conn:
+            for row in rows:
+                result = await conn.execute(_INSERT_MESSAGE, {"chat_key": chat_key, **row})
+                ids.append(int(result.scalar_one()))
+            if answered_event is not None:
+                await conn.execute(
+                    update(InboundEvent)
+                    .where(InboundEvent.id == answered_event)
+                    .values(status="answered")
+                )
+        return ids
 
     async def newest_messages(
         self, chat_key: str, *, page_size: int = 64, before_id: int | None = None
@@ -137,8 +145,8 @@ class Store:
             )
             if cursor is not None:
                 query = query.where(Message.id < cursor)
-            async with self._session() as session:
-                rows = (await session.execute(query)).all()
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
             for row in rows:
                 yield StoredMessage(*row)
             if len(rows) < page_size:

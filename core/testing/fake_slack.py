@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 
 from core.testing.server import FakeServer, RecordedRequest
 
-Handler = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request, dict[str, Any]], Awaitable[web.Response]]
 
 LOGIN_PAGE = (
     "<!DOCTYPE html><html><head><title>Slack</title></head>"
@@ -225,10 +225,10 @@ class FakeSlack(FakeServer):
         """Private file downloads seen so far (with or without a token)."""
         return [r for r in self.requests if r.path.startswith(("/files-pri/", "/redirect/"))]
 
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
+    async def wait_until(self, predicate: Callable[[], bool], within: float = 10) -> None:
         """Wait until `predicate()` holds, re-checking after each request the fake receives."""
         assert self._changed is not None
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async with self._changed:
                 await self._changed.wait_for(predicate)
 
@@ -262,7 +262,7 @@ class FakeSlack(FakeServer):
 
     def _api(self, name: str, handler: Handler) -> Callable[[web.Request], Awaitable[Any]]:
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            rec: RecordedRequest = request["recorded"]
+            rec: RecordedRequest = self.recorded(request)
             args: dict[str, Any] = dict(request.query)
             args.update({k: v for k, v in rec.form.items() if isinstance(v, str)})
             if isinstance(rec.json, dict):
@@ -435,7 +435,7 @@ class FakeSlack(FakeServer):
     async def _upload(self, request: web.Request) -> web.Response:
         file_id = request.match_info["file_id"]
         pending = self._pending_uploads.get(file_id)
-        body: bytes = request["recorded"].body
+        body: bytes = self.recorded(request).body
         if pending is None:
             return web.Response(status=404, text="not found")
         if len(body) != pending["length"]:
@@ -540,11 +540,11 @@ class FakeSlack(FakeServer):
         self._sockets.remove(ws)
         return ws
 
-    async def wait_socket_connected(self, timeout: float = 10) -> None:
+    async def wait_socket_connected(self, within: float = 10) -> None:
         """Wait until a Socket Mode client has connected."""
         if self._socket_connected is None:
             self._socket_connected = asyncio.Event()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             await self._socket_connected.wait()
 
     async def send_envelope(
@@ -565,12 +565,12 @@ class FakeSlack(FakeServer):
             await ws.send_json(frame)
         return envelope
 
-    async def wait_ack(self, envelope: SocketEnvelope, timeout: float = 10) -> dict[str, Any]:
+    async def wait_ack(self, envelope: SocketEnvelope, within: float = 10) -> dict[str, Any]:
         """Wait until the client acknowledged `envelope`."""
         if self._acked is None:
             self._acked = asyncio.Condition()
         condition = self._acked
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async with condition:
                 await condition.wait_for(lambda: envelope.ack is not None)
         assert envelope.ack is not None
@@ -622,7 +622,9 @@ def _content(args: dict[str, Any]) -> tuple[str, str | None, list[dict[str, Any]
         return "msg_too_long"
     if markdown is not None and len(str(markdown)) > 12_000:
         return "msg_too_long"
-    markdown_chars = sum(len(str(b.get("text", ""))) for b in blocks if b.get("type") == "markdown")
+    markdown_chars = sum(
+        len(str(b.get("text", ""))) for b in blocks if b.get("type") == "markdown"
+    )
     if markdown_chars > 12_000:
         return "invalid_blocks"
     return text, (str(markdown) if markdown is not None else None), blocks

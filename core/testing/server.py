@@ -67,6 +67,7 @@ class FakeServer:
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         # Set whenever a request is recorded, so tests wait on events instead of sleeping.
         self._changed: asyncio.Condition | None = None
+        self._changed_sync = threading.Condition()
 
     # -- to override -------------------------------------------------------------------
     def routes(self, app: web.Application) -> None:
@@ -168,7 +169,9 @@ class FakeServer:
         elif ctype == "application/x-www-form-urlencoded":
             rec.form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         request[RECORDED] = rec
-        self.requests.append(rec)
+        with self._changed_sync:
+            self.requests.append(rec)
+            self._changed_sync.notify_all()
         try:
             response: web.StreamResponse = await handler(request)
             return response
@@ -193,6 +196,17 @@ class FakeServer:
             async with self._changed:
                 await self._changed.wait_for(lambda: len(matching()) >= count)
         return matching()
+
+    def wait_sync(
+        self, path_suffix: str, count: int = 1, within: float = 10
+    ) -> list[RecordedRequest]:
+        """From another thread (server in `start_in_thread`): wait for `count` requests."""
+        with self._changed_sync:
+            if not self._changed_sync.wait_for(
+                lambda: len(self.calls(path_suffix)) >= count, timeout=within
+            ):
+                raise TimeoutError(f"fewer than {count} requests to {path_suffix}")
+        return self.calls(path_suffix)
 
     @staticmethod
     def recorded(request: web.Request) -> RecordedRequest:

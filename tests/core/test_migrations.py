@@ -20,7 +20,15 @@ async def test_upgrade_check_downgrade(database_url: str) -> None:
         assert await migrate.current_revision(engine) is None
         await migrate.upgrade(engine)
         assert await migrate.current_revision(engine) == migrate.head_revision()
-        assert await _tables(engine) == {"chats", "chat_leases", "inbound_events", "messages", "usage"}
+        assert await _tables(engine) == {
+            "budget_overrides",
+            "chats",
+            "chat_leases",
+            "inbound_events",
+            "messages",
+            "rate_limit_windows",
+            "usage",
+        }
         # `alembic check`: the models and the migrations describe the same schema.
         await migrate.check(engine)
         await migrate.downgrade(engine, "base")

@@ -11,7 +11,7 @@ from core.app import Core, open_core
 from core.config import Settings
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
-from core.tokens import PER_MESSAGE_TOKENS, PER_NAME_TOKENS, PRIMING_TOKENS, counter_for
+from core.tokens import PRIMING_TOKENS, counter_for
 from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
 from tests.conftest import FIXTURES
 
@@ -35,9 +35,9 @@ def request_tokens(body: dict, model: str) -> int:
     counter = counter_for(model)
     total = PRIMING_TOKENS
     for m in body["messages"]:
-        total += PER_MESSAGE_TOKENS + counter.count(m["content"])
-        if "name" in m:
-            total += PER_NAME_TOKENS
+        name = m.get("name")
+        tokens = counter.count(m["content"]) + (counter.count(name) if name else 0)
+        total += counter.message_cost(tokens, has_name=bool(name))
     return total
 
 

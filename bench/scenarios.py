@@ -1,0 +1,315 @@
+"""The scenarios of issue 8. Each `*_worker` runs in a fresh process and returns a dict."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert
+
+from bench.harness import (
+    NullSink,
+    bench_settings,
+    handle_metered,
+    message,
+    metered_core,
+    peak_rss_mb,
+    percentile,
+)
+from core.app import Core
+from core.db.models import Message
+from core.tokens import counter_for
+
+WARMUP = 30
+_TEXT = (
+    "the relay bot answers questions about weather trains recipes code books music and "
+    "travel plans while keeping every chat history in a database trimmed to the model "
+    "context window with exact token counts so nothing is lost or sent twice"
+)
+WORDS = tuple(_TEXT.split())
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def _cpu() -> float:
+    return time.process_time()
+
+
+async def _warm(core: Core, chat: str, count: int = WARMUP) -> None:
+    sink = NullSink()
+    for i in range(count):
+        await core.service.handle(message(chat, i), sink)
+    if sink.errors:
+        raise RuntimeError(f"warm-up failed: {sink.errors[0]}")
+
+
+# -- 1. overhead per message ----------------------------------------------------------------
+async def _overhead(base_url: str, db_url: str, count: int, per_chat: int) -> dict[str, Any]:
+    async with metered_core(bench_settings(base_url, db_url)) as core:
+        await _warm(core, "warm")
+        sink = NullSink()
+        overheads: list[float] = []
+        models: list[float] = []
+        walls: list[float] = []
+        for i in range(count):
+            wall, meter = await handle_metered(core, message(f"o{i // per_chat}", i), sink)
+            walls.append(wall)
+            models.append(meter.seconds)
+            overheads.append(wall - meter.seconds)
+        if sink.errors or sink.answers != count:
+            raise RuntimeError(f"overhead run failed: {sink.errors[:1]}")
+    return {
+        "messages": count,
+        "p50_ms": _ms(percentile(overheads, 50)),
+        "p99_ms": _ms(percentile(overheads, 99)),
+        "wall_p50_ms": _ms(percentile(walls, 50)),
+        "model_p50_ms": _ms(percentile(models, 50)),
+    }
+
+
+def overhead_worker(base_url: str, db_url: str, count: int) -> dict[str, Any]:
+    """Scenario 1: overhead per message, sequential, 10 messages per chat."""
+    return asyncio.run(_overhead(base_url, db_url, count, per_chat=10))
+
+
+# -- 2. history length ----------------------------------------------------------------------
+def _history_rows(
+    chat_key: str, size: int, encoding: str, pool: list[tuple[str, int]]
+) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(size):
+        text, tokens = pool[i % len(pool)]
+        rows.append(
+            {
+                "chat_key": chat_key,
+                "role": "user" if i % 2 == 0 else "assistant",
+                "content": text,
+                "name": None,
+                "token_count": tokens,
+                "encoding": encoding,
+                "status": "ok",
+                "event_key": None,
+                "created_at": now,
+            }
+        )
+    return rows
+
+
+async def _prefill(core: Core, chat_key: str, size: int) -> None:
+    counter = counter_for(core.settings.chat_model)
+    rnd = random.Random(size)
+    pool = []
+    for _ in range(64):
+        text = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(10, 40))).capitalize() + "."
+        pool.append((text, counter.count(text)))
+    rows = _history_rows(chat_key, size, counter.encoding_name, pool)
+    async with core.engine.begin() as conn:
+        for start in range(0, len(rows), 20_000):
+            await conn.execute(insert(Message), rows[start : start + 20_000])
+
+
+async def _history(base_url: str, db_url: str, sizes: list[int], count: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    async with metered_core(bench_settings(base_url, db_url)) as core:
+        await _warm(core, "warm")
+        for size in sizes:
+            chats = [f"h{size}-{k}" for k in range(max(1, min(count, 10_000 // size)))]
+            filled = time.perf_counter()
+            for chat in chats:
+                await _prefill(core, f"bench:{chat}", size)
+            filled = time.perf_counter() - filled
+            sink = NullSink()
+            for chat in chats:  # one unmeasured message per chat: its steady state
+                await core.service.handle(message(chat, -1), sink)
+            overheads: list[float] = []
+            for i in range(count):
+                wall, meter = await handle_metered(core, message(chats[i % len(chats)], i), sink)
+                overheads.append(wall - meter.seconds)
+            if sink.errors:
+                raise RuntimeError(f"history run failed: {sink.errors[:1]}")
+            results[str(size)] = {
+                "p50_ms": _ms(percentile(overheads, 50)),
+                "p99_ms": _ms(percentile(overheads, 99)),
+                "prefill_s": round(filled, 2),
+                "chats": len(chats),
+            }
+    first, last = results[str(sizes[0])]["p50_ms"], results[str(sizes[-1])]["p50_ms"]
+    results["ratio"] = round(last / first, 3) if first else float("nan")
+    return results
+
+
+def history_worker(base_url: str, db_url: str, sizes: list[int], count: int) -> dict[str, Any]:
+    """Scenario 2: overhead per message against chats of `sizes` stored messages."""
+    return asyncio.run(_history(base_url, db_url, sizes, count))
+
+
+# -- 3. throughput ----------------------------------------------------------------------------
+async def _drive(core: Core, prefix: str, total: int, chats: int, inflight: int) -> list[float]:
+    """Handle `total` messages over `chats` chats, `inflight` at a time; their latencies."""
+    sink = NullSink()
+    latencies: list[float] = []
+    next_index = 0
+
+    async def lane() -> None:
+        nonlocal next_index
+        while next_index < total:
+            i = next_index
+            next_index += 1
+            started = time.perf_counter()
+            await core.service.handle(message(f"{prefix}{i % chats}", i), sink)
+            latencies.append(time.perf_counter() - started)
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(inflight):
+            group.create_task(lane())
+    if sink.errors:
+        raise RuntimeError(f"{len(sink.errors)} messages failed, first: {sink.errors[0]}")
+    return latencies
+
+
+async def _throughput(
+    base_url: str, db_url: str, prefix: str, total: int, chats: int, inflight: int, gate: Any
+) -> dict[str, Any]:
+    async with metered_core(bench_settings(base_url, db_url)) as core:
+        await _warm(core, f"{prefix}warm")
+        if gate is not None:  # start together with the other worker
+            gate.wait()
+        cpu = _cpu()
+        started = time.monotonic()
+        latencies = await _drive(core, prefix, total, chats, inflight)
+        ended = time.monotonic()
+        cpu = _cpu() - cpu
+    return {
+        "messages": total,
+        "started": started,
+        "ended": ended,
+        "cpu_s": cpu,
+        "rate": total / (ended - started),
+        "latency_p50_ms": _ms(percentile(latencies, 50)),
+    }
+
+
+def throughput_worker(
+    base_url: str,
+    db_url: str,
+    prefix: str,
+    total: int,
+    chats: int,
+    inflight: int,
+    gate: Any = None,
+    out: Any = None,
+) -> dict[str, Any]:
+    """Scenario 3: messages per second over `chats` chats with a zero-latency model."""
+    result = asyncio.run(_throughput(base_url, db_url, prefix, total, chats, inflight, gate))
+    if out is not None:
+        out.put(result)
+    return result
+
+
+# -- 4. concurrency -----------------------------------------------------------------------------
+async def _concurrency(base_url: str, db_url: str, chats: int) -> dict[str, Any]:
+    settings = bench_settings(base_url, db_url, max_connections=chats + 100)
+    async with metered_core(settings) as core:
+        await asyncio.gather(
+            *(core.service.handle(message(f"warm{i}", 0), NullSink()) for i in range(20))
+        )
+        sink = NullSink()
+        latencies: list[float] = []
+
+        async def one(i: int) -> None:
+            started = time.perf_counter()
+            try:
+                await core.service.handle(message(f"k{i}", i), sink)
+            except Exception as exc:  # e.g. no database connection within the pool timeout
+                sink.errors.append(f"handle() raised {type(exc).__name__}: {exc}"[:200])
+                return
+            latencies.append(time.perf_counter() - started)
+
+        cpu = _cpu()
+        started = time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            for i in range(chats):
+                group.create_task(one(i))
+        wall = time.perf_counter() - started
+        cpu = _cpu() - cpu
+    # Failures are reported, not raised: under this load they are a finding in themselves.
+    answered = chats - len(sink.errors)
+    return {
+        "chats": chats,
+        "failed": len(sink.errors),
+        "first_failure": sink.errors[0] if sink.errors else None,
+        "wall_s": round(wall, 3),
+        "rate": answered / wall,
+        "cpu_s": cpu,
+        "latency_p50_ms": _ms(percentile(latencies, 50)),
+        "latency_p99_ms": _ms(percentile(latencies, 99)),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def concurrency_worker(base_url: str, db_url: str, chats: int) -> dict[str, Any]:
+    """Scenario 4: `chats` chats in flight at once against a slow model."""
+    return asyncio.run(_concurrency(base_url, db_url, chats))
+
+
+# -- 6. context use -------------------------------------------------------------------------------
+def _request_tokens(encoding: Any, messages: list[dict[str, Any]]) -> int:
+    """Prompt tokens of a chat request as OpenAI's cookbook counts them (gpt-4o family)."""
+    tokens = 3  # the reply is primed with <|start|>assistant<|message|>
+    for item in messages:
+        tokens += 3
+        for key, value in item.items():
+            tokens += len(encoding.encode_ordinary(str(value)))
+            if key == "name":
+                tokens += 1
+    return tokens
+
+
+async def _context(db_url: str, turns: int, window: int, reply: int) -> dict[str, Any]:
+    import tiktoken
+
+    from core.testing.fake_openai import FakeOpenAI
+
+    rnd = random.Random(6)
+    async with FakeOpenAI() as fake:
+        settings = bench_settings(fake.base_url, db_url, context_tokens=window, reply_tokens=reply)
+        async with metered_core(settings) as core:
+            sink = NullSink()
+            for i in range(turns):
+                words = rnd.choice((5, 20, 60, 150, 400))
+                text = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(1, words)))
+                # A group chat, so history carries speakers' names (they cost tokens too).
+                await core.service.handle(message("ctx", i, text, group=True), sink)
+            if sink.errors:
+                raise RuntimeError(f"context run failed: {sink.errors[:1]}")
+        encoding = tiktoken.encoding_for_model(settings.chat_model)
+        budget = window - reply
+        ratios = []
+        trimmed = []
+        for i, body in enumerate(fake.chat_requests()):
+            ratio = _request_tokens(encoding, body["messages"]) / budget
+            ratios.append(ratio)
+            # Turn i has 2i + 1 history messages; fewer sent means the window was full.
+            if len(body["messages"]) - 1 < 2 * i + 1:
+                trimmed.append(ratio)
+    return {
+        "requests": len(ratios),
+        "trimmed_requests": len(trimmed),
+        "max": round(max(ratios), 5),
+        "over_budget": sum(1 for r in ratios if r > 1.0),
+        "min_trimmed": round(min(trimmed), 4) if trimmed else None,
+        "mean_trimmed": round(sum(trimmed) / len(trimmed), 4) if trimmed else None,
+        "window": window,
+        "reply_tokens": reply,
+    }
+
+
+def context_worker(db_url: str, turns: int, window: int, reply: int) -> dict[str, Any]:
+    """Scenario 6: tokens sent ÷ budget per request over a long chat."""
+    return asyncio.run(_context(db_url, turns, window, reply))

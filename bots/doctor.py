@@ -1,0 +1,374 @@
+"""`relaybot doctor`: check every dependency once and say what to fix."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from core.config import Settings
+from core.errors import AuthFailed, RelaybotError, UpstreamDown
+from core.logs import RedactingFilter, settings_secrets
+
+OFFICIAL_API = "api.openai.com"
+PLATFORM_TIMEOUT = 10.0
+TOKENIZER_TIMEOUT = 30.0
+
+
+class Status(enum.Enum):
+    """How a check went; only FAIL makes the exit code non-zero."""
+
+    OK = "OK"
+    WARN = "WARN"
+    FAIL = "FAIL"
+    SKIP = "SKIP"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One line of the report: what was checked, what was found, what to do."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        """`STATUS name: detail -> fix`."""
+        fix = f" -> {self.fix}" if self.fix else ""
+        return f"{self.status.value:<4}  {self.name}: {self.detail}{fix}"
+
+
+def ok(name: str, detail: str) -> Result:
+    """A passed check."""
+    return Result(name, Status.OK, detail)
+
+
+def fail(name: str, detail: str, fix: str) -> Result:
+    """A failed check and how to fix it."""
+    return Result(name, Status.FAIL, detail, fix)
+
+
+# -- configuration -----------------------------------------------------------------------
+def check_config(settings: Settings) -> list[Result]:
+    """Settings that parse but cannot work together."""
+    results: list[Result] = []
+    if settings.openai_api_key is None and OFFICIAL_API in settings.openai_base_url:
+        results.append(
+            fail(
+                "config",
+                "OPENAI_API_KEY is not set and OPENAI_BASE_URL is the OpenAI API",
+                "set OPENAI_API_KEY (environment or .env), or point OPENAI_BASE_URL at a "
+                "server that needs no key",
+            )
+        )
+    if settings.telegram_webhook_url and settings.telegram_webhook_secret is None:
+        results.append(
+            fail(
+                "config",
+                "TELEGRAM_WEBHOOK_URL is set without TELEGRAM_WEBHOOK_SECRET: anyone could "
+                "post forged updates to the webhook",
+                "set TELEGRAM_WEBHOOK_SECRET to a random string (1-256 of A-Z a-z 0-9 _ -)",
+            )
+        )
+    if (
+        settings.slack_bot_token is not None
+        and settings.slack_app_token is None
+        and settings.slack_signing_secret is None
+    ):
+        results.append(
+            fail(
+                "config",
+                "SLACK_BOT_TOKEN is set but neither SLACK_SIGNING_SECRET (HTTP events) nor "
+                "SLACK_APP_TOKEN (Socket Mode)",
+                "copy the Signing Secret from the Slack app's Basic Information page, or "
+                "an xapp- token for Socket Mode",
+            )
+        )
+    platforms = [
+        name
+        for name, token in (
+            ("telegram", settings.telegram_bot_token),
+            ("slack", settings.slack_bot_token),
+        )
+        if token is not None
+    ]
+    if not results:
+        where = ", ".join(platforms) if platforms else "console only (no platform token set)"
+        results.append(
+            ok("config", f"model {settings.chat_model} at {settings.openai_base_url}; {where}")
+        )
+    return results
+
+
+# -- database ----------------------------------------------------------------------------
+async def check_database(settings: Settings) -> Result:
+    """The database answers and its migrations are at the code's head."""
+    from core.db import migrate
+    from core.db.store import create_engine
+
+    name = "database"
+    try:
+        url = make_url(settings.database_url)
+    except Exception as exc:
+        return fail(name, f"RELAYBOT_DATABASE_URL cannot be parsed ({exc})", _DB_URL_FIX)
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(str(url.database))
+        if not await asyncio.to_thread(path.exists):
+            # Connecting would create an empty file: report instead of changing anything.
+            return fail(
+                name,
+                f"{shown}: the file {path} does not exist",
+                "run `relaybot db upgrade` (or start relaybot once with "
+                "RELAYBOT_AUTO_MIGRATE=true) in the right working directory",
+            )
+    try:
+        engine = create_engine(settings.database_url)
+    except Exception as exc:
+        return fail(name, f"{shown}: {type(exc).__name__}: {exc}", _DB_URL_FIX)
+    try:
+        try:
+            async with asyncio.timeout(PLATFORM_TIMEOUT):
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+                current = await migrate.current_revision(engine)
+        except Exception as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            return fail(
+                name,
+                f"{shown} is unreachable: {type(exc).__name__}: {detail}"[:300],
+                "check RELAYBOT_DATABASE_URL, that the server runs and accepts this user",
+            )
+        head = migrate.head_revision()
+        if current is None:
+            return fail(
+                name,
+                f"{shown} answers but was never migrated (code expects {head})",
+                "run `relaybot db upgrade`",
+            )
+        if current != head:
+            return fail(
+                name,
+                f"{shown} is at migration {current}, code expects {head}",
+                "run `relaybot db upgrade` (with the newest code) before starting",
+            )
+        return ok(name, f"{shown} reachable, migrations at head ({head})")
+    finally:
+        await engine.dispose()
+
+
+_DB_URL_FIX = (
+    "set RELAYBOT_DATABASE_URL to sqlite+aiosqlite:///PATH or "
+    "postgresql+asyncpg://USER:PASSWORD@HOST/DB"
+)
+
+
+# -- model endpoint ----------------------------------------------------------------------
+async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> list[Result]:
+    """The endpoint lists its models with our key; the configured chat model is among them."""
+    from core.openai_client import OpenAIClient
+
+    name = "model endpoint"
+    url = settings.openai_base_url
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    client = OpenAIClient(
+        http,
+        base_url=url,
+        api_key=api_key,
+        max_retries=0,
+        stream_idle_timeout=settings.stream_idle_timeout,
+    )
+    try:
+        models = await client.list_models()
+    except AuthFailed:
+        return [
+            fail(
+                name,
+                f"{url} rejected OPENAI_API_KEY (401/403)",
+                "check the key (a revoked or mistyped key, or one for another provider)",
+            )
+        ]
+    except UpstreamDown as exc:
+        return [
+            fail(
+                name,
+                f"cannot reach {url} ({exc})"[:300],
+                "check OPENAI_BASE_URL (it usually ends in /v1), DNS, proxy "
+                "(RELAYBOT_HTTP_PROXY) and firewall",
+            )
+        ]
+    except RelaybotError as exc:
+        return [
+            Result(
+                name,
+                Status.WARN,
+                f"{url} answers but cannot list models ({type(exc).__name__})",
+                "fine for servers without /models; otherwise check OPENAI_BASE_URL",
+            )
+        ]
+    results = [ok(name, f"{url} lists {len(models)} models")]
+    if models and settings.chat_model not in models:
+        shown = ", ".join(sorted(models)[:8]) + (", ..." if len(models) > 8 else "")
+        results.append(
+            Result(
+                "chat model",
+                Status.WARN,
+                f"{settings.chat_model} is not among the endpoint's models",
+                f"set RELAYBOT_CHAT_MODEL to one of: {shown}",
+            )
+        )
+    return results
+
+
+# -- platforms ---------------------------------------------------------------------------
+async def check_telegram(settings: Settings, http: httpx.AsyncClient) -> Result:
+    """getMe with the bot token."""
+    name = "telegram"
+    if settings.telegram_bot_token is None:
+        return Result(name, Status.SKIP, "TELEGRAM_BOT_TOKEN not set")
+    token = settings.telegram_bot_token.get_secret_value()
+    try:
+        response = await http.get(
+            f"{settings.telegram_api_base_url}{token}/getMe", timeout=PLATFORM_TIMEOUT
+        )
+        payload = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return fail(
+            name,
+            f"cannot reach the Bot API at {settings.telegram_api_base_url} ({type(exc).__name__})",
+            "check TELEGRAM_API_BASE_URL, DNS, proxy and firewall",
+        )
+    if response.status_code == 401 or payload.get("error_code") == 401:
+        return fail(
+            name,
+            "the Bot API rejected TELEGRAM_BOT_TOKEN (401 Unauthorized)",
+            "copy the token from @BotFather again (/mybots -> API Token); it looks like "
+            "123456789:AA...",
+        )
+    if not payload.get("ok"):
+        return fail(
+            name,
+            f"getMe failed: {payload.get('description', response.status_code)}",
+            "check TELEGRAM_BOT_TOKEN and TELEGRAM_API_BASE_URL",
+        )
+    bot = payload.get("result", {})
+    mode = "webhook" if settings.telegram_webhook_url else "long polling"
+    return ok(name, f"bot @{bot.get('username', '?')} (id {bot.get('id', '?')}), {mode}")
+
+
+async def check_slack(settings: Settings, http: httpx.AsyncClient) -> Result:
+    """auth.test with the bot token."""
+    name = "slack"
+    if settings.slack_bot_token is None:
+        return Result(name, Status.SKIP, "SLACK_BOT_TOKEN not set")
+    token = settings.slack_bot_token.get_secret_value()
+    base = settings.slack_api_url.rstrip("/") + "/"
+    try:
+        response = await http.post(
+            f"{base}auth.test",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=PLATFORM_TIMEOUT,
+        )
+        payload = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return fail(
+            name,
+            f"cannot reach the Slack API at {base} ({type(exc).__name__})",
+            "check SLACK_API_URL, DNS, proxy and firewall",
+        )
+    if not payload.get("ok"):
+        error = payload.get("error", f"HTTP {response.status_code}")
+        fix = "check SLACK_BOT_TOKEN"
+        if error in ("invalid_auth", "not_authed", "token_revoked", "account_inactive"):
+            fix = (
+                "copy the Bot User OAuth Token (xoxb-...) from the app's OAuth & Permissions "
+                "page; reinstall the app if it was revoked"
+            )
+        return fail(name, f"auth.test failed: {error}", fix)
+    mode = "Socket Mode" if settings.slack_app_token else "HTTP events at /slack/events"
+    return ok(name, f"bot {payload.get('user', '?')} in team {payload.get('team', '?')}, {mode}")
+
+
+# -- tokenizer ---------------------------------------------------------------------------
+def _load_encoding(name: str) -> None:
+    import tiktoken
+
+    tiktoken.get_encoding(name)
+
+
+async def check_tokenizer(settings: Settings) -> Result:
+    """tiktoken can load the encodings the chat model needs."""
+    import tiktoken
+
+    name = "tokenizer"
+    try:
+        model_encoding = tiktoken.encoding_name_for_model(settings.chat_model)
+    except KeyError:
+        model_encoding = "o200k_base"
+    encodings = sorted({"o200k_base", model_encoding})
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+    where = f"TIKTOKEN_CACHE_DIR={cache}" if cache else "tiktoken's default cache"
+    for encoding in encodings:
+        try:
+            async with asyncio.timeout(TOKENIZER_TIMEOUT):
+                await asyncio.to_thread(_load_encoding, encoding)
+        except Exception as exc:
+            return Result(
+                name,
+                Status.FAIL,
+                f"cannot load {encoding} from {where} ({type(exc).__name__}); token counts "
+                "would be estimated and less history would fit",
+                "copy the tiktoken BPE files into a directory and set TIKTOKEN_CACHE_DIR to "
+                "it (or allow the download once)",
+            )
+    return ok(name, f"{', '.join(encodings)} loaded from {where}")
+
+
+# -- the report --------------------------------------------------------------------------
+async def run_checks(settings: Settings) -> list[Result]:
+    """Every check, in the order a person would fix them."""
+    from core.openai_client import build_http_client
+
+    results = check_config(settings)
+    results.append(await check_database(settings))
+    http = build_http_client(settings)
+    try:
+        results.extend(await check_model_endpoint(settings, http))
+        results.append(await check_telegram(settings, http))
+        results.append(await check_slack(settings, http))
+    finally:
+        await http.aclose()
+    results.append(await check_tokenizer(settings))
+    return results
+
+
+def report(results: list[Result], settings: Settings | None, out: TextIO) -> int:
+    """Print one line per check, secrets redacted; 0 when nothing failed, else 1."""
+    scrub = RedactingFilter(settings_secrets(settings) if settings else ())
+    for result in results:
+        print(scrub.redact(result.line()), file=out)
+    counts = {status: sum(1 for r in results if r.status is status) for status in Status}
+    summary = [f"{counts[Status.OK]} OK"]
+    summary += [f"{counts[s]} {s.value}" for s in (Status.WARN, Status.SKIP) if counts[s]]
+    failed = counts[Status.FAIL]
+    verdict = f"{failed} to fix" if failed else "nothing to fix"
+    print(f"relaybot doctor: {verdict} ({', '.join(summary)})", file=out)
+    return 1 if failed else 0
+
+
+def run(settings_factory: Callable[[], Settings], out: TextIO) -> int:
+    """Load settings (a failure is the first FAIL), run the checks, print the report."""
+    try:
+        settings = settings_factory()
+    except Exception as exc:
+        return report([fail("config", str(exc), "fix the variable named above")], None, out)
+    return report(asyncio.run(run_checks(settings)), settings, out)

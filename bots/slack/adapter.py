@@ -1,0 +1,345 @@
+"""The Slack adapter: a slack-bolt AsyncApp over HTTP (/slack/events) or Socket Mode."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp, AsyncAssistant, AsyncBoltContext
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bots.http_server import HttpServer
+from bots.slack.events import PLATFORM, thread_to_check, to_incoming
+from bots.slack.files import fetcher
+from bots.slack.sink import SinkOptions, SlackSink, StreamingSupport
+from core.app import Core
+from core.errors import ConfigError, ShuttingDown
+from core.types import ChatRef, IncomingMessage, Sender
+
+log = logging.getLogger("relaybot.slack")
+
+EVENTS_PATH = "/slack/events"
+SUGGESTED_PROMPTS = (
+    {"title": "Summarise", "message": "Summarise this for me: "},
+    {"title": "Explain", "message": "Explain like I'm new to the topic: "},
+    {"title": "Draw", "message": "image: a lighthouse at dawn, watercolour"},
+)
+_THREAD_CACHE_SIZE = 10_000
+_NEGATIVE_TTL = 300.0
+
+
+class _ThreadMemory:
+    """Which channel threads the bot takes part in (bounded; misses ask Slack)."""
+
+    def __init__(self) -> None:
+        self._known: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> bool | None:
+        found = self._known.get(key)
+        if found is None:
+            return None
+        member, at = found
+        if not member and time.monotonic() - at > _NEGATIVE_TTL:
+            del self._known[key]
+            return None
+        self._known.move_to_end(key)
+        return member
+
+    def set(self, key: tuple[str, str], member: bool) -> None:
+        self._known[key] = (member, time.monotonic())
+        self._known.move_to_end(key)
+        while len(self._known) > _THREAD_CACHE_SIZE:
+            self._known.popitem(last=False)
+
+
+class SlackAdapter:
+    """Receives Slack events, hands neutral messages to the core, answers through SlackSink."""
+
+    def __init__(
+        self, core: Core, server: HttpServer, *, sink_options: SinkOptions | None = None
+    ) -> None:
+        settings = core.settings
+        if settings.slack_bot_token is None:
+            raise ConfigError("Slack needs SLACK_BOT_TOKEN (xoxb-...)")
+        self.socket_mode = settings.slack_app_token is not None
+        if not self.socket_mode and settings.slack_signing_secret is None:
+            raise ConfigError("Slack in HTTP mode needs SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN)")
+        self.core = core
+        self.server = server
+        self.sink_options = sink_options or SinkOptions()
+        self.streaming = StreamingSupport()
+        self._token = settings.slack_bot_token.get_secret_value()
+        self.client = AsyncWebClient(token=self._token, base_url=settings.slack_api_url)
+        secret = settings.slack_signing_secret
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=secret.get_secret_value() if secret is not None else None,
+            # Listeners only translate and store the event (fast), then Slack gets its 200:
+            # an acknowledged event is already durable. The answer is written afterwards.
+            process_before_response=True,
+            request_verification_enabled=not self.socket_mode,
+            logger=logging.getLogger("relaybot.slack.bolt"),
+        )
+        self._fetch_for = fetcher(core.http, self._token, self._file_info)
+        self._threads = _ThreadMemory()
+        self._names: dict[str, str] = {}
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._socket: AsyncSocketModeHandler | None = None
+        self._register()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def setup(self) -> None:
+        """Add /slack/events to the shared HTTP server (HTTP mode)."""
+        if not self.socket_mode:
+            self.server.app.router.add_post(EVENTS_PATH, self._http)
+
+    async def start(self) -> None:
+        """Connect the Socket Mode WebSocket when an app token is configured."""
+        if self.socket_mode:
+            app_token = self.core.settings.slack_app_token
+            assert app_token is not None
+            self._socket = AsyncSocketModeHandler(self.app, app_token.get_secret_value())
+            await self._socket.connect_async()  # type: ignore[no-untyped-call]
+            log.info("slack connected in socket mode")
+        else:
+            log.info("slack listening on %s", EVENTS_PATH)
+
+    async def stop(self) -> None:
+        """Stop receiving, then let answers in progress finish (bounded)."""
+        if self._socket is not None:
+            await self._socket.close_async()  # type: ignore[no-untyped-call]
+            self._socket = None
+        await self.drain(within=30)
+
+    async def drain(self, within: float = 10) -> None:
+        """Wait until every event being worked on is done."""
+        while self._inflight:
+            async with asyncio.timeout(within):
+                await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+    # -- HTTP ------------------------------------------------------------------------------
+    async def _http(self, request: web.Request) -> web.Response:
+        # Bolt checks the signature and timestamp (401 otherwise) and acks before our work.
+        bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(bolt_response)
+
+    # -- listeners -------------------------------------------------------------------------
+    def _register(self) -> None:
+        self.app.event("app_mention")(self._on_event)
+        self.app.event("message")(self._on_event)
+        self.app.command("/image")(self._on_image_command)
+
+        assistant = AsyncAssistant()
+        assistant.thread_started(self._on_thread_started)
+        assistant.user_message(self._on_assistant_message)
+        assistant.bot_message(self._ignore)
+        assistant.thread_context_changed(self._ignore)
+        self.app.assistant(assistant)
+
+    async def _ignore(self) -> None:
+        """Events we acknowledge and drop (our own assistant messages, context changes)."""
+
+    async def _on_thread_started(self, event: Mapping[str, Any]) -> None:
+        thread = event.get("assistant_thread") or {}
+        try:
+            await self.client.assistant_threads_setSuggestedPrompts(
+                channel_id=str(thread.get("channel_id", "")),
+                thread_ts=str(thread.get("thread_ts", "")),
+                title="Try one of these:",
+                prompts=list(SUGGESTED_PROMPTS),
+            )
+        except SlackApiError as err:
+            log.warning("could not set suggested prompts: %s", err.response.get("error"))
+
+    async def _on_assistant_message(
+        self, event: Mapping[str, Any], body: Mapping[str, Any], context: AsyncBoltContext
+    ) -> None:
+        await self._handle(event, body, context, assistant=True)
+
+    async def _on_event(
+        self, event: Mapping[str, Any], body: Mapping[str, Any], context: AsyncBoltContext
+    ) -> None:
+        await self._handle(event, body, context, assistant=False)
+
+    async def _handle(
+        self,
+        event: Mapping[str, Any],
+        body: Mapping[str, Any],
+        context: AsyncBoltContext,
+        *,
+        assistant: bool,
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            msg = await self._to_incoming(event, body, context)
+            if msg is None:
+                return
+            if not msg.is_direct and msg.chat.thread_id:
+                self._threads.set((str(event["channel"]), msg.chat.thread_id), True)
+            sink = SlackSink(
+                self.client,
+                channel=str(event["channel"]),
+                thread_ts=msg.chat.thread_id,
+                team_id=str(body.get("team_id") or context.team_id or ""),
+                user_id=msg.sender.id,
+                assistant_thread=assistant,
+                options=self.sink_options,
+                support=self.streaming,
+            )
+            self._track(await self.core.service.submit(msg, sink))
+        except ShuttingDown:
+            raise  # no 200: Slack retries, and another replica (or the next start) answers
+        except Exception:
+            log.exception("slack event failed")
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _to_incoming(
+        self, event: Mapping[str, Any], body: Mapping[str, Any], context: AsyncBoltContext
+    ) -> IncomingMessage | None:
+        bot_user_id = str(context.bot_user_id or "")
+        bot_id = context.bot_id
+        team_id = str(body.get("team_id") or context.team_id or "")
+        in_thread = False
+        check = thread_to_check(event, bot_user_id, bot_id)
+        if check is not None:
+            in_thread = await self._bot_in_thread(*check, bot_user_id, bot_id)
+        msg = to_incoming(
+            event,
+            team_id=team_id,
+            bot_user_id=bot_user_id,
+            bot_id=bot_id,
+            in_bot_thread=in_thread,
+            fetch_for=self._fetch_for,
+        )
+        if msg is not None and not msg.is_direct:
+            name = await self._user_name(msg.sender.id)
+            msg = dataclasses.replace(msg, sender=Sender(id=msg.sender.id, name=name))
+        return msg
+
+    def _track(self, job: asyncio.Task[None] | None) -> None:
+        if job is not None:
+            self._inflight.add(job)
+            job.add_done_callback(self._inflight.discard)
+
+    async def _on_image_command(
+        self, ack: Any, command: Mapping[str, Any], context: AsyncBoltContext
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            channel = str(command.get("channel_id", ""))
+            team = str(command.get("team_id") or context.team_id or "")
+            user = str(command.get("user_id", ""))
+            msg = IncomingMessage(
+                chat=ChatRef(PLATFORM, f"{team}:{channel}"),
+                sender=Sender(id=user, name=str(command.get("user_name") or user)),
+                event_key=f"{PLATFORM}:command:{command.get('trigger_id', '')}",
+                text=f"/image {str(command.get('text', '')).strip()}".rstrip(),
+                is_direct=channel.startswith("D"),
+            )
+            sink = SlackSink(
+                self.client,
+                channel=channel,
+                thread_ts=None,
+                team_id=team,
+                user_id=user,
+                options=self.sink_options,
+                support=self.streaming,
+            )
+            # Slack never retries a slash command: store it, then acknowledge either way.
+            self._track(await self.core.service.submit(msg, sink))
+            await ack()
+        except ShuttingDown as err:
+            await ack(err.user_message)
+        except Exception:
+            log.exception("slack /image failed")
+            await ack("Sorry, that did not work. Please try again.")
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    # -- resuming after a restart -----------------------------------------------------------
+    def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, SlackSink] | None:
+        """A stored Slack message with working file fetches and a sink for its thread/DM."""
+        if msg.chat.platform != PLATFORM:
+            return None
+        team, _, channel = msg.chat.chat_id.partition(":")
+        if not channel:
+            return None
+        attachments = tuple(
+            dataclasses.replace(a, fetch=self._fetch_for({"id": a.ref})) if a.ref else a
+            for a in msg.attachments
+        )
+        sink = SlackSink(
+            self.client,
+            channel=channel,
+            thread_ts=msg.chat.thread_id,
+            team_id=team,
+            user_id=msg.sender.id,
+            # A DM thread may be an assistant thread; setStatus failing elsewhere is harmless.
+            assistant_thread=msg.is_direct and msg.chat.thread_id is not None,
+            options=self.sink_options,
+            support=self.streaming,
+        )
+        return dataclasses.replace(msg, attachments=attachments), sink
+
+    # -- Slack look-ups --------------------------------------------------------------------
+    async def _bot_in_thread(
+        self, channel: str, thread_ts: str, bot_user_id: str, bot_id: str | None
+    ) -> bool:
+        known = self._threads.get((channel, thread_ts))
+        if known is not None:
+            return known
+        try:
+            response = await self.client.conversations_replies(
+                channel=channel, ts=thread_ts, limit=200
+            )
+        except SlackApiError as err:
+            log.warning("could not read thread replies: %s", err.response.get("error"))
+            return False
+        messages = response.get("messages") or []
+        member = any(
+            m.get("user") == bot_user_id or (bot_id is not None and m.get("bot_id") == bot_id)
+            for m in messages
+            if isinstance(m, Mapping)
+        )
+        self._threads.set((channel, thread_ts), member)
+        return member
+
+    async def _user_name(self, user_id: str) -> str:
+        cached = self._names.get(user_id)
+        if cached is not None:
+            return cached
+        name = user_id
+        try:
+            response = await self.client.users_info(user=user_id)
+            user = response.get("user") or {}
+            profile = user.get("profile") or {}
+            name = str(
+                profile.get("display_name") or user.get("real_name") or user.get("name") or name
+            )
+        except SlackApiError as err:
+            log.debug("users.info failed: %s", err.response.get("error"))
+        if len(self._names) > _THREAD_CACHE_SIZE:
+            self._names.clear()
+        self._names[user_id] = name
+        return name
+
+    async def _file_info(self, file_id: str) -> Mapping[str, Any]:
+        response = await self.client.files_info(file=file_id)
+        file = response.get("file")
+        return file if isinstance(file, Mapping) else {}

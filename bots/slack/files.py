@@ -1,0 +1,109 @@
+"""Downloading private Slack files with the bot token, safely."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from core.errors import BadInput, UpstreamDown
+
+log = logging.getLogger("relaybot.slack.files")
+
+MAX_REDIRECTS = 5
+
+
+def missing_scope() -> BadInput:
+    """The error for Slack's login page in place of a file."""
+    return BadInput(
+        "slack answered a login page instead of the file",
+        user_message=(
+            "I couldn't download that file: Slack sent a login page instead. The app probably "
+            "lacks the files:read scope; ask a workspace admin to add it and reinstall the app."
+        ),
+    )
+
+
+FileInfo = Callable[[str], Awaitable[Mapping[str, Any]]]
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+def looks_like_html(content_type: str, head: bytes) -> bool:
+    """True for a web page (Slack's sign-in page) rather than the file itself."""
+    if content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
+        return True
+    start = head.lstrip()[:15].lower()
+    return start.startswith((b"<!doctype html", b"<html"))
+
+
+async def download(
+    http: httpx.AsyncClient, url: str, token: str, *, max_bytes: int | None = None
+) -> bytes:
+    """GET a url_private with the bot token.
+
+    Redirects are followed by hand, and only to the same scheme, host and port: the token is
+    never sent anywhere else. Where a redirect leaves the origin it is followed without the
+    token (Slack's CDN URLs are pre-signed). An HTML page instead of the file means Slack did
+    not accept the token (usually a missing files:read scope): BadInput, never the page.
+    """
+    origin = _origin(url)
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        same_origin = _origin(current) == origin
+        headers = {"Authorization": f"Bearer {token}"} if same_origin else {}
+        try:
+            response = await http.get(current, headers=headers, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            raise UpstreamDown(
+                f"slack file download failed: {type(exc).__name__}",
+                user_message="I couldn't download that file from Slack. Please try again.",
+            ) from exc
+        if response.is_redirect:
+            location = response.headers.get("location", "")
+            if not location:
+                break
+            current = urljoin(current, location)
+            continue
+        if response.status_code != 200:
+            raise BadInput(
+                f"slack file download answered HTTP {response.status_code}",
+                user_message="I couldn't download that file from Slack.",
+            )
+        data = response.content
+        if looks_like_html(response.headers.get("content-type", ""), data[:64]):
+            log.warning("slack file download returned an HTML page (files:read scope missing?)")
+            raise missing_scope()
+        if max_bytes is not None and len(data) > max_bytes:
+            raise BadInput(
+                "slack file too large", user_message="That file is too large for me to use."
+            )
+        return data
+    raise BadInput("too many redirects", user_message="I couldn't download that file from Slack.")
+
+
+def fetcher(
+    http: httpx.AsyncClient, token: str, file_info: FileInfo
+) -> Callable[[Mapping[str, Any]], Callable[[], Awaitable[bytes]]]:
+    """A factory turning a Slack file object into a `fetch` callable for an Attachment."""
+
+    def for_file(file: Mapping[str, Any]) -> Callable[[], Awaitable[bytes]]:
+        async def fetch() -> bytes:
+            info: Mapping[str, Any] = file
+            # Files from shared channels may arrive without URLs ("check_file_info").
+            if not info.get("url_private") or info.get("file_access") == "check_file_info":
+                info = await file_info(str(file.get("id", "")))
+            url = info.get("url_private_download") or info.get("url_private")
+            if not url:
+                raise BadInput("file without url", user_message="I couldn't find that file.")
+            return await download(http, str(url), token)
+
+        return fetch
+
+    return for_file

@@ -1,0 +1,292 @@
+"""The Telegram adapter: python-telegram-bot in, the core's conversation service out."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+from telegram import BotCommand, Update
+from telegram.error import BadRequest
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    BaseRateLimiter,
+    ContextTypes,
+    TypeHandler,
+)
+
+from bots.http_server import HttpServer
+from bots.telegram.convert import DOWNLOAD_LIMIT_BYTES, PLATFORM, BotIdentity, to_incoming
+from bots.telegram.delivery import with_retry
+from bots.telegram.sink import Pacing, TelegramSink
+from core.app import Core
+from core.commands import COMMANDS
+from core.errors import BadInput, ConfigError
+from core.ports import ReplySink
+from core.types import Fetch, IncomingMessage
+
+log = logging.getLogger("relaybot.telegram")
+
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+ALLOWED_UPDATES = ["message"]
+TOO_BIG = (
+    "That file is larger than 20 MB, the most Telegram lets bots download, "
+    "so I can't open it. Please send a shorter recording or a smaller file."
+)
+
+
+class _RedactToken(logging.Filter):
+    """Masks the bot token in log lines (httpx logs every request URL, which holds it)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self._token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self._token in message:
+            record.msg = message.replace(self._token, "<bot-token>")
+            record.args = None
+        return True
+
+
+def _protect_logs(token: str) -> None:
+    # Logger filters do not apply to child loggers, so attach to every known one.
+    names = ["httpx", "httpcore", "telegram"] + [
+        name
+        for name in logging.root.manager.loggerDict
+        if name.startswith(("telegram.", "httpx.", "httpcore."))
+    ]
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactToken) for f in logger.filters):
+            logger.addFilter(_RedactToken(token))
+
+
+class TelegramAdapter:
+    """Receives Telegram updates (long polling, or a webhook on the app's HTTP server)."""
+
+    def __init__(
+        self,
+        core: Core,
+        server: HttpServer,
+        *,
+        rate_limiter: BaseRateLimiter[Any] | None = None,
+        pacing: Pacing | None = None,
+        poll_timeout: float = 10.0,
+    ) -> None:
+        settings = core.settings
+        if settings.telegram_bot_token is None:
+            raise ConfigError("set TELEGRAM_BOT_TOKEN to run the Telegram adapter")
+        self._core = core
+        self._server = server
+        self._token = settings.telegram_bot_token.get_secret_value()
+        self._webhook_url = settings.telegram_webhook_url
+        configured = settings.telegram_webhook_secret
+        # Without a configured secret, a random one still keeps strangers off the webhook.
+        self._secret = configured.get_secret_value() if configured else secrets.token_urlsafe(32)
+        self._rate_limiter = rate_limiter
+        self._pacing = pacing or Pacing()
+        self._poll_timeout = poll_timeout
+        self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._identity: BotIdentity | None = None
+        self._accepting = False
+        # Answers started from webhook deliveries; stop() waits for them before closing the bot.
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    @property
+    def webhook_mode(self) -> bool:
+        """True when Telegram pushes updates to our HTTP server instead of being polled."""
+        return bool(self._webhook_url)
+
+    @property
+    def application(self) -> Application[Any, Any, Any, Any, Any, Any]:
+        """The python-telegram-bot application (after `setup`)."""
+        if self._app is None:
+            raise RuntimeError("TelegramAdapter.setup() was not called")
+        return self._app
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def setup(self) -> None:
+        """Build the application and, in webhook mode, add the webhook route."""
+        settings = self._core.settings
+        builder = (
+            Application.builder()
+            .token(self._token)
+            .base_url(settings.telegram_api_base_url)
+            .base_file_url(settings.telegram_file_base_url)
+            .rate_limiter(self._rate_limiter or AIORateLimiter())
+            # Different chats in parallel; the core keeps each chat's order with its locks.
+            .concurrent_updates(True)
+        )
+        if self.webhook_mode:
+            builder = builder.updater(None)
+        self._app = builder.build()
+        self._app.add_handler(TypeHandler(Update, self._on_update))
+        self._app.add_error_handler(self._on_error)
+        _protect_logs(self._token)
+        if self.webhook_mode:
+            self._server.app.router.add_post(WEBHOOK_PATH, self._webhook)
+
+    async def start(self) -> None:
+        """Learn who we are, register commands, then poll or register the webhook."""
+        app = self.application
+        await app.initialize()
+        bot = app.bot
+        self._identity = BotIdentity(id=bot.id, username=bot.username)
+        commands = [BotCommand("start", "start talking to the bot")] + [
+            BotCommand(name, description[:256]) for name, description in COMMANDS.items()
+        ]
+        await with_retry(lambda: bot.set_my_commands(commands))
+        if self.webhook_mode:
+            await app.start()
+            self._accepting = True
+            assert self._webhook_url is not None
+            await with_retry(
+                lambda: bot.set_webhook(
+                    url=str(self._webhook_url),
+                    secret_token=self._secret,
+                    allowed_updates=ALLOWED_UPDATES,
+                )
+            )
+            log.info("Telegram webhook registered for @%s", bot.username)
+        else:
+            assert app.updater is not None
+            await app.updater.start_polling(
+                poll_interval=0.0,
+                timeout=int(self._poll_timeout),
+                allowed_updates=ALLOWED_UPDATES,
+            )
+            await app.start()
+            self._accepting = True
+            log.info("polling Telegram as @%s", bot.username)
+
+    async def stop(self) -> None:
+        """Stop receiving, finish the updates already received, close the HTTP clients."""
+        self._accepting = False
+        app = self._app
+        if app is None:
+            return
+        if app.updater is not None and app.updater.running:
+            await app.updater.stop()
+        if app.running:
+            await app.stop()
+        if self._jobs:
+            await asyncio.gather(*self._jobs, return_exceptions=True)
+        await app.shutdown()
+
+    async def idle(self) -> None:
+        """Wait until every update received so far has been handled (for tests)."""
+        await self.application.update_queue.join()
+        while self._jobs:
+            await asyncio.gather(*self._jobs, return_exceptions=True)
+
+    # -- receiving -----------------------------------------------------------------------
+    def _secret_ok(self, given: str | None) -> bool:
+        if not given:
+            return False
+        return hmac.compare_digest(given.encode(), self._secret.encode())
+
+    async def _webhook(self, request: web.Request) -> web.StreamResponse:
+        if not self._secret_ok(request.headers.get(SECRET_HEADER)):
+            return web.Response(status=403, text="forbidden")
+        if not self._accepting or self._app is None:
+            return web.Response(status=503, text="not ready")  # Telegram delivers again later
+        try:
+            data = await request.json()
+        except ValueError:
+            return web.Response(status=400, text="invalid JSON")
+        if not isinstance(data, dict):
+            return web.Response(status=400, text="invalid update")
+        try:
+            update = Update.de_json(data, self._app.bot)
+        except (KeyError, TypeError, ValueError):
+            return web.Response(status=400, text="invalid update")
+        received = self._translate(update)
+        if received is not None:
+            # 200 only once the core has stored the event: from then on it is safe, and a
+            # redelivery is recognised. The answer itself is written after we reply.
+            incoming, sink = received
+            job = await self._core.service.submit(incoming, sink)
+            if job is not None:
+                self._jobs.add(job)
+                job.add_done_callback(self._jobs.discard)
+                job.add_done_callback(lambda _: sink.stop_typing())
+        return web.Response(text="ok")
+
+    def _fetcher(self, file_id: str, size: int | None) -> Fetch:
+        app = self.application
+
+        async def fetch() -> bytes:
+            if size is not None and size > DOWNLOAD_LIMIT_BYTES:
+                raise BadInput("telegram file over 20 MB", user_message=TOO_BIG)
+            try:
+                telegram_file = await with_retry(lambda: app.bot.get_file(file_id))
+            except BadRequest as err:
+                if "too big" in err.message.lower():
+                    raise BadInput("telegram file too big", user_message=TOO_BIG) from err
+                raise
+            return bytes(await telegram_file.download_as_bytearray())
+
+        return fetch
+
+    def _translate(self, update: Update) -> tuple[IncomingMessage, TelegramSink] | None:
+        """The neutral message for an update and the sink that answers it, or None."""
+        identity = self._identity
+        if identity is None:
+            return None
+        incoming = to_incoming(
+            update,
+            identity,
+            self._fetcher,
+            # Every group voice note goes to the core: the group's /voicemode decides.
+            group_voice=True,
+        )
+        if incoming is None:
+            return None
+        return incoming, self._sink_for(incoming)
+
+    def _sink_for(self, msg: IncomingMessage) -> TelegramSink:
+        thread = msg.chat.thread_id
+        reply_to = msg.platform_message_id
+        return TelegramSink(
+            self.application.bot,
+            int(msg.chat.chat_id),
+            private=msg.is_direct,
+            thread_id=int(thread) if thread else None,
+            reply_to=int(reply_to) if reply_to and reply_to.isdigit() else None,
+            pacing=self._pacing,
+        )
+
+    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        received = self._translate(update)
+        if received is None:
+            return
+        incoming, sink = received
+        try:
+            await self._core.service.handle(incoming, sink)
+        finally:
+            await sink.close()
+
+    def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, ReplySink] | None:
+        """Resume a stored Telegram message (after a restart): fresh downloads, a new sink."""
+        if msg.chat.platform != PLATFORM or self._app is None or self._identity is None:
+            return None
+        files = tuple(
+            replace(a, fetch=self._fetcher(a.ref, a.size)) if a.ref else a for a in msg.attachments
+        )
+        return replace(msg, attachments=files), self._sink_for(msg)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        error = context.error
+        log.error(
+            "error while handling a Telegram update: %s",
+            type(error).__name__,
+            exc_info=(type(error), error, error.__traceback__) if error else None,
+        )

@@ -1,0 +1,384 @@
+"""The reply sink for one Telegram message: formatted sends, streamed drafts and edits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from telegram import Bot, Message, ReplyParameters
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import BadRequest, RetryAfter, TelegramError
+
+from bots.telegram.delivery import (
+    fits_photo_limits,
+    is_not_modified,
+    is_parse_error,
+    retry_seconds,
+    with_retry,
+)
+from bots.telegram.formatting import (
+    MAX_CAPTION_UTF16,
+    MAX_MESSAGE_UTF16,
+    SEGMENT_UTF16,
+    markdown_to_html,
+    split_markdown,
+    split_once,
+    utf16_len,
+    visible_text,
+)
+from core.types import Reply, ReplyKind
+
+log = logging.getLogger("relaybot.telegram")
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How often a streamed answer is pushed to Telegram.
+
+    Drafts in private chats are cheap previews; edits in groups count against the
+    ~20 messages per minute a bot may send to one group.
+    """
+
+    draft_interval: float = 0.5
+    edit_interval: float = 3.0
+    typing_refresh: float = 4.5
+    typing_max: float = 120.0
+
+
+def _html_or_none(markdown: str) -> str | None:
+    """Telegram HTML for `markdown`, or None when it would not fit one message."""
+    rendered = markdown_to_html(markdown)
+    if not rendered.strip() or utf16_len(visible_text(rendered)) > MAX_MESSAGE_UTF16:
+        return None
+    return rendered
+
+
+class TelegramSink:
+    """Answers one incoming message: in its chat and forum topic, replying to it."""
+
+    def __init__(
+        self,
+        bot: Bot,
+        chat_id: int,
+        *,
+        private: bool,
+        thread_id: int | None = None,
+        reply_to: int | None = None,
+        pacing: Pacing | None = None,
+    ) -> None:
+        self.bot = bot
+        self.chat_id = chat_id
+        self.private = private
+        self.thread_id = thread_id
+        self.reply_to = reply_to
+        self.pacing = pacing or Pacing()
+        self._replied = False
+        self._typing_task: asyncio.Task[None] | None = None
+
+    # -- low-level sends -------------------------------------------------------------------
+    def _where(self) -> dict[str, Any]:
+        where: dict[str, Any] = {"chat_id": self.chat_id}
+        if self.thread_id is not None:
+            where["message_thread_id"] = self.thread_id
+        return where
+
+    def _reply_parameters(self) -> ReplyParameters | None:
+        """Quote the person's message on the first message of a reply only."""
+        if self.reply_to is None or self._replied:
+            return None
+        return ReplyParameters(message_id=self.reply_to, allow_sending_without_reply=True)
+
+    async def send_text(self, html_text: str | None, plain: str, *, attempts: int = 4) -> Message:
+        """Send one message: HTML when given, resent once as plain text if Telegram refuses it.
+
+        A 429 is waited out up to `attempts` times (1: raise RetryAfter at once).
+        """
+        reply = self._reply_parameters()
+        if html_text is not None:
+            try:
+                message = await with_retry(
+                    lambda: self.bot.send_message(
+                        text=html_text,
+                        parse_mode=ParseMode.HTML,
+                        reply_parameters=reply,
+                        **self._where(),
+                    ),
+                    attempts,
+                )
+            except BadRequest as err:
+                if not is_parse_error(err):
+                    raise
+                log.warning("Telegram refused our HTML (%s); resending as plain text", err)
+            else:
+                self._replied = True
+                return message
+        message = await with_retry(
+            lambda: self.bot.send_message(text=plain, reply_parameters=reply, **self._where()),
+            attempts,
+        )
+        self._replied = True
+        return message
+
+    async def edit_text(
+        self, message_id: int, html_text: str | None, plain: str, *, attempts: int = 4
+    ) -> None:
+        """Replace a message's text; "message is not modified" counts as done."""
+        try:
+            if html_text is not None:
+                try:
+                    await with_retry(
+                        lambda: self.bot.edit_message_text(
+                            text=html_text,
+                            chat_id=self.chat_id,
+                            message_id=message_id,
+                            parse_mode=ParseMode.HTML,
+                        ),
+                        attempts,
+                    )
+                    return
+                except BadRequest as err:
+                    if not is_parse_error(err):
+                        raise
+                    log.warning("Telegram refused our HTML (%s); editing as plain text", err)
+            await with_retry(
+                lambda: self.bot.edit_message_text(
+                    text=plain, chat_id=self.chat_id, message_id=message_id
+                ),
+                attempts,
+            )
+        except BadRequest as err:
+            if not is_not_modified(err):
+                raise
+
+    async def delete(self, message_id: int) -> None:
+        """Delete one of our messages (best effort)."""
+        try:
+            await self.bot.delete_message(chat_id=self.chat_id, message_id=message_id)
+        except TelegramError as err:
+            log.warning("could not delete a message: %s", err)
+
+    # -- ReplySink -------------------------------------------------------------------------
+    async def send(self, reply: Reply) -> None:
+        """Deliver a complete reply: Markdown answers as HTML, notices as plain text."""
+        self.stop_typing()
+        if reply.image is not None:
+            await self._send_image(reply)
+            return
+        markdown = reply.kind is ReplyKind.ANSWER
+        for part in split_markdown(reply.text, SEGMENT_UTF16):
+            await self.send_text(_html_or_none(part) if markdown else None, part)
+
+    async def _send_image(self, reply: Reply) -> None:
+        assert reply.image is not None
+        image = reply.image
+        caption: str | None = reply.text or None
+        overflow = None
+        if caption is not None and utf16_len(caption) > MAX_CAPTION_UTF16:
+            caption, overflow = None, reply.text
+        reply_parameters = self._reply_parameters()
+        sent = False
+        if fits_photo_limits(image):
+            try:
+                await with_retry(
+                    lambda: self.bot.send_photo(
+                        photo=image,
+                        filename=reply.image_name,
+                        caption=caption,
+                        reply_parameters=reply_parameters,
+                        **self._where(),
+                    )
+                )
+                sent = True
+            except BadRequest as err:
+                log.warning("Telegram refused the image as a photo (%s); sending a file", err)
+        if not sent:
+            await with_retry(
+                lambda: self.bot.send_document(
+                    document=image,
+                    filename=reply.image_name,
+                    caption=caption,
+                    reply_parameters=reply_parameters,
+                    **self._where(),
+                )
+            )
+        self._replied = True
+        if overflow:
+            for part in split_markdown(overflow, SEGMENT_UTF16):
+                await self.send_text(None, part)
+
+    @asynccontextmanager
+    async def stream(self) -> AsyncIterator[TelegramStream]:
+        """A streamed answer: drafts in private chats, a throttled edited message elsewhere."""
+        stream = TelegramStream(self)
+        try:
+            yield stream
+        except asyncio.CancelledError:
+            # Shutting down: the core hands the message to the next process, which answers
+            # it in full; sending our partial text now would only duplicate it.
+            self.stop_typing()
+            raise
+        except BaseException:
+            self.stop_typing()
+            await stream.finish(failed=True)
+            raise
+        self.stop_typing()
+        await stream.finish(failed=False)
+
+    async def typing(self) -> None:
+        """Show "typing…" and keep it up while the model works (it fades after ~5 s)."""
+        await self._chat_action()
+        if self._typing_task is None or self._typing_task.done():
+            self._typing_task = asyncio.create_task(self._keep_typing())
+
+    async def _chat_action(self) -> None:
+        try:
+            await self.bot.send_chat_action(action=ChatAction.TYPING, **self._where())
+        except TelegramError as err:
+            log.info("typing indicator failed: %s", err)
+
+    async def _keep_typing(self) -> None:
+        deadline = time.monotonic() + self.pacing.typing_max
+        while time.monotonic() < deadline:
+            await asyncio.sleep(self.pacing.typing_refresh)
+            await self._chat_action()
+
+    def stop_typing(self) -> None:
+        """Stop refreshing the typing indicator."""
+        if self._typing_task is not None:
+            self._typing_task.cancel()
+            self._typing_task = None
+
+    async def close(self) -> None:
+        """Stop background work (the typing refresher)."""
+        task = self._typing_task
+        self.stop_typing()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class TelegramStream:
+    """One streamed answer; rolls over into further messages before Telegram's limit."""
+
+    def __init__(self, sink: TelegramSink) -> None:
+        self._sink = sink
+        self._pending = ""  # Markdown of the message being written
+        self._shown = ""  # what the preview currently shows of it
+        self._message_id: int | None = None  # the edited message (not in private chats)
+        self._messages: list[int] = []  # every message this answer created
+        self._draft_id = self._new_draft_id()
+        self._last_preview = float("-inf")
+        self._not_before = 0.0
+        self._plain_preview = False
+        self._drafts = sink.private
+        self._retracted = False
+
+    @staticmethod
+    def _new_draft_id() -> int:
+        return secrets.randbelow(2**31 - 2) + 1
+
+    @property
+    def _interval(self) -> float:
+        pacing = self._sink.pacing
+        return pacing.draft_interval if self._drafts else pacing.edit_interval
+
+    async def append(self, delta: str) -> None:
+        """Add text; push a preview when the throttle allows, roll over when it grows long."""
+        if self._retracted or not delta:
+            return
+        self._sink.stop_typing()
+        self._pending += delta
+        while utf16_len(self._pending) > SEGMENT_UTF16:
+            head, self._pending = split_once(self._pending, SEGMENT_UTF16)
+            await self._complete(head)
+        now = time.monotonic()
+        if now >= self._not_before and now - self._last_preview >= self._interval:
+            await self._preview()
+
+    async def _preview(self) -> None:
+        text = self._pending
+        if not text.strip() or text == self._shown:
+            return
+        self._last_preview = time.monotonic()
+        rendered = None if self._plain_preview else _html_or_none(text)
+        sink = self._sink
+        try:
+            if self._drafts:
+                await sink.bot.send_message_draft(
+                    chat_id=sink.chat_id,
+                    draft_id=self._draft_id,
+                    text=rendered if rendered is not None else text,
+                    parse_mode=ParseMode.HTML if rendered is not None else None,
+                    message_thread_id=sink.thread_id,
+                )
+            elif self._message_id is None:
+                message = await sink.send_text(rendered, text, attempts=1)
+                self._message_id = message.message_id
+                self._messages.append(message.message_id)
+            else:
+                await sink.edit_text(self._message_id, rendered, text, attempts=1)
+        except RetryAfter as err:
+            # A preview is optional: skip it and wait as long as Telegram asked.
+            self._not_before = time.monotonic() + retry_seconds(err)
+            return
+        except BadRequest as err:
+            if is_parse_error(err):
+                self._plain_preview = True
+            elif self._drafts:
+                log.warning("drafts unavailable (%s); streaming by editing a message", err)
+                self._drafts = False
+            else:
+                log.warning("preview failed: %s", err)
+            return
+        except TelegramError as err:
+            log.warning("preview failed: %s", err)
+            return
+        self._shown = text
+
+    async def _complete(self, markdown: str) -> None:
+        """Make `markdown` a finished message and start a fresh one for what follows."""
+        if markdown.strip():
+            wait = self._not_before - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # Telegram asked for a pause after a preview
+            rendered = _html_or_none(markdown)
+            sink = self._sink
+            if self._message_id is not None:
+                await sink.edit_text(self._message_id, rendered, markdown)
+            else:
+                message = await sink.send_text(rendered, markdown)
+                self._messages.append(message.message_id)
+        self._message_id = None
+        self._shown = ""
+        self._draft_id = self._new_draft_id()
+        self._last_preview = float("-inf")
+
+    async def retract(self, notice: str) -> None:
+        """Withdraw the streamed answer and show `notice` in its place."""
+        self._retracted = True
+        self._pending = ""
+        sink = self._sink
+        keep = self._message_id
+        for message_id in self._messages:
+            if message_id != keep:
+                await sink.delete(message_id)
+        if keep is not None:
+            await sink.edit_text(keep, None, notice)
+        else:
+            await sink.send_text(None, notice)
+
+    async def finish(self, *, failed: bool) -> None:
+        """Send what was streamed as final message(s); after a failure only what was shown."""
+        if self._retracted:
+            return
+        if failed and not self._pending.strip():
+            return
+        await self._complete(self._pending)
+        self._pending = ""

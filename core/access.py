@@ -1,0 +1,61 @@
+"""Who may use the bot: allow-lists of users and chats per platform, and admins."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from core.config import Settings
+from core.errors import ConfigError
+from core.types import IncomingMessage
+
+CONSOLE = "console"
+_SPLIT = re.compile(r"[,\s]+")
+
+
+def parse_ids(setting: str, value: str) -> dict[str, frozenset[str]]:
+    """ "telegram:123, slack:U456" -> {"telegram": {"123"}, "slack": {"U456"}}."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for item in _SPLIT.split(value.strip()):
+        if not item:
+            continue
+        platform, sep, ident = item.partition(":")
+        if not sep or not platform or not ident:
+            raise ConfigError(
+                f"{setting}: {item!r} should be PLATFORM:ID, e.g. telegram:123456 or slack:U0123"
+            )
+        found[platform.lower()].add(ident)
+    return {platform: frozenset(ids) for platform, ids in found.items()}
+
+
+class Access:
+    """Allow-lists and admins from the settings.
+
+    A platform with no entry in either list is open to everyone. Once a platform has entries,
+    a message is let in when its sender is an allowed user or it comes from an allowed chat
+    (so allowing a group lets all its members talk to the bot). Admins are always let in.
+    With no admins configured, the person at the console is the admin (they run the process);
+    `Policy.admit` then also lets anyone change their chat's model, as before admins existed.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.users = parse_ids("RELAYBOT_ALLOWED_USERS", settings.allowed_users)
+        self.chats = parse_ids("RELAYBOT_ALLOWED_CHATS", settings.allowed_chats)
+        self.admins = parse_ids("RELAYBOT_ADMINS", settings.admins)
+
+    def is_admin(self, platform: str, user_id: str) -> bool:
+        """Whether this person may use admin commands."""
+        if not self.admins:
+            return platform == CONSOLE
+        return user_id in self.admins.get(platform, frozenset())
+
+    def allows(self, msg: IncomingMessage) -> bool:
+        """Whether this message may be handled at all."""
+        platform = msg.chat.platform
+        users = self.users.get(platform)
+        chats = self.chats.get(platform)
+        if users is None and chats is None:
+            return True
+        if self.is_admin(platform, msg.sender.id):
+            return True
+        return msg.sender.id in (users or ()) or msg.chat.chat_id in (chats or ())

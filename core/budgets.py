@@ -1,0 +1,235 @@
+"""Spending caps in dollars per person, per chat and for the whole bot, per day or month (UTC).
+
+A configured budget (RELAYBOT_BUDGET_*) applies to every person or chat; an admin can replace
+it for one person, one chat or the bot with /budget, stored in the database. A budget of 0
+means no access; no budget means no limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from core.accounting import day_start, month_start, next_day, next_month, user_key
+from core.config import Settings
+from core.db.models import BudgetOverride, UsageRecord, utcnow
+from core.errors import RelaybotError
+from core.pricing import money
+from core.types import IncomingMessage
+
+SCOPES = ("user", "chat", "global")
+PERIODS = ("day", "month")
+PERIOD_WORDS = {"day": "daily", "month": "monthly"}
+_WHOSE = {"user": "your", "chat": "this chat's", "global": "the bot's"}
+
+
+class BudgetExceeded(RelaybotError):
+    """A request would pass a budget; refused before any model call."""
+
+    user_message = "This request would go over budget."
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One budget that applies to a request."""
+
+    scope: str
+    period: str
+    amount: float
+    source: str  # "config" or "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A limit with what was spent against it so far."""
+
+    limit: Limit
+    spent: float
+    resets_at: datetime
+
+    @property
+    def left(self) -> float:
+        """What may still be spent (never negative)."""
+        return max(0.0, self.limit.amount - self.spent)
+
+
+def until(moment: datetime, now: datetime) -> str:
+    """ "in 5 h 12 min" style."""
+    minutes = max(1, int((moment - now).total_seconds() // 60))
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    if days:
+        return f"in {days} d {hours} h"
+    if hours:
+        return f"in {hours} h {mins} min"
+    return f"in {mins} min"
+
+
+def when(moment: datetime, now: datetime) -> str:
+    """When a budget resets, for people."""
+    if moment - now <= (next_day(now) - now):
+        return f"at 00:00 UTC ({until(moment, now)})"
+    return f"on {moment:%Y-%m-%d} at 00:00 UTC ({until(moment, now)})"
+
+
+def refusal(standing: Standing, now: datetime) -> str:
+    """The one line a person sees when a budget stops them."""
+    limit = standing.limit
+    whose = _WHOSE[limit.scope]
+    word = PERIOD_WORDS[limit.period]
+    if limit.amount == 0:
+        if limit.scope == "user":
+            return "You have no budget for this bot. Ask one of its admins if you need one."
+        if limit.scope == "chat":
+            return "This chat has no budget for the bot. Ask one of its admins."
+        return "The bot has no budget to answer right now. Its admins have been told."
+    return (
+        f"Sorry, that would go over {whose} {word} budget of {money(limit.amount)}: "
+        f"{money(standing.spent)} spent, {money(standing.left)} left. "
+        f"It resets {when(standing.resets_at, now)}."
+    )
+
+
+def describe(standing: Standing, now: datetime) -> str:
+    """One line of /budget."""
+    limit = standing.limit
+    head = f"{_WHOSE[limit.scope]} {PERIOD_WORDS[limit.period]} budget".capitalize()
+    if limit.amount == 0:
+        return f"{head}: $0 (no access)"
+    return (
+        f"{head}: {money(standing.spent)} of {money(limit.amount)} spent, "
+        f"{money(standing.left)} left; resets {when(standing.resets_at, now)}"
+    )
+
+
+class Budgets:
+    """Looks up the budgets of a request and what was spent against them."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self._session = async_sessionmaker(engine, expire_on_commit=False)
+
+    def _configured(self, scope: str, period: str) -> float | None:
+        value: float | None = getattr(self.settings, f"budget_{scope}_{PERIOD_WORDS[period]}")
+        return value
+
+    @staticmethod
+    def _subjects(msg: IncomingMessage) -> dict[str, str]:
+        return {
+            "user": user_key(msg.chat.platform, msg.sender.id),
+            "chat": msg.chat.key,
+            "global": "",
+        }
+
+    async def limits(self, msg: IncomingMessage) -> list[Limit]:
+        """Every budget that applies to this message's sender and chat."""
+        subjects = self._subjects(msg)
+        query = select(BudgetOverride).where(
+            or_(
+                *(
+                    and_(BudgetOverride.scope == s, BudgetOverride.subject == subjects[s])
+                    for s in SCOPES
+                )
+            )
+        )
+        async with self._session() as session:
+            rows = list((await session.execute(query)).scalars())
+        overrides = {(r.scope, r.period): r.amount_usd for r in rows}
+        found: list[Limit] = []
+        for scope in SCOPES:
+            for period in PERIODS:
+                if (scope, period) in overrides:
+                    amount = overrides[(scope, period)]
+                    if amount is not None:
+                        found.append(Limit(scope, period, amount, "admin"))
+                    continue
+                configured = self._configured(scope, period)
+                if configured is not None:
+                    found.append(Limit(scope, period, configured, "config"))
+        return found
+
+    async def _spent(self, scope: str, msg: IncomingMessage, now: datetime) -> tuple[float, float]:
+        where: list[ColumnElement[bool]] = []
+        if scope == "user":
+            where = [
+                UsageRecord.platform == msg.chat.platform,
+                UsageRecord.user_id == msg.sender.id,
+            ]
+        elif scope == "chat":
+            where = [UsageRecord.chat_key == msg.chat.key]
+        today = day_start(now)
+        query = select(
+            func.coalesce(
+                func.sum(case((UsageRecord.created_at >= today, UsageRecord.cost_usd), else_=0.0)),
+                0.0,
+            ),
+            func.coalesce(func.sum(UsageRecord.cost_usd), 0.0),
+        ).where(UsageRecord.created_at >= month_start(now), *where)
+        async with self._session() as session:
+            day, month = (await session.execute(query)).one()
+        return float(day), float(month)
+
+    async def standings(self, msg: IncomingMessage, now: datetime | None = None) -> list[Standing]:
+        """Each applicable budget with what was spent against it."""
+        now = now or utcnow()
+        limits = await self.limits(msg)
+        spent: dict[str, tuple[float, float]] = {}
+        result: list[Standing] = []
+        for limit in limits:
+            if limit.scope not in spent:
+                spent[limit.scope] = await self._spent(limit.scope, msg, now)
+            day, month = spent[limit.scope]
+            if limit.period == "day":
+                result.append(Standing(limit, day, next_day(now)))
+            else:
+                result.append(Standing(limit, month, next_month(now)))
+        return result
+
+    async def check(
+        self, msg: IncomingMessage, estimate: float, now: datetime | None = None
+    ) -> None:
+        """Raise BudgetExceeded when spending `estimate` more would pass any budget."""
+        now = now or utcnow()
+        blocked = [
+            s
+            for s in await self.standings(msg, now)
+            if s.limit.amount == 0 or s.spent + estimate > s.limit.amount
+        ]
+        if not blocked:
+            return
+        # Name the budget that holds the person back longest; "no access" beats everything.
+        worst = max(blocked, key=lambda s: (s.limit.amount == 0, s.resets_at))
+        raise BudgetExceeded(
+            f"{worst.limit.scope} {worst.limit.period} budget",
+            user_message=refusal(worst, now),
+        )
+
+    async def set_override(
+        self, scope: str, subject: str, period: str, amount: float | None, set_by: str
+    ) -> None:
+        """Store an admin's budget (None: no limit) for one subject."""
+        async with self._session() as session:
+            row = await session.get(BudgetOverride, (scope, subject, period))
+            if row is None:
+                row = BudgetOverride(scope=scope, subject=subject, period=period)
+                session.add(row)
+            row.amount_usd = amount
+            row.set_by = set_by
+            row.updated_at = utcnow()
+            await session.commit()
+
+    async def clear_override(self, scope: str, subject: str, period: str) -> bool:
+        """Go back to the configured budget; False when there was no override."""
+        async with self._session() as session:
+            result = await session.execute(
+                delete(BudgetOverride).where(
+                    BudgetOverride.scope == scope,
+                    BudgetOverride.subject == subject,
+                    BudgetOverride.period == period,
+                )
+            )
+            await session.commit()
+            return bool(getattr(result, "rowcount", 0))

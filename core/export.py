@@ -1,0 +1,88 @@
+"""Export stored conversations in OpenAI's chat fine-tuning format (JSON Lines).
+
+One line per chat: {"messages": [system, user, assistant, ...]}. Exchanges whose answer was
+withheld by moderation or cut short are left out with the prompts that led to them, refused
+prompts are left out, and a chat's trailing prompts without an answer are dropped (a training
+example ends with an assistant turn).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, TextIO
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from core.db.models import Chat, Message
+
+FORMATS = ("openai-jsonl",)
+
+
+def build_example(
+    system: str, rows: Iterable[tuple[str, str, str | None, str]]
+) -> dict[str, Any] | None:
+    """A training example from history rows (role, content, name, status), or None."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    pending: list[dict[str, Any]] = []
+    for role, content, name, status in rows:
+        if role == "user":
+            if status == "ok":
+                item: dict[str, Any] = {"role": "user", "content": content}
+                if name:
+                    item["name"] = name
+                pending.append(item)
+        elif role == "assistant":
+            if status == "ok" and content:
+                messages.extend(pending)
+                messages.append({"role": "assistant", "content": content})
+            # A withheld or partial answer takes its prompts with it.
+            pending = []
+    if len(messages) < 3:
+        return None
+    return {"messages": messages}
+
+
+async def export_openai_jsonl(
+    engine: AsyncEngine,
+    out: TextIO,
+    *,
+    default_system_prompt: str,
+    chats: list[str] | None = None,
+    since: datetime | None = None,
+) -> int:
+    """Write one line per chat with at least one answered exchange; returns the line count."""
+    session_factory = async_sessionmaker(engine, expire_on_commit=False)
+    where: list[ColumnElement[bool]] = []
+    if chats:
+        where.append(Message.chat_key.in_(chats))
+    if since is not None:
+        where.append(Message.created_at >= since)
+    async with session_factory() as session:
+        keys = list(
+            (
+                await session.execute(
+                    select(Message.chat_key).where(*where).distinct().order_by(Message.chat_key)
+                )
+            ).scalars()
+        )
+    written = 0
+    for key in keys:
+        async with session_factory() as session:
+            chat = await session.get(Chat, key)
+            rows = (
+                await session.execute(
+                    select(Message.role, Message.content, Message.name, Message.status)
+                    .where(Message.chat_key == key, *where)
+                    .order_by(Message.id)
+                )
+            ).all()
+        system = (chat.system_prompt if chat else None) or default_system_prompt
+        example = build_example(system, ((r[0], r[1], r[2], r[3]) for r in rows))
+        if example is None:
+            continue
+        out.write(json.dumps(example, ensure_ascii=False) + "\n")
+        written += 1
+    return written

@@ -1,0 +1,309 @@
+"""The durable inbox: every event stored with its payload and a claim, resumable after a crash.
+
+Life of an event: `received` (claimed by the process that stored it, with a lease it keeps
+renewing) -> `answered` (the reply is stored, in the same transaction) -> `done` or `failed`.
+A process that dies leaves its events `received` or `answered` with a lease that runs out;
+whoever sweeps next (a restart, or another replica) claims them: `answered` ones are closed
+without sending anything again, `received` ones are processed again.
+
+Across replicas one chat is answered by one process at a time, oldest event first: a process
+takes the chat's lease only when no older unfinished event of that chat exists.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from core.db.models import ChatLease, InboundEvent, Message, utcnow
+from core.errors import UpstreamDown
+from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
+
+OPEN_STATUSES = ("received", "answered")
+
+
+def new_worker_id() -> str:
+    """A name for this process's claims."""
+    return f"w-{uuid.uuid4().hex[:12]}"
+
+
+def encode_message(msg: IncomingMessage) -> str:
+    """The message as JSON; attachments keep what is needed to fetch them again (`ref`)."""
+    return json.dumps(
+        {
+            "chat": [msg.chat.platform, msg.chat.chat_id, msg.chat.thread_id],
+            "sender": [msg.sender.id, msg.sender.name, msg.sender.is_bot],
+            "text": msg.text,
+            "is_direct": msg.is_direct,
+            "addressed_to_bot": msg.addressed_to_bot,
+            "platform_message_id": msg.platform_message_id,
+            "reply_to_text": msg.reply_to_text,
+            "attachments": [
+                {
+                    "kind": a.kind.value,
+                    "mime": a.mime,
+                    "size": a.size,
+                    "filename": a.filename,
+                    "duration_seconds": a.duration_seconds,
+                    "ref": a.ref,
+                }
+                for a in msg.attachments
+            ],
+        },
+        ensure_ascii=False,
+    )
+
+
+async def _gone() -> bytes:
+    raise UpstreamDown(
+        "attachment not restorable",
+        user_message="I lost the file you sent while restarting. Please send it again.",
+    )
+
+
+def decode_message(event_key: str, payload: str) -> IncomingMessage:
+    """Rebuild a stored message; attachments fetch nothing until the adapter restores them."""
+    data: dict[str, Any] = json.loads(payload)
+    platform, chat_id, thread_id = data["chat"]
+    sender_id, sender_name, sender_is_bot = data["sender"]
+    return IncomingMessage(
+        chat=ChatRef(platform, chat_id, thread_id),
+        sender=Sender(sender_id, sender_name, sender_is_bot),
+        event_key=event_key,
+        text=data["text"],
+        attachments=tuple(
+            Attachment(
+                kind=AttachmentKind(a["kind"]),
+                mime=a["mime"],
+                size=a["size"],
+                filename=a["filename"],
+                fetch=_gone,
+                duration_seconds=a["duration_seconds"],
+                ref=a["ref"],
+            )
+            for a in data["attachments"]
+        ),
+        is_direct=data["is_direct"],
+        addressed_to_bot=data["addressed_to_bot"],
+        platform_message_id=data["platform_message_id"],
+        reply_to_text=data["reply_to_text"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEvent:
+    """An unfinished event this process now owns."""
+
+    id: int
+    event_key: str
+    chat_key: str
+    status: str
+    payload: str | None
+
+
+class Inbox:
+    """Claims, leases and recovery queries on the inbound_events and chat_leases tables."""
+
+    def __init__(self, engine: AsyncEngine, worker_id: str, lease_seconds: float) -> None:
+        self.engine = engine
+        self.worker_id = worker_id
+        self.lease = timedelta(seconds=lease_seconds)
+        self._session = async_sessionmaker(engine, expire_on_commit=False)
+        # One process owns a SQLite file: local per-chat queues already order its chats.
+        self.shared = engine.dialect.name != "sqlite"
+
+    def _until(self) -> datetime:
+        return utcnow() + self.lease
+
+    async def record(self, msg: IncomingMessage) -> int | None:
+        """Store the event, claimed by this process; None when its key was seen before."""
+        async with self._session() as session:
+            row = InboundEvent(
+                event_key=msg.event_key,
+                chat_key=msg.chat.key,
+                sender_id=msg.sender.id,
+                payload=encode_message(msg),
+                claimed_by=self.worker_id,
+                lease_until=self._until(),
+                attempts=1,
+            )
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                return None
+            return row.id
+
+    async def finish(self, event_id: int, status: str) -> None:
+        """Close an event ("done" or "failed"), drop its claim and the content it carried."""
+        async with self._session() as session:
+            await session.execute(
+                update(InboundEvent)
+                .where(InboundEvent.id == event_id)
+                .values(
+                    status=status,
+                    finished_at=utcnow(),
+                    claimed_by=None,
+                    lease_until=None,
+                    payload=None,
+                )
+            )
+            await session.commit()
+
+    async def release(self, event_ids: Sequence[int]) -> None:
+        """Give unfinished events back (shutdown): the next sweep anywhere takes them."""
+        if not event_ids:
+            return
+        async with self._session() as session:
+            await session.execute(
+                update(InboundEvent)
+                .where(InboundEvent.id.in_(event_ids), InboundEvent.status.in_(OPEN_STATUSES))
+                .values(claimed_by=None, lease_until=None)
+            )
+            await session.commit()
+
+    async def renew(self) -> None:
+        """Extend the leases of everything this process holds (call well within the lease)."""
+        until = self._until()
+        async with self._session() as session:
+            await session.execute(
+                update(InboundEvent)
+                .where(
+                    InboundEvent.claimed_by == self.worker_id,
+                    InboundEvent.status.in_(OPEN_STATUSES),
+                )
+                .values(lease_until=until)
+            )
+            if self.shared:
+                await session.execute(
+                    update(ChatLease)
+                    .where(ChatLease.holder == self.worker_id)
+                    .values(lease_until=until)
+                )
+            await session.commit()
+
+    async def claim_abandoned(
+        self, platforms: Sequence[str], *, limit: int = 100, everything: bool = False
+    ) -> list[ClaimedEvent]:
+        """Claim unfinished events of `platforms` whose claim ran out (or all: `everything`).
+
+        `everything` is for a process that knows it is alone (SQLite at start-up).
+        """
+        now = utcnow()
+        prefixes = [InboundEvent.chat_key.startswith(f"{p}:") for p in platforms]
+        if not prefixes:
+            return []
+        stale = or_(InboundEvent.lease_until.is_(None), InboundEvent.lease_until < now)
+        query = (
+            select(InboundEvent)
+            .where(InboundEvent.status.in_(OPEN_STATUSES), or_(*prefixes))
+            .order_by(InboundEvent.id)
+            .limit(limit)
+        )
+        if not everything:
+            query = query.where(stale)
+        if self.shared:
+            query = query.with_for_update(skip_locked=True)
+        async with self._session() as session:
+            rows = list((await session.execute(query)).scalars())
+            if rows:
+                await session.execute(
+                    update(InboundEvent)
+                    .where(InboundEvent.id.in_([r.id for r in rows]))
+                    .values(
+                        claimed_by=self.worker_id,
+                        lease_until=self._until(),
+                        attempts=InboundEvent.attempts + 1,
+                    )
+                )
+            await session.commit()
+        return [ClaimedEvent(r.id, r.event_key, r.chat_key, r.status, r.payload) for r in rows]
+
+    async def taken_over(self, event_ids: Sequence[int]) -> set[int]:
+        """Those of `event_ids` another process claimed (our lease ran out while we stalled)."""
+        if not event_ids:
+            return set()
+        async with self._session() as session:
+            rows = await session.execute(
+                select(InboundEvent.id).where(
+                    InboundEvent.id.in_(event_ids),
+                    InboundEvent.claimed_by.is_not(None),
+                    InboundEvent.claimed_by != self.worker_id,
+                )
+            )
+            return {int(r[0]) for r in rows}
+
+    async def user_turn_stored(self, event_key: str) -> bool:
+        """Whether this event's user turn already reached the history (a resumed event)."""
+        async with self._session() as session:
+            found = await session.execute(
+                select(Message.id).where(Message.event_key == event_key).limit(1)
+            )
+            return found.first() is not None
+
+    # -- per-chat leases across replicas ------------------------------------------------------
+    async def try_acquire_chat(
+        self, chat_key: str, event_id: int, *, respect_older: bool = True
+    ) -> bool:
+        """Take the chat's lease if it is free and no older unfinished event of it waits.
+
+        Only other processes' events count as older: this process orders its own with its
+        local queue (whose order can differ from the ids the database handed out).
+        """
+        if not self.shared:
+            return True
+        now = utcnow()
+        async with self._session() as session:
+            # Every older unanswered event goes first, an abandoned one too: a sweeper (here
+            # or on another replica) resumes it once its lease runs out. Overtaking it would
+            # answer the chat out of order, without that turn in the history.
+            older = await session.execute(
+                select(
+                    exists().where(
+                        InboundEvent.chat_key == chat_key,
+                        InboundEvent.id < event_id,
+                        InboundEvent.status == "received",
+                        # This process orders its own events with its local queue.
+                        or_(
+                            InboundEvent.claimed_by.is_(None),
+                            InboundEvent.claimed_by != self.worker_id,
+                        ),
+                    )
+                )
+            )
+            if respect_older and older.scalar():
+                return False
+            # Only PostgreSQL is shared between processes (see `shared`).
+            stmt = postgresql.insert(ChatLease).values(
+                chat_key=chat_key, holder=self.worker_id, lease_until=self._until()
+            )
+            upsert = stmt.on_conflict_do_update(
+                index_elements=[ChatLease.chat_key],
+                set_={"holder": self.worker_id, "lease_until": self._until()},
+                where=or_(ChatLease.lease_until < now, ChatLease.holder == self.worker_id),
+            ).returning(ChatLease.holder)
+            got = (await session.execute(upsert)).scalar()
+            await session.commit()
+            return got == self.worker_id
+
+    async def release_chat(self, chat_key: str) -> None:
+        """Let another replica answer this chat."""
+        if not self.shared:
+            return
+        async with self._session() as session:
+            await session.execute(
+                delete(ChatLease).where(
+                    ChatLease.chat_key == chat_key, ChatLease.holder == self.worker_id
+                )
+            )
+            await session.commit()

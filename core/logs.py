@@ -1,0 +1,164 @@
+"""Logging: JSON lines for machines, a readable line for people, secrets redacted from both."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from core.config import Settings
+
+REDACTED = "[REDACTED]"
+
+# Shapes of credentials that may reach a log line even when they are not configured here
+# (a key pasted into a URL, a token in an upstream error body).
+SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}"),  # OpenAI keys: sk-..., sk-proj-...
+    re.compile(r"(?<![A-Za-z0-9])xox[abeoprs]-[A-Za-z0-9\-]+"),  # Slack bot / user tokens
+    re.compile(r"(?<![A-Za-z0-9])xapp-[A-Za-z0-9\-]+"),  # Slack app-level tokens
+    re.compile(r"(?i)(?<=bearer )[A-Za-z0-9._~+/=\-]+"),  # Authorization: Bearer ...
+    # Telegram bot tokens, also inside Bot API URLs (".../bot<token>/getMe").
+    re.compile(r"(?<![0-9])\d{5,16}:[A-Za-z0-9_\-]{35}(?![A-Za-z0-9_\-])"),
+)
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+# Shorter values are too likely to match ordinary text to be worth redacting.
+_MIN_SECRET_LENGTH = 6
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces configured secrets and secret-shaped strings in a record, in place."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        super().__init__()
+        self._secrets = sorted(
+            {s for s in secrets if s and len(s) >= _MIN_SECRET_LENGTH}, key=len, reverse=True
+        )
+
+    def redact(self, text: str) -> str:
+        """`text` without any secret."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern in SECRET_PATTERNS:
+            text = pattern.sub(REDACTED, text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self.redact(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, self.redact(value))
+        return True
+
+
+def extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a caller passed with `extra=`."""
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, extras, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in extras(record).items():
+            entry.setdefault(key, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class HumanFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...` for a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = " ".join(f"{k}={v}" for k, v in extras(record).items())
+        return f"{line} {fields}" if fields else line
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """Every secret value in `settings`: keys, tokens, signing secrets, the database password."""
+    from pydantic import SecretStr
+    from sqlalchemy.engine import make_url
+
+    found = [
+        value.get_secret_value()
+        for value in (getattr(settings, name) for name in type(settings).model_fields)
+        if isinstance(value, SecretStr)
+    ]
+    try:
+        password = make_url(settings.database_url).password
+    except Exception:  # an unparsable URL is reported elsewhere
+        password = None
+    if password:
+        found.append(str(password))
+    return found
+
+
+NOISY_LOGGERS = ("httpx", "httpcore", "telegram.ext", "aiohttp.access", "hpack")
+
+
+def configure_logging(
+    level: str,
+    *,
+    secrets: Iterable[str | None] = (),
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+) -> logging.Handler:
+    """Send every log record to `stream` (stderr), redacted; JSON unless it is a terminal.
+
+    `fmt` is "json", "text" or "auto". Replaces handlers configured earlier on the root
+    logger, so calling it twice does not double the lines.
+    """
+    stream = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not _is_terminal(stream))
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if use_json else HumanFormatter())
+    handler.addFilter(RedactingFilter(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in NOISY_LOGGERS:
+        # Their debug lines carry request headers and bodies (keys, message text).
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return handler
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

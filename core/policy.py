@@ -1,0 +1,252 @@
+"""Admission and the accounting commands: access, rate limits, admin rights and budgets.
+
+`Policy.admit` runs before anything else is done for a message, so a refused request never
+reaches a model. The order: allow-lists, the rate limit, admin-only commands, then budgets
+(only for requests that call a paid model, estimated before the call).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from core.access import Access
+from core.accounting import Accounting, Row, Summary, user_key
+from core.budgets import PERIOD_WORDS, PERIODS, SCOPES, Budgets, describe
+from core.config import Settings
+from core.db.models import utcnow
+from core.db.store import Store
+from core.errors import BadInput, RelaybotError
+from core.ports import ReplySink
+from core.pricing import PriceTable, money
+from core.privacy import forget_chat
+from core.ratelimit import RateLimiter
+from core.tokens import PER_MESSAGE_TOKENS, PRIMING_TOKENS, counter_for
+from core.types import AttachmentKind, IncomingMessage, Reply, ReplyKind
+
+log = logging.getLogger("relaybot.policy")
+
+# Commands that call a paid model; everything else (help, usage, forget, ...) is free.
+PAID_COMMANDS = frozenset({"image", "edit", "translate", "retry"})
+POLICY_COMMANDS = frozenset({"usage", "budget", "forget"})
+_PERIOD_NAMES = {"day": "day", "daily": "day", "month": "month", "monthly": "month"}
+_TOP = 10
+
+
+class AccessDenied(RelaybotError):
+    """The sender is not on the allow-list."""
+
+    user_message = "Sorry, this bot is private. Ask its operator to let you in."
+
+
+class AdminOnly(RelaybotError):
+    """An admin command from someone who is not an admin."""
+
+    user_message = "Sorry, only the bot's admins can do that."
+
+
+class SlowDown(RelaybotError):
+    """The sender passed their requests-per-minute limit."""
+
+    user_message = "You're sending messages too fast. Please slow down."
+
+
+def _is_admin_command(name: str, args: str) -> bool:
+    if name == "model":
+        return bool(args)
+    if name == "budget":
+        return bool(args) and args.lower() not in ("show", "me")
+    if name == "usage":
+        return bool(args) and args.lower() not in ("me",)
+    return False
+
+
+class Policy:
+    """Everything that decides whether, and at what cost, a request may go ahead."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.prices = PriceTable.from_config(settings.prices)
+        self.access = Access(settings)
+        self.accounting = Accounting(store.engine)
+        self.budgets = Budgets(settings, store.engine)
+        self.limiter = RateLimiter(store.engine, settings.rate_limit_per_minute)
+
+    # -- admission ------------------------------------------------------------------------
+    async def admit(self, msg: IncomingMessage, command: tuple[str, str] | None) -> None:
+        """Raise a RelaybotError (with one polite line) when this message must not go ahead."""
+        platform, sender = msg.chat.platform, msg.sender.id
+        if not self.access.allows(msg):
+            log.info("message from a user not on the allow-list", extra={"chat": msg.chat.key})
+            raise AccessDenied("not allowed")
+        wait = await self.limiter.hit(f"user:{user_key(platform, sender)}")
+        if wait is not None:
+            raise SlowDown(
+                "rate limited",
+                user_message=(
+                    f"Slow down a little: you can send {self.settings.rate_limit_per_minute} "
+                    f"messages a minute. Try again in about {wait:.0f} s."
+                ),
+            )
+        name, args = command if command is not None else ("", "")
+        admin_only = command is not None and _is_admin_command(name, args)
+        if name == "model" and not self.access.admins:
+            # A bot without configured admins keeps letting people pick their chat's model;
+            # budgets and other people's usage always need an admin.
+            admin_only = False
+        if admin_only and not self.access.is_admin(platform, sender):
+            raise AdminOnly(f"/{name} is admin-only")
+        if command is None or name in PAID_COMMANDS:
+            await self.budgets.check(msg, await self.estimate(msg, name))
+
+    async def estimate(self, msg: IncomingMessage, command: str) -> float:
+        """What this request will cost at least: its own text in, a full-length reply out.
+
+        History is not counted (it is only known after the chat's lock is taken), so this is
+        a floor, not a ceiling; it keeps a nearly spent budget from starting a dear request.
+        """
+        settings = self.settings
+        audio = next((a for a in msg.attachments if a.kind is AttachmentKind.AUDIO), None)
+        if command in ("image", "edit"):
+            return self.prices.image_cost(
+                settings.image_model, settings.image_size, settings.image_quality
+            )
+        total = 0.0
+        if audio is not None and audio.duration_seconds:
+            model = (
+                settings.translate_model if command == "translate" else settings.transcribe_model
+            )
+            total += self.prices.audio_cost(model, audio.duration_seconds)
+        if command == "translate":
+            return total
+        model = (
+            await self.store.chat_settings(msg.chat.key, msg.chat.parent_key)
+        ).model or settings.chat_model
+        prompt = PRIMING_TOKENS + 2 * PER_MESSAGE_TOKENS + counter_for(model).count(msg.text)
+        total += self.prices.tokens_cost(model, prompt, settings.reply_tokens)
+        return total
+
+    def cost(
+        self,
+        model: str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cached_tokens: int = 0,
+        audio_seconds: float = 0.0,
+        images: int = 0,
+    ) -> float:
+        """USD for one recorded model call."""
+        return self.prices.cost(
+            model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens,
+            audio_seconds=audio_seconds,
+            images=images,
+            image_size=self.settings.image_size,
+            image_quality=self.settings.image_quality,
+        )
+
+    # -- commands -------------------------------------------------------------------------
+    async def command(self, name: str, args: str, msg: IncomingMessage, sink: ReplySink) -> None:
+        """/usage, /budget and /forget (admin rights were checked in `admit`)."""
+        if name == "usage":
+            text = await self._usage(args, msg)
+        elif name == "budget":
+            text = await self._budget(args, msg)
+        elif name == "forget":
+            done = await forget_chat(self.store.engine, msg.chat.key, msg.event_key)
+            log.info("chat forgotten", extra={"chat": msg.chat.key})
+            text = (
+                f"Done. I deleted everything stored about this chat ({done.messages} messages "
+                "and its settings). Its usage is kept only as anonymous totals."
+            )
+        else:  # pragma: no cover - the service routes only POLICY_COMMANDS here
+            raise ValueError(name)
+        await sink.send(Reply(text=text, kind=ReplyKind.NOTICE))
+
+    async def _usage(self, args: str, msg: IncomingMessage) -> str:
+        platform = msg.chat.platform
+        me = user_key(platform, msg.sender.id)
+        who = args.split()[0] if args and args.lower() != "me" else me
+        if who != me:
+            target_platform, _, target_id = who.partition(":")
+            if not target_id:
+                raise BadInput("bad usage target", user_message="Usage: /usage PLATFORM:USER_ID")
+            return f"Usage of {who}:\n" + _periods(
+                await self.accounting.for_user(target_platform, target_id)
+            )
+        lines = ["Your usage:", _periods(await self.accounting.for_user(platform, msg.sender.id))]
+        if self.access.is_admin(platform, msg.sender.id):
+            total = await self.accounting.total()
+            lines += ["", "All users (this month / all time):"]
+            lines += _rows(await self.accounting.by_user(limit=_TOP))
+            lines += ["", "Chats (this month / all time):"]
+            lines += _rows(await self.accounting.by_chat(limit=_TOP))
+            lines += ["", "Total:", _periods(total)]
+        return "\n".join(lines)
+
+    async def _budget(self, args: str, msg: IncomingMessage) -> str:
+        if not args or args.lower() in ("show", "me"):
+            now = utcnow()
+            standings = await self.budgets.standings(msg, now)
+            if not standings:
+                return "No budget limits apply to you."
+            return "\n".join(describe(s, now) for s in standings)
+        usage = (
+            "Usage: /budget user PLATFORM:ID|chat CHAT|here|global day|month "
+            "AMOUNT|off|default  (AMOUNT in dollars; 0 = no access, off = no limit)"
+        )
+        parts = args.split()
+        if len(parts) == 3 and parts[0].lower() == "global":
+            parts.insert(1, "")
+        if len(parts) != 4 or parts[0].lower() not in SCOPES:
+            raise BadInput("bad /budget", user_message=usage)
+        scope, subject, period_word, value = parts[0].lower(), parts[1], parts[2], parts[3]
+        period = _PERIOD_NAMES.get(period_word.lower())
+        if period is None or period not in PERIODS:
+            raise BadInput("bad /budget period", user_message=usage)
+        if scope == "chat" and subject.lower() == "here":
+            subject = msg.chat.key
+        if scope == "user" and ":" not in subject:
+            subject = user_key(msg.chat.platform, subject)
+        label = {"user": subject, "chat": f"chat {subject}", "global": "the bot"}[scope]
+        setter = user_key(msg.chat.platform, msg.sender.id)
+        if value.lower() == "default":
+            await self.budgets.clear_override(scope, subject, period)
+            return f"The {PERIOD_WORDS[period]} budget of {label} is back to the configured one."
+        if value.lower() in ("off", "none", "unlimited"):
+            await self.budgets.set_override(scope, subject, period, None, setter)
+            return f"{label} now has no {PERIOD_WORDS[period]} budget limit."
+        try:
+            amount = float(value.lstrip("$"))
+        except ValueError:
+            raise BadInput("bad /budget amount", user_message=usage) from None
+        if not amount >= 0 or amount == float("inf"):
+            raise BadInput("bad /budget amount", user_message=usage)
+        await self.budgets.set_override(scope, subject, period, amount, setter)
+        shown = "$0 (no access)" if amount == 0 else money(amount)
+        return f"The {PERIOD_WORDS[period]} budget of {label} is now {shown}."
+
+
+def _periods(summary: Summary) -> str:
+    def line(label: str, cost: float, requests: int) -> str:
+        return f"  {label:<11} {money(cost):>10}  ({requests} requests)"
+
+    return "\n".join(
+        [
+            line("today", summary.today.cost_usd, summary.today.requests),
+            line("this month", summary.month.cost_usd, summary.month.requests),
+            line("all time", summary.all_time.cost_usd, summary.all_time.requests),
+        ]
+    )
+
+
+def _rows(rows: list[Row]) -> list[str]:
+    if not rows:
+        return ["  (none yet)"]
+    return [
+        f"  {r.who}: {money(r.summary.month.cost_usd)} / {money(r.summary.all_time.cost_usd)}"
+        for r in rows
+    ]

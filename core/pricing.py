@@ -1,0 +1,236 @@
+"""What model calls cost: a shipped price table in USD, overridable with RELAYBOT_PRICES."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+
+log = logging.getLogger("relaybot.pricing")
+
+PER_MILLION = 1_000_000
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+_FIELDS = {"input", "cached_input", "output", "audio_minute", "image"}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """Prices of one model: tokens per 1M, audio per minute, images by quality and size."""
+
+    input: float = 0.0
+    cached_input: float | None = None
+    output: float = 0.0
+    audio_minute: float = 0.0
+    # quality ("low", "medium", "high", "auto") -> size ("1024x1024") -> USD per image
+    image: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+Pair = tuple[float, float]
+
+
+def _image(low: Pair, medium: Pair, high: Pair) -> dict[str, dict[str, float]]:
+    def sizes(square: float, portrait: float) -> dict[str, float]:
+        return {"1024x1024": square, "1024x1536": portrait, "1536x1024": portrait}
+
+    table = {"low": sizes(*low), "medium": sizes(*medium), "high": sizes(*high)}
+    # "auto" lets the model choose; it is billed like medium in practice.
+    table["auto"] = table["medium"]
+    return table
+
+
+# OpenAI list prices (standard tier, USD). Override or extend with RELAYBOT_PRICES.
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "gpt-4o-mini": ModelPrice(0.15, 0.075, 0.60),
+    "gpt-4o": ModelPrice(2.50, 1.25, 10.00),
+    "gpt-4.1": ModelPrice(2.00, 0.50, 8.00),
+    "gpt-4.1-mini": ModelPrice(0.40, 0.10, 1.60),
+    "gpt-4.1-nano": ModelPrice(0.10, 0.025, 0.40),
+    "gpt-5": ModelPrice(1.25, 0.125, 10.00),
+    "gpt-5.1": ModelPrice(1.25, 0.125, 10.00),
+    "gpt-5-mini": ModelPrice(0.25, 0.025, 2.00),
+    "gpt-5-nano": ModelPrice(0.05, 0.005, 0.40),
+    "o3": ModelPrice(2.00, 0.50, 8.00),
+    "o3-mini": ModelPrice(1.10, 0.55, 4.40),
+    "o4-mini": ModelPrice(1.10, 0.275, 4.40),
+    "gpt-4-turbo": ModelPrice(10.00, None, 30.00),
+    "gpt-3.5-turbo": ModelPrice(0.50, None, 1.50),
+    "whisper-1": ModelPrice(audio_minute=0.006),
+    "gpt-4o-transcribe": ModelPrice(audio_minute=0.006),
+    "gpt-4o-mini-transcribe": ModelPrice(audio_minute=0.003),
+    "gpt-image-1": ModelPrice(
+        image=_image(low=(0.011, 0.016), medium=(0.042, 0.063), high=(0.167, 0.25))
+    ),
+    "gpt-image-1-mini": ModelPrice(
+        image=_image(low=(0.005, 0.006), medium=(0.011, 0.015), high=(0.036, 0.052))
+    ),
+    "omni-moderation-latest": ModelPrice(),
+    "text-moderation-latest": ModelPrice(),
+}
+
+
+def _number(model: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"RELAYBOT_PRICES: {model}.{name} must be a number >= 0, not {value!r}")
+    return float(value)
+
+
+def _parse_model(model: str, raw: Any, base: ModelPrice | None) -> ModelPrice:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"RELAYBOT_PRICES: the entry for {model!r} must be an object")
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise ConfigError(
+            f"RELAYBOT_PRICES: unknown field(s) {', '.join(sorted(unknown))} for {model!r} "
+            f"(allowed: {', '.join(sorted(_FIELDS))})"
+        )
+    price = base or ModelPrice()
+    changes: dict[str, Any] = {}
+    for name in ("input", "output", "audio_minute"):
+        if name in raw:
+            changes[name] = _number(model, name, raw[name])
+    if "cached_input" in raw:
+        value = raw["cached_input"]
+        changes["cached_input"] = None if value is None else _number(model, "cached_input", value)
+    if "image" in raw:
+        images = raw["image"]
+        if not isinstance(images, dict):
+            raise ConfigError(f"RELAYBOT_PRICES: {model}.image must map quality to sizes")
+        merged = {q: dict(s) for q, s in price.image.items()}
+        for quality, sizes in images.items():
+            if not isinstance(sizes, dict):
+                raise ConfigError(
+                    f"RELAYBOT_PRICES: {model}.image.{quality} must map sizes to prices"
+                )
+            merged.setdefault(str(quality), {}).update(
+                {str(s): _number(model, f"image.{quality}.{s}", v) for s, v in sizes.items()}
+            )
+        changes["image"] = merged
+    return replace(price, **changes)
+
+
+def load_overrides(source: str | None) -> dict[str, Any]:
+    """RELAYBOT_PRICES as a dict: inline JSON, or the path of a JSON file."""
+    if not source or not source.strip():
+        return {}
+    text = source.strip()
+    if not text.startswith("{"):
+        path = Path(text).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"RELAYBOT_PRICES: cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"RELAYBOT_PRICES is not valid JSON: {exc.msg} (line {exc.lineno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError("RELAYBOT_PRICES must be a JSON object of model name -> prices")
+    return data
+
+
+class PriceTable:
+    """Prices per model; unknown models cost 0 and are reported once in the log."""
+
+    def __init__(self, prices: dict[str, ModelPrice]) -> None:
+        self.prices = prices
+        self._warned: set[str] = set()
+
+    @classmethod
+    def from_config(cls, source: str | None) -> PriceTable:
+        """The shipped table with RELAYBOT_PRICES merged over it (ConfigError when invalid)."""
+        prices = dict(DEFAULT_PRICES)
+        for model, raw in load_overrides(source).items():
+            prices[str(model)] = _parse_model(str(model), raw, prices.get(str(model)))
+        return cls(prices)
+
+    def lookup(self, model: str) -> ModelPrice | None:
+        """The price of `model`, trying dated snapshots ("gpt-4o-2024-08-06") and prefixes."""
+        for name in (model, model.rsplit("/", 1)[-1]):
+            if name in self.prices:
+                return self.prices[name]
+            base = _SNAPSHOT.sub("", name)
+            if base in self.prices:
+                return self.prices[base]
+        return None
+
+    def _price(self, model: str) -> ModelPrice | None:
+        price = self.lookup(model)
+        if price is None and model not in self._warned:
+            self._warned.add(model)
+            log.warning(
+                "no price known for model %s: its usage is recorded at $0 "
+                "(add it to RELAYBOT_PRICES)",
+                model,
+            )
+        return price
+
+    def tokens_cost(
+        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+    ) -> float:
+        """USD for a chat call; `prompt_tokens` includes the `cached_tokens`, as the API counts."""
+        price = self._price(model)
+        if price is None:
+            return 0.0
+        cached = min(max(cached_tokens, 0), max(prompt_tokens, 0))
+        cached_rate = price.input if price.cached_input is None else price.cached_input
+        total = (
+            (prompt_tokens - cached) * price.input
+            + cached * cached_rate
+            + completion_tokens * price.output
+        )
+        return total / PER_MILLION
+
+    def audio_cost(self, model: str, seconds: float) -> float:
+        """USD for transcribing `seconds` of audio."""
+        price = self._price(model)
+        return 0.0 if price is None else max(seconds, 0.0) / 60 * price.audio_minute
+
+    def image_cost(self, model: str, size: str, quality: str = "auto", count: int = 1) -> float:
+        """USD for `count` images; an unlisted size is priced like the dearest one listed."""
+        price = self._price(model)
+        if price is None or not price.image or count <= 0:
+            return 0.0
+        sizes = price.image.get(quality) or price.image.get("auto") or price.image.get("medium")
+        if not sizes:
+            sizes = max(price.image.values(), key=lambda s: max(s.values(), default=0.0))
+        size = "1024x1024" if size == "auto" else size
+        each = sizes.get(size, max(sizes.values(), default=0.0))
+        return each * count
+
+    def cost(
+        self,
+        model: str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cached_tokens: int = 0,
+        audio_seconds: float = 0.0,
+        images: int = 0,
+        image_size: str = "1024x1024",
+        image_quality: str = "auto",
+    ) -> float:
+        """USD for one recorded call, whatever it consumed."""
+        total = 0.0
+        if prompt_tokens or completion_tokens:
+            total += self.tokens_cost(model, prompt_tokens, completion_tokens, cached_tokens)
+        if audio_seconds:
+            total += self.audio_cost(model, audio_seconds)
+        if images:
+            total += self.image_cost(model, image_size, image_quality, images)
+        if not (prompt_tokens or completion_tokens or audio_seconds or images):
+            self._price(model)
+        return round(total, 10)
+
+
+def money(amount: float) -> str:
+    """Dollars for people: cents, or four decimals for amounts under a cent."""
+    if amount != 0 and abs(amount) < 0.01:
+        return f"${amount:.4f}"
+    return f"${amount:,.2f}"

@@ -1,0 +1,122 @@
+"""Privacy: /forget erases a chat, and the retention job deletes old history.
+
+What /forget deletes: the chat's history, its settings (system prompt, model), its finished
+inbound events (which hold message payloads) and the /forget event itself. Its usage rows are
+kept for the bot's totals but lose the chat key and the user id, so they name nobody.
+Events of the chat that are still waiting to be answered stay until they are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, delete, or_, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from core.config import Settings
+from core.db.models import Chat, InboundEvent, Message, UsageRecord, utcnow
+from core.ratelimit import RateLimiter
+
+log = logging.getLogger("relaybot.privacy")
+
+OPEN_STATUSES = ("received", "answered")
+MAINTENANCE_INTERVAL = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """How many rows /forget deleted or anonymised."""
+
+    messages: int
+    events: int
+    usage_anonymised: int
+    settings: bool
+
+
+def _count(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def forget_chat(
+    engine: AsyncEngine, chat_key: str, event_key: str | None = None
+) -> Forgotten:
+    """Erase everything stored about one chat, in one transaction."""
+    session_factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with session_factory() as session:
+        messages = await session.execute(delete(Message).where(Message.chat_key == chat_key))
+        finished: ColumnElement[bool] = InboundEvent.status.not_in(OPEN_STATUSES)
+        if event_key is not None:
+            finished = or_(finished, InboundEvent.event_key == event_key)
+        events = await session.execute(
+            delete(InboundEvent).where(InboundEvent.chat_key == chat_key, finished)
+        )
+        chats = await session.execute(delete(Chat).where(Chat.key == chat_key))
+        usage = await session.execute(
+            update(UsageRecord)
+            .where(UsageRecord.chat_key == chat_key)
+            .values(chat_key=None, user_id=None)
+        )
+        await session.commit()
+    return Forgotten(_count(messages), _count(events), _count(usage), _count(chats) > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one retention run deleted."""
+
+    messages: int
+    events: int
+    rate_windows: int
+
+
+async def purge_expired(
+    engine: AsyncEngine, retention_days: int | None, now: datetime | None = None
+) -> tuple[int, int]:
+    """Delete history and finished inbound events older than `retention_days` (None: keep)."""
+    if retention_days is None:
+        return 0, 0
+    cutoff = (now or utcnow()) - timedelta(days=retention_days)
+    session_factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with session_factory() as session:
+        messages = await session.execute(delete(Message).where(Message.created_at < cutoff))
+        events = await session.execute(
+            delete(InboundEvent).where(
+                InboundEvent.received_at < cutoff, InboundEvent.status.not_in(OPEN_STATUSES)
+            )
+        )
+        await session.commit()
+    return _count(messages), _count(events)
+
+
+async def run_maintenance(engine: AsyncEngine, settings: Settings) -> Purged:
+    """One pass of the periodic job: retention, then stale rate-limit counters."""
+    messages, events = await purge_expired(engine, settings.retention_days)
+    windows = await RateLimiter(engine, settings.rate_limit_per_minute).purge()
+    if messages or events:
+        log.info(
+            "retention removed old rows",
+            extra={"messages": messages, "events": events, "days": settings.retention_days},
+        )
+    return Purged(messages, events, windows)
+
+
+async def maintenance_loop(
+    engine: AsyncEngine,
+    settings: Settings,
+    stop: asyncio.Event,
+    interval: float = MAINTENANCE_INTERVAL,
+) -> None:
+    """Run `run_maintenance` at once, then every `interval` seconds until `stop` is set."""
+    while True:
+        try:
+            await run_maintenance(engine, settings)
+        except Exception:
+            log.exception("maintenance run failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        if stop.is_set():
+            return

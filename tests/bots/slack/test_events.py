@@ -1,0 +1,132 @@
+"""The pure conversion from Slack events to neutral messages, and Markdown to mrkdwn."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from bots.slack.events import to_incoming, translate_commands
+from bots.slack.mrkdwn import to_mrkdwn
+from bots.slack.sink import split_text
+from core.testing.fake_slack import (
+    app_mention_event,
+    bot_message_event,
+    message_changed_event,
+    message_event,
+)
+from core.types import AttachmentKind, ChatRef
+
+
+async def _never() -> bytes:
+    raise AssertionError("not fetched")
+
+
+def _fetch_for(file: Mapping[str, Any]) -> Any:
+    return _never
+
+
+def convert(event: dict[str, Any], *, in_bot_thread: bool = False) -> Any:
+    return to_incoming(
+        event,
+        team_id="T1",
+        bot_user_id="UBOT",
+        bot_id="BBOT",
+        in_bot_thread=in_bot_thread,
+        fetch_for=_fetch_for,
+    )
+
+
+def test_a_channel_mention_becomes_a_thread_conversation_without_the_mention() -> None:
+    msg = convert(app_mention_event(channel="C1", ts="1.000001", text="<@UBOT>  hello"))
+    assert msg.chat == ChatRef("slack", "T1:C1", "1.000001")
+    assert msg.text == "hello"
+    assert msg.event_key == "slack:C1:1.000001"
+    assert not msg.is_direct
+
+
+def test_app_mention_and_message_twins_share_one_event_key() -> None:
+    a = convert(app_mention_event(channel="C1", ts="2.0", text="<@UBOT> x"))
+    b = convert(message_event(channel="C1", ts="2.0", text="<@UBOT> x"))
+    assert a.event_key == b.event_key and a.chat == b.chat
+
+
+def test_thread_replies_need_a_mention_unless_the_bot_is_in_the_thread() -> None:
+    reply = message_event(channel="C1", thread_ts="3.0", text="more")
+    assert convert(reply) is None
+    assert convert(reply, in_bot_thread=True).chat.thread_id == "3.0"
+
+
+def test_dms_are_answered_and_a_dm_thread_is_its_own_conversation() -> None:
+    top = convert(message_event(channel="D1", text="hi"))
+    threaded = convert(message_event(channel="D1", thread_ts="4.0", text="hi"))
+    assert top.is_direct and top.chat.thread_id is None
+    assert threaded.chat.thread_id == "4.0"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        bot_message_event(channel="C1", text="<@UBOT> hi"),
+        bot_message_event(channel="D1", text="mine", bot_id="BBOT", user="UBOT"),
+        message_event(channel="C1", text="no mention"),
+        message_changed_event(channel="D1", ts="5.0", new_text="edit"),
+        {**message_event(channel="D1", text="joined"), "subtype": "channel_join"},
+    ],
+)
+def test_bots_edits_joins_and_chatter_are_ignored(event: dict[str, Any]) -> None:
+    assert convert(event) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("reset", "/reset"),
+        ("Help", "/help"),
+        ("help me write a poem", "help me write a poem"),
+        ("model", "/model"),
+        ("model gpt-4o", "/model gpt-4o"),
+        ("model trains are fun to build", "model trains are fun to build"),
+        ("system You are a pirate.", "/system You are a pirate."),
+        ("image: a red fox", "/image a red fox"),
+        ("Image:a red fox", "/image a red fox"),
+        ("/retry", "/retry"),
+        ("just chatting", "just chatting"),
+    ],
+)
+def test_text_commands_translate_to_core_commands(text: str, expected: str) -> None:
+    assert translate_commands(text) == expected
+
+
+def test_files_become_audio_and_image_attachments() -> None:
+    files = [
+        {"id": "F1", "name": "clip.m4a", "mimetype": "audio/mp4", "size": 10},
+        {"id": "F2", "name": "screen.mov", "mimetype": "video/quicktime", "size": 10},
+        {"id": "F3", "name": "cat.png", "mimetype": "image/png", "size": 10},
+        {"id": "F4", "name": "notes.pdf", "mimetype": "application/pdf"},
+    ]
+    msg = convert(message_event(channel="D1", files=files))
+    kinds = [a.kind for a in msg.attachments]
+    assert kinds == [
+        AttachmentKind.AUDIO,
+        AttachmentKind.AUDIO,
+        AttachmentKind.IMAGE,
+        AttachmentKind.FILE,
+    ]
+    assert msg.attachments[0].filename == "clip.m4a" and msg.attachments[0].size == 10
+
+
+def test_markdown_becomes_slack_mrkdwn() -> None:
+    md = (
+        "# Title\n\n**bold**, _it_, ~~gone~~, `a<b`, [docs](https://x.test) & more\n\n- one\n- two"
+    )
+    assert to_mrkdwn(md) == (
+        "*Title*\n\n*bold*, _it_, ~gone~, `a&lt;b`, <https://x.test|docs> &amp; more\n\n"
+        "• one\n• two"
+    )
+
+
+def test_long_text_splits_at_paragraphs_within_the_limit() -> None:
+    head, rest = split_text("a" * 50 + "\n\n" + "b" * 50, 80)
+    assert head == "a" * 50 and rest == "b" * 50

@@ -1,0 +1,235 @@
+"""User stories: audio clips, files Slack will not hand over, and images in threads."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bots.slack.events import to_incoming
+from core.inbox import decode_message, encode_message
+from core.testing.fake_openai import PNG_SIGNATURE
+from core.testing.fake_slack import app_mention_event, message_event, new_ts, slash_command
+from core.types import Reply
+from tests.bots.slack.conftest import SIGNING_SECRET, SlackApp
+from tests.conftest import FIXTURES
+
+CHANNEL = "C0GENERAL"
+DM = "D0ALICE"
+
+
+def audio_clip() -> bytes:
+    return (FIXTURES / "audio-clip.m4a").read_bytes()
+
+
+async def test_an_audio_clip_is_downloaded_with_the_token_transcribed_and_answered(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    clip = slack.add_file(audio_clip(), name="audio_message.m4a", mimetype="audio/mp4")
+    ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT>", files=[clip])
+    )
+    await slack.wait_for("/api/chat.stopStream")
+    await slack_app.adapter.drain()
+
+    (download,) = slack.downloads()
+    assert download.headers["Authorization"] == f"Bearer {slack.bot_token}"
+    (transcription,) = slack_app.openai.calls("/audio/transcriptions")
+    assert transcription.form["file"]["filename"].endswith(".m4a")
+    assert transcription.form["file"]["data"] == audio_clip()
+    assert slack.visible_texts(CHANNEL, ts) == ["echo: " + slack_app.openai.transcript]
+
+
+async def test_a_voice_clip_in_a_dm_is_answered_too(slack_app: SlackApp) -> None:
+    slack = slack_app.slack
+    clip = slack.add_file(audio_clip(), name="clip.m4a", mimetype="audio/mp4")
+    await slack_app.post_event(message_event(channel=DM, text="", files=[clip]))
+    await slack.wait_until(lambda: bool(slack.visible(DM)))
+    await slack_app.adapter.drain()
+
+    assert slack.visible_texts(DM) == ["echo: " + slack_app.openai.transcript]
+
+
+async def test_a_login_page_instead_of_the_file_is_reported_as_a_missing_scope(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    clip = slack.add_file(
+        audio_clip(), name="audio_message.m4a", mimetype="audio/mp4", require_token=False
+    )
+    ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT>", files=[clip])
+    )
+    await slack.wait_until(lambda: bool(slack.visible(CHANNEL, ts)))
+    await slack_app.adapter.drain()
+
+    (notice,) = slack.visible_texts(CHANNEL, ts)
+    assert "files:read" in notice
+    assert slack_app.openai.calls("/audio/transcriptions") == []
+
+
+async def test_the_token_is_not_forwarded_when_a_file_url_redirects_to_another_host(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    clip = slack.add_file(
+        audio_clip(), name="audio_message.m4a", mimetype="audio/mp4", redirect_host="localhost"
+    )
+    ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT>", files=[clip])
+    )
+    await slack.wait_until(lambda: bool(slack.visible(CHANNEL, ts)))
+    await slack_app.adapter.drain()
+
+    first, second = slack.downloads()
+    assert first.headers["Authorization"] == f"Bearer {slack.bot_token}"
+    assert first.path.startswith("/redirect/")
+    assert "Authorization" not in second.headers  # the other host never saw the token
+    assert slack_app.openai.calls("/audio/transcriptions") == []
+
+
+async def test_image_prompt_in_a_mention_uploads_the_image_into_the_thread(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT> image: a red fox in snow")
+    )
+    await slack.wait_for("/api/files.completeUploadExternal")
+    await slack_app.adapter.drain()
+
+    (image,) = slack.uploads.values()
+    assert image.startswith(PNG_SIGNATURE)
+    (message,) = slack.visible(CHANNEL, ts)
+    assert message.files and message.text == "a red fox in snow"
+    (generation,) = slack_app.openai.calls("/images/generations")
+    assert generation.json["prompt"] == "a red fox in snow"
+
+
+async def test_the_image_slash_command_posts_the_image_in_the_channel(slack_app: SlackApp) -> None:
+    slack = slack_app.slack
+    response = await slack_app.post(
+        slash_command("/image", "a blue whale", channel=CHANNEL), form=True
+    )
+    assert response.status_code == 200
+    await slack.wait_for("/api/files.completeUploadExternal")
+    await slack_app.adapter.drain()
+
+    (message,) = slack.visible(CHANNEL)
+    assert message.files and message.text == "a blue whale"
+
+
+async def test_an_image_shared_in_a_thread_goes_to_the_model_as_vision_input(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    photo = slack.add_file(
+        (FIXTURES / "photo.jpg").read_bytes(), name="photo.jpg", mimetype="image/jpeg"
+    )
+    ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT> what is this?", files=[photo])
+    )
+    await slack.wait_for("/api/chat.stopStream")
+    await slack_app.adapter.drain()
+
+    user_turn = slack_app.openai.chat_requests()[-1]["messages"][-1]
+    assert isinstance(user_turn["content"], list)
+    kinds = [part["type"] for part in user_turn["content"]]
+    assert kinds == ["text", "image_url"]
+    assert user_turn["content"][1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+
+
+async def test_a_message_resumed_after_a_restart_fetches_its_clip_again_by_file_id(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    clip = slack.add_file(audio_clip(), name="audio_message.m4a", mimetype="audio/mp4")
+    ts = new_ts()
+    event = app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT>", files=[clip])
+    msg = to_incoming(
+        event, team_id=slack.team_id, bot_user_id=slack.bot_user_id, fetch_for=lambda f: _lost
+    )
+    assert msg is not None
+    stored = decode_message(msg.event_key, encode_message(msg))
+
+    restored = slack_app.adapter.restore(stored)
+    assert restored is not None
+    again, sink = restored
+    assert await again.attachments[0].fetch() == audio_clip()
+    assert slack.api_calls("files.info")  # the URL was looked up again from the file id
+    await sink.send(Reply(text="back online"))
+    assert slack.visible_texts(CHANNEL, ts) == ["back online"]
+
+
+async def _lost() -> bytes:
+    raise AssertionError("the original fetch is gone after a restart")
+
+
+async def test_with_transcript_only_a_channel_clip_gets_just_its_transcript(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    slack_app.adapter.core.settings.group_voice_transcript_only = True
+    clip = slack.add_file(audio_clip(), name="audio_message.m4a", mimetype="audio/mp4")
+    ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT>", files=[clip])
+    )
+    await slack.wait_until(lambda: bool(slack.visible(CHANNEL, ts)))
+    await slack_app.adapter.drain()
+
+    assert slack.visible_texts(CHANNEL, ts) == ["*Transcript:* " + slack_app.openai.transcript]
+    assert slack_app.openai.chat_requests() == []
+
+
+async def test_a_channel_set_to_transcripts_transcribes_every_clip_shared_in_it(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    # Before the setting, a clip nobody addressed to the bot is left alone.
+    quiet = slack.add_file(audio_clip(), name="audio_message.m4a", mimetype="audio/mp4")
+    quiet_ts = new_ts()
+    await slack_app.post_event(message_event(channel=CHANNEL, ts=quiet_ts, files=[quiet]))
+    await slack_app.adapter.drain()
+    assert slack.visible(CHANNEL, quiet_ts) == []
+    assert slack_app.openai.calls("/audio/transcriptions") == []
+
+    setting_ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=setting_ts, text="<@U0BOT> voicemode transcript")
+    )
+    await slack.wait_until(lambda: bool(slack.visible(CHANNEL, setting_ts)))
+    await slack_app.adapter.drain()
+    assert "transcript" in slack.visible_texts(CHANNEL, setting_ts)[0]
+
+    clip = slack.add_file(audio_clip(), name="audio_message.m4a", mimetype="audio/mp4")
+    ts = new_ts()
+    await slack_app.post_event(message_event(channel=CHANNEL, ts=ts, files=[clip]))
+    await slack.wait_until(lambda: bool(slack.visible(CHANNEL, ts)))
+    await slack_app.adapter.drain()
+    assert slack.visible_texts(CHANNEL, ts) == ["*Transcript:* " + slack_app.openai.transcript]
+    assert slack_app.openai.chat_requests() == []
+
+
+async def test_the_bot_token_never_appears_in_the_logs(
+    slack_app: SlackApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack = slack_app.slack
+    caplog.set_level(logging.DEBUG)
+    clip = slack.add_file(audio_clip(), name="a.m4a", mimetype="audio/mp4", require_token=False)
+    ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT>", files=[clip])
+    )
+    await slack.wait_until(lambda: bool(slack.visible(CHANNEL, ts)))
+    await slack_app.adapter.drain()
+
+    assert caplog.records
+    assert slack.bot_token not in caplog.text
+    assert SIGNING_SECRET not in caplog.text

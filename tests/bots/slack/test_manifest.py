@@ -1,0 +1,30 @@
+"""The shipped Slack app manifest asks for what the adapter uses."""
+
+from __future__ import annotations
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def test_the_manifest_has_the_scopes_events_and_command_relaybot_needs() -> None:
+    manifest = yaml.safe_load((REPO / "deploy" / "slack-app-manifest.yaml").read_text())
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {
+        "app_mentions:read",
+        "chat:write",
+        "im:history",
+        "channels:history",
+        "groups:history",
+        "files:read",
+        "files:write",
+        "assistant:write",
+        "commands",
+        "users:read",
+    } <= scopes
+    events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
+    assert {"app_mention", "message.channels", "message.im", "assistant_thread_started"} <= events
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/image"]
+    assert "assistant_view" in manifest["features"]
+    url = manifest["settings"]["event_subscriptions"]["request_url"]
+    assert url.endswith("/slack/events")

@@ -1,0 +1,87 @@
+"""Groups: the bot speaks when mentioned, replied to or commanded; chatter stays private."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.testing.fake_openai import message_text
+from tests.bots.telegram.conftest import GROUP, Bot
+
+GROUP_KEY = f"telegram:{GROUP}"
+
+
+async def test_group_chatter_is_ignored_and_not_stored(bot: Bot) -> None:
+    await bot.deliver(bot.telegram.text_update(GROUP, "anyone up for lunch?"))
+    await bot.deliver(bot.telegram.text_update(GROUP, "/help@some_other_bot"))
+
+    assert bot.telegram.chat_log(GROUP) == []
+    assert bot.openai.chat_requests() == []
+    assert await bot.stored(GROUP_KEY) == []
+
+
+@pytest.mark.parametrize("transport", ["polling", "webhook"])
+async def test_a_mention_is_answered_in_the_group_replying_to_the_speaker(bot: Bot) -> None:
+    bot.openai.chunk_delay = 0.01
+    update = bot.telegram.text_update(GROUP, "@relay_test_bot what is the capital of France?")
+
+    await bot.deliver(update)
+
+    log = bot.telegram.chat_log(GROUP)
+    assert [m.text for m in log] == ["echo: what is the capital of France?"]
+    assert log[0].reply_to == update["message"]["message_id"]
+    assert bot.telegram.drafts == [], "drafts are for private chats only"
+    request = bot.openai.chat_requests()[-1]
+    user_turn = request["messages"][-1]
+    assert message_text(user_turn["content"]) == "what is the capital of France?"
+    assert user_turn.get("name") == "ada", "group turns keep who said them"
+
+
+async def test_a_long_group_answer_is_one_message_edited_as_it_streams(bot: Bot) -> None:
+    bot.openai.chunk_delay = 0.01
+    words = " ".join(f"word{i}" for i in range(60))
+    bot.openai.queue_reply(words)
+
+    await bot.deliver(bot.telegram.text_update(GROUP, "@relay_test_bot count please"))
+
+    log = bot.telegram.chat_log(GROUP)
+    assert [m.text for m in log] == [words]
+    assert log[0].edits, "the message should have grown by edits while streaming"
+    assert all(words.startswith(earlier) for earlier in log[0].edits)
+
+
+async def test_a_reply_to_the_bot_is_answered(bot: Bot) -> None:
+    await bot.deliver(bot.telegram.text_update(GROUP, "@relay_test_bot remember the word kiwi"))
+    answer = bot.telegram.chat_log(GROUP)[-1]
+
+    await bot.deliver(bot.telegram.text_update(GROUP, "what word was it?", reply_to=answer))
+
+    texts = bot.telegram.texts(GROUP)
+    assert texts == ["echo: remember the word kiwi", "echo: what word was it?"]
+    history = bot.openai.chat_requests()[-1]["messages"]
+    assert any("kiwi" in message_text(m["content"]) for m in history[:-1])
+
+
+async def test_a_command_addressed_to_the_bot_is_answered_in_a_group(bot: Bot) -> None:
+    await bot.deliver(bot.telegram.text_update(GROUP, "/help@relay_test_bot"))
+
+    texts = bot.telegram.texts(GROUP)
+    assert len(texts) == 1
+    assert "/image" in texts[0] and "/translate" in texts[0]
+
+
+async def test_forum_topics_keep_separate_histories(bot: Bot) -> None:
+    tg = bot.telegram
+    await bot.deliver(
+        tg.text_update(GROUP, "@relay_test_bot topic one: apples", message_thread_id=7)
+    )
+    await bot.deliver(
+        tg.text_update(GROUP, "@relay_test_bot topic two: pears", message_thread_id=9)
+    )
+    await bot.deliver(tg.text_update(GROUP, "@relay_test_bot and again?", message_thread_id=7))
+
+    assert tg.texts(GROUP, thread_id=7) == ["echo: topic one: apples", "echo: and again?"]
+    assert tg.texts(GROUP, thread_id=9) == ["echo: topic two: pears"]
+    last = " ".join(message_text(m["content"]) for m in bot.openai.chat_requests()[-1]["messages"])
+    assert "apples" in last and "pears" not in last
+    assert len(await bot.stored(f"{GROUP_KEY}:7")) == 4
+    assert len(await bot.stored(f"{GROUP_KEY}:9")) == 2

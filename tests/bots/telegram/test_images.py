@@ -1,0 +1,54 @@
+"""Images: /image sends a photo (a file when too big for one), /edit edits a replied photo."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.bots.telegram.conftest import GROUP, PRIVATE_CHAT, Bot
+
+
+async def test_image_command_sends_the_generated_picture_as_a_photo(bot: Bot) -> None:
+    update = bot.telegram.text_update(PRIVATE_CHAT, "/image a lighthouse at dusk")
+    await bot.deliver(update)
+
+    (message,) = bot.telegram.chat_log(PRIVATE_CHAT)
+    assert message.kind == "photo"
+    assert message.text == "a lighthouse at dusk"
+    assert message.file is not None and message.file.startswith(b"\x89PNG")
+    assert message.reply_to == update["message"]["message_id"]
+
+
+@pytest.mark.telegram_settings(image_size="4000x100")
+async def test_a_picture_over_photo_limits_is_sent_as_a_document(bot: Bot) -> None:
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "/image a very wide banner"))
+
+    (message,) = bot.telegram.chat_log(PRIVATE_CHAT)
+    assert message.kind == "document"
+    assert message.filename == "image.png"
+
+
+async def test_edit_as_a_reply_to_a_photo_edits_that_photo(bot: Bot, photo: bytes) -> None:
+    tg = bot.telegram
+    picture = tg.photo_update(GROUP, photo, width=512, height=512)["message"]
+    await bot.deliver(picture_update := tg.update(picture))
+    assert tg.chat_log(GROUP) == [], "a photo alone in a group is not addressed to the bot"
+
+    await bot.deliver(tg.text_update(GROUP, "/edit make it black and white", reply_to=picture))
+
+    (request,) = bot.openai.calls("/images/edits")
+    sent = request.form.get("image", request.form.get("image[]"))
+    assert isinstance(sent, dict)
+    assert sent["data"] == photo, "the full-size photo, not the thumbnail, was edited"
+    (message,) = tg.chat_log(GROUP)
+    assert message.kind == "photo"
+    assert message.text == "make it black and white"
+    assert picture_update["update_id"]
+
+
+async def test_a_photo_with_a_caption_goes_to_a_vision_model(bot: Bot, photo: bytes) -> None:
+    await bot.deliver(bot.telegram.photo_update(PRIVATE_CHAT, photo, caption="what is this?"))
+
+    content = bot.openai.chat_requests()[-1]["messages"][-1]["content"]
+    assert isinstance(content, list)
+    assert any(part.get("type") == "image_url" for part in content)
+    assert bot.telegram.texts(PRIVATE_CHAT) == ["echo: what is this?"]

@@ -1,0 +1,177 @@
+"""Usage, budgets, access and privacy as a person meets them in the console and the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bots.console import run_console
+from core.app import Core, open_core
+from core.config import Settings
+from core.testing.fake_openai import FakeOpenAI
+
+RELAYBOT = str(Path(sys.executable).parent / "relaybot")
+PRICES = json.dumps({"gpt-4o-mini": {"input": 1000, "output": 1000}})
+
+
+async def chat(core: Core, *lines: str, name: str = "default", user: str = "you") -> str:
+    out = io.StringIO()
+    stdin = io.StringIO("".join(f"{x}\n" for x in lines))
+    await run_console(core, chat=name, user=user, stdin=stdin, stdout=out)
+    return out.getvalue()
+
+
+async def test_usage_in_the_console_shows_spend_and_everyone_to_the_operator(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(settings.model_copy(update={"prices": PRICES})) as core:
+        await chat(core, "hello", name="work")
+        out = await chat(core, "/usage", name="work")
+    assert out.startswith("Your usage:\n  today")
+    # Nobody is configured as admin: the person at the console runs the bot and sees it all.
+    assert "All users" in out and "console:you" in out and "console:work" in out
+
+
+async def test_a_console_user_with_budget_zero_is_told_once_per_message(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    zero = settings.model_copy(update={"budget_user_daily": 0.0})
+    async with open_core(zero) as core:
+        out = await chat(core, "hello", "/budget")
+    assert out.splitlines() == [
+        "! You have no budget for this bot. Ask one of its admins if you need one.",
+        "Your daily budget: $0 (no access)",
+    ]
+    assert not fake_openai.chat_requests()
+
+
+async def test_console_users_who_are_not_admins_cannot_change_the_model(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(settings.model_copy(update={"admins": "console:boss"})) as core:
+        refused = await chat(core, "/model gpt-4o", user="you")
+        allowed = await chat(core, "/model gpt-4o", user="boss")
+    assert refused.strip() == "! Sorry, only the bot's admins can do that."
+    assert allowed.strip() == "This chat now uses gpt-4o."
+
+
+async def test_forget_in_the_console(core: Core, fake_openai: FakeOpenAI) -> None:
+    out = await chat(core, "remember 42", "/forget", "what did I say?")
+    assert "Done. I deleted everything stored about this chat (2 messages" in out
+    last = fake_openai.chat_requests()[-1]
+    assert [m["content"] for m in last["messages"][1:]] == ["what did I say?"]
+
+
+# -- the relaybot command ------------------------------------------------------------------------
+@pytest.fixture
+def endpoint() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+def run(
+    args: list[str], cwd: Path, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RELAYBOT_", "OPENAI_"))}
+    base.update(env)
+    return subprocess.run(
+        [RELAYBOT, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=base,
+        timeout=60,
+    )
+
+
+def test_relaybot_usage_prints_a_table_and_json(endpoint: FakeOpenAI, tmp_path: Path) -> None:
+    env = {
+        "OPENAI_API_KEY": "sk-test-key",
+        "OPENAI_BASE_URL": endpoint.base_url,
+        "RELAYBOT_PRICES": PRICES,
+        "USER": "ada",
+    }
+    assert (
+        run(["console", "--chat", "work"], tmp_path, "hello\nhow are you\n", **env).returncode == 0
+    )
+    assert (
+        run(["console", "--chat", "home"], tmp_path, "hi\n", **{**env, "USER": "bob"}).returncode
+        == 0
+    )
+
+    table = run(["usage"], tmp_path, **env)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == [
+        "user",
+        "today",
+        "this",
+        "month",
+        "all",
+        "time",
+        "requests",
+        "tokens",
+        "in",
+        "tokens",
+        "out",
+    ]
+    ada = next(x for x in lines if x.startswith("console:ada"))
+    assert ada.split()[4] == "2"  # requests
+    assert any(x.startswith("console:work") for x in lines)
+    assert any(x.startswith("TOTAL") for x in lines)
+
+    as_json = run(["usage", "--json"], tmp_path, **env)
+    report = json.loads(as_json.stdout)
+    users = {u["user"]: u for u in report["users"]}
+    assert set(users) == {"console:ada", "console:bob"}
+    assert users["console:ada"]["all_time"]["requests"] == 2
+    total = report["total"]["all_time"]["cost_usd"]
+    assert total == pytest.approx(sum(u["all_time"]["cost_usd"] for u in users.values()))
+    assert total > 0 and report["currency"] == "USD"
+
+
+def test_relaybot_export_writes_valid_jsonl(endpoint: FakeOpenAI, tmp_path: Path) -> None:
+    env = {"OPENAI_API_KEY": "sk-test-key", "OPENAI_BASE_URL": endpoint.base_url}
+    run(["console", "--chat", "work"], tmp_path, "/system Be a pirate.\nhello\nbye\n", **env)
+    run(["console", "--chat", "home"], tmp_path, "hi\n", **env)
+
+    result = run(["export", "--format", "openai-jsonl", "--chat", "console:work"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line) == {
+        "messages": [
+            {"role": "system", "content": "Be a pirate."},
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "echo: hello"},
+            {"role": "user", "content": "bye"},
+            {"role": "assistant", "content": "echo: bye"},
+        ]
+    }
+    assert "exported 1 conversation" in result.stderr
+
+    out = tmp_path / "all.jsonl"
+    every = run(["export", "--since", "1d", "-o", str(out)], tmp_path)
+    assert every.returncode == 0, every.stderr
+    assert every.stdout == ""
+    for text in out.read_text().splitlines():
+        messages = json.loads(text)["messages"]
+        assert messages[0]["role"] == "system" and messages[-1]["role"] == "assistant"
+    assert len(out.read_text().splitlines()) == 2
+
+    bad = run(["export", "--since", "last tuesday"], tmp_path)
+    assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_usage_on_an_empty_database_is_one_clear_line(tmp_path: Path) -> None:
+    result = run(["usage"], tmp_path)
+    assert result.returncode == 2
+    assert "relaybot db upgrade" in result.stderr
+    assert "Traceback" not in result.stderr

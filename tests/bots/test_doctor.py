@@ -1,0 +1,251 @@
+"""`relaybot doctor` as an operator runs it: a real process against fake servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from core.db import migrate
+from core.db.store import create_engine
+from core.testing.fake_openai import FakeOpenAI
+from core.testing.fake_slack import FakeSlack
+from core.testing.server import FakeServer
+
+RELAYBOT = str(Path(sys.executable).parent / "relaybot")
+OPENAI_KEY = "sk-test-doctor-Kq2Vn8Rx"
+TELEGRAM_TOKEN = "424242424:AAF7cT2qLm9XvB4nR8sW1yZ6pJ3dK5hGfEo"
+SLACK_TOKEN = "xoxb-1111-2222-doctorTOKEN"
+
+
+class FakeBotApi(FakeServer):
+    """Just enough of the Telegram Bot API for getMe."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/bot"
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/bot{token}/getMe", self._get_me)
+
+    async def _get_me(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return web.json_response(
+                {"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401
+            )
+        result = {"id": 424242424, "is_bot": True, "first_name": "Relay", "username": "relay_bot"}
+        return web.json_response({"ok": True, "result": result})
+
+
+@pytest.fixture
+def endpoint() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        server.api_key = OPENAI_KEY
+        yield server
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeBotApi]:
+    with FakeBotApi(TELEGRAM_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack(bot_token=SLACK_TOKEN) as server:
+        yield server
+
+
+def migrated_sqlite(path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{path}"
+
+    async def upgrade() -> None:
+        engine = create_engine(url)
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(upgrade())
+    return url
+
+
+@pytest.fixture
+def healthy(
+    endpoint: FakeOpenAI, telegram: FakeBotApi, slack: FakeSlack, tmp_path: Path
+) -> dict[str, str]:
+    """The environment of a set-up where everything works."""
+    return {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": endpoint.base_url,
+        "RELAYBOT_DATABASE_URL": migrated_sqlite(tmp_path / "relaybot.db"),
+        "TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN,
+        "TELEGRAM_API_BASE_URL": telegram.base_url,
+        "SLACK_BOT_TOKEN": SLACK_TOKEN,
+        "SLACK_SIGNING_SECRET": "0123456789abcdef0123456789abcdef",
+        "SLACK_API_URL": slack.api_url,
+    }
+
+
+def doctor(cwd: Path, env: dict[str, str]) -> tuple[int, dict[str, str], str]:
+    """Run `relaybot doctor`; (exit code, {check name: its line}, all output)."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RELAYBOT_", "OPENAI_", "TELEGRAM_", "SLACK_"))
+    }
+    base.update(env)
+    result = subprocess.run(
+        [RELAYBOT, "doctor"], capture_output=True, text=True, cwd=cwd, env=base, timeout=120
+    )
+    lines: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        status, rest = line[:4].strip(), line[6:]
+        if status in ("OK", "WARN", "FAIL", "SKIP"):
+            lines.setdefault(rest.split(":", 1)[0], line)
+    return result.returncode, lines, result.stdout + result.stderr
+
+
+def test_a_healthy_set_up_passes_every_check(healthy: dict[str, str], tmp_path: Path) -> None:
+    code, lines, output = doctor(tmp_path, healthy)
+    assert code == 0, output
+    assert list(lines) == [
+        "config",
+        "database",
+        "model endpoint",
+        "telegram",
+        "slack",
+        "tokenizer",
+    ]
+    assert all(line.startswith("OK") for line in lines.values()), output
+    assert "migrations at head" in lines["database"]
+    assert "lists 6 models" in lines["model endpoint"]
+    assert "@relay_bot" in lines["telegram"]
+    assert "Fake Team" in lines["slack"]
+    assert "o200k_base" in lines["tokenizer"]
+    assert "relaybot doctor: nothing to fix (6 OK)" in output
+    for secret in (OPENAI_KEY, TELEGRAM_TOKEN, SLACK_TOKEN):
+        assert secret not in output
+
+
+def test_platforms_without_tokens_are_skipped(endpoint: FakeOpenAI, tmp_path: Path) -> None:
+    env = {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": endpoint.base_url,
+        "RELAYBOT_DATABASE_URL": migrated_sqlite(tmp_path / "relaybot.db"),
+    }
+    code, lines, output = doctor(tmp_path, env)
+    assert code == 0, output
+    assert lines["telegram"].startswith("SKIP") and lines["slack"].startswith("SKIP")
+    assert "console only" in lines["config"]
+
+
+def test_an_unreachable_endpoint_fails_and_names_the_setting(
+    healthy: dict[str, str], tmp_path: Path
+) -> None:
+    code, lines, _ = doctor(tmp_path, {**healthy, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    assert code == 1
+    assert lines["model endpoint"].startswith("FAIL")
+    assert "cannot reach http://127.0.0.1:9/v1" in lines["model endpoint"]
+    assert "OPENAI_BASE_URL" in lines["model endpoint"]
+    assert lines["database"].startswith("OK")  # the other checks still ran
+
+
+def test_a_rejected_key_fails_without_printing_it(healthy: dict[str, str], tmp_path: Path) -> None:
+    wrong = "sk-test-wrong-key-Hy7Tq3"
+    code, lines, output = doctor(tmp_path, {**healthy, "OPENAI_API_KEY": wrong})
+    assert code == 1
+    assert "rejected OPENAI_API_KEY" in lines["model endpoint"]
+    assert wrong not in output
+
+
+def test_an_unmigrated_database_says_to_run_db_upgrade(
+    healthy: dict[str, str], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    code, lines, _ = doctor(
+        tmp_path, {**healthy, "RELAYBOT_DATABASE_URL": f"sqlite+aiosqlite:///{empty}"}
+    )
+    assert code == 1
+    assert lines["database"].startswith("FAIL")
+    assert "never migrated" in lines["database"]
+    assert "relaybot db upgrade" in lines["database"]
+
+
+def test_a_missing_sqlite_file_is_reported_not_created(
+    healthy: dict[str, str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere.db"
+    code, lines, _ = doctor(
+        tmp_path, {**healthy, "RELAYBOT_DATABASE_URL": f"sqlite+aiosqlite:///{missing}"}
+    )
+    assert code == 1
+    assert "does not exist" in lines["database"]
+    assert not missing.exists()
+
+
+def test_an_old_database_names_both_revisions(healthy: dict[str, str], tmp_path: Path) -> None:
+    url = healthy["RELAYBOT_DATABASE_URL"]
+    path = url.removeprefix("sqlite+aiosqlite:///")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0000_old'")
+    code, lines, _ = doctor(tmp_path, healthy)
+    assert code == 1
+    assert "at migration 0000_old, code expects" in lines["database"]
+
+
+def test_rejected_platform_tokens_fail_with_where_to_get_new_ones(
+    healthy: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **healthy,
+        "TELEGRAM_BOT_TOKEN": "999999999:AAwrongwrongwrongwrongwrongwrongwro",
+        "SLACK_BOT_TOKEN": "xoxb-wrong-token",
+    }
+    code, lines, output = doctor(tmp_path, env)
+    assert code == 1
+    assert lines["telegram"].startswith("FAIL") and "@BotFather" in lines["telegram"]
+    assert lines["slack"].startswith("FAIL") and "invalid_auth" in lines["slack"]
+    assert "wrongwrong" not in output and "xoxb-wrong-token" not in output
+
+
+def test_missing_tokenizer_files_are_reported(healthy: dict[str, str], tmp_path: Path) -> None:
+    empty = tmp_path / "no-tiktoken"
+    empty.mkdir()
+    # tiktoken would download the files; the proxy on a closed local port makes that fail fast.
+    env = {**healthy, "TIKTOKEN_CACHE_DIR": str(empty), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    code, lines, _ = doctor(tmp_path, env)
+    assert code == 1
+    assert lines["tokenizer"].startswith("FAIL")
+    assert "TIKTOKEN_CACHE_DIR" in lines["tokenizer"]
+
+
+def test_invalid_configuration_is_the_first_failure(tmp_path: Path) -> None:
+    code, lines, output = doctor(tmp_path, {"RELAYBOT_MODERATION": "sometimes"})
+    assert code == 1
+    assert lines["config"].startswith("FAIL")
+    assert "RELAYBOT_MODERATION" in lines["config"]
+    assert "Traceback" not in output
+
+
+def test_missing_key_and_unsafe_webhook_are_config_failures(
+    healthy: dict[str, str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in healthy.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env["TELEGRAM_WEBHOOK_URL"] = "https://bot.example.test/telegram/webhook"
+    code, _, output = doctor(tmp_path, env)
+    assert code == 1
+    assert "FAIL  config: OPENAI_API_KEY is not set" in output
+    assert "TELEGRAM_WEBHOOK_SECRET" in output

@@ -1,0 +1,167 @@
+"""Budgets: a request that would go over one is refused before any model call."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from core.app import Core, open_core
+from core.config import ModerationPolicy, Settings
+from core.db.models import BudgetOverride, utcnow
+from core.pricing import money
+from core.testing.fake_openai import FakeOpenAI
+from core.testing.sink import RecordingSink
+from core.types import ChatRef, IncomingMessage, Sender
+
+_ids = itertools.count(1)
+# $1 per 1,000 tokens each way: one short exchange costs about a cent.
+PRICES = {"gpt-4o-mini": {"input": 1000, "output": 1000}}
+
+
+def message(text: str, user: str = "u1", chat: str = "c1") -> IncomingMessage:
+    return IncomingMessage(
+        chat=ChatRef("test", chat),
+        sender=Sender(user, user.title()),
+        event_key=f"budget:{next(_ids)}",
+        text=text,
+    )
+
+
+def budgeted(settings: Settings, **update: object) -> Settings:
+    base: dict[str, object] = {
+        "prices": json.dumps(PRICES),
+        "system_prompt": "Be brief.",
+        "reply_tokens": 5,
+        "moderation": ModerationPolicy.OFF,
+        "admins": "test:boss",
+    }
+    base.update(update)
+    return settings.model_copy(update=base)
+
+
+async def say(core: Core, text: str, user: str = "u1", chat: str = "c1") -> str:
+    sink = RecordingSink()
+    await core.service.handle(message(text, user, chat), sink)
+    return "\n".join(sink.texts)
+
+
+async def spent_by(core: Core, user: str) -> float:
+    return (await core.service.policy.accounting.for_user("test", user)).today.cost_usd
+
+
+async def test_a_daily_budget_runs_out_mid_day(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(budgeted(settings, budget_user_daily=0.05)) as core:
+        answers = [await say(core, f"question {i}") for i in range(10)]
+        refused = [a for a in answers if not a.startswith("echo:")]
+        assert refused, answers
+        first_refusal = answers.index(refused[0])
+        # Everything after the first refusal is refused too, and none reached the model.
+        assert all(not a.startswith("echo:") for a in answers[first_refusal:])
+        assert len(fake_openai.chat_requests()) == first_refusal
+        spent = await spent_by(core, "u1")
+    text = refused[0]
+    assert text.startswith("Sorry, that would go over your daily budget of $0.05")
+    assert f"{money(spent)} spent, {money(0.05 - spent)} left." in text
+    assert "It resets at 00:00 UTC (in " in text
+    # The estimate kept the spend close to the budget (never a whole request past it).
+    assert 0.03 < spent <= 0.05 + 0.02
+
+
+async def test_budget_zero_means_no_access(settings: Settings, fake_openai: FakeOpenAI) -> None:
+    # Free models too: 0 is "no access", not "no limit".
+    async with open_core(budgeted(settings, budget_user_daily=0.0, prices="{}")) as core:
+        refused = await say(core, "hello")
+        free = await say(core, "/help")
+    assert refused == "You have no budget for this bot. Ask one of its admins if you need one."
+    assert "/usage" in free
+    assert not fake_openai.chat_requests()
+    assert not fake_openai.calls("/moderations")
+
+
+async def test_a_chat_budget_stops_everyone_in_that_chat(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(budgeted(settings, budget_chat_monthly=0.015)) as core:
+        assert (await say(core, "hi", user="u1", chat="group")).startswith("echo:")
+        second = await say(core, "hello", user="u2", chat="group")
+        elsewhere = await say(core, "hello", user="u2", chat="dm")
+    assert second.startswith("Sorry, that would go over this chat's monthly budget of $0.01")
+    assert "It resets on " in second and "-01 at 00:00 UTC" in second
+    assert elsewhere.startswith("echo:")
+
+
+async def test_a_global_budget_stops_the_whole_bot(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(budgeted(settings, budget_global_daily=0.015)) as core:
+        assert (await say(core, "hi", user="u1", chat="a")).startswith("echo:")
+        refused = await say(core, "hi", user="u2", chat="b")
+    assert refused.startswith("Sorry, that would go over the bot's daily budget")
+
+
+async def test_yesterdays_spend_does_not_count_today(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(budgeted(settings, budget_user_daily=0.05)) as core:
+        await core.store.add_usage(
+            created_at=utcnow() - timedelta(days=1, minutes=1),
+            platform="test",
+            chat_key="test:c1",
+            user_id="u1",
+            model="gpt-4o-mini",
+            kind="chat",
+            cost_usd=10.0,
+        )
+        assert (await say(core, "hello")).startswith("echo:")
+
+
+async def test_an_admin_sets_a_persons_budget(settings: Settings, fake_openai: FakeOpenAI) -> None:
+    async with open_core(budgeted(settings, budget_user_daily=5.0)) as core:
+        notice = await say(core, "/budget user test:u1 daily 0", user="boss", chat="admin")
+        assert notice == "The daily budget of test:u1 is now $0 (no access)."
+        assert (await say(core, "hello")).startswith("You have no budget")
+        # Other people keep the configured budget.
+        assert (await say(core, "hello", user="u2", chat="c2")).startswith("echo:")
+        # The override lives in the database, so every replica sees it.
+        async with core.store._session() as session:
+            row = (await session.execute(select(BudgetOverride))).scalar_one()
+        assert (row.scope, row.subject, row.period, row.amount_usd, row.set_by) == (
+            "user",
+            "test:u1",
+            "day",
+            0.0,
+            "test:boss",
+        )
+        await say(core, "/budget user test:u1 day off", user="boss", chat="admin")
+        assert (await say(core, "hello")).startswith("echo:")
+        back = await say(core, "/budget user test:u1 day default", user="boss", chat="admin")
+        assert "back to the configured one" in back
+        mine = await say(core, "/budget")
+    assert mine.startswith("Your daily budget: $0.0")
+    assert "of $5.00 spent" in mine
+
+
+async def test_only_admins_set_budgets(settings: Settings, fake_openai: FakeOpenAI) -> None:
+    async with open_core(budgeted(settings, budget_user_daily=0.0)) as core:
+        refused = await say(core, "/budget user test:u1 daily off")
+        async with core.store._session() as session:
+            assert (await session.execute(select(BudgetOverride))).first() is None
+        bad = await say(core, "/budget user test:u1 weekly 5", user="boss", chat="admin")
+    assert refused == "Sorry, only the bot's admins can do that."
+    assert bad.startswith("Usage: /budget")
+
+
+@pytest.mark.parametrize("command", ["/image a cat", "/retry"])
+async def test_paid_commands_are_budgeted_too(
+    settings: Settings, fake_openai: FakeOpenAI, command: str
+) -> None:
+    async with open_core(budgeted(settings, budget_user_monthly=0.0)) as core:
+        text = await say(core, command)
+    assert text.startswith("You have no budget")
+    assert not fake_openai.calls("/images/generations")

@@ -1,0 +1,351 @@
+"""Real `relaybot run` replicas behind a pretend load balancer, as Telegram would see them.
+
+The fakes (Bot API, OpenAI) run in threads of the test process; each replica is its own
+process with its own HTTP port on 127.0.0.1, all sharing one PostgreSQL database.
+`Telegram.deliver` POSTs an update to a replica's webhook the way Telegram does and, when
+no 200 comes back (a killed or stopping process), delivers it again to another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bots.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
+from core.db import migrate
+from core.testing.fake_openai import FakeOpenAI
+from core.testing.fake_telegram import FakeTelegram
+from tests.bots.test_cli import RELAYBOT
+from tests.conftest import reset_postgres
+
+WEBHOOK_SECRET = "replica-webhook-secret_0123456789"
+PUBLIC_WEBHOOK_URL = "https://example.invalid/telegram/webhook"
+API_KEY = "sk-test-replicas-0123456789abcdef"
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 the OS says is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_sql(url: str, statement: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on `url` from synchronous test code; the rows it returned."""
+
+    async def go() -> list[tuple[Any, ...]]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(text(statement), params)
+                return [tuple(r) for r in result] if result.returns_rows else []
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def fresh_database(url: str) -> None:
+    """Empty the test database and migrate it once, as a deploy's migration job would."""
+
+    async def go() -> None:
+        await reset_postgres(url)
+        engine = create_async_engine(url)
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
+
+
+@dataclass
+class Replica:
+    """One `relaybot run` process."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    alive: bool = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """kill -9: no clean-up, no goodbye."""
+        self.alive = False
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait: the graceful way out."""
+        self.alive = False
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise
+        return int(self.proc.returncode)
+
+
+@dataclass
+class Cluster:
+    """Fakes in threads plus replicas started with `start`."""
+
+    tmp: Path
+    database_url: str
+    telegram: FakeTelegram
+    openai: FakeOpenAI
+    env: dict[str, str] = field(default_factory=dict)
+    replicas: list[Replica] = field(default_factory=list)
+    _count: int = 0
+
+    def base_env(self) -> dict[str, str]:
+        keep = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RELAYBOT_", "OPENAI_", "TELEGRAM_", "SLACK_"))
+        }
+        keep.update(
+            {
+                "OPENAI_API_KEY": API_KEY,
+                "OPENAI_BASE_URL": self.openai.base_url,
+                "TELEGRAM_BOT_TOKEN": self.telegram.token,
+                "TELEGRAM_API_BASE_URL": self.telegram.api_base_url,
+                "TELEGRAM_FILE_BASE_URL": self.telegram.file_base_url,
+                "TELEGRAM_WEBHOOK_URL": PUBLIC_WEBHOOK_URL,
+                "TELEGRAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "RELAYBOT_HTTP_HOST": "127.0.0.1",
+                "RELAYBOT_DATABASE_URL": self.database_url,
+                "RELAYBOT_AUTO_MIGRATE": "false",
+                "RELAYBOT_MODERATION": "off",
+                "RELAYBOT_LEASE_SECONDS": "3",
+                "RELAYBOT_SHUTDOWN_GRACE": "5",
+                "RELAYBOT_LOG_FORMAT": "json",
+                "RELAYBOT_LOG_LEVEL": "INFO",
+                "RELAYBOT_MAX_RETRIES": "1",
+            }
+        )
+        keep.update(self.env)
+        return keep
+
+    def start(self, count: int, within: float = 60) -> list[Replica]:
+        """Start `count` replicas and wait until each is ready and takes webhooks."""
+        started = []
+        registered = len(self.telegram.calls("/setWebhook"))
+        for _ in range(count):
+            self._count += 1
+            name = f"r{self._count}"
+            port = free_port()
+            env = self.base_env() | {"RELAYBOT_HTTP_PORT": str(port)}
+            log_path = self.tmp / f"{name}.log"
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen(
+                    [RELAYBOT, "run"],
+                    cwd=self.tmp,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            started.append(Replica(name, port, proc, log_path))
+        self.replicas.extend(started)
+        deadline = time.monotonic() + within
+        for replica in started:
+            self._wait_ready(replica, deadline)
+        # Each replica registers the webhook once it accepts deliveries.
+        self.telegram.wait_sync(
+            "/setWebhook", registered + count, within=max(1.0, deadline - time.monotonic())
+        )
+        return started
+
+    @staticmethod
+    def _wait_ready(replica: Replica, deadline: float) -> None:
+        with httpx.Client(timeout=2) as client:
+            while True:
+                if replica.proc.poll() is not None:
+                    raise AssertionError(f"{replica.name} exited:\n{replica.log()[-3000:]}")
+                try:
+                    if client.get(replica.url + "/readyz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{replica.name} not ready:\n{replica.log()[-3000:]}")
+                time.sleep(0.1)  # a process starting up: there is nothing to wait on but time
+
+    def live(self) -> list[Replica]:
+        return [r for r in self.replicas if r.alive]
+
+    def close(self) -> None:
+        for replica in self.replicas:
+            if replica.proc.poll() is None:
+                replica.proc.kill()
+                replica.proc.wait(10)
+
+    def events(self) -> list[tuple[str, str]]:
+        """(event_key, status) of every stored inbound event."""
+        rows = run_sql(self.database_url, "SELECT event_key, status FROM inbound_events")
+        return [(str(k), str(s)) for k, s in rows]
+
+    def wait_all_done(self, expected: int, within: float = 60) -> None:
+        """Wait until `expected` events are stored and none is unfinished."""
+        deadline = time.monotonic() + within
+        while True:
+            statuses = [s for _, s in self.events()]
+            if len(statuses) >= expected and all(s in ("done", "failed") for s in statuses):
+                return
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {r.name}\n{r.log()[-4000:]}" for r in self.replicas)
+                raise AssertionError(f"unfinished events: {sorted(statuses)}\n{logs}")
+            time.sleep(0.2)  # the database has no change feed to wait on
+
+    def history(self, chat_key: str) -> list[tuple[str, str, str]]:
+        """(role, content, status) of a chat's stored messages, in order."""
+        rows = run_sql(
+            self.database_url,
+            "SELECT role, content, status FROM messages WHERE chat_key = :k ORDER BY id",
+            k=chat_key,
+        )
+        return [(str(r), str(c), str(s)) for r, c, s in rows]
+
+
+class Telegram:
+    """Delivers updates to replicas as Telegram's webhook does: again elsewhere until a 200."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.lock = threading.Lock()
+        self.deliveries: list[tuple[int, str, int | str]] = []  # (update_id, replica, outcome)
+        self.latencies: list[float] = []  # seconds per POST
+        # One connection pool for every delivery thread (httpx clients are thread-safe).
+        self.client = httpx.Client(timeout=15)
+
+    def post(self, replica: Replica, update: dict[str, Any]) -> int | str:
+        """One POST; the HTTP status, or the name of the transport error."""
+        started = time.monotonic()
+        try:
+            response = self.client.post(
+                replica.url + WEBHOOK_PATH,
+                content=json.dumps(update),
+                headers={"Content-Type": "application/json", SECRET_HEADER: WEBHOOK_SECRET},
+            )
+            outcome: int | str = response.status_code
+        except httpx.TransportError as exc:
+            outcome = type(exc).__name__
+        with self.lock:
+            self.deliveries.append((int(update["update_id"]), replica.name, outcome))
+            self.latencies.append(time.monotonic() - started)
+        return outcome
+
+    def deliver(self, update: dict[str, Any], first: Replica) -> Replica:
+        """POST until some replica answers 200; returns that replica."""
+        candidates = [first] + [r for r in self.cluster.replicas if r is not first]
+        for _ in range(50):
+            for replica in candidates:
+                if not replica.alive and replica is not first:
+                    continue
+                if self.post(replica, update) == 200:
+                    return replica
+            candidates = self.cluster.live()
+            time.sleep(0.1)  # every replica refused: Telegram backs off, then tries again
+        raise AssertionError(f"update {update['update_id']} was never acknowledged")
+
+
+def updates_for(
+    telegram: FakeTelegram, chats: Sequence[int], per_chat: int
+) -> dict[int, list[dict[str, Any]]]:
+    """Text updates from private chats, built before any replica runs (the fake is not
+    thread-safe for building while it serves)."""
+    return {
+        chat: [telegram.text_update(chat, f"chat {chat} says {i}") for i in range(per_chat)]
+        for chat in chats
+    }
+
+
+def answers(telegram: FakeTelegram, chat: int) -> list[tuple[int | None, str]]:
+    """(replied-to message id, text) of every message the bot sent to a chat, in order."""
+    return [(m.reply_to, m.text) for m in telegram.log.get(chat, [])]
+
+
+def expected_answers(updates: Iterable[dict[str, Any]]) -> list[tuple[int | None, str]]:
+    return [(u["message"]["message_id"], "echo: " + u["message"]["text"]) for u in updates]
+
+
+def check_prompts_in_order(
+    openai: FakeOpenAI, plan: dict[int, list[dict[str, Any]]]
+) -> dict[str, int]:
+    """Every chat request carries exactly its chat's earlier turns, in order.
+
+    Returns how many requests each message text caused.
+    """
+    position = {
+        u["message"]["text"]: (chat, i) for chat, ups in plan.items() for i, u in enumerate(ups)
+    }
+    seen: dict[str, int] = {}
+    for body in openai.chat_requests():
+        contents = [m["content"] for m in body["messages"][1:]]
+        chat, i = position[contents[-1]]
+        texts = [u["message"]["text"] for u in plan[chat][: i + 1]]
+        expected: list[str] = []
+        for t in texts:
+            expected += [t, "echo: " + t]
+        assert contents == expected[:-1], f"chat {chat} message {i} was asked with {contents}"
+        seen[contents[-1]] = seen.get(contents[-1], 0) + 1
+    return seen
+
+
+def spread(
+    plan: dict[int, list[dict[str, Any]]],
+    deliver_chat: Callable[[int, list[dict[str, Any]]], None],
+) -> None:
+    """Deliver every chat's updates in order, all chats at the same time (one thread each)."""
+    errors: list[BaseException] = []
+
+    def run(chat: int, ups: list[dict[str, Any]]) -> None:
+        try:
+            deliver_chat(chat, ups)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(chat, ups), name=f"chat-{chat}")
+        for chat, ups in plan.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    if errors:
+        raise errors[0]
+
+
+def expected_history(updates: Iterable[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(role, content, status) rows a chat's history holds once every update is answered."""
+    rows: list[tuple[str, str, str]] = []
+    for update in updates:
+        text_ = update["message"]["text"]
+        rows += [("user", text_, "ok"), ("assistant", "echo: " + text_, "ok")]
+    return rows

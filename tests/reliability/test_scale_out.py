@@ -1,0 +1,68 @@
+"""Three `relaybot run` replicas on one PostgreSQL: every message answered once, in order."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from tests.reliability.cluster import (
+    Cluster,
+    Telegram,
+    answers,
+    check_prompts_in_order,
+    expected_answers,
+    expected_history,
+    spread,
+    updates_for,
+)
+
+CHATS = [2001, 2002, 2003, 2004, 2005, 2006]
+PER_CHAT = 5
+
+
+def test_replicas_answer_every_message_once_in_each_chats_order(cluster: Cluster) -> None:
+    # A little streaming time per answer, so chats really wait for each other's turns.
+    cluster.openai.chunk_delay = 0.01
+    plan = updates_for(cluster.telegram, CHATS, PER_CHAT)
+    replicas = cluster.start(3)
+    telegram = Telegram(cluster)
+
+    def deliver_chat(chat: int, ups: list[dict[str, Any]]) -> None:
+        for i, update in enumerate(ups):
+            # The load balancer spreads one chat's updates over every replica.
+            first = replicas[(chat + i) % len(replicas)]
+            other = replicas[(chat + i + 1) % len(replicas)]
+            if i % 3 == 0:
+                # Telegram redelivers an update it saw no answer to: the same update lands
+                # on two replicas at once.
+                twin = threading.Thread(target=telegram.post, args=(other, update))
+                twin.start()
+                telegram.deliver(update, first)
+                twin.join()
+            else:
+                telegram.deliver(update, first)
+                if i % 3 == 1:
+                    telegram.post(other, update)  # and a late duplicate after the 200
+
+    spread(plan, deliver_chat)
+    total = len(CHATS) * PER_CHAT
+    cluster.telegram.wait_sync("/sendMessage", total, within=60)
+    cluster.wait_all_done(total)
+
+    # What each person sees: one answer per message, replying to it, in the chat's order.
+    for chat, ups in plan.items():
+        assert answers(cluster.telegram, chat) == expected_answers(ups)
+    # What the model was asked: each request holds exactly that chat's earlier turns.
+    asked = check_prompts_in_order(cluster.openai, plan)
+    assert sorted(asked.values()) == [1] * total
+    # What is stored: every event done, each chat's history complete and in order.
+    assert sorted(s for _, s in cluster.events()) == ["done"] * total
+    for chat, ups in plan.items():
+        assert cluster.history(f"telegram:{chat}") == expected_history(ups)
+    # Every replica took a share of the work, and duplicates really were delivered.
+    handled = {r.name: r.log().count('"handled message"') for r in replicas}
+    assert all(handled.values()), handled
+    assert sum(handled.values()) == total
+    assert len(telegram.deliveries) > total
+    for replica in replicas:
+        assert replica.stop() == 0, replica.log()[-3000:]

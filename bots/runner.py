@@ -60,7 +60,10 @@ async def run_platforms(core: Core, stop: asyncio.Event) -> None:
     whatever is still unfinished then is released for the next process to resume.
     """
     server = HttpServer(
-        core.settings.http_host, core.settings.http_port, ready_check=core.readiness_problem
+        core.settings.http_host,
+        core.settings.http_port,
+        ready_check=core.readiness_problem,
+        metrics=core.service.metrics,
     )
     adapters = configured_adapters(core, server)
     for adapter in adapters.values():

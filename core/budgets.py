@@ -7,6 +7,7 @@ means no access; no budget means no limit.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -189,14 +190,23 @@ class Budgets:
         return result
 
     async def check(
-        self, msg: IncomingMessage, estimate: float, now: datetime | None = None
+        self,
+        msg: IncomingMessage,
+        estimate: float | Callable[[], Awaitable[float]],
+        now: datetime | None = None,
     ) -> None:
-        """Raise BudgetExceeded when spending `estimate` more would pass any budget."""
+        """Raise BudgetExceeded when spending `estimate` more would pass any budget.
+
+        `estimate` may be a coroutine function: it is only called when a budget applies.
+        """
         now = now or utcnow()
+        standings = await self.standings(msg, now)
+        if not standings:
+            return
+        if not isinstance(estimate, float | int):
+            estimate = await estimate()
         blocked = [
-            s
-            for s in await self.standings(msg, now)
-            if s.limit.amount == 0 or s.spent + estimate > s.limit.amount
+            s for s in standings if s.limit.amount == 0 or s.spent + estimate > s.limit.amount
         ]
         if not blocked:
             return

@@ -257,8 +257,11 @@ class Inbox:
     ) -> bool:
         """Take the chat's lease if it is free and no older unfinished event of it waits.
 
-        Only other processes' events count as older: this process orders its own with its
-        local queue (whose order can differ from the ids the database handed out).
+        Every process's events count as older, this one's too: `ConversationService.submit`
+        stores a chat's events one at a time in its local queue's order, so ids agree with
+        that queue and nothing in it waits for an event queued behind it. Leaving our own
+        events out would let a newer local event overtake an older one this process resumed
+        for a dead replica (seen in tests/reliability/test_crash_replicas.py).
         """
         if not self.shared:
             return True
@@ -273,11 +276,6 @@ class Inbox:
                         InboundEvent.chat_key == chat_key,
                         InboundEvent.id < event_id,
                         InboundEvent.status == "received",
-                        # This process orders its own events with its local queue.
-                        or_(
-                            InboundEvent.claimed_by.is_(None),
-                            InboundEvent.claimed_by != self.worker_id,
-                        ),
                     )
                 )
             )

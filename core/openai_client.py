@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import email.utils
 import json
 import logging
@@ -421,6 +422,12 @@ class OpenAIClient:
                             continue
                         if event.data.strip() == "[DONE]":
                             done = True
+                            # Read to the end of the body so the connection goes back to
+                            # the pool (otherwise every answer opens a new connection).
+                            with contextlib.suppress(TimeoutError):
+                                async with asyncio.timeout(1.0):
+                                    async for _ in events:
+                                        pass
                             break
                         try:
                             chunk = json.loads(event.data)

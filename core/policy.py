@@ -97,7 +97,7 @@ class Policy:
         if admin_only and not self.access.is_admin(platform, sender):
             raise AdminOnly(f"/{name} is admin-only")
         if command is None or name in PAID_COMMANDS:
-            await self.budgets.check(msg, await self.estimate(msg, name))
+            await self.budgets.check(msg, lambda: self.estimate(msg, name))
 
     async def estimate(self, msg: IncomingMessage, command: str) -> float:
         """What this request will cost at least: its own text in, a full-length reply out.

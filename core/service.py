@@ -100,6 +100,7 @@ class _Job:
     sink: ReplySink
     ticket: Ticket
     resumed: bool
+    closed: bool = False
 
 
 # The job the running task works on (each task has its own copy of the context).
@@ -224,7 +225,8 @@ class ConversationService:
             await self._tell(sink, RelaybotError.user_message, ReplyKind.ERROR)
         finally:
             self.metrics.finished(msg.chat.platform, outcome, time.perf_counter() - started)
-            if outcome != "released":
+            # A whole answer closed its event in the transaction that stored it.
+            if outcome != "released" and not (outcome == "done" and job.closed):
                 await self.inbox.finish(job.event_id, outcome)
             log.info(
                 "handled message",
@@ -454,6 +456,12 @@ class ConversationService:
         """Store an answer the person saw (whole, cut short or withheld) and what it cost."""
         counter = counter_for(model)
         tokens = counter.count(answer.text)
+        usage = answer.usage or Usage(
+            prompt_tokens=sum(counter.count(str(m.get("content", ""))) for m in answer.sent),
+            completion_tokens=tokens,
+        )
+        job = _current.get()
+        # One transaction: the answer, its usage and the event's new state.
         await self.store.append_messages(
             msg.chat.key,
             [
@@ -465,13 +473,12 @@ class ConversationService:
                     "status": status,
                 }
             ],
-            answered_event=_event_id(),
+            answered_event=job.event_id if job else None,
+            usage=self._usage_row(msg, model, "chat", usage=usage),
+            close_event=status == "ok",
         )
-        usage = answer.usage or Usage(
-            prompt_tokens=sum(counter.count(str(m.get("content", ""))) for m in answer.sent),
-            completion_tokens=tokens,
-        )
-        await self._record_usage(msg, model, "chat", usage=usage)
+        if job is not None and status == "ok":
+            job.closed = True
 
     async def _resumed_with_user_turn(self, msg: IncomingMessage) -> bool:
         """True when a resumed event's user turn was stored before the crash."""
@@ -778,6 +785,23 @@ class ConversationService:
         audio_seconds: float = 0.0,
         images: int = 0,
     ) -> None:
+        await self.store.add_usage(
+            **self._usage_row(
+                msg, model, kind, usage=usage, audio_seconds=audio_seconds, images=images
+            )
+        )
+
+    def _usage_row(
+        self,
+        msg: IncomingMessage,
+        model: str,
+        kind: str,
+        *,
+        usage: Usage | None = None,
+        audio_seconds: float = 0.0,
+        images: int = 0,
+    ) -> dict[str, Any]:
+        """The usage row of one model call, priced (and counted in the metrics)."""
         cost = self.policy.cost(
             model,
             prompt_tokens=usage.prompt_tokens if usage else 0,
@@ -786,20 +810,20 @@ class ConversationService:
             audio_seconds=audio_seconds,
             images=images,
         )
-        await self.store.add_usage(
-            platform=msg.chat.platform,
-            chat_key=msg.chat.key,
-            user_id=msg.sender.id,
-            model=model,
-            kind=kind,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            cached_tokens=usage.cached_tokens if usage else 0,
-            audio_seconds=audio_seconds,
-            images=images,
-            cost_usd=cost,
-        )
         self.metrics.usage(msg.chat.platform, model, usage, cost_usd=cost)
+        return {
+            "platform": msg.chat.platform,
+            "chat_key": msg.chat.key,
+            "user_id": msg.sender.id,
+            "model": model,
+            "kind": kind,
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "cached_tokens": usage.cached_tokens if usage else 0,
+            "audio_seconds": audio_seconds,
+            "images": images,
+            "cost_usd": cost,
+        }
 
 
 def _event_id() -> int | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,9 +38,17 @@ def _on(conn: Connection, action: str, revision: str) -> None:
         raise ValueError(action)
 
 
+# Replicas starting together on PostgreSQL take turns migrating (any fixed number will do).
+_MIGRATION_LOCK = 0x72656C6179
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Apply migrations up to `revision`."""
+    """Apply migrations up to `revision` (one process at a time on PostgreSQL)."""
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+            )
         await conn.run_sync(_on, "upgrade", revision)
 
 
@@ -64,6 +74,7 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(_current)
 
 
+@functools.cache
 def head_revision() -> str | None:
-    """The newest revision the code ships."""
+    """The newest revision the code ships (read once: /readyz asks on every probe)."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -11,7 +11,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from core.db.models import Chat, InboundEvent, Message, UsageRecord
+from core.db.models import Chat, InboundEvent, Message, UsageRecord, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +104,14 @@ class Store:
         rows: Sequence[dict[str, Any]],
         *,
         answered_event: int | None = None,
+        usage: dict[str, Any] | None = None,
+        close_event: bool = False,
     ) -> list[int]:
         """Append history rows in order in one transaction; returns their ids.
 
         With `answered_event`, that inbound event is marked answered in the same
-        transaction, so a crash after this point never sends the answer twice.
+        transaction, so a crash after this point never sends the answer twice; with
+        `close_event` it is closed ("done") outright. `usage` is recorded alongside.
         """
         # Core INSERT ... RETURNING: an ORM flush costs several times the statement itself.
         ids: list[int] = []
@@ -116,11 +119,20 @@ class Store:
             for row in rows:
                 result = await conn.execute(_INSERT_MESSAGE, {"chat_key": chat_key, **row})
                 ids.append(int(result.scalar_one()))
+            if usage is not None:
+                await conn.execute(insert(UsageRecord).values(created_at=utcnow(), **usage))
             if answered_event is not None:
+                values: dict[str, Any] = {"status": "answered"}
+                if close_event:
+                    values = {
+                        "status": "done",
+                        "finished_at": utcnow(),
+                        "payload": None,
+                        "claimed_by": None,
+                        "lease_until": None,
+                    }
                 await conn.execute(
-                    update(InboundEvent)
-                    .where(InboundEvent.id == answered_event)
-                    .values(status="answered")
+                    update(InboundEvent).where(InboundEvent.id == answered_event).values(**values)
                 )
         return ids
 

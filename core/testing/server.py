@@ -23,6 +23,8 @@ class RecordedRequest:
     body: bytes
     json: Any = None
     form: dict[str, Any] = field(default_factory=dict)
+    # The client's (host, port): equal for requests that reused one connection.
+    peer: tuple[str, int] | None = None
 
 
 RECORDED = web.RequestKey("recorded", RecordedRequest)
@@ -157,6 +159,7 @@ class FakeServer:
             path=request.path,
             headers=dict(request.headers),
             body=body,
+            peer=request.transport.get_extra_info("peername") if request.transport else None,
         )
         ctype = request.content_type
         if ctype == "application/json" and body:

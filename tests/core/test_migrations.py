@@ -37,3 +37,19 @@ async def test_upgrade_check_downgrade(database_url: str) -> None:
         assert await migrate.current_revision(engine) == migrate.head_revision()
     finally:
         await engine.dispose()
+
+
+async def test_replicas_starting_together_migrate_once(database_url: str) -> None:
+    import asyncio
+
+    import pytest
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("replicas share PostgreSQL; SQLite is one process")
+    engines = [create_engine(database_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(migrate.upgrade(e) for e in engines))
+        assert await migrate.current_revision(engines[0]) == migrate.head_revision()
+    finally:
+        for engine in engines:
+            await engine.dispose()

@@ -92,6 +92,14 @@ async def test_streamed_chat_yields_text_then_usage(
     assert sent["stream_options"] == {"include_usage": True}
 
 
+async def test_streamed_answers_reuse_one_connection(client: OpenAIClient, fake: FakeOpenAI) -> None:
+    # A new connection per answer would cost a TLS handshake per message against a real API.
+    for question in ("one", "two", "three"):
+        await collect(client, question)
+    peers = {r.peer for r in fake.calls("/chat/completions")}
+    assert len(peers) == 1
+
+
 async def test_error_mid_stream_after_text_is_raised_without_retry(
     client: OpenAIClient, fake: FakeOpenAI
 ) -> None:

@@ -30,16 +30,16 @@ SEED = int(os.environ.get("RELAYBOT_TEST_SEED", "20261125"))
 
 
 def test_a_replica_killed_mid_flow_loses_nothing_and_keeps_each_chats_order(
-    cluster: Cluster,
+    replicas: Cluster, telegram: Telegram
 ) -> None:
+    cluster = replicas
     rng = random.Random(SEED)
     # Answers stream for a while, so the kill can land before, during or after a model call.
     cluster.openai.chunk_delay = 0.04
     plan = updates_for(cluster.telegram, CHATS, PER_CHAT)
     total = len(CHATS) * PER_CHAT
-    replicas = cluster.start(3)
-    telegram = Telegram(cluster)
-    victim = rng.choice(replicas)
+    live = cluster.live()
+    victim = rng.choice(live)
     kill_after = rng.randint(total // 5, total // 2)  # acknowledged deliveries before the kill
     kill_delay = rng.uniform(0.0, 0.4)
     acked = threading.Condition()
@@ -54,7 +54,7 @@ def test_a_replica_killed_mid_flow_loses_nothing_and_keeps_each_chats_order(
     def deliver_chat(chat: int, ups: list[dict[str, Any]]) -> None:
         nonlocal acked_count
         for i, update in enumerate(ups):
-            target: Replica = replicas[(chat + i) % len(replicas)]
+            target: Replica = live[(chat + i) % len(live)]
             telegram.deliver(update, target)
             with acked:
                 acked_count += 1
@@ -74,7 +74,7 @@ def test_a_replica_killed_mid_flow_loses_nothing_and_keeps_each_chats_order(
         plan[chat].extend([update])
 
     total += len(CHATS)
-    cluster.wait_all_done(total, within=60)
+    cluster.wait_all_done(CHATS, total, within=60)
     context = (
         f"seed {SEED}: killed {victim.name} after {kill_after} acks + {kill_delay:.2f} s; "
         f"deliveries {telegram.deliveries}"
@@ -98,8 +98,6 @@ def test_a_replica_killed_mid_flow_loses_nothing_and_keeps_each_chats_order(
     asked = check_prompts_in_order(cluster.openai, plan)
     assert len(asked) == total
     # What is stored: every event done, every history complete, ordered, nothing partial.
-    assert sorted(s for _, s in cluster.events()) == ["done"] * total, context
+    assert sorted(s for _, s in cluster.events(CHATS)) == ["done"] * total, context
     for chat, ups in plan.items():
         assert cluster.history(f"telegram:{chat}") == expected_history(ups), context
-    for replica in cluster.live():
-        assert replica.stop() == 0, replica.log()[-3000:]

@@ -95,6 +95,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def endpoint() -> Iterator[FakeOpenAI]:
+    """The fake OpenAI server in its own thread, so a child process can reach it."""
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
 async def fake_openai() -> AsyncIterator[FakeOpenAI]:
     """A fake OpenAI-compatible server on 127.0.0.1, in the test's event loop."""
     async with FakeOpenAI() as server:

@@ -2,46 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from core.db import migrate
 from core.testing.fake_openai import FakeOpenAI
+from tests.processes import endpoint_env, run_relaybot
 
-RELAYBOT = str(Path(sys.executable).parent / "relaybot")
-
-
-@pytest.fixture
-def endpoint() -> Iterator[FakeOpenAI]:
-    """The fake OpenAI server in its own thread, so a child process can reach it."""
-    with FakeOpenAI() as server:
-        yield server
-
-
-def run(
-    args: list[str], cwd: Path, stdin: str = "", **env: str
-) -> subprocess.CompletedProcess[str]:
-    """Run relaybot in `cwd` with a clean relaybot environment plus `env`."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RELAYBOT_", "OPENAI_"))}
-    base.update(env)
-    return subprocess.run(
-        [RELAYBOT, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=base,
-        timeout=60,
-    )
-
-
-def endpoint_env(fake: FakeOpenAI) -> dict[str, str]:
-    return {"OPENAI_API_KEY": "sk-test-key", "OPENAI_BASE_URL": fake.base_url}
+run = run_relaybot
 
 
 def test_piped_console_answers_each_line(endpoint: FakeOpenAI, tmp_path: Path) -> None:

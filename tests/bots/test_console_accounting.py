@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +12,8 @@ from bots.console import run_console
 from core.app import Core, open_core
 from core.config import Settings
 from core.testing.fake_openai import FakeOpenAI
+from tests.processes import run_relaybot
 
-RELAYBOT = str(Path(sys.executable).parent / "relaybot")
 PRICES = json.dumps({"gpt-4o-mini": {"input": 1000, "output": 1000}})
 
 
@@ -70,26 +66,7 @@ async def test_forget_in_the_console(core: Core, fake_openai: FakeOpenAI) -> Non
 
 
 # -- the relaybot command ------------------------------------------------------------------------
-@pytest.fixture
-def endpoint() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-def run(
-    args: list[str], cwd: Path, stdin: str = "", **env: str
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RELAYBOT_", "OPENAI_"))}
-    base.update(env)
-    return subprocess.run(
-        [RELAYBOT, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=base,
-        timeout=60,
-    )
+run = run_relaybot
 
 
 def test_relaybot_usage_prints_a_table_and_json(endpoint: FakeOpenAI, tmp_path: Path) -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
 from pathlib import Path
 
 from core.testing.fake_openai import FakeOpenAI
-from tests.bots.test_cli import RELAYBOT, endpoint, endpoint_env, run
-
-__all__ = ["endpoint"]
+from tests.processes import RELAYBOT, clean_env, endpoint_env
+from tests.processes import run_relaybot as run
 
 
 def history(db: Path) -> list[tuple[str, str, str]]:
@@ -27,8 +25,7 @@ def events(db: Path) -> list[tuple[str, str]]:
 def test_killed_mid_stream_the_answer_comes_after_restart(
     endpoint: FakeOpenAI, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAYBOT_", "OPENAI_"))}
-    env.update(endpoint_env(endpoint))
+    env = clean_env(**endpoint_env(endpoint))
     endpoint.chunk_delay = 0.3
     endpoint.queue_reply("once upon a time there was a bot that never lost a message")
     proc = subprocess.Popen(

@@ -6,7 +6,6 @@ import asyncio
 import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from core.db.store import create_engine
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack
 from core.testing.server import FakeServer
+from tests.processes import RELAYBOT
 
-RELAYBOT = str(Path(sys.executable).parent / "relaybot")
 OPENAI_KEY = "sk-test-doctor-Kq2Vn8Rx"
 TELEGRAM_TOKEN = "424242424:AAF7cT2qLm9XvB4nR8sW1yZ6pJ3dK5hGfEo"
 SLACK_TOKEN = "xoxb-1111-2222-doctorTOKEN"

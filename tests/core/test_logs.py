@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +14,8 @@ import pytest
 from core.config import Settings
 from core.logs import REDACTED, RedactingFilter, configure_logging, settings_secrets
 from core.testing.fake_openai import FakeOpenAI
+from tests.processes import run_relaybot
 
-RELAYBOT = str(Path(sys.executable).parent / "relaybot")
 TELEGRAM_TOKEN = "123456789:AAHk3_0mX9dQb8cVfZp1sTqWj7yLrNe4uKo"
 
 
@@ -136,25 +134,11 @@ def test_the_http_client_loggers_stay_quiet_at_debug(restore_logging: None) -> N
 
 
 # -- a real process ------------------------------------------------------------------------
-@pytest.fixture
-def endpoint() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
 def console(
     fake: FakeOpenAI, cwd: Path, stdin: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RELAYBOT_", "OPENAI_"))}
-    base.update(env, OPENAI_BASE_URL=fake.base_url)
-    return subprocess.run(
-        [RELAYBOT, "console", "--chat", "ops"],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=base,
-        timeout=60,
+    return run_relaybot(
+        ["console", "--chat", "ops"], cwd, stdin, **{**env, "OPENAI_BASE_URL": fake.base_url}
     )
 
 

@@ -92,7 +92,9 @@ async def test_streamed_chat_yields_text_then_usage(
     assert sent["stream_options"] == {"include_usage": True}
 
 
-async def test_streamed_answers_reuse_one_connection(client: OpenAIClient, fake: FakeOpenAI) -> None:
+async def test_streamed_answers_reuse_one_connection(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
     # A new connection per answer would cost a TLS handshake per message against a real API.
     for question in ("one", "two", "three"):
         await collect(client, question)

@@ -29,8 +29,8 @@ from bots.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
 from core.db import migrate
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_telegram import FakeTelegram
-from tests.bots.test_cli import RELAYBOT
 from tests.conftest import reset_postgres
+from tests.processes import RELAYBOT
 
 WEBHOOK_SECRET = "replica-webhook-secret_0123456789"
 PUBLIC_WEBHOOK_URL = "https://example.invalid/telegram/webhook"

@@ -22,6 +22,7 @@ from bots.slack.events import PLATFORM, thread_to_check, to_incoming
 from bots.slack.files import fetcher
 from bots.slack.sink import SinkOptions, SlackSink, StreamingSupport
 from core.app import Core
+from core.commands import COMMANDS
 from core.errors import ConfigError, ShuttingDown
 from core.types import ChatRef, IncomingMessage, Sender
 
@@ -59,6 +60,9 @@ class _ThreadMemory:
         self._known.move_to_end(key)
         while len(self._known) > _THREAD_CACHE_SIZE:
             self._known.popitem(last=False)
+
+
+SLASH_COMMANDS = tuple(COMMANDS)
 
 
 class SlackAdapter:
@@ -136,7 +140,9 @@ class SlackAdapter:
     def _register(self) -> None:
         self.app.event("app_mention")(self._on_event)
         self.app.event("message")(self._on_event)
-        self.app.command("/image")(self._on_image_command)
+        # Every core command also works as a slash command where the workspace installs it.
+        for name in SLASH_COMMANDS:
+            self.app.command(f"/{name}")(self._on_slash_command)
 
         assistant = AsyncAssistant()
         assistant.thread_started(self._on_thread_started)
@@ -234,7 +240,7 @@ class SlackAdapter:
             self._inflight.add(job)
             job.add_done_callback(self._inflight.discard)
 
-    async def _on_image_command(
+    async def _on_slash_command(
         self, ack: Any, command: Mapping[str, Any], context: AsyncBoltContext
     ) -> None:
         task = asyncio.current_task()
@@ -248,7 +254,7 @@ class SlackAdapter:
                 chat=ChatRef(PLATFORM, f"{team}:{channel}"),
                 sender=Sender(id=user, name=str(command.get("user_name") or user)),
                 event_key=f"{PLATFORM}:command:{command.get('trigger_id', '')}",
-                text=f"/image {str(command.get('text', '')).strip()}".rstrip(),
+                text=f"{command.get('command', '')} {command.get('text', '')}".strip(),
                 is_direct=channel.startswith("D"),
             )
             sink = SlackSink(
@@ -266,7 +272,7 @@ class SlackAdapter:
         except ShuttingDown as err:
             await ack(err.user_message)
         except Exception:
-            log.exception("slack /image failed")
+            log.exception("slack slash command failed")
             await ack("Sorry, that did not work. Please try again.")
         finally:
             if task is not None:

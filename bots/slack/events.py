@@ -15,7 +15,7 @@ USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 AUDIO_FILETYPES = frozenset({"m4a", "mp3", "mp4", "ogg", "oga", "wav", "webm", "flac", "aac"})
 
 # Words that act as commands when they open the message (after the mention).
-_EXACT_COMMANDS = frozenset({"help", "reset", "retry"})
+_EXACT_COMMANDS = frozenset({"help", "reset", "retry", "usage", "forget"})
 _IMAGE_PREFIX = re.compile(r"^image\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL)
 
 FetchFactory = Callable[[Mapping[str, Any]], Fetch]

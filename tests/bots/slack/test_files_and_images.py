@@ -124,6 +124,25 @@ async def test_the_image_slash_command_posts_the_image_in_the_channel(slack_app:
     assert message.files and message.text == "a blue whale"
 
 
+async def test_slash_commands_reach_the_core_in_a_dm(slack_app: SlackApp) -> None:
+    slack = slack_app.slack
+    await slack_app.post_event(message_event(channel=DM, text="remember the number 42"))
+    await slack.wait_until(lambda: len(slack.visible(DM)) == 1)
+    await slack_app.adapter.drain()
+
+    response = await slack_app.post(slash_command("/reset", "", channel=DM), form=True)
+    assert response.status_code == 200
+    await slack.wait_until(lambda: len(slack.visible(DM)) == 2)
+    await slack_app.adapter.drain()
+    assert "History cleared" in slack.visible_texts(DM)[-1]
+
+    await slack_app.post_event(message_event(channel=DM, text="what number?"))
+    await slack.wait_until(lambda: len(slack.visible(DM)) == 3)
+    await slack_app.adapter.drain()
+    last = slack_app.openai.chat_requests()[-1]["messages"]
+    assert [m["content"] for m in last[1:]] == ["what number?"]
+
+
 async def test_an_image_shared_in_a_thread_goes_to_the_model_as_vision_input(
     slack_app: SlackApp,
 ) -> None:

@@ -7,11 +7,12 @@ means no access; no budget means no limit.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select
+from sqlalchemy import ColumnElement, case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.accounting import day_start, month_start, next_day, next_month, user_key
@@ -109,9 +110,32 @@ def describe(standing: Standing, now: datetime) -> str:
 class Budgets:
     """Looks up the budgets of a request and what was spent against them."""
 
+    # Admins' budgets change rarely and are read on every message: each process keeps the
+    # (small) table for a few seconds; its own changes take effect at once, other replicas'
+    # within this many seconds.
+    OVERRIDES_TTL = 5.0
+
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
+        self._engine = engine
         self._session = async_sessionmaker(engine, expire_on_commit=False)
+        self._overrides: tuple[float, dict[tuple[str, str, str], float | None]] | None = None
+
+    async def _all_overrides(self) -> dict[tuple[str, str, str], float | None]:
+        """Every admin budget by (scope, subject, period), cached for OVERRIDES_TTL."""
+        now = time.monotonic()
+        if self._overrides is not None and now - self._overrides[0] < self.OVERRIDES_TTL:
+            return self._overrides[1]
+        query = select(
+            BudgetOverride.scope,
+            BudgetOverride.subject,
+            BudgetOverride.period,
+            BudgetOverride.amount_usd,
+        )
+        async with self._engine.connect() as conn:
+            rows = {(r[0], r[1], r[2]): r[3] for r in await conn.execute(query)}
+        self._overrides = (now, rows)
+        return rows
 
     def _configured(self, scope: str, period: str) -> float | None:
         value: float | None = getattr(self.settings, f"budget_{scope}_{PERIOD_WORDS[period]}")
@@ -128,17 +152,12 @@ class Budgets:
     async def limits(self, msg: IncomingMessage) -> list[Limit]:
         """Every budget that applies to this message's sender and chat."""
         subjects = self._subjects(msg)
-        query = select(BudgetOverride).where(
-            or_(
-                *(
-                    and_(BudgetOverride.scope == s, BudgetOverride.subject == subjects[s])
-                    for s in SCOPES
-                )
-            )
-        )
-        async with self._session() as session:
-            rows = list((await session.execute(query)).scalars())
-        overrides = {(r.scope, r.period): r.amount_usd for r in rows}
+        every = await self._all_overrides()
+        overrides = {
+            (scope, period): amount
+            for (scope, subject, period), amount in every.items()
+            if subjects.get(scope) == subject
+        }
         found: list[Limit] = []
         for scope in SCOPES:
             for period in PERIODS:
@@ -221,6 +240,7 @@ class Budgets:
         self, scope: str, subject: str, period: str, amount: float | None, set_by: str
     ) -> None:
         """Store an admin's budget (None: no limit) for one subject."""
+        self._overrides = None
         async with self._session() as session:
             row = await session.get(BudgetOverride, (scope, subject, period))
             if row is None:
@@ -233,6 +253,7 @@ class Budgets:
 
     async def clear_override(self, scope: str, subject: str, period: str) -> bool:
         """Go back to the configured budget; False when there was no override."""
+        self._overrides = None
         async with self._session() as session:
             result = await session.execute(
                 delete(BudgetOverride).where(

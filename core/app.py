@@ -48,7 +48,11 @@ class Core:
 @asynccontextmanager
 async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> AsyncIterator[Core]:
     """Open the core; migrates the database first unless told not to."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
     http = build_http_client(settings)
     try:
         if settings.auto_migrate if migrate_db is None else migrate_db:

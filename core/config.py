@@ -133,6 +133,11 @@ class Settings(BaseSettings):
         None, validation_alias=_env("RELAYBOT_RETENTION_DAYS")
     )
 
+    # Load: answers worked on at once (more wait their turn, stored), database connections
+    max_in_flight: int = Field(256, gt=0, validation_alias=_env("RELAYBOT_MAX_IN_FLIGHT"))
+    db_pool_size: int = Field(10, gt=0, validation_alias=_env("RELAYBOT_DB_POOL_SIZE"))
+    db_max_overflow: int = Field(20, ge=0, validation_alias=_env("RELAYBOT_DB_MAX_OVERFLOW"))
+
     # Durability and shutdown
     lease_seconds: float = Field(60.0, gt=0, validation_alias=_env("RELAYBOT_LEASE_SECONDS"))
     shutdown_grace: float = Field(25.0, ge=0, validation_alias=_env("RELAYBOT_SHUTDOWN_GRACE"))

@@ -139,6 +139,9 @@ class ConversationService:
         self._vision = settings.vision_model_names()
         self.inbox = Inbox(store.engine, new_worker_id(), settings.lease_seconds)
         self.accepting = True
+        # Bounds the answers worked on at once (database connections, memory); the rest are
+        # stored and wait for a slot in arrival order.
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -194,7 +197,9 @@ class ConversationService:
         outcome = "done"
         _current.set(job)
         try:
-            async with job.ticket:
+            # The chat's turn first, then a working slot: a job holding a slot never waits
+            # for another chat's turn, so the two cannot deadlock.
+            async with job.ticket, self._slots:
                 await self._wait_for_chat(msg.chat.key, job.event_id)
                 try:
                     await self._process(msg, sink)

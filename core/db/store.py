@@ -44,9 +44,9 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
     cursor.close()
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
     """An async engine for `url` with the settings relaybot needs on each backend."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
     else:

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from core.app import Core, open_core
-from core.config import Settings
+from core.config import ModerationPolicy, Settings
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
 from core.tokens import PRIMING_TOKENS, counter_for
@@ -247,3 +247,28 @@ async def test_huge_paste_is_refused_politely(core: Core, fake_openai: FakeOpenA
     await core.service.handle(message("x" * 200_000), sink)
     assert "characters long" in sink.texts[0]
     assert not fake_openai.chat_requests()
+
+
+async def test_a_burst_is_answered_in_full_with_bounded_work_at_once(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    running = 0
+    peak = 0
+
+    async def slow_reply(messages: list[dict]) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return "ok"
+
+    fake_openai.reply = slow_reply
+    bounded = settings.model_copy(update={"max_in_flight": 3, "moderation": ModerationPolicy.OFF})
+    async with open_core(bounded) as core:
+        sinks = [RecordingSink() for _ in range(30)]
+        await asyncio.gather(
+            *(core.service.handle(message(f"q{i}", chat=f"c{i}"), sinks[i]) for i in range(30))
+        )
+    assert [s.texts for s in sinks] == [["ok"]] * 30
+    assert 1 < peak <= 3

@@ -49,6 +49,10 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> A
     kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
+        # SQLite takes one writer at a time: several connections of one process only make
+        # them fight over the file lock ("database is locked" under load). One connection
+        # queues them in the pool instead, in order; WAL keeps reads cheap.
+        kwargs.update(pool_size=1, max_overflow=0, pool_timeout=120)
     else:
         kwargs["pool_pre_ping"] = True
     engine = create_async_engine(url, **kwargs)

@@ -17,7 +17,6 @@ import itertools
 import json
 import logging
 import re
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from core.media import image_dimensions
 from core.testing.server import FakeServer
 
 log = logging.getLogger("relaybot.fake_telegram")
@@ -237,29 +237,6 @@ def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
         raise _cant_parse(f'Can\'t find end tag corresponding to start tag "{stack[-1].tag}"')
     entities.sort(key=lambda e: (e["offset"], -e["length"]))
     return "".join(out), entities
-
-
-def image_dimensions(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a PNG or JPEG, or None when the format is not recognised."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])
-        return int(width), int(height)
-    if data.startswith(b"\xff\xd8"):
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD):
-                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-                return int(width), int(height)
-            i += 2 + length
-    return None
 
 
 # -- the bot's side of a chat --------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import glob
 import mimetypes
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +17,7 @@ from typing import TextIO
 from core.app import Core
 from core.ports import ReplySink
 from core.types import (
+    FORGOTTEN,
     Attachment,
     AttachmentKind,
     ChatRef,
@@ -134,17 +137,26 @@ class ConsoleStream:
 class ConsoleSink:
     """Reply sink writing to a text stream; images go to files whose path is printed."""
 
-    def __init__(self, out: TextIO, image_dir: Path, live: bool) -> None:
+    def __init__(self, out: TextIO, image_dir: Path, live: bool, chat: str = "default") -> None:
         self._out = out
         self._image_dir = image_dir
         self._live = live
+        # Saved images are named after the chat, so /forget can delete this chat's.
+        self._prefix = re.sub(r"[^A-Za-z0-9_-]+", "_", chat) + "--"
+
+    def _delete_images(self) -> None:
+        if self._image_dir.is_dir():
+            for path in self._image_dir.glob(f"{glob.escape(self._prefix)}*"):
+                path.unlink(missing_ok=True)
 
     async def send(self, reply: Reply) -> None:
         """Print a complete reply."""
+        if FORGOTTEN in reply.extras:
+            await asyncio.to_thread(self._delete_images)
         if reply.image is not None:
             self._image_dir.mkdir(parents=True, exist_ok=True)
             suffix = Path(reply.image_name).suffix or ".png"
-            path = self._image_dir / f"{uuid.uuid4().hex[:12]}{suffix}"
+            path = self._image_dir / f"{self._prefix}{uuid.uuid4().hex[:12]}{suffix}"
             await asyncio.to_thread(path.write_bytes, reply.image)
             self._out.write(f"Image saved to {path.resolve()}\n")
         elif reply.kind is ReplyKind.ERROR:
@@ -180,7 +192,7 @@ async def run_console(
     src = stdin or sys.stdin
     out = stdout or sys.stdout
     interactive = src.isatty() and out.isatty()
-    sink = ConsoleSink(out, Path(core.settings.image_dir), live=out.isatty())
+    sink = ConsoleSink(out, Path(core.settings.image_dir), live=out.isatty(), chat=chat)
     if interactive:
         out.write(f"relaybot console, chat {chat!r}. /help for commands, Ctrl-D to quit.\n")
     # Answer what a previous run of this chat left unanswered (a crash, a kill -9).

@@ -21,7 +21,7 @@ from core.pricing import PriceTable, money
 from core.privacy import forget_chat
 from core.ratelimit import RateLimiter
 from core.tokens import PER_MESSAGE_TOKENS, PRIMING_TOKENS, counter_for
-from core.types import AttachmentKind, IncomingMessage, Reply, ReplyKind
+from core.types import FORGOTTEN, AttachmentKind, IncomingMessage, Reply, ReplyKind
 
 log = logging.getLogger("relaybot.policy")
 
@@ -164,7 +164,9 @@ class Policy:
             )
         else:  # pragma: no cover - the service routes only POLICY_COMMANDS here
             raise ValueError(name)
-        await sink.send(Reply(text=text, kind=ReplyKind.NOTICE))
+        # "forgotten" tells a sink that keeps files of its own for this chat to delete them.
+        extras = {FORGOTTEN: msg.chat.key} if name == "forget" else {}
+        await sink.send(Reply(text=text, kind=ReplyKind.NOTICE, extras=extras))
 
     async def _usage(self, args: str, msg: IncomingMessage) -> str:
         platform = msg.chat.platform

@@ -86,6 +86,11 @@ class ReplyKind(StrEnum):
     TRANSCRIPT = "transcript"
 
 
+# Reply.extras key: this chat was forgotten (/forget); a sink that stored files for it
+# (the console's saved images) deletes them.
+FORGOTTEN = "forgotten"
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A complete reply: text, an image, or both (the text then is the caption)."""

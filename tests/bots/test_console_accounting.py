@@ -65,6 +65,16 @@ async def test_forget_in_the_console(core: Core, fake_openai: FakeOpenAI) -> Non
     assert [m["content"] for m in last["messages"][1:]] == ["what did I say?"]
 
 
+async def test_forget_deletes_the_images_this_chat_saved(core: Core, fake_openai: FakeOpenAI) -> None:
+    images = Path(core.settings.image_dir)
+    await chat(core, "/image a cat", name="other")
+    out = await chat(core, "/image a dog", "/image a fox", "/forget")
+    assert out.count("Image saved to ") == 2
+    # Only the other chat's picture is left.
+    (left,) = images.iterdir()
+    assert left.name.startswith("other--")
+
+
 # -- the relaybot command ------------------------------------------------------------------------
 run = run_relaybot
 

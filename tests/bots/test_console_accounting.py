@@ -65,7 +65,9 @@ async def test_forget_in_the_console(core: Core, fake_openai: FakeOpenAI) -> Non
     assert [m["content"] for m in last["messages"][1:]] == ["what did I say?"]
 
 
-async def test_forget_deletes_the_images_this_chat_saved(core: Core, fake_openai: FakeOpenAI) -> None:
+async def test_forget_deletes_the_images_this_chat_saved(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
     images = Path(core.settings.image_dir)
     await chat(core, "/image a cat", name="other")
     out = await chat(core, "/image a dog", "/image a fox", "/forget")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.reliability.cluster import (
     Cluster,
     Telegram,
@@ -73,3 +76,15 @@ def test_replicas_answer_every_message_once_in_each_chats_order(
     assert all(shares.values()), shares
     assert sum(shares.values()) == total
     assert len(telegram.deliveries) > total
+    # Each replica's /metrics (on the same HTTP server as the webhook) counted its share.
+    for replica in live:
+        scrape = httpx.get(f"{replica.url}/metrics", timeout=10)
+        assert scrape.status_code == 200
+        counted = sum(
+            sample.value
+            for family in text_string_to_metric_families(scrape.text)
+            for sample in family.samples
+            if sample.name == "relaybot_messages_handled_total"
+            and sample.labels == {"platform": "telegram", "outcome": "done"}
+        )
+        assert counted >= shares[replica.name] > 0

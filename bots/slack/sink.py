@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
@@ -48,6 +49,7 @@ class SinkOptions:
     stream_interval: float = 0.5
     max_attempts: int = 4
     max_retry_wait: float = 60.0
+    server_error_backoff: float = 0.5
 
 
 @dataclass(slots=True)
@@ -110,10 +112,20 @@ class Caller:
                 return await method(**kwargs)
             except SlackApiError as err:
                 delay = retry_after(err)
+                status = err.response.status_code if err.response is not None else 0
+                if delay is None and status >= 500:
+                    # Slack's own trouble: back off and send the same text again.
+                    delay = self.options.server_error_backoff * 2 ** (attempt - 1)
                 if delay is None or attempt == self.options.max_attempts:
                     raise
                 delay = min(delay, self.options.max_retry_wait)
-                log.info("slack rate limited; retrying in %.1fs", delay)
+                log.info("slack call failed (%s); retrying in %.1fs", status, delay)
+                await asyncio.sleep(delay)
+            except aiohttp.ClientError as err:
+                if attempt == self.options.max_attempts:
+                    raise
+                delay = self.options.server_error_backoff * 2 ** (attempt - 1)
+                log.info("slack call failed (%s); retrying in %.1fs", type(err).__name__, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -203,11 +215,19 @@ class SlackStream:
                 await self._flush_updates(final)
         except SlackApiError as err:
             delay = retry_after(err)
+            status = err.response.status_code if err.response is not None else 0
+            if delay is None and status >= 500:
+                delay = self._opts.server_error_backoff
             if delay is None or final:
                 raise
-            # Honour Retry-After without stalling the model: keep buffering, flush later.
+            # Honour Retry-After (or Slack's 5xx) without stalling the model: keep
+            # buffering, flush later; the final flush retries.
             self._not_before = time.monotonic() + delay
-            log.info("slack rate limited; holding edits for %.1fs", delay)
+            log.info("slack call failed (%s); holding edits for %.1fs", status, delay)
+        except aiohttp.ClientError:
+            if final:
+                raise
+            self._not_before = time.monotonic() + self._opts.server_error_backoff
 
     async def _flush_native(self, final: bool) -> None:
         # A streamed message holds stream_limit characters; past that, end it and start anew.

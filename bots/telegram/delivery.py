@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from telegram.error import BadRequest, RetryAfter
+from telegram.error import BadRequest, NetworkError, RetryAfter
 
 from core.media import image_dimensions
 
@@ -32,8 +32,13 @@ def retry_seconds(err: RetryAfter) -> float:
     return float(value)
 
 
+# First wait after a Telegram 5xx or network error; doubled on each retry.
+SERVER_ERROR_BACKOFF = 0.5
+
+
 async def with_retry(call: Callable[[], Awaitable[T]], attempts: int = 4) -> T:
-    """Run `call`, sleeping out Telegram's `retry_after` on 429 (a few times at most)."""
+    """Run `call`: sleep out Telegram's `retry_after` on 429, back off on 5xx and network
+    errors (a few times at most). The answer is already written: only the send repeats."""
     for attempt in range(attempts):
         try:
             return await call()
@@ -42,6 +47,15 @@ async def with_retry(call: Callable[[], Awaitable[T]], attempts: int = 4) -> T:
             if attempt == attempts - 1 or wait > MAX_RETRY_WAIT:
                 raise
             log.info("Telegram asked to retry after %.1f s", wait)
+            await asyncio.sleep(wait)
+        except BadRequest:
+            raise  # our request is wrong: sending it again will not help
+        except NetworkError as err:
+            # Telegram's 5xx and lost connections (BadRequest is a NetworkError too).
+            if attempt == attempts - 1:
+                raise
+            wait = SERVER_ERROR_BACKOFF * 2**attempt
+            log.info("Telegram send failed (%s); retrying in %.1f s", type(err).__name__, wait)
             await asyncio.sleep(wait)
     raise AssertionError("unreachable")
 

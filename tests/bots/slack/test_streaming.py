@@ -114,6 +114,21 @@ async def test_a_429_on_chat_update_is_honoured_and_the_final_text_arrives(
     assert after and min(after) - limited >= 0.95
 
 
+async def test_a_slack_server_error_on_posting_is_retried_without_asking_the_model_again(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    slack.native_streaming = False
+    slack.fail_next("chat.postMessage", "internal_error", status=500, times=2)
+    slack_app.openai.queue_reply("worth the wait")
+    ts = new_ts()
+    await slack_app.post_event(app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT> go"))
+    await slack_app.adapter.drain(within=30)
+
+    assert slack.visible_texts(CHANNEL, ts) == ["worth the wait"]
+    assert len(slack_app.openai.chat_requests()) == 1
+
+
 async def test_a_flagged_answer_is_withdrawn_and_replaced_by_a_notice(slack_app: SlackApp) -> None:
     slack = slack_app.slack
     slack_app.openai.queue_reply("this answer says FLAGME and must not stay")

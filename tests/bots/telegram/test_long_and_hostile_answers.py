@@ -111,6 +111,17 @@ async def test_a_429_on_the_final_message_is_waited_out(bot: Bot) -> None:
     assert time.monotonic() - started >= 1.0
 
 
+async def test_a_telegram_server_error_on_sending_is_retried_without_asking_the_model_again(
+    bot: Bot,
+) -> None:
+    bot.openai.queue_reply("worth the wait")
+    bot.telegram.fail_next("sendMessage", error_code=502, description="Bad Gateway", times=2)
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "hello"))
+
+    assert bot.telegram.texts(PRIVATE_CHAT) == ["worth the wait"]
+    assert len(bot.openai.chat_requests()) == 1
+
+
 async def test_a_429_on_drafts_skips_previews_and_the_answer_still_arrives(bot: Bot) -> None:
     words = " ".join(f"w{i}" for i in range(30))
     bot.openai.queue_reply(words)

@@ -11,22 +11,21 @@ from typing import Any
 
 from aiohttp import web
 from telegram import BotCommand, Update
-from telegram.error import BadRequest
+from telegram.error import BadRequest, RetryAfter
 from telegram.ext import (
     AIORateLimiter,
     Application,
     BaseRateLimiter,
     ContextTypes,
-    TypeHandler,
 )
 
 from bots.http_server import HttpServer
 from bots.telegram.convert import DOWNLOAD_LIMIT_BYTES, PLATFORM, BotIdentity, to_incoming
-from bots.telegram.delivery import with_retry
+from bots.telegram.delivery import retry_seconds, with_retry
 from bots.telegram.sink import Pacing, TelegramSink
 from core.app import Core
 from core.commands import COMMANDS
-from core.errors import BadInput, ConfigError
+from core.errors import BadInput, ConfigError, ShuttingDown
 from core.ports import ReplySink
 from core.types import Fetch, IncomingMessage
 
@@ -97,8 +96,9 @@ class TelegramAdapter:
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._identity: BotIdentity | None = None
         self._accepting = False
-        # Answers started from webhook deliveries; stop() waits for them before closing the bot.
+        # Answers in progress; stop() waits for them before closing the bot.
         self._jobs: set[asyncio.Task[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
 
     @property
     def webhook_mode(self) -> bool:
@@ -122,13 +122,11 @@ class TelegramAdapter:
             .base_url(settings.telegram_api_base_url)
             .base_file_url(settings.telegram_file_base_url)
             .rate_limiter(self._rate_limiter or AIORateLimiter())
-            # Different chats in parallel; the core keeps each chat's order with its locks.
-            .concurrent_updates(True)
+            # Updates never go through PTB's queue: polling and webhook both hand them to
+            # the core directly (see _poll and _webhook), which orders each chat itself.
+            .updater(None)
         )
-        if self.webhook_mode:
-            builder = builder.updater(None)
         self._app = builder.build()
-        self._app.add_handler(TypeHandler(Update, self._on_update))
         self._app.add_error_handler(self._on_error)
         _protect_logs(self._token)
         if self.webhook_mode:
@@ -157,14 +155,10 @@ class TelegramAdapter:
             )
             log.info("Telegram webhook registered for @%s", bot.username)
         else:
-            assert app.updater is not None
-            await app.updater.start_polling(
-                poll_interval=0.0,
-                timeout=int(self._poll_timeout),
-                allowed_updates=ALLOWED_UPDATES,
-            )
+            await with_retry(lambda: bot.delete_webhook())
             await app.start()
             self._accepting = True
+            self._poller = asyncio.create_task(self._poll(), name="relaybot:telegram-poll")
             log.info("polling Telegram as @%s", bot.username)
 
     async def stop(self) -> None:
@@ -173,8 +167,11 @@ class TelegramAdapter:
         app = self._app
         if app is None:
             return
-        if app.updater is not None and app.updater.running:
-            await app.updater.stop()
+        if self._poller is not None:
+            # An update fetched but not yet stored is not confirmed: Telegram delivers it again.
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
         if app.running:
             await app.stop()
         if self._jobs:
@@ -208,17 +205,52 @@ class TelegramAdapter:
             update = Update.de_json(data, self._app.bot)
         except (KeyError, TypeError, ValueError):
             return web.Response(status=400, text="invalid update")
-        received = self._translate(update)
-        if received is not None:
-            # 200 only once the core has stored the event: from then on it is safe, and a
-            # redelivery is recognised. The answer itself is written after we reply.
-            incoming, sink = received
-            job = await self._core.service.submit(incoming, sink)
-            if job is not None:
-                self._jobs.add(job)
-                job.add_done_callback(self._jobs.discard)
-                job.add_done_callback(lambda _: sink.stop_typing())
+        # 200 only once the core has stored the event: from then on it is safe, and a
+        # redelivery is recognised. The answer itself is written after we reply.
+        await self._receive(update)
         return web.Response(text="ok")
+
+    async def _receive(self, update: Update) -> None:
+        """Hand an update to the core; returns once it is stored (or ignored)."""
+        received = self._translate(update)
+        if received is None:
+            return
+        incoming, sink = received
+        job = await self._core.service.submit(incoming, sink)
+        if job is not None:
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+            job.add_done_callback(lambda _: sink.stop_typing())
+
+    async def _poll(self) -> None:
+        """Long-poll getUpdates; confirm (advance the offset past) an update only once the
+        core has stored it, so a crash between fetching and storing loses nothing."""
+        bot = self.application.bot
+        offset: int | None = None
+        failures = 0
+        while self._accepting:
+            try:
+                updates = await bot.get_updates(
+                    offset=offset,
+                    timeout=int(self._poll_timeout),
+                    allowed_updates=ALLOWED_UPDATES,
+                )
+                for update in updates:
+                    await self._receive(update)
+                    offset = update.update_id + 1
+                failures = 0
+            except ShuttingDown:
+                return  # left unconfirmed for the next process
+            except RetryAfter as err:
+                await asyncio.sleep(retry_seconds(err))
+            except Exception as err:
+                # Telegram or the database is unwell: back off; unconfirmed updates come back.
+                failures += 1
+                wait = min(30.0, 0.5 * 2**failures)
+                log.warning(
+                    "polling Telegram failed (%s); retrying in %.1f s", type(err).__name__, wait
+                )
+                await asyncio.sleep(wait)
 
     def _fetcher(self, file_id: str, size: int | None) -> Fetch:
         app = self.application
@@ -263,16 +295,6 @@ class TelegramAdapter:
             reply_to=int(reply_to) if reply_to and reply_to.isdigit() else None,
             pacing=self._pacing,
         )
-
-    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        received = self._translate(update)
-        if received is None:
-            return
-        incoming, sink = received
-        try:
-            await self._core.service.handle(incoming, sink)
-        finally:
-            await sink.close()
 
     def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, ReplySink] | None:
         """Resume a stored Telegram message (after a restart): fresh downloads, a new sink."""

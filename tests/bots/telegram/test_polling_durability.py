@@ -1,0 +1,46 @@
+"""Polling confirms an update to Telegram only once the core has stored it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from telegram.ext import AIORateLimiter
+
+from bots.http_server import HttpServer
+from bots.telegram import TelegramAdapter
+from bots.telegram.sink import Pacing
+from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot
+
+
+async def test_an_update_a_stopping_bot_fetched_is_answered_by_the_next_one(bot: Bot) -> None:
+    tg = bot.telegram
+    # This process is shutting down: it still polls, but the core no longer stores work.
+    bot.core.service.accepting = False
+    update_id = await tg.push_update(tg.text_update(PRIVATE_CHAT, "are you still there?"))
+    poller = bot.adapter._poller
+    assert poller is not None
+    # It fetches the update, the core refuses to store it, and it stops polling.
+    async with asyncio.timeout(10):
+        await asyncio.shield(poller)
+    # Fetched but never confirmed: Telegram still holds it for the next poller.
+    assert [u["update_id"] for u in tg.pending] == [update_id]
+    assert tg.texts(PRIVATE_CHAT) == []
+
+    # The next process (here: a fresh adapter on a core that accepts work) answers it.
+    bot.core.service.accepting = True
+    server = HttpServer("127.0.0.1", 0)
+    successor = TelegramAdapter(
+        bot.core,
+        server,
+        rate_limiter=AIORateLimiter(overall_max_rate=0, group_max_rate=0),
+        pacing=Pacing(draft_interval=0.02, edit_interval=0.05, typing_refresh=0.5),
+        poll_timeout=1,
+    )
+    await successor.setup()
+    await successor.start()
+    try:
+        await tg.wait_delivered(update_id)
+        await successor.idle()
+    finally:
+        await successor.stop()
+    assert tg.texts(PRIVATE_CHAT) == ["echo: are you still there?"]

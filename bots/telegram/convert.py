@@ -6,6 +6,7 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from telegram import Message, MessageEntity, Update
 
@@ -27,63 +28,47 @@ class BotIdentity:
     username: str
 
 
+def _file(
+    media: Any,
+    fetcher: FetchFactory,
+    kind: AttachmentKind,
+    mime: str,
+    filename: str,
+    *,
+    timed: bool = True,
+) -> Attachment:
+    """An attachment for a Telegram file object; its file_id lets a restart fetch it again."""
+    return Attachment(
+        kind=kind,
+        mime=mime,
+        size=media.file_size,
+        filename=filename,
+        fetch=fetcher(media.file_id, media.file_size),
+        ref=media.file_id,
+        duration_seconds=_seconds(media) if timed else None,
+    )
+
+
 def _media(message: Message, fetcher: FetchFactory) -> Attachment | None:
     """The one file a message carries that the core can use, if any."""
-    if message.voice is not None:
-        voice = message.voice
-        return Attachment(
-            kind=AttachmentKind.AUDIO,
-            mime=voice.mime_type or "audio/ogg",
-            size=voice.file_size,
-            # Telegram stores voice notes as .oga; the core names them .ogg for transcription.
-            filename=f"voice-{voice.file_unique_id}.oga",
-            fetch=fetcher(voice.file_id, voice.file_size),
-            ref=voice.file_id,
-            duration_seconds=_seconds(voice),
-        )
-    if message.audio is not None:
-        audio = message.audio
-        return Attachment(
-            kind=AttachmentKind.AUDIO,
-            mime=audio.mime_type or "audio/mpeg",
-            size=audio.file_size,
-            filename=audio.file_name or f"audio-{audio.file_unique_id}.mp3",
-            fetch=fetcher(audio.file_id, audio.file_size),
-            ref=audio.file_id,
-            duration_seconds=_seconds(audio),
-        )
-    if message.video_note is not None:
-        note = message.video_note
-        return Attachment(
-            kind=AttachmentKind.AUDIO,
-            mime="video/mp4",
-            size=note.file_size,
-            filename=f"video-note-{note.file_unique_id}.mp4",
-            fetch=fetcher(note.file_id, note.file_size),
-            ref=note.file_id,
-            duration_seconds=_seconds(note),
-        )
-    if message.video is not None:
-        video = message.video
-        return Attachment(
-            kind=AttachmentKind.AUDIO,
-            mime=video.mime_type or "video/mp4",
-            size=video.file_size,
-            filename=video.file_name or f"video-{video.file_unique_id}.mp4",
-            fetch=fetcher(video.file_id, video.file_size),
-            ref=video.file_id,
-            duration_seconds=_seconds(video),
-        )
+    audio = AttachmentKind.AUDIO
+    if (voice := message.voice) is not None:
+        # Telegram stores voice notes as .oga; the core names them .ogg for transcription.
+        mime = voice.mime_type or "audio/ogg"
+        return _file(voice, fetcher, audio, mime, f"voice-{voice.file_unique_id}.oga")
+    if (clip := message.audio) is not None:
+        name = clip.file_name or f"audio-{clip.file_unique_id}.mp3"
+        return _file(clip, fetcher, audio, clip.mime_type or "audio/mpeg", name)
+    if (note := message.video_note) is not None:
+        name = f"video-note-{note.file_unique_id}.mp4"
+        return _file(note, fetcher, audio, "video/mp4", name)
+    if (video := message.video) is not None:
+        name = video.file_name or f"video-{video.file_unique_id}.mp4"
+        return _file(video, fetcher, audio, video.mime_type or "video/mp4", name)
     if message.photo:
         largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
-        return Attachment(
-            kind=AttachmentKind.IMAGE,
-            mime="image/jpeg",
-            size=largest.file_size,
-            filename=f"photo-{largest.file_unique_id}.jpg",
-            fetch=fetcher(largest.file_id, largest.file_size),
-            ref=largest.file_id,
-        )
+        name = f"photo-{largest.file_unique_id}.jpg"
+        return _file(largest, fetcher, AttachmentKind.IMAGE, "image/jpeg", name, timed=False)
     document = message.document
     if document is not None and document.mime_type:
         mime = document.mime_type
@@ -93,14 +78,8 @@ def _media(message: Message, fetcher: FetchFactory) -> Attachment | None:
             kind = AttachmentKind.AUDIO
         else:
             kind = AttachmentKind.FILE
-        return Attachment(
-            kind=kind,
-            mime=mime,
-            size=document.file_size,
-            filename=document.file_name or f"file-{document.file_unique_id}",
-            fetch=fetcher(document.file_id, document.file_size),
-            ref=document.file_id,
-        )
+        name = document.file_name or f"file-{document.file_unique_id}"
+        return _file(document, fetcher, kind, mime, name, timed=False)
     return None
 
 

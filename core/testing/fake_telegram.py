@@ -941,15 +941,22 @@ class FakeTelegram(FakeServer):
         self.log.setdefault(sent.chat_id, []).append(sent)
         return self.message_dict(sent)
 
-    def _send_message(self, params: dict[str, Any]) -> Any:
-        chat_id = self._chat_id(params)
+    def _checked_text(
+        self, params: dict[str, Any], too_long: str
+    ) -> tuple[str, Any, str, list[dict[str, Any]]]:
+        """(source, parse_mode, visible text, entities), refused as Telegram would."""
         source = str(params.get("text") or "")
         parse_mode = params.get("parse_mode")
         visible, entities = self._parsed(source, parse_mode, params.get("entities"))
         if not visible.strip():
             raise _bad_request("message text is empty")
         if utf16_len(visible) > MAX_TEXT_UTF16:
-            raise _bad_request("message is too long")
+            raise _bad_request(too_long)
+        return source, parse_mode, visible, entities
+
+    def _send_message(self, params: dict[str, Any]) -> Any:
+        chat_id = self._chat_id(params)
+        source, parse_mode, visible, entities = self._checked_text(params, "message is too long")
         thread = self._thread_of(chat_id, params)
         reply_to = self._reply_to(chat_id, params)
         sent = SentMessage(
@@ -975,13 +982,7 @@ class FakeTelegram(FakeServer):
 
     def _edit_message_text(self, params: dict[str, Any]) -> Any:
         sent = self._find(params, "message to edit not found")
-        source = str(params.get("text") or "")
-        parse_mode = params.get("parse_mode")
-        visible, entities = self._parsed(source, parse_mode, params.get("entities"))
-        if not visible.strip():
-            raise _bad_request("message text is empty")
-        if utf16_len(visible) > MAX_TEXT_UTF16:
-            raise _bad_request("MESSAGE_TOO_LONG")
+        source, parse_mode, visible, entities = self._checked_text(params, "MESSAGE_TOO_LONG")
         if visible == sent.text and entities == sent.entities:
             raise ApiError(400, NOT_MODIFIED)
         sent.edits.append(sent.text)

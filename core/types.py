@@ -98,6 +98,5 @@ class Reply:
     text: str = ""
     kind: ReplyKind = ReplyKind.ANSWER
     image: bytes | None = None
-    image_mime: str = "image/png"
     image_name: str = "image.png"
     extras: dict[str, str] = field(default_factory=dict)

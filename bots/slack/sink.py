@@ -86,8 +86,12 @@ def error_name(err: SlackApiError) -> str:
     return ""
 
 
-def split_text(text: str, limit: int) -> tuple[str, str]:
-    """(head, rest) with head ≤ limit, cut at a paragraph, line or word break when possible."""
+def split_text(text: str, limit: int, *, may_defer: bool = False) -> tuple[str, str]:
+    """(head, rest) with head ≤ limit, cut at a paragraph, line or word break when possible.
+
+    `may_defer`: the head tops up a message that already holds text, so rather than cut a
+    word in two it may be shorter, or empty (everything then starts the next message).
+    """
     if len(text) <= limit:
         return text, ""
     window = text[:limit]
@@ -95,6 +99,9 @@ def split_text(text: str, limit: int) -> tuple[str, str]:
         cut = window.rfind(sep)
         if cut > limit // 2:
             return text[:cut].rstrip(), text[cut + len(sep) :]
+    if may_defer:
+        cut = max(window.rfind(" "), window.rfind("\n"))
+        return (text[:cut].rstrip(), text[cut + 1 :]) if cut > 0 else ("", text)
     return window, text[limit:]
 
 
@@ -233,8 +240,8 @@ class SlackStream:
         # A streamed message holds stream_limit characters; past that, end it and start anew.
         while self._native and len(self._pending) + self._current_len > self._opts.stream_limit:
             room = max(self._opts.stream_limit - self._current_len, 1)
-            head, rest = split_text(self._pending, room)
-            if not await self._send_native(head, retry=final):
+            head, rest = split_text(self._pending, room, may_defer=self._current_len > 0)
+            if head and not await self._send_native(head, retry=final):
                 return
             await self._stop_native("", retry=True)
             self._pending = rest.lstrip("\n")

@@ -130,3 +130,11 @@ def test_markdown_becomes_slack_mrkdwn() -> None:
 def test_long_text_splits_at_paragraphs_within_the_limit() -> None:
     head, rest = split_text("a" * 50 + "\n\n" + "b" * 50, 80)
     assert head == "a" * 50 and rest == "b" * 50
+
+
+def test_topping_up_a_full_message_never_cuts_a_word_in_two() -> None:
+    text = "Relaybot streams long answers"
+    # Room for 7 characters left in the current message: "Relaybo" would cut the word.
+    assert split_text(text, 7, may_defer=True) == ("", text)
+    # With a word break in reach, the head ends there even if it is short.
+    assert split_text(text, 12, may_defer=True) == ("Relaybot", "streams long answers")

@@ -54,6 +54,7 @@ async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> As
         max_overflow=settings.db_max_overflow,
     )
     http = build_http_client(settings)
+    store: Store | None = None
     try:
         if settings.auto_migrate if migrate_db is None else migrate_db:
             await migrate.upgrade(engine)
@@ -70,4 +71,6 @@ async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> As
         yield Core(settings, http, engine, store, client, service)
     finally:
         await http.aclose()
+        if store is not None:
+            await store.close()
         await engine.dispose()

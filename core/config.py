@@ -135,6 +135,8 @@ class Settings(BaseSettings):
 
     # Load: answers worked on at once (more wait their turn, stored), database connections
     max_in_flight: int = Field(256, gt=0, validation_alias=_env("RELAYBOT_MAX_IN_FLIGHT"))
+    # Recent history of active chats kept in memory (exact: see core/history.py).
+    history_cache_mb: float = Field(64.0, ge=0, validation_alias=_env("RELAYBOT_HISTORY_CACHE_MB"))
     db_pool_size: int = Field(10, gt=0, validation_alias=_env("RELAYBOT_DB_POOL_SIZE"))
     db_max_overflow: int = Field(20, ge=0, validation_alias=_env("RELAYBOT_DB_MAX_OVERFLOW"))
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, insert, or_, select, update
+from sqlalchemy import Connection, delete, exists, insert, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.db.database import Database
 from core.db.models import ChatLease, InboundEvent, Message, utcnow
 from core.errors import UpstreamDown
 from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
@@ -113,88 +113,46 @@ class ClaimedEvent:
 class Inbox:
     """Claims, leases and recovery queries on the inbound_events and chat_leases tables."""
 
-    def __init__(self, engine: AsyncEngine, worker_id: str, lease_seconds: float) -> None:
-        self.engine = engine
+    def __init__(self, db: Database, worker_id: str, lease_seconds: float) -> None:
+        self.db = db
         self.worker_id = worker_id
         self.lease = timedelta(seconds=lease_seconds)
-        self._session = async_sessionmaker(engine, expire_on_commit=False)
         # One process owns a SQLite file: local per-chat queues already order its chats.
-        self.shared = engine.dialect.name != "sqlite"
+        self.shared = db.shared
 
     def _until(self) -> datetime:
         return utcnow() + self.lease
 
     async def record(self, msg: IncomingMessage) -> int | None:
         """Store the event, claimed by this process; None when its key was seen before."""
-        # A Core INSERT ... RETURNING: this runs for every message, the ORM costs more.
-        statement = (
-            insert(InboundEvent)
-            .values(
-                event_key=msg.event_key,
-                chat_key=msg.chat.key,
-                sender_id=msg.sender.id,
-                status="received",
-                received_at=utcnow(),
-                payload=encode_message(msg),
-                claimed_by=self.worker_id,
-                lease_until=self._until(),
-                attempts=1,
-            )
-            .returning(InboundEvent.id)
-        )
+        values = {
+            "event_key": msg.event_key,
+            "chat_key": msg.chat.key,
+            "sender_id": msg.sender.id,
+            "status": "received",
+            "received_at": utcnow(),
+            "payload": encode_message(msg),
+            "claimed_by": self.worker_id,
+            "lease_until": self._until(),
+            "attempts": 1,
+        }
         try:
-            async with self.engine.begin() as conn:
-                return int((await conn.execute(statement)).scalar_one())
+            return await self.db.run(_record, values)
         except IntegrityError:
             return None
 
     async def finish(self, event_id: int, status: str) -> None:
         """Close an event ("done" or "failed"), drop its claim and the content it carried."""
-        async with self._session() as session:
-            await session.execute(
-                update(InboundEvent)
-                .where(InboundEvent.id == event_id)
-                .values(
-                    status=status,
-                    finished_at=utcnow(),
-                    claimed_by=None,
-                    lease_until=None,
-                    payload=None,
-                )
-            )
-            await session.commit()
+        await self.db.run(_finish, event_id, status)
 
     async def release(self, event_ids: Sequence[int]) -> None:
         """Give unfinished events back (shutdown): the next sweep anywhere takes them."""
-        if not event_ids:
-            return
-        async with self._session() as session:
-            await session.execute(
-                update(InboundEvent)
-                .where(InboundEvent.id.in_(event_ids), InboundEvent.status.in_(OPEN_STATUSES))
-                .values(claimed_by=None, lease_until=None)
-            )
-            await session.commit()
+        if event_ids:
+            await self.db.run(_release, list(event_ids))
 
     async def renew(self) -> None:
         """Extend the leases of everything this process holds (call well within the lease)."""
-        until = self._until()
-        async with self._session() as session:
-            await session.execute(
-                update(InboundEvent)
-                .where(
-                    InboundEvent.claimed_by == self.worker_id,
-                    InboundEvent.status.in_(OPEN_STATUSES),
-                )
-                .values(lease_until=until)
-            )
-            if self.shared:
-                await session.execute(
-                    update(ChatLease)
-                    .where(ChatLease.holder == self.worker_id)
-                    .values(lease_until=until)
-                )
-            await session.commit()
+        await self.db.run(_renew, self.worker_id, self._until(), self.shared)
 
     async def claim_abandoned(
         self, platforms: Sequence[str], *, limit: int = 100, everything: bool = False
@@ -203,57 +161,27 @@ class Inbox:
 
         `everything` is for a process that knows it is alone (SQLite at start-up).
         """
-        now = utcnow()
-        prefixes = [InboundEvent.chat_key.startswith(f"{p}:") for p in platforms]
-        if not prefixes:
+        if not platforms:
             return []
-        stale = or_(InboundEvent.lease_until.is_(None), InboundEvent.lease_until < now)
-        query = (
-            select(InboundEvent)
-            .where(InboundEvent.status.in_(OPEN_STATUSES), or_(*prefixes))
-            .order_by(InboundEvent.id)
-            .limit(limit)
+        return await self.db.run(
+            _claim_abandoned,
+            list(platforms),
+            limit,
+            everything,
+            self.shared,
+            self.worker_id,
+            self._until(),
         )
-        if not everything:
-            query = query.where(stale)
-        if self.shared:
-            query = query.with_for_update(skip_locked=True)
-        async with self._session() as session:
-            rows = list((await session.execute(query)).scalars())
-            if rows:
-                await session.execute(
-                    update(InboundEvent)
-                    .where(InboundEvent.id.in_([r.id for r in rows]))
-                    .values(
-                        claimed_by=self.worker_id,
-                        lease_until=self._until(),
-                        attempts=InboundEvent.attempts + 1,
-                    )
-                )
-            await session.commit()
-        return [ClaimedEvent(r.id, r.event_key, r.chat_key, r.status, r.payload) for r in rows]
 
     async def taken_over(self, event_ids: Sequence[int]) -> set[int]:
         """Those of `event_ids` another process claimed (our lease ran out while we stalled)."""
         if not event_ids:
             return set()
-        async with self._session() as session:
-            rows = await session.execute(
-                select(InboundEvent.id).where(
-                    InboundEvent.id.in_(event_ids),
-                    InboundEvent.claimed_by.is_not(None),
-                    InboundEvent.claimed_by != self.worker_id,
-                )
-            )
-            return {int(r[0]) for r in rows}
+        return await self.db.run(_taken_over, list(event_ids), self.worker_id)
 
     async def user_turn_stored(self, event_key: str) -> bool:
         """Whether this event's user turn already reached the history (a resumed event)."""
-        async with self._session() as session:
-            found = await session.execute(
-                select(Message.id).where(Message.event_key == event_key).limit(1)
-            )
-            return found.first() is not None
+        return await self.db.run(_user_turn_stored, event_key)
 
     # -- per-chat leases across replicas ------------------------------------------------------
     async def try_acquire_chat(self, chat_key: str, event_id: int) -> bool:
@@ -267,43 +195,137 @@ class Inbox:
         """
         if not self.shared:
             return True
-        now = utcnow()
-        async with self._session() as session:
-            # Every older unanswered event goes first, an abandoned one too: a sweeper (here
-            # or on another replica) resumes it once its lease runs out. Overtaking it would
-            # answer the chat out of order, without that turn in the history.
-            older = await session.execute(
-                select(
-                    exists().where(
-                        InboundEvent.chat_key == chat_key,
-                        InboundEvent.id < event_id,
-                        InboundEvent.status == "received",
-                    )
-                )
-            )
-            if older.scalar():
-                return False
-            # Only PostgreSQL is shared between processes (see `shared`).
-            stmt = postgresql.insert(ChatLease).values(
-                chat_key=chat_key, holder=self.worker_id, lease_until=self._until()
-            )
-            upsert = stmt.on_conflict_do_update(
-                index_elements=[ChatLease.chat_key],
-                set_={"holder": self.worker_id, "lease_until": self._until()},
-                where=or_(ChatLease.lease_until < now, ChatLease.holder == self.worker_id),
-            ).returning(ChatLease.holder)
-            got = (await session.execute(upsert)).scalar()
-            await session.commit()
-            return got == self.worker_id
+        return await self.db.run(_acquire_chat, chat_key, event_id, self.worker_id, self._until())
 
     async def release_chat(self, chat_key: str) -> None:
         """Let another replica answer this chat."""
-        if not self.shared:
-            return
-        async with self._session() as session:
-            await session.execute(
-                delete(ChatLease).where(
-                    ChatLease.chat_key == chat_key, ChatLease.holder == self.worker_id
-                )
+        if self.shared:
+            await self.db.run(_release_chat, chat_key, self.worker_id)
+
+
+# -- units of work (each runs in one transaction, see core.db.database) ---------------------
+_INSERT_EVENT = insert(InboundEvent).returning(InboundEvent.id)
+
+
+def _record(conn: Connection, values: dict[str, Any]) -> int:
+    return int(conn.execute(_INSERT_EVENT, values).scalar_one())
+
+
+def _finish(conn: Connection, event_id: int, status: str) -> None:
+    conn.execute(
+        update(InboundEvent)
+        .where(InboundEvent.id == event_id)
+        .values(
+            status=status, finished_at=utcnow(), claimed_by=None, lease_until=None, payload=None
+        )
+    )
+
+
+def _release(conn: Connection, event_ids: list[int]) -> None:
+    conn.execute(
+        update(InboundEvent)
+        .where(InboundEvent.id.in_(event_ids), InboundEvent.status.in_(OPEN_STATUSES))
+        .values(claimed_by=None, lease_until=None)
+    )
+
+
+def _renew(conn: Connection, worker_id: str, until: datetime, shared: bool) -> None:
+    conn.execute(
+        update(InboundEvent)
+        .where(InboundEvent.claimed_by == worker_id, InboundEvent.status.in_(OPEN_STATUSES))
+        .values(lease_until=until)
+    )
+    if shared:
+        conn.execute(
+            update(ChatLease).where(ChatLease.holder == worker_id).values(lease_until=until)
+        )
+
+
+def _claim_abandoned(
+    conn: Connection,
+    platforms: list[str],
+    limit: int,
+    everything: bool,
+    shared: bool,
+    worker_id: str,
+    until: datetime,
+) -> list[ClaimedEvent]:
+    prefixes = [InboundEvent.chat_key.startswith(f"{p}:") for p in platforms]
+    query = (
+        select(
+            InboundEvent.id,
+            InboundEvent.event_key,
+            InboundEvent.chat_key,
+            InboundEvent.status,
+            InboundEvent.payload,
+        )
+        .where(InboundEvent.status.in_(OPEN_STATUSES), or_(*prefixes))
+        .order_by(InboundEvent.id)
+        .limit(limit)
+    )
+    if not everything:
+        now = utcnow()
+        query = query.where(
+            or_(InboundEvent.lease_until.is_(None), InboundEvent.lease_until < now)
+        )
+    if shared:
+        query = query.with_for_update(skip_locked=True)
+    rows = [ClaimedEvent(*row) for row in conn.execute(query)]
+    if rows:
+        conn.execute(
+            update(InboundEvent)
+            .where(InboundEvent.id.in_([r.id for r in rows]))
+            .values(claimed_by=worker_id, lease_until=until, attempts=InboundEvent.attempts + 1)
+        )
+    return rows
+
+
+def _taken_over(conn: Connection, event_ids: list[int], worker_id: str) -> set[int]:
+    rows = conn.execute(
+        select(InboundEvent.id).where(
+            InboundEvent.id.in_(event_ids),
+            InboundEvent.claimed_by.is_not(None),
+            InboundEvent.claimed_by != worker_id,
+        )
+    )
+    return {int(r[0]) for r in rows}
+
+
+def _user_turn_stored(conn: Connection, event_key: str) -> bool:
+    found = conn.execute(select(Message.id).where(Message.event_key == event_key).limit(1))
+    return found.first() is not None
+
+
+def _acquire_chat(
+    conn: Connection, chat_key: str, event_id: int, worker_id: str, until: datetime
+) -> bool:
+    # Every older unanswered event goes first, an abandoned one too: a sweeper (here or on
+    # another replica) resumes it once its lease runs out. Overtaking it would answer the
+    # chat out of order, without that turn in the history.
+    older = conn.execute(
+        select(
+            exists().where(
+                InboundEvent.chat_key == chat_key,
+                InboundEvent.id < event_id,
+                InboundEvent.status == "received",
             )
-            await session.commit()
+        )
+    )
+    if older.scalar():
+        return False
+    # Only PostgreSQL is shared between processes (see `Inbox.shared`).
+    stmt = postgresql.insert(ChatLease).values(
+        chat_key=chat_key, holder=worker_id, lease_until=until
+    )
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[ChatLease.chat_key],
+        set_={"holder": worker_id, "lease_until": until},
+        where=or_(ChatLease.lease_until < utcnow(), ChatLease.holder == worker_id),
+    ).returning(ChatLease.holder)
+    return conn.execute(upsert).scalar() == worker_id
+
+
+def _release_chat(conn: Connection, chat_key: str, worker_id: str) -> None:
+    conn.execute(
+        delete(ChatLease).where(ChatLease.chat_key == chat_key, ChatLease.holder == worker_id)
+    )

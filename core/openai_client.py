@@ -103,6 +103,38 @@ class ModerationResult:
     categories: tuple[str, ...]
 
 
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+class EncodedMessage(dict[str, Any]):
+    """A chat message that carries its JSON encoding, made once.
+
+    A long chat re-sends the same history turns with every request; encoding them once
+    keeps the cost of building a request from growing with the window.
+    """
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, message: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.encoded = _dumps(message)
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """The JSON request body; `messages` reuse the encoding an EncodedMessage carries."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return _dumps(body)
+    rest = {k: v for k, v in body.items() if k != "messages"}
+    parts = [m.encoded if isinstance(m, EncodedMessage) else _dumps(m) for m in messages]
+    head = _dumps(rest)[:-1] + (b"," if rest else b"")
+    return head + b'"messages":[' + b",".join(parts) + b"]}"
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
     """The app's shared httpx client, with timeouts, pool size and proxy from `settings`."""
     timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
@@ -328,13 +360,18 @@ class OpenAIClient:
         while True:
             err: RelaybotError
             try:
+                headers = self._headers(url)
+                content = None
+                if json_body is not None:
+                    content = encode_body(json_body)
+                    headers = {**headers, **JSON_HEADERS}
                 response = await self._http.request(
                     method,
                     url,
-                    json=json_body,
+                    content=content,
                     data=data,
                     files=files,
-                    headers=self._headers(url),
+                    headers=headers,
                     follow_redirects=follow_redirects,
                 )
             except httpx.TimeoutException as exc:
@@ -391,7 +428,11 @@ class OpenAIClient:
         done = False
         try:
             async with aconnect_sse(
-                self._http, "POST", url, json=body, headers=self._headers(url)
+                self._http,
+                "POST",
+                url,
+                content=encode_body(body),
+                headers={**self._headers(url), **JSON_HEADERS},
             ) as source:
                 response = source.response
                 if not response.is_success:

@@ -14,11 +14,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, or_, update
+from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.config import Settings
 from core.db.models import Chat, InboundEvent, Message, UsageRecord, utcnow
+from core.db.store import new_revision
 from core.ratelimit import RateLimiter
 
 log = logging.getLogger("relaybot.privacy")
@@ -82,6 +83,11 @@ async def purge_expired(
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
     session_factory = async_sessionmaker(engine, expire_on_commit=False)
     async with session_factory() as session:
+        # Chats losing rows get a new history revision: their in-memory windows are stale.
+        touched = select(Message.chat_key).where(Message.created_at < cutoff).distinct()
+        await session.execute(
+            update(Chat).where(Chat.key.in_(touched)).values(history_rev=new_revision())
+        )
         messages = await session.execute(delete(Message).where(Message.created_at < cutoff))
         events = await session.execute(
             delete(InboundEvent).where(

@@ -14,7 +14,7 @@ from typing import Any
 
 from core.commands import HELP_TEXT, parse_command
 from core.config import Settings
-from core.db.store import Store, StoredMessage
+from core.db.store import Appended, Store
 from core.errors import (
     AuthFailed,
     BadInput,
@@ -24,14 +24,15 @@ from core.errors import (
     RelaybotError,
     ShuttingDown,
 )
+from core.history import ChatWindow, HistoryCache, Turn
 from core.inbox import Inbox, decode_message, new_worker_id
 from core.locks import ChatLocks, Ticket
 from core.metrics import Metrics
 from core.moderation import WITHHELD_NOTICE, Moderator
-from core.openai_client import OpenAIClient, Usage
+from core.openai_client import EncodedMessage, OpenAIClient, Usage
 from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
-from core.tokens import context_window, counter_for
+from core.tokens import TokenCounter, context_window, counter_for
 from core.trimming import Budget, fit_newest
 from core.types import Attachment, AttachmentKind, IncomingMessage, Reply, ReplyKind
 
@@ -137,7 +138,8 @@ class ConversationService:
         self.moderator = Moderator(client, settings.moderation_model, settings.moderation)
         self.policy = Policy(settings, store)
         self._vision = settings.vision_model_names()
-        self.inbox = Inbox(store.engine, new_worker_id(), settings.lease_seconds)
+        self.inbox = Inbox(store.db, new_worker_id(), settings.lease_seconds)
+        self.windows = HistoryCache(int(settings.history_cache_mb * 2**20))
         self.accepting = True
         # Bounds the answers worked on at once (database connections, memory); the rest are
         # stored and wait for a slot in arrival order.
@@ -418,29 +420,34 @@ class ConversationService:
         stored_text = text or "[image]"
         name = None if msg.is_direct else speaker_name(msg.sender.name or msg.sender.id)
         user_id: int | None = None
+        window = self.windows.get(msg.chat.key)
         if store_user_turn and not await self._resumed_with_user_turn(msg):
-            (user_id,) = await self.store.append_messages(
-                msg.chat.key,
-                [
-                    {
-                        "role": "user",
-                        "content": stored_text,
-                        "name": name,
-                        "token_count": counter.count(stored_text),
-                        "encoding": counter.stored_as,
-                        "event_key": msg.event_key,
-                    }
-                ],
+            row = {
+                "role": "user",
+                "content": stored_text,
+                "name": name,
+                "token_count": counter.count(stored_text),
+                "encoding": counter.stored_as,
+                "event_key": msg.event_key,
+            }
+            appended = await self.store.append_messages(
+                msg.chat.key, [row], expected_revision=window.revision if window else None
             )
+            (user_id,) = appended.ids
+            window = self._follow(msg.chat.key, window, appended, row, counter)
+        else:
+            # A resumed or retried turn: what the store holds is read again.
+            self.windows.drop(msg.chat.key)
         try:
             await self.moderator.check_input(text)
         except RelaybotError:
             if user_id is not None:
-                await self.store.set_message_status(user_id, "withheld")
+                self.windows.drop(msg.chat.key)
+                await self.store.set_message_status(msg.chat.key, user_id, "withheld")
             raise
-        window = context_window(model, self.settings.context_tokens)
+        window_tokens = context_window(model, self.settings.context_tokens)
         budget = Budget(
-            window=window,
+            window=window_tokens,
             reply_tokens=self.settings.reply_tokens,
             system_tokens=counter.count(system),
         ).history_tokens
@@ -455,6 +462,41 @@ class ConversationService:
         if answer is not None:
             await self._store_answer(msg, model, answer, "ok")
 
+    def _follow(
+        self,
+        chat_key: str,
+        window: ChatWindow | None,
+        appended: Appended,
+        row: dict[str, Any],
+        counter: TokenCounter,
+    ) -> ChatWindow | None:
+        """Add a turn this process stored to the chat's window, or drop a stale window."""
+        if window is None:
+            return None
+        if not appended.continued or window.encoding != counter.stored_as:
+            self.windows.drop(chat_key)
+            return None
+        window.revision = appended.revision
+        if row.get("status", "ok") != "withheld":
+            window.append(self._turn(appended.ids[-1], row, counter))
+            self.windows.resized(chat_key)
+        return window
+
+    @staticmethod
+    def _turn(row_id: int, row: Mapping[str, Any], counter: TokenCounter) -> Turn:
+        """A stored row as a request message, with what it costs under `counter`."""
+        content: str = row["content"]
+        name: str | None = row.get("name")
+        tokens = row["token_count"]
+        if row["encoding"] != counter.stored_as:
+            tokens = counter.count(content)
+        item: dict[str, Any] = {"role": row["role"], "content": content}
+        if name:
+            item["name"] = name
+            tokens += counter.count(name)
+        cost = counter.message_cost(tokens, has_name=bool(name))
+        return Turn(row_id, cost, EncodedMessage(item))
+
     async def _store_answer(
         self, msg: IncomingMessage, model: str, answer: _Answer, status: str
     ) -> None:
@@ -466,22 +508,24 @@ class ConversationService:
             completion_tokens=tokens,
         )
         job = _current.get()
+        window = self.windows.get(msg.chat.key)
+        row = {
+            "role": "assistant",
+            "content": answer.text,
+            "token_count": tokens,
+            "encoding": counter.stored_as,
+            "status": status,
+        }
         # One transaction: the answer, its usage and the event's new state.
-        await self.store.append_messages(
+        appended = await self.store.append_messages(
             msg.chat.key,
-            [
-                {
-                    "role": "assistant",
-                    "content": answer.text,
-                    "token_count": tokens,
-                    "encoding": counter.stored_as,
-                    "status": status,
-                }
-            ],
+            [row],
             answered_event=job.event_id if job else None,
             usage=self._usage_row(msg, model, "chat", usage=usage),
             close_event=status == "ok",
+            expected_revision=window.revision if window else None,
         )
+        self._follow(msg.chat.key, window, appended, row, counter)
         if job is not None and status == "ok":
             job.closed = True
 
@@ -504,27 +548,42 @@ class ConversationService:
     ) -> list[dict[str, Any]]:
         """System prompt + the newest history that fits `budget`, oldest first."""
         counter = counter_for(model)
-        kept: list[StoredMessage] = []
+        window = self.windows.get(chat_key)
+        if window is None or window.encoding != counter.stored_as or not window.fit(budget):
+            window = await self._read_window(chat_key, counter, budget)
+        return [{"role": "system", "content": system}, *window.messages()]
+
+    async def _read_window(self, chat_key: str, counter: TokenCounter, budget: int) -> ChatWindow:
+        """The newest history that fits `budget`, read from the store (and kept, if it may)."""
+        turns: list[Turn] = []
+        # The revision is read with the first page; the next append checks it, so a change
+        # made while later pages are read only costs a fresh read next time.
+        history = await self.store.read_history(chat_key)
+        revision = history.revision
 
         async def costs() -> AsyncIterator[int]:
-            async for row in self.store.newest_messages(chat_key):
-                tokens = row.token_count
-                if row.encoding != counter.stored_as:
-                    tokens = counter.count(row.content)
-                if row.name:
-                    tokens += counter.count(row.name)
-                kept.append(row)
-                yield counter.message_cost(tokens, has_name=bool(row.name))
+            async for row in history:
+                turn = self._turn(
+                    row.id,
+                    {
+                        "role": row.role,
+                        "content": row.content,
+                        "name": row.name,
+                        "token_count": row.token_count,
+                        "encoding": row.encoding,
+                    },
+                    counter,
+                )
+                turns.append(turn)
+                yield turn.cost
 
         collected = [c async for c in _take_while_fits(costs(), budget)]
         count = fit_newest(collected, budget)
-        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
-        for row in reversed(kept[:count]):
-            item: dict[str, Any] = {"role": row.role, "content": row.content}
-            if row.name:
-                item["name"] = row.name
-            messages.append(item)
-        return messages
+        older = turns[count].cost if len(turns) > count else None
+        window = ChatWindow(revision or 0, counter.stored_as, reversed(turns[:count]), older)
+        if revision is not None and self.windows.max_bytes > 0:
+            self.windows.put(chat_key, window)
+        return window
 
     async def _stream_answer(
         self,

@@ -48,6 +48,8 @@ class Chat(Base):
     model: Mapped[str | None] = mapped_column(String(128), default=None)
     # "answer" or "transcript": what a voice note in a group gets (None = the bot's default).
     voice_mode: Mapped[str | None] = mapped_column(String(16), default=None)
+    # Changes whenever the chat's stored history does (see core.db.store.bump_revision).
+    history_rev: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

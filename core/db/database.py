@@ -1,0 +1,93 @@
+"""Runs one unit of database work (a function over a connection) in one transaction.
+
+The per-message statements are written once, as plain functions over a SQLAlchemy
+`Connection`, and run on either backend:
+
+- PostgreSQL: on the async engine (asyncpg), through `AsyncConnection.run_sync`: one pool
+  checkout and one transaction per unit of work.
+- SQLite file: on a synchronous engine (the standard library's sqlite3) in one dedicated
+  thread, so a whole unit of work costs one hop to that thread. Through aiosqlite every
+  statement hops to its thread several times (cursor, execute, fetch, commit, the pool's
+  reset), which made the database most of relaybot's own time per message. One thread also
+  keeps what the single pooled connection gave before: this process's writers queue in
+  order instead of fighting over the file lock.
+
+A caller that stops waiting (cancellation) does not stop a unit already running in the
+thread: it finishes or rolls back on its own, as a transaction must.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+T = TypeVar("T")
+
+
+def sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    """WAL lets readers and the writer overlap; busy_timeout waits instead of failing."""
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Database:
+    """`await db.run(fn, *args)` runs `fn(connection, *args)` in one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._sync: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        path = engine.url.database
+        if self.dialect == "sqlite" and path and path != ":memory:" and "mode=memory" not in path:
+            # A file: a second connection sees the same database. (An in-memory database
+            # is private to its connection, so it stays on the async engine.)
+            self._sync = create_sync_engine(
+                engine.url.set(drivername="sqlite"),
+                pool_size=1,
+                max_overflow=0,
+                connect_args={"timeout": 30, "check_same_thread": False},
+            )
+            event.listen(self._sync, "connect", sqlite_pragmas)
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="relaybot-sqlite")
+
+    @property
+    def shared(self) -> bool:
+        """True when other processes may use the same database at once (PostgreSQL)."""
+        return self.dialect != "sqlite"
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(connection, *args)` in a transaction; commit when it returns."""
+        if self._thread is None:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(fn, *args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._in_thread, fn, args)
+
+    def _in_thread(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        assert self._sync is not None
+        with self._sync.begin() as conn:
+            return fn(conn, *args)
+
+    async def dispose(self) -> None:
+        """Close the SQLite thread's connection (the async engine is its owner's to close)."""
+        if self._thread is None or self._sync is None:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._sync.dispose)
+        self._thread.shutdown(wait=True)
+        self._thread = None
+
+
+__all__ = ["Connection", "Database", "sqlite_pragmas"]

@@ -1,0 +1,205 @@
+"""The in-memory history window: long chats are not re-read, and a window is never stale."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.app import Core, open_core
+from core.config import Settings
+from core.db.models import utcnow
+from core.errors import ContextTooLong
+from core.history import ChatWindow, HistoryCache, Turn
+from core.openai_client import EncodedMessage
+from core.privacy import forget_chat, purge_expired
+from core.testing.fake_openai import FakeOpenAI
+from core.testing.sink import RecordingSink
+from core.trimming import fit_newest
+from core.types import ChatRef, IncomingMessage, Sender
+
+_ids = itertools.count(1)
+
+
+def message(text: str, chat: str = "w1") -> IncomingMessage:
+    return IncomingMessage(
+        chat=ChatRef("test", chat),
+        sender=Sender("u1", "Alice"),
+        event_key=f"window:{next(_ids)}",
+        text=text,
+    )
+
+
+def sent_history(fake: FakeOpenAI) -> list[str]:
+    """The history contents (system prompt left out) of the newest chat request."""
+    return [m["content"] for m in fake.chat_requests()[-1]["messages"][1:]]
+
+
+async def say(core: Core, text: str, chat: str = "w1") -> list[str]:
+    sink = RecordingSink()
+    await core.service.handle(message(text, chat), sink)
+    return sink.texts
+
+
+async def stored_history(core: Core, chat: str = "w1") -> list[str]:
+    """What the store holds, but the newest answer (which the newest request led to)."""
+    rows = [r async for r in core.store.newest_messages(f"test:{chat}")]
+    return [r.content for r in reversed(rows)][:-1]
+
+
+def small_window(settings: Settings, tokens: int = 400) -> Settings:
+    return settings.model_copy(update={"context_tokens": tokens, "reply_tokens": 50})
+
+
+async def test_a_long_chat_is_answered_from_memory_without_rereading_its_history(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(small_window(settings)) as core:
+        for i in range(30):
+            await say(core, f"turn {i} " + "word " * 10)
+        reads = 0
+        original = core.store.read_history
+
+        async def counting(*args: object, **kw: object) -> object:
+            nonlocal reads
+            reads += 1
+            return await original(*args, **kw)  # type: ignore[arg-type]
+
+        core.store.read_history = counting  # type: ignore[method-assign]
+        for i in range(30, 40):
+            await say(core, f"turn {i} " + "word " * 10)
+        assert reads == 0
+        # What was sent is exactly the newest stored turns that fit, oldest first.
+        sent = sent_history(fake_openai)
+        stored = await stored_history(core)
+        assert sent == stored[-len(sent) :]
+        assert sent[-1].startswith("turn 39")
+        assert 2 < len(sent) < len(stored)
+
+
+async def test_history_changed_by_another_process_is_read_again(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(settings) as one, open_core(settings, migrate_db=False) as two:
+        await say(one, "first")
+        await say(one, "second")
+        # Another replica answers this chat once (e.g. after taking over a lease).
+        await say(two, "from the other replica")
+        await say(one, "third")
+        assert sent_history(fake_openai) == [
+            "first",
+            "echo: first",
+            "second",
+            "echo: second",
+            "from the other replica",
+            "echo: from the other replica",
+            "third",
+        ]
+        # And the other replica, whose own window is now stale, sees the third turn too.
+        await say(two, "fourth")
+        assert sent_history(fake_openai)[-3:] == ["third", "echo: third", "fourth"]
+
+
+async def test_forgetting_a_chat_elsewhere_empties_what_is_sent(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    await say(core, "my secret plan")
+    await say(core, "more about it")
+    # `relaybot` tools or an admin erase the chat through the database, not the service.
+    await forget_chat(core.engine, "test:w1")
+    await say(core, "fresh start")
+    assert sent_history(fake_openai) == ["fresh start"]
+
+
+async def test_retention_purge_reaches_a_window_held_in_memory(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    await say(core, "old news")
+    await purge_expired(core.engine, 0, now=utcnow() + timedelta(seconds=1))
+    await say(core, "today")
+    assert sent_history(fake_openai) == ["today"]
+
+
+async def test_reset_and_retry_keep_what_is_sent_in_step_with_the_store(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    await say(core, "one")
+    await say(core, "two")
+    await say(core, "/retry")
+    assert sent_history(fake_openai) == ["one", "echo: one", "two"]
+    await say(core, "three")
+    assert sent_history(fake_openai) == await stored_history(core)
+    await say(core, "/reset")
+    await say(core, "after reset")
+    assert sent_history(fake_openai) == ["after reset"]
+
+
+async def test_a_longer_budget_brings_older_turns_back(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(small_window(settings, 300)) as core:
+        for i in range(12):
+            await say(core, f"turn {i} " + "word " * 8)
+        short = len(sent_history(fake_openai))
+        # A shorter system prompt leaves more room: older turns fit again.
+        await say(core, "/system be brief")
+        await say(core, "next")
+        assert len(sent_history(fake_openai)) > short
+        stored = await stored_history(core)
+        assert sent_history(fake_openai) == stored[-len(sent_history(fake_openai)) :]
+
+
+async def test_no_window_is_kept_when_the_cache_is_off(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(settings.model_copy(update={"history_cache_mb": 0})) as core:
+        await say(core, "a")
+        await say(core, "b")
+        assert len(core.service.windows) == 0
+        assert sent_history(fake_openai) == ["a", "echo: a", "b"]
+
+
+# -- the window itself ---------------------------------------------------------------------
+def turn(i: int, cost: int) -> Turn:
+    return Turn(i, cost, EncodedMessage({"role": "user", "content": f"m{i}"}))
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=60),
+    st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=8),
+)
+def test_a_window_keeps_what_fit_newest_keeps(costs: list[int], budgets: list[int]) -> None:
+    """Appending turns and fitting budgets gives the same turns as trimming from scratch."""
+    window = ChatWindow(1, "o200k_base", [], None)
+    for i, cost in enumerate(costs):
+        window.append(turn(i, cost))
+        budget = budgets[i % len(budgets)]
+        newest_first = costs[: i + 1][::-1]
+        try:
+            expected = fit_newest(newest_first, budget)
+        except ContextTooLong:
+            with pytest.raises(ContextTooLong):
+                window.fit(budget)
+            return
+        if window.fit(budget):
+            assert [t.id for t in window.turns] == list(range(i + 1 - expected, i + 1))
+        else:
+            # Older turns would fit again: the caller must read them from the store.
+            assert expected > len(window.turns)
+            return
+
+
+def test_the_cache_drops_the_least_recently_used_windows_past_its_memory() -> None:
+    cache = HistoryCache(max_bytes=200)
+    for key in ("a", "b", "c"):
+        cache.put(key, ChatWindow(1, "enc", [turn(i, 5) for i in range(2)], None))
+    assert len(cache) == 3
+    cache.get("a")  # used: stays
+    big = ChatWindow(1, "enc", [turn(i, 5) for i in range(4)], None)
+    cache.put("d", big)
+    assert cache.get("b") is None
+    assert cache.get("a") is not None and cache.get("d") is not None
+    assert cache.size <= 200

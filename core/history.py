@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from core.openai_client import EncodedMessage
+from core.openai_client import EncodedMessage, EncodedMessages, encode_json
 from core.trimming import fit_newest
 
 
@@ -38,24 +39,42 @@ class Turn:
 class ChatWindow:
     """The newest turns of one chat that fit its history budget, oldest first."""
 
-    __slots__ = ("encoding", "older_cost", "revision", "size", "total", "turns")
+    __slots__ = ("_json", "encoding", "older_cost", "revision", "total", "turns")
 
     def __init__(
         self, revision: int, encoding: str, turns: Iterable[Turn], older_cost: int | None
     ) -> None:
         self.revision = revision
         self.encoding = encoding
-        self.turns: deque[Turn] = deque(turns)
-        self.total = sum(t.cost for t in self.turns)
-        self.size = sum(t.size for t in self.turns)
+        self.turns: deque[Turn] = deque()
+        self.total = 0
+        # The turns' JSON joined by commas, kept up to date as turns come and go, so a
+        # request never walks the whole window to encode it (deleting from the front of a
+        # bytearray does not copy the rest).
+        self._json = bytearray()
         # The cost of the newest stored turn older than `turns` (None: there is none).
         self.older_cost = older_cost
+        for turn in turns:
+            self.append(turn)
+
+    @property
+    def size(self) -> int:
+        """Bytes held (the JSON of the turns, which dominates)."""
+        return len(self._json)
 
     def append(self, turn: Turn) -> None:
         """A turn stored after the ones held."""
+        if self.turns:
+            self._json += b","
+        self._json += turn.message.encoded
         self.turns.append(turn)
         self.total += turn.cost
-        self.size += turn.size
+
+    def _drop_oldest(self) -> None:
+        dropped = self.turns.popleft()
+        self.total -= dropped.cost
+        del self._json[: dropped.size + (1 if self.turns else 0)]
+        self.older_cost = dropped.cost
 
     def fit(self, budget: int) -> bool:
         """Drop the oldest turns until the rest fit `budget`, as `fit_newest` would.
@@ -64,17 +83,18 @@ class ChatWindow:
         then be read again. ContextTooLong when the newest turn alone is over the budget.
         """
         while self.total > budget and len(self.turns) > 1:
-            dropped = self.turns.popleft()
-            self.total -= dropped.cost
-            self.size -= dropped.size
-            self.older_cost = dropped.cost
+            self._drop_oldest()
         if self.total > budget or budget <= 0:
             fit_newest([self.total], budget)  # raises the person-facing error
         return self.older_cost is None or self.total + self.older_cost > budget
 
-    def messages(self) -> list[EncodedMessage]:
-        """The held turns as request messages, oldest first."""
-        return [t.message for t in self.turns]
+    def messages(self, system: dict[str, Any]) -> EncodedMessages:
+        """`system` and the held turns as request messages, oldest first, JSON included."""
+        head = encode_json(system)
+        return EncodedMessages(
+            [system, *(t.message for t in self.turns)],
+            head + b"," + self._json if self.turns else head,
+        )
 
 
 class HistoryCache:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, insert, or_, select, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Connection, delete, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from core.db.database import Database
 from core.db.models import ChatLease, InboundEvent, Message, utcnow
+from core.db.store import ChatSettings, read_chat_settings
 from core.errors import UpstreamDown
 from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
 
@@ -137,13 +137,13 @@ class Inbox:
             "attempts": 1,
         }
         try:
-            return await self.db.run(_record, values)
+            return await self.db.run(_record, values, autocommit=True)
         except IntegrityError:
             return None
 
     async def finish(self, event_id: int, status: str) -> None:
         """Close an event ("done" or "failed"), drop its claim and the content it carried."""
-        await self.db.run(_finish, event_id, status)
+        await self.db.run(_finish, event_id, status, autocommit=True)
 
     async def release(self, event_ids: Sequence[int]) -> None:
         """Give unfinished events back (shutdown): the next sweep anywhere takes them."""
@@ -184,8 +184,13 @@ class Inbox:
         return await self.db.run(_user_turn_stored, event_key)
 
     # -- per-chat leases across replicas ------------------------------------------------------
-    async def try_acquire_chat(self, chat_key: str, event_id: int) -> bool:
+    async def try_acquire_chat(
+        self, chat_key: str, parent_key: str | None, event_id: int
+    ) -> ChatSettings | None:
         """Take the chat's lease if it is free and no older unfinished event of it waits.
+
+        Returns the chat's settings, read in the same transaction, or None while another
+        event (or replica) goes first.
 
         Every process's events count as older, this one's too: `ConversationService.submit`
         stores a chat's events one at a time in its local queue's order, so ids agree with
@@ -194,13 +199,21 @@ class Inbox:
         for a dead replica (seen in tests/reliability/test_crash_replicas.py).
         """
         if not self.shared:
-            return True
-        return await self.db.run(_acquire_chat, chat_key, event_id, self.worker_id, self._until())
+            return await self.db.run(read_chat_settings, chat_key, parent_key, autocommit=True)
+        return await self.db.run(
+            _acquire_chat,
+            chat_key,
+            parent_key,
+            event_id,
+            self.worker_id,
+            self._until(),
+            autocommit=True,
+        )
 
     async def release_chat(self, chat_key: str) -> None:
         """Let another replica answer this chat."""
         if self.shared:
-            await self.db.run(_release_chat, chat_key, self.worker_id)
+            await self.db.run(_release_chat, chat_key, self.worker_id, autocommit=True)
 
 
 # -- units of work (each runs in one transaction, see core.db.database) ---------------------
@@ -296,33 +309,46 @@ def _user_turn_stored(conn: Connection, event_key: str) -> bool:
     return found.first() is not None
 
 
+# One statement: take (or keep) the chat's lease unless an older event of the chat waits.
+_TAKE_CHAT = text(
+    """
+    INSERT INTO chat_leases (chat_key, holder, lease_until)
+    SELECT CAST(:chat_key AS VARCHAR), CAST(:holder AS VARCHAR), CAST(:until AS TIMESTAMPTZ)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM inbound_events
+        WHERE chat_key = CAST(:chat_key AS VARCHAR) AND id < :event_id AND status = 'received'
+    )
+    ON CONFLICT (chat_key) DO UPDATE
+    SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until
+    WHERE chat_leases.lease_until < CAST(:now AS TIMESTAMPTZ)
+       OR chat_leases.holder = CAST(:holder AS VARCHAR)
+    RETURNING holder
+    """
+)
+
+
 def _acquire_chat(
-    conn: Connection, chat_key: str, event_id: int, worker_id: str, until: datetime
-) -> bool:
+    conn: Connection,
+    chat_key: str,
+    parent_key: str | None,
+    event_id: int,
+    worker_id: str,
+    until: datetime,
+) -> ChatSettings | None:
     # Every older unanswered event goes first, an abandoned one too: a sweeper (here or on
     # another replica) resumes it once its lease runs out. Overtaking it would answer the
-    # chat out of order, without that turn in the history.
-    older = conn.execute(
-        select(
-            exists().where(
-                InboundEvent.chat_key == chat_key,
-                InboundEvent.id < event_id,
-                InboundEvent.status == "received",
-            )
-        )
-    )
-    if older.scalar():
-        return False
-    # Only PostgreSQL is shared between processes (see `Inbox.shared`).
-    stmt = postgresql.insert(ChatLease).values(
-        chat_key=chat_key, holder=worker_id, lease_until=until
-    )
-    upsert = stmt.on_conflict_do_update(
-        index_elements=[ChatLease.chat_key],
-        set_={"holder": worker_id, "lease_until": until},
-        where=or_(ChatLease.lease_until < utcnow(), ChatLease.holder == worker_id),
-    ).returning(ChatLease.holder)
-    return conn.execute(upsert).scalar() == worker_id
+    # chat out of order, without that turn in the history. Only PostgreSQL is shared
+    # between processes (see `Inbox.shared`).
+    params = {
+        "chat_key": chat_key,
+        "holder": worker_id,
+        "until": until,
+        "now": utcnow(),
+        "event_id": event_id,
+    }
+    if conn.execute(_TAKE_CHAT, params).scalar() != worker_id:
+        return None
+    return read_chat_settings(conn, chat_key, parent_key)
 
 
 def _release_chat(conn: Connection, chat_key: str, worker_id: str) -> None:

@@ -103,7 +103,8 @@ class ModerationResult:
     categories: tuple[str, ...]
 
 
-def _dumps(value: Any) -> bytes:
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as request bodies are sent."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -118,18 +119,33 @@ class EncodedMessage(dict[str, Any]):
 
     def __init__(self, message: Mapping[str, Any]) -> None:
         super().__init__(message)
-        self.encoded = _dumps(message)
+        self.encoded = encode_json(message)
+
+
+class EncodedMessages(list[dict[str, Any]]):
+    """Request messages with their JSON made already (the list's items, comma-separated)."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, messages: list[dict[str, Any]], encoded: bytes) -> None:
+        super().__init__(messages)
+        self.encoded = encoded
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
-    """The JSON request body; `messages` reuse the encoding an EncodedMessage carries."""
+    """The JSON request body; `messages` reuse the encoding they carry, if any."""
     messages = body.get("messages")
     if not isinstance(messages, list):
-        return _dumps(body)
+        return encode_json(body)
+    if isinstance(messages, EncodedMessages):
+        inner = messages.encoded
+    else:
+        inner = b",".join(
+            m.encoded if isinstance(m, EncodedMessage) else encode_json(m) for m in messages
+        )
     rest = {k: v for k, v in body.items() if k != "messages"}
-    parts = [m.encoded if isinstance(m, EncodedMessage) else _dumps(m) for m in messages]
-    head = _dumps(rest)[:-1] + (b"," if rest else b"")
-    return head + b'"messages":[' + b",".join(parts) + b"]}"
+    head = encode_json(rest)[:-1] + (b"," if rest else b"")
+    return b"".join((head, b'"messages":[', inner, b"]}"))
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}

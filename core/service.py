@@ -14,7 +14,7 @@ from typing import Any
 
 from core.commands import HELP_TEXT, parse_command
 from core.config import Settings
-from core.db.store import Appended, Store
+from core.db.store import Appended, ChatSettings, Store
 from core.errors import (
     AuthFailed,
     BadInput,
@@ -34,7 +34,7 @@ from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
 from core.tokens import TokenCounter, context_window, counter_for
 from core.trimming import Budget, fit_newest
-from core.types import Attachment, AttachmentKind, IncomingMessage, Reply, ReplyKind
+from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Reply, ReplyKind
 
 log = logging.getLogger("relaybot.service")
 
@@ -102,6 +102,10 @@ class _Job:
     ticket: Ticket
     resumed: bool
     closed: bool = False
+    # The chat's settings, read when the chat's turn began (in the same transaction).
+    settings: ChatSettings | None = None
+    # The answer's transaction also ended the chat's lease (PostgreSQL replicas).
+    released: bool = False
 
 
 # The job the running task works on (each task has its own copy of the context).
@@ -202,11 +206,12 @@ class ConversationService:
             # The chat's turn first, then a working slot: a job holding a slot never waits
             # for another chat's turn, so the two cannot deadlock.
             async with job.ticket, self._slots:
-                await self._wait_for_chat(msg.chat.key, job.event_id)
+                job.settings = await self._wait_for_chat(msg.chat, job.event_id)
                 try:
                     await self._process(msg, sink)
                 finally:
-                    await self.inbox.release_chat(msg.chat.key)
+                    if not job.released:
+                        await self.inbox.release_chat(msg.chat.key)
         except asyncio.CancelledError:
             # Shutdown past the grace period: the event stays open for the next process.
             outcome = "released"
@@ -245,12 +250,25 @@ class ConversationService:
                 },
             )
 
-    async def _wait_for_chat(self, chat_key: str, event_id: int) -> None:
-        """Across replicas, wait until this process may answer the chat (PostgreSQL only)."""
+    async def _wait_for_chat(self, chat: ChatRef, event_id: int) -> ChatSettings:
+        """Wait until this process may answer the chat (across replicas: PostgreSQL only).
+
+        Returns the chat's settings, read as its turn begins.
+        """
         delay = 0.02
-        while not await self.inbox.try_acquire_chat(chat_key, event_id):
+        while True:
+            settings = await self.inbox.try_acquire_chat(chat.key, chat.parent_key, event_id)
+            if settings is not None:
+                return settings
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def _chat_settings(self, msg: IncomingMessage) -> ChatSettings:
+        """The settings of the message's chat (read once per message)."""
+        job = _current.get()
+        if job is not None and job.msg is msg and job.settings is not None:
+            return job.settings
+        return await self.store.chat_settings(msg.chat.key, msg.chat.parent_key)
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None or self._heartbeat.done():
@@ -379,7 +397,7 @@ class ConversationService:
 
     async def _voice_mode(self, msg: IncomingMessage) -> str:
         """What a group does with voice notes: "answer" them or post a "transcript"."""
-        chosen = (await self.store.chat_settings(msg.chat.key, msg.chat.parent_key)).voice_mode
+        chosen = (await self._chat_settings(msg)).voice_mode
         if chosen:
             return chosen
         return "transcript" if self.settings.group_voice_transcript_only else "answer"
@@ -406,7 +424,7 @@ class ConversationService:
                     f"{self.settings.max_input_chars:,}. Please send a shorter one."
                 ),
             )
-        chat = await self.store.chat_settings(msg.chat.key, msg.chat.parent_key)
+        chat = await self._chat_settings(msg)
         model = chat.model or self.settings.chat_model
         system = chat.system_prompt or self.settings.system_prompt
         counter = counter_for(model)
@@ -516,7 +534,9 @@ class ConversationService:
             "encoding": counter.stored_as,
             "status": status,
         }
-        # One transaction: the answer, its usage and the event's new state.
+        # One transaction: the answer, its usage and the event's new state (and, for a
+        # whole answer across replicas, the end of this process's turn in the chat).
+        release = job is not None and status == "ok" and self.inbox.shared
         appended = await self.store.append_messages(
             msg.chat.key,
             [row],
@@ -524,10 +544,12 @@ class ConversationService:
             usage=self._usage_row(msg, model, "chat", usage=usage),
             close_event=status == "ok",
             expected_revision=window.revision if window else None,
+            release_chat=self.inbox.worker_id if release else None,
         )
         self._follow(msg.chat.key, window, appended, row, counter)
         if job is not None and status == "ok":
             job.closed = True
+            job.released = release
 
     async def _resumed_with_user_turn(self, msg: IncomingMessage) -> bool:
         """True when a resumed event's user turn was stored before the crash."""
@@ -551,7 +573,9 @@ class ConversationService:
         window = self.windows.get(chat_key)
         if window is None or window.encoding != counter.stored_as or not window.fit(budget):
             window = await self._read_window(chat_key, counter, budget)
-        return [{"role": "system", "content": system}, *window.messages()]
+        else:
+            self.windows.resized(chat_key)
+        return window.messages({"role": "system", "content": system})
 
     async def _read_window(self, chat_key: str, counter: TokenCounter, budget: int) -> ChatWindow:
         """The newest history that fits `budget`, read from the store (and kept, if it may)."""

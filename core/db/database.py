@@ -67,9 +67,17 @@ class Database:
         """True when other processes may use the same database at once (PostgreSQL)."""
         return self.dialect != "sqlite"
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(connection, *args)` in a transaction; commit when it returns."""
+    async def run(self, fn: Callable[..., T], *args: Any, autocommit: bool = False) -> T:
+        """Run `fn(connection, *args)` in a transaction; commit when it returns.
+
+        `autocommit`: `fn` runs one statement (or only reads), so on PostgreSQL it needs no
+        BEGIN and COMMIT round trips of its own.
+        """
         if self._thread is None:
+            if autocommit and self.shared:
+                async with self.engine.connect() as conn:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    return await conn.run_sync(fn, *args)
             async with self.engine.begin() as conn:
                 return await conn.run_sync(fn, *args)
         loop = asyncio.get_running_loop()

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    TextClause,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from core.db.database import Database, sqlite_pragmas
-from core.db.models import Chat, InboundEvent, Message, UsageRecord, utcnow
+from core.db.models import Chat, ChatLease, InboundEvent, Message, UsageRecord, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +60,36 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> A
         # them fight over the file lock ("database is locked" under load). One connection
         # queues them in the pool instead, in order; WAL keeps reads cheap.
         kwargs.update(pool_size=1, max_overflow=0, pool_timeout=120)
-    else:
-        kwargs["pool_pre_ping"] = True
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
+    else:
+        # A connection that sat idle may have been closed by the server (restart, idle
+        # timeout): it is checked before use. SQLAlchemy's pool_pre_ping would check every
+        # checkout, which on asyncpg costs three round trips each time.
+        event.listen(engine.sync_engine, "checkin", _idle_since)
+        event.listen(engine.sync_engine, "checkout", _ping_if_idle)
     return engine
+
+
+IDLE_PING_SECONDS = 10.0
+
+
+def _idle_since(_dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(
+    dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    since = record.info.get("idle_since")
+    if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+        return
+    try:
+        dbapi_conn.ping()
+    except Exception as exc:
+        # The pool drops this connection and checks out another (a fresh one if need be).
+        raise DisconnectionError("idle connection is gone") from exc
 
 
 def new_revision() -> int:
@@ -78,9 +117,7 @@ def bump_revision(
     revision = new_revision()
     if expected is not None:
         swapped = conn.execute(
-            update(Chat)
-            .where(Chat.key == chat_key, Chat.history_rev == expected)
-            .values(history_rev=revision)
+            _SWAP_REVISION, {"chat_key": chat_key, "expected": expected, "revision": revision}
         )
         if swapped.rowcount == 1:
             return revision, True
@@ -88,8 +125,50 @@ def bump_revision(
     return revision, False
 
 
+# Statements run for every message are built once (bound parameters, no per-call building).
+_SWAP_REVISION = (
+    update(Chat)
+    .where(Chat.key == bindparam("chat_key"), Chat.history_rev == bindparam("expected"))
+    .values(history_rev=bindparam("revision"))
+)
 _INSERT_MESSAGE = insert(Message).returning(Message.id)
 _INSERT_USAGE = insert(UsageRecord)
+_EVENT_ANSWERED = (
+    update(InboundEvent).where(InboundEvent.id == bindparam("event_id")).values(status="answered")
+)
+_EVENT_DONE = (
+    update(InboundEvent)
+    .where(InboundEvent.id == bindparam("event_id"))
+    .values(
+        status="done",
+        finished_at=bindparam("now"),
+        payload=None,
+        claimed_by=None,
+        lease_until=None,
+    )
+)
+_RELEASE_CHAT = delete(ChatLease).where(
+    ChatLease.chat_key == bindparam("chat_key"), ChatLease.holder == bindparam("holder")
+)
+_CHAT_SETTINGS = select(Chat.key, Chat.system_prompt, Chat.model, Chat.voice_mode).where(
+    Chat.key.in_(bindparam("keys", expanding=True))
+)
+_HISTORY_COLUMNS = (
+    Message.id,
+    Message.role,
+    Message.content,
+    Message.name,
+    Message.token_count,
+    Message.encoding,
+)
+_NEWEST = (
+    select(*_HISTORY_COLUMNS)
+    .where(Message.chat_key == bindparam("chat_key"), Message.status != "withheld")
+    .order_by(Message.id.desc())
+    .limit(bindparam("size"))
+)
+_OLDER = _NEWEST.where(Message.id < bindparam("before_id"))
+_REVISION = select(Chat.history_rev).where(Chat.key == bindparam("chat_key"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,22 +184,11 @@ class Appended:
 def _page(
     conn: Connection, chat_key: str, page_size: int, before_id: int | None
 ) -> list[StoredMessage]:
-    query = (
-        select(
-            Message.id,
-            Message.role,
-            Message.content,
-            Message.name,
-            Message.token_count,
-            Message.encoding,
-        )
-        .where(Message.chat_key == chat_key, Message.status != "withheld")
-        .order_by(Message.id.desc())
-        .limit(page_size)
-    )
-    if before_id is not None:
-        query = query.where(Message.id < before_id)
-    return [StoredMessage(*row) for row in conn.execute(query)]
+    params: dict[str, Any] = {"chat_key": chat_key, "size": page_size}
+    if before_id is None:
+        return [StoredMessage(*row) for row in conn.execute(_NEWEST, params)]
+    params["before_id"] = before_id
+    return [StoredMessage(*row) for row in conn.execute(_OLDER, params)]
 
 
 class HistoryPages:
@@ -149,13 +217,13 @@ class HistoryPages:
                 return
             cursor = rows[-1].id
             size = min(size * 4, 4096)
-            rows = await self.db.run(_page, self.chat_key, size, cursor)
+            rows = await self.db.run(_page, self.chat_key, size, cursor, autocommit=True)
 
 
 def _first_page(
     conn: Connection, chat_key: str, page_size: int
 ) -> tuple[int | None, list[StoredMessage]]:
-    revision = conn.execute(select(Chat.history_rev).where(Chat.key == chat_key)).scalar()
+    revision = conn.execute(_REVISION, {"chat_key": chat_key}).scalar()
     return revision, _page(conn, chat_key, page_size, None)
 
 
@@ -174,7 +242,7 @@ class Store:
     # -- chat settings --------------------------------------------------------------------
     async def chat_settings(self, chat_key: str, parent_key: str | None = None) -> ChatSettings:
         """The chat's settings; a thread inherits what its channel or group set."""
-        return await self.db.run(_chat_settings, chat_key, parent_key)
+        return await self.db.run(read_chat_settings, chat_key, parent_key, autocommit=True)
 
     async def update_chat(self, chat_key: str, platform: str, **values: str | None) -> None:
         """Set `system_prompt` and/or `model` for a chat (None resets to the default)."""
@@ -197,6 +265,7 @@ class Store:
         usage: dict[str, Any] | None = None,
         close_event: bool = False,
         expected_revision: int | None = None,
+        release_chat: str | None = None,
     ) -> Appended:
         """Append history rows in order in one transaction.
 
@@ -205,9 +274,30 @@ class Store:
         `close_event` it is closed ("done") outright. `usage` is recorded alongside.
         `expected_revision`: the history revision the caller's copy reflects (see
         `bump_revision`); the result says whether it still did before these rows.
+        `release_chat`: the worker whose chat lease ends with this (PostgreSQL replicas).
         """
+        if self.db.shared and len(rows) == 1:
+            # PostgreSQL: the whole change is one statement, so one round trip.
+            return await self.db.run(
+                _append_one_pg,
+                chat_key,
+                rows[0],
+                answered_event,
+                usage,
+                close_event,
+                expected_revision,
+                release_chat,
+                autocommit=True,
+            )
         return await self.db.run(
-            _append, chat_key, rows, answered_event, usage, close_event, expected_revision
+            _append,
+            chat_key,
+            rows,
+            answered_event,
+            usage,
+            close_event,
+            expected_revision,
+            release_chat,
         )
 
     async def newest_messages(
@@ -219,7 +309,7 @@ class Store:
 
     async def read_history(self, chat_key: str, *, page_size: int = 64) -> HistoryPages:
         """The chat's history revision and its rows newest first, a page at a time."""
-        revision, rows = await self.db.run(_first_page, chat_key, page_size)
+        revision, rows = await self.db.run(_first_page, chat_key, page_size, autocommit=True)
         return HistoryPages(self.db, chat_key, revision, rows, page_size)
 
     async def clear_history(self, chat_key: str) -> int:
@@ -245,12 +335,10 @@ class Store:
 
 
 # -- units of work (each runs in one transaction, see core.db.database) ---------------------
-def _chat_settings(conn: Connection, chat_key: str, parent_key: str | None) -> ChatSettings:
+def read_chat_settings(conn: Connection, chat_key: str, parent_key: str | None) -> ChatSettings:
+    """The chat's settings merged with its parent's (a unit of work, or part of one)."""
     keys = [chat_key] if parent_key is None else [chat_key, parent_key]
-    query = select(Chat.key, Chat.system_prompt, Chat.model, Chat.voice_mode).where(
-        Chat.key.in_(keys)
-    )
-    rows = {row[0]: row[1:] for row in conn.execute(query)}
+    rows = {row[0]: row[1:] for row in conn.execute(_CHAT_SETTINGS, {"keys": keys})}
     if not rows:
         return ChatSettings()
     own = rows.get(chat_key, (None, None, None))
@@ -269,6 +357,7 @@ def _append(
     usage: dict[str, Any] | None,
     close_event: bool,
     expected_revision: int | None,
+    release_chat: str | None,
 ) -> Appended:
     ids = [
         int(conn.execute(_INSERT_MESSAGE, {"chat_key": chat_key, **row}).scalar_one())
@@ -277,20 +366,129 @@ def _append(
     if usage is not None:
         conn.execute(_INSERT_USAGE, {"created_at": utcnow(), **usage})
     if answered_event is not None:
-        values: dict[str, Any] = {"status": "answered"}
         if close_event:
-            values = {
-                "status": "done",
-                "finished_at": utcnow(),
-                "payload": None,
-                "claimed_by": None,
-                "lease_until": None,
-            }
-        conn.execute(
-            update(InboundEvent).where(InboundEvent.id == answered_event).values(**values)
-        )
+            conn.execute(_EVENT_DONE, {"event_id": answered_event, "now": utcnow()})
+        else:
+            conn.execute(_EVENT_ANSWERED, {"event_id": answered_event})
     revision, continued = bump_revision(conn, chat_key, expected_revision)
+    if release_chat is not None:
+        conn.execute(_RELEASE_CHAT, {"chat_key": chat_key, "holder": release_chat})
     return Appended(ids, revision, continued)
+
+
+_MESSAGE_COLUMNS = (
+    "chat_key",
+    "role",
+    "content",
+    "name",
+    "token_count",
+    "encoding",
+    "status",
+    "event_key",
+    "created_at",
+)
+_USAGE_COLUMNS = (
+    "created_at",
+    "platform",
+    "chat_key",
+    "user_id",
+    "model",
+    "kind",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "audio_seconds",
+    "images",
+    "cost_usd",
+)
+_PG_APPEND: dict[tuple[bool, str, bool], TextClause] = {}
+
+
+def _pg_append_statement(usage: bool, event: str, release: bool) -> TextClause:
+    """`_append` as one PostgreSQL statement (data-modifying WITH queries, all or nothing).
+
+    `prev` locks the chat's row and reads the revision being replaced; the other parts
+    insert the turn, give the history a new revision and, as asked, record usage, move
+    the inbound event on and end the chat's lease.
+    """
+    key = (usage, event, release)
+    if key not in _PG_APPEND:
+        parts = [
+            "prev AS (SELECT history_rev FROM chats WHERE key = :chat_key FOR UPDATE)",
+            f"turn AS (INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES "
+            f"({', '.join(':m_' + c for c in _MESSAGE_COLUMNS)}) RETURNING id)",
+            "rev AS (INSERT INTO chats (key, platform, history_rev, created_at, updated_at) "
+            "VALUES (:chat_key, :platform, :revision, :now, :now) ON CONFLICT (key) DO UPDATE "
+            "SET history_rev = EXCLUDED.history_rev, updated_at = EXCLUDED.updated_at)",
+        ]
+        if usage:
+            parts.append(
+                f"spent AS (INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES "
+                f"({', '.join(':u_' + c for c in _USAGE_COLUMNS)}))"
+            )
+        if event == "answered":
+            parts.append(
+                "event AS (UPDATE inbound_events SET status = 'answered' WHERE id = :event_id)"
+            )
+        elif event == "done":
+            parts.append(
+                "event AS (UPDATE inbound_events SET status = 'done', finished_at = :now, "
+                "payload = NULL, claimed_by = NULL, lease_until = NULL WHERE id = :event_id)"
+            )
+        if release:
+            parts.append(
+                "lease AS (DELETE FROM chat_leases WHERE chat_key = :chat_key "
+                "AND holder = :holder)"
+            )
+        sql = "WITH " + ",\n".join(parts) + "\nSELECT (SELECT id FROM turn), "
+        sql += "(SELECT history_rev FROM prev)"
+        _PG_APPEND[key] = text(sql)
+    return _PG_APPEND[key]
+
+
+def _append_one_pg(
+    conn: Connection,
+    chat_key: str,
+    row: dict[str, Any],
+    answered_event: int | None,
+    usage: dict[str, Any] | None,
+    close_event: bool,
+    expected_revision: int | None,
+    release_chat: str | None,
+) -> Appended:
+    now = utcnow()
+    revision = new_revision()
+    message = {"chat_key": chat_key, "name": None, "status": "ok", "event_key": None, **row}
+    message.setdefault("created_at", now)
+    params: dict[str, Any] = {f"m_{c}": message[c] for c in _MESSAGE_COLUMNS}
+    params.update(
+        chat_key=chat_key,
+        platform=chat_key.split(":", 1)[0],
+        revision=revision,
+        now=now,
+        event_id=answered_event,
+        holder=release_chat,
+    )
+    if usage is not None:
+        spent = {"created_at": now, **_USAGE_DEFAULTS, **usage}
+        params.update({f"u_{c}": spent[c] for c in _USAGE_COLUMNS})
+    event = "" if answered_event is None else ("done" if close_event else "answered")
+    statement = _pg_append_statement(usage is not None, event, release_chat is not None)
+    turn_id, previous = conn.execute(statement, params).one()
+    continued = expected_revision is not None and previous == expected_revision
+    return Appended([int(turn_id)], revision, continued)
+
+
+_USAGE_DEFAULTS: dict[str, Any] = {
+    "chat_key": None,
+    "user_id": None,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "cached_tokens": 0,
+    "audio_seconds": 0.0,
+    "images": 0,
+    "cost_usd": 0.0,
+}
 
 
 def _clear_history(conn: Connection, chat_key: str) -> int:

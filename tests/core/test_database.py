@@ -1,0 +1,105 @@
+"""How the core reaches its database: dropped connections, bursts, one unit per step."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine.url import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from core.app import Core
+from core.db import store as store_module
+from core.testing.fake_openai import FakeOpenAI
+from core.testing.sink import RecordingSink
+from core.types import ChatRef, IncomingMessage, Sender
+
+_ids = itertools.count(1)
+
+
+def message(text_: str, chat: str = "d1") -> IncomingMessage:
+    return IncomingMessage(
+        chat=ChatRef("test", chat),
+        sender=Sender("u1", "Alice"),
+        event_key=f"db:{next(_ids)}",
+        text=text_,
+    )
+
+
+async def terminate_other_backends(url: str) -> int:
+    """What a PostgreSQL restart or an idle timeout does to the core's pooled connections."""
+    database = make_url(url).database
+    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            )
+            return int(result.scalar_one())
+    finally:
+        await admin.dispose()
+
+
+async def test_a_message_after_the_server_dropped_idle_connections_is_answered(
+    core: Core, fake_openai: FakeOpenAI, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if core.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop connections")
+    sink = RecordingSink()
+    await core.service.handle(message("before"), sink)
+    assert await terminate_other_backends(database_url) >= 1
+    # Every pooled connection counts as idle now (the real threshold is seconds).
+    monkeypatch.setattr(store_module, "IDLE_PING_SECONDS", 0.0)
+    await asyncio.sleep(0.01)
+    await core.service.handle(message("after"), sink)
+    assert sink.texts == ["echo: before", "echo: after"]
+    assert await core.store.count_messages("test:d1") == 4
+
+
+async def test_each_chat_message_takes_a_few_statements_whatever_the_history(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    """The work per message is bounded: no statement per history row, none per page."""
+    sink = RecordingSink()
+    for i in range(5):
+        await core.service.handle(message(f"warm {i}"), sink)
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    engine = core.engine.sync_engine
+    target = core.store.db._sync or engine  # the SQLite thread's engine, when there is one
+    event.listen(target, "before_cursor_execute", count)
+    try:
+        for i in range(10):
+            await core.service.handle(message(f"turn {i} " + "word " * 50), sink)
+    finally:
+        event.remove(target, "before_cursor_execute", count)
+    per_message = len(statements) / 10
+    # Record the event, begin the chat's turn (and read its settings), store the user turn,
+    # store the answer: four steps; SQLite runs some as two or three statements.
+    assert per_message <= (8 if core.engine.dialect.name == "sqlite" else 5)
+    assert not any("FROM messages" in s for s in statements), "history was read again"
+
+
+async def test_a_burst_over_many_chats_is_answered_without_lock_errors(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    sinks = {f"b{i}": RecordingSink() for i in range(40)}
+    await asyncio.gather(
+        *(
+            core.service.handle(message(f"{chat} says {n}", chat=chat), sink)
+            for n in range(3)
+            for chat, sink in sinks.items()
+        )
+    )
+    for chat, sink in sinks.items():
+        assert len(sink.texts) == 3, (chat, sink.texts)
+        assert all(t.startswith("echo: ") for t in sink.texts)

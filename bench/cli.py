@@ -202,11 +202,8 @@ def run_context(backend: str, plan: Plan) -> dict[str, Any]:
 def run_adapters(backend: str, plan: Plan) -> dict[str, Any]:
     try:
         adapters = importlib.import_module("bench.adapters")
-    except ImportError:
-        # The Telegram and Slack adapters landed while this suite was written; their
-        # scenario (updates through the fake Bot API, signed events to /slack/events) is
-        # the next piece of work.
-        return {"available": False, "why": "adapter scenario not written yet"}
+    except ImportError as exc:
+        return {"available": False, "why": f"cannot import bench.adapters: {exc}"}
     why = adapters.unavailable()
     if why:
         return {"available": False, "why": why}
@@ -318,6 +315,14 @@ def rows_for(name: str, by_backend: dict[str, Any]) -> list[Row]:
                 f"{platform_name} overhead p50 (ms)",
                 functools.partial(_at, platform_name, "p50_ms"),
             )
+            row(
+                f"{platform_name} overhead p99 (ms)",
+                functools.partial(_at, platform_name, "p99_ms"),
+            )
+        row(
+            "core alone p50 / p99 (ms)",
+            lambda r: f"{r['core_alone']['p50_ms']} / {r['core_alone']['p99_ms']}",
+        )
     elif name == "context":
         row("max sent ÷ budget", lambda r: r["max"], "≤ 1.0", lambda b, v: _le(v, 1.0))
         row("requests over budget", lambda r: r["over_budget"], "0", lambda b, v: v == 0)

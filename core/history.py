@@ -8,8 +8,9 @@ encoding; the next message adds its turns and drops the oldest ones that no long
 It stays exact across processes and tools because every change to a chat's stored history
 gives the chat a new revision (`core.db.store.bump_revision`), and the service's own writes
 say, in the same transaction, whether the revision they replaced is the one the window was
-built from. Any other writer (another replica, `/forget`, the retention job, `/retry`)
-makes that check fail, and the window is read again from the database.
+built from and which turn was the newest. Any other writer (another replica, `/forget`,
+the retention job, `/retry`) makes that check fail, and the window is read again from the
+database. A chat with no stored turn at all needs no read: its window starts empty.
 """
 
 from __future__ import annotations
@@ -39,14 +40,33 @@ class Turn:
 class ChatWindow:
     """The newest turns of one chat that fit its history budget, oldest first."""
 
-    __slots__ = ("_json", "encoding", "older_cost", "revision", "total", "turns")
+    __slots__ = (
+        "_json",
+        "_messages",
+        "encoding",
+        "last_id",
+        "older_cost",
+        "revision",
+        "total",
+        "turns",
+    )
 
     def __init__(
-        self, revision: int, encoding: str, turns: Iterable[Turn], older_cost: int | None
+        self,
+        revision: int,
+        encoding: str,
+        turns: Iterable[Turn],
+        older_cost: int | None,
+        last_id: int | None,
     ) -> None:
         self.revision = revision
+        # The id of the chat's newest stored turn, withheld ones included: a turn stored
+        # by anyone else (even a writer that does not move the revision) shows up as a
+        # newer id at the next append.
+        self.last_id = last_id
         self.encoding = encoding
         self.turns: deque[Turn] = deque()
+        self._messages: deque[EncodedMessage] = deque()  # the turns' messages, for speed
         self.total = 0
         # The turns' JSON joined by commas, kept up to date as turns come and go, so a
         # request never walks the whole window to encode it (deleting from the front of a
@@ -68,10 +88,12 @@ class ChatWindow:
             self._json += b","
         self._json += turn.message.encoded
         self.turns.append(turn)
+        self._messages.append(turn.message)
         self.total += turn.cost
 
     def _drop_oldest(self) -> None:
         dropped = self.turns.popleft()
+        self._messages.popleft()
         self.total -= dropped.cost
         del self._json[: dropped.size + (1 if self.turns else 0)]
         self.older_cost = dropped.cost
@@ -90,11 +112,12 @@ class ChatWindow:
 
     def messages(self, system: dict[str, Any]) -> EncodedMessages:
         """`system` and the held turns as request messages, oldest first, JSON included."""
-        head = encode_json(system)
-        return EncodedMessages(
-            [system, *(t.message for t in self.turns)],
-            head + b"," + self._json if self.turns else head,
-        )
+        messages: list[dict[str, Any]] = [system]
+        messages += self._messages
+        parts = [encode_json(system)]
+        if self.turns:
+            parts += (b",", bytes(self._json))
+        return EncodedMessages(messages, parts)
 
 
 class HistoryCache:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.db.database import Database
 from core.db.models import ChatLease, InboundEvent, Message, utcnow
-from core.db.store import ChatSettings, read_chat_settings
+from core.db.store import ChatSettings, merge_chat_settings, read_chat_settings
 from core.errors import UpstreamDown
 from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
 
@@ -152,7 +152,12 @@ class Inbox:
 
     async def renew(self) -> None:
         """Extend the leases of everything this process holds (call well within the lease)."""
-        await self.db.run(_renew, self.worker_id, self._until(), self.shared)
+        # Two statements, each on its own: holding the events' locks while waiting for the
+        # leases' (or the other way round) could deadlock with an answer being stored.
+        until = self._until()
+        await self.db.run(_renew_events, self.worker_id, until, autocommit=True)
+        if self.shared:
+            await self.db.run(_renew_leases, self.worker_id, until, autocommit=True)
 
     async def claim_abandoned(
         self, platforms: Sequence[str], *, limit: int = 100, everything: bool = False
@@ -242,16 +247,16 @@ def _release(conn: Connection, event_ids: list[int]) -> None:
     )
 
 
-def _renew(conn: Connection, worker_id: str, until: datetime, shared: bool) -> None:
+def _renew_events(conn: Connection, worker_id: str, until: datetime) -> None:
     conn.execute(
         update(InboundEvent)
         .where(InboundEvent.claimed_by == worker_id, InboundEvent.status.in_(OPEN_STATUSES))
         .values(lease_until=until)
     )
-    if shared:
-        conn.execute(
-            update(ChatLease).where(ChatLease.holder == worker_id).values(lease_until=until)
-        )
+
+
+def _renew_leases(conn: Connection, worker_id: str, until: datetime) -> None:
+    conn.execute(update(ChatLease).where(ChatLease.holder == worker_id).values(lease_until=until))
 
 
 def _claim_abandoned(
@@ -309,9 +314,11 @@ def _user_turn_stored(conn: Connection, event_key: str) -> bool:
     return found.first() is not None
 
 
-# One statement: take (or keep) the chat's lease unless an older event of the chat waits.
+# One statement: take (or keep) the chat's lease unless an older event of the chat waits,
+# and read the chat's settings (its own row and its parent's).
 _TAKE_CHAT = text(
     """
+    WITH lease AS (
     INSERT INTO chat_leases (chat_key, holder, lease_until)
     SELECT CAST(:chat_key AS VARCHAR), CAST(:holder AS VARCHAR), CAST(:until AS TIMESTAMPTZ)
     WHERE NOT EXISTS (
@@ -323,6 +330,11 @@ _TAKE_CHAT = text(
     WHERE chat_leases.lease_until < CAST(:now AS TIMESTAMPTZ)
        OR chat_leases.holder = CAST(:holder AS VARCHAR)
     RETURNING holder
+    )
+    SELECT (SELECT holder FROM lease), chats.key, chats.system_prompt, chats.model,
+           chats.voice_mode
+    FROM (SELECT 1) AS one
+    LEFT JOIN chats ON chats.key IN (CAST(:chat_key AS VARCHAR), CAST(:parent_key AS VARCHAR))
     """
 )
 
@@ -346,9 +358,10 @@ def _acquire_chat(
         "now": utcnow(),
         "event_id": event_id,
     }
-    if conn.execute(_TAKE_CHAT, params).scalar() != worker_id:
+    rows = conn.execute(_TAKE_CHAT, {**params, "parent_key": parent_key}).all()
+    if rows[0][0] != worker_id:
         return None
-    return read_chat_settings(conn, chat_key, parent_key)
+    return merge_chat_settings((row[1:] for row in rows), chat_key, parent_key)
 
 
 def _release_chat(conn: Connection, chat_key: str, worker_id: str) -> None:

@@ -123,11 +123,12 @@ class EncodedMessage(dict[str, Any]):
 
 
 class EncodedMessages(list[dict[str, Any]]):
-    """Request messages with their JSON made already (the list's items, comma-separated)."""
+    """Request messages with their JSON made already: the items, comma-separated, in parts
+    (joined once, into the request body)."""
 
     __slots__ = ("encoded",)
 
-    def __init__(self, messages: list[dict[str, Any]], encoded: bytes) -> None:
+    def __init__(self, messages: list[dict[str, Any]], encoded: list[bytes]) -> None:
         super().__init__(messages)
         self.encoded = encoded
 
@@ -140,12 +141,14 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
     if isinstance(messages, EncodedMessages):
         inner = messages.encoded
     else:
-        inner = b",".join(
-            m.encoded if isinstance(m, EncodedMessage) else encode_json(m) for m in messages
-        )
+        inner = [
+            b",".join(
+                m.encoded if isinstance(m, EncodedMessage) else encode_json(m) for m in messages
+            )
+        ]
     rest = {k: v for k, v in body.items() if k != "messages"}
     head = encode_json(rest)[:-1] + (b"," if rest else b"")
-    return b"".join((head, b'"messages":[', inner, b"]}"))
+    return b"".join((head, b'"messages":[', *inner, b"]}"))
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}

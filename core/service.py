@@ -467,7 +467,7 @@ class ConversationService:
         budget = Budget(
             window=window_tokens,
             reply_tokens=self.settings.reply_tokens,
-            system_tokens=counter.count(system),
+            system_tokens=counter.count_cached(system),
         ).history_tokens
         image_parts = [await self._image_part(a) for a in images]
         await sink.typing()
@@ -489,12 +489,21 @@ class ConversationService:
         counter: TokenCounter,
     ) -> ChatWindow | None:
         """Add a turn this process stored to the chat's window, or drop a stale window."""
-        if window is None:
+        if window is None and appended.last_before is None and self.windows.max_bytes > 0:
+            # The chat's first turn: nothing to read, ever.
+            window = ChatWindow(appended.revision, counter.stored_as, [], None, None)
+            self.windows.put(chat_key, window)
+        elif window is None:
             return None
-        if not appended.continued or window.encoding != counter.stored_as:
+        elif (
+            not appended.continued
+            or appended.last_before != window.last_id
+            or window.encoding != counter.stored_as
+        ):
             self.windows.drop(chat_key)
             return None
         window.revision = appended.revision
+        window.last_id = appended.ids[-1]
         if row.get("status", "ok") != "withheld":
             window.append(self._turn(appended.ids[-1], row, counter))
             self.windows.resized(chat_key)
@@ -604,7 +613,9 @@ class ConversationService:
         collected = [c async for c in _take_while_fits(costs(), budget)]
         count = fit_newest(collected, budget)
         older = turns[count].cost if len(turns) > count else None
-        window = ChatWindow(revision or 0, counter.stored_as, reversed(turns[:count]), older)
+        window = ChatWindow(
+            revision or 0, counter.stored_as, reversed(turns[:count]), older, history.last_id
+        )
         if revision is not None and self.windows.max_bytes > 0:
             self.windows.put(chat_key, window)
         return window

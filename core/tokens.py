@@ -36,6 +36,10 @@ class TokenCounter:
             return estimate_tokens(text)
         return len(self._encoding.encode_ordinary(text))
 
+    def count_cached(self, text: str) -> int:
+        """`count` for text that recurs with every message (a system prompt)."""
+        return _count_cached(self, text)
+
     @property
     def stored_as(self) -> str:
         """The encoding recorded beside a stored count; estimates are recounted when exact."""
@@ -45,6 +49,11 @@ class TokenCounter:
         """Tokens one chat message takes in a request: content plus framing (and name)."""
         cost = content_tokens + PER_MESSAGE_TOKENS + ROLE_TOKENS
         return cost + PER_NAME_TOKENS if has_name else cost
+
+
+@functools.lru_cache(maxsize=256)
+def _count_cached(counter: TokenCounter, text: str) -> int:
+    return counter.count(text)
 
 
 # Pieces roughly as the GPT tokenizers pre-split text: a word with its leading space,

@@ -19,6 +19,7 @@ thread: it finishes or rolls back on its own, as a transaction must.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -26,10 +27,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 T = TypeVar("T")
+log = logging.getLogger("relaybot.db")
+# deadlock_detected, serialization_failure: the statement or transaction was rolled back.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+RETRIES_ON_CONFLICT = 3
 
 
 def sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -73,15 +79,31 @@ class Database:
         `autocommit`: `fn` runs one statement (or only reads), so on PostgreSQL it needs no
         BEGIN and COMMIT round trips of its own.
         """
-        if self._thread is None:
-            if autocommit and self.shared:
-                async with self.engine.connect() as conn:
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    return await conn.run_sync(fn, *args)
-            async with self.engine.begin() as conn:
+        if self._thread is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._thread, self._in_thread, fn, args)
+        attempt = 0
+        while True:
+            try:
+                return await self._run_async(fn, args, autocommit)
+            except DBAPIError as exc:
+                # A deadlock victim or serialization failure was rolled back whole (a unit
+                # run in autocommit is one statement, or only reads): running it again is
+                # safe.
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if sqlstate not in RETRYABLE_SQLSTATES or attempt == RETRIES_ON_CONFLICT:
+                    raise
+                attempt += 1
+                log.warning("database conflict (%s), running the step again", sqlstate)
+                await asyncio.sleep(0.01 * attempt)
+
+    async def _run_async(self, fn: Callable[..., T], args: tuple[Any, ...], autocommit: bool) -> T:
+        if autocommit and self.shared:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
                 return await conn.run_sync(fn, *args)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._in_thread, fn, args)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(fn, *args)
 
     def _in_thread(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         assert self._sync is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,6 +169,7 @@ _NEWEST = (
 )
 _OLDER = _NEWEST.where(Message.id < bindparam("before_id"))
 _REVISION = select(Chat.history_rev).where(Chat.key == bindparam("chat_key"))
+_LAST_ID = select(func.max(Message.id)).where(Message.chat_key == bindparam("chat_key"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,8 @@ class Appended:
     revision: int
     # True when the history was at the revision the caller expected before this change.
     continued: bool
+    # The id of the chat's newest stored turn before this change (None: it had none).
+    last_before: int | None
 
 
 def _page(
@@ -199,12 +202,15 @@ class HistoryPages:
         db: Database,
         chat_key: str,
         revision: int | None,
+        last_id: int | None,
         first: list[StoredMessage],
         page_size: int,
     ) -> None:
         self.db = db
         self.chat_key = chat_key
         self.revision = revision
+        # The newest stored turn's id, withheld ones included.
+        self.last_id = last_id
         self._first = first
         self._page_size = page_size
 
@@ -222,9 +228,10 @@ class HistoryPages:
 
 def _first_page(
     conn: Connection, chat_key: str, page_size: int
-) -> tuple[int | None, list[StoredMessage]]:
+) -> tuple[int | None, int | None, list[StoredMessage]]:
     revision = conn.execute(_REVISION, {"chat_key": chat_key}).scalar()
-    return revision, _page(conn, chat_key, page_size, None)
+    last_id = conn.execute(_LAST_ID, {"chat_key": chat_key}).scalar()
+    return revision, last_id, _page(conn, chat_key, page_size, None)
 
 
 class Store:
@@ -309,8 +316,10 @@ class Store:
 
     async def read_history(self, chat_key: str, *, page_size: int = 64) -> HistoryPages:
         """The chat's history revision and its rows newest first, a page at a time."""
-        revision, rows = await self.db.run(_first_page, chat_key, page_size, autocommit=True)
-        return HistoryPages(self.db, chat_key, revision, rows, page_size)
+        revision, last_id, rows = await self.db.run(
+            _first_page, chat_key, page_size, autocommit=True
+        )
+        return HistoryPages(self.db, chat_key, revision, last_id, rows, page_size)
 
     async def clear_history(self, chat_key: str) -> int:
         """Delete the chat's history; returns how many rows went."""
@@ -338,11 +347,18 @@ class Store:
 def read_chat_settings(conn: Connection, chat_key: str, parent_key: str | None) -> ChatSettings:
     """The chat's settings merged with its parent's (a unit of work, or part of one)."""
     keys = [chat_key] if parent_key is None else [chat_key, parent_key]
-    rows = {row[0]: row[1:] for row in conn.execute(_CHAT_SETTINGS, {"keys": keys})}
-    if not rows:
+    return merge_chat_settings(conn.execute(_CHAT_SETTINGS, {"keys": keys}), chat_key, parent_key)
+
+
+def merge_chat_settings(
+    rows: Iterable[Sequence[Any]], chat_key: str, parent_key: str | None
+) -> ChatSettings:
+    """Settings from (key, system_prompt, model, voice_mode) rows: the chat's own first."""
+    found = {row[0]: tuple(row[1:4]) for row in rows if row[0] is not None}
+    if not found:
         return ChatSettings()
-    own = rows.get(chat_key, (None, None, None))
-    parent = rows.get(parent_key or "", (None, None, None))
+    own = found.get(chat_key, (None, None, None))
+    parent = found.get(parent_key or "", (None, None, None))
     merged = [
         mine if mine is not None else theirs for mine, theirs in zip(own, parent, strict=True)
     ]
@@ -359,6 +375,7 @@ def _append(
     expected_revision: int | None,
     release_chat: str | None,
 ) -> Appended:
+    last_before = conn.execute(_LAST_ID, {"chat_key": chat_key}).scalar()
     ids = [
         int(conn.execute(_INSERT_MESSAGE, {"chat_key": chat_key, **row}).scalar_one())
         for row in rows
@@ -373,7 +390,7 @@ def _append(
     revision, continued = bump_revision(conn, chat_key, expected_revision)
     if release_chat is not None:
         conn.execute(_RELEASE_CHAT, {"chat_key": chat_key, "holder": release_chat})
-    return Appended(ids, revision, continued)
+    return Appended(ids, revision, continued, last_before)
 
 
 _MESSAGE_COLUMNS = (
@@ -441,7 +458,8 @@ def _pg_append_statement(usage: bool, event: str, release: bool) -> TextClause:
                 "AND holder = :holder)"
             )
         sql = "WITH " + ",\n".join(parts) + "\nSELECT (SELECT id FROM turn), "
-        sql += "(SELECT history_rev FROM prev)"
+        sql += "(SELECT history_rev FROM prev), "
+        sql += "(SELECT max(id) FROM messages WHERE chat_key = :chat_key)"
         _PG_APPEND[key] = text(sql)
     return _PG_APPEND[key]
 
@@ -474,9 +492,11 @@ def _append_one_pg(
         params.update({f"u_{c}": spent[c] for c in _USAGE_COLUMNS})
     event = "" if answered_event is None else ("done" if close_event else "answered")
     statement = _pg_append_statement(usage is not None, event, release_chat is not None)
-    turn_id, previous = conn.execute(statement, params).one()
+    # The WITH parts' changes are not visible to the outer SELECT: it reads the chat as it
+    # was before this statement.
+    turn_id, previous, last_before = conn.execute(statement, params).one()
     continued = expected_revision is not None and previous == expected_revision
-    return Appended([int(turn_id)], revision, continued)
+    return Appended([int(turn_id)], revision, continued, last_before)
 
 
 _USAGE_DEFAULTS: dict[str, Any] = {

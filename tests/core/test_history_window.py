@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import insert
 
 from core.app import Core, open_core
 from core.config import Settings
-from core.db.models import utcnow
+from core.db.models import Message, utcnow
 from core.errors import ContextTooLong
 from core.history import ChatWindow, HistoryCache, Turn
 from core.openai_client import EncodedMessage
@@ -103,6 +104,44 @@ async def test_history_changed_by_another_process_is_read_again(
         assert sent_history(fake_openai)[-3:] == ["third", "echo: third", "fourth"]
 
 
+async def test_a_turn_stored_behind_the_service_s_back_is_sent_too(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    """A writer that knows nothing of revisions (an older relaybot, a script) is noticed."""
+    await say(core, "first")
+    async with core.engine.begin() as conn:
+        await conn.execute(
+            insert(Message).values(
+                chat_key="test:w1",
+                role="user",
+                content="imported by a script",
+                token_count=4,
+                encoding="o200k_base",
+            )
+        )
+    await say(core, "second")
+    assert sent_history(fake_openai) == ["first", "echo: first", "imported by a script", "second"]
+
+
+async def test_a_new_chat_is_answered_without_reading_any_history(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    reads = 0
+    original = core.store.read_history
+
+    async def counting(*args: object, **kw: object) -> object:
+        nonlocal reads
+        reads += 1
+        return await original(*args, **kw)  # type: ignore[arg-type]
+
+    core.store.read_history = counting  # type: ignore[method-assign]
+    for chat in ("n1", "n2", "n3"):
+        assert await say(core, f"hello from {chat}", chat=chat) == [f"echo: hello from {chat}"]
+        await say(core, "again", chat=chat)
+    assert reads == 0
+    assert sent_history(fake_openai) == ["hello from n3", "echo: hello from n3", "again"]
+
+
 async def test_forgetting_a_chat_elsewhere_empties_what_is_sent(
     core: Core, fake_openai: FakeOpenAI
 ) -> None:
@@ -173,7 +212,7 @@ def turn(i: int, cost: int) -> Turn:
 )
 def test_a_window_keeps_what_fit_newest_keeps(costs: list[int], budgets: list[int]) -> None:
     """Appending turns and fitting budgets gives the same turns as trimming from scratch."""
-    window = ChatWindow(1, "o200k_base", [], None)
+    window = ChatWindow(1, "o200k_base", [], None, None)
     for i, cost in enumerate(costs):
         window.append(turn(i, cost))
         budget = budgets[i % len(budgets)]
@@ -195,10 +234,10 @@ def test_a_window_keeps_what_fit_newest_keeps(costs: list[int], budgets: list[in
 def test_the_cache_drops_the_least_recently_used_windows_past_its_memory() -> None:
     cache = HistoryCache(max_bytes=200)
     for key in ("a", "b", "c"):
-        cache.put(key, ChatWindow(1, "enc", [turn(i, 5) for i in range(2)], None))
+        cache.put(key, ChatWindow(1, "enc", [turn(i, 5) for i in range(2)], None, None))
     assert len(cache) == 3
     cache.get("a")  # used: stays
-    big = ChatWindow(1, "enc", [turn(i, 5) for i in range(4)], None)
+    big = ChatWindow(1, "enc", [turn(i, 5) for i in range(4)], None, None)
     cache.put("d", big)
     assert cache.get("b") is None
     assert cache.get("a") is not None and cache.get("d") is not None

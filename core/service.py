@@ -112,12 +112,23 @@ class _Job:
 _current: ContextVar[_Job | None] = ContextVar("relaybot_job", default=None)
 
 
+class _TakenOver(Exception):
+    """The event's claim passed to another replica before this process stored its turn."""
+
+
 @dataclass(slots=True)
 class _Answer:
-    text: str = ""
     usage: Usage | None = None
     # The messages the answer was asked with (to estimate usage a server did not report).
     sent: list[dict[str, Any]] = field(default_factory=list)
+    # The streamed pieces (joined once: appending to one string copies it every time).
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
 
 
 class ConversationService:
@@ -216,6 +227,14 @@ class ConversationService:
             # Shutdown past the grace period: the event stays open for the next process.
             outcome = "released"
             raise
+        except _TakenOver:
+            # This process stalled past its lease and another replica took the event over:
+            # the turn is that replica's to store and answer (nothing was stored here).
+            outcome = "released"
+            log.warning(
+                "another replica took over a message while this process stalled",
+                extra={"chat": msg.chat.key},
+            )
         except RelaybotError as err:
             outcome = "failed"
             self.metrics.failed(msg.chat.platform, type(err).__name__)
@@ -449,8 +468,13 @@ class ConversationService:
                 "event_key": msg.event_key,
             }
             appended = await self.store.append_messages(
-                msg.chat.key, [row], expected_revision=window.revision if window else None
+                msg.chat.key,
+                [row],
+                expected_revision=window.revision if window else None,
+                claim=self._claim(),
             )
+            if not appended.ids:
+                raise _TakenOver
             (user_id,) = appended.ids
             window = self._follow(msg.chat.key, window, appended, row, counter)
         else:
@@ -554,11 +578,25 @@ class ConversationService:
             close_event=status == "ok",
             expected_revision=window.revision if window else None,
             release_chat=self.inbox.worker_id if release else None,
+            claim=self._claim(),
         )
+        if not appended.ids:
+            raise _TakenOver
         self._follow(msg.chat.key, window, appended, row, counter)
         if job is not None and status == "ok":
             job.closed = True
             job.released = release
+
+    def _claim(self) -> tuple[int, str] | None:
+        """The running job's event and this worker: stored turns need the claim to hold.
+
+        Only replicas can lose a claim (one that stalled past its lease is taken over);
+        a SQLite process is alone.
+        """
+        job = _current.get()
+        if job is None or not self.inbox.shared:
+            return None
+        return job.event_id, self.inbox.worker_id
 
     async def _resumed_with_user_turn(self, msg: IncomingMessage) -> bool:
         """True when a resumed event's user turn was stored before the crash."""
@@ -676,7 +714,7 @@ class ConversationService:
                 model=model, messages=messages, max_tokens=self.settings.reply_tokens
             ):
                 if delta.text:
-                    answer.text += delta.text
+                    answer.parts.append(delta.text)
                     await stream.append(delta.text)
                 if delta.usage is not None:
                     answer.usage = delta.usage

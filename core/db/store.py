@@ -169,6 +169,9 @@ _NEWEST = (
 )
 _OLDER = _NEWEST.where(Message.id < bindparam("before_id"))
 _REVISION = select(Chat.history_rev).where(Chat.key == bindparam("chat_key"))
+_STILL_OURS = select(InboundEvent.id).where(
+    InboundEvent.id == bindparam("event_id"), InboundEvent.claimed_by == bindparam("worker")
+)
 _LAST_ID = select(func.max(Message.id)).where(Message.chat_key == bindparam("chat_key"))
 
 
@@ -273,6 +276,7 @@ class Store:
         close_event: bool = False,
         expected_revision: int | None = None,
         release_chat: str | None = None,
+        claim: tuple[int, str] | None = None,
     ) -> Appended:
         """Append history rows in order in one transaction.
 
@@ -282,6 +286,8 @@ class Store:
         `expected_revision`: the history revision the caller's copy reflects (see
         `bump_revision`); the result says whether it still did before these rows.
         `release_chat`: the worker whose chat lease ends with this (PostgreSQL replicas).
+        `claim`: (event id, worker): store the rows only while that worker holds the
+        event's claim; otherwise nothing but the usage is stored and `ids` is empty.
         """
         if self.db.shared and len(rows) == 1:
             # PostgreSQL: the whole change is one statement, so one round trip.
@@ -294,6 +300,7 @@ class Store:
                 close_event,
                 expected_revision,
                 release_chat,
+                claim,
                 autocommit=True,
             )
         return await self.db.run(
@@ -305,6 +312,7 @@ class Store:
             close_event,
             expected_revision,
             release_chat,
+            claim,
         )
 
     async def newest_messages(
@@ -374,8 +382,18 @@ def _append(
     close_event: bool,
     expected_revision: int | None,
     release_chat: str | None,
+    claim: tuple[int, str] | None,
 ) -> Appended:
     last_before = conn.execute(_LAST_ID, {"chat_key": chat_key}).scalar()
+    if (
+        claim is not None
+        and not conn.execute(_STILL_OURS, {"event_id": claim[0], "worker": claim[1]}).first()
+    ):
+        # Another process took the event over: it stores its own answer. What this one
+        # spent is still recorded.
+        if usage is not None:
+            conn.execute(_INSERT_USAGE, {"created_at": utcnow(), **usage})
+        return Appended([], 0, False, last_before)
     ids = [
         int(conn.execute(_INSERT_MESSAGE, {"chat_key": chat_key, **row}).scalar_one())
         for row in rows
@@ -418,39 +436,64 @@ _USAGE_COLUMNS = (
     "images",
     "cost_usd",
 )
-_PG_APPEND: dict[tuple[bool, str, bool], TextClause] = {}
+_MESSAGE_TYPES = {
+    "chat_key": "VARCHAR",
+    "role": "VARCHAR",
+    "content": "TEXT",
+    "name": "VARCHAR",
+    "token_count": "INTEGER",
+    "encoding": "VARCHAR",
+    "status": "VARCHAR",
+    "event_key": "VARCHAR",
+    "created_at": "TIMESTAMPTZ",
+}
+_PG_APPEND: dict[tuple[bool, str, bool, bool], TextClause] = {}
 
 
-def _pg_append_statement(usage: bool, event: str, release: bool) -> TextClause:
+def _pg_append_statement(usage: bool, event: str, release: bool, fenced: bool) -> TextClause:
     """`_append` as one PostgreSQL statement (data-modifying WITH queries, all or nothing).
 
     `prev` locks the chat's row and reads the revision being replaced; the other parts
     insert the turn, give the history a new revision and, as asked, record usage, move
-    the inbound event on and end the chat's lease.
+    the inbound event on and end the chat's lease. `fenced`: the turn is stored (and the
+    event moved on) only while this worker still holds the event's claim.
     """
-    key = (usage, event, release)
+    key = (usage, event, release, fenced)
     if key not in _PG_APPEND:
+        ours = " WHERE EXISTS (SELECT 1 FROM claim)" if fenced else ""
+        values = ", ".join(f"CAST(:m_{c} AS {_MESSAGE_TYPES[c]})" for c in _MESSAGE_COLUMNS)
         parts = [
             "prev AS (SELECT history_rev FROM chats WHERE key = :chat_key FOR UPDATE)",
-            f"turn AS (INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES "
-            f"({', '.join(':m_' + c for c in _MESSAGE_COLUMNS)}) RETURNING id)",
+            f"turn AS (INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
+            f"SELECT {values}{ours} RETURNING id)",
             "rev AS (INSERT INTO chats (key, platform, history_rev, created_at, updated_at) "
-            "VALUES (:chat_key, :platform, :revision, :now, :now) ON CONFLICT (key) DO UPDATE "
+            "SELECT CAST(:chat_key AS VARCHAR), CAST(:platform AS VARCHAR), "
+            "CAST(:revision AS BIGINT), CAST(:now AS TIMESTAMPTZ), CAST(:now AS TIMESTAMPTZ)"
+            f"{ours} ON CONFLICT (key) DO UPDATE "
             "SET history_rev = EXCLUDED.history_rev, updated_at = EXCLUDED.updated_at)",
         ]
+        if fenced:
+            parts.insert(
+                0,
+                "claim AS (SELECT 1 FROM inbound_events WHERE id = :claim_event "
+                "AND claimed_by = :claim_worker FOR UPDATE)",
+            )
         if usage:
             parts.append(
                 f"spent AS (INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES "
                 f"({', '.join(':u_' + c for c in _USAGE_COLUMNS)}))"
             )
+        also = " AND EXISTS (SELECT 1 FROM claim)" if fenced else ""
         if event == "answered":
             parts.append(
-                "event AS (UPDATE inbound_events SET status = 'answered' WHERE id = :event_id)"
+                "event AS (UPDATE inbound_events SET status = 'answered' "
+                f"WHERE id = :event_id{also})"
             )
         elif event == "done":
             parts.append(
                 "event AS (UPDATE inbound_events SET status = 'done', finished_at = :now, "
-                "payload = NULL, claimed_by = NULL, lease_until = NULL WHERE id = :event_id)"
+                "payload = NULL, claimed_by = NULL, lease_until = NULL "
+                f"WHERE id = :event_id{also})"
             )
         if release:
             parts.append(
@@ -473,6 +516,7 @@ def _append_one_pg(
     close_event: bool,
     expected_revision: int | None,
     release_chat: str | None,
+    claim: tuple[int, str] | None,
 ) -> Appended:
     now = utcnow()
     revision = new_revision()
@@ -487,14 +531,20 @@ def _append_one_pg(
         event_id=answered_event,
         holder=release_chat,
     )
+    if claim is not None:
+        params.update(claim_event=claim[0], claim_worker=claim[1])
     if usage is not None:
         spent = {"created_at": now, **_USAGE_DEFAULTS, **usage}
         params.update({f"u_{c}": spent[c] for c in _USAGE_COLUMNS})
     event = "" if answered_event is None else ("done" if close_event else "answered")
-    statement = _pg_append_statement(usage is not None, event, release_chat is not None)
+    statement = _pg_append_statement(
+        usage is not None, event, release_chat is not None, claim is not None
+    )
     # The WITH parts' changes are not visible to the outer SELECT: it reads the chat as it
     # was before this statement.
     turn_id, previous, last_before = conn.execute(statement, params).one()
+    if turn_id is None:
+        return Appended([], revision, False, last_before)
     continued = expected_revision is not None and previous == expected_revision
     return Appended([int(turn_id)], revision, continued, last_before)
 

@@ -7,6 +7,7 @@ python-telegram-bot at `tg.api_base_url` / `tg.file_base_url`, inject updates wi
 multipart bodies) and `/file/bot<token>/<path>`, long-polls `getUpdates`, delivers to a
 webhook when one is set, and enforces the rules that bite: 4096 UTF-16 units per message,
 1024 per caption, well-formed Telegram HTML, 20 MB downloads, "message is not modified".
+`fail_next`/`rate_limit_next` inject errors; `delay` and `hold` make a method slow.
 """
 
 from __future__ import annotations
@@ -338,6 +339,11 @@ class FakeTelegram(FakeServer):
         self.chats: dict[int, dict[str, Any]] = {}
         self.user_messages: dict[tuple[int, int], dict[str, Any]] = {}
         self._failures: list[_Failure] = []
+        # Per method (lower case): how late every call is answered, and gates holding calls
+        # until set. A slow Bot API, or PTB's rate limiter queueing requests, looks like this.
+        self.delays: dict[str, float] = {}
+        self.gates: dict[str, asyncio.Event] = {}
+        self._held: dict[str, int] = {}
         self._update_ids = itertools.count(1000)
         self._file_ids = itertools.count(1)
         self._message_ids: dict[int, int] = {}
@@ -396,6 +402,27 @@ class FakeTelegram(FakeServer):
             retry_after=retry_after,
             times=times,
         )
+
+    def delay(self, method: str, seconds: float) -> None:
+        """Answer every later call of `method` `seconds` late (0: at once again)."""
+        if seconds > 0:
+            self.delays[method.lower()] = seconds
+        else:
+            self.delays.pop(method.lower(), None)
+
+    def hold(self, method: str) -> asyncio.Event:
+        """Keep every later call of `method` waiting until the returned event is set.
+
+        The call is in `api_calls` (and `wait_until` sees it) while it waits; its effect
+        (a draft, a message) happens once it is let through.
+        """
+        gate = asyncio.Event()
+        self.gates[method.lower()] = gate
+        return gate
+
+    def held(self, method: str) -> int:
+        """How many calls of `method` are waiting at a gate now."""
+        return self._held.get(method.lower(), 0)
 
     def _take_failure(self, method: str) -> ApiError | None:
         for failure in self._failures:
@@ -800,6 +827,7 @@ class FakeTelegram(FakeServer):
         method = request.match_info["method"].lower()
         call = ApiCall(method, time.monotonic())
         self.api_calls.append(call)
+        await self._slow_down(method)
         failure = self._take_failure(method)
         if failure is not None:
             call.error_code = failure.error_code
@@ -817,6 +845,21 @@ class FakeTelegram(FakeServer):
             call.error_code = err.error_code
             return err.response()
         return web.json_response({"ok": True, "result": result})
+
+    async def _slow_down(self, method: str) -> None:
+        delay = self.delays.get(method, 0.0)
+        gate = self.gates.get(method)
+        if not delay and gate is None:
+            return
+        if gate is not None and not gate.is_set():
+            self._held[method] = self._held.get(method, 0) + 1
+            await self._notify()  # a waiting call is news for `wait_until`
+            try:
+                await gate.wait()
+            finally:
+                self._held[method] -= 1
+        if delay:
+            await asyncio.sleep(delay)
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["token"] != self.token:

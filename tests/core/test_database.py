@@ -122,3 +122,35 @@ async def test_lease_renewals_during_a_burst_never_fail_an_answer(
         )
         failed = [s.texts for s in sinks if s.texts != [s.texts[0]] or "echo" not in s.texts[0]]
         assert failed == []
+
+
+async def test_a_replica_whose_message_was_taken_over_stores_nothing(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    """A replica that stalled past its lease must not store a turn its successor owns."""
+    if not core.store.db.shared:
+        pytest.skip("a SQLite process is alone: nobody can take its messages over")
+    sink = RecordingSink()
+    await core.service.handle(message("before"), sink)
+    fake_openai.chunk_delay = 0.2
+    fake_openai.queue_reply("a slow answer in several words")
+    task = asyncio.create_task(core.service.handle(message("slow one"), sink))
+    await fake_openai.wait_for("/chat/completions", count=2)
+    # What another replica's sweeper does once this one's lease ran out.
+    async with core.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE inbound_events SET claimed_by = 'w-successor' "
+                "WHERE status = 'received' AND chat_key = 'test:d1'"
+            )
+        )
+    await task
+    rows = [r async for r in core.store.newest_messages("test:d1")]
+    assert [r.content for r in reversed(rows)] == ["before", "echo: before", "slow one"]
+    async with core.engine.connect() as conn:
+        still = (
+            await conn.execute(
+                text("SELECT status, claimed_by FROM inbound_events WHERE chat_key = 'test:d1'")
+            )
+        ).all()
+    assert ("received", "w-successor") in [tuple(r) for r in still]

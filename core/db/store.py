@@ -51,9 +51,17 @@ class StoredMessage:
     encoding: str
 
 
-def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
-    """An async engine for `url` with the settings relaybot needs on each backend."""
+def create_engine(
+    url: str, *, pool_size: int = 10, max_overflow: int = 20, synchronous_commit: bool = True
+) -> AsyncEngine:
+    """An async engine for `url` with the settings relaybot needs on each backend.
+
+    `synchronous_commit=False` (PostgreSQL): commits return before their WAL reaches the
+    disk, for work that a crash of the server may undo safely (see `Database`).
+    """
     kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow}
+    if not synchronous_commit and not url.startswith("sqlite"):
+        kwargs["connect_args"] = {"server_settings": {"synchronous_commit": "off"}}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
         # SQLite takes one writer at a time: several connections of one process only make
@@ -226,7 +234,9 @@ class HistoryPages:
                 return
             cursor = rows[-1].id
             size = min(size * 4, 4096)
-            rows = await self.db.run(_page, self.chat_key, size, cursor, autocommit=True)
+            rows = await self.db.run(
+                _page, self.chat_key, size, cursor, autocommit=True, durable=False
+            )
 
 
 def _first_page(
@@ -240,9 +250,9 @@ def _first_page(
 class Store:
     """All reads and writes of chats, history and usage."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, turns_engine: AsyncEngine | None = None) -> None:
         self.engine = engine
-        self.db = Database(engine)
+        self.db = Database(engine, turns_engine)
         self._session = async_sessionmaker(engine, expire_on_commit=False)
 
     async def close(self) -> None:
@@ -252,7 +262,9 @@ class Store:
     # -- chat settings --------------------------------------------------------------------
     async def chat_settings(self, chat_key: str, parent_key: str | None = None) -> ChatSettings:
         """The chat's settings; a thread inherits what its channel or group set."""
-        return await self.db.run(read_chat_settings, chat_key, parent_key, autocommit=True)
+        return await self.db.run(
+            read_chat_settings, chat_key, parent_key, autocommit=True, durable=False
+        )
 
     async def update_chat(self, chat_key: str, platform: str, **values: str | None) -> None:
         """Set `system_prompt` and/or `model` for a chat (None resets to the default)."""
@@ -302,6 +314,7 @@ class Store:
                 release_chat,
                 claim,
                 autocommit=True,
+                durable=False,
             )
         return await self.db.run(
             _append,
@@ -313,6 +326,7 @@ class Store:
             expected_revision,
             release_chat,
             claim,
+            durable=False,
         )
 
     async def newest_messages(
@@ -325,7 +339,7 @@ class Store:
     async def read_history(self, chat_key: str, *, page_size: int = 64) -> HistoryPages:
         """The chat's history revision and its rows newest first, a page at a time."""
         revision, last_id, rows = await self.db.run(
-            _first_page, chat_key, page_size, autocommit=True
+            _first_page, chat_key, page_size, autocommit=True, durable=False
         )
         return HistoryPages(self.db, chat_key, revision, last_id, rows, page_size)
 

@@ -75,14 +75,17 @@ async def test_each_chat_message_takes_a_few_statements_whatever_the_history(
     def count(*args: object) -> None:
         statements.append(str(args[2]))
 
-    engine = core.engine.sync_engine
-    target = core.store.db._sync or engine  # the SQLite thread's engine, when there is one
-    event.listen(target, "before_cursor_execute", count)
+    db = core.store.db
+    # The SQLite thread's engine, or PostgreSQL's two pools.
+    targets = [db._sync] if db._sync else [db.engine.sync_engine, db.turns_engine.sync_engine]
+    for target in targets:
+        event.listen(target, "before_cursor_execute", count)
     try:
         for i in range(10):
             await core.service.handle(message(f"turn {i} " + "word " * 50), sink)
     finally:
-        event.remove(target, "before_cursor_execute", count)
+        for target in targets:
+            event.remove(target, "before_cursor_execute", count)
     per_message = len(statements) / 10
     # Record the event, begin the chat's turn (and read its settings), store the user turn,
     # store the answer: four steps. PostgreSQL runs each as one statement; SQLite runs the

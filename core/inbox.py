@@ -108,6 +108,7 @@ class ClaimedEvent:
     chat_key: str
     status: str
     payload: str | None
+    reply_ref: str | None = None
 
 
 class Inbox:
@@ -183,6 +184,10 @@ class Inbox:
         if not event_ids:
             return set()
         return await self.db.run(_taken_over, list(event_ids), self.worker_id)
+
+    async def remember_reply(self, event_key: str, reply_ref: str) -> None:
+        """Note the platform message showing this event's answer (while it is open)."""
+        await self.db.run(_remember_reply, event_key, reply_ref, autocommit=True, durable=False)
 
     async def user_turn_stored(self, event_key: str) -> bool:
         """Whether this event's user turn already reached the history (a resumed event)."""
@@ -279,6 +284,7 @@ def _claim_abandoned(
             InboundEvent.chat_key,
             InboundEvent.status,
             InboundEvent.payload,
+            InboundEvent.reply_ref,
         )
         .where(InboundEvent.status.in_(OPEN_STATUSES), or_(*prefixes))
         .order_by(InboundEvent.id)
@@ -310,6 +316,14 @@ def _taken_over(conn: Connection, event_ids: list[int], worker_id: str) -> set[i
         )
     )
     return {int(r[0]) for r in rows}
+
+
+def _remember_reply(conn: Connection, event_key: str, reply_ref: str) -> None:
+    conn.execute(
+        update(InboundEvent)
+        .where(InboundEvent.event_key == event_key, InboundEvent.status == "received")
+        .values(reply_ref=reply_ref)
+    )
 
 
 def _user_turn_stored(conn: Connection, event_key: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import re
 import time
@@ -161,6 +162,7 @@ class ConversationService:
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._notes: set[asyncio.Task[None]] = set()  # remember_reply writes in flight
 
     # -- entry points ---------------------------------------------------------------------
     async def handle(self, msg: IncomingMessage, sink: ReplySink) -> bool:
@@ -335,6 +337,8 @@ class ConversationService:
                 await self.inbox.finish(event.id, "done")
                 continue
             stored = decode_message(event.event_key, event.payload)
+            if event.reply_ref is not None:
+                stored = dataclasses.replace(stored, reply_ref=event.reply_ref)
             restored = restorers[stored.chat.platform].restore(stored)
             if restored is None:
                 await self.inbox.release([event.id])
@@ -350,6 +354,23 @@ class ConversationService:
         if resumed:
             log.info("resumed unfinished messages", extra={"count": resumed})
         return resumed
+
+    def remember_reply(self, msg: IncomingMessage, reply_ref: str) -> None:
+        """Adapters: the first platform message of `msg`'s answer now exists (`reply_ref`).
+
+        Stored in the background, beside the event: if this process dies before the answer
+        is stored, whoever resumes the message continues in that platform message (see
+        `IncomingMessage.reply_ref`) instead of posting the answer a second time.
+        """
+        task = asyncio.create_task(self._remember(msg.event_key, reply_ref))
+        self._notes.add(task)
+        task.add_done_callback(self._notes.discard)
+
+    async def _remember(self, event_key: str, reply_ref: str) -> None:
+        try:
+            await self.inbox.remember_reply(event_key, reply_ref)
+        except Exception:
+            log.warning("could not note where an answer is shown", exc_info=True)
 
     async def drain(self) -> None:
         """Wait until every message this process took on is answered."""
@@ -368,6 +389,8 @@ class ConversationService:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
             await self.inbox.release(unfinished)
+        if self._notes:
+            await asyncio.gather(*self._notes, return_exceptions=True)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)

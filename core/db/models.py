@@ -75,6 +75,9 @@ class InboundEvent(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The platform message already showing (part of) the answer: a resumed answer continues
+    # in it instead of posting a second one.
+    reply_ref: Mapped[str | None] = mapped_column(String(255), default=None)
 
 
 class ChatLease(Base):

@@ -35,8 +35,10 @@ class SinkRestorer:
 
     def __init__(self) -> None:
         self.sink = RecordingSink()
+        self.restored: list[IncomingMessage] = []
 
     def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, ReplySink] | None:
+        self.restored.append(msg)
         return msg, self.sink
 
 
@@ -81,6 +83,28 @@ async def test_an_abandoned_event_is_answered_by_the_next_process(
         assert restorer.sink.texts == ["echo: question"]
         assert await statuses(second) == ["done"]
         assert await second.store.count_messages("test:c1") == 2
+
+
+async def test_a_resumed_answer_knows_the_platform_message_already_showing_it(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """So the adapter continues in that message instead of posting the answer again."""
+    fake_openai.chunk_delay = 0.05
+    fake_openai.queue_reply("a slow answer in many small pieces for you")
+    async with open_core(settings.model_copy(update={"shutdown_grace": 0})) as first:
+        msg = message("question")
+        job = await first.service.submit(msg, RecordingSink())
+        assert job is not None
+        await fake_openai.wait_for("/chat/completions")
+        # The adapter's sink posted the answer's first message (its id on the platform).
+        first.service.remember_reply(msg, "4711")
+        await first.service.shutdown()
+    async with open_core(settings) as second:
+        restorer = SinkRestorer()
+        assert await second.service.resume({"test": restorer}) == 1
+        await second.service.drain()
+        assert [m.reply_ref for m in restorer.restored] == ["4711"]
+        assert restorer.sink.texts == ["echo: question"]
 
 
 async def test_shutdown_lets_answers_in_progress_finish(

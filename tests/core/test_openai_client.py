@@ -482,3 +482,48 @@ def test_fake_runs_in_its_own_thread_for_sync_callers() -> None:
         )
         assert response.json()["choices"][0]["message"]["content"] == "from a thread"
         assert server.chat_requests()[0]["model"] == "gpt-4o-mini"
+
+
+def app_client(fake: FakeOpenAI, max_connections: int) -> tuple[httpx.AsyncClient, OpenAIClient]:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        openai_api_key=KEY,
+        openai_base_url=fake.base_url,
+        max_connections=max_connections,
+    )
+    http = build_http_client(settings)
+    return http, OpenAIClient(http, base_url=fake.base_url, api_key=KEY)
+
+
+async def test_the_app_client_reuses_one_connection_for_answers_in_turn(fake: FakeOpenAI) -> None:
+    http, client = app_client(fake, max_connections=100)
+    async with http:
+        for question in ("one", "two", "three", "four"):
+            assert "".join(d.text for d in await collect(client, question)) == f"echo: {question}"
+    assert len({r.peer for r in fake.calls("/chat/completions")}) == 1
+
+
+async def test_many_answers_at_once_share_the_connection_limit(fake: FakeOpenAI) -> None:
+    """The pool is split in shards (cheaper per request); together they hold the limit."""
+    import asyncio
+
+    from core.testing.fake_openai import echo_reply
+
+    at_once = 0
+    most = 0
+
+    async def slow_echo(messages: Any) -> str:
+        nonlocal at_once, most
+        at_once += 1
+        most = max(most, at_once)
+        await asyncio.sleep(0.05)
+        at_once -= 1
+        return echo_reply(messages)
+
+    fake.reply = slow_echo
+    http, client = app_client(fake, max_connections=40)
+    async with http:
+        answers = await asyncio.gather(*(collect(client, f"q{i}") for i in range(100)))
+    assert ["".join(d.text for d in a) for a in answers] == [f"echo: q{i}" for i in range(100)]
+    # More than one shard's worth of requests at once, never more than the limit.
+    assert 32 < most <= 40

@@ -33,7 +33,7 @@ class Plan:
     overhead_messages: int = 400
     history_sizes: tuple[int, ...] = (10, 1_000, 10_000, 100_000)
     history_messages: int = 100
-    throughput_messages: int = 1000
+    throughput_messages: int = 4000
     throughput_chats: int = 1000
     inflight: int = 100
     concurrency_chats: int = 5000

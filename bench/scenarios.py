@@ -24,6 +24,10 @@ from core.db.models import Message
 from core.tokens import counter_for
 
 WARMUP = 30
+# Scenario 4's bound on answers in progress (RELAYBOT_MAX_IN_FLIGHT). At 1 s per answer the
+# default, 256, caps the rate at ~256 msg/s, below one process's capacity; an operator
+# expecting thousands of chats at once raises it, as they raise RELAYBOT_MAX_CONNECTIONS.
+IN_FLIGHT = 1000
 _TEXT = (
     "the relay bot answers questions about weather trains recipes code books music and "
     "travel plans while keeping every chat history in a database trimmed to the model "
@@ -214,7 +218,9 @@ def throughput_worker(
 
 # -- 4. concurrency -----------------------------------------------------------------------------
 async def _concurrency(base_url: str, db_url: str, chats: int) -> dict[str, Any]:
-    settings = bench_settings(base_url, db_url, max_connections=chats + 100)
+    settings = bench_settings(
+        base_url, db_url, max_connections=chats + 100, max_in_flight=IN_FLIGHT
+    )
     async with metered_core(settings) as core:
         await asyncio.gather(
             *(core.service.handle(message(f"warm{i}", 0), NullSink()) for i in range(20))

@@ -195,7 +195,11 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             max_keepalive_connections=None if keep is None else math.ceil(keep / shards),
             keepalive_expiry=limits.keepalive_expiry,
         )
-        self._pools = [httpx.AsyncHTTPTransport(limits=per_shard) for _ in range(shards)]
+        # One TLS context for all (each would otherwise load the CA bundle: ~1 MB apiece).
+        tls = httpx.create_ssl_context()
+        self._pools = [
+            httpx.AsyncHTTPTransport(verify=tls, limits=per_shard) for _ in range(shards)
+        ]
         self._busy = [0] * shards
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -219,6 +219,7 @@ class SlackAdapter:
                 assistant_thread=assistant,
                 options=self.sink_options,
                 support=self.streaming,
+                on_first_message=self._noting(msg),
             )
             self._track(await self.core.service.submit(msg, sink))
         except ShuttingDown:
@@ -282,6 +283,7 @@ class SlackAdapter:
                 user_id=user,
                 options=self.sink_options,
                 support=self.streaming,
+                on_first_message=self._noting(msg),
             )
             # Slack never retries a slash command: store it, then acknowledge either way.
             self._track(await self.core.service.submit(msg, sink))
@@ -296,6 +298,11 @@ class SlackAdapter:
                 self._inflight.discard(task)
 
     # -- resuming after a restart -----------------------------------------------------------
+    def _noting(self, msg: IncomingMessage) -> Callable[[str], None]:
+        """Notes the first message of `msg`'s answer beside its event, for a successor."""
+        service = self.core.service
+        return lambda ts: service.remember_reply(msg, ts)
+
     def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, SlackSink] | None:
         """A stored Slack message with working file fetches and a sink for its thread/DM."""
         if msg.chat.platform != PLATFORM:
@@ -317,6 +324,9 @@ class SlackAdapter:
             assistant_thread=msg.is_direct and msg.chat.thread_id is not None,
             options=self.sink_options,
             support=self.streaming,
+            on_first_message=self._noting(msg),
+            # An earlier run posted (part of) this answer: continue in that message.
+            continue_in=msg.reply_ref,
         )
         return dataclasses.replace(msg, attachments=attachments), sink
 

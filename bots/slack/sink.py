@@ -33,6 +33,8 @@ NO_NATIVE_STREAMING = frozenset(
     }
 )
 THINKING = "is thinking..."
+# chat.update errors meaning the message can no longer be edited: post a new one instead.
+MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message"})
 
 
 @dataclass(slots=True)
@@ -165,6 +167,13 @@ class SlackStream:
         self._native = sink.can_stream_natively()
         self._posted: list[str] = []  # ts of every message this answer created
         self._current_ts: str | None = None
+        self._first: str | None = None  # ts of the first of them (told to the sink)
+        if sink.continue_in is not None:
+            # An earlier run of this answer left this message: write the answer into it by
+            # chat.update (a native stream cannot be picked up again).
+            self._native = False
+            self._current_ts = self._first = sink.continue_in
+            self._posted.append(sink.continue_in)
         self._current = ""  # update mode: the markdown the current message should show
         self._current_len = 0  # native mode: characters already streamed into the message
         self._incoming = ""  # appended, not yet taken in by the worker
@@ -331,8 +340,7 @@ class SlackStream:
                     raise
                 self._fall_back(err)
                 return False
-            self._current_ts = str(response["ts"])
-            self._posted.append(self._current_ts)
+            self._created(str(response["ts"]))
         elif piece:
             await call(
                 sink.client.chat_appendStream,
@@ -386,20 +394,44 @@ class SlackStream:
         call = sink.call if retry else _once
         # While streaming, plain mrkdwn text; the finished message gets the markdown block too.
         payload = _markdown_payload(markdown) if finished else {"text": _fallback_text(markdown)}
-        if self._current_ts is None:
-            response = await call(
-                sink.client.chat_postMessage,
-                channel=sink.channel,
-                thread_ts=sink.thread_ts,
-                **payload,
-            )
-            self._current_ts = str(response["ts"])
-            self._posted.append(self._current_ts)
-        else:
-            await call(
-                sink.client.chat_update, channel=sink.channel, ts=self._current_ts, **payload
-            )
+        if self._current_ts is not None:
+            try:
+                await call(
+                    sink.client.chat_update, channel=sink.channel, ts=self._current_ts, **payload
+                )
+                self._dirty = False
+                return
+            except SlackApiError as err:
+                if error_name(err) not in MESSAGE_GONE:
+                    raise
+                # Deleted, or left by an earlier run and no longer editable: post anew.
+                log.warning("cannot update the answer's message (%s); posting a new one", err)
+                self._forget(self._current_ts)
+        response = await call(
+            sink.client.chat_postMessage,
+            channel=sink.channel,
+            thread_ts=sink.thread_ts,
+            **payload,
+        )
+        self._created(str(response["ts"]))
         self._dirty = False
+
+    def _created(self, ts: str) -> None:
+        """A message of this answer now exists; the first one is told to the sink."""
+        self._current_ts = ts
+        self._posted.append(ts)
+        if self._first is None:
+            self._first = ts
+            self._sink.first_message_created(ts)
+
+    def _forget(self, ts: str) -> None:
+        """A message of this answer is gone: a new one takes its place (and, if it was the
+        first, is reported as the first)."""
+        self._current_ts = None
+        if ts in self._posted:
+            self._posted.remove(ts)
+        if self._first == ts:
+            self._first = None
 
 
 async def _once(
@@ -409,7 +441,16 @@ async def _once(
 
 
 class SlackSink:
-    """Where the answers to one Slack message go: a channel thread, a DM, or a DM thread."""
+    """Where the answers to one Slack message go: a channel thread, a DM, or a DM thread.
+
+    `on_first_message` is told the ts of the first message a streamed answer creates (so a
+    successor can continue in it should this process die before the answer is stored).
+    `continue_in` is such a message, left by an earlier run of this same answer: the
+    streamed answer then updates it (chat.update, never a native stream) instead of
+    posting a new one; if Slack no longer lets us update it, a new message is posted after
+    all. Only the first message is known: should the earlier run have rolled over into
+    more, those stay as they are.
+    """
 
     def __init__(
         self,
@@ -422,6 +463,8 @@ class SlackSink:
         assistant_thread: bool = False,
         options: SinkOptions | None = None,
         support: StreamingSupport | None = None,
+        on_first_message: Callable[[str], None] | None = None,
+        continue_in: str | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -432,6 +475,17 @@ class SlackSink:
         self.options = options or SinkOptions()
         self.support = support or StreamingSupport()
         self.call = Caller(self.options)
+        self.on_first_message = on_first_message
+        self.continue_in = continue_in
+
+    def first_message_created(self, ts: str) -> None:
+        """A streamed answer created its first message: tell whoever asked."""
+        if self.on_first_message is None:
+            return
+        try:
+            self.on_first_message(ts)
+        except Exception:
+            log.warning("could not note the message showing an answer", exc_info=True)
 
     def can_stream_natively(self) -> bool:
         """Native streams are replies in a thread, for a known person."""

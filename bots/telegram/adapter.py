@@ -287,6 +287,8 @@ class TelegramAdapter:
     def _sink_for(self, msg: IncomingMessage) -> TelegramSink:
         thread = msg.chat.thread_id
         reply_to = msg.platform_message_id
+        service = self._core.service
+        ref = msg.reply_ref
         return TelegramSink(
             self.application.bot,
             int(msg.chat.chat_id),
@@ -294,10 +296,18 @@ class TelegramAdapter:
             thread_id=int(thread) if thread else None,
             reply_to=int(reply_to) if reply_to and reply_to.isdigit() else None,
             pacing=self._pacing,
+            # Should this process die before the answer is stored, whoever resumes the
+            # message continues in the answer's first message instead of sending another.
+            on_first_message=lambda message_id: service.remember_reply(msg, str(message_id)),
+            continue_in=int(ref) if ref and ref.lstrip("-").isdigit() else None,
         )
 
     def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, ReplySink] | None:
-        """Resume a stored Telegram message (after a restart): fresh downloads, a new sink."""
+        """Resume a stored Telegram message (after a restart): fresh downloads, a new sink.
+
+        With `msg.reply_ref`, the sink's streamed answer continues in (edits) the message an
+        earlier run already posted for it.
+        """
         if msg.chat.platform != PLATFORM or self._app is None or self._identity is None:
             return None
         files = tuple(

@@ -71,6 +71,12 @@ def is_not_modified(err: BadRequest) -> bool:
     return "message is not modified" in err.message.lower()
 
 
+def is_gone(err: BadRequest) -> bool:
+    """True when the message to edit no longer exists or may no longer be edited."""
+    message = err.message.lower()
+    return "message to edit not found" in message or "message can't be edited" in message
+
+
 def fits_photo_limits(data: bytes) -> bool:
     """Whether Telegram accepts `data` as a photo (else it must go as a document)."""
     if len(data) > MAX_PHOTO_BYTES:

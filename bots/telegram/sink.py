@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ from telegram.error import BadRequest, RetryAfter, TelegramError
 from bots.courier import Courier
 from bots.telegram.delivery import (
     fits_photo_limits,
+    is_gone,
     is_not_modified,
     is_parse_error,
     retry_seconds,
@@ -63,7 +64,16 @@ def _html_or_none(markdown: str) -> str | None:
 
 
 class TelegramSink:
-    """Answers one incoming message: in its chat and forum topic, replying to it."""
+    """Answers one incoming message: in its chat and forum topic, replying to it.
+
+    `on_first_message` is told the id of the first message a streamed answer creates (so
+    a successor can continue in it should this process die before the answer is stored).
+    `continue_in` is such a message, left by an earlier run of this same answer: the
+    streamed answer then edits it instead of sending a new one (no drafts, even in private
+    chats); if Telegram no longer lets us edit it, a new message is sent after all. Only
+    the first message is known: should the earlier run have rolled over into more, those
+    stay as they are.
+    """
 
     def __init__(
         self,
@@ -74,6 +84,8 @@ class TelegramSink:
         thread_id: int | None = None,
         reply_to: int | None = None,
         pacing: Pacing | None = None,
+        on_first_message: Callable[[int], None] | None = None,
+        continue_in: int | None = None,
     ) -> None:
         self.bot = bot
         self.chat_id = chat_id
@@ -81,6 +93,8 @@ class TelegramSink:
         self.thread_id = thread_id
         self.reply_to = reply_to
         self.pacing = pacing or Pacing()
+        self.on_first_message = on_first_message
+        self.continue_in = continue_in
         self._replied = False
         self._typing_task: asyncio.Task[None] | None = None
 
@@ -165,6 +179,15 @@ class TelegramSink:
             await self.bot.delete_message(chat_id=self.chat_id, message_id=message_id)
         except TelegramError as err:
             log.warning("could not delete a message: %s", err)
+
+    def first_message_created(self, message_id: int) -> None:
+        """A streamed answer created its first message: tell whoever asked."""
+        if self.on_first_message is None:
+            return
+        try:
+            self.on_first_message(message_id)
+        except Exception:
+            log.warning("could not note the message showing an answer", exc_info=True)
 
     # -- ReplySink -------------------------------------------------------------------------
     async def send(self, reply: Reply) -> None:
@@ -284,11 +307,17 @@ class TelegramStream:
         self._shown = ""  # what the preview currently shows of it
         self._message_id: int | None = None  # the edited message (not in private chats)
         self._messages: list[int] = []  # every message this answer created
+        self._first: int | None = None  # the first of them (told to the sink)
         self._draft_id = self._new_draft_id()
         self._last_preview = float("-inf")  # when the last preview request finished
         self._not_before = 0.0
         self._plain_preview = False
         self._drafts = sink.private
+        if sink.continue_in is not None:
+            # An earlier run of this answer left this message: write the answer into it.
+            self._message_id = self._first = sink.continue_in
+            self._messages.append(sink.continue_in)
+            self._drafts = False
         self._retracted = False
         self._closing = False
         self._courier = Courier(self._work, "relaybot:telegram-preview")
@@ -361,12 +390,8 @@ class TelegramStream:
                     parse_mode=ParseMode.HTML if rendered is not None else None,
                     message_thread_id=sink.thread_id,
                 )
-            elif self._message_id is None:
-                message = await sink.send_text(rendered, text, attempts=1)
-                self._message_id = message.message_id
-                self._messages.append(message.message_id)
             else:
-                await sink.edit_text(self._message_id, rendered, text, attempts=1)
+                await self._write(rendered, text, attempts=1)
         except RetryAfter as err:
             # A preview is optional: skip it and wait as long as Telegram asked.
             self._not_before = time.monotonic() + retry_seconds(err)
@@ -393,17 +418,43 @@ class TelegramStream:
             wait = self._not_before - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)  # Telegram asked for a pause after a preview
-            rendered = _html_or_none(markdown)
-            sink = self._sink
-            if self._message_id is not None:
-                await sink.edit_text(self._message_id, rendered, markdown)
-            else:
-                message = await sink.send_text(rendered, markdown)
-                self._messages.append(message.message_id)
+            await self._write(_html_or_none(markdown), markdown)
         self._message_id = None
         self._shown = ""
         self._draft_id = self._new_draft_id()
         self._last_preview = float("-inf")
+
+    async def _write(self, rendered: str | None, text: str, *, attempts: int = 4) -> None:
+        """Show `text` in the message being written: edit it, or send it if there is none.
+
+        A message Telegram no longer lets us edit (deleted, or left by an earlier run and
+        too old) is replaced by a new one.
+        """
+        sink = self._sink
+        if self._message_id is not None:
+            try:
+                await sink.edit_text(self._message_id, rendered, text, attempts=attempts)
+                return
+            except BadRequest as err:
+                if not is_gone(err):
+                    raise
+                log.warning("cannot edit the answer's message (%s); sending a new one", err)
+                self._forget(self._message_id)
+        message = await sink.send_text(rendered, text, attempts=attempts)
+        self._message_id = message.message_id
+        self._messages.append(message.message_id)
+        if self._first is None:
+            self._first = message.message_id
+            sink.first_message_created(message.message_id)
+
+    def _forget(self, message_id: int) -> None:
+        """A message of this answer is gone: a new one takes its place (and, if it was the
+        first, is reported as the first)."""
+        self._message_id = None
+        if message_id in self._messages:
+            self._messages.remove(message_id)
+        if self._first == message_id:
+            self._first = None
 
     async def retract(self, notice: str) -> None:
         """Withdraw the streamed answer and show `notice` in its place."""
@@ -412,15 +463,11 @@ class TelegramStream:
         self._courier.take_error()
         self._incoming = self._pending = ""
         self._parts.clear()
-        sink = self._sink
         keep = self._message_id
         for message_id in self._messages:
             if message_id != keep:
-                await sink.delete(message_id)
-        if keep is not None:
-            await sink.edit_text(keep, None, notice)
-        else:
-            await sink.send_text(None, notice)
+                await self._sink.delete(message_id)
+        await self._write(None, notice)
 
     async def finish(self, *, failed: bool) -> None:
         """Send what was streamed as final message(s); after a failure only what was shown."""

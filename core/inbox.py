@@ -143,8 +143,12 @@ class Inbox:
             return None
 
     async def finish(self, event_id: int, status: str) -> None:
-        """Close an event ("done" or "failed"), drop its claim and the content it carried."""
-        await self.db.run(_finish, event_id, status, autocommit=True)
+        """Close an event ("done" or "failed"), drop its claim and the content it carried.
+
+        Not if another process holds it now (this one stalled and was taken over): closing
+        it would leave its new owner unable to store the answer it is giving.
+        """
+        await self.db.run(_finish, event_id, status, self.worker_id, autocommit=True)
 
     async def release(self, event_ids: Sequence[int]) -> None:
         """Give unfinished events back (shutdown): the next sweep anywhere takes them."""
@@ -237,10 +241,11 @@ def _record(conn: Connection, values: dict[str, Any]) -> int:
     return int(conn.execute(_INSERT_EVENT, values).scalar_one())
 
 
-def _finish(conn: Connection, event_id: int, status: str) -> None:
+def _finish(conn: Connection, event_id: int, status: str, worker_id: str) -> None:
+    ours = or_(InboundEvent.claimed_by == worker_id, InboundEvent.claimed_by.is_(None))
     conn.execute(
         update(InboundEvent)
-        .where(InboundEvent.id == event_id)
+        .where(InboundEvent.id == event_id, ours)
         .values(
             status=status, finished_at=utcnow(), claimed_by=None, lease_until=None, payload=None
         )

@@ -157,3 +157,37 @@ async def test_a_replica_whose_message_was_taken_over_stores_nothing(
             )
         ).all()
     assert ("received", "w-successor") in [tuple(r) for r in still]
+
+
+async def test_a_stalled_replica_cannot_close_a_message_its_successor_answers(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    """Its failure (or its give-up) leaves the event to the replica that took it over."""
+    inbox = core.service.inbox
+    event_id = await inbox.record(message("taken over"))
+    assert event_id is not None
+    async with core.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE inbound_events SET claimed_by = 'w-successor' WHERE id = :id"),
+            {"id": event_id},
+        )
+    await inbox.finish(event_id, "failed")
+    async with core.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT status, claimed_by FROM inbound_events WHERE id = :id"),
+                {"id": event_id},
+            )
+        ).one()
+    assert tuple(row) == ("received", "w-successor")
+    # Its own events it still closes.
+    mine = await inbox.record(message("mine"))
+    assert mine is not None
+    await inbox.finish(mine, "done")
+    async with core.engine.connect() as conn:
+        status = (
+            await conn.execute(
+                text("SELECT status FROM inbound_events WHERE id = :id"), {"id": mine}
+            )
+        ).scalar()
+    assert status == "done"

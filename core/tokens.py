@@ -183,6 +183,12 @@ def context_window(model: str, override: int | None = None) -> int:
         if override <= 0:
             raise ValueError(f"context window override must be positive, got {override}")
         return override
+    return _table_window(model)
+
+
+@functools.lru_cache(maxsize=64)
+def _table_window(model: str) -> int:
+    """The table's window for `model` (looked up once per model: it is asked every message)."""
     name = _normalise(model)
     if name.startswith("ft:"):  # fine-tunes: "ft:gpt-4o-mini-2024-07-18:org::id"
         name = name[3:]

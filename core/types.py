@@ -21,6 +21,11 @@ class ChatRef:
         base = f"{self.platform}:{self.chat_id}"
         return f"{base}:{self.thread_id}" if self.thread_id else base
 
+    @staticmethod
+    def platform_of(key: str) -> str:
+        """The platform a chat `key` (as `key` builds it) belongs to."""
+        return key.split(":", 1)[0]
+
     @property
     def parent_key(self) -> str | None:
         """The key of the channel or group a thread belongs to (None when not a thread)."""

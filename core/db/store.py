@@ -25,9 +25,11 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql.schema import ScalarElementColumnDefault, Table
 
 from core.db.database import Database, sqlite_pragmas
-from core.db.models import Chat, ChatLease, InboundEvent, Message, UsageRecord, utcnow
+from core.db.models import Base, Chat, ChatLease, InboundEvent, Message, UsageRecord, utcnow
+from core.types import ChatRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ def new_revision() -> int:
 
 def _upsert_chat(conn: Connection, chat_key: str, values: dict[str, Any]) -> None:
     """Insert the chat's row with `values`, or set them on the existing row."""
-    platform = chat_key.split(":", 1)[0]
+    platform = ChatRef.platform_of(chat_key)
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     stmt = dialect.insert(Chat).values(key=chat_key, platform=platform, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=[Chat.key], set_=values))
@@ -301,33 +303,20 @@ class Store:
         `claim`: (event id, worker): store the rows only while that worker holds the
         event's claim; otherwise nothing but the usage is stored and `ids` is empty.
         """
-        if self.db.shared and len(rows) == 1:
-            # PostgreSQL: the whole change is one statement, so one round trip.
-            return await self.db.run(
-                _append_one_pg,
-                chat_key,
-                rows[0],
-                answered_event,
-                usage,
-                close_event,
-                expected_revision,
-                release_chat,
-                claim,
-                autocommit=True,
-                durable=False,
-            )
-        return await self.db.run(
-            _append,
+        change = _Change(
             chat_key,
-            rows,
+            tuple(rows),
             answered_event,
             usage,
             close_event,
             expected_revision,
             release_chat,
             claim,
-            durable=False,
         )
+        if self.db.shared and len(rows) == 1:
+            # PostgreSQL: the whole change is one statement, so one round trip.
+            return await self.db.run(_append_one_pg, change, autocommit=True, durable=False)
+        return await self.db.run(_append, change, durable=False)
 
     async def newest_messages(
         self, chat_key: str, *, page_size: int = 64
@@ -387,17 +376,22 @@ def merge_chat_settings(
     return ChatSettings(system_prompt=merged[0], model=merged[1], voice_mode=merged[2])
 
 
-def _append(
-    conn: Connection,
-    chat_key: str,
-    rows: Sequence[dict[str, Any]],
-    answered_event: int | None,
-    usage: dict[str, Any] | None,
-    close_event: bool,
-    expected_revision: int | None,
-    release_chat: str | None,
-    claim: tuple[int, str] | None,
-) -> Appended:
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """What `Store.append_messages` is asked to store, in one transaction."""
+
+    chat_key: str
+    rows: tuple[dict[str, Any], ...]
+    answered_event: int | None
+    usage: dict[str, Any] | None
+    close_event: bool
+    expected_revision: int | None
+    release_chat: str | None
+    claim: tuple[int, str] | None
+
+
+def _append(conn: Connection, change: _Change) -> Appended:
+    chat_key, usage, claim = change.chat_key, change.usage, change.claim
     last_before = conn.execute(_LAST_ID, {"chat_key": chat_key}).scalar()
     if (
         claim is not None
@@ -410,57 +404,47 @@ def _append(
         return Appended([], 0, False, last_before)
     ids = [
         int(conn.execute(_INSERT_MESSAGE, {"chat_key": chat_key, **row}).scalar_one())
-        for row in rows
+        for row in change.rows
     ]
     if usage is not None:
         conn.execute(_INSERT_USAGE, {"created_at": utcnow(), **usage})
-    if answered_event is not None:
-        if close_event:
-            conn.execute(_EVENT_DONE, {"event_id": answered_event, "now": utcnow()})
+    if change.answered_event is not None:
+        if change.close_event:
+            conn.execute(_EVENT_DONE, {"event_id": change.answered_event, "now": utcnow()})
         else:
-            conn.execute(_EVENT_ANSWERED, {"event_id": answered_event})
-    revision, continued = bump_revision(conn, chat_key, expected_revision)
-    if release_chat is not None:
-        conn.execute(_RELEASE_CHAT, {"chat_key": chat_key, "holder": release_chat})
+            conn.execute(_EVENT_ANSWERED, {"event_id": change.answered_event})
+    revision, continued = bump_revision(conn, chat_key, change.expected_revision)
+    if change.release_chat is not None:
+        conn.execute(_RELEASE_CHAT, {"chat_key": chat_key, "holder": change.release_chat})
     return Appended(ids, revision, continued, last_before)
 
 
-_MESSAGE_COLUMNS = (
-    "chat_key",
-    "role",
-    "content",
-    "name",
-    "token_count",
-    "encoding",
-    "status",
-    "event_key",
-    "created_at",
-)
-_USAGE_COLUMNS = (
-    "created_at",
-    "platform",
-    "chat_key",
-    "user_id",
-    "model",
-    "kind",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "audio_seconds",
-    "images",
-    "cost_usd",
-)
-_MESSAGE_TYPES = {
-    "chat_key": "VARCHAR",
-    "role": "VARCHAR",
-    "content": "TEXT",
-    "name": "VARCHAR",
-    "token_count": "INTEGER",
-    "encoding": "VARCHAR",
-    "status": "VARCHAR",
-    "event_key": "VARCHAR",
-    "created_at": "TIMESTAMPTZ",
-}
+def _columns(table: Table) -> tuple[str, ...]:
+    """The columns an insert fills (all but the generated id)."""
+    return tuple(c.name for c in table.columns if not c.primary_key)
+
+
+def _defaults(table: Table) -> dict[str, Any]:
+    """Each column's value when an insert leaves it out: its scalar default, else NULL."""
+    values: dict[str, Any] = {}
+    for column in table.columns:
+        default = column.default
+        values[column.name] = (
+            default.arg if isinstance(default, ScalarElementColumnDefault) else None
+        )
+    return values
+
+
+# The PostgreSQL statement is text, so it takes the tables' columns, types and defaults
+# from the models rather than a second copy of them.
+_MESSAGES_TABLE = Base.metadata.tables["messages"]
+_USAGE_TABLE = Base.metadata.tables["usage"]
+_MESSAGE_COLUMNS = _columns(_MESSAGES_TABLE)
+_USAGE_COLUMNS = _columns(_USAGE_TABLE)
+_MESSAGE_DEFAULTS = _defaults(_MESSAGES_TABLE)
+_USAGE_DEFAULTS = _defaults(_USAGE_TABLE)
+_PG_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+_MESSAGE_TYPES = {c.name: c.type.compile(dialect=_PG_DIALECT) for c in _MESSAGES_TABLE.columns}
 _PG_APPEND: dict[tuple[bool, str, bool, bool], TextClause] = {}
 
 
@@ -521,58 +505,39 @@ def _pg_append_statement(usage: bool, event: str, release: bool, fenced: bool) -
     return _PG_APPEND[key]
 
 
-def _append_one_pg(
-    conn: Connection,
-    chat_key: str,
-    row: dict[str, Any],
-    answered_event: int | None,
-    usage: dict[str, Any] | None,
-    close_event: bool,
-    expected_revision: int | None,
-    release_chat: str | None,
-    claim: tuple[int, str] | None,
-) -> Appended:
+def _append_one_pg(conn: Connection, change: _Change) -> Appended:
+    chat_key, usage, claim = change.chat_key, change.usage, change.claim
     now = utcnow()
     revision = new_revision()
-    message = {"chat_key": chat_key, "name": None, "status": "ok", "event_key": None, **row}
-    message.setdefault("created_at", now)
+    message = {**_MESSAGE_DEFAULTS, "created_at": now, "chat_key": chat_key, **change.rows[0]}
     params: dict[str, Any] = {f"m_{c}": message[c] for c in _MESSAGE_COLUMNS}
     params.update(
         chat_key=chat_key,
-        platform=chat_key.split(":", 1)[0],
+        platform=ChatRef.platform_of(chat_key),
         revision=revision,
         now=now,
-        event_id=answered_event,
-        holder=release_chat,
+        event_id=change.answered_event,
+        holder=change.release_chat,
     )
     if claim is not None:
         params.update(claim_event=claim[0], claim_worker=claim[1])
     if usage is not None:
-        spent = {"created_at": now, **_USAGE_DEFAULTS, **usage}
+        spent = {**_USAGE_DEFAULTS, "created_at": now, **usage}
         params.update({f"u_{c}": spent[c] for c in _USAGE_COLUMNS})
-    event = "" if answered_event is None else ("done" if close_event else "answered")
+    event = ""
+    if change.answered_event is not None:
+        event = "done" if change.close_event else "answered"
     statement = _pg_append_statement(
-        usage is not None, event, release_chat is not None, claim is not None
+        usage is not None, event, change.release_chat is not None, claim is not None
     )
     # The WITH parts' changes are not visible to the outer SELECT: it reads the chat as it
     # was before this statement.
     turn_id, previous, last_before = conn.execute(statement, params).one()
     if turn_id is None:
         return Appended([], revision, False, last_before)
-    continued = expected_revision is not None and previous == expected_revision
+    expected = change.expected_revision
+    continued = expected is not None and previous == expected
     return Appended([int(turn_id)], revision, continued, last_before)
-
-
-_USAGE_DEFAULTS: dict[str, Any] = {
-    "chat_key": None,
-    "user_id": None,
-    "prompt_tokens": 0,
-    "completion_tokens": 0,
-    "cached_tokens": 0,
-    "audio_seconds": 0.0,
-    "images": 0,
-    "cost_usd": 0.0,
-}
 
 
 def _clear_history(conn: Connection, chat_key: str) -> int:

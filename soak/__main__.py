@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
+from core.testing.tokenizer import use_offline_tokenizer_files
 from soak.run import SoakConfig, soak
-
-_SHARED_CACHE = Path(__file__).resolve().parents[2] / "shared" / "tiktoken-cache"
 
 
 def parse(argv: list[str] | None) -> SoakConfig:
@@ -50,8 +48,7 @@ def parse(argv: list[str] | None) -> SoakConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse(argv)
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_CACHE.is_dir():
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(_SHARED_CACHE)
+    use_offline_tokenizer_files(Path(__file__).resolve().parents[1])
     # Injected faults make the core log retries and failures; only a real surprise is shown.
     logging.basicConfig(level=logging.CRITICAL)
     report = asyncio.run(soak(config))

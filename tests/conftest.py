@@ -12,10 +12,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
-# tiktoken downloads its BPE files; offline we point it at the shared, hash-checked copy.
-_shared_cache = REPO.parent / "shared" / "tiktoken-cache"
-if "TIKTOKEN_CACHE_DIR" not in os.environ and _shared_cache.is_dir():
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(_shared_cache)
+# tiktoken downloads its BPE files; offline we point it at a local, hash-checked copy.
+from core.testing.tokenizer import use_offline_tokenizer_files  # noqa: E402
+
+use_offline_tokenizer_files(REPO)
 
 from core.app import Core, open_core  # noqa: E402
 from core.config import Settings  # noqa: E402

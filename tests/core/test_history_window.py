@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from sqlalchemy import insert
 from core.app import Core, open_core
 from core.config import Settings
 from core.db.models import Message, utcnow
+from core.db.store import HistoryPages
 from core.errors import ContextTooLong
 from core.history import ChatWindow, HistoryCache, Turn
 from core.openai_client import EncodedMessage
@@ -51,6 +53,19 @@ async def stored_history(core: Core, chat: str = "w1") -> list[str]:
     return [r.content for r in reversed(rows)][:-1]
 
 
+def count_history_reads(core: Core) -> list[str]:
+    """From now on, the chats whose history the store is asked to read (a growing list)."""
+    reads: list[str] = []
+    original = core.store.read_history
+
+    async def counting(chat_key: str, **kw: Any) -> HistoryPages:
+        reads.append(chat_key)
+        return await original(chat_key, **kw)
+
+    core.store.read_history = counting  # type: ignore[method-assign]
+    return reads
+
+
 def small_window(settings: Settings, tokens: int = 400) -> Settings:
     return settings.model_copy(update={"context_tokens": tokens, "reply_tokens": 50})
 
@@ -61,18 +76,10 @@ async def test_a_long_chat_is_answered_from_memory_without_rereading_its_history
     async with open_core(small_window(settings)) as core:
         for i in range(30):
             await say(core, f"turn {i} " + "word " * 10)
-        reads = 0
-        original = core.store.read_history
-
-        async def counting(*args: object, **kw: object) -> object:
-            nonlocal reads
-            reads += 1
-            return await original(*args, **kw)  # type: ignore[arg-type]
-
-        core.store.read_history = counting  # type: ignore[method-assign]
+        reads = count_history_reads(core)
         for i in range(30, 40):
             await say(core, f"turn {i} " + "word " * 10)
-        assert reads == 0
+        assert reads == []
         # What was sent is exactly the newest stored turns that fit, oldest first.
         sent = sent_history(fake_openai)
         stored = await stored_history(core)
@@ -126,19 +133,11 @@ async def test_a_turn_stored_behind_the_service_s_back_is_sent_too(
 async def test_a_new_chat_is_answered_without_reading_any_history(
     core: Core, fake_openai: FakeOpenAI
 ) -> None:
-    reads = 0
-    original = core.store.read_history
-
-    async def counting(*args: object, **kw: object) -> object:
-        nonlocal reads
-        reads += 1
-        return await original(*args, **kw)  # type: ignore[arg-type]
-
-    core.store.read_history = counting  # type: ignore[method-assign]
+    reads = count_history_reads(core)
     for chat in ("n1", "n2", "n3"):
         assert await say(core, f"hello from {chat}", chat=chat) == [f"echo: hello from {chat}"]
         await say(core, "again", chat=chat)
-    assert reads == 0
+    assert reads == []
     assert sent_history(fake_openai) == ["hello from n3", "echo: hello from n3", "again"]
 
 

@@ -175,6 +175,9 @@ class FakeServer:
         with self._changed_sync:
             self.requests.append(rec)
             self._changed_sync.notify_all()
+        # Waiters hear of the request as it arrives (a streamed answer may take long), and
+        # again once it was answered.
+        await self._notify()
         try:
             response: web.StreamResponse = await handler(request)
             return response

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.app import Core, open_core
@@ -77,7 +79,10 @@ async def test_each_chat_message_takes_a_few_statements_whatever_the_history(
 
     db = core.store.db
     # The SQLite thread's engine, or PostgreSQL's two pools.
-    targets = [db._sync] if db._sync else [db.engine.sync_engine, db.turns_engine.sync_engine]
+    sqlite_thread = db.thread_engine
+    targets = (
+        [sqlite_thread] if sqlite_thread else [db.engine.sync_engine, db.turns_engine.sync_engine]
+    )
     for target in targets:
         event.listen(target, "before_cursor_execute", count)
     try:
@@ -191,3 +196,73 @@ async def test_a_stalled_replica_cannot_close_a_message_its_successor_answers(
             )
         ).scalar()
     assert status == "done"
+
+
+async def test_a_burst_with_redeliveries_answers_each_message_once(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    """A redelivered event's duplicate key fails its own unit only: every message of a
+    burst is answered once, whichever units were committed together."""
+    originals = [message(f"burst {i}", chat=f"g{i}") for i in range(60)]
+    again = originals[::10]  # the platform delivers every tenth one twice, at the same time
+    sinks = [RecordingSink() for _ in originals + again]
+    handled = await asyncio.gather(
+        *(core.service.handle(m, s) for m, s in zip(originals + again, sinks, strict=True))
+    )
+    assert handled.count(True) == 60
+    for i, msg in enumerate(originals):
+        copies = [sinks[i].texts] + [sinks[60 + k].texts for k, m in enumerate(again) if m is msg]
+        assert [c for c in copies if c] == [[f"echo: burst {i}"]]
+        assert await core.store.count_messages(f"test:g{i}") == 2
+
+
+async def test_sqlite_units_queued_together_commit_together_and_fail_alone(
+    core: Core,
+) -> None:
+    db = core.store.db
+    engine = db.thread_engine
+    if engine is None:
+        pytest.skip("PostgreSQL runs each unit on its own pooled connection")
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda _conn: commits.append(1))
+    gate = threading.Event()
+
+    def hold(conn: Connection) -> None:
+        gate.wait(5)
+
+    def add(conn: Connection, key: str) -> int:
+        conn.execute(
+            text(
+                "INSERT INTO chats (key, platform, history_rev, created_at, updated_at) "
+                "VALUES (:k, 'test', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            ),
+            {"k": key},
+        )
+        return len(key)
+
+    async def queued_behind_a_busy_thread(keys: list[str]) -> list[object]:
+        gate.clear()
+        held = asyncio.ensure_future(db.run(hold))
+        await asyncio.sleep(0.05)  # the thread is busy: what follows queues up
+        units = [asyncio.ensure_future(db.run(add, key)) for key in keys]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await held
+        return await asyncio.gather(*units, return_exceptions=True)
+
+    keys = [f"group-{i}" for i in range(20)]
+    assert await queued_behind_a_busy_thread(keys) == [len(k) for k in keys]
+    # The held unit's commit, then one for the 20 queued behind it.
+    assert len(commits) == 2
+
+    commits.clear()
+    keys = [f"again-{i}" for i in range(20)] + ["group-3"]  # the last one is a duplicate
+    results = await queued_behind_a_busy_thread(keys)
+    assert results[:20] == [len(k) for k in keys[:20]]
+    assert isinstance(results[20], IntegrityError)
+    async with core.engine.connect() as conn:
+        stored = await conn.execute(text("SELECT count(*) FROM chats WHERE key LIKE '%-%'"))
+        assert stored.scalar_one() == 40
+    # The duplicate made the group roll back; each unit then ran alone: the held unit's
+    # commit and 20 more, nothing of the failed one.
+    assert len(commits) == 21

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -100,6 +101,25 @@ async def test_streamed_answers_reuse_one_connection(
         await collect(client, question)
     peers = {r.peer for r in fake.calls("/chat/completions")}
     assert len(peers) == 1
+
+
+async def test_many_answers_at_once_keep_their_connections_for_the_next_ones(
+    fake: FakeOpenAI,
+) -> None:
+    # 40 answers stream at once, then 40 more: the second wave reuses the first wave's
+    # connections instead of opening new ones (each a TLS handshake against a real API).
+    fake.chunk_delay = 0.01
+    settings = Settings(openai_base_url=fake.base_url, openai_api_key=KEY, max_connections=100)
+    http = build_http_client(settings)
+    try:
+        app_client = OpenAIClient(http, base_url=fake.base_url, api_key=KEY)
+        for _ in range(2):
+            await asyncio.gather(*(collect(app_client, f"q{i}") for i in range(40)))
+    finally:
+        await http.aclose()
+    peers = {r.peer for r in fake.calls("/chat/completions")}
+    assert len(fake.chat_requests()) == 80
+    assert len(peers) <= 40
 
 
 async def test_error_mid_stream_after_text_is_raised_without_retry(
@@ -504,7 +524,7 @@ async def test_the_app_client_reuses_one_connection_for_answers_in_turn(fake: Fa
 
 
 async def test_many_answers_at_once_share_the_connection_limit(fake: FakeOpenAI) -> None:
-    """The pool is split in shards (cheaper per request); together they hold the limit."""
+    """The app's pool lets the configured number of answers stream at once, never more."""
     import asyncio
 
     from core.testing.fake_openai import echo_reply
@@ -525,5 +545,5 @@ async def test_many_answers_at_once_share_the_connection_limit(fake: FakeOpenAI)
     async with http:
         answers = await asyncio.gather(*(collect(client, f"q{i}") for i in range(100)))
     assert ["".join(d.text for d in a) for a in answers] == [f"echo: q{i}" for i in range(100)]
-    # More than one shard's worth of requests at once, never more than the limit.
+    # Up to the limit at once (not a smaller default), never more.
     assert 32 < most <= 40

@@ -189,9 +189,11 @@ class Inbox:
             return set()
         return await self.db.run(_taken_over, list(event_ids), self.worker_id)
 
-    async def remember_reply(self, event_key: str, reply_ref: str) -> None:
-        """Note the platform message showing this event's answer (while it is open)."""
-        await self.db.run(_remember_reply, event_key, reply_ref, autocommit=True, durable=False)
+    async def remember_reply(self, event_key: str, refs: Sequence[str]) -> None:
+        """Note the platform messages showing this event's answer, in order (while it is
+        open); they replace what was noted before."""
+        stored = encode_reply_refs(refs)
+        await self.db.run(_remember_reply, event_key, stored, autocommit=True, durable=False)
 
     async def user_turn_stored(self, event_key: str) -> bool:
         """Whether this event's user turn already reached the history (a resumed event)."""
@@ -323,11 +325,25 @@ def _taken_over(conn: Connection, event_ids: list[int], worker_id: str) -> set[i
     return {int(r[0]) for r in rows}
 
 
-def _remember_reply(conn: Connection, event_key: str, reply_ref: str) -> None:
+# inbound_events.reply_ref holds the answer's platform messages as ids separated by spaces,
+# in order (text of any length, migration 0007).
+def encode_reply_refs(refs: Sequence[str]) -> str | None:
+    """The column value for `refs` (None for none)."""
+    if any(not ref or any(c.isspace() for c in ref) for ref in refs):
+        raise ValueError("a reply ref is empty or holds whitespace")
+    return " ".join(refs) or None
+
+
+def decode_reply_refs(stored: str | None) -> tuple[str, ...]:
+    """The refs an `inbound_events.reply_ref` value holds, in order."""
+    return tuple(stored.split()) if stored else ()
+
+
+def _remember_reply(conn: Connection, event_key: str, stored: str | None) -> None:
     conn.execute(
         update(InboundEvent)
         .where(InboundEvent.event_key == event_key, InboundEvent.status == "received")
-        .values(reply_ref=reply_ref)
+        .values(reply_ref=stored)
     )
 
 

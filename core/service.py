@@ -26,7 +26,7 @@ from core.errors import (
     ShuttingDown,
 )
 from core.history import ChatWindow, HistoryCache, Turn
-from core.inbox import Inbox, decode_message, new_worker_id
+from core.inbox import Inbox, decode_message, decode_reply_refs, new_worker_id
 from core.locks import ChatLocks, Ticket
 from core.metrics import Metrics
 from core.moderation import WITHHELD_NOTICE, Moderator
@@ -337,8 +337,9 @@ class ConversationService:
                 await self.inbox.finish(event.id, "done")
                 continue
             stored = decode_message(event.event_key, event.payload)
-            if event.reply_ref is not None:
-                stored = dataclasses.replace(stored, reply_ref=event.reply_ref)
+            refs = decode_reply_refs(event.reply_ref)
+            if refs:
+                stored = dataclasses.replace(stored, reply_refs=refs)
             restored = restorers[stored.chat.platform].restore(stored)
             if restored is None:
                 await self.inbox.release([event.id])
@@ -355,20 +356,29 @@ class ConversationService:
             log.info("resumed unfinished messages", extra={"count": resumed})
         return resumed
 
-    def remember_reply(self, msg: IncomingMessage, reply_ref: str) -> None:
-        """Adapters: the first platform message of `msg`'s answer now exists (`reply_ref`).
+    def remember_reply(self, msg: IncomingMessage, refs: tuple[str, ...]) -> None:
+        """Adapters: the platform messages showing `msg`'s answer are now `refs`, in order.
 
-        Stored in the background, beside the event: if this process dies before the answer
-        is stored, whoever resumes the message continues in that platform message (see
-        `IncomingMessage.reply_ref`) instead of posting the answer a second time.
+        Called whenever an answer's messages change (one more rolled over, one replaced).
+        Stored in the background, beside the event, in the order of the calls: if this
+        process dies before the answer is stored, whoever resumes the message continues in
+        those platform messages (see `IncomingMessage.reply_refs`) instead of posting the
+        answer a second time.
         """
-        task = asyncio.create_task(self._remember(msg.event_key, reply_ref))
+        name = f"relaybot:reply-note:{msg.event_key}"
+        earlier = [task for task in self._notes if task.get_name() == name]
+        task = asyncio.create_task(self._remember(msg.event_key, refs, earlier), name=name)
         self._notes.add(task)
         task.add_done_callback(self._notes.discard)
 
-    async def _remember(self, event_key: str, reply_ref: str) -> None:
+    async def _remember(
+        self, event_key: str, refs: tuple[str, ...], earlier: list[asyncio.Task[None]]
+    ) -> None:
+        if earlier:
+            # A newer list must not be overwritten by an older one still on its way.
+            await asyncio.wait(earlier)
         try:
-            await self.inbox.remember_reply(event_key, reply_ref)
+            await self.inbox.remember_reply(event_key, refs)
         except Exception:
             log.warning("could not note where an answer is shown", exc_info=True)
 

@@ -80,10 +80,10 @@ class IncomingMessage:
     platform_message_id: str | None = None
     # Text of the message this one replies to (e.g. a quoted bot answer), for context only.
     reply_to_text: str | None = None
-    # On a resumed message: the platform message (its id, as the adapter gave it to
-    # `ConversationService.remember_reply`) that already shows part or all of the answer
-    # from a run that died before storing it. The adapter's sink continues in it.
-    reply_ref: str | None = None
+    # On a resumed message: the platform messages (their ids, as the adapter gave them to
+    # `ConversationService.remember_reply`), in order, that already show part or all of the
+    # answer from a run that died before storing it. The adapter's sink continues in them.
+    reply_refs: tuple[str, ...] = ()
 
 
 class ReplyKind(StrEnum):

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -21,7 +21,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.http_server import HttpServer
 from bots.slack.events import PLATFORM, thread_to_check, to_incoming
 from bots.slack.files import fetcher
-from bots.slack.sink import SinkOptions, SlackSink, StreamingSupport
+from bots.slack.sink import (
+    ANSWER_EVENT_TYPE,
+    Caller,
+    SinkOptions,
+    SlackSink,
+    StreamingSupport,
+    error_name,
+)
 from core.app import Core
 from core.commands import COMMANDS
 from core.errors import ConfigError, ShuttingDown
@@ -37,6 +44,27 @@ SUGGESTED_PROMPTS = (
 )
 _THREAD_CACHE_SIZE = 10_000
 _NEGATIVE_TTL = 300.0
+_LOOKUP_PAGES = 5  # conversations.replies/history pages read looking for an earlier answer
+
+
+def _answers(message: Any, event_key: str) -> bool:
+    """Whether a message from conversations.* is tagged as (part of) the answer to `event_key`."""
+    if not isinstance(message, Mapping) or not message.get("ts"):
+        return False
+    metadata = message.get("metadata")
+    if not isinstance(metadata, Mapping) or metadata.get("event_type") != ANSWER_EVENT_TYPE:
+        return False
+    payload = metadata.get("event_payload")
+    return isinstance(payload, Mapping) and payload.get("event") == event_key
+
+
+def _ts_order(ts: str) -> tuple[int, int]:
+    """A Slack ts ("1700000000.000100") as a sortable pair (a float loses digits)."""
+    seconds, _, fraction = ts.partition(".")
+    try:
+        return int(seconds), int(fraction.ljust(6, "0") or 0)
+    except ValueError:
+        return 0, 0
 
 
 class _ThreadMemory:
@@ -219,7 +247,8 @@ class SlackAdapter:
                 assistant_thread=assistant,
                 options=self.sink_options,
                 support=self.streaming,
-                on_first_message=self._noting(msg),
+                on_messages=self._noting(msg),
+                tag=msg.event_key,
             )
             self._track(await self.core.service.submit(msg, sink))
         except ShuttingDown:
@@ -283,7 +312,8 @@ class SlackAdapter:
                 user_id=user,
                 options=self.sink_options,
                 support=self.streaming,
-                on_first_message=self._noting(msg),
+                on_messages=self._noting(msg),
+                tag=msg.event_key,
             )
             # Slack never retries a slash command: store it, then acknowledge either way.
             self._track(await self.core.service.submit(msg, sink))
@@ -298,10 +328,10 @@ class SlackAdapter:
                 self._inflight.discard(task)
 
     # -- resuming after a restart -----------------------------------------------------------
-    def _noting(self, msg: IncomingMessage) -> Callable[[str], None]:
-        """Notes the first message of `msg`'s answer beside its event, for a successor."""
+    def _noting(self, msg: IncomingMessage) -> Callable[[tuple[str, ...]], None]:
+        """Notes the messages of `msg`'s answer beside its event, for a successor."""
         service = self.core.service
-        return lambda ts: service.remember_reply(msg, ts)
+        return lambda refs: service.remember_reply(msg, refs)
 
     def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, SlackSink] | None:
         """A stored Slack message with working file fetches and a sink for its thread/DM."""
@@ -324,11 +354,74 @@ class SlackAdapter:
             assistant_thread=msg.is_direct and msg.chat.thread_id is not None,
             options=self.sink_options,
             support=self.streaming,
-            on_first_message=self._noting(msg),
-            # An earlier run posted (part of) this answer: continue in that message.
-            continue_in=msg.reply_ref,
+            on_messages=self._noting(msg),
+            # An earlier run posted (part of) this answer: continue in those messages. When
+            # their note never reached the database, look for them by their metadata.
+            continue_in=msg.reply_refs,
+            tag=msg.event_key,
+            find_earlier=self._finder(channel, msg),
         )
         return dataclasses.replace(msg, attachments=attachments), sink
+
+    def _finder(
+        self, channel: str, msg: IncomingMessage
+    ) -> Callable[[], Awaitable[tuple[str, ...]]] | None:
+        """The look-up of an earlier run's answer messages to `msg`, where one is possible:
+        after the person's message, in its thread (or, unthreaded, in the conversation)."""
+        after = msg.platform_message_id
+        if msg.reply_refs or not after:
+            return None
+        return lambda: self._tagged_answer(channel, msg.chat.thread_id, after, msg.event_key)
+
+    async def _tagged_answer(
+        self, channel: str, thread_ts: str | None, after: str, event_key: str
+    ) -> tuple[str, ...]:
+        """The ts of the messages tagged as the answer to `event_key`, oldest first.
+
+        Reads the thread (conversations.replies) or, for an unthreaded DM, the conversation
+        (conversations.history) from `after` on, with the messages' metadata. Needs the
+        *:history scope of the conversation; any failure means "none found".
+        """
+        call = Caller(self.sink_options)
+        found: list[str] = []
+        cursor: str | None = None
+        try:
+            for _ in range(_LOOKUP_PAGES):
+                if thread_ts is not None:
+                    response = await call(
+                        self.client.conversations_replies,
+                        channel=channel,
+                        ts=thread_ts,
+                        oldest=after,
+                        include_all_metadata=True,
+                        limit=200,
+                        cursor=cursor,
+                    )
+                else:
+                    response = await call(
+                        self.client.conversations_history,
+                        channel=channel,
+                        oldest=after,
+                        include_all_metadata=True,
+                        limit=200,
+                        cursor=cursor,
+                    )
+                for message in response.get("messages") or []:
+                    if _answers(message, event_key):
+                        found.append(str(message["ts"]))
+                meta = response.get("response_metadata") or {}
+                cursor = meta.get("next_cursor") if response.get("has_more") else None
+                if not cursor:
+                    break
+        except SlackApiError as err:
+            log.info("could not look for an earlier answer's messages: %s", error_name(err))
+            return ()
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.info("could not look for an earlier answer's messages: %s", type(err).__name__)
+            return ()
+        if found:
+            log.info("found an earlier run's answer messages by their metadata")
+        return tuple(sorted(set(found), key=_ts_order))
 
     # -- Slack look-ups --------------------------------------------------------------------
     async def _bot_in_thread(

@@ -33,8 +33,22 @@ NO_NATIVE_STREAMING = frozenset(
     }
 )
 THINKING = "is thinking..."
-# chat.update errors meaning the message can no longer be edited: post a new one instead.
-MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message"})
+# chat.update errors meaning the message can no longer be edited: post a new one instead
+# (streaming_state_conflict: a native stream still open even after we tried to stop it).
+MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message", "streaming_state_conflict"})
+# What Slack answers about native streams (see `SlackSink`): chat.update or chat.delete on a
+# message still streaming, and chat.appendStream or chat.stopStream on one no longer streaming.
+STREAMING_STATE_CONFLICT = "streaming_state_conflict"
+CANT_DELETE = "cant_delete_message"
+NOT_STREAMING = "message_not_in_streaming_state"
+# The message metadata event type tagging every message of an answer, with the inbound
+# event's key as payload: a resumed answer finds its messages by it.
+ANSWER_EVENT_TYPE = "relaybot_answer"
+
+
+def answer_metadata(event_key: str) -> dict[str, Any]:
+    """Slack message metadata marking a message as part of the answer to `event_key`."""
+    return {"event_type": ANSWER_EVENT_TYPE, "event_payload": {"event": event_key}}
 
 
 @dataclass(slots=True)
@@ -165,17 +179,15 @@ class SlackStream:
         self._sink = sink
         self._opts = sink.options
         self._native = sink.can_stream_natively()
-        self._posted: list[str] = []  # ts of every message this answer created
-        self._current_ts: str | None = None
-        self._first: str | None = None  # ts of the first of them (told to the sink)
-        if sink.continue_in is not None:
-            # An earlier run of this answer left this message: write the answer into it by
-            # chat.update (a native stream cannot be picked up again).
+        self._messages: list[str] = []  # ts of the messages this answer is written in
+        # Messages an earlier run of this answer left, not used yet: the next ones to write.
+        self._reuse: list[str] = list(sink.continue_in)
+        if self._reuse:
+            # They are continued by chat.update (a native stream cannot be picked up again).
             self._native = False
-            self._current_ts = self._first = sink.continue_in
-            self._posted.append(sink.continue_in)
+        self._current_ts: str | None = None
         self._current = ""  # update mode: the markdown the current message should show
-        self._current_len = 0  # native mode: characters already streamed into the message
+        self._streamed = ""  # native mode: the markdown already streamed into the message
         self._incoming = ""  # appended, not yet taken in by the worker
         self._pending = ""
         self._dirty = False
@@ -250,18 +262,16 @@ class SlackStream:
         self._incoming = ""
         if self._native and self._current_ts is not None:
             await self._stop_native("", retry=True)
-        for ts in self._posted:
-            try:
-                await self._sink.call(
-                    self._sink.client.chat_delete, channel=self._sink.channel, ts=ts
-                )
-            except SlackApiError as err:
-                log.warning("could not delete a retracted message: %s", error_name(err))
-        self._posted.clear()
+        for ts in [*self._messages, *self._reuse]:
+            await self._delete(ts)
+        self._messages.clear()
+        self._reuse.clear()
+        self._report()
         await self._sink.post_markdown(notice)
 
     async def finish(self) -> None:
-        """Flush what is left and end the message(s)."""
+        """Flush what is left and end the message(s); delete those an earlier run left that
+        the answer did not need."""
         if self._retracted:
             return
         self._closing = True
@@ -274,7 +284,11 @@ class SlackStream:
         wait = self._not_before - time.monotonic()
         if wait > 0:
             await asyncio.sleep(min(wait, self._opts.max_retry_wait))
-        await self._flush(final=True)
+        try:
+            await self._flush(final=True)
+        finally:
+            if self._reuse:
+                await self._delete_unused()
 
     # -- flushing --------------------------------------------------------------------------
     async def _flush(self, *, final: bool) -> None:
@@ -303,9 +317,9 @@ class SlackStream:
 
     async def _flush_native(self, final: bool) -> None:
         # A streamed message holds stream_limit characters; past that, end it and start anew.
-        while self._native and len(self._pending) + self._current_len > self._opts.stream_limit:
-            room = max(self._opts.stream_limit - self._current_len, 1)
-            head, rest = split_text(self._pending, room, may_defer=self._current_len > 0)
+        while self._native and len(self._pending) + len(self._streamed) > self._opts.stream_limit:
+            room = max(self._opts.stream_limit - len(self._streamed), 1)
+            head, rest = split_text(self._pending, room, may_defer=bool(self._streamed))
             if head and not await self._send_native(head, retry=final):
                 return
             await self._stop_native("", retry=True)
@@ -327,6 +341,7 @@ class SlackStream:
         call = sink.call if retry else _once
         if self._current_ts is None:
             try:
+                # chat.startStream takes no metadata: the message is tagged when it stops.
                 response = await call(
                     sink.client.chat_startStream,
                     channel=sink.channel,
@@ -342,13 +357,19 @@ class SlackStream:
                 return False
             self._created(str(response["ts"]))
         elif piece:
-            await call(
-                sink.client.chat_appendStream,
-                channel=sink.channel,
-                ts=self._current_ts,
-                markdown_text=piece,
-            )
-        self._current_len += len(piece)
+            try:
+                await call(
+                    sink.client.chat_appendStream,
+                    channel=sink.channel,
+                    ts=self._current_ts,
+                    markdown_text=piece,
+                )
+            except SlackApiError as err:
+                if error_name(err) != NOT_STREAMING:
+                    raise
+                self._stream_closed()
+                return False
+        self._streamed += piece
         self._pending = self._pending[len(piece) :]
         return True
 
@@ -358,14 +379,31 @@ class SlackStream:
         if ts is None:
             return
         call = sink.call if retry else _once
-        await call(
-            sink.client.chat_stopStream,
-            channel=sink.channel,
-            ts=ts,
-            markdown_text=piece or None,
-        )
+        try:
+            await call(
+                sink.client.chat_stopStream,
+                channel=sink.channel,
+                ts=ts,
+                markdown_text=piece or None,
+                metadata=sink.metadata,
+            )
+        except SlackApiError as err:
+            if error_name(err) != NOT_STREAMING:
+                raise
+            # Slack ended the stream itself and shows the message as broken: chat.update
+            # is the way to finish it.
+            log.info("slack had ended an answer's stream; finishing it by chat.update")
+            await self._update(ts, _markdown_payload(self._streamed + piece), call)
         self._current_ts = None
-        self._current_len = 0
+        self._streamed = ""
+
+    def _stream_closed(self) -> None:
+        """Slack ended the current stream before we did: go on in that message by updates."""
+        log.info("slack had ended an answer's stream; going on with message edits")
+        self._native = False
+        self._current = self._streamed + self._pending
+        self._streamed = self._pending = ""
+        self._dirty = bool(self._current)
 
     def _fall_back(self, err: SlackApiError) -> None:
         name = error_name(err)
@@ -390,15 +428,18 @@ class SlackStream:
             await self._write_current(self._current, finished=True, retry=True)
 
     async def _write_current(self, markdown: str, *, finished: bool, retry: bool) -> None:
+        """Show `markdown` in the message being written: update it, or, when there is none
+        yet, the next message an earlier run left, or else post a new one."""
         sink = self._sink
         call = sink.call if retry else _once
         # While streaming, plain mrkdwn text; the finished message gets the markdown block too.
         payload = _markdown_payload(markdown) if finished else {"text": _fallback_text(markdown)}
+        if self._current_ts is None and self._reuse:
+            self._current_ts = self._reuse.pop(0)
+            self._messages.append(self._current_ts)
         if self._current_ts is not None:
             try:
-                await call(
-                    sink.client.chat_update, channel=sink.channel, ts=self._current_ts, **payload
-                )
+                await self._update(self._current_ts, payload, call)
                 self._dirty = False
                 return
             except SlackApiError as err:
@@ -406,32 +447,99 @@ class SlackStream:
                     raise
                 # Deleted, or left by an earlier run and no longer editable: post anew.
                 log.warning("cannot update the answer's message (%s); posting a new one", err)
-                self._forget(self._current_ts)
+                await self._replace(self._current_ts)
         response = await call(
             sink.client.chat_postMessage,
             channel=sink.channel,
             thread_ts=sink.thread_ts,
+            metadata=sink.metadata,
             **payload,
         )
         self._created(str(response["ts"]))
         self._dirty = False
 
-    def _created(self, ts: str) -> None:
-        """A message of this answer now exists; the first one is told to the sink."""
-        self._current_ts = ts
-        self._posted.append(ts)
-        if self._first is None:
-            self._first = ts
-            self._sink.first_message_created(ts)
+    async def _update(self, ts: str, payload: dict[str, Any], call: Caller | _Call) -> None:
+        """chat.update one of the answer's messages (tagged, as a post is).
 
-    def _forget(self, ts: str) -> None:
-        """A message of this answer is gone: a new one takes its place (and, if it was the
-        first, is reported as the first)."""
+        An earlier run's native stream that was never stopped refuses updates: it is
+        stopped first (see `SlackSink`).
+        """
+        sink = self._sink
+        try:
+            await call(
+                sink.client.chat_update,
+                channel=sink.channel,
+                ts=ts,
+                metadata=sink.metadata,
+                **payload,
+            )
+            return
+        except SlackApiError as err:
+            if error_name(err) != STREAMING_STATE_CONFLICT:
+                raise
+        log.info("an earlier run left an answer's stream open; stopping it to update it")
+        await self._end_stream(ts)
+        await call(
+            sink.client.chat_update, channel=sink.channel, ts=ts, metadata=sink.metadata, **payload
+        )
+
+    async def _end_stream(self, ts: str) -> bool:
+        """Stop a native stream an earlier run left open; False when there was none to stop
+        (message_not_in_streaming_state: not a stream, or Slack ended it) or stopping failed."""
+        sink = self._sink
+        try:
+            await sink.call(sink.client.chat_stopStream, channel=sink.channel, ts=ts)
+        except SlackApiError as err:
+            if error_name(err) != NOT_STREAMING:
+                log.info("could not stop an earlier run's stream: %s", error_name(err))
+            return False
+        return True
+
+    async def _delete(self, ts: str) -> None:
+        """Delete one of the answer's messages (best effort: failures are logged)."""
+        sink = self._sink
+        for attempt in (1, 2):
+            try:
+                await sink.call(sink.client.chat_delete, channel=sink.channel, ts=ts)
+                return
+            except SlackApiError as err:
+                name = error_name(err)
+                # An open native stream refuses deletion (cant_delete_message) until stopped.
+                if attempt == 1 and name == CANT_DELETE and await self._end_stream(ts):
+                    continue
+                log.warning("could not delete a message of an answer: %s", name or err)
+                return
+            except aiohttp.ClientError as err:
+                log.warning("could not delete a message of an answer: %s", type(err).__name__)
+                return
+
+    async def _replace(self, ts: str) -> None:
+        """A message of this answer cannot be updated: a new one takes its place. The earlier
+        run's messages not used yet would stand above it, out of order: they go."""
         self._current_ts = None
-        if ts in self._posted:
-            self._posted.remove(ts)
-        if self._first == ts:
-            self._first = None
+        if ts in self._messages:
+            self._messages.remove(ts)
+        await self._delete_unused()
+
+    async def _delete_unused(self) -> None:
+        """Delete the messages an earlier run left that this answer did not need."""
+        unused, self._reuse = self._reuse, []
+        for ts in unused:
+            await self._delete(ts)
+        self._report()
+
+    def _created(self, ts: str) -> None:
+        """A message of this answer now exists."""
+        self._current_ts = ts
+        self._messages.append(ts)
+        self._report()
+
+    def _report(self) -> None:
+        """Tell the sink which messages the answer is in now (with those still to reuse)."""
+        self._sink.messages_changed((*self._messages, *self._reuse))
+
+
+_Call = Callable[..., Awaitable[AsyncSlackResponse]]
 
 
 async def _once(
@@ -443,13 +551,36 @@ async def _once(
 class SlackSink:
     """Where the answers to one Slack message go: a channel thread, a DM, or a DM thread.
 
-    `on_first_message` is told the ts of the first message a streamed answer creates (so a
-    successor can continue in it should this process die before the answer is stored).
-    `continue_in` is such a message, left by an earlier run of this same answer: the
-    streamed answer then updates it (chat.update, never a native stream) instead of
-    posting a new one; if Slack no longer lets us update it, a new message is posted after
-    all. Only the first message is known: should the earlier run have rolled over into
-    more, those stay as they are.
+    `on_messages` is told, whenever they change, the ts of the messages a streamed answer
+    consists of, in order (so a successor can continue in them should this process die
+    before the answer is stored). `continue_in` are such messages, left by an earlier run of
+    this same answer: the streamed answer then updates them in order (chat.update, never a
+    native stream), rolling over from one into the next, and deletes those it does not
+    need. A message Slack no longer lets us update is replaced by a new post; the
+    remembered messages after it would then stand above the answer's rest, out of order, so
+    they are deleted. A failed deletion is logged and left.
+
+    `tag` (the inbound event's key) goes into every answer message as Slack message
+    metadata (event type `relaybot_answer`), so a successor can find the messages even when
+    the note of them never reached the database: `find_earlier` does that look-up, once,
+    when a resumed answer knows no messages. chat.postMessage, chat.update and
+    chat.stopStream take `metadata`; chat.startStream does not (its documented arguments:
+    channel, thread_ts, recipient_*, markdown_text, chunks, task_display_mode, icon_*,
+    username; docs.slack.dev/reference/methods/chat.startStream and .../chat.stopStream).
+    A native stream is therefore tagged only when it stops: one a killed process left open
+    cannot be found by the look-up (its ts is found only when the note landed).
+
+    Native streams a killed process left open (Slack documents none of this; public reports):
+    Slack ends a stream by itself within about 5 minutes (reports differ on idle or total
+    time); after that chat.appendStream and chat.stopStream answer
+    `message_not_in_streaming_state` and the message shows as broken until chat.update
+    rewrites it (python-slack-sdk issue #1859 and PR #1880: "the only recovery path is
+    chat.update"; node-slack-sdk issue #2702; vercel/chat issues #607, #637). While it is
+    still open, chat.update answers `streaming_state_conflict` and chat.delete
+    `cant_delete_message` (from third-party code built on recorded Slack responses, not from
+    Slack's docs). So: an update or deletion that meets an open stream stops it
+    (chat.stopStream, same bot token) and tries again once; a stream of our own that Slack
+    ended is finished, and continued, by chat.update.
     """
 
     def __init__(
@@ -463,8 +594,10 @@ class SlackSink:
         assistant_thread: bool = False,
         options: SinkOptions | None = None,
         support: StreamingSupport | None = None,
-        on_first_message: Callable[[str], None] | None = None,
-        continue_in: str | None = None,
+        on_messages: Callable[[tuple[str, ...]], None] | None = None,
+        continue_in: tuple[str, ...] = (),
+        tag: str | None = None,
+        find_earlier: Callable[[], Awaitable[tuple[str, ...]]] | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -475,17 +608,19 @@ class SlackSink:
         self.options = options or SinkOptions()
         self.support = support or StreamingSupport()
         self.call = Caller(self.options)
-        self.on_first_message = on_first_message
+        self.on_messages = on_messages
         self.continue_in = continue_in
+        self.metadata = answer_metadata(tag) if tag is not None else None
+        self.find_earlier = find_earlier
 
-    def first_message_created(self, ts: str) -> None:
-        """A streamed answer created its first message: tell whoever asked."""
-        if self.on_first_message is None:
+    def messages_changed(self, ts: tuple[str, ...]) -> None:
+        """A streamed answer's messages changed: tell whoever asked."""
+        if self.on_messages is None:
             return
         try:
-            self.on_first_message(ts)
+            self.on_messages(ts)
         except Exception:
-            log.warning("could not note the message showing an answer", exc_info=True)
+            log.warning("could not note the messages showing an answer", exc_info=True)
 
     def can_stream_natively(self) -> bool:
         """Native streams are replies in a thread, for a known person."""
@@ -538,6 +673,9 @@ class SlackSink:
     @asynccontextmanager
     async def stream(self) -> AsyncIterator[SlackStream]:
         """A streamed answer; leaving the block finishes the message(s)."""
+        if not self.continue_in and self.find_earlier is not None:
+            find, self.find_earlier = self.find_earlier, None
+            self.continue_in = await find()
         stream = SlackStream(self)
         try:
             yield stream

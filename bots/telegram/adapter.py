@@ -288,7 +288,6 @@ class TelegramAdapter:
         thread = msg.chat.thread_id
         reply_to = msg.platform_message_id
         service = self._core.service
-        ref = msg.reply_ref
         return TelegramSink(
             self.application.bot,
             int(msg.chat.chat_id),
@@ -297,16 +296,16 @@ class TelegramAdapter:
             reply_to=int(reply_to) if reply_to and reply_to.isdigit() else None,
             pacing=self._pacing,
             # Should this process die before the answer is stored, whoever resumes the
-            # message continues in the answer's first message instead of sending another.
-            on_first_message=lambda message_id: service.remember_reply(msg, str(message_id)),
-            continue_in=int(ref) if ref and ref.lstrip("-").isdigit() else None,
+            # message continues in the answer's messages instead of sending them again.
+            on_messages=lambda ids: service.remember_reply(msg, tuple(map(str, ids))),
+            continue_in=tuple(int(r) for r in msg.reply_refs if r.lstrip("-").isdigit()),
         )
 
     def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, ReplySink] | None:
         """Resume a stored Telegram message (after a restart): fresh downloads, a new sink.
 
-        With `msg.reply_ref`, the sink's streamed answer continues in (edits) the message an
-        earlier run already posted for it.
+        With `msg.reply_refs`, the sink's streamed answer continues in (edits) the messages
+        an earlier run already sent for it, in order.
         """
         if msg.chat.platform != PLATFORM or self._app is None or self._identity is None:
             return None

@@ -66,13 +66,14 @@ def _html_or_none(markdown: str) -> str | None:
 class TelegramSink:
     """Answers one incoming message: in its chat and forum topic, replying to it.
 
-    `on_first_message` is told the id of the first message a streamed answer creates (so
-    a successor can continue in it should this process die before the answer is stored).
-    `continue_in` is such a message, left by an earlier run of this same answer: the
-    streamed answer then edits it instead of sending a new one (no drafts, even in private
-    chats); if Telegram no longer lets us edit it, a new message is sent after all. Only
-    the first message is known: should the earlier run have rolled over into more, those
-    stay as they are.
+    `on_messages` is told, whenever they change, the ids of the messages a streamed answer
+    consists of, in order (so a successor can continue in them should this process die
+    before the answer is stored). `continue_in` are such messages, left by an earlier run
+    of this same answer: the streamed answer then edits them in order instead of sending new
+    ones (no drafts, even in private chats), rolling over from one into the next, and
+    deletes those it does not need. A message Telegram no longer lets us edit is replaced
+    by a new one; the remembered messages after it would then stand above the answer's
+    rest, out of order, so they are deleted. A failed deletion is logged and left.
     """
 
     def __init__(
@@ -84,8 +85,8 @@ class TelegramSink:
         thread_id: int | None = None,
         reply_to: int | None = None,
         pacing: Pacing | None = None,
-        on_first_message: Callable[[int], None] | None = None,
-        continue_in: int | None = None,
+        on_messages: Callable[[tuple[int, ...]], None] | None = None,
+        continue_in: tuple[int, ...] = (),
     ) -> None:
         self.bot = bot
         self.chat_id = chat_id
@@ -93,7 +94,7 @@ class TelegramSink:
         self.thread_id = thread_id
         self.reply_to = reply_to
         self.pacing = pacing or Pacing()
-        self.on_first_message = on_first_message
+        self.on_messages = on_messages
         self.continue_in = continue_in
         self._replied = False
         self._typing_task: asyncio.Task[None] | None = None
@@ -180,14 +181,14 @@ class TelegramSink:
         except TelegramError as err:
             log.warning("could not delete a message: %s", err)
 
-    def first_message_created(self, message_id: int) -> None:
-        """A streamed answer created its first message: tell whoever asked."""
-        if self.on_first_message is None:
+    def messages_changed(self, message_ids: tuple[int, ...]) -> None:
+        """A streamed answer's messages changed: tell whoever asked."""
+        if self.on_messages is None:
             return
         try:
-            self.on_first_message(message_id)
+            self.on_messages(message_ids)
         except Exception:
-            log.warning("could not note the message showing an answer", exc_info=True)
+            log.warning("could not note the messages showing an answer", exc_info=True)
 
     # -- ReplySink -------------------------------------------------------------------------
     async def send(self, reply: Reply) -> None:
@@ -306,18 +307,15 @@ class TelegramStream:
         self._parts: list[str] = []  # rolled-over messages not yet sent for good, in order
         self._shown = ""  # what the preview currently shows of it
         self._message_id: int | None = None  # the edited message (not in private chats)
-        self._messages: list[int] = []  # every message this answer created
-        self._first: int | None = None  # the first of them (told to the sink)
+        self._messages: list[int] = []  # the messages this answer is written in, in order
+        # Messages an earlier run of this answer left, not used yet: the next ones to write.
+        self._reuse: list[int] = list(sink.continue_in)
         self._draft_id = self._new_draft_id()
         self._last_preview = float("-inf")  # when the last preview request finished
         self._not_before = 0.0
         self._plain_preview = False
-        self._drafts = sink.private
-        if sink.continue_in is not None:
-            # An earlier run of this answer left this message: write the answer into it.
-            self._message_id = self._first = sink.continue_in
-            self._messages.append(sink.continue_in)
-            self._drafts = False
+        # Continuing in an earlier run's messages: those are edited, never drafted over.
+        self._drafts = sink.private and not self._reuse
         self._retracted = False
         self._closing = False
         self._courier = Courier(self._work, "relaybot:telegram-preview")
@@ -425,12 +423,16 @@ class TelegramStream:
         self._last_preview = float("-inf")
 
     async def _write(self, rendered: str | None, text: str, *, attempts: int = 4) -> None:
-        """Show `text` in the message being written: edit it, or send it if there is none.
+        """Show `text` in the message being written: edit it, or, when there is none yet,
+        edit the next message an earlier run left, or else send a new one.
 
         A message Telegram no longer lets us edit (deleted, or left by an earlier run and
         too old) is replaced by a new one.
         """
         sink = self._sink
+        if self._message_id is None and self._reuse:
+            self._message_id = self._reuse.pop(0)
+            self._messages.append(self._message_id)
         if self._message_id is not None:
             try:
                 await sink.edit_text(self._message_id, rendered, text, attempts=attempts)
@@ -439,22 +441,30 @@ class TelegramStream:
                 if not is_gone(err):
                     raise
                 log.warning("cannot edit the answer's message (%s); sending a new one", err)
-                self._forget(self._message_id)
+                await self._replace(self._message_id)
         message = await sink.send_text(rendered, text, attempts=attempts)
         self._message_id = message.message_id
         self._messages.append(message.message_id)
-        if self._first is None:
-            self._first = message.message_id
-            sink.first_message_created(message.message_id)
+        self._report()
 
-    def _forget(self, message_id: int) -> None:
-        """A message of this answer is gone: a new one takes its place (and, if it was the
-        first, is reported as the first)."""
+    async def _replace(self, message_id: int) -> None:
+        """A message of this answer cannot be edited: a new one takes its place. The earlier
+        run's messages not used yet would stand above it, out of order: they go."""
         self._message_id = None
         if message_id in self._messages:
             self._messages.remove(message_id)
-        if self._first == message_id:
-            self._first = None
+        await self._delete_unused()
+
+    async def _delete_unused(self) -> None:
+        """Delete the messages an earlier run left that this answer did not need."""
+        unused, self._reuse = self._reuse, []
+        for message_id in unused:
+            await self._sink.delete(message_id)
+        self._report()
+
+    def _report(self) -> None:
+        """Tell the sink which messages the answer is in now (with those still to reuse)."""
+        self._sink.messages_changed((*self._messages, *self._reuse))
 
     async def retract(self, notice: str) -> None:
         """Withdraw the streamed answer and show `notice` in its place."""
@@ -463,14 +473,23 @@ class TelegramStream:
         self._courier.take_error()
         self._incoming = self._pending = ""
         self._parts.clear()
+        if self._message_id is None and self._reuse:
+            # The notice goes into the first message an earlier run left.
+            self._message_id = self._reuse.pop(0)
+            self._messages.append(self._message_id)
         keep = self._message_id
         for message_id in self._messages:
             if message_id != keep:
                 await self._sink.delete(message_id)
+        self._messages = [keep] if keep is not None else []
+        await self._delete_unused()
         await self._write(None, notice)
 
     async def finish(self, *, failed: bool) -> None:
-        """Send what was streamed as final message(s); after a failure only what was shown."""
+        """Send what was streamed as final message(s); after a failure only what was shown.
+
+        Messages an earlier run left that the answer did not need are deleted.
+        """
         if self._retracted:
             return
         self._closing = True
@@ -480,9 +499,13 @@ class TelegramStream:
         parts = [*self._parts, self._pending]
         self._parts.clear()
         self._pending = ""
-        for part in parts:
-            if part.strip() or not failed:
-                await self._complete(part)
+        try:
+            for part in parts:
+                if part.strip() or not failed:
+                    await self._complete(part)
+        finally:
+            if self._reuse:
+                await self._delete_unused()
         if error is not None:
             # A rolled-over part could not be sent: the answer has a hole in it.
             if not failed:

@@ -77,7 +77,7 @@ class InboundEvent(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # The platform message already showing (part of) the answer: a resumed answer continues
     # in it instead of posting a second one.
-    reply_ref: Mapped[str | None] = mapped_column(String(255), default=None)
+    reply_ref: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class ChatLease(Base):

@@ -3,6 +3,13 @@
 Start it with `async with FakeSlack() as slack:` and point `AsyncWebClient(base_url=slack.api_url)`
 (or SLACK_API_URL) at it. What a person would see in a channel or thread is in
 `slack.visible(channel, thread_ts)`: the final text of each message after updates and streams.
+
+Native streams behave as public reports of real Slack say (see `bots.slack.sink.SlackSink`): an
+open stream refuses chat.update (`streaming_state_conflict`) and chat.delete
+(`cant_delete_message`); one that is not open refuses chat.appendStream and chat.stopStream
+(`message_not_in_streaming_state`); `expire_stream` ends one as Slack does after ~5 minutes.
+Message metadata is kept and read back by conversations.replies/history only with
+`include_all_metadata`, as Slack does.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ class FakeMessage:
     streaming: bool = False
     deleted: bool = False
     edits: int = 0
+    # Message metadata ({"event_type": ..., "event_payload": {...}}), as posted or updated.
+    metadata: dict[str, Any] | None = None
 
     @property
     def visible_text(self) -> str:
@@ -134,6 +143,8 @@ class FakeSlack(FakeServer):
         self.titles: list[dict[str, Any]] = []
         # (monotonic time, method, ok) for every Web API call: lets tests check back-off.
         self.timeline: list[tuple[float, str, bool]] = []
+        # (method, arguments) for every authorised Web API call: query, form and JSON merged.
+        self.arguments: list[tuple[str, dict[str, Any]]] = []
         self.uploads: dict[str, bytes] = {}
         self.envelopes: list[SocketEnvelope] = []
         self._pending_uploads: dict[str, dict[str, Any]] = {}
@@ -201,6 +212,26 @@ class FakeSlack(FakeServer):
             "profile": {"display_name": name, "real_name": real_name or name},
         }
 
+    def expire_stream(self, ts: str) -> None:
+        """End a native stream as Slack does by itself, about 5 minutes after it started."""
+        for message in self.messages:
+            if message.ts == ts:
+                message.streaming = False
+
+    def add_person_message(
+        self,
+        channel: str,
+        ts: str,
+        text: str,
+        *,
+        user: str = "U0ALICE",
+        thread_ts: str | None = None,
+    ) -> FakeMessage:
+        """Put a person's message into the conversation (what conversations.* read back)."""
+        message = FakeMessage(channel=channel, ts=ts, thread_ts=thread_ts, text=text, user=user)
+        self.messages.append(message)
+        return message
+
     def visible(self, channel: str, thread_ts: str | None = None) -> list[FakeMessage]:
         """Messages a person sees in a channel (top level) or in one thread, oldest first."""
         return [
@@ -220,6 +251,10 @@ class FakeSlack(FakeServer):
     def api_calls(self, method: str) -> list[RecordedRequest]:
         """Recorded calls of one Web API method."""
         return self.calls("/api/" + method)
+
+    def api_arguments(self, method: str) -> list[dict[str, Any]]:
+        """The arguments of every call of one Web API method, however they were sent."""
+        return [args for name, args in self.arguments if name == method]
 
     def downloads(self) -> list[RecordedRequest]:
         """Private file downloads seen so far (with or without a token)."""
@@ -250,6 +285,7 @@ class FakeSlack(FakeServer):
             "assistant.threads.setSuggestedPrompts": self._set_prompts,
             "assistant.threads.setTitle": self._set_title,
             "conversations.replies": self._replies,
+            "conversations.history": self._history,
             "users.info": self._users_info,
             "apps.connections.open": self._connections_open,
         }
@@ -272,6 +308,7 @@ class FakeSlack(FakeServer):
             token = token or str(args.get("token", ""))
             if token != expected:
                 return self._record_result(name, _slack_error("invalid_auth"))
+            self.arguments.append((name, dict(args)))
             failure = self._take_failure(name)
             if failure is not None:
                 headers = {}
@@ -337,6 +374,9 @@ class FakeSlack(FakeServer):
         if isinstance(content, str):
             return _slack_error(content)
         text, markdown, blocks = content
+        metadata = _metadata(args)
+        if isinstance(metadata, str):
+            return _slack_error(metadata)
         message = FakeMessage(
             channel=channel,
             ts=self._next_ts(),
@@ -346,6 +386,7 @@ class FakeSlack(FakeServer):
             blocks=blocks,
             user=self.bot_user_id,
             bot_id=self.bot_id,
+            metadata=metadata,
         )
         self.messages.append(message)
         return _ok(channel=channel, ts=message.ts, message={"text": text, "ts": message.ts})
@@ -354,10 +395,17 @@ class FakeSlack(FakeServer):
         message = self._find(str(args.get("channel", "")), str(args.get("ts", "")))
         if message is None:
             return _slack_error("message_not_found")
+        if message.streaming:
+            return _slack_error("streaming_state_conflict")
         content = _content(args)
         if isinstance(content, str):
             return _slack_error(content)
+        metadata = _metadata(args)
+        if isinstance(metadata, str):
+            return _slack_error(metadata)
         message.text, message.markdown, message.blocks = content
+        if metadata is not None:
+            message.metadata = metadata
         message.edits += 1
         return _ok(channel=message.channel, ts=message.ts, text=message.text)
 
@@ -365,6 +413,8 @@ class FakeSlack(FakeServer):
         message = self._find(str(args.get("channel", "")), str(args.get("ts", "")))
         if message is None:
             return _slack_error("message_not_found")
+        if message.streaming:
+            return _slack_error("cant_delete_message")
         message.deleted = True
         return _ok(channel=message.channel, ts=message.ts)
 
@@ -412,8 +462,13 @@ class FakeSlack(FakeServer):
             return _slack_error("message_not_found")
         if not message.streaming:
             return _slack_error("message_not_in_streaming_state")
+        metadata = _metadata(args)
+        if isinstance(metadata, str):
+            return _slack_error(metadata)
         message.markdown = (message.markdown or "") + _stream_text(args)
         message.streaming = False
+        if metadata is not None:
+            message.metadata = metadata
         return _ok(channel=message.channel, ts=message.ts, message={"ts": message.ts})
 
     # -- files -------------------------------------------------------------------------
@@ -503,14 +558,54 @@ class FakeSlack(FakeServer):
         return _ok()
 
     async def _replies(self, request: web.Request, args: dict[str, Any]) -> web.Response:
+        """A thread: its parent first, then the replies oldest first (the page `limit`,
+        `oldest`, `latest`, `inclusive` and `cursor` select), as conversations.replies."""
         channel, ts = str(args.get("channel", "")), str(args.get("ts", ""))
-        found = [
-            {"ts": m.ts, "thread_ts": m.thread_ts, "text": m.visible_text, "user": m.user}
-            | ({"bot_id": m.bot_id} if m.bot_id else {})
+        if not channel or not ts:
+            return _slack_error("invalid_arguments")
+        live = [m for m in self.messages if m.channel == channel and not m.deleted]
+        parent = [m for m in live if m.ts == ts]
+        replies = [m for m in live if m.thread_ts == ts and m.ts != ts]
+        replies = _in_window(sorted(replies, key=_ts_key), args)
+        page, more, cursor = _page(replies, args, default_limit=1000)
+        if isinstance(page, str):
+            return _slack_error(page)
+        found = [self._read_back(m, args) for m in [*parent, *page]]
+        return _ok(messages=found, has_more=more, response_metadata={"next_cursor": cursor})
+
+    async def _history(self, request: web.Request, args: dict[str, Any]) -> web.Response:
+        """A conversation's top-level messages, newest first, as conversations.history."""
+        channel = str(args.get("channel", ""))
+        if not channel:
+            return _slack_error("channel_not_found")
+        top = [
+            m
             for m in self.messages
-            if m.channel == channel and not m.deleted and (m.ts == ts or m.thread_ts == ts)
+            if m.channel == channel and not m.deleted and m.thread_ts in (None, m.ts)
         ]
-        return _ok(messages=found, has_more=False)
+        top = _in_window(sorted(top, key=_ts_key, reverse=True), args)
+        page, more, cursor = _page(top, args, default_limit=100)
+        if isinstance(page, str):
+            return _slack_error(page)
+        found = [self._read_back(m, args) for m in page]
+        return _ok(messages=found, has_more=more, response_metadata={"next_cursor": cursor})
+
+    @staticmethod
+    def _read_back(message: FakeMessage, args: dict[str, Any]) -> dict[str, Any]:
+        """A message as conversations.* return it; metadata only with include_all_metadata."""
+        found: dict[str, Any] = {
+            "type": "message",
+            "ts": message.ts,
+            "text": message.visible_text,
+            "user": message.user,
+        }
+        if message.thread_ts:
+            found["thread_ts"] = message.thread_ts
+        if message.bot_id:
+            found["bot_id"] = message.bot_id
+        if message.metadata is not None and _true(args.get("include_all_metadata")):
+            found["metadata"] = message.metadata
+        return found
 
     # -- socket mode -------------------------------------------------------------------
     async def _connections_open(self, request: web.Request, args: dict[str, Any]) -> web.Response:
@@ -628,6 +723,67 @@ def _content(args: dict[str, Any]) -> tuple[str, str | None, list[dict[str, Any]
     if markdown_chars > 12_000:
         return "invalid_blocks"
     return text, (str(markdown) if markdown is not None else None), blocks
+
+
+def _true(value: Any) -> bool:
+    """A boolean argument as Slack reads it (slack_sdk sends 1/0 in query strings)."""
+    return value is True or str(value).lower() in ("1", "true")
+
+
+def _metadata(args: dict[str, Any]) -> dict[str, Any] | str | None:
+    """The `metadata` of a post, update or stopStream (None when absent), or Slack's error."""
+    value = args.get("metadata")
+    if value in (None, ""):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return "invalid_metadata_format"
+    if not isinstance(value, dict):
+        return "invalid_metadata_format"
+    if not isinstance(value.get("event_type"), str) or not isinstance(
+        value.get("event_payload"), dict
+    ):
+        return "invalid_metadata_schema"
+    return {"event_type": value["event_type"], "event_payload": value["event_payload"]}
+
+
+def _ts_pair(ts: str) -> tuple[int, int]:
+    seconds, _, fraction = ts.partition(".")
+    return int(seconds or 0), int(fraction.ljust(6, "0") or 0)
+
+
+def _ts_key(message: FakeMessage) -> tuple[int, int]:
+    return _ts_pair(message.ts)
+
+
+def _in_window(messages: list[FakeMessage], args: dict[str, Any]) -> list[FakeMessage]:
+    """Those after `oldest` and before `latest` (either end included with `inclusive`)."""
+    inclusive = _true(args.get("inclusive"))
+    kept = messages
+    if args.get("oldest"):
+        low = _ts_pair(str(args["oldest"]))
+        kept = [m for m in kept if _ts_key(m) > low or (inclusive and _ts_key(m) == low)]
+    if args.get("latest"):
+        high = _ts_pair(str(args["latest"]))
+        kept = [m for m in kept if _ts_key(m) < high or (inclusive and _ts_key(m) == high)]
+    return kept
+
+
+def _page(
+    messages: list[FakeMessage], args: dict[str, Any], *, default_limit: int
+) -> tuple[list[FakeMessage] | str, bool, str]:
+    """(this page, has_more, next_cursor) for `limit` and `cursor`, or Slack's error."""
+    try:
+        limit = int(args.get("limit") or default_limit)
+        start = int(str(args.get("cursor") or "page:0").removeprefix("page:"))
+    except ValueError:
+        return "invalid_cursor", False, ""
+    limit = max(1, min(limit, 1000))
+    page = messages[start : start + limit]
+    more = start + limit < len(messages)
+    return page, more, f"page:{start + limit}" if more else ""
 
 
 def _stream_text(args: dict[str, Any]) -> str:

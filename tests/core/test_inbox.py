@@ -13,6 +13,7 @@ from core.app import Core, open_core
 from core.config import Settings
 from core.db.models import InboundEvent
 from core.errors import ShuttingDown
+from core.inbox import decode_reply_refs, encode_reply_refs
 from core.ports import ReplySink
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
@@ -97,14 +98,65 @@ async def test_a_resumed_answer_knows_the_platform_message_already_showing_it(
         assert job is not None
         await fake_openai.wait_for("/chat/completions")
         # The adapter's sink posted the answer's first message (its id on the platform).
-        first.service.remember_reply(msg, "4711")
+        first.service.remember_reply(msg, ("4711",))
         await first.service.shutdown()
     async with open_core(settings) as second:
         restorer = SinkRestorer()
         assert await second.service.resume({"test": restorer}) == 1
         await second.service.drain()
-        assert [m.reply_ref for m in restorer.restored] == ["4711"]
+        assert [m.reply_refs for m in restorer.restored] == [("4711",)]
         assert restorer.sink.texts == ["echo: question"]
+
+
+async def test_a_resumed_answer_knows_every_message_of_a_rolled_over_answer_in_order(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """Each note replaces the last, in the order the adapter made them, however the
+    background writes interleave."""
+    fake_openai.chunk_delay = 0.05
+    fake_openai.queue_reply("a slow answer in many small pieces for you")
+    async with open_core(settings.model_copy(update={"shutdown_grace": 0})) as first:
+        msg = message("question")
+        job = await first.service.submit(msg, RecordingSink())
+        assert job is not None
+        await fake_openai.wait_for("/chat/completions")
+        # The answer rolled over twice, then its second message was replaced by a new one.
+        first.service.remember_reply(msg, ("4711",))
+        first.service.remember_reply(msg, ("4711", "4712"))
+        first.service.remember_reply(msg, ("4711", "4712", "4713"))
+        first.service.remember_reply(msg, ("4711", "4714", "4713"))
+        await first.service.shutdown()
+    async with open_core(settings) as second:
+        restorer = SinkRestorer()
+        assert await second.service.resume({"test": restorer}) == 1
+        await second.service.drain()
+        assert [m.reply_refs for m in restorer.restored] == [("4711", "4714", "4713")]
+
+
+async def test_every_message_of_a_long_answer_is_noted(core: Core) -> None:
+    """Forty rolled-over Slack messages (far past the old 255-character column): all kept."""
+    refs = tuple(f"17{n:08d}.{n:06d}" for n in range(40))
+    msg = message("question")
+    assert await core.service.handle(msg, RecordingSink())
+    # Noted while the event is open; reopen it the way a crash leaves it.
+    async with core.engine.begin() as conn:
+        await conn.execute(
+            update(InboundEvent)
+            .where(InboundEvent.event_key == msg.event_key)
+            .values(status="received")
+        )
+    await core.service.inbox.remember_reply(msg.event_key, refs)
+    async with core.engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                select(InboundEvent.reply_ref).where(InboundEvent.event_key == msg.event_key)
+            )
+        ).scalar_one()
+    assert decode_reply_refs(stored) == refs
+    assert encode_reply_refs(()) is None
+    assert decode_reply_refs(None) == ()
+    with pytest.raises(ValueError):
+        encode_reply_refs(("a b",))
 
 
 async def test_shutdown_lets_answers_in_progress_finish(

@@ -16,6 +16,9 @@ def test_the_manifest_has_the_scopes_events_and_command_relaybot_needs() -> None
         "im:history",
         "channels:history",
         "groups:history",
+        # Reading a thread or DM back (conversations.replies/history) to find the messages
+        # of an answer an interrupted run posted, by their metadata, in every conversation.
+        "mpim:history",
         "files:read",
         "files:write",
         "assistant:write",

@@ -8,6 +8,7 @@ same Telegram message instead of sending the answer a second time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ from telegram.ext import AIORateLimiter
 
 from bots.http_server import HttpServer
 from bots.telegram import Pacing, TelegramAdapter
+from bots.telegram.formatting import SEGMENT_UTF16, split_markdown
 from core.app import Core, open_core
 from core.config import Settings
 from core.db.models import InboundEvent
@@ -185,3 +187,122 @@ async def test_a_resumed_answer_whose_message_cannot_be_edited_is_sent_anew(
 
     assert telegram.texts(GROUP) == [partial, ANSWER]
     assert posted in edited(telegram, edits), "the resumed answer first tried its old message"
+
+
+# -- answers that rolled over into several messages ------------------------------------------
+def long_answer(tag: str, words: int = 110) -> str:
+    """About 100 characters a word: 110 words roll over into three Telegram messages."""
+    return " ".join(f"{tag}{i:03d}" + "x" * 94 for i in range(words))
+
+
+FIRST_LONG = long_answer("first")
+SECOND_LONG = long_answer("again")
+
+
+async def noted_refs(core: Core, count: int) -> list[int]:
+    """The answer's messages noted beside the event, once `count` of them are."""
+    async with asyncio.timeout(10):
+        while True:
+            refs = await reply_refs(core)
+            if refs and refs[0] is not None and len(refs[0].split()) >= count:
+                return [int(ref) for ref in refs[0].split()]
+            await asyncio.sleep(0.01)
+
+
+async def cut_off_after_a_rollover(
+    settings: Settings, telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> list[int]:
+    """A first process streams a long group answer past one message into a second, then
+    dies; returns the two messages it had sent (both noted beside the event, in order)."""
+    fake_openai.chunk_delay = 0.03
+    fake_openai.reply = lambda messages: FIRST_LONG
+    async with process(settings.model_copy(update={"shutdown_grace": 0})) as (first, _):
+        update_id = await telegram.push_update(
+            telegram.text_update(GROUP, "@relay_test_bot tell me a long story")
+        )
+        await telegram.wait_delivered(update_id)
+        await telegram.wait_until(lambda: len(telegram.chat_log(GROUP)) >= 2)
+        sent = [m.message_id for m in telegram.chat_log(GROUP)]
+        assert await noted_refs(first, 2) == sent
+        await first.service.shutdown()
+    assert len(telegram.chat_log(GROUP)) == 2, "the answer should still have been streaming"
+    assert " ".join(telegram.texts(GROUP)) != FIRST_LONG
+    fake_openai.chunk_delay = 0.0
+    return sent
+
+
+def deleted(telegram: FakeTelegram) -> list[int]:
+    """The message_id of every deleteMessage request."""
+    calls = telegram.calls("/deleteMessage")
+    return [int((c.json if isinstance(c.json, dict) else c.form)["message_id"]) for c in calls]
+
+
+async def test_a_rolled_over_answer_cut_off_is_finished_in_all_the_messages_it_had_sent(
+    settings: Settings, telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    sent = await cut_off_after_a_rollover(settings, telegram, fake_openai)
+
+    fake_openai.reply = lambda messages: SECOND_LONG
+    await resume(settings)
+
+    log = telegram.chat_log(GROUP)
+    assert [m.text for m in log] == split_markdown(SECOND_LONG, SEGMENT_UTF16)
+    assert len(log) == 3
+    # The first two are the earlier run's messages, rewritten in order; only the third is new.
+    assert [m.message_id for m in log[:2]] == sent
+    assert all(m.edits for m in log[:2])
+    assert log[2].message_id not in sent
+    assert deleted(telegram) == []
+
+
+async def test_remembered_messages_a_shorter_resumed_answer_does_not_need_are_deleted(
+    settings: Settings, telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    sent = await cut_off_after_a_rollover(settings, telegram, fake_openai)
+
+    fake_openai.reply = lambda messages: "this time, a short answer"
+    await resume(settings)
+
+    log = telegram.chat_log(GROUP)
+    assert [(m.message_id, m.text) for m in log] == [(sent[0], "this time, a short answer")]
+    assert deleted(telegram) == [sent[1]]
+
+
+async def test_when_a_remembered_message_is_gone_the_ones_after_it_are_not_reused_out_of_order(
+    settings: Settings, telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    sent = await cut_off_after_a_rollover(settings, telegram, fake_openai)
+    # Someone deleted the answer's first message: a new one takes its place, below the
+    # second, which would then show part two above part one. It goes too.
+    telegram.chat_log(GROUP)[0].deleted = True
+
+    fake_openai.reply = lambda messages: SECOND_LONG
+    await resume(settings)
+
+    log = telegram.chat_log(GROUP)
+    assert [m.text for m in log] == split_markdown(SECOND_LONG, SEGMENT_UTF16)
+    assert not {m.message_id for m in log} & set(sent)
+    assert deleted(telegram) == [sent[1]]
+
+
+async def test_a_remembered_message_that_cannot_be_deleted_is_left_and_the_answer_finished(
+    settings: Settings,
+    telegram: FakeTelegram,
+    fake_openai: FakeOpenAI,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sent = await cut_off_after_a_rollover(settings, telegram, fake_openai)
+    telegram.fail_next("deleteMessage", description="Bad Request: message can't be deleted")
+
+    fake_openai.reply = lambda messages: "this time, a short answer"
+    with caplog.at_level(logging.WARNING, logger="relaybot.telegram"):
+        await resume(settings)
+
+    assert deleted(telegram) == [sent[1]]
+    log = telegram.chat_log(GROUP)
+    assert [m.message_id for m in log] == sent
+    assert log[0].text == "this time, a short answer"
+    assert "could not delete a message" in caplog.text
+    async with open_core(settings) as core, core.engine.connect() as conn:
+        statuses = await conn.execute(select(InboundEvent.status))
+        assert [s[0] for s in statuses] == ["done"]

@@ -138,7 +138,10 @@ class Settings(BaseSettings):
     # Recent history of active chats kept in memory (exact: see core/history.py).
     history_cache_mb: float = Field(64.0, ge=0, validation_alias=_env("RELAYBOT_HISTORY_CACHE_MB"))
     db_pool_size: int = Field(10, gt=0, validation_alias=_env("RELAYBOT_DB_POOL_SIZE"))
-    db_max_overflow: int = Field(20, ge=0, validation_alias=_env("RELAYBOT_DB_MAX_OVERFLOW"))
+    # Extra connections under load are opened and, once returned, closed again: under a
+    # steady load that is a new PostgreSQL backend (a fork) every few messages, which tripled
+    # PostgreSQL's CPU per message. By default a burst waits for one of the pool's instead.
+    db_max_overflow: int = Field(0, ge=0, validation_alias=_env("RELAYBOT_DB_MAX_OVERFLOW"))
 
     # Durability and shutdown
     lease_seconds: float = Field(60.0, gt=0, validation_alias=_env("RELAYBOT_LEASE_SECONDS"))

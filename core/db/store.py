@@ -54,7 +54,7 @@ class StoredMessage:
 
 
 def create_engine(
-    url: str, *, pool_size: int = 10, max_overflow: int = 20, synchronous_commit: bool = True
+    url: str, *, pool_size: int = 10, max_overflow: int = 0, synchronous_commit: bool = True
 ) -> AsyncEngine:
     """An async engine for `url` with the settings relaybot needs on each backend.
 

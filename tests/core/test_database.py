@@ -266,3 +266,27 @@ async def test_sqlite_units_queued_together_commit_together_and_fail_alone(
     # The duplicate made the group roll back; each unit then ran alone: the held unit's
     # commit and 20 more, nothing of the failed one.
     assert len(commits) == 21
+
+
+async def test_a_steady_load_reuses_the_pools_connections(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """Hundreds of messages, 80 at a time: the database sees the pool's connections, not a
+    new one (a new PostgreSQL backend) every few messages."""
+    async with open_core(settings) as core:
+        if not core.store.db.shared:
+            pytest.skip("SQLite runs in one thread on one connection")
+        opened: list[int] = []
+        engines = {core.store.db.engine, core.store.db.turns_engine}
+        for engine in engines:
+            event.listen(engine.sync_engine, "connect", lambda *_: opened.append(1))
+        sinks = [RecordingSink() for _ in range(240)]
+        lanes = [sinks[i::80] for i in range(80)]
+
+        async def lane(n: int, own: list[RecordingSink]) -> None:
+            for k, sink in enumerate(own):
+                await core.service.handle(message(f"load {n}.{k}", chat=f"l{n}"), sink)
+
+        await asyncio.gather(*(lane(n, own) for n, own in enumerate(lanes)))
+        assert all(s.texts and s.texts[0].startswith("echo: load") for s in sinks)
+        assert len(opened) <= settings.db_pool_size * len(engines)

@@ -175,6 +175,40 @@ async def test_stream_that_stalls_raises_upstream_down(
     assert time.monotonic() - started < 0.15
 
 
+async def test_a_slow_consumer_is_not_an_idle_stream(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    # The idle timeout is about the model going quiet, not about time spent between events
+    # by whoever reads them (a slow platform, say).
+    client = OpenAIClient(
+        http, base_url=fake.base_url, api_key=KEY, stream_idle_timeout=0.05, max_retries=0
+    )
+    fake.queue_reply("one two three")
+    received: list[str] = []
+    async for delta in client.chat_stream(model="gpt-4o-mini", messages=user("hi")):
+        received.append(delta.text)
+        await asyncio.sleep(0.12)
+    assert "".join(received) == "one two three"
+
+
+async def test_a_stall_after_some_text_is_cut_too(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    client = OpenAIClient(
+        http, base_url=fake.base_url, api_key=KEY, stream_idle_timeout=0.1, max_retries=0
+    )
+    fake.queue_reply("one two three four five six")
+    fake.chunk_delay = 0.03
+    received: list[str] = []
+    with pytest.raises(UpstreamDown, match="no data"):
+        async for delta in client.chat_stream(model="gpt-4o-mini", messages=user("hi")):
+            received.append(delta.text)
+            if len(received) == 2:
+                fake.chunk_delay = 0.5  # the model goes quiet mid-answer
+    assert received[:2] == ["one ", "two "]
+    assert len(received) <= 3
+
+
 async def test_stream_closed_early_by_the_consumer_is_fine(
     client: OpenAIClient, fake: FakeOpenAI
 ) -> None:

@@ -370,7 +370,7 @@ _TAKE_CHAT = text(
     RETURNING holder
     )
     SELECT (SELECT holder FROM lease), chats.key, chats.system_prompt, chats.model,
-           chats.voice_mode
+           chats.voice_mode, chats.history_rev
     FROM (SELECT 1) AS one
     LEFT JOIN chats ON chats.key IN (CAST(:chat_key AS VARCHAR), CAST(:parent_key AS VARCHAR))
     """

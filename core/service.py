@@ -9,6 +9,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,113 @@ class _Answer:
         if len(self.parts) > 1:
             self.parts[:] = ["".join(self.parts)]
         return self.parts[0] if self.parts else ""
+
+
+class _UserTurn:
+    """The person's turn, being stored while the model is already asked (the wait for the
+    database overlaps the wait for the model's first words).
+
+    The chat's held window gets the turn at once, so the request can be built from it. The
+    answer is shown only once the store confirmed that window: same revision, no turn stored
+    by anyone else in between. Otherwise the window is dropped (and read again) and the
+    request is made again; a takeover stops the message before anything was shown.
+    """
+
+    def __init__(
+        self,
+        service: ConversationService | None,
+        chat_key: str,
+        window: ChatWindow | None,
+        row: dict[str, Any],
+        counter: TokenCounter | None,
+        storing: Awaitable[Appended] | None,
+    ) -> None:
+        self._service = service
+        self._chat_key = chat_key
+        self._window = window
+        self._row = row
+        self._counter = counter
+        self._task: asyncio.Future[Appended] | None = (
+            asyncio.ensure_future(storing) if storing is not None else None
+        )
+        self._turn: Turn | None = None
+        self._last_before = window.last_id if window is not None else None
+        self._id: int | None = None
+        self._ok: bool | None = None
+        self._error: BaseException | None = None
+
+    @classmethod
+    def done(cls, user_id: int) -> _UserTurn:
+        """A turn already stored (and followed by the window)."""
+        turn = cls(None, "", None, {}, None, None)
+        turn._id, turn._ok = user_id, True
+        return turn
+
+    @property
+    def pending(self) -> bool:
+        return self._task is not None and self._ok is None
+
+    def speculate(self, system: str, budget: int) -> list[dict[str, Any]] | None:
+        """The request's messages with the turn added to the held window, or None when the
+        window cannot serve them without a read (the turn must be stored first)."""
+        window, service = self._window, self._service
+        assert window is not None and service is not None and self._counter is not None
+        if service.windows.get(self._chat_key) is not window:
+            return None
+        self._turn = service._turn(0, self._row, self._counter)  # its id once stored
+        window.append(self._turn)
+        if not window.fit(budget):
+            # Older turns would fit too: the window is read again, once the turn is stored.
+            service.windows.drop(self._chat_key)
+            return None
+        service.windows.resized(self._chat_key)
+        return window.messages({"role": "system", "content": system})
+
+    async def stored(self) -> int:
+        """The stored turn's id (waits for the store); _TakenOver if it was not stored."""
+        await self.confirmed()
+        assert self._id is not None
+        return self._id
+
+    async def confirmed(self) -> bool:
+        """Wait for the store: True when the held window (with the turn) is the history."""
+        if self._error is not None:
+            raise self._error
+        if self._ok is not None:
+            return self._ok
+        assert self._task is not None and self._service is not None
+        window, service = self._window, self._service
+        try:
+            appended = await asyncio.shield(self._task)
+            if not appended.ids:
+                raise _TakenOver
+        except asyncio.CancelledError:
+            raise  # we stopped waiting; the store goes on (asked again, it is awaited again)
+        except Exception as exc:
+            self._error = exc
+            service.windows.drop(self._chat_key)
+            raise
+        self._id = appended.ids[0]
+        if self._turn is None:
+            # Not speculated on: follow the store as usual.
+            assert self._counter is not None
+            self._ok = True
+            service._follow(self._chat_key, window, appended, self._row, self._counter)
+            return True
+        self._ok = (
+            window is not None
+            and appended.continued
+            and appended.last_before == self._last_before
+            and service.windows.get(self._chat_key) is window
+        )
+        if self._ok:
+            assert window is not None
+            self._turn.id = self._id
+            window.revision = appended.revision
+            window.last_id = self._id
+        else:
+            service.windows.drop(self._chat_key)
+        return self._ok
 
 
 class ConversationService:
@@ -489,7 +597,7 @@ class ConversationService:
                 )
         stored_text = text or "[image]"
         name = None if msg.is_direct else speaker_name(msg.sender.name or msg.sender.id)
-        user_id: int | None = None
+        user_turn: _UserTurn | None = None
         window = self.windows.get(msg.chat.key)
         if store_user_turn and not await self._resumed_with_user_turn(msg):
             row = {
@@ -500,40 +608,76 @@ class ConversationService:
                 "encoding": counter.stored_as,
                 "event_key": msg.event_key,
             }
-            appended = await self.store.append_messages(
+            stored = self.store.append_messages(
                 msg.chat.key,
                 [row],
                 expected_revision=window.revision if window else None,
                 claim=self._claim(),
             )
-            if not appended.ids:
-                raise _TakenOver
-            (user_id,) = appended.ids
-            window = self._follow(msg.chat.key, window, appended, row, counter)
+            if (
+                window is not None
+                and window.encoding == counter.stored_as
+                and chat.history_rev is not None
+                and chat.history_rev == window.revision
+            ):
+                # The chat's window is held and was the history as this turn began: the
+                # request can be built and sent while the turn is being stored (see
+                # _UserTurn; should anything be stored in between after all, the request is
+                # made again before anything is shown).
+                user_turn = _UserTurn(self, msg.chat.key, window, row, counter, stored)
+            else:
+                appended = await stored
+                if not appended.ids:
+                    raise _TakenOver
+                user_turn = _UserTurn.done(appended.ids[0])
+                self._follow(msg.chat.key, window, appended, row, counter)
         else:
             # A resumed or retried turn: what the store holds is read again.
             self.windows.drop(msg.chat.key)
         try:
-            await self.moderator.check_input(text)
-        except RelaybotError:
-            if user_id is not None:
-                self.windows.drop(msg.chat.key)
-                await self.store.set_message_status(msg.chat.key, user_id, "withheld")
-            raise
-        window_tokens = context_window(model, self.settings.context_tokens)
-        budget = Budget(
-            window=window_tokens,
-            reply_tokens=self.settings.reply_tokens,
-            system_tokens=counter.count_cached(system),
-        ).history_tokens
-        image_parts = [await self._image_part(a) for a in images]
-        await sink.typing()
-        messages = await self._request_messages(msg.chat.key, system, model, budget)
+            try:
+                await self.moderator.check_input(text)
+            except RelaybotError:
+                if user_turn is not None:
+                    user_id = await user_turn.stored()
+                    self.windows.drop(msg.chat.key)
+                    await self.store.set_message_status(msg.chat.key, user_id, "withheld")
+                raise
+            window_tokens = context_window(model, self.settings.context_tokens)
+            budget = Budget(
+                window=window_tokens,
+                reply_tokens=self.settings.reply_tokens,
+                system_tokens=counter.count_cached(system),
+            ).history_tokens
+            image_parts = [await self._image_part(a) for a in images]
+            await sink.typing()
+            messages = None
+            if user_turn is not None and user_turn.pending:
+                messages = user_turn.speculate(system, budget)
+            if messages is None:
+                if user_turn is not None:
+                    await user_turn.stored()
+                messages = await self._request_messages(msg.chat.key, system, model, budget)
 
-        async def trim_harder() -> list[dict[str, Any]]:
-            return await self._request_messages(msg.chat.key, system, model, budget // 2)
+            async def confirm() -> list[dict[str, Any]] | None:
+                """None when the request sent holds the history as stored; else the request
+                to send instead (the window proved stale once the turn was stored)."""
+                if user_turn is None or await user_turn.confirmed():
+                    return None
+                return await self._request_messages(msg.chat.key, system, model, budget)
 
-        answer = await self._stream_answer(sink, model, messages, image_parts, msg, trim_harder)
+            async def trim_harder() -> list[dict[str, Any]]:
+                await confirm()
+                return await self._request_messages(msg.chat.key, system, model, budget // 2)
+
+            answer = await self._stream_answer(
+                sink, model, messages, image_parts, msg, trim_harder, confirm
+            )
+        finally:
+            if user_turn is not None:
+                # Whatever happened, the turn's storing has finished before the message does
+                # (its outcome, e.g. a takeover, is what counts).
+                await user_turn.stored()
         if answer is not None:
             await self._store_answer(msg, model, answer, "ok")
 
@@ -699,12 +843,13 @@ class ConversationService:
         image_parts: list[dict[str, Any]],
         msg: IncomingMessage,
         trim_harder: Callable[[], Awaitable[list[dict[str, Any]]]],
+        confirm: Callable[[], Awaitable[list[dict[str, Any]] | None]] | None = None,
     ) -> _Answer | None:
         answer = _Answer()
         async with sink.stream() as stream:
             try:
                 try:
-                    await self._stream_into(stream, answer, model, messages, image_parts)
+                    await self._stream_into(stream, answer, model, messages, image_parts, confirm)
                 except ContextTooLong:
                     if answer.text:
                         raise
@@ -736,21 +881,44 @@ class ConversationService:
         model: str,
         messages: list[dict[str, Any]],
         image_parts: list[dict[str, Any]],
+        confirm: Callable[[], Awaitable[list[dict[str, Any]] | None]] | None = None,
     ) -> None:
-        answer.sent = messages
-        if image_parts and messages[-1]["role"] == "user":
-            last = dict(messages[-1])
-            last["content"] = [{"type": "text", "text": last["content"]}, *image_parts]
-            messages = [*messages[:-1], last]
-        with self.metrics.model_call("chat", model):
-            async for delta in self.client.chat_stream(
-                model=model, messages=messages, max_tokens=self.settings.reply_tokens
-            ):
-                if delta.text:
-                    answer.parts.append(delta.text)
-                    await stream.append(delta.text)
-                if delta.usage is not None:
-                    answer.usage = delta.usage
+        """Stream the model's answer into `stream`.
+
+        `confirm`, when given, is awaited before the first text is shown (and once the
+        model is done): the request may have been sent before the person's turn was stored;
+        should the stored history differ from what was sent, the request is made again with
+        the history as stored, before anything was shown.
+        """
+        while True:
+            answer.sent = messages
+            if image_parts and messages[-1]["role"] == "user":
+                last = dict(messages[-1])
+                last["content"] = [{"type": "text", "text": last["content"]}, *image_parts]
+                messages = [*messages[:-1], last]
+            retry: list[dict[str, Any]] | None = None
+            with self.metrics.model_call("chat", model):
+                async with aclosing(
+                    self.client.chat_stream(
+                        model=model, messages=messages, max_tokens=self.settings.reply_tokens
+                    )
+                ) as deltas:
+                    async for delta in deltas:
+                        if confirm is not None and (delta.text or delta.usage is not None):
+                            retry, confirm = await confirm(), None
+                            if retry is not None:
+                                break
+                        if delta.text:
+                            answer.parts.append(delta.text)
+                            await stream.append(delta.text)
+                        if delta.usage is not None:
+                            answer.usage = delta.usage
+            if retry is None and confirm is not None:
+                retry = await confirm()  # an answer with no text at all
+            if retry is None:
+                return
+            messages, confirm = retry, None
+            answer.usage = None
 
     # -- audio ----------------------------------------------------------------------------
     async def _transcribe(

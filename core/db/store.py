@@ -39,6 +39,9 @@ class ChatSettings:
     system_prompt: str | None = None
     model: str | None = None
     voice_mode: str | None = None
+    # The chat's history revision when these were read (None: the chat has no row yet).
+    # Read as a message's turn begins: a held window of this revision is the history.
+    history_rev: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +163,9 @@ _EVENT_DONE = (
 _RELEASE_CHAT = delete(ChatLease).where(
     ChatLease.chat_key == bindparam("chat_key"), ChatLease.holder == bindparam("holder")
 )
-_CHAT_SETTINGS = select(Chat.key, Chat.system_prompt, Chat.model, Chat.voice_mode).where(
-    Chat.key.in_(bindparam("keys", expanding=True))
-)
+_CHAT_SETTINGS = select(
+    Chat.key, Chat.system_prompt, Chat.model, Chat.voice_mode, Chat.history_rev
+).where(Chat.key.in_(bindparam("keys", expanding=True)))
 _HISTORY_COLUMNS = (
     Message.id,
     Message.role,
@@ -364,16 +367,24 @@ def read_chat_settings(conn: Connection, chat_key: str, parent_key: str | None) 
 def merge_chat_settings(
     rows: Iterable[Sequence[Any]], chat_key: str, parent_key: str | None
 ) -> ChatSettings:
-    """Settings from (key, system_prompt, model, voice_mode) rows: the chat's own first."""
-    found = {row[0]: tuple(row[1:4]) for row in rows if row[0] is not None}
+    """Settings from (key, system_prompt, model, voice_mode, history_rev) rows: the chat's
+    own first."""
+    found = {row[0]: tuple(row[1:5]) for row in rows if row[0] is not None}
     if not found:
         return ChatSettings()
-    own = found.get(chat_key, (None, None, None))
-    parent = found.get(parent_key or "", (None, None, None))
+    own = found.get(chat_key, (None, None, None, None))
+    parent = found.get(parent_key or "", (None, None, None, None))
     merged = [
-        mine if mine is not None else theirs for mine, theirs in zip(own, parent, strict=True)
+        mine if mine is not None else theirs
+        for mine, theirs in zip(own[:3], parent[:3], strict=True)
     ]
-    return ChatSettings(system_prompt=merged[0], model=merged[1], voice_mode=merged[2])
+    revision = own[3]
+    return ChatSettings(
+        system_prompt=merged[0],
+        model=merged[1],
+        voice_mode=merged[2],
+        history_rev=None if revision is None else int(revision),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -241,3 +241,101 @@ def test_the_cache_drops_the_least_recently_used_windows_past_its_memory() -> No
     assert cache.get("b") is None
     assert cache.get("a") is not None and cache.get("d") is not None
     assert cache.size <= 200
+
+
+# -- the request sent while the person's turn is being stored -------------------------------
+class _ChatRowLock:
+    """Another PostgreSQL session holding the chat's row (as a writer of the chat's history
+    does, e.g. /forget on another replica): storing a turn of that chat waits for it."""
+
+    def __init__(self, core: Core, chat_key: str) -> None:
+        from sqlalchemy.ext.asyncio import AsyncConnection
+
+        self.core = core
+        self.chat_key = chat_key
+        self.conn: AsyncConnection | None = None
+
+    async def __aenter__(self) -> _ChatRowLock:
+        from sqlalchemy import text
+
+        self.conn = await self.core.engine.connect()
+        await self.conn.begin()
+        await self.conn.execute(
+            text("SELECT 1 FROM chats WHERE key = :k FOR UPDATE"), {"k": self.chat_key}
+        )
+        return self
+
+    async def write_a_turn(self, content: str) -> None:
+        """Store a turn of the chat and give its history a new revision, as Store does."""
+        from sqlalchemy import text
+
+        assert self.conn is not None
+        await self.conn.execute(
+            insert(Message).values(
+                chat_key=self.chat_key,
+                role="user",
+                content=content,
+                token_count=5,
+                encoding="o200k_base",
+                status="ok",
+                created_at=utcnow(),
+            )
+        )
+        await self.conn.execute(
+            text("UPDATE chats SET history_rev = history_rev + 1 WHERE key = :k"),
+            {"k": self.chat_key},
+        )
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.conn is not None
+        await self.conn.commit()
+        await self.conn.close()
+
+
+async def test_the_model_is_asked_while_the_turn_is_stored_and_nothing_shows_before(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    import asyncio
+
+    if not core.store.db.shared:
+        pytest.skip("needs a second session holding the chat's row (PostgreSQL)")
+    assert await say(core, "first") == ["echo: first"]
+    fake_openai.queue_reply("the second answer")
+    sink = RecordingSink()
+    async with _ChatRowLock(core, "test:w1"):
+        task = asyncio.create_task(core.service.handle(message("second"), sink))
+        # The request goes out although the turn cannot be stored yet...
+        await fake_openai.wait_for("/chat/completions", count=2)
+        assert sent_history(fake_openai) == ["first", "echo: first", "second"]
+        await asyncio.sleep(0.2)
+        # ...but nothing of the answer is shown before it is.
+        assert sink.texts == [] and not task.done()
+    await task
+    assert sink.texts == ["the second answer"]
+    assert len(fake_openai.chat_requests()) == 2
+    assert await stored_history(core) == ["first", "echo: first", "second"]
+
+
+async def test_a_turn_stored_meanwhile_by_someone_else_is_asked_again_before_showing(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    import asyncio
+
+    if not core.store.db.shared:
+        pytest.skip("needs a second session holding the chat's row (PostgreSQL)")
+    assert await say(core, "first") == ["echo: first"]
+    fake_openai.queue_reply("an answer from a stale history")
+    sink = RecordingSink()
+    async with _ChatRowLock(core, "test:w1") as other:
+        task = asyncio.create_task(core.service.handle(message("second"), sink))
+        await fake_openai.wait_for("/chat/completions", count=2)
+        await other.write_a_turn("written elsewhere")
+    await task
+    # The first request lacked the other writer's turn: it was asked again with the history
+    # as stored (in the order the turns got their ids), and only that answer was shown.
+    stored = await stored_history(core)
+    assert sorted(stored) == sorted(["first", "echo: first", "written elsewhere", "second"])
+    assert len(fake_openai.chat_requests()) == 3
+    assert sent_history(fake_openai) == stored
+    last_user_turn = [t for t in stored if not t.startswith("echo")][-1]
+    assert sink.texts == [f"echo: {last_user_turn}"]

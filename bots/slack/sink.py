@@ -15,6 +15,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bots.answer_messages import AnswerMessages
 from bots.courier import Courier
 from bots.slack.mrkdwn import escape, to_mrkdwn
 from core.types import Reply, ReplyKind
@@ -179,10 +180,8 @@ class SlackStream:
         self._sink = sink
         self._opts = sink.options
         self._native = sink.can_stream_natively()
-        self._messages: list[str] = []  # ts of the messages this answer is written in
-        # Messages an earlier run of this answer left, not used yet: the next ones to write.
-        self._reuse: list[str] = list(sink.continue_in)
-        if self._reuse:
+        self._messages = AnswerMessages(sink.continue_in, sink.messages_changed)
+        if self._messages.earlier:
             # They are continued by chat.update (a native stream cannot be picked up again).
             self._native = False
         self._current_ts: str | None = None
@@ -262,11 +261,9 @@ class SlackStream:
         self._incoming = ""
         if self._native and self._current_ts is not None:
             await self._stop_native("", retry=True)
-        for ts in [*self._messages, *self._reuse]:
+        for ts in self._messages.keep_only(None):
             await self._delete(ts)
-        self._messages.clear()
-        self._reuse.clear()
-        self._report()
+        self._messages.report()
         await self._sink.post_markdown(notice)
 
     async def finish(self) -> None:
@@ -287,7 +284,7 @@ class SlackStream:
         try:
             await self._flush(final=True)
         finally:
-            if self._reuse:
+            if self._messages.earlier:
                 await self._delete_unused()
 
     # -- flushing --------------------------------------------------------------------------
@@ -434,9 +431,8 @@ class SlackStream:
         call = sink.call if retry else _once
         # While streaming, plain mrkdwn text; the finished message gets the markdown block too.
         payload = _markdown_payload(markdown) if finished else {"text": _fallback_text(markdown)}
-        if self._current_ts is None and self._reuse:
-            self._current_ts = self._reuse.pop(0)
-            self._messages.append(self._current_ts)
+        if self._current_ts is None:
+            self._current_ts = self._messages.next_earlier()
         if self._current_ts is not None:
             try:
                 await self._update(self._current_ts, payload, call)
@@ -514,29 +510,22 @@ class SlackStream:
                 return
 
     async def _replace(self, ts: str) -> None:
-        """A message of this answer cannot be updated: a new one takes its place. The earlier
-        run's messages not used yet would stand above it, out of order: they go."""
+        """A message of this answer cannot be updated: a new one takes its place."""
         self._current_ts = None
-        if ts in self._messages:
-            self._messages.remove(ts)
-        await self._delete_unused()
+        for unused in self._messages.lost(ts):
+            await self._delete(unused)
+        self._messages.report()
 
     async def _delete_unused(self) -> None:
         """Delete the messages an earlier run left that this answer did not need."""
-        unused, self._reuse = self._reuse, []
-        for ts in unused:
+        for ts in self._messages.unused():
             await self._delete(ts)
-        self._report()
+        self._messages.report()
 
     def _created(self, ts: str) -> None:
         """A message of this answer now exists."""
         self._current_ts = ts
-        self._messages.append(ts)
-        self._report()
-
-    def _report(self) -> None:
-        """Tell the sink which messages the answer is in now (with those still to reuse)."""
-        self._sink.messages_changed((*self._messages, *self._reuse))
+        self._messages.created(ts)
 
 
 _Call = Callable[..., Awaitable[AsyncSlackResponse]]

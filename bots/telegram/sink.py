@@ -16,6 +16,7 @@ from telegram import Bot, Message, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, RetryAfter, TelegramError
 
+from bots.answer_messages import AnswerMessages
 from bots.courier import Courier
 from bots.telegram.delivery import (
     fits_photo_limits,
@@ -307,15 +308,13 @@ class TelegramStream:
         self._parts: list[str] = []  # rolled-over messages not yet sent for good, in order
         self._shown = ""  # what the preview currently shows of it
         self._message_id: int | None = None  # the edited message (not in private chats)
-        self._messages: list[int] = []  # the messages this answer is written in, in order
-        # Messages an earlier run of this answer left, not used yet: the next ones to write.
-        self._reuse: list[int] = list(sink.continue_in)
+        self._messages = AnswerMessages(sink.continue_in, sink.messages_changed)
         self._draft_id = self._new_draft_id()
         self._last_preview = float("-inf")  # when the last preview request finished
         self._not_before = 0.0
         self._plain_preview = False
         # Continuing in an earlier run's messages: those are edited, never drafted over.
-        self._drafts = sink.private and not self._reuse
+        self._drafts = sink.private and not self._messages.earlier
         self._retracted = False
         self._closing = False
         self._courier = Courier(self._work, "relaybot:telegram-preview")
@@ -430,9 +429,8 @@ class TelegramStream:
         too old) is replaced by a new one.
         """
         sink = self._sink
-        if self._message_id is None and self._reuse:
-            self._message_id = self._reuse.pop(0)
-            self._messages.append(self._message_id)
+        if self._message_id is None:
+            self._message_id = self._messages.next_earlier()
         if self._message_id is not None:
             try:
                 await sink.edit_text(self._message_id, rendered, text, attempts=attempts)
@@ -444,27 +442,18 @@ class TelegramStream:
                 await self._replace(self._message_id)
         message = await sink.send_text(rendered, text, attempts=attempts)
         self._message_id = message.message_id
-        self._messages.append(message.message_id)
-        self._report()
+        self._messages.created(message.message_id)
 
     async def _replace(self, message_id: int) -> None:
-        """A message of this answer cannot be edited: a new one takes its place. The earlier
-        run's messages not used yet would stand above it, out of order: they go."""
+        """A message of this answer cannot be edited: a new one takes its place."""
         self._message_id = None
-        if message_id in self._messages:
-            self._messages.remove(message_id)
-        await self._delete_unused()
+        await self._delete(self._messages.lost(message_id))
 
-    async def _delete_unused(self) -> None:
-        """Delete the messages an earlier run left that this answer did not need."""
-        unused, self._reuse = self._reuse, []
-        for message_id in unused:
+    async def _delete(self, message_ids: list[int]) -> None:
+        """Delete messages of this answer (an earlier run's it no longer needs)."""
+        for message_id in message_ids:
             await self._sink.delete(message_id)
-        self._report()
-
-    def _report(self) -> None:
-        """Tell the sink which messages the answer is in now (with those still to reuse)."""
-        self._sink.messages_changed((*self._messages, *self._reuse))
+        self._messages.report()
 
     async def retract(self, notice: str) -> None:
         """Withdraw the streamed answer and show `notice` in its place."""
@@ -473,16 +462,10 @@ class TelegramStream:
         self._courier.take_error()
         self._incoming = self._pending = ""
         self._parts.clear()
-        if self._message_id is None and self._reuse:
+        if self._message_id is None:
             # The notice goes into the first message an earlier run left.
-            self._message_id = self._reuse.pop(0)
-            self._messages.append(self._message_id)
-        keep = self._message_id
-        for message_id in self._messages:
-            if message_id != keep:
-                await self._sink.delete(message_id)
-        self._messages = [keep] if keep is not None else []
-        await self._delete_unused()
+            self._message_id = self._messages.next_earlier()
+        await self._delete(self._messages.keep_only(self._message_id))
         await self._write(None, notice)
 
     async def finish(self, *, failed: bool) -> None:
@@ -504,8 +487,8 @@ class TelegramStream:
                 if part.strip() or not failed:
                     await self._complete(part)
         finally:
-            if self._reuse:
-                await self._delete_unused()
+            if self._messages.earlier:
+                await self._delete(self._messages.unused())
         if error is not None:
             # A rolled-over part could not be sent: the answer has a hole in it.
             if not failed:

@@ -86,10 +86,11 @@ async def test_an_abandoned_event_is_answered_by_the_next_process(
         assert await second.store.count_messages("test:c1") == 2
 
 
-async def test_a_resumed_answer_knows_the_platform_message_already_showing_it(
-    settings: Settings, fake_openai: FakeOpenAI
-) -> None:
-    """So the adapter continues in that message instead of posting the answer again."""
+async def cut_off_and_resumed(
+    settings: Settings, fake_openai: FakeOpenAI, notes: list[tuple[str, ...]]
+) -> SinkRestorer:
+    """A first process streams an answer, notes `notes` (in order) as the messages showing
+    it, and stops before storing it; a second resumes the message."""
     fake_openai.chunk_delay = 0.05
     fake_openai.queue_reply("a slow answer in many small pieces for you")
     async with open_core(settings.model_copy(update={"shutdown_grace": 0})) as first:
@@ -97,15 +98,24 @@ async def test_a_resumed_answer_knows_the_platform_message_already_showing_it(
         job = await first.service.submit(msg, RecordingSink())
         assert job is not None
         await fake_openai.wait_for("/chat/completions")
-        # The adapter's sink posted the answer's first message (its id on the platform).
-        first.service.remember_reply(msg, ("4711",))
+        for refs in notes:
+            first.service.remember_reply(msg, refs)
         await first.service.shutdown()
     async with open_core(settings) as second:
         restorer = SinkRestorer()
         assert await second.service.resume({"test": restorer}) == 1
         await second.service.drain()
-        assert [m.reply_refs for m in restorer.restored] == [("4711",)]
-        assert restorer.sink.texts == ["echo: question"]
+    return restorer
+
+
+async def test_a_resumed_answer_knows_the_platform_message_already_showing_it(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """So the adapter continues in that message instead of posting the answer again."""
+    restorer = await cut_off_and_resumed(settings, fake_openai, [("4711",)])
+    # The adapter's sink had posted the answer's first message (its id on the platform).
+    assert [m.reply_refs for m in restorer.restored] == [("4711",)]
+    assert restorer.sink.texts == ["echo: question"]
 
 
 async def test_a_resumed_answer_knows_every_message_of_a_rolled_over_answer_in_order(
@@ -113,24 +123,10 @@ async def test_a_resumed_answer_knows_every_message_of_a_rolled_over_answer_in_o
 ) -> None:
     """Each note replaces the last, in the order the adapter made them, however the
     background writes interleave."""
-    fake_openai.chunk_delay = 0.05
-    fake_openai.queue_reply("a slow answer in many small pieces for you")
-    async with open_core(settings.model_copy(update={"shutdown_grace": 0})) as first:
-        msg = message("question")
-        job = await first.service.submit(msg, RecordingSink())
-        assert job is not None
-        await fake_openai.wait_for("/chat/completions")
-        # The answer rolled over twice, then its second message was replaced by a new one.
-        first.service.remember_reply(msg, ("4711",))
-        first.service.remember_reply(msg, ("4711", "4712"))
-        first.service.remember_reply(msg, ("4711", "4712", "4713"))
-        first.service.remember_reply(msg, ("4711", "4714", "4713"))
-        await first.service.shutdown()
-    async with open_core(settings) as second:
-        restorer = SinkRestorer()
-        assert await second.service.resume({"test": restorer}) == 1
-        await second.service.drain()
-        assert [m.reply_refs for m in restorer.restored] == [("4711", "4714", "4713")]
+    # The answer rolled over twice, then its second message was replaced by a new one.
+    notes = [("4711",), ("4711", "4712"), ("4711", "4712", "4713"), ("4711", "4714", "4713")]
+    restorer = await cut_off_and_resumed(settings, fake_openai, notes)
+    assert [m.reply_refs for m in restorer.restored] == [("4711", "4714", "4713")]
 
 
 async def test_every_message_of_a_long_answer_is_noted(core: Core) -> None:

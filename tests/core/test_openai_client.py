@@ -160,12 +160,17 @@ async def test_cut_stream_raises_upstream_down(client: OpenAIClient, fake: FakeO
     assert "".join(received) == "one two "
 
 
+def idle_client(http: httpx.AsyncClient, fake: FakeOpenAI, seconds: float) -> OpenAIClient:
+    """A client whose streams are cut after `seconds` without data, never retried."""
+    return OpenAIClient(
+        http, base_url=fake.base_url, api_key=KEY, stream_idle_timeout=seconds, max_retries=0
+    )
+
+
 async def test_stream_that_stalls_raises_upstream_down(
     http: httpx.AsyncClient, fake: FakeOpenAI
 ) -> None:
-    client = OpenAIClient(
-        http, base_url=fake.base_url, api_key=KEY, stream_idle_timeout=0.02, max_retries=0
-    )
+    client = idle_client(http, fake, 0.02)
     fake.queue_reply("slow")
     fake.chunk_delay = 0.2
 
@@ -180,9 +185,7 @@ async def test_a_slow_consumer_is_not_an_idle_stream(
 ) -> None:
     # The idle timeout is about the model going quiet, not about time spent between events
     # by whoever reads them (a slow platform, say).
-    client = OpenAIClient(
-        http, base_url=fake.base_url, api_key=KEY, stream_idle_timeout=0.05, max_retries=0
-    )
+    client = idle_client(http, fake, 0.05)
     fake.queue_reply("one two three")
     received: list[str] = []
     async for delta in client.chat_stream(model="gpt-4o-mini", messages=user("hi")):
@@ -194,9 +197,7 @@ async def test_a_slow_consumer_is_not_an_idle_stream(
 async def test_a_stall_after_some_text_is_cut_too(
     http: httpx.AsyncClient, fake: FakeOpenAI
 ) -> None:
-    client = OpenAIClient(
-        http, base_url=fake.base_url, api_key=KEY, stream_idle_timeout=0.1, max_retries=0
-    )
+    client = idle_client(http, fake, 0.1)
     fake.queue_reply("one two three four five six")
     fake.chunk_delay = 0.03
     received: list[str] = []

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from core.app import Core, open_core
+from core.app import Core, open_core, tune_collector
 from core.config import Settings
 from core.types import ChatRef, IncomingMessage, Reply, Sender
 
@@ -215,7 +215,9 @@ def bench_settings(base_url: str, database_url: str, **overrides: Any) -> Settin
 
 @asynccontextmanager
 async def metered_core(settings: Settings) -> AsyncIterator[Core]:
-    """open_core (without migrating: the parent did that) with the model time metered."""
+    """open_core (without migrating: the parent did that) with the model time metered, in a
+    process whose collector is set as `relaybot run` sets it."""
+    tune_collector()
     async with open_core(settings, migrate_db=False) as core:
         core.http._transport = TimedTransport(core.http._transport)
         yield core

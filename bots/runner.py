@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from bots.http_server import HttpServer
-from core.app import Core
+from core.app import Core, tune_collector
 from core.ports import Restorer
 from core.tokens import counter_for
 
@@ -85,6 +85,8 @@ async def run_platforms(core: Core, stop: asyncio.Event) -> None:
         # collector's view (after collecting start-up's garbage, which would never go).
         gc.collect()
         gc.freeze()
+        thresholds = gc.get_threshold()
+        tune_collector()
         frozen = True
         # A single SQLite process knows every open event is left over from its last run.
         alone = core.engine.dialect.name == "sqlite"
@@ -107,4 +109,6 @@ async def run_platforms(core: Core, stop: asyncio.Event) -> None:
         await core.service.shutdown(grace=0)
         await server.stop()
         if frozen:
-            gc.unfreeze()  # for a caller that goes on (tests, an embedding program)
+            # For a caller that goes on (tests, an embedding program).
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)

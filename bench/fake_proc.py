@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from core.testing.fake_openai import FakeOpenAI, Messages, echo_reply
+from core.testing.server import RECORDED
 
 CTX = mp.get_context("spawn")
 
@@ -55,6 +56,12 @@ class BenchFake(FakeOpenAI):
         sockets = getattr(server, "sockets", None) or []
         self._port = sockets[0].getsockname()[1]
         self._changed = None  # nobody waits on requests here
+
+    def _answered(self, request: web.Request) -> None:
+        # Free the parsed request (a full window is ~3,500 dicts) before the answer ends:
+        # its clean-up is the model's time, not CPU taken from relaybot's next steps.
+        request.pop(RECORDED, None)
+        self.requests.clear()
 
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:

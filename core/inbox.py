@@ -218,16 +218,21 @@ class Inbox:
             return await self.db.run(
                 read_chat_settings, chat_key, parent_key, autocommit=True, durable=False
             )
-        return await self.db.run(
-            _acquire_chat,
-            chat_key,
-            parent_key,
-            event_id,
-            self.worker_id,
-            self._until(),
-            autocommit=True,
-            durable=False,
-        )
+        # Every older unanswered event goes first, an abandoned one too: a sweeper (here or on
+        # another replica) resumes it once its lease runs out. Overtaking it would answer the
+        # chat out of order, without that turn in the history.
+        params = {
+            "chat_key": chat_key,
+            "parent_key": parent_key,
+            "holder": self.worker_id,
+            "until": self._until(),
+            "now": utcnow(),
+            "event_id": event_id,
+        }
+        rows = await self.db.fetch(_TAKE_CHAT, params, durable=False)
+        if rows[0][0] != self.worker_id:
+            return None
+        return merge_chat_settings((tuple(row)[1:] for row in rows), chat_key, parent_key)
 
     async def release_chat(self, chat_key: str) -> None:
         """Let another replica answer this chat."""
@@ -375,31 +380,6 @@ _TAKE_CHAT = text(
     LEFT JOIN chats ON chats.key IN (CAST(:chat_key AS VARCHAR), CAST(:parent_key AS VARCHAR))
     """
 )
-
-
-def _acquire_chat(
-    conn: Connection,
-    chat_key: str,
-    parent_key: str | None,
-    event_id: int,
-    worker_id: str,
-    until: datetime,
-) -> ChatSettings | None:
-    # Every older unanswered event goes first, an abandoned one too: a sweeper (here or on
-    # another replica) resumes it once its lease runs out. Overtaking it would answer the
-    # chat out of order, without that turn in the history. Only PostgreSQL is shared
-    # between processes (see `Inbox.shared`).
-    params = {
-        "chat_key": chat_key,
-        "holder": worker_id,
-        "until": until,
-        "now": utcnow(),
-        "event_id": event_id,
-    }
-    rows = conn.execute(_TAKE_CHAT, {**params, "parent_key": parent_key}).all()
-    if rows[0][0] != worker_id:
-        return None
-    return merge_chat_settings((row[1:] for row in rows), chat_key, parent_key)
 
 
 def _release_chat(conn: Connection, chat_key: str, worker_id: str) -> None:

@@ -318,7 +318,9 @@ class Store:
         )
         if self.db.shared and len(rows) == 1:
             # PostgreSQL: the whole change is one statement, so one round trip.
-            return await self.db.run(_append_one_pg, change, autocommit=True, durable=False)
+            statement, params = _pg_append(change)
+            rows = await self.db.fetch(statement, params, durable=False)
+            return _pg_appended(change, params["revision"], rows[0])
         return await self.db.run(_append, change, durable=False)
 
     async def newest_messages(
@@ -516,16 +518,16 @@ def _pg_append_statement(usage: bool, event: str, release: bool, fenced: bool) -
     return _PG_APPEND[key]
 
 
-def _append_one_pg(conn: Connection, change: _Change) -> Appended:
+def _pg_append(change: _Change) -> tuple[TextClause, dict[str, Any]]:
+    """`_append` as one PostgreSQL statement and its parameters."""
     chat_key, usage, claim = change.chat_key, change.usage, change.claim
     now = utcnow()
-    revision = new_revision()
     message = {**_MESSAGE_DEFAULTS, "created_at": now, "chat_key": chat_key, **change.rows[0]}
     params: dict[str, Any] = {f"m_{c}": message[c] for c in _MESSAGE_COLUMNS}
     params.update(
         chat_key=chat_key,
         platform=ChatRef.platform_of(chat_key),
-        revision=revision,
+        revision=new_revision(),
         now=now,
         event_id=change.answered_event,
         holder=change.release_chat,
@@ -541,9 +543,13 @@ def _append_one_pg(conn: Connection, change: _Change) -> Appended:
     statement = _pg_append_statement(
         usage is not None, event, change.release_chat is not None, claim is not None
     )
-    # The WITH parts' changes are not visible to the outer SELECT: it reads the chat as it
-    # was before this statement.
-    turn_id, previous, last_before = conn.execute(statement, params).one()
+    return statement, params
+
+
+def _pg_appended(change: _Change, revision: int, row: Sequence[Any]) -> Appended:
+    """What `_pg_append`'s statement returned. (Its WITH parts' changes are not visible to
+    the outer SELECT: it reads the chat as it was before the statement.)"""
+    turn_id, previous, last_before = row
     if turn_id is None:
         return Appended([], revision, False, last_before)
     expected = change.expected_revision

@@ -239,6 +239,15 @@ class Inbox:
         if self.shared:
             await self.db.run(_release_chat, chat_key, self.worker_id, autocommit=True)
 
+    async def release_all_chats(self) -> None:
+        """Shutdown: give up every chat lease this process holds.
+
+        An answer cancelled while its lease was being taken may not know it got it; left
+        alone, such a lease would hold the chat back on every other replica until it ran out.
+        """
+        if self.shared:
+            await self.db.run(_release_all_chats, self.worker_id, autocommit=True)
+
 
 # -- units of work (each runs in one transaction, see core.db.database) ---------------------
 _INSERT_EVENT = insert(InboundEvent).returning(InboundEvent.id)
@@ -380,6 +389,10 @@ _TAKE_CHAT = text(
     LEFT JOIN chats ON chats.key IN (CAST(:chat_key AS VARCHAR), CAST(:parent_key AS VARCHAR))
     """
 )
+
+
+def _release_all_chats(conn: Connection, worker_id: str) -> None:
+    conn.execute(delete(ChatLease).where(ChatLease.holder == worker_id))
 
 
 def _release_chat(conn: Connection, chat_key: str, worker_id: str) -> None:

@@ -507,6 +507,7 @@ class ConversationService:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
             await self.inbox.release(unfinished)
+            await self.inbox.release_all_chats()
         if self._notes:
             await asyncio.gather(*self._notes, return_exceptions=True)
         if self._heartbeat is not None:

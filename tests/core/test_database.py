@@ -290,3 +290,45 @@ async def test_a_steady_load_reuses_the_pools_connections(
         await asyncio.gather(*(lane(n, own) for n, own in enumerate(lanes)))
         assert all(s.texts and s.texts[0].startswith("echo: load") for s in sinks)
         assert len(opened) <= settings.db_pool_size * len(engines)
+
+
+async def test_answers_cut_off_mid_step_give_every_connection_back(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """A shutdown that cancels answers in the middle of their database steps leaves no
+    connection checked out (none leaks, none is left mid-statement for the next user)."""
+    async with open_core(settings.model_copy(update={"shutdown_grace": 0})) as core:
+        db = core.store.db
+        if not db.shared:
+            pytest.skip("SQLite runs its steps in its own thread, on one connection")
+        fake_openai.chunk_delay = 0.01
+        sinks = [RecordingSink() for _ in range(60)]
+        jobs = await asyncio.gather(
+            *(
+                core.service.submit(message(f"cut {i}", chat=f"x{i}"), sink)
+                for i, sink in enumerate(sinks)
+            )
+        )
+        await asyncio.sleep(0)  # they are in their first steps, waiting for connections
+        await core.service.shutdown(grace=0)
+        fake_openai.chunk_delay = 0.0
+        assert all(job is None or job.done() for job in jobs)
+        pools = [db.engine.pool, db.turns_engine.pool]
+        assert [pool.checkedout() for pool in pools] == [0, 0]  # type: ignore[attr-defined]
+    # The released messages are answered by the next process, on healthy connections.
+    async with open_core(settings) as core:
+        restorer_sinks: list[RecordingSink] = []
+
+        class Restorer:
+            def restore(self, msg: IncomingMessage) -> tuple[IncomingMessage, RecordingSink]:
+                sink = RecordingSink()
+                restorer_sinks.append(sink)
+                return msg, sink
+
+        started = asyncio.get_running_loop().time()
+        await core.service.resume({"test": Restorer()}, everything=True)
+        await core.service.drain()
+        answered = sum(1 for s in sinks if s.texts) + sum(1 for s in restorer_sinks if s.texts)
+        assert answered >= 60
+        # Not held back by leases the stopped process left (they would last a minute).
+        assert asyncio.get_running_loop().time() - started < 20

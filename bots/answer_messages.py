@@ -8,8 +8,11 @@ those, in order, before creating any new one, and the ones it does not need are 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
+
+log = logging.getLogger("relaybot.bots")
 
 Ref = TypeVar("Ref")  # a platform's message id: Telegram's int, Slack's ts
 
@@ -17,7 +20,9 @@ Ref = TypeVar("Ref")  # a platform's message id: Telegram's int, Slack's ts
 class AnswerMessages(Generic[Ref]):
     """The answer's messages in order, and those an earlier run left, not used yet."""
 
-    def __init__(self, earlier: Iterable[Ref], report: Callable[[tuple[Ref, ...]], None]) -> None:
+    def __init__(
+        self, earlier: Iterable[Ref], report: Callable[[tuple[Ref, ...]], None] | None
+    ) -> None:
         self.written: list[Ref] = []
         self.earlier: list[Ref] = list(earlier)
         self._report = report
@@ -57,4 +62,9 @@ class AnswerMessages(Generic[Ref]):
 
     def report(self) -> None:
         """Tell whoever asked which messages the answer is in now (with those to reuse)."""
-        self._report((*self.written, *self.earlier))
+        if self._report is None:
+            return
+        try:
+            self._report((*self.written, *self.earlier))
+        except Exception:
+            log.warning("could not note the messages showing an answer", exc_info=True)

@@ -176,6 +176,7 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_connections,
+        keepalive_expiry=KEEPALIVE_SECONDS,
     )
     if settings.http_proxy:
         return httpx.AsyncClient(timeout=timeout, limits=limits, proxy=settings.http_proxy)

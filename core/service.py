@@ -145,43 +145,34 @@ class _UserTurn:
 
     def __init__(
         self,
-        service: ConversationService | None,
+        service: ConversationService,
         chat_key: str,
         window: ChatWindow | None,
         row: dict[str, Any],
-        counter: TokenCounter | None,
-        storing: Awaitable[Appended] | None,
+        counter: TokenCounter,
+        storing: Awaitable[Appended],
     ) -> None:
         self._service = service
         self._chat_key = chat_key
         self._window = window
         self._row = row
         self._counter = counter
-        self._task: asyncio.Future[Appended] | None = (
-            asyncio.ensure_future(storing) if storing is not None else None
-        )
+        self._task: asyncio.Future[Appended] = asyncio.ensure_future(storing)
         self._turn: Turn | None = None
         self._last_before = window.last_id if window is not None else None
         self._id: int | None = None
         self._ok: bool | None = None
         self._error: BaseException | None = None
 
-    @classmethod
-    def done(cls, user_id: int) -> _UserTurn:
-        """A turn already stored (and followed by the window)."""
-        turn = cls(None, "", None, {}, None, None)
-        turn._id, turn._ok = user_id, True
-        return turn
-
     @property
     def pending(self) -> bool:
-        return self._task is not None and self._ok is None
+        return self._ok is None
 
     def speculate(self, system: str, budget: int) -> list[dict[str, Any]] | None:
         """The request's messages with the turn added to the held window, or None when the
         window cannot serve them without a read (the turn must be stored first)."""
         window, service = self._window, self._service
-        assert window is not None and service is not None and self._counter is not None
+        assert window is not None
         if service.windows.get(self._chat_key) is not window:
             return None
         self._turn = service._turn(0, self._row, self._counter)  # its id once stored
@@ -205,7 +196,6 @@ class _UserTurn:
             raise self._error
         if self._ok is not None:
             return self._ok
-        assert self._task is not None and self._service is not None
         window, service = self._window, self._service
         try:
             appended = await asyncio.shield(self._task)
@@ -220,7 +210,6 @@ class _UserTurn:
         self._id = appended.ids[0]
         if self._turn is None:
             # Not speculated on: follow the store as usual.
-            assert self._counter is not None
             self._ok = True
             service._follow(self._chat_key, window, appended, self._row, self._counter)
             return True
@@ -615,23 +604,18 @@ class ConversationService:
                 expected_revision=window.revision if window else None,
                 claim=self._claim(),
             )
-            if (
+            user_turn = _UserTurn(self, msg.chat.key, window, row, counter, stored)
+            if not (
                 window is not None
                 and window.encoding == counter.stored_as
                 and chat.history_rev is not None
                 and chat.history_rev == window.revision
             ):
-                # The chat's window is held and was the history as this turn began: the
-                # request can be built and sent while the turn is being stored (see
-                # _UserTurn; should anything be stored in between after all, the request is
-                # made again before anything is shown).
-                user_turn = _UserTurn(self, msg.chat.key, window, row, counter, stored)
-            else:
-                appended = await stored
-                if not appended.ids:
-                    raise _TakenOver
-                user_turn = _UserTurn.done(appended.ids[0])
-                self._follow(msg.chat.key, window, appended, row, counter)
+                await user_turn.stored()
+            # Otherwise the chat's window is held and was the history as this turn began: the
+            # request can be built and sent while the turn is being stored (see _UserTurn;
+            # should anything be stored in between after all, the request is made again
+            # before anything is shown).
         else:
             # A resumed or retried turn: what the store holds is read again.
             self.windows.drop(msg.chat.key)
@@ -668,7 +652,8 @@ class ConversationService:
                 return await self._request_messages(msg.chat.key, system, model, budget)
 
             async def trim_harder() -> list[dict[str, Any]]:
-                await confirm()
+                if user_turn is not None:
+                    await user_turn.confirmed()
                 return await self._request_messages(msg.chat.key, system, model, budget // 2)
 
             answer = await self._stream_answer(

@@ -180,7 +180,7 @@ class SlackStream:
         self._sink = sink
         self._opts = sink.options
         self._native = sink.can_stream_natively()
-        self._messages = AnswerMessages(sink.continue_in, sink.messages_changed)
+        self._messages = AnswerMessages(sink.continue_in, sink.on_messages)
         if self._messages.earlier:
             # They are continued by chat.update (a native stream cannot be picked up again).
             self._native = False
@@ -261,9 +261,7 @@ class SlackStream:
         self._incoming = ""
         if self._native and self._current_ts is not None:
             await self._stop_native("", retry=True)
-        for ts in self._messages.keep_only(None):
-            await self._delete(ts)
-        self._messages.report()
+        await self._delete_all(self._messages.keep_only(None))
         await self._sink.post_markdown(notice)
 
     async def finish(self) -> None:
@@ -285,7 +283,7 @@ class SlackStream:
             await self._flush(final=True)
         finally:
             if self._messages.earlier:
-                await self._delete_unused()
+                await self._delete_all(self._messages.unused())
 
     # -- flushing --------------------------------------------------------------------------
     async def _flush(self, *, final: bool) -> None:
@@ -512,13 +510,11 @@ class SlackStream:
     async def _replace(self, ts: str) -> None:
         """A message of this answer cannot be updated: a new one takes its place."""
         self._current_ts = None
-        for unused in self._messages.lost(ts):
-            await self._delete(unused)
-        self._messages.report()
+        await self._delete_all(self._messages.lost(ts))
 
-    async def _delete_unused(self) -> None:
-        """Delete the messages an earlier run left that this answer did not need."""
-        for ts in self._messages.unused():
+    async def _delete_all(self, messages: list[str]) -> None:
+        """Delete messages of this answer (an earlier run's it no longer needs)."""
+        for ts in messages:
             await self._delete(ts)
         self._messages.report()
 
@@ -601,15 +597,6 @@ class SlackSink:
         self.continue_in = continue_in
         self.metadata = answer_metadata(tag) if tag is not None else None
         self.find_earlier = find_earlier
-
-    def messages_changed(self, ts: tuple[str, ...]) -> None:
-        """A streamed answer's messages changed: tell whoever asked."""
-        if self.on_messages is None:
-            return
-        try:
-            self.on_messages(ts)
-        except Exception:
-            log.warning("could not note the messages showing an answer", exc_info=True)
 
     def can_stream_natively(self) -> bool:
         """Native streams are replies in a thread, for a known person."""

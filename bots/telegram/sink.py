@@ -182,15 +182,6 @@ class TelegramSink:
         except TelegramError as err:
             log.warning("could not delete a message: %s", err)
 
-    def messages_changed(self, message_ids: tuple[int, ...]) -> None:
-        """A streamed answer's messages changed: tell whoever asked."""
-        if self.on_messages is None:
-            return
-        try:
-            self.on_messages(message_ids)
-        except Exception:
-            log.warning("could not note the messages showing an answer", exc_info=True)
-
     # -- ReplySink -------------------------------------------------------------------------
     async def send(self, reply: Reply) -> None:
         """Deliver a complete reply: Markdown answers as HTML, notices as plain text."""
@@ -308,7 +299,7 @@ class TelegramStream:
         self._parts: list[str] = []  # rolled-over messages not yet sent for good, in order
         self._shown = ""  # what the preview currently shows of it
         self._message_id: int | None = None  # the edited message (not in private chats)
-        self._messages = AnswerMessages(sink.continue_in, sink.messages_changed)
+        self._messages = AnswerMessages(sink.continue_in, sink.on_messages)
         self._draft_id = self._new_draft_id()
         self._last_preview = float("-inf")  # when the last preview request finished
         self._not_before = 0.0

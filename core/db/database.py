@@ -73,6 +73,15 @@ def sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) ->
     cursor.close()
 
 
+def _conflict_pause(sqlstate: str | None, attempt: int) -> float | None:
+    """After a PostgreSQL deadlock or serialization failure (the statement or transaction
+    was rolled back whole) the step runs again after this pause; None: raise."""
+    if sqlstate not in RETRYABLE_SQLSTATES or attempt >= RETRIES_ON_CONFLICT:
+        return None
+    log.warning("database conflict (%s), running the step again", sqlstate)
+    return 0.01 * (attempt + 1)
+
+
 def _give_back(proxied: PoolProxiedConnection, usable: bool) -> None:
     """Return a raw pooled connection (inside SQLAlchemy's greenlet: closing may await)."""
     if not usable:
@@ -259,12 +268,11 @@ class Database:
                 # A deadlock victim or serialization failure was rolled back whole (a unit
                 # run in autocommit is one statement, or only reads): running it again is
                 # safe.
-                sqlstate = getattr(exc.orig, "sqlstate", None)
-                if sqlstate not in RETRYABLE_SQLSTATES or attempt == RETRIES_ON_CONFLICT:
+                pause = _conflict_pause(getattr(exc.orig, "sqlstate", None), attempt)
+                if pause is None:
                     raise
                 attempt += 1
-                log.warning("database conflict (%s), running the step again", sqlstate)
-                await asyncio.sleep(0.01 * attempt)
+                await asyncio.sleep(pause)
 
     async def fetch(
         self, statement: TextClause, params: dict[str, Any], *, durable: bool = True
@@ -291,11 +299,11 @@ class Database:
                 # A statement that failed in the server leaves the connection usable; any
                 # other failure (a dropped connection, a cancelled wait) does not.
                 await greenlet_spawn(_give_back, proxied, sqlstate is not None)
-                if sqlstate not in RETRYABLE_SQLSTATES or attempt == RETRIES_ON_CONFLICT:
+                pause = _conflict_pause(sqlstate, attempt)
+                if pause is None:
                     raise
                 attempt += 1
-                log.warning("database conflict (%s), running the step again", sqlstate)
-                await asyncio.sleep(0.01 * attempt)
+                await asyncio.sleep(pause)
                 continue
             await greenlet_spawn(_give_back, proxied, True)
             return rows

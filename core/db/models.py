@@ -75,8 +75,8 @@ class InboundEvent(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    # The platform message already showing (part of) the answer: a resumed answer continues
-    # in it instead of posting a second one.
+    # The platform messages already showing (part of) the answer, in order, separated by
+    # spaces: a resumed answer continues in them instead of posting it again.
     reply_ref: Mapped[str | None] = mapped_column(Text, default=None)
 
 

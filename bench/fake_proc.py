@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import resource
+from contextvars import ContextVar
 from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
@@ -15,6 +16,7 @@ from core.testing.fake_openai import FakeOpenAI, Messages, echo_reply
 from core.testing.server import RECORDED
 
 CTX = mp.get_context("spawn")
+_ARRIVED: ContextVar[float] = ContextVar("bench_fake_arrived", default=0.0)
 
 
 def cpu_seconds() -> float:
@@ -27,13 +29,19 @@ class BenchFake(FakeOpenAI):
     """FakeOpenAI with a listen backlog for thousands of simultaneous connects.
 
     It keeps no request bodies (a benchmark sends hundreds of MB) and can wait
-    `reply_delay` seconds before answering, the model's "thinking" time.
+    `reply_delay` seconds before answering, the model's "thinking" time. With
+    `answer_after`, each answer starts that many seconds after its request's head came
+    in, however long the body took to read and parse: the model's time is then the same
+    for a 1 KB request and a 570 KB one.
     """
 
-    def __init__(self, reply_delay: float = 0.0, backlog: int = 4096) -> None:
+    def __init__(
+        self, reply_delay: float = 0.0, backlog: int = 4096, answer_after: float = 0.0
+    ) -> None:
         super().__init__()
         self.backlog = backlog
         self.reply_delay = reply_delay
+        self.answer_after = answer_after
         self.served = 0
         self.reply = self._reply
 
@@ -41,6 +49,11 @@ class BenchFake(FakeOpenAI):
         self.served += 1
         if self.reply_delay:
             await asyncio.sleep(self.reply_delay)
+        if self.answer_after:
+            loop = asyncio.get_running_loop()
+            left = _ARRIVED.get() + self.answer_after - loop.time()
+            if left > 0:
+                await asyncio.sleep(left)
         return echo_reply(messages)
 
     async def start(self) -> None:
@@ -67,14 +80,15 @@ class BenchFake(FakeOpenAI):
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         # Parse and record the request as the real fake does, then forget it: memory must
         # not grow with the length of a run.
+        _ARRIVED.set(asyncio.get_running_loop().time())
         response: web.StreamResponse = await super()._record(request, handler)
         self.requests.clear()
         return response
 
 
-def _fake_main(conn: Connection, reply_delay: float) -> None:
+def _fake_main(conn: Connection, reply_delay: float, answer_after: float) -> None:
     async def run() -> None:
-        fake = BenchFake(reply_delay)
+        fake = BenchFake(reply_delay, answer_after=answer_after)
         await fake.start()
         conn.send(fake.base_url)
         loop = asyncio.get_running_loop()
@@ -91,15 +105,18 @@ def _fake_main(conn: Connection, reply_delay: float) -> None:
 class FakeProcess:
     """`with FakeProcess(reply_delay=1.0) as fake:` starts the fake; `fake.base_url`."""
 
-    def __init__(self, reply_delay: float = 0.0) -> None:
+    def __init__(self, reply_delay: float = 0.0, answer_after: float = 0.0) -> None:
         self.reply_delay = reply_delay
+        self.answer_after = answer_after
         self.base_url = ""
         self._conn: Connection | None = None
         self._proc: Any = None
 
     def __enter__(self) -> FakeProcess:
         parent, child = CTX.Pipe()
-        self._proc = CTX.Process(target=_fake_main, args=(child, self.reply_delay), daemon=True)
+        self._proc = CTX.Process(
+            target=_fake_main, args=(child, self.reply_delay, self.answer_after), daemon=True
+        )
         self._proc.start()
         self._conn = parent
         if not parent.poll(30):

@@ -7,6 +7,7 @@ means no access; no budget means no limit.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -107,6 +108,9 @@ def describe(standing: Standing, now: datetime) -> str:
     )
 
 
+_Overrides = dict[tuple[str, str, str], float | None]
+
+
 class Budgets:
     """Looks up the budgets of a request and what was spent against them."""
 
@@ -119,13 +123,28 @@ class Budgets:
         self.settings = settings
         self._engine = engine
         self._session = async_sessionmaker(engine, expire_on_commit=False)
-        self._overrides: tuple[float, dict[tuple[str, str, str], float | None]] | None = None
+        self._overrides: tuple[float, _Overrides] | None = None
+        # The one read of the table in progress: when the cached copy runs out under load,
+        # thousands of messages would each have read it (queueing for a connection, up to
+        # the pool's timeout); they all wait for this one instead.
+        self._reading: asyncio.Task[_Overrides] | None = None
+        self._generation = 0  # moved by this process's own changes: a read begun before
+        # one of them is not kept
 
-    async def _all_overrides(self) -> dict[tuple[str, str, str], float | None]:
+    async def _all_overrides(self) -> _Overrides:
         """Every admin budget by (scope, subject, period), cached for OVERRIDES_TTL."""
-        now = time.monotonic()
-        if self._overrides is not None and now - self._overrides[0] < self.OVERRIDES_TTL:
-            return self._overrides[1]
+        if self._overrides is not None:
+            read_at, rows = self._overrides
+            if time.monotonic() - read_at < self.OVERRIDES_TTL:
+                return rows
+        if self._reading is None:
+            self._reading = asyncio.create_task(self._read_overrides(self._generation))
+            self._reading.add_done_callback(self._read_done)
+        # A waiter cancelled (its message dropped at shutdown) does not cancel the others'.
+        return await asyncio.shield(self._reading)
+
+    async def _read_overrides(self, generation: int) -> _Overrides:
+        read_at = time.monotonic()
         query = select(
             BudgetOverride.scope,
             BudgetOverride.subject,
@@ -134,8 +153,21 @@ class Budgets:
         )
         async with self._engine.connect() as conn:
             rows = {(r[0], r[1], r[2]): r[3] for r in await conn.execute(query)}
-        self._overrides = (now, rows)
+        if generation == self._generation:
+            self._overrides = (read_at, rows)
         return rows
+
+    def _read_done(self, task: asyncio.Task[_Overrides]) -> None:
+        if self._reading is task:
+            self._reading = None
+        if not task.cancelled():
+            task.exception()  # every waiter was told; not an unretrieved error
+
+    def _changed(self) -> None:
+        """This process changed the table: the next message reads it again."""
+        self._generation += 1
+        self._overrides = None
+        self._reading = None
 
     def _configured(self, scope: str, period: str) -> float | None:
         value: float | None = getattr(self.settings, f"budget_{scope}_{PERIOD_WORDS[period]}")
@@ -240,27 +272,31 @@ class Budgets:
         self, scope: str, subject: str, period: str, amount: float | None, set_by: str
     ) -> None:
         """Store an admin's budget (None: no limit) for one subject."""
-        self._overrides = None
-        async with self._session() as session:
-            row = await session.get(BudgetOverride, (scope, subject, period))
-            if row is None:
-                row = BudgetOverride(scope=scope, subject=subject, period=period)
-                session.add(row)
-            row.amount_usd = amount
-            row.set_by = set_by
-            row.updated_at = utcnow()
-            await session.commit()
+        try:
+            async with self._session() as session:
+                row = await session.get(BudgetOverride, (scope, subject, period))
+                if row is None:
+                    row = BudgetOverride(scope=scope, subject=subject, period=period)
+                    session.add(row)
+                row.amount_usd = amount
+                row.set_by = set_by
+                row.updated_at = utcnow()
+                await session.commit()
+        finally:
+            self._changed()
 
     async def clear_override(self, scope: str, subject: str, period: str) -> bool:
         """Go back to the configured budget; False when there was no override."""
-        self._overrides = None
-        async with self._session() as session:
-            result = await session.execute(
-                delete(BudgetOverride).where(
-                    BudgetOverride.scope == scope,
-                    BudgetOverride.subject == subject,
-                    BudgetOverride.period == period,
+        try:
+            async with self._session() as session:
+                result = await session.execute(
+                    delete(BudgetOverride).where(
+                        BudgetOverride.scope == scope,
+                        BudgetOverride.subject == subject,
+                        BudgetOverride.period == period,
+                    )
                 )
-            )
-            await session.commit()
-            return bool(getattr(result, "rowcount", 0))
+                await session.commit()
+                return bool(getattr(result, "rowcount", 0))
+        finally:
+            self._changed()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from core.app import Core, open_core
 from core.config import ModerationPolicy, Settings
@@ -165,3 +166,29 @@ async def test_paid_commands_are_budgeted_too(
         text = await say(core, command)
     assert text.startswith("You have no budget")
     assert not fake_openai.calls("/images/generations")
+
+
+async def test_many_messages_at_once_read_the_admin_budgets_once(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """When the cached budgets run out under load, one read serves every waiting message
+    (each reading on its own queued them for one SQLite connection: minutes, then errors)."""
+    async with open_core(budgeted(settings, budget_user_daily=5.0)) as core:
+        budgets = core.service.policy.budgets
+        await say(core, "/budget user test:u1 daily 0", user="boss", chat="admin")
+        reads = 0
+
+        def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+            nonlocal reads
+            if statement.lstrip().startswith("SELECT") and "FROM budget_overrides" in statement:
+                reads += 1
+
+        event.listen(core.engine.sync_engine, "before_cursor_execute", count)
+        budgets.OVERRIDES_TTL = 0.0  # every message finds the cached copy out of date
+        answers = await asyncio.gather(
+            *(say(core, f"q{i}", user=f"p{i}", chat=f"c{i}") for i in range(40)),
+            say(core, "hello", user="u1", chat="cu1"),
+        )
+    assert all(a.startswith("echo: q") for a in answers[:-1])
+    assert answers[-1].startswith("You have no budget")  # the admin's override still holds
+    assert 1 <= reads < 10

@@ -28,7 +28,12 @@ WARMUP = 30
 # Scenario 4's bound on answers in progress (RELAYBOT_MAX_IN_FLIGHT). At 1 s per answer the
 # default, 256, caps the rate at ~256 msg/s, below one process's capacity; an operator
 # expecting thousands of chats at once raises it, as they raise RELAYBOT_MAX_CONNECTIONS.
-IN_FLIGHT = int(os.environ.get("BENCH_IN_FLIGHT", "1000"))
+# By Little's law it must cover rate × the time an answer holds its place: the model's 1 s
+# plus the wait, when a wave of answers comes back together, for the loop to reach it
+# (0.5-1 s here). At 1,000 the run stopped near 1,000 ÷ 1.7 s ≈ 590 msg/s with relaybot idle
+# a fifth of the time (0.73-0.91 of ideal); 2,000 gave 0.87-1.02 at 258 MB peak RSS, 5,000
+# 1.02 at 355 MB. BENCH_IN_FLIGHT overrides it, for such comparisons.
+IN_FLIGHT = int(os.environ.get("BENCH_IN_FLIGHT", "2000"))
 _TEXT = (
     "the relay bot answers questions about weather trains recipes code books music and "
     "travel plans while keeping every chat history in a database trimmed to the model "

@@ -126,7 +126,14 @@ class Inbox:
 
     async def record(self, msg: IncomingMessage) -> int | None:
         """Store the event, claimed by this process; None when its key was seen before."""
-        values = {
+        try:
+            return await self.db.run(_record, self._values(msg), autocommit=True)
+        except IntegrityError:
+            return None
+
+    def _values(self, msg: IncomingMessage) -> dict[str, Any]:
+        """The event's row, claimed by this process."""
+        return {
             "event_key": msg.event_key,
             "chat_key": msg.chat.key,
             "sender_id": msg.sender.id,
@@ -137,10 +144,45 @@ class Inbox:
             "lease_until": self._until(),
             "attempts": 1,
         }
-        try:
-            return await self.db.run(_record, values, autocommit=True)
-        except IntegrityError:
-            return None
+
+    async def record_and_take(
+        self, msg: IncomingMessage
+    ) -> tuple[int | None, ChatSettings | None]:
+        """`record`, and `try_acquire_chat` for the new event in the same step.
+
+        For a message first in its chat's local queue: one round trip and one commit where
+        there were two (on PostgreSQL one statement). (None, None) when its key was seen
+        before; (id, None) when it was stored but the chat is not free (take it with
+        `try_acquire_chat`, as usual).
+        """
+        if not self.shared:  # one process: the chat's turn is its local queue's; read settings
+            try:
+                return await self.db.run(
+                    _record_and_read, self._values(msg), msg.chat.parent_key, autocommit=True
+                )
+            except IntegrityError:
+                return None, None
+        now = utcnow()
+        params = {
+            "event_key": msg.event_key,
+            "chat_key": msg.chat.key,
+            "parent_key": msg.chat.parent_key,
+            "sender_id": msg.sender.id,
+            "payload": encode_message(msg),
+            "holder": self.worker_id,
+            "until": now + self.lease,
+            "now": now,
+        }
+        rows = await self.db.fetch(_RECORD_AND_TAKE, params)
+        event_id, holder = rows[0][0], rows[0][1]
+        if event_id is None:
+            return None, None
+        if holder != self.worker_id:
+            return int(event_id), None
+        settings = merge_chat_settings(
+            (tuple(row)[2:] for row in rows), msg.chat.key, msg.chat.parent_key
+        )
+        return int(event_id), settings
 
     async def finish(self, event_id: int, status: str) -> None:
         """Close an event ("done" or "failed"), drop its claim and the content it carried.
@@ -257,6 +299,12 @@ def _record(conn: Connection, values: dict[str, Any]) -> int:
     return int(conn.execute(_INSERT_EVENT, values).scalar_one())
 
 
+def _record_and_read(
+    conn: Connection, values: dict[str, Any], parent_key: str | None
+) -> tuple[int, ChatSettings]:
+    return _record(conn, values), read_chat_settings(conn, values["chat_key"], parent_key)
+
+
 def _finish(conn: Connection, event_id: int, status: str, worker_id: str) -> None:
     ours = or_(InboundEvent.claimed_by == worker_id, InboundEvent.claimed_by.is_(None))
     conn.execute(
@@ -368,6 +416,39 @@ def _user_turn_stored(conn: Connection, event_key: str) -> bool:
 
 # One statement: take (or keep) the chat's lease unless an older event of the chat waits,
 # and read the chat's settings (its own row and its parent's).
+# `record` and `_TAKE_CHAT` in one statement. Every CTE sees the snapshot taken before the new
+# event's id was drawn, so each unfinished event of the chat it sees is an older one.
+_RECORD_AND_TAKE = text(
+    """
+    WITH event AS (
+    INSERT INTO inbound_events (event_key, chat_key, sender_id, status, received_at, payload,
+                                claimed_by, lease_until, attempts)
+    VALUES (CAST(:event_key AS VARCHAR), CAST(:chat_key AS VARCHAR),
+            CAST(:sender_id AS VARCHAR), 'received', CAST(:now AS TIMESTAMPTZ),
+            CAST(:payload AS TEXT), CAST(:holder AS VARCHAR), CAST(:until AS TIMESTAMPTZ), 1)
+    ON CONFLICT (event_key) DO NOTHING
+    RETURNING id
+    ), lease AS (
+    INSERT INTO chat_leases (chat_key, holder, lease_until)
+    SELECT CAST(:chat_key AS VARCHAR), CAST(:holder AS VARCHAR), CAST(:until AS TIMESTAMPTZ)
+    FROM event
+    WHERE NOT EXISTS (
+        SELECT 1 FROM inbound_events
+        WHERE chat_key = CAST(:chat_key AS VARCHAR) AND status = 'received'
+    )
+    ON CONFLICT (chat_key) DO UPDATE
+    SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until
+    WHERE chat_leases.lease_until < CAST(:now AS TIMESTAMPTZ)
+       OR chat_leases.holder = CAST(:holder AS VARCHAR)
+    RETURNING holder
+    )
+    SELECT (SELECT id FROM event), (SELECT holder FROM lease), chats.key, chats.system_prompt,
+           chats.model, chats.voice_mode, chats.history_rev
+    FROM (SELECT 1) AS one
+    LEFT JOIN chats ON chats.key IN (CAST(:chat_key AS VARCHAR), CAST(:parent_key AS VARCHAR))
+    """
+)
+
 _TAKE_CHAT = text(
     """
     WITH lease AS (

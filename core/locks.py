@@ -18,6 +18,11 @@ class Ticket:
         self._turn = turn
         self._released = False
 
+    @property
+    def ready(self) -> bool:
+        """The chat's turn is this ticket's now (nothing of the chat queued before it)."""
+        return self._turn.done() and not self._released
+
     async def __aenter__(self) -> None:
         try:
             await self._turn

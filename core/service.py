@@ -285,9 +285,15 @@ class ConversationService:
         # with the local queue: else an event could wait in the queue behind one that waits
         # in the database for it.
         recording = self._recording.reserve(msg.chat.key)
+        settings: ChatSettings | None = None
         try:
             async with recording:
-                event_id = await self.inbox.record(msg)
+                if ticket.ready:
+                    # First in the chat's local queue: its turn (across replicas, on
+                    # PostgreSQL) and settings come with storing it, one round trip, not two.
+                    event_id, settings = await self.inbox.record_and_take(msg)
+                else:
+                    event_id = await self.inbox.record(msg)
         except BaseException:
             ticket.release()
             raise
@@ -296,7 +302,8 @@ class ConversationService:
             log.info("duplicate event dropped", extra={"chat": msg.chat.key})
             self.metrics.duplicate(msg.chat.platform)
             return None
-        return self._start(_Job(event_id, msg, sink, ticket, resumed=False))
+        job = _Job(event_id, msg, sink, ticket, resumed=False, settings=settings)
+        return self._start(job)
 
     def _start(self, job: _Job) -> asyncio.Task[None]:
         task = asyncio.create_task(self._run(job), name=f"relaybot:{job.event_id}")
@@ -316,7 +323,8 @@ class ConversationService:
             # The chat's turn first, then a working slot: a job holding a slot never waits
             # for another chat's turn, so the two cannot deadlock.
             async with job.ticket, self._slots:
-                job.settings = await self._wait_for_chat(msg.chat, job.event_id)
+                if job.settings is None:  # else the chat's turn came with the event's record
+                    job.settings = await self._wait_for_chat(msg.chat, job.event_id)
                 try:
                     await self._process(msg, sink)
                 finally:

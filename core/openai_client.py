@@ -17,7 +17,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -180,17 +180,35 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
     )
     if settings.http_proxy:
         return httpx.AsyncClient(timeout=timeout, limits=limits, proxy=settings.http_proxy)
+    return httpx.AsyncClient(timeout=timeout, transport=pooled_transport(settings.max_connections))
+
+
+class _PooledTransport(AiohttpTransport):
+    """httpx-aiohttp's transport; its aiohttp session is made on first use (inside the
+    event loop) and made again if the transport is used after it was closed."""
+
+    def __init__(self, session: Callable[[], aiohttp.ClientSession]) -> None:
+        super().__init__(client=session)
+        self._session = session
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self.client = self._session
+
+
+def pooled_transport(max_connections: int) -> httpx.AsyncBaseTransport:
+    """An httpx transport over aiohttp's connection pool and C HTTP parser (see
+    `build_http_client`), up to `max_connections` connections, each kept alive between
+    requests for KEEPALIVE_SECONDS. Also what python-telegram-bot's requests go through."""
     tls = httpx.create_ssl_context()
 
-    def session() -> aiohttp.ClientSession:  # created on first use, inside the event loop
+    def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=settings.max_connections,
-            keepalive_timeout=KEEPALIVE_SECONDS,
-            ssl=tls,
+            limit=max_connections, keepalive_timeout=KEEPALIVE_SECONDS, ssl=tls
         )
         return aiohttp.ClientSession(connector=connector)
 
-    return httpx.AsyncClient(timeout=timeout, transport=AiohttpTransport(client=session))
+    return _PooledTransport(session)
 
 
 class _UnsupportedMaxTokens(BadInput):

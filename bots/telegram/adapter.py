@@ -18,6 +18,7 @@ from telegram.ext import (
     BaseRateLimiter,
     ContextTypes,
 )
+from telegram.request import HTTPXRequest
 
 from bots.http_server import HttpServer
 from bots.telegram.convert import DOWNLOAD_LIMIT_BYTES, PLATFORM, BotIdentity, to_incoming
@@ -26,6 +27,7 @@ from bots.telegram.sink import Pacing, TelegramSink
 from core.app import Core
 from core.commands import COMMANDS
 from core.errors import BadInput, ConfigError, ShuttingDown
+from core.openai_client import pooled_transport
 from core.ports import ReplySink
 from core.types import Fetch, IncomingMessage
 
@@ -66,6 +68,11 @@ def _protect_logs(token: str) -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _RedactToken) for f in logger.filters):
             logger.addFilter(_RedactToken(token))
+
+
+def _fast(connections: int) -> dict[str, Any]:
+    """httpx client arguments for PTB's HTTPXRequest: aiohttp's pool, `connections` wide."""
+    return {"transport": pooled_transport(connections)}
 
 
 class TelegramAdapter:
@@ -122,6 +129,11 @@ class TelegramAdapter:
             .base_url(settings.telegram_api_base_url)
             .base_file_url(settings.telegram_file_base_url)
             .rate_limiter(self._rate_limiter or AIORateLimiter())
+            # Bot API calls over aiohttp's pool and parser, as the model client's: through
+            # httpx's default transport each call polled every pooled connection first, and
+            # an answer cost 2-3x the CPU of a Slack one (bench/README.md, scenario 5).
+            .request(HTTPXRequest(connection_pool_size=256, httpx_kwargs=_fast(256)))
+            .get_updates_request(HTTPXRequest(connection_pool_size=1, httpx_kwargs=_fast(1)))
             # Updates never go through PTB's queue: polling and webhook both hand them to
             # the core directly (see _poll and _webhook), which orders each chat itself.
             .updater(None)

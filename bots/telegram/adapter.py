@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -234,6 +235,25 @@ class TelegramAdapter:
             job.add_done_callback(self._jobs.discard)
             job.add_done_callback(lambda _: sink.stop_typing())
 
+    async def _receive_batch(
+        self, updates: Sequence[Update], offset: int | None
+    ) -> tuple[int | None, BaseException | None]:
+        """Store a batch of updates together (one commit for all on SQLite, side by side on
+        PostgreSQL): the next offset to confirm, and the first failure, if any.
+
+        Each is handed to the core in the batch's order, before any waits (the core keeps
+        each chat's order from that); only the updates before the first one that failed
+        are confirmed, the rest come back and are stored again or dropped as duplicates.
+        """
+        outcomes = await asyncio.gather(
+            *(self._receive(update) for update in updates), return_exceptions=True
+        )
+        for update, outcome in zip(updates, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                return offset, outcome
+            offset = update.update_id + 1
+        return offset, None
+
     async def _poll(self) -> None:
         """Long-poll getUpdates; confirm (advance the offset past) an update only once the
         core has stored it, so a crash between fetching and storing loses nothing."""
@@ -247,9 +267,9 @@ class TelegramAdapter:
                     timeout=int(self._poll_timeout),
                     allowed_updates=ALLOWED_UPDATES,
                 )
-                for update in updates:
-                    await self._receive(update)
-                    offset = update.update_id + 1
+                offset, failed = await self._receive_batch(updates, offset)
+                if failed is not None:
+                    raise failed
                 failures = 0
             except ShuttingDown:
                 return  # left unconfirmed for the next process

@@ -44,3 +44,21 @@ async def test_an_update_a_stopping_bot_fetched_is_answered_by_the_next_one(bot:
     finally:
         await successor.stop()
     assert tg.texts(PRIVATE_CHAT) == ["echo: are you still there?"]
+
+
+async def test_a_burst_fetched_in_one_poll_is_answered_in_order_in_every_chat(bot: Bot) -> None:
+    """A poll's updates are stored together; each chat still gets its answers in order."""
+    tg = bot.telegram
+    chats = [PRIVATE_CHAT + k for k in range(3)]
+    updates = [tg.text_update(chat, f"chat {chat} says {n}") for n in range(6) for chat in chats]
+    # Queued in one go: the poller's next getUpdates carries (nearly) all of them.
+    ids = await asyncio.gather(*(tg.push_update(update) for update in updates))
+    await tg.wait_delivered(max(ids))
+    await bot.adapter.idle()
+    for chat in chats:
+        said = [f"chat {chat} says {n}" for n in range(6)]
+        assert tg.texts(chat) == [f"echo: {text}" for text in said]
+        stored = await bot.stored(f"telegram:{chat}")
+        assert [m.content for m in reversed(stored) if m.role == "user"] == said
+    # Every update was confirmed: none comes back to the next poller.
+    assert tg.pending == []

@@ -162,16 +162,14 @@ class Inbox:
                 )
             except IntegrityError:
                 return None, None
-        now = utcnow()
+        values = self._values(msg)
+        # The lease's times are the event's claim's (the same lease length).
         params = {
-            "event_key": msg.event_key,
-            "chat_key": msg.chat.key,
+            **values,
             "parent_key": msg.chat.parent_key,
-            "sender_id": msg.sender.id,
-            "payload": encode_message(msg),
             "holder": self.worker_id,
-            "until": now + self.lease,
-            "now": now,
+            "until": values["lease_until"],
+            "now": values["received_at"],
         }
         rows = await self.db.fetch(_RECORD_AND_TAKE, params)
         event_id, holder = rows[0][0], rows[0][1]
@@ -414,60 +412,55 @@ def _user_turn_stored(conn: Connection, event_key: str) -> bool:
     return found.first() is not None
 
 
-# One statement: take (or keep) the chat's lease unless an older event of the chat waits,
-# and read the chat's settings (its own row and its parent's).
-# `record` and `_TAKE_CHAT` in one statement. Every CTE sees the snapshot taken before the new
-# event's id was drawn, so each unfinished event of the chat it sees is an older one.
-_RECORD_AND_TAKE = text(
+def _lease(source: str, older: str) -> str:
+    """Take (or keep) the chat's lease unless an older event of the chat waits (SQL)."""
+    return f"""
+    INSERT INTO chat_leases (chat_key, holder, lease_until)
+    SELECT CAST(:chat_key AS VARCHAR), CAST(:holder AS VARCHAR), CAST(:until AS TIMESTAMPTZ)
+    {source}
+    WHERE NOT EXISTS (
+        SELECT 1 FROM inbound_events
+        WHERE chat_key = CAST(:chat_key AS VARCHAR) {older} AND status = 'received'
+    )
+    ON CONFLICT (chat_key) DO UPDATE
+    SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until
+    WHERE chat_leases.lease_until < CAST(:now AS TIMESTAMPTZ)
+       OR chat_leases.holder = CAST(:holder AS VARCHAR)
+    RETURNING holder
     """
+
+
+# The chat's settings (its own row and its parent's), as `merge_chat_settings` reads them.
+_SETTINGS = """
+    chats.key, chats.system_prompt, chats.model, chats.voice_mode, chats.history_rev
+    FROM (SELECT 1) AS one
+    LEFT JOIN chats ON chats.key IN (CAST(:chat_key AS VARCHAR), CAST(:parent_key AS VARCHAR))
+"""
+
+# One statement: the chat's lease for event :event_id, and the chat's settings.
+_TAKE_CHAT = text(
+    f"""
+    WITH lease AS ({_lease("", "AND id < :event_id")})
+    SELECT (SELECT holder FROM lease), {_SETTINGS}
+    """
+)
+
+# `record` and `_TAKE_CHAT` in one statement. Every part sees the snapshot taken before the
+# new event's id was drawn, so each unfinished event of the chat it sees is an older one.
+_RECORD_AND_TAKE = text(
+    f"""
     WITH event AS (
     INSERT INTO inbound_events (event_key, chat_key, sender_id, status, received_at, payload,
                                 claimed_by, lease_until, attempts)
     VALUES (CAST(:event_key AS VARCHAR), CAST(:chat_key AS VARCHAR),
-            CAST(:sender_id AS VARCHAR), 'received', CAST(:now AS TIMESTAMPTZ),
-            CAST(:payload AS TEXT), CAST(:holder AS VARCHAR), CAST(:until AS TIMESTAMPTZ), 1)
+            CAST(:sender_id AS VARCHAR), CAST(:status AS VARCHAR),
+            CAST(:received_at AS TIMESTAMPTZ), CAST(:payload AS TEXT),
+            CAST(:claimed_by AS VARCHAR), CAST(:lease_until AS TIMESTAMPTZ),
+            CAST(:attempts AS INTEGER))
     ON CONFLICT (event_key) DO NOTHING
     RETURNING id
-    ), lease AS (
-    INSERT INTO chat_leases (chat_key, holder, lease_until)
-    SELECT CAST(:chat_key AS VARCHAR), CAST(:holder AS VARCHAR), CAST(:until AS TIMESTAMPTZ)
-    FROM event
-    WHERE NOT EXISTS (
-        SELECT 1 FROM inbound_events
-        WHERE chat_key = CAST(:chat_key AS VARCHAR) AND status = 'received'
-    )
-    ON CONFLICT (chat_key) DO UPDATE
-    SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until
-    WHERE chat_leases.lease_until < CAST(:now AS TIMESTAMPTZ)
-       OR chat_leases.holder = CAST(:holder AS VARCHAR)
-    RETURNING holder
-    )
-    SELECT (SELECT id FROM event), (SELECT holder FROM lease), chats.key, chats.system_prompt,
-           chats.model, chats.voice_mode, chats.history_rev
-    FROM (SELECT 1) AS one
-    LEFT JOIN chats ON chats.key IN (CAST(:chat_key AS VARCHAR), CAST(:parent_key AS VARCHAR))
-    """
-)
-
-_TAKE_CHAT = text(
-    """
-    WITH lease AS (
-    INSERT INTO chat_leases (chat_key, holder, lease_until)
-    SELECT CAST(:chat_key AS VARCHAR), CAST(:holder AS VARCHAR), CAST(:until AS TIMESTAMPTZ)
-    WHERE NOT EXISTS (
-        SELECT 1 FROM inbound_events
-        WHERE chat_key = CAST(:chat_key AS VARCHAR) AND id < :event_id AND status = 'received'
-    )
-    ON CONFLICT (chat_key) DO UPDATE
-    SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until
-    WHERE chat_leases.lease_until < CAST(:now AS TIMESTAMPTZ)
-       OR chat_leases.holder = CAST(:holder AS VARCHAR)
-    RETURNING holder
-    )
-    SELECT (SELECT holder FROM lease), chats.key, chats.system_prompt, chats.model,
-           chats.voice_mode, chats.history_rev
-    FROM (SELECT 1) AS one
-    LEFT JOIN chats ON chats.key IN (CAST(:chat_key AS VARCHAR), CAST(:parent_key AS VARCHAR))
+    ), lease AS ({_lease("FROM event", "")})
+    SELECT (SELECT id FROM event), (SELECT holder FROM lease), {_SETTINGS}
     """
 )
 

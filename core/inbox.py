@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from core.db.database import Database
+from core.db.database import Database, Statement
 from core.db.models import ChatLease, InboundEvent, Message, utcnow
 from core.db.store import ChatSettings, merge_chat_settings, read_chat_settings
 from core.errors import UpstreamDown
@@ -290,11 +290,11 @@ class Inbox:
 
 
 # -- units of work (each runs in one transaction, see core.db.database) ---------------------
-_INSERT_EVENT = insert(InboundEvent).returning(InboundEvent.id)
+_INSERT_EVENT = Statement(insert(InboundEvent).returning(InboundEvent.id))
 
 
 def _record(conn: Connection, values: dict[str, Any]) -> int:
-    return int(conn.execute(_INSERT_EVENT, values).scalar_one())
+    return int(_INSERT_EVENT.execute(conn, values).fetchone()[0])
 
 
 def _record_and_read(

@@ -30,13 +30,15 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, TextClause, event
+from sqlalchemy import Connection, Engine, Executable, TextClause, event
 from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.dialects import sqlite as sqlite_dialects
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError
@@ -62,6 +64,65 @@ def _positional(statement: TextClause) -> tuple[str, tuple[str, ...]]:
         compiled = statement.compile(dialect=_ASYNCPG)
         found = _POSITIONAL[statement] = (compiled.string, tuple(compiled.positiontup or ()))
     return found
+
+
+_SQLITE = sqlite_dialects.dialect()
+
+
+class Statement:
+    """A statement of the per-message units; on the SQLite thread's plain `sqlite3`
+    connection it runs without SQLAlchemy's execution layer.
+
+    That layer costs ~25 µs of CPU per statement, and the SQLite thread runs about ten per
+    message beside the event loop (the record unit: 81 → 30 µs). SQLAlchemy still compiles
+    the SQL (once) and processes each parameter as it would (datetimes stored in its
+    format). Elsewhere (PostgreSQL, an in-memory SQLite on aiosqlite) `conn.execute` runs it.
+    Either way the result answers `fetchone`, `fetchall` and `rowcount`. Parameters must name
+    every column an insert fills (no Python-side defaults are applied on the fast path).
+    """
+
+    __slots__ = ("_compiled", "statement")
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        # (sql, [(name, bind processor, value when not given)]) per set of parameter names
+        self._compiled: dict[frozenset[str], tuple[str, list[tuple[str, Any, Any]]] | None] = {}
+
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        """Run in `conn`'s transaction (the plain connection shares it)."""
+        raw = conn.connection.driver_connection
+        if not isinstance(raw, sqlite3.Connection):
+            return conn.execute(self.statement, dict(params))
+        keys = frozenset(params)
+        if keys not in self._compiled:
+            clause: Any = self.statement
+            compiled: Any = clause.compile(dialect=_SQLITE, column_keys=sorted(keys))
+            if compiled.insert_prefetch or compiled.update_prefetch:
+                # SQLAlchemy would compute column defaults (or onupdate values) in Python
+                # for this statement: leave it to SQLAlchemy.
+                self._compiled[keys] = None
+            else:
+                binds = [
+                    (
+                        name,
+                        compiled.binds[name].type.dialect_impl(_SQLITE).bind_processor(_SQLITE),
+                        compiled.binds[name].effective_value,
+                    )
+                    for name in compiled.positiontup or ()
+                ]
+                self._compiled[keys] = (compiled.string, binds)
+        found = self._compiled[keys]
+        if found is None:
+            return conn.execute(self.statement, dict(params))
+        sql, binds = found
+        args = []
+        for name, process, fixed in binds:
+            value = params.get(name, fixed)
+            args.append(process(value) if process is not None and value is not None else value)
+        try:
+            return raw.execute(sql, args)
+        except sqlite3.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, ...)
+            raise DBAPIError.instance(sql, args, exc, sqlite3.Error, dialect=_SQLITE) from exc
 
 
 def sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

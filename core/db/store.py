@@ -6,6 +6,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault, Table
 
-from core.db.database import Database, sqlite_pragmas
+from core.db.database import Database, Statement, sqlite_pragmas
 from core.db.models import Base, Chat, ChatLease, InboundEvent, Message, UsageRecord, utcnow
 from core.types import ChatRef
 
@@ -129,8 +130,9 @@ def bump_revision(
     """
     revision = new_revision()
     if expected is not None:
-        swapped = conn.execute(
-            _SWAP_REVISION, {"chat_key": chat_key, "expected": expected, "revision": revision}
+        swapped = _SWAP_REVISION.execute(
+            conn,
+            {"chat_key": chat_key, "expected": expected, "revision": revision, "now": utcnow()},
         )
         if swapped.rowcount == 1:
             return revision, True
@@ -139,17 +141,17 @@ def bump_revision(
 
 
 # Statements run for every message are built once (bound parameters, no per-call building).
-_SWAP_REVISION = (
+_SWAP_REVISION = Statement(
     update(Chat)
     .where(Chat.key == bindparam("chat_key"), Chat.history_rev == bindparam("expected"))
-    .values(history_rev=bindparam("revision"))
+    .values(history_rev=bindparam("revision"), updated_at=bindparam("now"))
 )
-_INSERT_MESSAGE = insert(Message).returning(Message.id)
-_INSERT_USAGE = insert(UsageRecord)
-_EVENT_ANSWERED = (
+_INSERT_MESSAGE = Statement(insert(Message).returning(Message.id))
+_INSERT_USAGE = Statement(insert(UsageRecord))
+_EVENT_ANSWERED = Statement(
     update(InboundEvent).where(InboundEvent.id == bindparam("event_id")).values(status="answered")
 )
-_EVENT_DONE = (
+_EVENT_DONE = Statement(
     update(InboundEvent)
     .where(InboundEvent.id == bindparam("event_id"))
     .values(
@@ -160,12 +162,16 @@ _EVENT_DONE = (
         lease_until=None,
     )
 )
-_RELEASE_CHAT = delete(ChatLease).where(
-    ChatLease.chat_key == bindparam("chat_key"), ChatLease.holder == bindparam("holder")
+_RELEASE_CHAT = Statement(
+    delete(ChatLease).where(
+        ChatLease.chat_key == bindparam("chat_key"), ChatLease.holder == bindparam("holder")
+    )
 )
-_CHAT_SETTINGS = select(
-    Chat.key, Chat.system_prompt, Chat.model, Chat.voice_mode, Chat.history_rev
-).where(Chat.key.in_(bindparam("keys", expanding=True)))
+_CHAT_SETTINGS = Statement(
+    select(Chat.key, Chat.system_prompt, Chat.model, Chat.voice_mode, Chat.history_rev).where(
+        Chat.key.in_([bindparam("key"), bindparam("parent")])
+    )
+)
 _HISTORY_COLUMNS = (
     Message.id,
     Message.role,
@@ -182,10 +188,12 @@ _NEWEST = (
 )
 _OLDER = _NEWEST.where(Message.id < bindparam("before_id"))
 _REVISION = select(Chat.history_rev).where(Chat.key == bindparam("chat_key"))
-_STILL_OURS = select(InboundEvent.id).where(
-    InboundEvent.id == bindparam("event_id"), InboundEvent.claimed_by == bindparam("worker")
+_STILL_OURS = Statement(
+    select(InboundEvent.id).where(
+        InboundEvent.id == bindparam("event_id"), InboundEvent.claimed_by == bindparam("worker")
+    )
 )
-_LAST_ID = select(func.max(Message.id)).where(Message.chat_key == bindparam("chat_key"))
+_LAST_ID = Statement(select(func.max(Message.id)).where(Message.chat_key == bindparam("chat_key")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +256,7 @@ def _first_page(
     conn: Connection, chat_key: str, page_size: int
 ) -> tuple[int | None, int | None, list[StoredMessage]]:
     revision = conn.execute(_REVISION, {"chat_key": chat_key}).scalar()
-    last_id = conn.execute(_LAST_ID, {"chat_key": chat_key}).scalar()
+    last_id = _LAST_ID.execute(conn, {"chat_key": chat_key}).fetchone()[0]
     return revision, last_id, _page(conn, chat_key, page_size, None)
 
 
@@ -362,8 +370,9 @@ class Store:
 # -- units of work (each runs in one transaction, see core.db.database) ---------------------
 def read_chat_settings(conn: Connection, chat_key: str, parent_key: str | None) -> ChatSettings:
     """The chat's settings merged with its parent's (a unit of work, or part of one)."""
-    keys = [chat_key] if parent_key is None else [chat_key, parent_key]
-    return merge_chat_settings(conn.execute(_CHAT_SETTINGS, {"keys": keys}), chat_key, parent_key)
+    params = {"key": chat_key, "parent": chat_key if parent_key is None else parent_key}
+    rows = _CHAT_SETTINGS.execute(conn, params).fetchall()
+    return merge_chat_settings(rows, chat_key, parent_key)
 
 
 def merge_chat_settings(
@@ -405,31 +414,44 @@ class _Change:
 
 def _append(conn: Connection, change: _Change) -> Appended:
     chat_key, usage, claim = change.chat_key, change.usage, change.claim
-    last_before = conn.execute(_LAST_ID, {"chat_key": chat_key}).scalar()
+    now = utcnow()
+    last_before = _LAST_ID.execute(conn, {"chat_key": chat_key}).fetchone()[0]
     if (
         claim is not None
-        and not conn.execute(_STILL_OURS, {"event_id": claim[0], "worker": claim[1]}).first()
+        and not _STILL_OURS.execute(conn, {"event_id": claim[0], "worker": claim[1]}).fetchone()
     ):
         # Another process took the event over: it stores its own answer. What this one
         # spent is still recorded.
         if usage is not None:
-            conn.execute(_INSERT_USAGE, {"created_at": utcnow(), **usage})
+            _INSERT_USAGE.execute(conn, _usage_values(usage, now))
         return Appended([], 0, False, last_before)
     ids = [
-        int(conn.execute(_INSERT_MESSAGE, {"chat_key": chat_key, **row}).scalar_one())
+        int(_INSERT_MESSAGE.execute(conn, _message_values(chat_key, row, now)).fetchone()[0])
         for row in change.rows
     ]
     if usage is not None:
-        conn.execute(_INSERT_USAGE, {"created_at": utcnow(), **usage})
+        _INSERT_USAGE.execute(conn, _usage_values(usage, now))
     if change.answered_event is not None:
         if change.close_event:
-            conn.execute(_EVENT_DONE, {"event_id": change.answered_event, "now": utcnow()})
+            _EVENT_DONE.execute(conn, {"event_id": change.answered_event, "now": now})
         else:
-            conn.execute(_EVENT_ANSWERED, {"event_id": change.answered_event})
+            _EVENT_ANSWERED.execute(conn, {"event_id": change.answered_event})
     revision, continued = bump_revision(conn, chat_key, change.expected_revision)
     if change.release_chat is not None:
-        conn.execute(_RELEASE_CHAT, {"chat_key": chat_key, "holder": change.release_chat})
+        _RELEASE_CHAT.execute(conn, {"chat_key": chat_key, "holder": change.release_chat})
     return Appended(ids, revision, continued, last_before)
+
+
+def _message_values(chat_key: str, row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Every column of a new `messages` row (defaults filled in, as an insert would)."""
+    message = {**_MESSAGE_DEFAULTS, "created_at": now, "chat_key": chat_key, **row}
+    return {c: message[c] for c in _MESSAGE_COLUMNS}
+
+
+def _usage_values(usage: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Every column of a new `usage` row (defaults filled in, as an insert would)."""
+    spent = {**_USAGE_DEFAULTS, "created_at": now, **usage}
+    return {c: spent[c] for c in _USAGE_COLUMNS}
 
 
 def _columns(table: Table) -> tuple[str, ...]:
@@ -522,7 +544,7 @@ def _pg_append(change: _Change) -> tuple[TextClause, dict[str, Any]]:
     """`_append` as one PostgreSQL statement and its parameters."""
     chat_key, usage, claim = change.chat_key, change.usage, change.claim
     now = utcnow()
-    message = {**_MESSAGE_DEFAULTS, "created_at": now, "chat_key": chat_key, **change.rows[0]}
+    message = _message_values(chat_key, change.rows[0], now)
     params: dict[str, Any] = {f"m_{c}": message[c] for c in _MESSAGE_COLUMNS}
     params.update(
         chat_key=chat_key,
@@ -535,7 +557,7 @@ def _pg_append(change: _Change) -> tuple[TextClause, dict[str, Any]]:
     if claim is not None:
         params.update(claim_event=claim[0], claim_worker=claim[1])
     if usage is not None:
-        spent = {**_USAGE_DEFAULTS, "created_at": now, **usage}
+        spent = _usage_values(usage, now)
         params.update({f"u_{c}": spent[c] for c in _USAGE_COLUMNS})
     event = ""
     if change.answered_event is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import threading
 from typing import Any
 
@@ -79,11 +80,20 @@ async def test_each_chat_message_takes_a_few_statements_whatever_the_history(
         statements.append(str(args[2]))
 
     db = core.store.db
-    # The SQLite thread's engine, or PostgreSQL's two pools.
+    # The SQLite thread's connection reports every statement it runs (SQLAlchemy's and the
+    # ones run on it directly); PostgreSQL's two pools report theirs.
     sqlite_thread = db.thread_engine
-    targets = (
-        [sqlite_thread] if sqlite_thread else [db.engine.sync_engine, db.turns_engine.sync_engine]
-    )
+
+    def trace(conn: Connection, callback: Any) -> None:
+        conn.connection.driver_connection.set_trace_callback(callback)  # type: ignore[union-attr]
+
+    def traced(statement: str) -> None:
+        if not statement.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+            statements.append(statement)
+
+    targets = [] if sqlite_thread else [db.engine.sync_engine, db.turns_engine.sync_engine]
+    if sqlite_thread:
+        await db.run(trace, traced)
     for target in targets:
         event.listen(target, "before_cursor_execute", count)
     # PostgreSQL's hottest statements go to asyncpg directly (`Database.fetch`): count those.
@@ -99,9 +109,12 @@ async def test_each_chat_message_takes_a_few_statements_whatever_the_history(
             await core.service.handle(message(f"turn {i} " + "word " * 50), sink)
     finally:
         del db.fetch
+        if sqlite_thread:
+            await db.run(trace, None)
         for target in targets:
             event.remove(target, "before_cursor_execute", count)
     per_message = len(statements) / 10
+    assert per_message >= 3, statements  # every step was seen
     # Record the event, begin the chat's turn (and read its settings), store the user turn,
     # store the answer: four steps. PostgreSQL runs them as three statements (the record
     # takes the chat's turn when the chat is free); SQLite runs the two appends as a few
@@ -343,3 +356,33 @@ async def test_answers_cut_off_mid_step_give_every_connection_back(
         assert answered >= 60
         # Not held back by leases the stopped process left (they would last a minute).
         assert asyncio.get_running_loop().time() - started < 20
+
+
+async def test_times_are_stored_in_one_format_whichever_path_wrote_them(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    """Retention, usage windows and leases compare stored times in SQL: the per-message
+    steps (on SQLite run without SQLAlchemy's execution layer) write them as it does."""
+    if core.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL keeps times as timestamptz, not as text")
+    await core.service.handle(message("what time is it"), RecordingSink())
+    await core.store.add_usage(
+        platform="test", chat_key="test:other", user_id="u", model="m", kind="chat"
+    )
+
+    def stored(conn: Connection) -> list[str]:
+        rows = conn.execute(
+            text(
+                "SELECT CAST(created_at AS TEXT) FROM messages UNION ALL "
+                "SELECT CAST(created_at AS TEXT) FROM usage UNION ALL "
+                "SELECT CAST(received_at AS TEXT) FROM inbound_events UNION ALL "
+                "SELECT CAST(finished_at AS TEXT) FROM inbound_events UNION ALL "
+                "SELECT CAST(updated_at AS TEXT) FROM chats"
+            )
+        )
+        return [row[0] for row in rows if row[0] is not None]
+
+    times = await core.store.db.run(stored)
+    assert len(times) >= 6
+    shapes = {re.sub(r"\d", "9", t) for t in times}
+    assert len(shapes) == 1, shapes

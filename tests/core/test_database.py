@@ -168,6 +168,17 @@ async def test_a_replica_whose_message_was_taken_over_stores_nothing(
     fake_openai.queue_reply("a slow answer in several words")
     task = asyncio.create_task(core.service.handle(message("slow one"), sink))
     await fake_openai.wait_for("/chat/completions", count=2)
+
+    # The model is asked while the person's turn is being stored: once that turn is in,
+    # only the (slow) answer is left to this replica.
+    async def stored() -> list[str]:
+        return [r.content async for r in core.store.newest_messages("test:d1")]
+
+    async with asyncio.timeout(10):
+        for _ in itertools.count():
+            if "slow one" in await stored():
+                break
+            await asyncio.sleep(0.01)
     # What another replica's sweeper does once this one's lease ran out.
     async with core.engine.begin() as conn:
         await conn.execute(

@@ -172,15 +172,11 @@ class Inbox:
             "now": values["received_at"],
         }
         rows = await self.db.fetch(_RECORD_AND_TAKE, params)
-        event_id, holder = rows[0][0], rows[0][1]
+        event_id = rows[0][0]
         if event_id is None:
             return None, None
-        if holder != self.worker_id:
-            return int(event_id), None
-        settings = merge_chat_settings(
-            (tuple(row)[2:] for row in rows), msg.chat.key, msg.chat.parent_key
-        )
-        return int(event_id), settings
+        chat = msg.chat
+        return int(event_id), self._taken([row[1:] for row in rows], chat.key, chat.parent_key)
 
     async def finish(self, event_id: int, status: str) -> None:
         """Close an event ("done" or "failed"), drop its claim and the content it carried.
@@ -270,6 +266,13 @@ class Inbox:
             "event_id": event_id,
         }
         rows = await self.db.fetch(_TAKE_CHAT, params, durable=False)
+        return self._taken(rows, chat_key, parent_key)
+
+    def _taken(
+        self, rows: Sequence[Sequence[Any]], chat_key: str, parent_key: str | None
+    ) -> ChatSettings | None:
+        """The chat's settings when the lease part of a statement gave the chat to this
+        process ((holder, settings...) rows), else None."""
         if rows[0][0] != self.worker_id:
             return None
         return merge_chat_settings((tuple(row)[1:] for row in rows), chat_key, parent_key)

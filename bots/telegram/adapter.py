@@ -71,7 +71,7 @@ def _protect_logs(token: str) -> None:
             logger.addFilter(_RedactToken(token))
 
 
-def _fast(connections: int) -> dict[str, Any]:
+def _pooled(connections: int) -> dict[str, Any]:
     """httpx client arguments for PTB's HTTPXRequest: aiohttp's pool, `connections` wide."""
     return {"transport": pooled_transport(connections)}
 
@@ -133,8 +133,8 @@ class TelegramAdapter:
             # Bot API calls over aiohttp's pool and parser, as the model client's: through
             # httpx's default transport each call polled every pooled connection first, and
             # an answer cost 2-3x the CPU of a Slack one (bench/README.md, scenario 5).
-            .request(HTTPXRequest(connection_pool_size=256, httpx_kwargs=_fast(256)))
-            .get_updates_request(HTTPXRequest(connection_pool_size=1, httpx_kwargs=_fast(1)))
+            .request(HTTPXRequest(connection_pool_size=256, httpx_kwargs=_pooled(256)))
+            .get_updates_request(HTTPXRequest(connection_pool_size=1, httpx_kwargs=_pooled(1)))
             # Updates never go through PTB's queue: polling and webhook both hand them to
             # the core directly (see _poll and _webhook), which orders each chat itself.
             .updater(None)

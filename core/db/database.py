@@ -91,15 +91,36 @@ class Statement:
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Run in `conn`'s transaction (the plain connection shares it)."""
         raw = conn.connection.driver_connection
-        if not isinstance(raw, sqlite3.Connection):
-            return conn.execute(self.statement, dict(params))
-        keys = frozenset(params)
+        if isinstance(raw, sqlite3.Connection):
+            plan = self._plan(frozenset(params))
+            if plan is not None:
+                return self._run(raw, plan, params)
+        return conn.execute(self.statement, dict(params))
+
+    @staticmethod
+    def _run(
+        raw: sqlite3.Connection,
+        plan: tuple[str, list[tuple[str, Any, Any]]],
+        params: Mapping[str, Any],
+    ) -> sqlite3.Cursor:
+        sql, binds = plan
+        args = []
+        for name, process, fixed in binds:
+            value = params.get(name, fixed)
+            args.append(process(value) if process is not None and value is not None else value)
+        try:
+            return raw.execute(sql, args)
+        except sqlite3.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, ...)
+            raise DBAPIError.instance(sql, args, exc, sqlite3.Error, dialect=_SQLITE) from exc
+
+    def _plan(self, keys: frozenset[str]) -> tuple[str, list[tuple[str, Any, Any]]] | None:
+        """The SQL and parameter processing for these parameter names (compiled once);
+        None when SQLAlchemy computes column defaults (or onupdate values) in Python for
+        them: then SQLAlchemy runs it."""
         if keys not in self._compiled:
             clause: Any = self.statement
             compiled: Any = clause.compile(dialect=_SQLITE, column_keys=sorted(keys))
             if compiled.insert_prefetch or compiled.update_prefetch:
-                # SQLAlchemy would compute column defaults (or onupdate values) in Python
-                # for this statement: leave it to SQLAlchemy.
                 self._compiled[keys] = None
             else:
                 binds = [
@@ -111,18 +132,7 @@ class Statement:
                     for name in compiled.positiontup or ()
                 ]
                 self._compiled[keys] = (compiled.string, binds)
-        found = self._compiled[keys]
-        if found is None:
-            return conn.execute(self.statement, dict(params))
-        sql, binds = found
-        args = []
-        for name, process, fixed in binds:
-            value = params.get(name, fixed)
-            args.append(process(value) if process is not None and value is not None else value)
-        try:
-            return raw.execute(sql, args)
-        except sqlite3.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, ...)
-            raise DBAPIError.instance(sql, args, exc, sqlite3.Error, dialect=_SQLITE) from exc
+        return self._compiled[keys]
 
 
 def sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from core.commands import COMMANDS
 from core.types import Attachment, AttachmentKind, ChatRef, Fetch, IncomingMessage, Sender
 
 PLATFORM = "slack"
@@ -14,9 +15,17 @@ PLATFORM = "slack"
 USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 AUDIO_FILETYPES = frozenset({"m4a", "mp3", "mp4", "ogg", "oga", "wav", "webm", "flac", "aac"})
 
-# Words that act as commands when they open the message (after the mention).
-_EXACT_COMMANDS = frozenset({"help", "reset", "retry", "usage", "forget"})
-_IMAGE_PREFIX = re.compile(r"^image\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL)
+# Words that act as commands when they open the message (after the mention). A message
+# starting with "/" never reaches a bot in Slack (the composer takes it for a slash
+# command), so every core command has a word form; `command_words` shows people those.
+_EXACT_COMMANDS = frozenset({"help", "reset", "retry", "usage", "forget", "translate", "budget"})
+# Commands that take free text: "image: a red fox", "edit: make the sky pink".
+_PROMPT_PREFIX = re.compile(r"^(image|edit)\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL)
+# An admin's "budget user slack:U1 day 5", "budget here month 20", "budget global day 0".
+_BUDGET_TARGETS = frozenset({"user", "chat", "here", "global"})
+_CORE_COMMAND = re.compile(
+    r"(?<![\w/<`])/(" + "|".join(sorted(COMMANDS, key=len, reverse=True)) + r")\b"
+)
 
 FetchFactory = Callable[[Mapping[str, Any]], Fetch]
 
@@ -62,26 +71,47 @@ def thread_to_check(
     return str(event["channel"]), str(thread_ts)
 
 
-def translate_commands(text: str) -> str:
-    """Slack has no bot commands in messages: "reset", "model x", "image: a cat" become "/…"."""
+def translate_commands(text: str, *, with_image: bool = False) -> str:
+    """Slack has no bot commands in messages: "reset", "model x", "image: a cat" become "/…".
+
+    Only forms ordinary talk does not take: one command word alone, `image:` with a colon
+    (`edit:` too, on a message that carries an image: "Edit: I meant Tuesday" is talk),
+    `model`/`voicemode` with one word, `system` with anything, `usage` with one
+    PLATFORM:ID, and `budget` followed by what it sets (user, chat, here, global).
+    """
     stripped = text.strip()
     if stripped.startswith("/"):
         return stripped
-    image = _IMAGE_PREFIX.match(stripped)
-    if image is not None:
-        return f"/image {image.group(1).strip()}".rstrip()
+    prompt = _PROMPT_PREFIX.match(stripped)
+    if prompt is not None and (with_image or prompt.group(1).lower() == "image"):
+        return f"/{prompt.group(1).lower()} {prompt.group(2).strip()}".rstrip()
     words = stripped.split()
     if not words:
         return stripped
     head = words[0].lower().rstrip(":")
+    rest = stripped[len(words[0]) :].strip()
     if head in _EXACT_COMMANDS and len(words) == 1:
         return f"/{head}"
     if head in ("model", "voicemode") and len(words) <= 2:
-        return f"/{head} {' '.join(words[1:])}".rstrip()
+        return f"/{head} {rest}".rstrip()
+    if head == "usage" and len(words) == 2 and ":" in words[1]:
+        return f"/usage {rest}"
+    if head == "budget" and words[1].lower() in _BUDGET_TARGETS:
+        return f"/budget {rest}"
     if head == "system":
-        rest = stripped[len(words[0]) :].strip()
         return f"/system {rest}".rstrip()
     return stripped
+
+
+def command_words(text: str) -> str:
+    """The core's notices name commands as "/reset", "/image PROMPT": in Slack, where
+    people type them as words, they read `reset`, `image:` PROMPT instead."""
+
+    def word(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return f"`{name}:`" if name in ("image", "edit") else f"`{name}`"
+
+    return _CORE_COMMAND.sub(word, text)
 
 
 def attachment_kind(file: Mapping[str, Any]) -> AttachmentKind:
@@ -149,7 +179,8 @@ def to_incoming(
         return None
     # An unaddressed audio clip still goes to the core: the channel's /voicemode decides.
     text = mention_pattern(bot_user_id).sub("", str(event.get("text", ""))).strip()
-    text = translate_commands(text)
+    with_image = any(a.kind is AttachmentKind.IMAGE for a in attachments)
+    text = translate_commands(text, with_image=with_image)
     # The installing workspace, not event["team"]: in shared channels that is the sender's team.
     team = team_id
     thread_id = str(thread_ts) if thread_ts else (None if direct else ts)

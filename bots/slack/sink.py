@@ -17,6 +17,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bots.answer_messages import AnswerMessages
 from bots.courier import Courier
+from bots.slack.events import command_words
 from bots.slack.mrkdwn import escape, to_mrkdwn
 from core.types import Reply, ReplyKind
 
@@ -262,7 +263,7 @@ class SlackStream:
         if self._native and self._current_ts is not None:
             await self._stop_native("", retry=True)
         await self._delete_all(self._messages.keep_only(None))
-        await self._sink.post_markdown(notice)
+        await self._sink.post_markdown(command_words(notice))
 
     async def finish(self) -> None:
         """Flush what is left and end the message(s); delete those an earlier run left that
@@ -616,9 +617,11 @@ class SlackSink:
             )
             return
         if reply.kind is ReplyKind.ERROR:
-            await self.post_text(f":warning: {escape(reply.text)}")
+            await self.post_text(f":warning: {escape(command_words(reply.text))}")
         elif reply.kind is ReplyKind.TRANSCRIPT:
             await self.post_text(f"*Transcript:* {escape(reply.text)}")
+        elif reply.kind is ReplyKind.NOTICE:
+            await self.post_markdown(command_words(reply.text))
         else:
             await self.post_markdown(reply.text)
 

@@ -165,6 +165,33 @@ async def test_text_commands_reach_the_core(slack_app: SlackApp) -> None:
     assert "History cleared" in slack_app.slack.visible_texts(CHANNEL, ts)[1]
 
 
+async def test_help_shows_the_commands_as_words_people_can_type_in_slack(
+    slack_app: SlackApp,
+) -> None:
+    # Slack keeps a message that starts with "/" for its own slash commands: the help
+    # must name the forms that reach the bot as a message.
+    slack = slack_app.slack
+    await slack_app.post_event(message_event(channel=DM, text="help"))
+    await slack.wait_until(lambda: len(slack.visible(DM)) == 1)
+    await slack_app.adapter.drain()
+
+    (help_text,) = slack.visible_texts(DM)
+    assert "`reset` - forget this chat's history" in help_text
+    assert "`image:` PROMPT" in help_text and "`edit:` INSTRUCTION" in help_text
+    assert "/reset" not in help_text and "/image" not in help_text
+
+    # And each of them does what the help says, typed as shown.
+    await slack_app.post_event(message_event(channel=DM, text="budget"))
+    await slack.wait_until(lambda: len(slack.visible(DM)) == 2)
+    await slack_app.adapter.drain()
+    assert "No budget limits apply to you." in slack.visible_texts(DM)[1]
+    await slack_app.post_event(message_event(channel=DM, text="translate"))
+    await slack.wait_until(lambda: len(slack.visible(DM)) == 3)
+    await slack_app.adapter.drain()
+    assert "`translate` with a voice note" in slack.visible_texts(DM)[2]
+    assert slack_app.openai.chat_requests() == []
+
+
 async def test_a_new_assistant_thread_gets_suggested_prompts(slack_app: SlackApp) -> None:
     from core.testing.fake_slack import assistant_thread_started_event
 

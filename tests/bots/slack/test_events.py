@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bots.slack.events import to_incoming, translate_commands
+from bots.slack.events import command_words, to_incoming, translate_commands
 from bots.slack.mrkdwn import to_mrkdwn
 from bots.slack.sink import split_text
 from core.testing.fake_slack import (
@@ -93,10 +93,38 @@ def test_bots_edits_joins_and_chatter_are_ignored(event: dict[str, Any]) -> None
         ("Image:a red fox", "/image a red fox"),
         ("/retry", "/retry"),
         ("just chatting", "just chatting"),
+        ("translate", "/translate"),
+        ("translate this into French", "translate this into French"),
+        ("budget", "/budget"),
+        ("budget here month 20", "/budget here month 20"),
+        ("budget meetings are long", "budget meetings are long"),
+        ("usage slack:U0BOB", "/usage slack:U0BOB"),
+        ("usage of the word", "usage of the word"),
+        ("Edit: I meant Tuesday", "Edit: I meant Tuesday"),
     ],
 )
 def test_text_commands_translate_to_core_commands(text: str, expected: str) -> None:
     assert translate_commands(text) == expected
+
+
+def test_edit_with_a_colon_is_a_command_only_on_a_message_with_an_image() -> None:
+    assert translate_commands("edit: make the sky pink", with_image=True) == (
+        "/edit make the sky pink"
+    )
+    assert translate_commands("Edit: I meant Tuesday") == "Edit: I meant Tuesday"
+
+
+def test_notices_name_commands_the_way_people_type_them_in_slack() -> None:
+    assert (
+        command_words("Describe the image: /image PROMPT") == "Describe the image: `image:` PROMPT"
+    )
+    assert (
+        command_words("Send /help to see, /budget user X") == "Send `help` to see, `budget` user X"
+    )
+    # Only the core's commands, and not inside paths or words.
+    assert command_words("see /usr/bin and a/reset, /resetting") == (
+        "see /usr/bin and a/reset, /resetting"
+    )
 
 
 def test_files_become_audio_and_image_attachments() -> None:

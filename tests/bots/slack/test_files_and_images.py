@@ -143,6 +143,32 @@ async def test_slash_commands_reach_the_core_in_a_dm(slack_app: SlackApp) -> Non
     assert [m["content"] for m in last[1:]] == ["what number?"]
 
 
+async def test_edit_with_a_photo_uploads_the_edited_image_and_plain_edit_talk_is_answered(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    photo = slack.add_file(
+        (FIXTURES / "photo.jpg").read_bytes(), name="photo.jpg", mimetype="image/jpeg"
+    )
+    await slack_app.post_event(
+        message_event(channel=DM, text="edit: make the sky pink", files=[photo])
+    )
+    await slack.wait_for("/api/files.completeUploadExternal")
+    await slack_app.adapter.drain()
+    (edit,) = slack_app.openai.calls("/images/edits")
+    assert edit.form["prompt"] == "make the sky pink"
+    (image,) = slack.uploads.values()
+    assert image.startswith(PNG_SIGNATURE)
+
+    await slack_app.post_event(message_event(channel=DM, text="Edit: I meant Tuesday"))
+    await slack.wait_until(lambda: len(slack.visible(DM)) == 2)
+    await slack_app.adapter.drain()
+    assert slack_app.openai.chat_requests()[-1]["messages"][-1]["content"] == (
+        "Edit: I meant Tuesday"
+    )
+    assert len(slack_app.openai.calls("/images/edits")) == 1
+
+
 async def test_an_image_shared_in_a_thread_goes_to_the_model_as_vision_input(
     slack_app: SlackApp,
 ) -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import httpx
 
 from core.testing.fake_openai import FakeOpenAI
 
@@ -38,3 +43,32 @@ def run_relaybot(
 def endpoint_env(fake: FakeOpenAI, key: str = "sk-test-key") -> dict[str, str]:
     """Settings pointing relaybot at a fake OpenAI server."""
     return {"OPENAI_API_KEY": key, "OPENAI_BASE_URL": fake.base_url}
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 the OS says is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    deadline: float,
+    name: str = "relaybot",
+    log: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait until the `relaybot run` process `proc` answers 200 on `url`/readyz."""
+    with httpx.Client(timeout=2) as client:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited:\n{log()[-3000:]}")
+            try:
+                if client.get(url + "/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} not ready:\n{log()[-3000:]}")
+            time.sleep(0.1)  # a process starting up: there is nothing to wait on but time

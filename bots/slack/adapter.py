@@ -58,6 +58,29 @@ def _answers(message: Any, event_key: str) -> bool:
     return isinstance(payload, Mapping) and payload.get("event") == event_key
 
 
+def _from_bot(message: Mapping[str, Any], bot_user_id: str, bot_id: str | None) -> bool:
+    return message.get("user") == bot_user_id or (
+        bot_id is not None and message.get("bot_id") == bot_id
+    )
+
+
+def _left_open(message: Any, after: str, me: tuple[str, str | None]) -> bool:
+    """Whether a message from conversations.replies is a native stream a killed process
+    started in this thread, after the person's message `after`, and never noted.
+
+    chat.startStream takes no metadata (see `SlackSink`); every other text relaybot posts
+    in a thread is tagged, as an answer or a notice, and uploads carry their files. So an
+    untagged text message of ours after `after` is such a stream. Only one event of a
+    thread is answered at a time, and the event resumed is the thread's oldest unfinished
+    one: the stream is its answer.
+    """
+    if not isinstance(message, Mapping) or not message.get("ts"):
+        return False
+    if message.get("metadata") is not None or message.get("files"):
+        return False
+    return _from_bot(message, *me) and _ts_order(str(message["ts"])) > _ts_order(after)
+
+
 def _ts_order(ts: str) -> tuple[int, int]:
     """A Slack ts ("1700000000.000100") as a sortable pair (a float loses digits)."""
     seconds, _, fraction = ts.partition(".")
@@ -125,6 +148,7 @@ class SlackAdapter:
         self._fetch_for = fetcher(core.http, self._token, self._file_info)
         self._threads = _ThreadMemory()
         self._names: dict[str, str] = {}
+        self._me: tuple[str, str | None] | None = None  # (bot user id, bot id)
         self._inflight: set[asyncio.Task[Any]] = set()
         self._socket: AsyncSocketModeHandler | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -373,10 +397,19 @@ class SlackAdapter:
             return None
         return lambda: self._tagged_answer(channel, msg.chat.thread_id, after, msg.event_key)
 
+    async def _identity(self) -> tuple[str, str | None]:
+        """The bot's user id and bot id (auth.test, asked once)."""
+        if self._me is None:
+            response = await Caller(self.sink_options)(self.client.auth_test)
+            bot_id = response.get("bot_id")
+            self._me = (str(response.get("user_id") or ""), str(bot_id) if bot_id else None)
+        return self._me
+
     async def _tagged_answer(
         self, channel: str, thread_ts: str | None, after: str, event_key: str
     ) -> tuple[str, ...]:
-        """The ts of the messages tagged as the answer to `event_key`, oldest first.
+        """The ts of the messages tagged as the answer to `event_key`, oldest first, and in a
+        thread also of a native stream left open for it (`_left_open`).
 
         Reads the thread (conversations.replies) or, for an unthreaded DM, the conversation
         (conversations.history) from `after` on, with the messages' metadata. Needs the
@@ -386,6 +419,8 @@ class SlackAdapter:
         found: list[str] = []
         cursor: str | None = None
         try:
+            # Native streams are only ever started in threads (SlackSink.can_stream_natively).
+            me = await self._identity() if thread_ts is not None else None
             for _ in range(_LOOKUP_PAGES):
                 if thread_ts is not None:
                     response = await call(
@@ -407,7 +442,9 @@ class SlackAdapter:
                         cursor=cursor,
                     )
                 for message in response.get("messages") or []:
-                    if _answers(message, event_key):
+                    if _answers(message, event_key) or (
+                        me is not None and _left_open(message, after, me)
+                    ):
                         found.append(str(message["ts"]))
                 meta = response.get("response_metadata") or {}
                 cursor = meta.get("next_cursor") if response.get("has_more") else None
@@ -438,11 +475,7 @@ class SlackAdapter:
             log.warning("could not read thread replies: %s", err.response.get("error"))
             return False
         messages = response.get("messages") or []
-        member = any(
-            m.get("user") == bot_user_id or (bot_id is not None and m.get("bot_id") == bot_id)
-            for m in messages
-            if isinstance(m, Mapping)
-        )
+        member = any(_from_bot(m, bot_user_id, bot_id) for m in messages if isinstance(m, Mapping))
         self._threads.set((channel, thread_ts), member)
         return member
 

@@ -46,11 +46,16 @@ NOT_STREAMING = "message_not_in_streaming_state"
 # The message metadata event type tagging every message of an answer, with the inbound
 # event's key as payload: a resumed answer finds its messages by it.
 ANSWER_EVENT_TYPE = "relaybot_answer"
+# Every other text relaybot posts for an event (notices, errors, transcripts) is tagged too,
+# as such: the only untagged text messages of ours in a thread are then native streams a
+# killed process started (chat.startStream takes no metadata), and a successor adopts them.
+NOTICE_EVENT_TYPE = "relaybot_notice"
 
 
-def answer_metadata(event_key: str) -> dict[str, Any]:
-    """Slack message metadata marking a message as part of the answer to `event_key`."""
-    return {"event_type": ANSWER_EVENT_TYPE, "event_payload": {"event": event_key}}
+def answer_metadata(event_key: str, event_type: str = ANSWER_EVENT_TYPE) -> dict[str, Any]:
+    """Slack message metadata marking a message as part of the answer to `event_key` (or,
+    with NOTICE_EVENT_TYPE, as a notice about it)."""
+    return {"event_type": event_type, "event_payload": {"event": event_key}}
 
 
 @dataclass(slots=True)
@@ -553,8 +558,11 @@ class SlackSink:
     chat.stopStream take `metadata`; chat.startStream does not (its documented arguments:
     channel, thread_ts, recipient_*, markdown_text, chunks, task_display_mode, icon_*,
     username; docs.slack.dev/reference/methods/chat.startStream and .../chat.stopStream).
-    A native stream is therefore tagged only when it stops: one a killed process left open
-    cannot be found by the look-up (its ts is found only when the note landed).
+    A native stream is therefore tagged only when it stops. Every other text message a sink
+    posts carries metadata too (notices as `relaybot_notice`), so the look-up takes an
+    untagged text message of the bot's, after the person's message in the thread, for a
+    stream a killed process started for this answer (only one answer of a thread is in
+    progress at a time).
 
     Native streams a killed process left open (Slack documents none of this; public reports):
     Slack ends a stream by itself within about 5 minutes (reports differ on idle or total
@@ -597,6 +605,7 @@ class SlackSink:
         self.on_messages = on_messages
         self.continue_in = continue_in
         self.metadata = answer_metadata(tag) if tag is not None else None
+        self.notice_metadata = answer_metadata(tag, NOTICE_EVENT_TYPE) if tag is not None else None
         self.find_earlier = find_earlier
 
     def can_stream_natively(self) -> bool:
@@ -635,6 +644,7 @@ class SlackSink:
                 channel=self.channel,
                 thread_ts=self.thread_ts,
                 text=head,
+                metadata=self.notice_metadata,
             )
 
     async def post_markdown(self, markdown: str) -> None:
@@ -646,6 +656,7 @@ class SlackSink:
                 self.client.chat_postMessage,
                 channel=self.channel,
                 thread_ts=self.thread_ts,
+                metadata=self.notice_metadata,
                 **_markdown_payload(head),
             )
 

@@ -149,6 +149,7 @@ class FakeSlack(FakeServer):
         self.envelopes: list[SocketEnvelope] = []
         self._pending_uploads: dict[str, dict[str, Any]] = {}
         self._failures: list[_Failure] = []
+        self._after: dict[str, Callable[[], None]] = {}
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
@@ -317,7 +318,12 @@ class FakeSlack(FakeServer):
                 return self._record_result(
                     name, _slack_error(failure.error, status=failure.status, headers=headers)
                 )
-            return self._record_result(name, await handler(request, args))
+            response = await handler(request, args)
+            with self._lock:
+                after = self._after.pop(name, None)
+            if after is not None:
+                after()
+            return self._record_result(name, response)
 
         return wrapped
 
@@ -326,6 +332,13 @@ class FakeSlack(FakeServer):
         ok = response.status == 200 and json.loads(body).get("ok") is True
         self.timeline.append((time.monotonic(), name, ok))
         return response
+
+    def after_next(self, method: str, action: Callable[[], None]) -> None:
+        """Run `action` once the next call of `method` has been carried out, before its
+        answer goes back: say, kill the caller, so Slack did the work and the caller never
+        heard of it. `action` runs on the server's loop and must not block for long."""
+        with self._lock:
+            self._after[method] = action
 
     def _take_failure(self, method: str) -> _Failure | None:
         with self._lock:
@@ -603,6 +616,9 @@ class FakeSlack(FakeServer):
             found["thread_ts"] = message.thread_ts
         if message.bot_id:
             found["bot_id"] = message.bot_id
+        if message.files:
+            found["files"] = [{"id": f.get("id"), "name": f.get("name")} for f in message.files]
+            found["upload"] = True
         if message.metadata is not None and _true(args.get("include_all_metadata")):
             found["metadata"] = message.metadata
         return found

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -30,18 +29,11 @@ from core.db import migrate
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_telegram import FakeTelegram
 from tests.conftest import reset_postgres
-from tests.processes import RELAYBOT
+from tests.processes import RELAYBOT, free_port, wait_ready
 
 WEBHOOK_SECRET = "replica-webhook-secret_0123456789"
 PUBLIC_WEBHOOK_URL = "https://example.invalid/telegram/webhook"
 API_KEY = "sk-test-replicas-0123456789abcdef"
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 the OS says is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_sql(url: str, statement: str, **params: Any) -> list[tuple[Any, ...]]:
@@ -183,18 +175,7 @@ class Cluster:
 
     @staticmethod
     def _wait_ready(replica: Replica, deadline: float) -> None:
-        with httpx.Client(timeout=2) as client:
-            while True:
-                if replica.proc.poll() is not None:
-                    raise AssertionError(f"{replica.name} exited:\n{replica.log()[-3000:]}")
-                try:
-                    if client.get(replica.url + "/readyz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{replica.name} not ready:\n{replica.log()[-3000:]}")
-                time.sleep(0.1)  # a process starting up: there is nothing to wait on but time
+        wait_ready(replica.proc, replica.url, deadline, f"{replica.name}", replica.log)
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas if r.alive]

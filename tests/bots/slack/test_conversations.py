@@ -179,6 +179,9 @@ async def test_help_shows_the_commands_as_words_people_can_type_in_slack(
     assert "`reset` - forget this chat's history" in help_text
     assert "`image:` PROMPT" in help_text and "`edit:` INSTRUCTION" in help_text
     assert "/reset" not in help_text and "/image" not in help_text
+    # Tagged as a notice: a successor resuming an answer in this conversation leaves it be.
+    (notice,) = slack.visible(DM)
+    assert notice.metadata is not None and notice.metadata["event_type"] == "relaybot_notice"
 
     # And each of them does what the help says, typed as shown.
     await slack_app.post_event(message_event(channel=DM, text="budget"))

@@ -25,6 +25,7 @@ from core.config import Settings
 from core.db.models import InboundEvent
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import (
+    FakeMessage,
     FakeSlack,
     app_mention_event,
     event_callback,
@@ -107,10 +108,11 @@ async def cut_off_in_a_thread(
 async def die(core: Core, slack: FakeSlack) -> None:
     """The process dies mid-answer. A shutdown still stops its native stream; a killed
     process never does, so the stream is left open, as Slack would have it."""
-    streaming = [m for m in slack.messages if m.streaming]
+    streaming = [(m, m.metadata) for m in slack.messages if m.streaming]
     await core.service.shutdown()
-    for message in streaming:
+    for message, metadata in streaming:
         message.streaming = True
+        message.metadata = metadata  # chat.stopStream tags a stream; it never came
 
 
 def updated(slack: FakeSlack) -> list[str]:
@@ -371,23 +373,79 @@ def lookups(slack: FakeSlack, method: str) -> list[dict[str, Any]]:
     return slack.api_arguments(method)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-stream", "post-and-update"])
 async def test_an_answer_whose_notes_never_reached_the_database_is_found_by_its_tags(
-    settings: Settings, slack: FakeSlack, fake_openai: FakeOpenAI
+    settings: Settings, slack: FakeSlack, fake_openai: FakeOpenAI, native: bool
 ) -> None:
-    slack.native_streaming = False
+    slack.native_streaming = native
     thread, posted = await cut_off_after_a_rollover(settings, slack, fake_openai, noted=False)
     async with open_core(settings) as core, core.engine.connect() as conn:
         assert [r[0] for r in await conn.execute(select(InboundEvent.reply_ref))] == [None]
+    if native:
+        # The first message's stream was stopped (and tagged) at the rollover; the second
+        # is still streaming, untagged: chat.startStream takes no metadata.
+        first, second = slack.visible(CHANNEL, thread)
+        assert first.metadata is not None and not first.streaming
+        assert second.metadata is None and second.streaming
+    started = len(slack.api_calls("chat.startStream"))
+
+    fake_openai.reply = lambda messages: SECOND_LONG
+    await resume(settings, ROLLING)
+
+    # The person sees one answer, in the messages the dead process had started.
+    shown = slack.visible(CHANNEL, thread)
+    assert words([m.visible_text for m in shown]) == SECOND_LONG.split()
+    assert [m.ts for m in shown[:2]] == posted
+    assert len(slack.api_calls("chat.startStream")) == started, "no new stream is started"
+    assert not any(m.streaming for m in shown)
+    [lookup] = [q for q in lookups(slack, "conversations.replies") if q.get("oldest")]
+    assert lookup["ts"] == thread and lookup["oldest"] == thread
+    assert lookup["include_all_metadata"] in ("1", "true")
+
+
+async def test_only_an_untagged_text_message_of_the_bot_is_taken_for_a_stream_left_open(
+    settings: Settings, slack: FakeSlack, fake_openai: FakeOpenAI
+) -> None:
+    slack.native_streaming = True
+    thread, posted = await cut_off_after_a_rollover(settings, slack, fake_openai, noted=False)
+    # Also in the thread after the question: a notice relaybot posted (tagged as one), an
+    # image it uploaded, another app's message and a person's. None is part of the answer.
+    others = [
+        FakeMessage(
+            channel=CHANNEL,
+            ts=new_ts(),
+            thread_ts=thread,
+            text="a notice",
+            user=slack.bot_user_id,
+            bot_id=slack.bot_id,
+            metadata={"event_type": "relaybot_notice", "event_payload": {"event": "x"}},
+        ),
+        FakeMessage(
+            channel=CHANNEL,
+            ts=new_ts(),
+            thread_ts=thread,
+            text="an image",
+            files=[{"id": "F0IMG", "name": "image.png"}],
+            user=slack.bot_user_id,
+            bot_id=slack.bot_id,
+        ),
+        FakeMessage(
+            channel=CHANNEL, ts=new_ts(), thread_ts=thread, text="hi", user="U0OTHER", bot_id="B0X"
+        ),
+    ]
+    slack.messages.extend(others)
+    slack.add_person_message(CHANNEL, new_ts(), "and a person", thread_ts=thread)
+    before = {m.ts: m.visible_text for m in slack.visible(CHANNEL, thread) if m.ts not in posted}
 
     fake_openai.reply = lambda messages: SECOND_LONG
     await resume(settings, ROLLING)
 
     shown = slack.visible(CHANNEL, thread)
-    assert words([m.visible_text for m in shown]) == SECOND_LONG.split()
-    assert [m.ts for m in shown[:2]] == posted
-    [lookup] = [q for q in lookups(slack, "conversations.replies") if q.get("oldest")]
-    assert lookup["ts"] == thread and lookup["oldest"] == thread
-    assert lookup["include_all_metadata"] in ("1", "true")
+    assert {m.ts: m.visible_text for m in shown if m.ts in before} == before
+    answer = [m for m in shown if m.ts not in before]
+    assert [m.ts for m in answer[:2]] == posted
+    assert words([m.visible_text for m in answer]) == SECOND_LONG.split()
+    assert not set(called_on(slack, "chat.update")) & set(before)
 
 
 async def test_an_unthreaded_dm_answer_is_found_by_its_tags_in_the_conversation(

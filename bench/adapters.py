@@ -416,12 +416,12 @@ async def _core_alone(core: Any, count: int) -> dict[str, Any]:
 
 async def _adapters(base_url: str, db_url: str, count: int) -> dict[str, Any]:
     from pydantic import SecretStr
-    from telegram.ext import AIORateLimiter
 
     from bots.http_server import HttpServer
     from bots.runner import PlatformAdapter
     from bots.slack import SlackAdapter
     from bots.telegram import TelegramAdapter
+    from bots.telegram.limits import FloodLimits
     from core.tokens import counter_for
 
     # Set before anything starts: the poller, the HTTP server's request tasks and the answer
@@ -443,14 +443,14 @@ async def _adapters(base_url: str, db_url: str, count: int) -> dict[str, Any]:
         )
         async with metered_core(settings) as core:
             # As the adapter tests wire them. Telegram's flood limits are not the subject here:
-            # PTB's default AIORateLimiter, which bots/runner.py uses, allows 30 requests per
-            # second in all (what that does to answers: bench/README.md, scenario 5).
+            # the default FloodLimits, which bots/runner.py uses, allows 30 messages a second
+            # in all, as Telegram does.
             server = HttpServer(
                 "127.0.0.1", 0, ready_check=core.readiness_problem, metrics=core.service.metrics
             )
             adapters: dict[str, PlatformAdapter] = {
                 "telegram": TelegramAdapter(
-                    core, server, rate_limiter=AIORateLimiter(overall_max_rate=0, group_max_rate=0)
+                    core, server, rate_limiter=FloodLimits(overall=(0, 1.0), group=(0, 60.0))
                 ),
                 "slack": SlackAdapter(core, server),
             }

@@ -14,7 +14,6 @@ from aiohttp import web
 from telegram import BotCommand, Update
 from telegram.error import BadRequest, RetryAfter
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     BaseRateLimiter,
     ContextTypes,
@@ -24,6 +23,7 @@ from telegram.request import HTTPXRequest
 from bots.http_server import HttpServer
 from bots.telegram.convert import DOWNLOAD_LIMIT_BYTES, PLATFORM, BotIdentity, to_incoming
 from bots.telegram.delivery import retry_seconds, with_retry
+from bots.telegram.limits import FloodLimits
 from bots.telegram.sink import Pacing, TelegramSink
 from core.app import Core
 from core.commands import COMMANDS
@@ -129,7 +129,7 @@ class TelegramAdapter:
             .token(self._token)
             .base_url(settings.telegram_api_base_url)
             .base_file_url(settings.telegram_file_base_url)
-            .rate_limiter(self._rate_limiter or AIORateLimiter())
+            .rate_limiter(self._rate_limiter or FloodLimits())
             # Bot API calls over aiohttp's pool and parser, as the model client's: through
             # httpx's default transport each call polled every pooled connection first, and
             # an answer cost 2-3x the CPU of a Slack one (bench/README.md, scenario 5).

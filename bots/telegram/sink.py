@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from telegram import Bot, Message, ReplyParameters
+from telegram import Message, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.ext import ExtBot
 
 from bots.answer_messages import AnswerMessages
 from bots.courier import Courier
@@ -36,6 +37,7 @@ from bots.telegram.formatting import (
     utf16_len,
     visible_text,
 )
+from bots.telegram.limits import PREVIEW, PreviewDeferred
 from core.types import Reply, ReplyKind
 
 log = logging.getLogger("relaybot.telegram")
@@ -46,8 +48,9 @@ class Pacing:
     """How often a streamed answer is pushed to Telegram.
 
     Drafts in private chats are cheap previews; edits in groups count against the
-    ~20 messages per minute a bot may send to one group. An interval counts from the end
-    of the previous preview, and only one is ever in flight.
+    ~20 messages per minute a bot may send to one group (previews use only what finished
+    messages leave spare: `bots.telegram.limits`). An interval counts from the end of the
+    previous preview, and only one is ever in flight.
     """
 
     draft_interval: float = 0.5
@@ -79,7 +82,7 @@ class TelegramSink:
 
     def __init__(
         self,
-        bot: Bot,
+        bot: ExtBot[Any],
         chat_id: int,
         *,
         private: bool,
@@ -113,10 +116,13 @@ class TelegramSink:
             return None
         return ReplyParameters(message_id=self.reply_to, allow_sending_without_reply=True)
 
-    async def send_text(self, html_text: str | None, plain: str, *, attempts: int = 4) -> Message:
+    async def send_text(
+        self, html_text: str | None, plain: str, *, attempts: int = 4, limit: str | None = None
+    ) -> Message:
         """Send one message: HTML when given, resent once as plain text if Telegram refuses it.
 
-        A 429 is waited out up to `attempts` times (1: raise RetryAfter at once).
+        A 429 is waited out up to `attempts` times (1: raise RetryAfter at once). `limit` goes
+        to the rate limiter (`PREVIEW`: a preview, sent only when the budget has room).
         """
         reply = self._reply_parameters()
         if html_text is not None:
@@ -126,6 +132,7 @@ class TelegramSink:
                         text=html_text,
                         parse_mode=ParseMode.HTML,
                         reply_parameters=reply,
+                        rate_limit_args=limit,
                         **self._where(),
                     ),
                     attempts,
@@ -138,16 +145,25 @@ class TelegramSink:
                 self._replied = True
                 return message
         message = await with_retry(
-            lambda: self.bot.send_message(text=plain, reply_parameters=reply, **self._where()),
+            lambda: self.bot.send_message(
+                text=plain, reply_parameters=reply, rate_limit_args=limit, **self._where()
+            ),
             attempts,
         )
         self._replied = True
         return message
 
     async def edit_text(
-        self, message_id: int, html_text: str | None, plain: str, *, attempts: int = 4
+        self,
+        message_id: int,
+        html_text: str | None,
+        plain: str,
+        *,
+        attempts: int = 4,
+        limit: str | None = None,
     ) -> None:
-        """Replace a message's text; "message is not modified" counts as done."""
+        """Replace a message's text; "message is not modified" counts as done. `attempts` and
+        `limit` as for `send_text`."""
         try:
             if html_text is not None:
                 try:
@@ -157,6 +173,7 @@ class TelegramSink:
                             chat_id=self.chat_id,
                             message_id=message_id,
                             parse_mode=ParseMode.HTML,
+                            rate_limit_args=limit,
                         ),
                         attempts,
                     )
@@ -167,7 +184,7 @@ class TelegramSink:
                     log.warning("Telegram refused our HTML (%s); editing as plain text", err)
             await with_retry(
                 lambda: self.bot.edit_message_text(
-                    text=plain, chat_id=self.chat_id, message_id=message_id
+                    text=plain, chat_id=self.chat_id, message_id=message_id, rate_limit_args=limit
                 ),
                 attempts,
             )
@@ -302,7 +319,8 @@ class TelegramStream:
         self._messages = AnswerMessages(sink.continue_in, sink.on_messages)
         self._draft_id = self._new_draft_id()
         self._last_preview = float("-inf")  # when the last preview request finished
-        self._not_before = 0.0
+        self._not_before = 0.0  # Telegram asked us to pause (a 429)
+        self._previews_from = 0.0  # the flood budget has no room for previews until then
         self._plain_preview = False
         # Continuing in an earlier run's messages: those are edited, never drafted over.
         self._drafts = sink.private and not self._messages.earlier
@@ -353,7 +371,7 @@ class TelegramStream:
                 return
             # Counted from the end of the last preview: a slow Telegram (or a queue in
             # the rate limiter) slows previews down instead of always having one waiting.
-            due = max(self._not_before, self._last_preview + self._interval)
+            due = max(self._not_before, self._previews_from, self._last_preview + self._interval)
             wait = due - time.monotonic()
             if wait > 0:
                 await self._courier.pause(wait)
@@ -377,9 +395,14 @@ class TelegramStream:
                     text=rendered if rendered is not None else text,
                     parse_mode=ParseMode.HTML if rendered is not None else None,
                     message_thread_id=sink.thread_id,
+                    rate_limit_args=PREVIEW,
                 )
             else:
-                await self._write(rendered, text, attempts=1)
+                await self._write(rendered, text, attempts=1, limit=PREVIEW)
+        except PreviewDeferred as err:
+            # Our own limiter keeps the budget for finished messages: only previews wait.
+            self._previews_from = time.monotonic() + retry_seconds(err)
+            return
         except RetryAfter as err:
             # A preview is optional: skip it and wait as long as Telegram asked.
             self._not_before = time.monotonic() + retry_seconds(err)
@@ -412,7 +435,9 @@ class TelegramStream:
         self._draft_id = self._new_draft_id()
         self._last_preview = float("-inf")
 
-    async def _write(self, rendered: str | None, text: str, *, attempts: int = 4) -> None:
+    async def _write(
+        self, rendered: str | None, text: str, *, attempts: int = 4, limit: str | None = None
+    ) -> None:
         """Show `text` in the message being written: edit it, or, when there is none yet,
         edit the next message an earlier run left, or else send a new one.
 
@@ -424,14 +449,16 @@ class TelegramStream:
             self._message_id = self._messages.next_earlier()
         if self._message_id is not None:
             try:
-                await sink.edit_text(self._message_id, rendered, text, attempts=attempts)
+                await sink.edit_text(
+                    self._message_id, rendered, text, attempts=attempts, limit=limit
+                )
                 return
             except BadRequest as err:
                 if not is_gone(err):
                     raise
                 log.warning("cannot edit the answer's message (%s); sending a new one", err)
                 await self._replace(self._message_id)
-        message = await sink.send_text(rendered, text, attempts=attempts)
+        message = await sink.send_text(rendered, text, attempts=attempts, limit=limit)
         self._message_id = message.message_id
         self._messages.created(message.message_id)
 

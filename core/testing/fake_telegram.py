@@ -7,7 +7,8 @@ python-telegram-bot at `tg.api_base_url` / `tg.file_base_url`, inject updates wi
 multipart bodies) and `/file/bot<token>/<path>`, long-polls `getUpdates`, delivers to a
 webhook when one is set, and enforces the rules that bite: 4096 UTF-16 units per message,
 1024 per caption, well-formed Telegram HTML, 20 MB downloads, "message is not modified".
-`fail_next`/`rate_limit_next` inject errors; `delay` and `hold` make a method slow.
+`fail_next`/`rate_limit_next` inject errors; `delay` and `hold` make a method slow;
+`flood_limit` answers 429, as Telegram does, to a bot sending too much into one group.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import html
 import itertools
 import json
 import logging
+import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -292,6 +295,10 @@ class ApiCall:
     error_code: int | None = None
 
 
+# What Telegram counts against a group's flood limit: messages sent and edited.
+_FLOOD_COUNTED = frozenset({"sendmessage", "editmessagetext", "sendphoto", "senddocument"})
+
+
 @dataclass(slots=True)
 class _Failure:
     method: str
@@ -339,6 +346,9 @@ class FakeTelegram(FakeServer):
         self.chats: dict[int, dict[str, Any]] = {}
         self.user_messages: dict[tuple[int, int], dict[str, Any]] = {}
         self._failures: list[_Failure] = []
+        # flood_limit: (messages, seconds) per group, and when each group was last sent to.
+        self._flood: tuple[int, float] | None = None
+        self._flood_sent: dict[int, deque[float]] = {}
         # Per method (lower case): how late every call is answered, and gates holding calls
         # until set. A slow Bot API, or PTB's rate limiter queueing requests, looks like this.
         self.delays: dict[str, float] = {}
@@ -402,6 +412,37 @@ class FakeTelegram(FakeServer):
             retry_after=retry_after,
             times=times,
         )
+
+    def flood_limit(self, messages: int, seconds: float) -> None:
+        """Refuse, with 429 and `retry_after`, a send or edit into a group (negative chat
+        id) that would make it more than `messages` in the last `seconds`.
+
+        Telegram allows a bot about 20 messages a minute in one group, edits included
+        (core.telegram.org/bots/faq; tdlib/td issues #2592, #3034); chat actions are free.
+        """
+        self._flood = (messages, seconds)
+
+    def _flooded(self, method: str, params: dict[str, Any]) -> ApiError | None:
+        if self._flood is None or method not in _FLOOD_COUNTED:
+            return None
+        try:
+            chat_id = int(params.get("chat_id", 0))
+        except (TypeError, ValueError):
+            return None
+        if chat_id >= 0:
+            return None
+        messages, seconds = self._flood
+        now = time.monotonic()
+        sent = self._flood_sent.setdefault(chat_id, deque())
+        while sent and sent[0] <= now - seconds:
+            sent.popleft()
+        if len(sent) >= messages:
+            retry_after = max(1, math.ceil(sent[0] + seconds - now))
+            return ApiError(
+                429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after}
+            )
+        sent.append(now)
+        return None
 
     def delay(self, method: str, seconds: float) -> None:
         """Answer every later call of `method` `seconds` late (0: at once again)."""
@@ -837,8 +878,13 @@ class FakeTelegram(FakeServer):
             log.info("fake Telegram: unknown method %s answered ok", method)
             self.unknown_methods.append(method)
             return web.json_response({"ok": True, "result": True})
+        params = self._params(request)
+        flooded = self._flooded(method, params)
+        if flooded is not None:
+            call.error_code = flooded.error_code
+            return flooded.response()
         try:
-            result = handler(self._params(request))
+            result = handler(params)
             if asyncio.iscoroutine(result):
                 result = await result
         except ApiError as err:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from telegram.ext import AIORateLimiter
 
 from bots.http_server import HttpServer
 from bots.telegram import Pacing, TelegramAdapter
+from bots.telegram.limits import FloodLimits
 from core.app import Core
 from core.config import Settings
 from core.testing.fake_openai import FakeOpenAI
@@ -101,7 +101,7 @@ async def bot(
         core,
         server,
         # Telegram's flood limits are the fake's business here; 429s are injected explicitly.
-        rate_limiter=AIORateLimiter(overall_max_rate=0, group_max_rate=0),
+        rate_limiter=FloodLimits(overall=(0, 1.0), group=(0, 60.0)),
         pacing=Pacing(draft_interval=0.02, edit_interval=0.05, typing_refresh=0.5),
         poll_timeout=1,
     )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from telegram.ext import AIORateLimiter
-
 from bots.http_server import HttpServer
 from bots.telegram import TelegramAdapter
+from bots.telegram.limits import FloodLimits
 from bots.telegram.sink import Pacing
 from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot
 
@@ -32,7 +31,7 @@ async def test_an_update_a_stopping_bot_fetched_is_answered_by_the_next_one(bot:
     successor = TelegramAdapter(
         bot.core,
         server,
-        rate_limiter=AIORateLimiter(overall_max_rate=0, group_max_rate=0),
+        rate_limiter=FloodLimits(overall=(0, 1.0), group=(0, 60.0)),
         pacing=Pacing(draft_interval=0.02, edit_interval=0.05, typing_refresh=0.5),
         poll_timeout=1,
     )

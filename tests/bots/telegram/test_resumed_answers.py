@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from telegram.ext import AIORateLimiter
 
 from bots.http_server import HttpServer
 from bots.telegram import Pacing, TelegramAdapter
 from bots.telegram.formatting import SEGMENT_UTF16, split_markdown
+from bots.telegram.limits import FloodLimits
 from core.app import Core, open_core
 from core.config import Settings
 from core.db.models import InboundEvent
@@ -37,7 +37,7 @@ async def process(settings: Settings) -> AsyncIterator[tuple[Core, TelegramAdapt
         adapter = TelegramAdapter(
             core,
             HttpServer("127.0.0.1", 0),
-            rate_limiter=AIORateLimiter(overall_max_rate=0, group_max_rate=0),
+            rate_limiter=FloodLimits(overall=(0, 1.0), group=(0, 60.0)),
             pacing=Pacing(draft_interval=0.02, edit_interval=0.05, typing_refresh=0.5),
             poll_timeout=1,
         )

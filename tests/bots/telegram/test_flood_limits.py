@@ -1,0 +1,75 @@
+"""A busy group: Telegram allows a bot ~20 sends and edits a minute there. Finished answers
+must not wait behind "typing…" and streaming previews for that budget."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from bots.http_server import HttpServer
+from bots.telegram import TelegramAdapter
+from bots.telegram.limits import FloodLimits
+from bots.telegram.sink import Pacing
+from core.app import Core
+from core.testing.fake_openai import FakeOpenAI
+from core.testing.fake_telegram import FakeTelegram
+from tests.bots.telegram.conftest import GROUP
+
+# A small group budget, so the test spends it in a second: 6 messages a minute, of which
+# previews may take 4 (the rest is kept for finished answers).
+BUDGET = 6
+
+
+@pytest.fixture
+async def busy_group_bot(core: Core, telegram: FakeTelegram) -> AsyncIterator[TelegramAdapter]:
+    """The adapter with its flood limits on; the fake refuses what goes over them."""
+    telegram.flood_limit(BUDGET, 60.0)
+    adapter = TelegramAdapter(
+        core,
+        HttpServer("127.0.0.1", 0),
+        rate_limiter=FloodLimits(group=(BUDGET, 60.0), reserve=1 / 3),
+        pacing=Pacing(draft_interval=0.02, edit_interval=0.05, typing_refresh=0.5),
+        poll_timeout=1,
+    )
+    await adapter.setup()
+    await adapter.start()
+    try:
+        yield adapter
+    finally:
+        await adapter.stop()
+
+
+async def ask(adapter: TelegramAdapter, telegram: FakeTelegram, update: dict[str, Any]) -> None:
+    update_id = await telegram.push_update(update)
+    await telegram.wait_delivered(update_id)
+    await adapter.idle()
+
+
+async def test_in_a_busy_group_previews_use_only_the_budget_to_spare(
+    busy_group_bot: TelegramAdapter, telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.chunk_delay = 0.01
+    long_answer = " ".join(f"word{i}" for i in range(80))
+    fake_openai.queue_reply(long_answer)
+    fake_openai.queue_reply("a short answer")
+
+    # Refilling one message of budget takes 10 s: without previews giving way, the second
+    # answer would wait at least that long.
+    async with asyncio.timeout(8):
+        await ask(busy_group_bot, telegram, telegram.text_update(GROUP, "@relay_test_bot count"))
+        await ask(busy_group_bot, telegram, telegram.text_update(GROUP, "@relay_test_bot again"))
+
+    first, second = telegram.chat_log(GROUP)
+    assert first.text == long_answer
+    # The first answer was previewed while there was budget to spare, then finished...
+    assert 1 <= len(first.edits) <= 4
+    # ... and the second one still went out at once, as one message without previews.
+    assert second.text == "a short answer" and second.edits == []
+    # Telegram never had to refuse anything; typing indicators were shown for both
+    # questions, the budget notwithstanding (chat actions are not messages).
+    assert not [c for c in telegram.api_calls if c.error_code == 429]
+    typing = [a for a in telegram.chat_actions if a.get("chat_id") == GROUP]
+    assert len(typing) >= 2

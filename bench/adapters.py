@@ -36,6 +36,7 @@ import asyncio
 import bisect
 import importlib.util
 import json
+import os
 import time
 import traceback
 from collections import Counter, deque
@@ -444,14 +445,17 @@ async def _adapters(base_url: str, db_url: str, count: int) -> dict[str, Any]:
         async with metered_core(settings) as core:
             # As the adapter tests wire them. Telegram's flood limits are not the subject here:
             # the default FloodLimits, which bots/runner.py uses, allows 30 messages a second
-            # in all, as Telegram does.
+            # in all, as Telegram does. BENCH_FLOOD_LIMITS=1 runs with them, to see that.
+            limits = (
+                FloodLimits()
+                if os.environ.get("BENCH_FLOOD_LIMITS") == "1"
+                else FloodLimits(overall=(0, 1.0), group=(0, 60.0))
+            )
             server = HttpServer(
                 "127.0.0.1", 0, ready_check=core.readiness_problem, metrics=core.service.metrics
             )
             adapters: dict[str, PlatformAdapter] = {
-                "telegram": TelegramAdapter(
-                    core, server, rate_limiter=FloodLimits(overall=(0, 1.0), group=(0, 60.0))
-                ),
+                "telegram": TelegramAdapter(core, server, rate_limiter=limits),
                 "slack": SlackAdapter(core, server),
             }
             for adapter in adapters.values():

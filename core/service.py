@@ -353,6 +353,9 @@ class ConversationService:
                     err,
                     extra={"chat": msg.chat.key},
                 )
+            elif isinstance(err, BadInput):
+                # The person's own mistake, explained to them: nothing for the operator.
+                log.info("message refused: %s", type(err).__name__, extra={"chat": msg.chat.key})
             else:
                 log.warning("message failed: %s", type(err).__name__, extra={"chat": msg.chat.key})
             await self._tell(sink, err.user_message, ReplyKind.ERROR)

@@ -19,6 +19,18 @@ def test_piped_console_answers_each_line(endpoint: FakeOpenAI, tmp_path: Path) -
     assert (tmp_path / "relaybot.db").is_file()
 
 
+def test_a_mistyped_command_is_explained_in_the_chat_without_log_noise(
+    endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    result = run(["console"], tmp_path, "/fo\n/image\n", **endpoint_env(endpoint))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "! Unknown command /fo. Send /help to see what I can do.",
+        "! Describe the image: /image PROMPT",
+    ]
+    assert result.stderr == ""
+
+
 def test_second_run_continues_the_conversation(endpoint: FakeOpenAI, tmp_path: Path) -> None:
     env = endpoint_env(endpoint)
     assert run(["console", "--chat", "work"], tmp_path, "my name is Ada\n", **env).returncode == 0

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
 from bots.slack.events import to_incoming
 from core.inbox import decode_message, encode_message
 from core.testing.fake_openai import PNG_SIGNATURE
-from core.testing.fake_slack import app_mention_event, message_event, new_ts, slash_command
+from core.testing.fake_slack import (
+    FakeSlack,
+    app_mention_event,
+    message_event,
+    new_ts,
+    slash_command,
+)
 from core.types import Reply
 from tests.bots.slack.conftest import SIGNING_SECRET, SlackApp
 from tests.conftest import FIXTURES
 
 CHANNEL = "C0GENERAL"
 DM = "D0ALICE"
+
+
+def shared_photo(slack: FakeSlack) -> dict[str, Any]:
+    """A JPEG a person shared in Slack (the file object events carry)."""
+    return slack.add_file(
+        (FIXTURES / "photo.jpg").read_bytes(), name="photo.jpg", mimetype="image/jpeg"
+    )
 
 
 def audio_clip() -> bytes:
@@ -147,9 +161,7 @@ async def test_edit_with_a_photo_uploads_the_edited_image_and_plain_edit_talk_is
     slack_app: SlackApp,
 ) -> None:
     slack = slack_app.slack
-    photo = slack.add_file(
-        (FIXTURES / "photo.jpg").read_bytes(), name="photo.jpg", mimetype="image/jpeg"
-    )
+    photo = shared_photo(slack)
     await slack_app.post_event(
         message_event(channel=DM, text="edit: make the sky pink", files=[photo])
     )
@@ -173,9 +185,7 @@ async def test_an_image_shared_in_a_thread_goes_to_the_model_as_vision_input(
     slack_app: SlackApp,
 ) -> None:
     slack = slack_app.slack
-    photo = slack.add_file(
-        (FIXTURES / "photo.jpg").read_bytes(), name="photo.jpg", mimetype="image/jpeg"
-    )
+    photo = shared_photo(slack)
     ts = new_ts()
     await slack_app.post_event(
         app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT> what is this?", files=[photo])

@@ -97,15 +97,13 @@ class FloodLimits(BaseRateLimiter[str]):
                 del self._groups[chat_id]
 
     def _room_wait(self, limiters: list[AsyncLimiter]) -> float:
-        """0 when a preview fits beside the reserve of every budget, else the seconds until
-        it will."""
+        """0 when a preview fits beside the reserve of every budget, else how long to wait
+        before asking again: the time one message of the fullest budget takes to drain."""
         wait = 0.0
         for limiter in limiters:
             spare = limiter.max_rate * (1 - self._reserve)
             if not limiter.has_capacity(limiter.max_rate - spare + 1):
-                # The bucket drains max_rate per time_period.
-                excess = limiter._level + 1 - spare
-                wait = max(wait, excess * limiter.time_period / limiter.max_rate)
+                wait = max(wait, limiter.time_period / limiter.max_rate)
         return wait
 
     async def process_request(

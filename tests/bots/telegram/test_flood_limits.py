@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -16,21 +17,20 @@ from bots.telegram.sink import Pacing
 from core.app import Core
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_telegram import FakeTelegram
-from tests.bots.telegram.conftest import GROUP
+from tests.bots.telegram.conftest import GROUP, PRIVATE_CHAT
 
 # A small group budget, so the test spends it in a second: 6 messages a minute, of which
 # previews may take 4 (the rest is kept for finished answers).
 BUDGET = 6
 
 
-@pytest.fixture
-async def busy_group_bot(core: Core, telegram: FakeTelegram) -> AsyncIterator[TelegramAdapter]:
-    """The adapter with its flood limits on; the fake refuses what goes over them."""
-    telegram.flood_limit(BUDGET, 60.0)
+@asynccontextmanager
+async def running(core: Core, limits: FloodLimits) -> AsyncIterator[TelegramAdapter]:
+    """The adapter with these flood limits (polling the fake)."""
     adapter = TelegramAdapter(
         core,
         HttpServer("127.0.0.1", 0),
-        rate_limiter=FloodLimits(group=(BUDGET, 60.0), reserve=1 / 3),
+        rate_limiter=limits,
         pacing=Pacing(draft_interval=0.02, edit_interval=0.05, typing_refresh=0.5),
         poll_timeout=1,
     )
@@ -40,6 +40,14 @@ async def busy_group_bot(core: Core, telegram: FakeTelegram) -> AsyncIterator[Te
         yield adapter
     finally:
         await adapter.stop()
+
+
+@pytest.fixture
+async def busy_group_bot(core: Core, telegram: FakeTelegram) -> AsyncIterator[TelegramAdapter]:
+    """The adapter with its flood limits on; the fake refuses what goes over them."""
+    telegram.flood_limit(BUDGET, 60.0)
+    async with running(core, FloodLimits(group=(BUDGET, 60.0), reserve=1 / 3)) as adapter:
+        yield adapter
 
 
 async def ask(adapter: TelegramAdapter, telegram: FakeTelegram, update: dict[str, Any]) -> None:
@@ -73,3 +81,20 @@ async def test_in_a_busy_group_previews_use_only_the_budget_to_spare(
     assert not [c for c in telegram.api_calls if c.error_code == 429]
     typing = [a for a in telegram.chat_actions if a.get("chat_id") == GROUP]
     assert len(typing) >= 2
+
+
+async def test_drafts_in_private_chats_use_only_what_finished_answers_leave(
+    core: Core, telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    # 4 messages a minute over all chats, half of it for previews: two drafts at most,
+    # and every finished answer still goes out at once.
+    fake_openai.chunk_delay = 0.01
+    long_answer = " ".join(f"word{i}" for i in range(80))
+    fake_openai.queue_reply(long_answer)
+    limits = FloodLimits(overall=(4, 60.0), group=(0, 60.0), reserve=0.5)
+    async with asyncio.timeout(8), running(core, limits) as adapter:
+        await ask(adapter, telegram, telegram.text_update(PRIVATE_CHAT, "count"))
+        await ask(adapter, telegram, telegram.text_update(PRIVATE_CHAT, "and again"))
+
+    assert 1 <= len(telegram.drafts) <= 2
+    assert telegram.texts(PRIVATE_CHAT) == [long_answer, "echo: and again"]

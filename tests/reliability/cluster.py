@@ -1,9 +1,11 @@
-"""Real `relaybot run` replicas behind a pretend load balancer, as Telegram would see them.
+"""Real `relaybot run` replicas behind a pretend load balancer, as Telegram and Slack see them.
 
-The fakes (Bot API, OpenAI) run in threads of the test process; each replica is its own
-process with its own HTTP port on 127.0.0.1, all sharing one PostgreSQL database.
+The fakes (Bot API, Slack Web API, OpenAI) run in threads of the test process; each replica
+is its own process with its own HTTP port on 127.0.0.1, all sharing one PostgreSQL
+database, and runs both platforms (Telegram by webhook, Slack in HTTP mode).
 `Telegram.deliver` POSTs an update to a replica's webhook the way Telegram does and, when
-no 200 comes back (a killed or stopping process), delivers it again to another replica.
+no 200 comes back (a killed or stopping process), delivers it again to another replica;
+`Slack.deliver` does the same with signed Events API requests.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bots.slack.adapter import EVENTS_PATH
 from bots.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
 from core.db import migrate
 from core.testing.fake_openai import FakeOpenAI
+from core.testing.fake_slack import FakeSlack, event_callback, signed_request
 from core.testing.fake_telegram import FakeTelegram
 from tests.conftest import reset_postgres
 from tests.processes import RELAYBOT, free_port, wait_ready
 
 WEBHOOK_SECRET = "replica-webhook-secret_0123456789"
+SLACK_SIGNING_SECRET = "replica-slack-signing-secret"
 PUBLIC_WEBHOOK_URL = "https://example.invalid/telegram/webhook"
 API_KEY = "sk-test-replicas-0123456789abcdef"
 
@@ -110,6 +115,7 @@ class Cluster:
     database_url: str
     telegram: FakeTelegram
     openai: FakeOpenAI
+    slack: FakeSlack
     env: dict[str, str] = field(default_factory=dict)
     replicas: list[Replica] = field(default_factory=list)
     _count: int = 0
@@ -129,6 +135,9 @@ class Cluster:
                 "TELEGRAM_FILE_BASE_URL": self.telegram.file_base_url,
                 "TELEGRAM_WEBHOOK_URL": PUBLIC_WEBHOOK_URL,
                 "TELEGRAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "SLACK_BOT_TOKEN": self.slack.bot_token,
+                "SLACK_SIGNING_SECRET": SLACK_SIGNING_SECRET,
+                "SLACK_API_URL": self.slack.api_url,
                 "RELAYBOT_HTTP_HOST": "127.0.0.1",
                 "RELAYBOT_DATABASE_URL": self.database_url,
                 "RELAYBOT_AUTO_MIGRATE": "false",
@@ -197,16 +206,17 @@ class Cluster:
                 replica.proc.kill()
                 replica.proc.wait(10)
 
-    def events(self, chats: Iterable[int]) -> list[tuple[str, str]]:
-        """(event_key, status) of the stored inbound events of these Telegram chats."""
+    def events(self, chats: Iterable[int | str]) -> list[tuple[str, str]]:
+        """(event_key, status) of the stored inbound events of these chats (Telegram chat
+        ids, or chat keys)."""
         rows = run_sql(
             self.database_url,
             "SELECT event_key, status FROM inbound_events WHERE chat_key = ANY(:keys)",
-            keys=[f"telegram:{chat}" for chat in chats],
+            keys=[chat if isinstance(chat, str) else f"telegram:{chat}" for chat in chats],
         )
         return [(str(k), str(s)) for k, s in rows]
 
-    def wait_all_done(self, chats: Iterable[int], expected: int, within: float = 60) -> None:
+    def wait_all_done(self, chats: Iterable[int | str], expected: int, within: float = 60) -> None:
         """Wait until `expected` events of `chats` are stored and none is unfinished."""
         chats = list(chats)
         deadline = time.monotonic() + within
@@ -297,32 +307,34 @@ def check_prompts_in_order(
 
     Returns how many requests each message text caused.
     """
-    position = {
-        u["message"]["text"]: (chat, i) for chat, ups in plan.items() for i, u in enumerate(ups)
-    }
+    return check_texts_asked_in_order(
+        openai, {chat: [u["message"]["text"] for u in ups] for chat, ups in plan.items()}
+    )
+
+
+def check_texts_asked_in_order(openai: FakeOpenAI, said: dict[Any, list[str]]) -> dict[str, int]:
+    """Every chat request carries exactly its chat's earlier turns (`said` in each chat,
+    each answered "echo: ..."), in order. Returns how many requests each text caused."""
+    position = {text: (chat, i) for chat, texts in said.items() for i, text in enumerate(texts)}
     seen: dict[str, int] = {}
     for body in openai.chat_requests():
         contents = [m["content"] for m in body["messages"][1:]]
         if contents[-1] not in position:
             continue  # another test's chat
         chat, i = position[contents[-1]]
-        texts = [u["message"]["text"] for u in plan[chat][: i + 1]]
         expected: list[str] = []
-        for t in texts:
+        for t in said[chat][: i + 1]:
             expected += [t, "echo: " + t]
         assert contents == expected[:-1], f"chat {chat} message {i} was asked with {contents}"
         seen[contents[-1]] = seen.get(contents[-1], 0) + 1
     return seen
 
 
-def spread(
-    plan: dict[int, list[dict[str, Any]]],
-    deliver_chat: Callable[[int, list[dict[str, Any]]], None],
-) -> None:
+def spread(plan: dict[Any, list[Any]], deliver_chat: Callable[[Any, list[Any]], None]) -> None:
     """Deliver every chat's updates in order, all chats at the same time (one thread each)."""
     errors: list[BaseException] = []
 
-    def run(chat: int, ups: list[dict[str, Any]]) -> None:
+    def run(chat: Any, ups: list[Any]) -> None:
         try:
             deliver_chat(chat, ups)
         except BaseException as exc:
@@ -347,3 +359,42 @@ def expected_history(updates: Iterable[dict[str, Any]]) -> list[tuple[str, str, 
         text_ = update["message"]["text"]
         rows += [("user", text_, "ok"), ("assistant", "echo: " + text_, "ok")]
     return rows
+
+
+class Slack:
+    """Delivers events to replicas as Slack's Events API does: signed, and retried (same
+    event id, X-Slack-Retry-Num) until a 200, which a load balancer may route anywhere."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.lock = threading.Lock()
+        self.deliveries: list[tuple[str, str, int | str]] = []  # (event_id, replica, outcome)
+        self.client = httpx.Client(timeout=15)
+
+    def post(
+        self, replica: Replica, event: dict[str, Any], event_id: str, retry_num: int | None = None
+    ) -> int | str:
+        """One signed POST of `event`; the HTTP status, or the name of the transport error."""
+        payload = event_callback(event, team_id=self.cluster.slack.team_id, event_id=event_id)
+        body, headers = signed_request(SLACK_SIGNING_SECRET, payload, retry_num=retry_num)
+        try:
+            response = self.client.post(replica.url + EVENTS_PATH, content=body, headers=headers)
+            outcome: int | str = response.status_code
+        except httpx.TransportError as exc:
+            outcome = type(exc).__name__
+        with self.lock:
+            self.deliveries.append((event_id, replica.name, outcome))
+        return outcome
+
+    def deliver(self, event: dict[str, Any], event_id: str, first: Replica) -> Replica:
+        """POST until some replica answers 200, as Slack's retries do; returns that replica."""
+        candidates = [first] + [r for r in self.cluster.replicas if r is not first]
+        for attempt in range(50):
+            for replica in candidates:
+                if not replica.alive and replica is not first:
+                    continue
+                if self.post(replica, event, event_id, retry_num=attempt or None) == 200:
+                    return replica
+            candidates = self.cluster.live()
+            time.sleep(0.1)  # every replica refused: Slack backs off, then retries
+        raise AssertionError(f"event {event_id} was never acknowledged")

@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from core.testing.fake_openai import FakeOpenAI
+from core.testing.fake_slack import FakeSlack
 from core.testing.fake_telegram import FakeTelegram
 from tests.conftest import POSTGRES_URL, _admin
-from tests.reliability.cluster import Cluster, Telegram, fresh_database
+from tests.reliability.cluster import Cluster, Slack, Telegram, fresh_database
 
 REPLICAS = 3
 
@@ -43,8 +44,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     try:
         fresh_database(url)
-        with FakeTelegram() as telegram, FakeOpenAI() as openai:
-            made = Cluster(tmp_path_factory.mktemp("replicas"), url, telegram, openai)
+        with FakeTelegram() as telegram, FakeOpenAI() as openai, FakeSlack() as slack:
+            made = Cluster(tmp_path_factory.mktemp("replicas"), url, telegram, openai, slack)
             try:
                 yield made
                 codes = made.stop_all()
@@ -69,6 +70,16 @@ def replicas(cluster: Cluster) -> Cluster:
 def telegram(replicas: Cluster) -> Iterator[Telegram]:
     """Telegram's side: delivers updates to the replicas' webhooks, again until acknowledged."""
     made = Telegram(replicas)
+    try:
+        yield made
+    finally:
+        made.client.close()
+
+
+@pytest.fixture
+def slack(replicas: Cluster) -> Iterator[Slack]:
+    """Slack's side: delivers signed events to the replicas, again until acknowledged."""
+    made = Slack(replicas)
     try:
         yield made
     finally:

@@ -8,11 +8,14 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.testing.fake_slack import message_event
 from tests.reliability.cluster import (
     Cluster,
+    Slack,
     Telegram,
     answers,
     check_prompts_in_order,
+    check_texts_asked_in_order,
     expected_answers,
     expected_history,
     spread,
@@ -88,3 +91,74 @@ def test_replicas_answer_every_message_once_in_each_chats_order(
             and sample.labels == {"platform": "telegram", "outcome": "done"}
         )
         assert counted >= shares[replica.name] > 0
+
+
+DMS = ["D0SCALE1", "D0SCALE2", "D0SCALE3", "D0SCALE4"]
+
+
+def test_slack_events_spread_over_replicas_are_answered_once_in_each_conversations_order(
+    replicas: Cluster, slack: Slack
+) -> None:
+    """Slack in HTTP mode behind one address: a conversation's events land on any replica,
+    and Slack's retries of an event (same event id) on another one, even at once."""
+    cluster = replicas
+    cluster.openai.chunk_delay = 0.01
+    team = cluster.slack.team_id
+    said = {dm: [f"{dm} says {i}" for i in range(PER_CHAT)] for dm in DMS}
+    events = {
+        dm: [
+            (message_event(channel=dm, text=text, team_id=team), f"Ev{dm}{i}")
+            for i, text in enumerate(texts)
+        ]
+        for dm, texts in said.items()
+    }
+    live = cluster.live()
+
+    def deliver_dm(dm: str, plan: list[tuple[dict[str, Any], str]]) -> None:
+        n = DMS.index(dm)
+        for i, (event, event_id) in enumerate(plan):
+            first = live[(n + i) % len(live)]
+            other = live[(n + i + 1) % len(live)]
+            if i % 3 == 0:
+                # Slack gave up waiting and retries while the first delivery still runs.
+                retry = threading.Thread(target=slack.post, args=(other, event, event_id, 1))
+                retry.start()
+                slack.deliver(event, event_id, first)
+                retry.join()
+            else:
+                slack.deliver(event, event_id, first)
+                if i % 3 == 1:
+                    slack.post(other, event, event_id, retry_num=2)  # a late retry after the 200
+
+    spread(events, deliver_dm)
+    keys = [f"slack:{team}:{dm}" for dm in DMS]
+    total = len(DMS) * PER_CHAT
+    cluster.wait_all_done(keys, total)
+
+    # What each person sees: one answer per message, in the conversation's order.
+    for dm, texts in said.items():
+        shown = [m.visible_text for m in cluster.slack.visible(dm)]
+        assert shown == [f"echo: {text}" for text in texts], dm
+    # What the model was asked, and what is stored: each conversation complete, in order.
+    asked = check_texts_asked_in_order(
+        cluster.openai, {f"slack:{dm}": t for dm, t in said.items()}
+    )
+    assert sorted(asked.values()) == [1] * total
+    assert sorted(s for _, s in cluster.events(keys)) == ["done"] * total
+    for dm, texts in said.items():
+        expected = [
+            row for t in texts for row in (("user", t, "ok"), ("assistant", f"echo: {t}", "ok"))
+        ]
+        assert cluster.history(f"slack:{team}:{dm}") == expected
+    # Every replica answered some, and the retries really were delivered.
+    shares = {
+        r.name: sum(
+            f'"chat": "slack:{team}:{dm}"' in line and '"handled message"' in line
+            for line in r.log().splitlines()
+            for dm in DMS
+        )
+        for r in live
+    }
+    assert all(shares.values()), shares
+    assert sum(shares.values()) == total
+    assert len(slack.deliveries) > total

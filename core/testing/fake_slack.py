@@ -9,7 +9,9 @@ open stream refuses chat.update (`streaming_state_conflict`) and chat.delete
 (`cant_delete_message`); one that is not open refuses chat.appendStream and chat.stopStream
 (`message_not_in_streaming_state`); `expire_stream` ends one as Slack does after ~5 minutes.
 Message metadata is kept and read back by conversations.replies/history only with
-`include_all_metadata`, as Slack does.
+`include_all_metadata`, as Slack does. `fail_next` injects Slack errors and 429s; `after_next`
+runs an action after a call is carried out but before its answer goes back (a caller killed
+in that instant).
 """
 
 from __future__ import annotations

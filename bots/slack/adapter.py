@@ -397,10 +397,15 @@ class SlackAdapter:
             return None
         return lambda: self._tagged_answer(channel, msg.chat.thread_id, after, msg.event_key)
 
-    async def _identity(self) -> tuple[str, str | None]:
-        """The bot's user id and bot id (auth.test, asked once)."""
+    async def _identity(self) -> tuple[str, str | None] | None:
+        """The bot's user id and bot id (auth.test, asked once); None when Slack would not
+        say (the tagged messages can still be found)."""
         if self._me is None:
-            response = await Caller(self.sink_options)(self.client.auth_test)
+            try:
+                response = await Caller(self.sink_options)(self.client.auth_test)
+            except (SlackApiError, aiohttp.ClientError, TimeoutError) as err:
+                log.info("auth.test failed: %s", type(err).__name__)
+                return None
             bot_id = response.get("bot_id")
             self._me = (str(response.get("user_id") or ""), str(bot_id) if bot_id else None)
         return self._me

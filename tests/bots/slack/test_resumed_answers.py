@@ -403,6 +403,23 @@ async def test_an_answer_whose_notes_never_reached_the_database_is_found_by_its_
     assert lookup["include_all_metadata"] in ("1", "true")
 
 
+async def test_without_auth_test_the_tagged_messages_are_still_found(
+    settings: Settings, slack: FakeSlack, fake_openai: FakeOpenAI
+) -> None:
+    slack.native_streaming = False
+    thread, posted = await cut_off_after_a_rollover(settings, slack, fake_openai, noted=False)
+    # Who the bot is (for streams left open) cannot be asked: the tags still tell.
+    slack.fail_next("auth.test", error="account_inactive", times=5)
+
+    fake_openai.reply = lambda messages: SECOND_LONG
+    await resume(settings, ROLLING)
+
+    shown = slack.visible(CHANNEL, thread)
+    assert [m.ts for m in shown[:2]] == posted
+    assert words([m.visible_text for m in shown]) == SECOND_LONG.split()
+    assert slack.api_calls("auth.test"), "the look-up asked who the bot is"
+
+
 async def test_only_an_untagged_text_message_of_the_bot_is_taken_for_a_stream_left_open(
     settings: Settings, slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -30,7 +31,7 @@ from bots.slack.adapter import EVENTS_PATH
 from bots.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH
 from core.db import migrate
 from core.testing.fake_openai import FakeOpenAI
-from core.testing.fake_slack import FakeSlack, event_callback, signed_request
+from core.testing.fake_slack import FakeSlack, event_callback, message_event, signed_request
 from core.testing.fake_telegram import FakeTelegram
 from tests.conftest import reset_postgres
 from tests.processes import RELAYBOT, free_port, wait_ready
@@ -398,3 +399,84 @@ class Slack:
             candidates = self.cluster.live()
             time.sleep(0.1)  # every replica refused: Slack backs off, then retries
         raise AssertionError(f"event {event_id} was never acknowledged")
+
+
+def slack_events(
+    team: str, said: dict[str, list[str]]
+) -> dict[str, list[tuple[dict[str, Any], str]]]:
+    """Each DM's messages as (Slack message event, event id), in order."""
+    return {
+        dm: [
+            (message_event(channel=dm, text=text, team_id=team), f"Ev{dm}{i}")
+            for i, text in enumerate(texts)
+        ]
+        for dm, texts in said.items()
+    }
+
+
+def check_slack_conversations(cluster: Cluster, said: dict[str, list[str]]) -> dict[str, int]:
+    """Each DM shows exactly one answer per message, in order; every event is done and each
+    history is stored complete and in order. Returns how many requests each text caused."""
+    team = cluster.slack.team_id
+    for dm, texts in said.items():
+        shown = [m.visible_text for m in cluster.slack.visible(dm)]
+        assert shown == [f"echo: {text}" for text in texts], dm
+    asked = check_texts_asked_in_order(cluster.openai, said)
+    keys = [f"slack:{team}:{dm}" for dm in said]
+    total = sum(len(texts) for texts in said.values())
+    assert sorted(s for _, s in cluster.events(keys)) == ["done"] * total
+    for dm, texts in said.items():
+        rows = [r for t in texts for r in (("user", t, "ok"), ("assistant", f"echo: {t}", "ok"))]
+        assert cluster.history(f"slack:{team}:{dm}") == rows, dm
+    return asked
+
+
+@dataclass
+class Kill:
+    """Which replica `deliver_and_kill_one` killed, and when."""
+
+    victim: Replica
+    after: int  # acknowledged deliveries before the kill
+    delay: float  # seconds after those
+
+    def __str__(self) -> str:
+        return f"killed {self.victim.name} after {self.after} acks + {self.delay:.2f} s"
+
+
+def deliver_and_kill_one(
+    cluster: Cluster,
+    rng: random.Random,
+    plan: dict[Any, list[Any]],
+    deliver: Callable[[Any, Replica], None],
+) -> Kill:
+    """Deliver every chat's items (`deliver(item, replica)` until acknowledged), all chats
+    at once and each in order, spread over the live replicas; meanwhile kill -9 one replica
+    drawn from `rng`, after a drawn number of acknowledged deliveries and a drawn delay, so
+    the kill lands before, during or after a model call."""
+    total = sum(len(items) for items in plan.values())
+    live = cluster.live()
+    kill = Kill(rng.choice(live), rng.randint(total // 5, total // 2), rng.uniform(0.0, 0.4))
+    acked = threading.Condition()
+    acked_count = 0
+
+    def killer() -> None:
+        with acked:
+            acked.wait_for(lambda: acked_count >= kill.after, timeout=60)
+        threading.Event().wait(kill.delay)
+        kill.victim.kill()
+
+    def deliver_chat(chat: Any, items: list[Any]) -> None:
+        nonlocal acked_count
+        n = list(plan).index(chat)
+        for i, item in enumerate(items):
+            deliver(item, live[(n + i) % len(live)])
+            with acked:
+                acked_count += 1
+                acked.notify_all()
+
+    kill_thread = threading.Thread(target=killer, name="killer")
+    kill_thread.start()
+    spread(plan, deliver_chat)
+    kill_thread.join(60)
+    assert not kill.victim.alive
+    return kill

@@ -1,5 +1,6 @@
-"""A busy group: Telegram allows a bot ~20 sends and edits a minute there. Finished answers
-must not wait behind "typing…" and streaming previews for that budget."""
+"""Telegram's flood limits: ~20 sends and edits a minute in a group, ~30 a second in all.
+Finished answers must not wait for that budget behind "typing…" and streaming previews
+(edits in groups, drafts in private chats)."""
 
 from __future__ import annotations
 

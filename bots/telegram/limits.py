@@ -2,18 +2,19 @@
 
 Telegram documents about 30 messages a second over all chats and 20 a minute in one group
 (core.telegram.org/bots/faq). Edits share the group limit with sends (Telegram's TDLib
-maintainer, tdlib/td issues #2592 and #3034); chat actions are not messages. PTB's
+maintainer, tdlib/td issues #2592 and #3034). Chat actions are not messages; should
+Telegram ever refuse one, "typing…" is best effort and nothing is lost. PTB's
 AIORateLimiter counts every request that names a chat, typing indicators included, and
 serves them first come, first served. A group where a few answers stream at once then
 spends its 20 requests a minute on "typing" and on previews, and each finished answer
-waits its turn behind them: minutes, with the answer already written.
+waits its turn behind them, up to minutes with the answer already written.
 
 `FloodLimits` counts what Telegram counts (sends and edits), lets everything else through,
 and treats previews (requests made with `rate_limit_args=PREVIEW`) as optional: one goes
 only while the budget has room to spare beyond `reserve`, otherwise it is refused at once
-with `PreviewDeferred` (a RetryAfter saying when there will be room), and the stream shows
-its next preview later. Finished messages queue for the budget as they must. A 429 from
-Telegram itself still reaches the caller, who waits it out.
+with `PreviewDeferred` (a RetryAfter of one message's drain time), and the stream tries a
+later preview. Finished messages queue for the budget as they must. A 429 from Telegram
+itself still reaches the caller, who waits it out.
 """
 
 from __future__ import annotations

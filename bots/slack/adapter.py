@@ -27,6 +27,7 @@ from bots.slack.sink import (
     SinkOptions,
     SlackSink,
     StreamingSupport,
+    UpdateBudget,
     error_name,
 )
 from core.app import Core
@@ -133,6 +134,7 @@ class SlackAdapter:
         self.server = server
         self.sink_options = sink_options or SinkOptions()
         self.streaming = StreamingSupport()
+        self.updates = UpdateBudget(self.sink_options)
         self._token = settings.slack_bot_token.get_secret_value()
         self.client = AsyncWebClient(token=self._token, base_url=settings.slack_api_url)
         secret = settings.slack_signing_secret
@@ -271,6 +273,7 @@ class SlackAdapter:
                 assistant_thread=assistant,
                 options=self.sink_options,
                 support=self.streaming,
+                budget=self.updates,
                 on_messages=self._noting(msg),
                 tag=msg.event_key,
             )
@@ -336,6 +339,7 @@ class SlackAdapter:
                 user_id=user,
                 options=self.sink_options,
                 support=self.streaming,
+                budget=self.updates,
                 on_messages=self._noting(msg),
                 tag=msg.event_key,
             )
@@ -378,6 +382,7 @@ class SlackAdapter:
             assistant_thread=msg.is_direct and msg.chat.thread_id is not None,
             options=self.sink_options,
             support=self.streaming,
+            budget=self.updates,
             on_messages=self._noting(msg),
             # An earlier run posted (part of) this answer: continue in those messages. When
             # their note never reached the database, look for them by their metadata.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiolimiter import AsyncLimiter
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
@@ -66,14 +67,57 @@ class SinkOptions:
     message_limit: int = 3_900
     # A markdown block and each markdown_text piece hold at most 12,000 characters.
     stream_limit: int = 11_000
-    # chat.update is Tier 3 (~50/min): one edit per second per answer leaves headroom.
+    # chat.update is Tier 3 (~50/min per workspace, shared by every answer streamed by
+    # edits): one edit per second per answer at most, and `UpdateBudget` keeps the total.
     update_interval: float = 1.0
+    updates_per_minute: int = 50  # 0: not counted ahead (Slack's 429s still pace us)
+    # The share of that budget previews leave to finished messages.
+    preview_reserve: float = 0.25
     # Native streams buffer this many characters (or this long) before appendStream.
     stream_buffer: int = 256
     stream_interval: float = 0.5
     max_attempts: int = 4
     max_retry_wait: float = 60.0
     server_error_backoff: float = 0.5
+
+
+class UpdateBudget:
+    """Shared per adapter: chat.update calls per workspace, counted ahead of Slack's limit.
+
+    A finished message (or a full one rolling over) waits for the budget as it must; a
+    preview edit goes only while `preview_reserve` of it stays free, else the stream shows
+    a later one. So in a busy workspace answers are not held up by each other's previews,
+    and Slack's 429s (which would hold every answer) do not come.
+    """
+
+    def __init__(self, options: SinkOptions) -> None:
+        self._per_minute = options.updates_per_minute
+        self._spare = options.updates_per_minute * (1 - options.preview_reserve)
+        self._teams: dict[str, AsyncLimiter] = {}
+
+    def _limiter(self, team: str) -> AsyncLimiter | None:
+        if self._per_minute <= 0:
+            return None
+        limiter = self._teams.get(team)
+        if limiter is None:
+            limiter = self._teams[team] = AsyncLimiter(self._per_minute, 60.0)
+        return limiter
+
+    async def preview(self, team: str) -> float:
+        """0 when a preview edit may go now (it is counted), else seconds to wait first."""
+        limiter = self._limiter(team)
+        if limiter is None:
+            return 0.0
+        if not limiter.has_capacity(limiter.max_rate - self._spare + 1):
+            return limiter.time_period / limiter.max_rate
+        await limiter.acquire()
+        return 0.0
+
+    async def final(self, team: str) -> None:
+        """Wait for room for an edit that must go (a finished message)."""
+        limiter = self._limiter(team)
+        if limiter is not None:
+            await limiter.acquire()
 
 
 @dataclass(slots=True)
@@ -196,7 +240,8 @@ class SlackStream:
         self._incoming = ""  # appended, not yet taken in by the worker
         self._pending = ""
         self._dirty = False
-        self._not_before = 0.0
+        self._not_before = 0.0  # Slack asked us to wait (429) or failed (5xx)
+        self._previews_from = 0.0  # the update budget has no room for previews until then
         self._last_flush = 0.0  # when the last flush finished
         self._retracted = False
         self._closing = False
@@ -244,7 +289,11 @@ class SlackStream:
             if not (self._dirty and self._current.strip()):
                 return None
             full = len(self._current) > self._opts.message_limit
-            due = now if full else self._last_flush + self._opts.update_interval
+            due = (
+                now
+                if full
+                else max(self._last_flush + self._opts.update_interval, self._previews_from)
+            )
         return max(due, self._not_before) - now
 
     async def _work(self) -> None:
@@ -438,6 +487,14 @@ class SlackStream:
         if self._current_ts is None:
             self._current_ts = self._messages.next_earlier()
         if self._current_ts is not None:
+            team = sink.team_id or ""
+            if retry:  # a message that must show this text
+                await sink.budget.final(team)
+            else:  # a preview: only from the budget finished messages leave spare
+                wait = await sink.budget.preview(team)
+                if wait > 0:
+                    self._previews_from = time.monotonic() + wait
+                    return
             try:
                 await self._update(self._current_ts, payload, call)
                 self._dirty = False
@@ -588,6 +645,7 @@ class SlackSink:
         assistant_thread: bool = False,
         options: SinkOptions | None = None,
         support: StreamingSupport | None = None,
+        budget: UpdateBudget | None = None,
         on_messages: Callable[[tuple[str, ...]], None] | None = None,
         continue_in: tuple[str, ...] = (),
         tag: str | None = None,
@@ -601,6 +659,7 @@ class SlackSink:
         self.assistant_thread = assistant_thread
         self.options = options or SinkOptions()
         self.support = support or StreamingSupport()
+        self.budget = budget or UpdateBudget(self.options)
         self.call = Caller(self.options)
         self.on_messages = on_messages
         self.continue_in = continue_in

@@ -17,6 +17,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bots.answer_messages import AnswerMessages
+from bots.budget import preview_wait
 from bots.courier import Courier
 from bots.slack.events import command_words
 from bots.slack.mrkdwn import escape, to_mrkdwn
@@ -92,7 +93,7 @@ class UpdateBudget:
 
     def __init__(self, options: SinkOptions) -> None:
         self._per_minute = options.updates_per_minute
-        self._spare = options.updates_per_minute * (1 - options.preview_reserve)
+        self._reserve = options.preview_reserve
         self._teams: dict[str, AsyncLimiter] = {}
 
     def _limiter(self, team: str) -> AsyncLimiter | None:
@@ -108,10 +109,10 @@ class UpdateBudget:
         limiter = self._limiter(team)
         if limiter is None:
             return 0.0
-        if not limiter.has_capacity(limiter.max_rate - self._spare + 1):
-            return limiter.time_period / limiter.max_rate
-        await limiter.acquire()
-        return 0.0
+        wait = preview_wait(limiter, self._reserve)
+        if wait == 0:
+            await limiter.acquire()
+        return wait
 
     async def final(self, team: str) -> None:
         """Wait for room for an edit that must go (a finished message)."""

@@ -27,6 +27,8 @@ from aiolimiter import AsyncLimiter
 from telegram.error import RetryAfter
 from telegram.ext import BaseRateLimiter
 
+from bots.budget import preview_wait
+
 # rate_limit_args of a request that only previews text and may be skipped.
 PREVIEW = "preview"
 # Methods that are not a message sent or edited, though their names say "send"/"edit".
@@ -98,14 +100,8 @@ class FloodLimits(BaseRateLimiter[str]):
                 del self._groups[chat_id]
 
     def _room_wait(self, limiters: list[AsyncLimiter]) -> float:
-        """0 when a preview fits beside the reserve of every budget, else how long to wait
-        before asking again: the time one message of the fullest budget takes to drain."""
-        wait = 0.0
-        for limiter in limiters:
-            spare = limiter.max_rate * (1 - self._reserve)
-            if not limiter.has_capacity(limiter.max_rate - spare + 1):
-                wait = max(wait, limiter.time_period / limiter.max_rate)
-        return wait
+        """0 when a preview fits beside the reserve of every budget, else how long to wait."""
+        return max((preview_wait(limiter, self._reserve) for limiter in limiters), default=0.0)
 
     async def process_request(
         self,

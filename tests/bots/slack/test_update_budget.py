@@ -48,3 +48,25 @@ async def test_answers_streamed_by_edits_share_the_workspace_budget_and_still_fi
     assert refused == [], "Slack never had to refuse an edit"
     # Both answers were previewed while there was room, and finished within the budget.
     assert 2 < len(updates) <= BUDGET
+
+
+async def test_a_finished_answer_is_never_held_back_by_the_count(slack_app: SlackApp) -> None:
+    # Slack's Tier 3 is "50+" a minute: relaybot's count is a floor. Here Slack allows 20,
+    # relaybot counts 6, and three answers finish at once: the count must not delay them.
+    slack = slack_app.slack
+    slack.limit_rate("chat.update", 20, 60.0)
+    slack_app.openai.chunk_delay = 0.01
+    asked = {
+        dm: f"{dm} " + " ".join(f"word{i}" for i in range(60))
+        for dm in ("D0ALICE", "D0BOB", "D0CAROL")
+    }
+    async with asyncio.timeout(8):
+        for dm, text in asked.items():
+            await slack_app.post_event(message_event(channel=dm, text=text))
+        await slack_app.adapter.drain()
+
+    for dm, text in asked.items():
+        (answer,) = slack.visible(dm)
+        assert answer.visible_text == f"echo: {text}"
+    refused = [name for _, name, ok in slack.timeline if name == "chat.update" and not ok]
+    assert refused == []

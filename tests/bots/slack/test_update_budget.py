@@ -25,48 +25,41 @@ def sink_options() -> SinkOptions:
     )
 
 
-async def test_answers_streamed_by_edits_share_the_workspace_budget_and_still_finish(
-    slack_app: SlackApp,
-) -> None:
+async def answer_at_once(slack_app: SlackApp, dms: tuple[str, ...]) -> list[str]:
+    """Long questions in `dms` at once, streamed answers; returns the names of the
+    chat.update calls Slack refused. Fails unless every answer is shown whole within 8 s:
+    refilling one edit of the budget takes 10 s, so no answer may wait for the budget."""
     slack = slack_app.slack
-    slack.limit_rate("chat.update", BUDGET, 60.0)
     slack_app.openai.chunk_delay = 0.01
-    asked = {dm: f"{dm} " + " ".join(f"word{i}" for i in range(60)) for dm in ("D0ALICE", "D0BOB")}
-
-    # Refilling one edit takes 10 s: if previews spent the finished answers' share, the
-    # answers would wait that long (Slack's 429s would make them wait for all of it).
+    asked = {dm: f"{dm} " + " ".join(f"word{i}" for i in range(60)) for dm in dms}
     async with asyncio.timeout(8):
         for dm, text in asked.items():
             await slack_app.post_event(message_event(channel=dm, text=text))
         await slack_app.adapter.drain()
-
     for dm, text in asked.items():
         (answer,) = slack.visible(dm)
         assert answer.visible_text == f"echo: {text}"
-    updates = slack.api_calls("chat.update")
-    refused = [name for _, name, ok in slack.timeline if name == "chat.update" and not ok]
+    return [name for _, name, ok in slack.timeline if name == "chat.update" and not ok]
+
+
+async def test_answers_streamed_by_edits_share_the_workspace_budget_and_still_finish(
+    slack_app: SlackApp,
+) -> None:
+    # If previews spent the finished answers' share, Slack's 429s would hold them all.
+    slack_app.slack.limit_rate("chat.update", BUDGET, 60.0)
+
+    refused = await answer_at_once(slack_app, ("D0ALICE", "D0BOB"))
+
     assert refused == [], "Slack never had to refuse an edit"
     # Both answers were previewed while there was room, and finished within the budget.
-    assert 2 < len(updates) <= BUDGET
+    assert 2 < len(slack_app.slack.api_calls("chat.update")) <= BUDGET
 
 
 async def test_a_finished_answer_is_never_held_back_by_the_count(slack_app: SlackApp) -> None:
     # Slack's Tier 3 is "50+" a minute: relaybot's count is a floor. Here Slack allows 20,
     # relaybot counts 6, and three answers finish at once: the count must not delay them.
-    slack = slack_app.slack
-    slack.limit_rate("chat.update", 20, 60.0)
-    slack_app.openai.chunk_delay = 0.01
-    asked = {
-        dm: f"{dm} " + " ".join(f"word{i}" for i in range(60))
-        for dm in ("D0ALICE", "D0BOB", "D0CAROL")
-    }
-    async with asyncio.timeout(8):
-        for dm, text in asked.items():
-            await slack_app.post_event(message_event(channel=dm, text=text))
-        await slack_app.adapter.drain()
+    slack_app.slack.limit_rate("chat.update", 20, 60.0)
 
-    for dm, text in asked.items():
-        (answer,) = slack.visible(dm)
-        assert answer.visible_text == f"echo: {text}"
-    refused = [name for _, name, ok in slack.timeline if name == "chat.update" and not ok]
+    refused = await answer_at_once(slack_app, ("D0ALICE", "D0BOB", "D0CAROL"))
+
     assert refused == []

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from core.budgets import SCOPES
 from core.commands import COMMANDS
 from core.types import Attachment, AttachmentKind, ChatRef, Fetch, IncomingMessage, Sender
 
@@ -21,8 +22,9 @@ AUDIO_FILETYPES = frozenset({"m4a", "mp3", "mp4", "ogg", "oga", "wav", "webm", "
 _EXACT_COMMANDS = frozenset({"help", "reset", "retry", "usage", "forget", "translate", "budget"})
 # Commands that take free text: "image: a red fox", "edit: make the sky pink".
 _PROMPT_PREFIX = re.compile(r"^(image|edit)\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL)
-# An admin's "budget user slack:U1 day 5", "budget here month 20", "budget global day 0".
-_BUDGET_TARGETS = frozenset({"user", "chat", "here", "global"})
+# An admin's "budget user slack:U1 day 5", "budget chat here month 20", "budget global day 0":
+# what the core's /budget sets comes first.
+_BUDGET_TARGETS = frozenset(SCOPES)
 _CORE_COMMAND = re.compile(
     r"(?<![\w/<`])/(" + "|".join(sorted(COMMANDS, key=len, reverse=True)) + r")\b"
 )
@@ -77,7 +79,7 @@ def translate_commands(text: str, *, with_image: bool = False) -> str:
     Only forms ordinary talk does not take: one command word alone, `image:` with a colon
     (`edit:` too, on a message that carries an image: "Edit: I meant Tuesday" is talk),
     `model`/`voicemode` with one word, `system` with anything, `usage` with one
-    PLATFORM:ID, and `budget` followed by what it sets (user, chat, here, global).
+    PLATFORM:ID, and `budget` followed by what it sets (user, chat, global).
     """
     stripped = text.strip()
     if stripped.startswith("/"):

@@ -9,10 +9,9 @@ open stream refuses chat.update (`streaming_state_conflict`) and chat.delete
 (`cant_delete_message`); one that is not open refuses chat.appendStream and chat.stopStream
 (`message_not_in_streaming_state`); `expire_stream` ends one as Slack does after ~5 minutes.
 Message metadata is kept and read back by conversations.replies/history only with
-`include_all_metadata`, as Slack does. `fail_next` injects Slack errors and 429s, `limit_rate`
-enforces a rate tier on a method; `after_next`
-runs an action after a call is carried out but before its answer goes back (a caller killed
-in that instant).
+`include_all_metadata`, as Slack does. `fail_next` injects Slack errors and 429s;
+`limit_rate` enforces a rate tier on a method; `after_next` runs an action after a call is
+carried out but before its answer goes back (a caller killed in that instant).
 """
 
 from __future__ import annotations
@@ -22,11 +21,9 @@ import hashlib
 import hmac
 import itertools
 import json
-import math
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +31,7 @@ from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
-from core.testing.server import FakeServer, RecordedRequest
+from core.testing.server import FakeServer, RecordedRequest, SlidingWindow
 
 Handler = Callable[[web.Request, dict[str, Any]], Awaitable[web.Response]]
 
@@ -155,8 +152,7 @@ class FakeSlack(FakeServer):
         self._pending_uploads: dict[str, dict[str, Any]] = {}
         self._failures: list[_Failure] = []
         self._after: dict[str, Callable[[], None]] = {}
-        # limit_rate: per method, (calls, seconds) and when the recent calls came.
-        self._rates: dict[str, tuple[int, float, deque[float]]] = {}
+        self._rates: dict[str, SlidingWindow] = {}  # limit_rate's, per method
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
@@ -317,7 +313,9 @@ class FakeSlack(FakeServer):
             if token != expected:
                 return self._record_result(name, _slack_error("invalid_auth"))
             self.arguments.append((name, dict(args)))
-            limited = self._over_rate(name)
+            with self._lock:
+                window = self._rates.get(name)
+                limited = window.admit() if window is not None else None
             if limited is not None:
                 return self._record_result(
                     name,
@@ -350,21 +348,7 @@ class FakeSlack(FakeServer):
         """Answer 429 with Retry-After, as Slack's rate tiers do, to a call of `method` that
         would make more than `calls` in the last `seconds` (the whole workspace)."""
         with self._lock:
-            self._rates[method] = (calls, seconds, deque())
-
-    def _over_rate(self, method: str) -> int | None:
-        with self._lock:
-            rate = self._rates.get(method)
-            if rate is None:
-                return None
-            calls, seconds, recent = rate
-            now = time.monotonic()
-            while recent and recent[0] <= now - seconds:
-                recent.popleft()
-            if len(recent) >= calls:
-                return max(1, math.ceil(recent[0] + seconds - now))
-            recent.append(now)
-            return None
+            self._rates[method] = SlidingWindow(calls, seconds)
 
     def after_next(self, method: str, action: Callable[[], None]) -> None:
         """Run `action` once the next call of `method` has been carried out, before its

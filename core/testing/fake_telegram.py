@@ -18,10 +18,8 @@ import html
 import itertools
 import json
 import logging
-import math
 import re
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from core.media import image_dimensions
-from core.testing.server import FakeServer
+from core.testing.server import FakeServer, SlidingWindow
 
 log = logging.getLogger("relaybot.fake_telegram")
 
@@ -346,9 +344,9 @@ class FakeTelegram(FakeServer):
         self.chats: dict[int, dict[str, Any]] = {}
         self.user_messages: dict[tuple[int, int], dict[str, Any]] = {}
         self._failures: list[_Failure] = []
-        # flood_limit: (messages, seconds) per group, and when each group was last sent to.
+        # flood_limit: (messages, seconds), and each group's window.
         self._flood: tuple[int, float] | None = None
-        self._flood_sent: dict[int, deque[float]] = {}
+        self._flood_windows: dict[int, SlidingWindow] = {}
         # Per method (lower case): how late every call is answered, and gates holding calls
         # until set. A slow Bot API, or PTB's rate limiter queueing requests, looks like this.
         self.delays: dict[str, float] = {}
@@ -431,18 +429,15 @@ class FakeTelegram(FakeServer):
             return None
         if chat_id >= 0:
             return None
-        messages, seconds = self._flood
-        now = time.monotonic()
-        sent = self._flood_sent.setdefault(chat_id, deque())
-        while sent and sent[0] <= now - seconds:
-            sent.popleft()
-        if len(sent) >= messages:
-            retry_after = max(1, math.ceil(sent[0] + seconds - now))
-            return ApiError(
-                429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after}
-            )
-        sent.append(now)
-        return None
+        window = self._flood_windows.get(chat_id)
+        if window is None:
+            window = self._flood_windows[chat_id] = SlidingWindow(*self._flood)
+        retry_after = window.admit()
+        if retry_after is None:
+            return None
+        return ApiError(
+            429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after}
+        )
 
     def delay(self, method: str, seconds: float) -> None:
         """Answer every later call of `method` `seconds` late (0: at once again)."""

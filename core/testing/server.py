@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -28,6 +31,26 @@ class RecordedRequest:
 
 
 RECORDED = web.RequestKey("recorded", RecordedRequest)
+
+
+class SlidingWindow:
+    """A platform's rate limit as its servers keep it: at most `calls` in any `seconds`."""
+
+    def __init__(self, calls: int, seconds: float) -> None:
+        self.calls = calls
+        self.seconds = seconds
+        self._recent: deque[float] = deque()
+
+    def admit(self) -> int | None:
+        """Count a call and return None, or refuse it: the whole seconds to wait (≥ 1),
+        as a Retry-After or `retry_after` says."""
+        now = time.monotonic()
+        while self._recent and self._recent[0] <= now - self.seconds:
+            self._recent.popleft()
+        if len(self._recent) >= self.calls:
+            return max(1, math.ceil(self._recent[0] + self.seconds - now))
+        self._recent.append(now)
+        return None
 
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:

@@ -187,6 +187,22 @@ class Cluster:
     def _wait_ready(replica: Replica, deadline: float) -> None:
         wait_ready(replica.proc, replica.url, deadline, f"{replica.name}", replica.log)
 
+    def until_acknowledged(
+        self, first: Replica, post: Callable[[Replica, int], int | str], what: str
+    ) -> Replica:
+        """`post(replica, attempt)` to `first`, then to the others, until one answers 200,
+        as a platform delivering through the load balancer does; returns that replica."""
+        candidates = [first] + [r for r in self.replicas if r is not first]
+        for attempt in range(50):
+            for replica in candidates:
+                if not replica.alive and replica is not first:
+                    continue
+                if post(replica, attempt) == 200:
+                    return replica
+            candidates = self.live()
+            time.sleep(0.1)  # every replica refused: the platform backs off, then tries again
+        raise AssertionError(f"{what} was never acknowledged")
+
     def live(self) -> list[Replica]:
         return [r for r in self.replicas if r.alive]
 
@@ -269,16 +285,11 @@ class Telegram:
 
     def deliver(self, update: dict[str, Any], first: Replica) -> Replica:
         """POST until some replica answers 200; returns that replica."""
-        candidates = [first] + [r for r in self.cluster.replicas if r is not first]
-        for _ in range(50):
-            for replica in candidates:
-                if not replica.alive and replica is not first:
-                    continue
-                if self.post(replica, update) == 200:
-                    return replica
-            candidates = self.cluster.live()
-            time.sleep(0.1)  # every replica refused: Telegram backs off, then tries again
-        raise AssertionError(f"update {update['update_id']} was never acknowledged")
+        return self.cluster.until_acknowledged(
+            first,
+            lambda replica, attempt: self.post(replica, update),
+            f"update {update['update_id']}",
+        )
 
 
 def updates_for(
@@ -389,16 +400,13 @@ class Slack:
 
     def deliver(self, event: dict[str, Any], event_id: str, first: Replica) -> Replica:
         """POST until some replica answers 200, as Slack's retries do; returns that replica."""
-        candidates = [first] + [r for r in self.cluster.replicas if r is not first]
-        for attempt in range(50):
-            for replica in candidates:
-                if not replica.alive and replica is not first:
-                    continue
-                if self.post(replica, event, event_id, retry_num=attempt or None) == 200:
-                    return replica
-            candidates = self.cluster.live()
-            time.sleep(0.1)  # every replica refused: Slack backs off, then retries
-        raise AssertionError(f"event {event_id} was never acknowledged")
+        return self.cluster.until_acknowledged(
+            first,
+            lambda replica, attempt: self.post(
+                replica, event, event_id, retry_num=attempt or None
+            ),
+            f"event {event_id}",
+        )
 
 
 def slack_events(

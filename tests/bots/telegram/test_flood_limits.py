@@ -57,22 +57,37 @@ async def ask(adapter: TelegramAdapter, telegram: FakeTelegram, update: dict[str
     await adapter.idle()
 
 
+LONG_ANSWER = " ".join(f"word{i}" for i in range(80))
+
+
+async def ask_twice(
+    adapter: TelegramAdapter,
+    telegram: FakeTelegram,
+    fake_openai: FakeOpenAI,
+    chat: int,
+    questions: tuple[str, str],
+    then: str | None = None,
+) -> None:
+    """Two questions in `chat`, the first answered with LONG_ANSWER streamed (the second
+    with `then`, else an echo). Both must be answered within 8 s: refilling one message of
+    the budgets here takes 10 s or more, so no finished answer may wait for it."""
+    fake_openai.chunk_delay = 0.01
+    fake_openai.queue_reply(LONG_ANSWER)
+    if then is not None:
+        fake_openai.queue_reply(then)
+    async with asyncio.timeout(8):
+        for question in questions:
+            await ask(adapter, telegram, telegram.text_update(chat, question))
+
+
 async def test_in_a_busy_group_previews_use_only_the_budget_to_spare(
     busy_group_bot: TelegramAdapter, telegram: FakeTelegram, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.chunk_delay = 0.01
-    long_answer = " ".join(f"word{i}" for i in range(80))
-    fake_openai.queue_reply(long_answer)
-    fake_openai.queue_reply("a short answer")
-
-    # Refilling one message of budget takes 10 s: without previews giving way, the second
-    # answer would wait at least that long.
-    async with asyncio.timeout(8):
-        await ask(busy_group_bot, telegram, telegram.text_update(GROUP, "@relay_test_bot count"))
-        await ask(busy_group_bot, telegram, telegram.text_update(GROUP, "@relay_test_bot again"))
+    questions = ("@relay_test_bot count", "@relay_test_bot again")
+    await ask_twice(busy_group_bot, telegram, fake_openai, GROUP, questions, "a short answer")
 
     first, second = telegram.chat_log(GROUP)
-    assert first.text == long_answer
+    assert first.text == LONG_ANSWER
     # The first answer was previewed while there was budget to spare, then finished...
     assert 1 <= len(first.edits) <= 4
     # ... and the second one still went out at once, as one message without previews.
@@ -89,13 +104,9 @@ async def test_drafts_in_private_chats_use_only_what_finished_answers_leave(
 ) -> None:
     # 4 messages a minute over all chats, half of it for previews: two drafts at most,
     # and every finished answer still goes out at once.
-    fake_openai.chunk_delay = 0.01
-    long_answer = " ".join(f"word{i}" for i in range(80))
-    fake_openai.queue_reply(long_answer)
     limits = FloodLimits(overall=(4, 60.0), group=(0, 60.0), reserve=0.5)
-    async with asyncio.timeout(8), running(core, limits) as adapter:
-        await ask(adapter, telegram, telegram.text_update(PRIVATE_CHAT, "count"))
-        await ask(adapter, telegram, telegram.text_update(PRIVATE_CHAT, "and again"))
+    async with running(core, limits) as adapter:
+        await ask_twice(adapter, telegram, fake_openai, PRIVATE_CHAT, ("count", "and again"))
 
     assert 1 <= len(telegram.drafts) <= 2
-    assert telegram.texts(PRIVATE_CHAT) == [long_answer, "echo: and again"]
+    assert telegram.texts(PRIVATE_CHAT) == [LONG_ANSWER, "echo: and again"]

@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.config import Settings
 from core.db import migrate
 from core.db.store import Store, create_engine
-from core.openai_client import OpenAIClient, build_http_client
+from core.openai_client import HTTPClient, OpenAIClient, build_http_client
 from core.service import ConversationService
 
 log = logging.getLogger("relaybot.app")
@@ -43,7 +42,7 @@ class Core:
     """Everything an adapter needs; created by `open_core`."""
 
     settings: Settings
-    http: httpx.AsyncClient
+    http: HTTPClient
     engine: AsyncEngine
     store: Store
     client: OpenAIClient

@@ -40,9 +40,15 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
         yield server
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as client:
+@pytest.fixture(params=["app", "plain"])
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The app's client (its chat stream goes straight to the transport) and a plain httpx
+    client (everything through `send`): the same behaviour is expected of both."""
+    if request.param == "app":
+        client = build_http_client(Settings(_env_file=None, request_timeout=5))  # type: ignore[call-arg]
+    else:
+        client = httpx.AsyncClient(timeout=5)
+    async with client:
         yield client
 
 
@@ -208,6 +214,46 @@ async def test_a_stall_after_some_text_is_cut_too(
                 fake.chunk_delay = 0.5  # the model goes quiet mid-answer
     assert received[:2] == ["one ", "two "]
     assert len(received) <= 3
+
+
+async def test_a_stream_cancelled_from_outside_stays_cancelled(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    # A shutdown cancelling an answer in progress is not a stalled model: no error to map,
+    # no retry.
+    client = idle_client(http, fake, 1.0)
+    fake.queue_reply("one two three four")
+    fake.chunk_delay = 0.1
+    received: list[str] = []
+
+    async def read() -> None:
+        async for delta in client.chat_stream(model="gpt-4o-mini", messages=user("hi")):
+            received.append(delta.text)
+
+    task = asyncio.create_task(read())
+    await asyncio.sleep(0.15)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert received == ["one "]
+    assert len(fake.calls("/chat/completions")) == 1
+
+
+async def test_requests_go_through_the_configured_proxy(fake: FakeOpenAI) -> None:
+    # The endpoint's host does not resolve; only the proxy (here the fake itself, which
+    # serves absolute-form requests as a forward proxy passes them on) can reach it.
+    origin = fake.base_url.rsplit("/v1", 1)[0]
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        openai_base_url="http://model.invalid/v1",
+        http_proxy=origin,
+    )
+    async with build_http_client(settings) as http:
+        client = OpenAIClient(http, base_url="http://model.invalid/v1", api_key=KEY)
+        deltas = await collect(client, "via the proxy")
+        assert "".join(d.text for d in deltas) == "echo: via the proxy"
+        assert "gpt-4o-mini" in await client.list_models()
+    assert fake.calls("/chat/completions")[0].headers["Authorization"] == f"Bearer {KEY}"
 
 
 async def test_stream_closed_early_by_the_consumer_is_fine(

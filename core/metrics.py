@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -110,6 +110,17 @@ class Metrics:
             registry=r,
         )
         self._engine: AsyncEngine | None = None
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once per label values: prometheus_client
+        checks the values and takes a lock on every `labels()` call, and a message makes
+        about ten of them."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     # -- hooks the service calls ---------------------------------------------------------
     def watch_inbox(self, engine: AsyncEngine) -> None:
@@ -118,22 +129,22 @@ class Metrics:
 
     def duplicate(self, platform: str) -> None:
         """A redelivered event was dropped."""
-        self.duplicates.labels(platform).inc()
+        self.child(self.duplicates, platform).inc()
 
     def received(self, platform: str) -> None:
         """A message was accepted; it is in flight until `finished`."""
-        self.messages_in.labels(platform).inc()
-        self.in_flight.labels(platform).inc()
+        self.child(self.messages_in, platform).inc()
+        self.child(self.in_flight, platform).inc()
 
     def failed(self, platform: str, kind: str) -> None:
         """A message failed with an error of `kind` (the error class name, or 'unexpected')."""
-        self.errors.labels(platform, kind).inc()
+        self.child(self.errors, platform, kind).inc()
 
     def finished(self, platform: str, outcome: str, seconds: float) -> None:
         """A message accepted by `received` is done."""
-        self.in_flight.labels(platform).dec()
-        self.handled.labels(platform, outcome).inc()
-        self.handle_seconds.labels(platform).observe(seconds)
+        self.child(self.in_flight, platform).dec()
+        self.child(self.handled, platform, outcome).inc()
+        self.child(self.handle_seconds, platform).observe(seconds)
 
     @contextmanager
     def model_call(self, kind: str, model: str) -> Iterator[None]:
@@ -142,15 +153,15 @@ class Metrics:
         try:
             yield
         finally:
-            self.model_seconds.labels(kind, model).observe(time.perf_counter() - started)
+            self.child(self.model_seconds, kind, model).observe(time.perf_counter() - started)
 
     def usage(self, platform: str, model: str, usage: Usage | None, cost_usd: float) -> None:
         """Tokens and cost of one model call."""
         if usage is not None:
-            self.tokens.labels(platform, model, "prompt").inc(usage.prompt_tokens)
-            self.tokens.labels(platform, model, "completion").inc(usage.completion_tokens)
+            self.child(self.tokens, platform, model, "prompt").inc(usage.prompt_tokens)
+            self.child(self.tokens, platform, model, "completion").inc(usage.completion_tokens)
         if cost_usd:
-            self.cost.labels(platform, model).inc(cost_usd)
+            self.child(self.cost, platform, model).inc(cost_usd)
 
     def counting(self, sink: ReplySink, platform: str) -> ReplySink:
         """`sink`, counting every reply delivered through it."""
@@ -185,7 +196,7 @@ class _CountingSink:
 
     async def send(self, reply: Reply) -> None:
         await self._inner.send(reply)
-        self._metrics.messages_out.labels(self._platform, reply.kind.value).inc()
+        self._metrics.child(self._metrics.messages_out, self._platform, reply.kind.value).inc()
 
     def stream(self) -> AbstractAsyncContextManager[ReplyStream]:
         return _CountedStream(self._inner.stream(), self._metrics, self._platform)
@@ -208,5 +219,7 @@ class _CountedStream:
     async def __aexit__(self, *exc: object) -> bool | None:
         result = await self._inner.__aexit__(*exc)  # type: ignore[arg-type]
         if exc[0] is None:  # a stream that failed is followed by an error notice, counted there
-            self._metrics.messages_out.labels(self._platform, ReplyKind.ANSWER.value).inc()
+            self._metrics.child(
+                self._metrics.messages_out, self._platform, ReplyKind.ANSWER.value
+            ).inc()
         return result

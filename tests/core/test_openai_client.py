@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from core.errors import (
 )
 from core.openai_client import (
     ChatDelta,
+    EncodedMessage,
     OpenAIClient,
     Usage,
     build_http_client,
@@ -628,3 +630,16 @@ async def test_many_answers_at_once_share_the_connection_limit(fake: FakeOpenAI)
     assert ["".join(d.text for d in a) for a in answers] == [f"echo: q{i}" for i in range(100)]
     # Up to the limit at once (not a smaller default), never more.
     assert 32 < most <= 40
+
+
+def test_a_kept_message_encoding_costs_about_its_length() -> None:
+    # Chat windows keep every turn with its encoding, for thousands of chats at once: an
+    # encoder that hands back oversized buffers (orjson's are 4 KB each) multiplies that.
+    tracemalloc.start()
+    try:
+        kept = [EncodedMessage({"role": "user", "content": f"message {i}"}) for i in range(2000)]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept[7].encoded == b'{"role":"user","content":"message 7"}'
+    assert held / len(kept) < 1024  # the dict and its ~40-byte encoding; orjson's: over 4 KB

@@ -278,6 +278,11 @@ def rows_for(name: str, by_backend: dict[str, Any]) -> list[Row]:
             lambda b, v: _le(v, 10) if b == "sqlite" else None,
         )
         row("handle() p50 / model p50 (ms)", lambda r: f"{r['wall_p50_ms']} / {r['model_p50_ms']}")
+        row(
+            "answers of ~300 chunks: overhead p50 (ms)",
+            lambda r: f"{r['long_p50_ms']} ({r['long_chunks']} chunks)",
+        )
+        row("  relaybot per streamed chunk (µs)", lambda r: r["per_chunk_us"])
     elif name == "history":
         sizes = [k for k in next(iter(ok.values()), {}) if k.isdigit()]
         for size in sizes:

@@ -90,13 +90,15 @@ class TimedTransport(httpx.AsyncBaseTransport):
 
 # -- sinks ---------------------------------------------------------------------------------
 class _NullStream:
-    __slots__ = ("chars",)
+    __slots__ = ("chars", "sink")
 
-    def __init__(self) -> None:
+    def __init__(self, sink: NullSink) -> None:
         self.chars = 0
+        self.sink = sink
 
     async def append(self, delta: str) -> None:
         self.chars += len(delta)
+        self.sink.pieces += 1
 
     async def retract(self, notice: str) -> None:
         self.chars = 0
@@ -111,10 +113,11 @@ class _NullStream:
 class NullSink:
     """The smallest ReplySink: counts what it is given, keeps nothing."""
 
-    __slots__ = ("answers", "errors")
+    __slots__ = ("answers", "errors", "pieces")
 
     def __init__(self) -> None:
         self.answers = 0
+        self.pieces = 0  # streamed pieces of text, over all answers
         self.errors: list[str] = []
 
     async def send(self, reply: Reply) -> None:
@@ -122,7 +125,7 @@ class NullSink:
 
     def stream(self) -> _NullStream:
         self.answers += 1
-        return _NullStream()
+        return _NullStream(self)
 
     async def typing(self) -> None:
         return None

@@ -40,6 +40,7 @@ _TEXT = (
     "context window with exact token counts so nothing is lost or sent twice"
 )
 WORDS = tuple(_TEXT.split())
+LONG_ANSWER_WORDS = 300  # scenario 1's long answers: ~300 streamed chunks each
 
 
 def _ms(seconds: float) -> float:
@@ -73,12 +74,32 @@ async def _overhead(base_url: str, db_url: str, count: int, per_chat: int) -> di
             overheads.append(wall - meter.seconds)
         if sink.errors or sink.answers != count:
             raise RuntimeError(f"overhead run failed: {sink.errors[:1]}")
+        # Long answers: the fake echoes the question word by word, one streamed chunk each,
+        # as a model streams one per token. The difference to the short answers above, per
+        # chunk, is what relaybot spends on each streamed piece of an answer.
+        question = " ".join(WORDS[i % len(WORDS)] for i in range(LONG_ANSWER_WORDS))
+        long_sink = NullSink()
+        long_overheads: list[float] = []
+        long_count = max(10, count // 4)
+        for i in range(long_count):
+            wall, meter = await handle_metered(
+                core, message(f"long{i // per_chat}", i, question), long_sink
+            )
+            long_overheads.append(wall - meter.seconds)
+        if long_sink.errors or long_sink.answers != long_count:
+            raise RuntimeError(f"overhead run failed: {long_sink.errors[:1]}")
+    short_p50, long_p50 = percentile(overheads, 50), percentile(long_overheads, 50)
+    short_pieces, long_pieces = sink.pieces / count, long_sink.pieces / long_count
     return {
         "messages": count,
-        "p50_ms": _ms(percentile(overheads, 50)),
+        "p50_ms": _ms(short_p50),
         "p99_ms": _ms(percentile(overheads, 99)),
         "wall_p50_ms": _ms(percentile(walls, 50)),
         "model_p50_ms": _ms(percentile(models, 50)),
+        "long_messages": long_count,
+        "long_chunks": round(long_pieces),
+        "long_p50_ms": _ms(long_p50),
+        "per_chunk_us": round((long_p50 - short_p50) / (long_pieces - short_pieces) * 1e6, 1),
     }
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -89,9 +89,12 @@ class ChatResult:
     model: str
 
 
-@dataclass(frozen=True, slots=True)
-class ChatDelta:
-    """One piece of a streamed answer; the last one carries usage and no text."""
+class ChatDelta(NamedTuple):
+    """One piece of a streamed answer; the last one carries usage and no text.
+
+    A named tuple, not a frozen dataclass: one is made per streamed chunk, and a frozen
+    dataclass sets each field through `object.__setattr__` (three times the cost).
+    """
 
     text: str
     usage: Usage | None = None
@@ -790,19 +793,26 @@ def _parse_chat(payload: Any, model: str) -> ChatResult:
 
 
 def _parse_chunk(chunk: dict[str, Any]) -> ChatDelta | None:
+    """The text, finish reason and usage of one streamed chunk (run once per token)."""
     text = ""
     finish: str | None = None
     choices = chunk.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        delta = choices[0].get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            text = delta["content"]
-        if choices[0].get("finish_reason") is not None:
-            finish = str(choices[0]["finish_reason"])
-    usage = _parse_usage(chunk.get("usage"))
+    if choices and isinstance(choices, list):
+        first = choices[0]
+        if isinstance(first, dict):
+            delta = first.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    text = content
+            reason = first.get("finish_reason")
+            if reason is not None:
+                finish = str(reason)
+    raw_usage = chunk.get("usage")
+    usage = None if raw_usage is None else _parse_usage(raw_usage)
     if not text and finish is None and usage is None:
         return None
-    return ChatDelta(text=text, usage=usage, finish_reason=finish)
+    return ChatDelta(text, usage, finish)
 
 
 def _extension(filename: str) -> str:

@@ -513,6 +513,7 @@ class ConversationService:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await self.store.db.release()
 
     async def _tell(self, sink: ReplySink, text: str, kind: ReplyKind) -> None:
         try:

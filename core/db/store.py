@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault, Table
 
+from core.db import database
 from core.db.database import Database, Statement, sqlite_pragmas
 from core.db.models import Base, Chat, ChatLease, InboundEvent, Message, UsageRecord, utcnow
 from core.types import ChatRef
@@ -86,9 +87,6 @@ def create_engine(
     return engine
 
 
-IDLE_PING_SECONDS = 10.0
-
-
 def _idle_since(_dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
     record.info["idle_since"] = time.monotonic()
 
@@ -97,7 +95,7 @@ def _ping_if_idle(
     dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
 ) -> None:
     since = record.info.get("idle_since")
-    if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+    if since is None or time.monotonic() - since < database.IDLE_PING_SECONDS:
         return
     try:
         dbapi_conn.ping()

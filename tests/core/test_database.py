@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.app import Core, open_core
 from core.config import Settings
-from core.db import store as store_module
+from core.db import database as database_module
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
 from core.types import ChatRef, IncomingMessage, Sender
@@ -60,7 +60,7 @@ async def test_a_message_after_the_server_dropped_idle_connections_is_answered(
     await core.service.handle(message("before"), sink)
     assert await terminate_other_backends(database_url) >= 1
     # Every pooled connection counts as idle now (the real threshold is seconds).
-    monkeypatch.setattr(store_module, "IDLE_PING_SECONDS", 0.0)
+    monkeypatch.setattr(database_module, "IDLE_PING_SECONDS", 0.0)
     await asyncio.sleep(0.01)
     await core.service.handle(message("after"), sink)
     assert sink.texts == ["echo: before", "echo: after"]
@@ -395,3 +395,32 @@ async def test_times_are_stored_in_one_format_whichever_path_wrote_them(
     assert len(times) >= 6
     shapes = {re.sub(r"\d", "9", t) for t in times}
     assert len(shapes) == 1, shapes
+
+
+async def test_a_burst_never_starves_other_work_of_connections(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """The per-message statements keep some pooled connections in hand between messages,
+    never more than half the pool: other work (settings, commands) still gets one."""
+    async with open_core(settings.model_copy(update={"db_pool_size": 2})) as core:
+        db = core.store.db
+        if not db.shared:
+            pytest.skip("SQLite runs its steps in its own thread, on one connection")
+        sinks = [RecordingSink() for _ in range(30)]
+        fake_openai.chunk_delay = 0.002
+        burst = asyncio.gather(
+            *(
+                core.service.handle(message(f"burst {i}", chat=f"s{i}"), sink)
+                for i, sink in enumerate(sinks)
+            )
+        )
+        # Meanwhile, work that takes its connection from the pool itself, one at a time.
+        for _ in range(10):
+            await asyncio.wait_for(core.store.chat_settings("test:elsewhere"), 10)
+        await burst
+        assert [s.texts for s in sinks] == [[f"echo: burst {i}"] for i in range(30)]
+        pools = [db.engine.pool, db.turns_engine.pool]
+        # Idle now: at most one of each pool's two connections stays in hand.
+        assert all(pool.checkedout() <= 1 for pool in pools)  # type: ignore[attr-defined]
+        await core.service.shutdown(grace=0)
+        assert [pool.checkedout() for pool in pools] == [0, 0]  # type: ignore[attr-defined]

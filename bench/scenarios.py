@@ -60,34 +60,39 @@ async def _warm(core: Core, chat: str, count: int = WARMUP) -> None:
 
 
 # -- 1. overhead per message ----------------------------------------------------------------
+async def _sequential(
+    core: Core, prefix: str, count: int, per_chat: int, text: str | None = None
+) -> tuple[list[float], list[float], NullSink]:
+    """`count` messages one after another, `per_chat` per chat: the walls of handle(), the
+    model's times, and the sink that counted the answers."""
+    sink = NullSink()
+    walls: list[float] = []
+    models: list[float] = []
+    for i in range(count):
+        wall, meter = await handle_metered(
+            core, message(f"{prefix}{i // per_chat}", i, text), sink
+        )
+        walls.append(wall)
+        models.append(meter.seconds)
+    if sink.errors or sink.answers != count:
+        raise RuntimeError(f"overhead run failed: {sink.errors[:1]}")
+    return walls, models, sink
+
+
 async def _overhead(base_url: str, db_url: str, count: int, per_chat: int) -> dict[str, Any]:
     async with metered_core(bench_settings(base_url, db_url)) as core:
         await _warm(core, "warm")
-        sink = NullSink()
-        overheads: list[float] = []
-        models: list[float] = []
-        walls: list[float] = []
-        for i in range(count):
-            wall, meter = await handle_metered(core, message(f"o{i // per_chat}", i), sink)
-            walls.append(wall)
-            models.append(meter.seconds)
-            overheads.append(wall - meter.seconds)
-        if sink.errors or sink.answers != count:
-            raise RuntimeError(f"overhead run failed: {sink.errors[:1]}")
+        walls, models, sink = await _sequential(core, "o", count, per_chat)
         # Long answers: the fake echoes the question word by word, one streamed chunk each,
         # as a model streams one per token. The difference to the short answers above, per
         # chunk, is what relaybot spends on each streamed piece of an answer.
         question = " ".join(WORDS[i % len(WORDS)] for i in range(LONG_ANSWER_WORDS))
-        long_sink = NullSink()
-        long_overheads: list[float] = []
         long_count = max(10, count // 4)
-        for i in range(long_count):
-            wall, meter = await handle_metered(
-                core, message(f"long{i // per_chat}", i, question), long_sink
-            )
-            long_overheads.append(wall - meter.seconds)
-        if long_sink.errors or long_sink.answers != long_count:
-            raise RuntimeError(f"overhead run failed: {long_sink.errors[:1]}")
+        long_walls, long_models, long_sink = await _sequential(
+            core, "long", long_count, per_chat, question
+        )
+    overheads = [w - m for w, m in zip(walls, models, strict=True)]
+    long_overheads = [w - m for w, m in zip(long_walls, long_models, strict=True)]
     short_p50, long_p50 = percentile(overheads, 50), percentile(long_overheads, 50)
     short_pieces, long_pieces = sink.pieces / count, long_sink.pieces / long_count
     return {

@@ -34,6 +34,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -162,46 +163,112 @@ class _Hand:
 
     Taking a connection from SQLAlchemy's pool and giving it back cost ~95 µs of CPU per
     statement (a greenlet each way, the pool's events and reset), more than the statement
-    itself took in asyncpg; every message runs three such statements. Up to `keep`
-    connections (half the pool: `run` always has the other half) stay in hand, the last
-    one used first. One that sat idle `IDLE_PING_SECONDS` is pinged before use, as the
-    pool does (`core.db.store`), and dropped if the server closed it.
+    itself took in asyncpg; every message runs three such statements. The hand takes at
+    most `keep` connections from the pool (half of it: `run` always has the other half)
+    and keeps them: a statement takes one that is free (the last one used first) or, when
+    all are busy, waits for the next one given back, which passes to it directly. One
+    that sat idle `IDLE_PING_SECONDS` is pinged before use, as the pool does
+    (`core.db.store`), and dropped if the server closed it. With a pool of one, nothing
+    is kept: each statement checks its connection out of the pool and back.
     """
 
-    __slots__ = ("engine", "idle", "keep")
+    __slots__ = ("engine", "idle", "keep", "out", "waiters")
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         size = getattr(engine.sync_engine.pool, "size", None)
         self.keep = size() // 2 if callable(size) else 0
         self.idle: list[tuple[PoolProxiedConnection, float]] = []
+        self.out = 0  # connections taken from the pool, in use or idle here
+        self.waiters: deque[asyncio.Future[PoolProxiedConnection | None]] = deque()
 
     async def take(self) -> PoolProxiedConnection:
-        while self.idle:
-            proxied, since = self.idle.pop()
-            if time.monotonic() - since < IDLE_PING_SECONDS:
+        while True:
+            while self.idle:
+                proxied, since = self.idle.pop()
+                if is_closed(proxied):
+                    await self.drop(proxied, usable=False)
+                    continue
+                if time.monotonic() - since < IDLE_PING_SECONDS:
+                    return proxied
+                try:
+                    await proxied.driver_connection.fetchval("SELECT 1")  # type: ignore[union-attr]
+                except BaseException as exc:
+                    await self.drop(proxied, usable=False)
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: the connection went back to the pool all the same
+                    continue
                 return proxied
+            if self.out < self.keep or not self.keep:
+                self.out += 1
+                try:
+                    return await self.engine.raw_connection()
+                except BaseException:
+                    self.out -= 1
+                    self._wake()
+                    raise
+            # Every connection kept is busy: the next one given back comes here.
+            waiter: asyncio.Future[PoolProxiedConnection | None]
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
             try:
-                await proxied.driver_connection.fetchval("SELECT 1")  # type: ignore[union-attr]
-            except BaseException as exc:
-                await greenlet_spawn(_give_back, proxied, False)
-                if not isinstance(exc, Exception):
-                    raise  # cancelled: the connection went back to the pool all the same
-                continue
-            return proxied
-        return await self.engine.raw_connection()
+                given = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    passed = waiter.result()  # given just as this wait was cancelled
+                    if passed is not None:
+                        await self.put(passed)
+                    else:
+                        self._wake()
+                else:
+                    self.waiters.remove(waiter)
+                raise
+            if given is not None:
+                return given
+            # None: a connection went back to the pool; take one from it in its place.
 
     async def put(self, proxied: PoolProxiedConnection) -> None:
-        if len(self.idle) < self.keep:
+        """A connection taken here, done with and usable: to a waiting statement, or kept."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(proxied)
+                return
+        if self.keep:
             self.idle.append((proxied, time.monotonic()))
         else:
-            await greenlet_spawn(_give_back, proxied, True)
+            await self.drop(proxied, usable=True)
+
+    async def drop(self, proxied: PoolProxiedConnection, *, usable: bool) -> None:
+        """Give a connection taken here back to the pool (invalidated unless usable)."""
+        self.out -= 1
+        try:
+            await greenlet_spawn(_give_back, proxied, usable)
+        finally:
+            self._wake()
+
+    def _wake(self) -> None:
+        """One fewer connection is out: a waiting statement may take one from the pool."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def release(self) -> None:
-        """Give every connection in hand back to the pool (before the engine is disposed)."""
-        idle, self.idle, self.keep = self.idle, [], 0  # one still in use goes back after
+        """Give every connection in hand back to the pool (before the engine is disposed).
+        One still in use goes back when its statement ends."""
+        idle, self.idle, self.keep = self.idle, [], 0
         for proxied, _ in idle:
-            await greenlet_spawn(_give_back, proxied, True)
+            await self.drop(proxied, usable=True)
+
+
+def is_closed(connection: Any) -> bool:
+    """Whether asyncpg already saw this connection's end (the server went away; a pooled
+    connection, an adapted one, or the driver's own). Other drivers: False."""
+    driver = getattr(connection, "driver_connection", connection)
+    closed = getattr(driver, "is_closed", None)
+    return bool(closed()) if callable(closed) else False
 
 
 def _give_back(proxied: PoolProxiedConnection, usable: bool) -> None:
@@ -424,7 +491,10 @@ class Database:
                 sqlstate = getattr(exc, "sqlstate", None)
                 # A statement that failed in the server leaves the connection usable; any
                 # other failure (a dropped connection, a cancelled wait) does not.
-                await greenlet_spawn(_give_back, proxied, sqlstate is not None)
+                if sqlstate is not None and not is_closed(proxied):
+                    await hand.put(proxied)
+                else:
+                    await hand.drop(proxied, usable=sqlstate is not None)
                 pause = _conflict_pause(sqlstate, attempt)
                 if pause is None:
                     raise

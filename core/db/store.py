@@ -94,6 +94,8 @@ def _idle_since(_dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry
 def _ping_if_idle(
     dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
 ) -> None:
+    if database.is_closed(dbapi_conn):  # the server's end was already seen
+        raise DisconnectionError("connection closed by the server")
     since = record.info.get("idle_since")
     if since is None or time.monotonic() - since < database.IDLE_PING_SECONDS:
         return
@@ -109,14 +111,6 @@ def new_revision() -> int:
     return secrets.randbits(62) or 1
 
 
-def _upsert_chat(conn: Connection, chat_key: str, values: dict[str, Any]) -> None:
-    """Insert the chat's row with `values`, or set them on the existing row."""
-    platform = ChatRef.platform_of(chat_key)
-    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-    stmt = dialect.insert(Chat).values(key=chat_key, platform=platform, **values)
-    conn.execute(stmt.on_conflict_do_update(index_elements=[Chat.key], set_=values))
-
-
 def bump_revision(
     conn: Connection, chat_key: str, expected: int | None = None
 ) -> tuple[int, bool]:
@@ -127,15 +121,38 @@ def bump_revision(
     it last saw is the one it replaces, in the same transaction as its own change.
     """
     revision = new_revision()
+    params = {"chat_key": chat_key, "revision": revision, "now": utcnow()}
     if expected is not None:
-        swapped = _SWAP_REVISION.execute(
-            conn,
-            {"chat_key": chat_key, "expected": expected, "revision": revision, "now": utcnow()},
-        )
+        swapped = _SWAP_REVISION.execute(conn, {**params, "expected": expected})
         if swapped.rowcount == 1:
             return revision, True
-    _upsert_chat(conn, chat_key, {"history_rev": revision})
+    # A chat's first turn creates its row (every message of a new chat starts here).
+    upsert = _UPSERT_REVISION[conn.dialect.name == "sqlite"]
+    upsert.execute(conn, {**params, "platform": ChatRef.platform_of(chat_key)})
     return revision, False
+
+
+def _upsert_revision(dialect: Any) -> Statement:
+    """Create the chat's row with a history revision, or set the revision on it: built
+    once, every column given (building it per call, with the model's Python-side
+    defaults, cost ~0.3 ms of CPU for each new chat)."""
+    row: dict[str, Any] = {
+        "key": bindparam("chat_key"),
+        "platform": bindparam("platform"),
+        "system_prompt": None,
+        "model": None,
+        "voice_mode": None,
+        "history_rev": bindparam("revision"),
+        "created_at": bindparam("now"),
+        "updated_at": bindparam("now"),
+    }
+    changed = {name: row[name] for name in ("history_rev", "updated_at")}
+    stmt = dialect.insert(Chat).values(**row)
+    return Statement(stmt.on_conflict_do_update(index_elements=[Chat.key], set_=changed))
+
+
+# By "is it SQLite?": each dialect has its own ON CONFLICT construct.
+_UPSERT_REVISION = {True: _upsert_revision(sqlite), False: _upsert_revision(postgresql)}
 
 
 # Statements run for every message are built once (bound parameters, no per-call building).

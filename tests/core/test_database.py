@@ -424,3 +424,51 @@ async def test_a_burst_never_starves_other_work_of_connections(
         assert all(pool.checkedout() <= 1 for pool in pools)  # type: ignore[attr-defined]
         await core.service.shutdown(grace=0)
         assert [pool.checkedout() for pool in pools] == [0, 0]  # type: ignore[attr-defined]
+
+
+async def test_a_connection_the_server_closed_is_not_used_again(
+    core: Core, fake_openai: FakeOpenAI, database_url: str
+) -> None:
+    """The connections kept for the per-message statements are checked before use: one
+    whose server went away a moment ago (not yet idle long enough to be pinged) is dropped
+    and the message is answered on another."""
+    if core.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop connections")
+    sink = RecordingSink()
+    for i in range(3):
+        await core.service.handle(message(f"before {i}", chat=f"c{i}"), sink)
+    assert await terminate_other_backends(database_url) >= 1
+    await asyncio.sleep(0.2)  # the event loop reads each closed socket's end
+    await core.service.handle(message("after"), sink)
+    assert sink.texts == ["echo: before 0", "echo: before 1", "echo: before 2", "echo: after"]
+
+
+async def test_statements_wait_for_a_kept_connection_and_a_cancelled_wait_leaks_none(
+    settings: Settings,
+) -> None:
+    """With every kept connection busy, the next statement waits for one instead of taking
+    more of the pool; a wait cancelled (a message given up at shutdown) leaves no
+    connection checked out."""
+    async with open_core(settings.model_copy(update={"db_pool_size": 2})) as core:
+        db = core.store.db
+        if not db.shared:
+            pytest.skip("SQLite runs its steps in its own thread, on one connection")
+        pool: Any = db.engine.pool
+        slow = asyncio.create_task(db.fetch(text("SELECT pg_sleep(0.3)"), {}))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.create_task(db.fetch(text("SELECT 2"), {}))
+        given_up = asyncio.create_task(db.fetch(text("SELECT 3"), {}))
+        await asyncio.sleep(0.05)
+        assert pool.checkedout() == 1  # the other half of the pool stays free for `run`
+        assert await core.store.chat_settings("test:elsewhere") is not None
+        given_up.cancel()
+        await slow
+        assert [tuple(r) for r in await waiting] == [(2,)]
+        with pytest.raises(asyncio.CancelledError):
+            await given_up
+        with pytest.raises(Exception, match="division by zero"):
+            await db.fetch(text("SELECT 1 / 0"), {})
+        assert [tuple(r) for r in await db.fetch(text("SELECT 4"), {})] == [(4,)]
+        assert pool.checkedout() == 1
+        await core.service.shutdown(grace=0)
+        assert pool.checkedout() == 0

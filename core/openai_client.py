@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import codecs
 import contextlib
 import email.utils
 import json
@@ -17,10 +18,10 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -291,6 +292,38 @@ class _IdleWatch:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+class _EventText:
+    """What `EventSource` reads of a response: its headers, and its body as text.
+
+    Event streams are always UTF-8 (WHATWG, "Parsing an event stream"). An uncompressed
+    body, as event streams are sent, is decoded straight from the transport's byte stream:
+    httpx's `aiter_text` reads it through three more async generators (raw, decoded and
+    text, each with its chunker) for every streamed chunk. A compressed one goes through
+    httpx, which undoes the Content-Encoding.
+    """
+
+    __slots__ = ("_response", "headers")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.headers = response.headers
+
+    async def aiter_text(self) -> AsyncIterator[str]:
+        response = self._response
+        if response.headers.get("content-encoding", "identity").lower() != "identity":
+            response.encoding = "utf-8"
+            async for text in response.aiter_text():
+                yield text
+            return
+        decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        stream = cast(httpx.AsyncByteStream, response.stream)
+        async for chunk in stream:
+            yield decode(chunk)
+        tail = decode(b"", True)
+        if tail:
+            yield tail
 
 
 class _UnsupportedMaxTokens(BadInput):
@@ -609,10 +642,7 @@ class OpenAIClient:
                         raise UpstreamDown(f"{where}: the response is not JSON") from None
                     yield ChatDelta(result.text, result.usage, result.finish_reason)
                     return
-                # Event streams are always UTF-8 (WHATWG, "Parsing an event stream"); saying
-                # so spares httpx parsing the Content-Type for a charset on every answer.
-                response.encoding = "utf-8"
-                events = EventSource(response).aiter_sse()
+                events = EventSource(cast(httpx.Response, _EventText(response))).aiter_sse()
                 watch = _IdleWatch(self._idle_timeout)
                 try:
                     while True:

@@ -146,6 +146,8 @@ class FakeOpenAI(FakeServer):
         self.flag_words: dict[str, list[str]] = {"FLAGME": ["violence"]}
         self.models: list[str] = list(DEFAULT_MODELS)
         self.chunk_delay: float = 0.0
+        # When set, streamed answers are compressed (gzip or deflate, as the client accepts).
+        self.compress_streams: bool = False
         self.cut_stream_after: int | None = None
         self.error_mid_stream: dict[str, Any] | None = None
         # When set, requests must carry "Authorization: Bearer <api_key>" or get a 401.
@@ -370,6 +372,8 @@ class FakeOpenAI(FakeServer):
                 "Cache-Control": "no-cache",
             }
         )
+        if self.compress_streams:
+            response.enable_compression()
         await response.prepare(request)
         include_usage = usage is not None
 

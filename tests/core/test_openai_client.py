@@ -101,6 +101,22 @@ async def test_streamed_chat_yields_text_then_usage(
     assert sent["stream_options"] == {"include_usage": True}
 
 
+async def test_a_compressed_or_non_ascii_stream_reads_the_same(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    """Event streams are UTF-8; one a server or proxy compressed is read all the same."""
+    text = "São Paulo: 28 °C, sol — 晴れ 🌞"
+    fake.queue_reply(text)
+    plain = await collect(client, "weather?")
+    fake.compress_streams = True
+    fake.queue_reply(text)
+    compressed = await collect(client, "weather?")
+
+    assert "".join(d.text for d in plain) == text
+    assert "".join(d.text for d in compressed) == text
+    assert compressed[-1].usage == plain[-1].usage
+
+
 async def test_streamed_answers_reuse_one_connection(
     client: OpenAIClient, fake: FakeOpenAI
 ) -> None:

@@ -44,6 +44,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialects
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
@@ -172,12 +173,16 @@ class _Hand:
     is kept: each statement checks its connection out of the pool and back.
     """
 
-    __slots__ = ("engine", "idle", "keep", "out", "waiters")
+    __slots__ = ("engine", "idle", "keep", "out", "timeout", "waiters")
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        size = getattr(engine.sync_engine.pool, "size", None)
+        pool = engine.sync_engine.pool
+        size = getattr(pool, "size", None)
         self.keep = size() // 2 if callable(size) else 0
+        # A statement waits for a connection as long as it would for one of the pool.
+        timeout = getattr(pool, "timeout", None)
+        self.timeout = float(timeout()) if callable(timeout) else 30.0
         self.idle: list[tuple[PoolProxiedConnection, float]] = []
         self.out = 0  # connections taken from the pool, in use or idle here
         self.waiters: deque[asyncio.Future[PoolProxiedConnection | None]] = deque()
@@ -205,35 +210,51 @@ class _Hand:
                     return await self.engine.raw_connection()
                 except BaseException:
                     self.out -= 1
-                    self._wake()
+                    self._to_waiter(None)  # one fewer out: a waiter may take one
                     raise
             # Every connection kept is busy: the next one given back comes here.
             waiter: asyncio.Future[PoolProxiedConnection | None]
             waiter = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             try:
-                given = await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    passed = waiter.result()  # given just as this wait was cancelled
-                    if passed is not None:
-                        await self.put(passed)
-                    else:
-                        self._wake()
-                else:
-                    self.waiters.remove(waiter)
+                async with asyncio.timeout(self.timeout):
+                    given = await waiter
+            except BaseException as exc:
+                await self._forget(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise PoolTimeout(
+                        f"no database connection free within {self.timeout:g} s "
+                        f"({self.keep} kept for the per-message statements, all busy)"
+                    ) from None
                 raise
             if given is not None:
                 return given
             # None: a connection went back to the pool; take one from it in its place.
 
-    async def put(self, proxied: PoolProxiedConnection) -> None:
-        """A connection taken here, done with and usable: to a waiting statement, or kept."""
+    async def _forget(self, waiter: asyncio.Future[PoolProxiedConnection | None]) -> None:
+        """A wait given up (cancelled, timed out): what was passed to it goes on."""
+        if not waiter.done():
+            waiter.cancel()
+        elif not waiter.cancelled():
+            passed = waiter.result()  # given just as the wait ended
+            if passed is None:
+                self._to_waiter(None)
+            else:
+                await self.put(passed)
+
+    def _to_waiter(self, given: PoolProxiedConnection | None) -> bool:
+        """Hand `given` (None: "take one from the pool") to the longest waiting statement."""
         while self.waiters:
             waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(proxied)
-                return
+            if not waiter.done():  # (a wait given up is skipped)
+                waiter.set_result(given)
+                return True
+        return False
+
+    async def put(self, proxied: PoolProxiedConnection) -> None:
+        """A connection taken here, done with and usable: to a waiting statement, or kept."""
+        if self._to_waiter(proxied):
+            return
         if self.keep:
             self.idle.append((proxied, time.monotonic()))
         else:
@@ -245,15 +266,7 @@ class _Hand:
         try:
             await greenlet_spawn(_give_back, proxied, usable)
         finally:
-            self._wake()
-
-    def _wake(self) -> None:
-        """One fewer connection is out: a waiting statement may take one from the pool."""
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+            self._to_waiter(None)  # one fewer out: a waiter may take one
 
     async def release(self) -> None:
         """Give every connection in hand back to the pool (before the engine is disposed).

@@ -6,17 +6,20 @@ import asyncio
 import itertools
 import re
 import threading
+import time
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.app import Core, open_core
 from core.config import Settings
 from core.db import database as database_module
+from core.db.database import Database
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
 from core.types import ChatRef, IncomingMessage, Sender
@@ -472,3 +475,29 @@ async def test_statements_wait_for_a_kept_connection_and_a_cancelled_wait_leaks_
         assert pool.checkedout() == 1
         await core.service.shutdown(grace=0)
         assert pool.checkedout() == 0
+
+
+async def test_a_statement_waits_for_a_busy_connection_no_longer_than_the_pool_would(
+    settings: Settings,
+) -> None:
+    """When the server stalls every kept connection, the next statement fails after the
+    pool's timeout, as a checkout would, instead of waiting forever; later ones work."""
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("SQLite runs its steps in its own thread, on one connection")
+    engine = create_async_engine(
+        settings.database_url, pool_size=2, max_overflow=0, pool_timeout=0.3
+    )
+    db = Database(engine)
+    try:
+        stalled = asyncio.create_task(db.fetch(text("SELECT pg_sleep(1)"), {}))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout, match=r"within 0\.3 s"):
+            await db.fetch(text("SELECT 2"), {})
+        assert time.monotonic() - started > 0.25  # it did wait for a connection first
+        await stalled
+        assert [tuple(r) for r in await db.fetch(text("SELECT 3"), {})] == [(3,)]
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    finally:
+        await db.dispose()
+        await engine.dispose()

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -42,6 +43,9 @@ class Plan:
     context_turns: int = 300
     context_window: int = 16_385  # gpt-3.5-turbo's window: long chats fill it in ~120 turns
     context_reply: int = 1024
+    # Each scenario runs this many times per database; every number shown is the median of
+    # its runs (this VM moves single runs by ±20 %; bench/README.md, "How it measures").
+    repeats: int = 3
 
 
 QUICK = Plan(
@@ -50,7 +54,26 @@ QUICK = Plan(
     throughput_messages=300,
     concurrency_chats=500,
     context_turns=150,
+    repeats=1,
 )
+
+
+def median_of(runs: list[Any]) -> Any:
+    """One result from several runs of a scenario: each number the median of its runs
+    (lists of numbers element by element); anything else as the first run has it."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {key: median_of([r.get(key) for r in runs]) for key in first}
+    if isinstance(first, list) and all(isinstance(r, list) and len(r) == len(first) for r in runs):
+        return [median_of([r[i] for r in runs]) for i in range(len(first))]
+    numbers = [r for r in runs if isinstance(r, int | float) and not isinstance(r, bool)]
+    if numbers and len(numbers) == len(runs):
+        if all(isinstance(n, int) for n in numbers):
+            return statistics.median_low(numbers)  # a count stays a count
+        # As precise as the runs' own numbers (an even count of runs averages two).
+        digits = max(len(repr(n).partition(".")[2]) for n in numbers)
+        return round(statistics.median(numbers), min(digits, 3))
+    return first
 
 
 @dataclass(slots=True)
@@ -441,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=BACKENDS,
         help="run only on this database (repeatable)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help="runs of each scenario per database, their median shown (default 3; --quick 1)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument(
         "--render", type=Path, metavar="JSON", help="only print the table of an earlier run's JSON"
@@ -453,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render([row for n in done for row in rows_for(n, done[n])], shown))
         return 0
     plan = QUICK if args.quick else Plan()
+    if args.repeat is not None:
+        plan = dataclasses.replace(plan, repeats=max(1, args.repeat))
     chosen = args.only or list(SCENARIOS)
     backends = list(args.backend or BACKENDS)
     skipped: dict[str, str] = {}
@@ -466,25 +497,32 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         results[name] = {}
         for backend in backends:
-            print(f"… {name} on {backend}", file=sys.stderr, flush=True)
             t0 = time.monotonic()
-            try:
-                if name == "concurrency":
-                    capacity = (
-                        results.get("throughput", {}).get(backend, {}).get("one", {}).get("rate")
-                    )
-                    result = run_concurrency(backend, plan, capacity)
-                else:
-                    result = globals()[f"run_{name}"](backend, plan)
-            except Exception:
-                result = {"error": traceback.format_exc()}
-                print(result["error"], file=sys.stderr)
-            finally:
-                asyncio.run(harness.drop_databases())
+            runs: list[dict[str, Any]] = []
+            for run in range(plan.repeats):
+                step = f"({run + 1}/{plan.repeats})"
+                print(f"… {name} on {backend} {step}", file=sys.stderr, flush=True)
+                try:
+                    if name == "concurrency":
+                        one = results.get("throughput", {}).get(backend, {}).get("one", {})
+                        result = run_concurrency(backend, plan, one.get("rate"))
+                    else:
+                        result = globals()[f"run_{name}"](backend, plan)
+                except Exception:
+                    result = {"error": traceback.format_exc()}
+                    print(result["error"], file=sys.stderr)
+                finally:
+                    asyncio.run(harness.drop_databases())
+                if "error" in result:
+                    runs = [result]
+                    break
+                print(f"  {json.dumps(result, default=str)[:400]}", file=sys.stderr, flush=True)
+                runs.append(result)
+            result = median_of(runs) if len(runs) > 1 else runs[0]
+            if len(runs) > 1:
+                result["runs"] = runs
             result["seconds"] = round(time.monotonic() - t0, 1)
             results[name][backend] = result
-            if "error" not in result:
-                print(f"  {json.dumps(result, default=str)[:400]}", file=sys.stderr, flush=True)
 
     rows = [row for name in chosen for row in rows_for(name, results[name])]
     table = render(rows, backends)

@@ -304,22 +304,34 @@ class _EventText:
     httpx, which undoes the Content-Encoding.
     """
 
-    __slots__ = ("_response", "headers")
+    __slots__ = ("_plain", "_response", "headers")
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
         self.headers = response.headers
+        encoding = response.headers.get("content-encoding", "identity")
+        self._plain = encoding.strip().lower() in ("", "identity")
+        response.encoding = "utf-8"
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else an httpx-sse release may read is the response's own.
+        return getattr(self._response, name)
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        if not self._plain:
+            async for data in self._response.aiter_bytes():
+                yield data
+            return
+        async for chunk in cast(httpx.AsyncByteStream, self._response.stream):
+            yield chunk
 
     async def aiter_text(self) -> AsyncIterator[str]:
-        response = self._response
-        if response.headers.get("content-encoding", "identity").lower() != "identity":
-            response.encoding = "utf-8"
-            async for text in response.aiter_text():
+        if not self._plain:
+            async for text in self._response.aiter_text():
                 yield text
             return
         decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-        stream = cast(httpx.AsyncByteStream, response.stream)
-        async for chunk in stream:
+        async for chunk in cast(httpx.AsyncByteStream, self._response.stream):
             yield decode(chunk)
         tail = decode(b"", True)
         if tail:

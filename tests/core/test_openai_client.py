@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -115,6 +116,34 @@ async def test_a_compressed_or_non_ascii_stream_reads_the_same(
     assert "".join(d.text for d in plain) == text
     assert "".join(d.text for d in compressed) == text
     assert compressed[-1].usage == plain[-1].usage
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+async def test_the_event_stream_reads_the_same_as_bytes_and_as_text(
+    http: httpx.AsyncClient, fake: FakeOpenAI, compressed: bool
+) -> None:
+    """The body `EventSource` reads, as text (what httpx-sse reads today) or as bytes (in
+    case a release reads those): the decoded event stream either way."""
+    from core.openai_client import _EventText
+
+    fake.compress_streams = compressed
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": user("olá, 晴れ")}
+    texts, datas = [], []
+    for read in ("text", "bytes"):
+        async with http.stream("POST", f"{fake.base_url}/chat/completions", json=body) as resp:
+            view = _EventText(resp)
+            assert view.status_code == 200  # anything else is the response's own
+            if read == "text":
+                texts.append("".join([t async for t in view.aiter_text()]))
+            else:
+                datas.append(b"".join([b async for b in view.aiter_bytes()]))
+
+    def answer(stream: str) -> str:
+        chunks = [json.loads(line[6:]) for line in stream.splitlines() if line[:7] == "data: {"]
+        return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+
+    assert answer(texts[0]) == answer(datas[0].decode()) == "echo: olá, 晴れ"
+    assert texts[0].rstrip().endswith("data: [DONE]")
 
 
 async def test_streamed_answers_reuse_one_connection(

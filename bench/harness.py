@@ -222,7 +222,7 @@ async def metered_core(settings: Settings) -> AsyncIterator[Core]:
     process whose collector is set as `relaybot run` sets it."""
     tune_collector()
     async with open_core(settings, migrate_db=False) as core:
-        core.http._transport = core.http.transport = TimedTransport(core.http.transport)
+        core.http.transport = TimedTransport(core.http.transport)
         yield core
 
 

@@ -127,7 +127,7 @@ def bump_revision(
         if swapped.rowcount == 1:
             return revision, True
     # A chat's first turn creates its row (every message of a new chat starts here).
-    upsert = _UPSERT_REVISION[conn.dialect.name == "sqlite"]
+    upsert = _UPSERT_REVISION[conn.dialect.name]
     upsert.execute(conn, {**params, "platform": ChatRef.platform_of(chat_key)})
     return revision, False
 
@@ -151,8 +151,8 @@ def _upsert_revision(dialect: Any) -> Statement:
     return Statement(stmt.on_conflict_do_update(index_elements=[Chat.key], set_=changed))
 
 
-# By "is it SQLite?": each dialect has its own ON CONFLICT construct.
-_UPSERT_REVISION = {True: _upsert_revision(sqlite), False: _upsert_revision(postgresql)}
+# Each dialect has its own ON CONFLICT construct.
+_UPSERT_REVISION = {"sqlite": _upsert_revision(sqlite), "postgresql": _upsert_revision(postgresql)}
 
 
 # Statements run for every message are built once (bound parameters, no per-call building).

@@ -439,10 +439,20 @@ def _lease(source: str, older: str) -> str:
 
 
 # The chat's settings (its own row and its parent's), as `merge_chat_settings` reads them.
+# Two lookups by key, not `key IN (chat, parent)`: PostgreSQL plans a prepared statement
+# once, and while `chats` is small (a new deployment, or thousands of new chats faster than
+# autovacuum analyzes) it planned the IN as a sequential scan and kept that plan as the
+# table grew: every message then read every chat. An equality on the key uses its index.
 _SETTINGS = """
-    chats.key, chats.system_prompt, chats.model, chats.voice_mode, chats.history_rev
+    wanted.key, wanted.system_prompt, wanted.model, wanted.voice_mode, wanted.history_rev
     FROM (SELECT 1) AS one
-    LEFT JOIN chats ON chats.key IN (CAST(:chat_key AS VARCHAR), CAST(:parent_key AS VARCHAR))
+    LEFT JOIN (
+        SELECT key, system_prompt, model, voice_mode, history_rev FROM chats
+        WHERE key = CAST(:chat_key AS VARCHAR)
+        UNION ALL
+        SELECT key, system_prompt, model, voice_mode, history_rev FROM chats
+        WHERE key = CAST(:parent_key AS VARCHAR)
+    ) AS wanted ON true
 """
 
 # One statement: the chat's lease for event :event_id, and the chat's settings.

@@ -19,6 +19,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -182,9 +183,14 @@ _RELEASE_CHAT = Statement(
         ChatLease.chat_key == bindparam("chat_key"), ChatLease.holder == bindparam("holder")
     )
 )
+# Two lookups by key rather than `key IN (...)`: PostgreSQL may plan an IN over a table it
+# believes small as a sequential scan, and keeps a prepared statement's plan as it grows
+# (see core.inbox._SETTINGS).
+_SETTINGS_COLUMNS = (Chat.key, Chat.system_prompt, Chat.model, Chat.voice_mode, Chat.history_rev)
 _CHAT_SETTINGS = Statement(
-    select(Chat.key, Chat.system_prompt, Chat.model, Chat.voice_mode, Chat.history_rev).where(
-        Chat.key.in_([bindparam("key"), bindparam("parent")])
+    union_all(
+        select(*_SETTINGS_COLUMNS).where(Chat.key == bindparam("key")),
+        select(*_SETTINGS_COLUMNS).where(Chat.key == bindparam("parent")),
     )
 )
 _HISTORY_COLUMNS = (

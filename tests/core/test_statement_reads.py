@@ -1,0 +1,142 @@
+"""A message's statements read its own chat's rows, however many other chats there are.
+
+PostgreSQL plans a prepared statement once and, after five runs, may keep that generic plan
+for good. Planned while a table looked small (a new deployment, or a burst of new chats
+faster than autovacuum's next ANALYZE), a lookup could become a sequential scan, or use an
+index that reads every waiting event of every chat: each message then cost more with each
+chat. This replays every statement real messages sent, with their real parameters, against
+a database where 2,000 other chats each have a message waiting, under generic plans, and
+counts the rows each statement read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+
+from core.app import open_core
+from core.config import Settings
+from core.db import migrate
+from core.db.store import create_engine
+from core.testing.fake_openai import FakeOpenAI
+from core.testing.sink import RecordingSink
+from core.types import ChatRef, IncomingMessage, Sender
+from tests.conftest import reset_postgres
+
+OTHER_CHATS = 2000
+_TABLES = ("chats", "inbound_events", "messages", "chat_leases", "usage")
+_CONTROL = ("begin", "commit", "rollback", "savepoint", "release", "set ", "show ")
+_PINGS = ("", ";", "select 1")
+
+
+def _message(n: int, chat: str) -> IncomingMessage:
+    return IncomingMessage(
+        chat=ChatRef("test", chat),
+        sender=Sender("u1", "Alice"),
+        event_key=f"reads:{n}",
+        text=f"question {n}",
+    )
+
+
+async def _fill(url: str) -> None:
+    """A fresh schema with 2,000 other chats, each with a stored turn and a message waiting;
+    never analyzed (autovacuum off), as after a burst."""
+    await reset_postgres(url)
+    engine = create_engine(url)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    conn = await asyncpg.connect(_plain(url))
+    try:
+        for table in _TABLES:
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+        await conn.execute(
+            "INSERT INTO chats (key, platform, history_rev, created_at, updated_at) "
+            "SELECT 'test:other' || g, 'test', g, now(), now() FROM generate_series(1, $1) g",
+            OTHER_CHATS,
+        )
+        await conn.execute(
+            "INSERT INTO messages (chat_key, role, content, token_count, encoding, status, "
+            "created_at) SELECT 'test:other' || g, 'user', 'hi', 1, 'o200k_base', 'ok', now() "
+            "FROM generate_series(1, $1) g",
+            OTHER_CHATS,
+        )
+        await conn.execute(
+            "INSERT INTO inbound_events (event_key, chat_key, sender_id, status, received_at, "
+            "payload, attempts) SELECT 'other:' || g, 'test:other' || g, 'u2', 'received', "
+            "now(), '{}', 0 FROM generate_series(1, $1) g",
+            OTHER_CHATS,
+        )
+    finally:
+        await conn.close()
+
+
+def _plain(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _rows_read(conn: asyncpg.Connection) -> int:
+    """Rows this transaction has read from the tables (sequentially or through an index)."""
+    value = await conn.fetchval(
+        "SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0) "
+        "FROM pg_stat_xact_user_tables WHERE relname = ANY($1::text[])",
+        list(_TABLES),
+    )
+    return int(value)
+
+
+async def test_each_statement_of_a_message_reads_only_its_own_chat(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's plans; SQLite plans each statement as it runs")
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    def log(record: Any) -> None:
+        query = record.query.strip().lower()
+        if query not in _PINGS and not query.startswith(_CONTROL):
+            sent.append((record.query, tuple(record.args or ())))
+
+    def watch(_dbapi: Any, record: Any, _proxy: Any) -> None:
+        driver = _dbapi.driver_connection
+        if not record.info.get("reads_logged"):
+            driver.add_query_logger(log)
+            record.info["reads_logged"] = True
+
+    async with open_core(settings) as core:
+        engines = {core.store.db.engine, core.store.db.turns_engine}
+        for engine in engines:
+            event.listen(engine.sync_engine, "checkout", watch)
+        sink = RecordingSink()
+        await core.service.handle(_message(1, "new"), sink)  # a chat's first message
+        await core.service.handle(_message(2, "new"), sink)  # and one with history
+        assert sink.texts == ["echo: question 1", "echo: question 2"]
+    assert len(sent) >= 6, sent
+
+    await _fill(settings.database_url)
+    conn = await asyncpg.connect(_plain(settings.database_url))
+    try:
+        # What PostgreSQL settles on for a prepared statement run often (plan_cache_mode
+        # auto picks it after five runs when its estimate is no worse).
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        read: dict[str, int] = {}
+        for query, args in sent:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                before = await _rows_read(conn)
+                await conn.fetch(query, *args)
+                read[query] = max(read.get(query, 0), await _rows_read(conn) - before)
+            finally:
+                await transaction.rollback()
+    finally:
+        await conn.close()
+    # A few rows each (the chat, its lease, its newest turn, the event): nothing that grows
+    # with the 2,000 other chats and their waiting messages.
+    heavy = {query[:120]: rows for query, rows in read.items() if rows > 20}
+    assert not heavy, heavy

@@ -4,9 +4,9 @@ PostgreSQL plans a prepared statement once and, after five runs, may keep that g
 for good. Planned while a table looked small (a new deployment, or a burst of new chats
 faster than autovacuum's next ANALYZE), a lookup could become a sequential scan, or use an
 index that reads every waiting event of every chat: each message then cost more with each
-chat. This replays every statement real messages sent, with their real parameters, against
-a database where 2,000 other chats each have a message waiting, under generic plans, and
-counts the rows each statement read.
+chat. This replays every statement real messages sent, with their real parameters: planned
+on an empty database, then run on one where 2,000 other chats each have a message waiting
+(and 20,000 events are finished), counting the rows each statement read.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from core.types import ChatRef, IncomingMessage, Sender
 from tests.conftest import reset_postgres
 
 OTHER_CHATS = 2000
+FINISHED = 20000
 _TABLES = ("chats", "inbound_events", "messages", "chat_leases", "usage")
 _CONTROL = ("begin", "commit", "rollback", "savepoint", "release", "set ", "show ")
 _PINGS = ("", ";", "select 1")
@@ -42,9 +43,8 @@ def _message(n: int, chat: str) -> IncomingMessage:
     )
 
 
-async def _fill(url: str) -> None:
-    """A fresh schema with 2,000 other chats, each with a stored turn and a message waiting;
-    never analyzed (autovacuum off), as after a burst."""
+async def _empty(url: str) -> None:
+    """A fresh schema, never analyzed (autovacuum off), as a new deployment starts."""
     await reset_postgres(url)
     engine = create_engine(url)
     try:
@@ -55,6 +55,15 @@ async def _fill(url: str) -> None:
     try:
         for table in _TABLES:
             await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+    finally:
+        await conn.close()
+
+
+async def _fill(url: str) -> None:
+    """2,000 other chats, each with a stored turn and a message waiting, and 20,000 finished
+    events: a burst faster than autovacuum's next ANALYZE."""
+    conn = await asyncpg.connect(_plain(url))
+    try:
         await conn.execute(
             "INSERT INTO chats (key, platform, history_rev, created_at, updated_at) "
             "SELECT 'test:other' || g, 'test', g, now(), now() FROM generate_series(1, $1) g",
@@ -71,6 +80,12 @@ async def _fill(url: str) -> None:
             "payload, attempts) SELECT 'other:' || g, 'test:other' || g, 'u2', 'received', "
             "now(), '{}', 0 FROM generate_series(1, $1) g",
             OTHER_CHATS,
+        )
+        await conn.execute(
+            "INSERT INTO inbound_events (event_key, chat_key, sender_id, status, received_at, "
+            "attempts) SELECT 'done:' || g, 'test:other' || (g % 100), 'u2', 'done', now(), 1 "
+            "FROM generate_series(1, $1) g",
+            FINISHED,
         )
     finally:
         await conn.close()
@@ -90,6 +105,41 @@ async def _rows_read(conn: asyncpg.Connection) -> int:
     return int(value)
 
 
+async def _run_all(
+    conn: asyncpg.Connection, sent: list[tuple[str, tuple[Any, ...]]]
+) -> dict[str, int]:
+    """Run each statement in a transaction rolled back; the rows each read."""
+    read: dict[str, int] = {}
+    for query, args in sent:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            before = await _rows_read(conn)
+            await conn.fetch(query, *args)
+            read[query] = max(read.get(query, 0), await _rows_read(conn) - before)
+        finally:
+            await transaction.rollback()
+    return read
+
+
+async def _replay(url: str, sent: list[tuple[str, tuple[Any, ...]]]) -> dict[str, int]:
+    """The statements prepared and planned on an empty database, then run again once it is
+    full: the rows each read then."""
+    await _empty(url)
+    conn = await asyncpg.connect(_plain(url))
+    try:
+        # Plans made once and kept, as PostgreSQL settles on for a prepared statement run
+        # often (plan_cache_mode auto takes the generic plan after five runs when its
+        # estimate is no worse). Filling the tables does not make it plan again (an
+        # ANALYZE would, when autovacuum gets to it).
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await _run_all(conn, sent)
+        await _fill(url)
+        return await _run_all(conn, sent)
+    finally:
+        await conn.close()
+
+
 async def test_each_statement_of_a_message_reads_only_its_own_chat(
     settings: Settings, fake_openai: FakeOpenAI
 ) -> None:
@@ -97,45 +147,33 @@ async def test_each_statement_of_a_message_reads_only_its_own_chat(
         pytest.skip("PostgreSQL's plans; SQLite plans each statement as it runs")
     sent: list[tuple[str, tuple[Any, ...]]] = []
 
-    def log(record: Any) -> None:
-        query = record.query.strip().lower()
-        if query not in _PINGS and not query.startswith(_CONTROL):
-            sent.append((record.query, tuple(record.args or ())))
+    def keep(query: str, args: Any) -> None:
+        plain = query.strip().lower()
+        if plain not in _PINGS and not plain.startswith(_CONTROL):
+            sent.append((query, tuple(args or ())))
 
-    def watch(_dbapi: Any, record: Any, _proxy: Any) -> None:
-        driver = _dbapi.driver_connection
+    def watch(dbapi: Any, record: Any, _proxy: Any) -> None:
+        # The per-message statements go to asyncpg directly (core.db.database.fetch); the
+        # rest through SQLAlchemy (its cursor event, below).
         if not record.info.get("reads_logged"):
-            driver.add_query_logger(log)
+            dbapi.driver_connection.add_query_logger(lambda r: keep(r.query, r.args))
             record.info["reads_logged"] = True
 
+    def cursor(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        keep(statement, params)
+
     async with open_core(settings) as core:
-        engines = {core.store.db.engine, core.store.db.turns_engine}
-        for engine in engines:
+        for engine in {core.store.db.engine, core.store.db.turns_engine}:
             event.listen(engine.sync_engine, "checkout", watch)
+            event.listen(engine.sync_engine, "before_cursor_execute", cursor)
         sink = RecordingSink()
         await core.service.handle(_message(1, "new"), sink)  # a chat's first message
         await core.service.handle(_message(2, "new"), sink)  # and one with history
         assert sink.texts == ["echo: question 1", "echo: question 2"]
-    assert len(sent) >= 6, sent
+        per_message = sent[:]
+    assert len(per_message) >= 6, per_message
 
-    await _fill(settings.database_url)
-    conn = await asyncpg.connect(_plain(settings.database_url))
-    try:
-        # What PostgreSQL settles on for a prepared statement run often (plan_cache_mode
-        # auto picks it after five runs when its estimate is no worse).
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-        read: dict[str, int] = {}
-        for query, args in sent:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                before = await _rows_read(conn)
-                await conn.fetch(query, *args)
-                read[query] = max(read.get(query, 0), await _rows_read(conn) - before)
-            finally:
-                await transaction.rollback()
-    finally:
-        await conn.close()
+    read = await _replay(settings.database_url, per_message)
     # A few rows each (the chat, its lease, its newest turn, the event): nothing that grows
     # with the 2,000 other chats and their waiting messages.
     heavy = {query[:120]: rows for query, rows in read.items() if rows > 20}

@@ -496,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(args.render.read_text())
         done = earlier["results"]
         shown = [b for b in BACKENDS if any(b in r for r in done.values())]
+        speed = earlier.get("machine", {}).get("reference_ms")
+        if speed:
+            print(f"machine speed: {speed['median']} ms ({speed['min']}-{speed['max']})")
         print(render([row for n in done for row in rows_for(n, done[n])], shown))
         return 0
     plan = QUICK if args.quick else Plan()
@@ -510,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {skipped['postgres']}; SQLite only", file=sys.stderr)
 
     results: dict[str, dict[str, Any]] = {}
+    references: list[float] = []  # the machine's speed before each run (harness.reference_ms)
     started = time.monotonic()
     for name in chosen:
         results[name] = {}
@@ -519,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(plan.repeats):
                 step = f"({run + 1}/{plan.repeats})"
                 print(f"… {name} on {backend} {step}", file=sys.stderr, flush=True)
+                reference = harness.reference_ms()
+                references.append(reference)
                 try:
                     if name == "concurrency":
                         one = results.get("throughput", {}).get(backend, {}).get("one", {})
@@ -533,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "error" in result:
                     runs = [result]
                     break
+                result["reference_ms"] = reference
                 print(f"  {json.dumps(result, default=str)[:400]}", file=sys.stderr, flush=True)
                 runs.append(result)
             result = median_of(runs) if len(runs) > 1 else runs[0]
@@ -544,11 +551,24 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for name in chosen for row in rows_for(name, results[name])]
     table = render(rows, backends)
     info = machine()
+    if references:
+        info["reference_ms"] = {
+            "median": round(statistics.median(references), 2),
+            "min": min(references),
+            "max": max(references),
+        }
     print(
         f"\nrelaybot benchmark — {info['date']}, {info['cores']} cores {info['cpu']}, "
         f"Python {info['python']}{' (quick)' if args.quick else ''}, "
-        f"{time.monotonic() - started:.0f} s\n"
+        f"{time.monotonic() - started:.0f} s"
     )
+    if references:
+        speed = info["reference_ms"]
+        print(
+            f"machine speed: a fixed piece of Python work took {speed['median']} ms "
+            f"(median before each run; {speed['min']}-{speed['max']}; lower is faster)"
+        )
+    print()
     print(table)
     report = {
         "machine": info,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import tempfile
@@ -258,6 +259,25 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
     return ordered[rank]
+
+
+def reference_ms(rounds: int = 5) -> float:
+    """The machine's speed right now: milliseconds for a fixed piece of pure Python work
+    (JSON in and out, dict and string handling: what a message costs relaybot, minus I/O),
+    the median of `rounds`. The same code on the same VM reads up to 2.5× slower from one
+    hour to the next; printed beside the results, it says which machine they were taken on.
+    """
+    turns = [{"role": "user", "content": f"message {i} " * 8, "name": None} for i in range(300)]
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(20):
+            body = json.dumps({"model": "gpt-4o-mini", "messages": turns})
+            parsed = json.loads(body)["messages"]
+            index = {f"{t['role']}:{n}": t["content"].split() for n, t in enumerate(parsed)}
+            sum(len(words) for words in index.values())
+        times.append(time.perf_counter() - started)
+    return round(sorted(times)[len(times) // 2] * 1000, 2)
 
 
 def peak_rss_mb() -> float:

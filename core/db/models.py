@@ -108,7 +108,17 @@ class Message(Base):
     """One history turn; its token count is computed once, at insert."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_chat_key_id", "chat_key", "id"),)
+    __table_args__ = (
+        Index("ix_messages_chat_key_id", "chat_key", "id"),
+        # A resumed event asks whether its user turn was stored (user turns only: others
+        # have no event key).
+        Index(
+            "ix_messages_event_key",
+            "event_key",
+            postgresql_where=text("event_key IS NOT NULL"),
+            sqlite_where=text("event_key IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     chat_key: Mapped[str] = mapped_column(String(255))

@@ -220,12 +220,13 @@ def run_throughput(backend: str, plan: Plan) -> dict[str, Any]:
 
 
 def run_concurrency(backend: str, plan: Plan, capacity: float | None) -> dict[str, Any]:
-    if capacity is None:  # the zero-latency rate of this backend, for the ideal
-        capacity = _throughput(backend, QUICK, 1)["rate"]
-    # The same rate measured again right before this run: the machine's speed drifts by up to
-    # 2x within minutes, and the ideal above comes from runs of scenario 3 taken earlier. Shown
-    # beside the target's ratio, not instead of it: it tells drift from a real shortfall.
+    # Scenario 3's one process, re-run right before this run: the machine's speed drifts by
+    # up to 2x within minutes, and `capacity` (the zero-latency rate the ideal is computed
+    # from) comes from scenario 3's runs taken earlier. Its ideal is shown beside the target's
+    # ratio, not instead of it: it tells drift from a real shortfall.
     nearby = _throughput(backend, plan, 1)["rate"]
+    if capacity is None:  # scenario 3 was not run: the rate just measured
+        capacity = nearby
     url = asyncio.run(harness.fresh_database(backend, "concurrency"))
     with FakeProcess(reply_delay=plan.model_delay) as fake:
         fake_cpu = fake.stats()["cpu"]

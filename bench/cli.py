@@ -459,6 +459,14 @@ def render(rows: list[Row], backends: list[str]) -> str:
     return "\n".join([fmt(header), sep, *(fmt(line) for line in body)])
 
 
+def speed_line(speed: dict[str, float]) -> str:
+    """The machine's speed during a run, from `harness.reference_ms` before each run."""
+    return (
+        f"machine speed: a fixed piece of Python work took {speed['median']} ms "
+        f"(median before each run; {speed['min']}-{speed['max']}; lower is faster)"
+    )
+
+
 def machine() -> dict[str, Any]:
     """Where the numbers were taken."""
     cpu = "unknown"
@@ -511,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = [b for b in BACKENDS if any(b in r for r in done.values())]
         speed = earlier.get("machine", {}).get("reference_ms")
         if speed:
-            print(f"machine speed: {speed['median']} ms ({speed['min']}-{speed['max']})")
+            print(speed_line(speed))
         print(render([row for n in done for row in rows_for(n, done[n])], shown))
         return 0
     plan = QUICK if args.quick else Plan()
@@ -576,11 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.monotonic() - started:.0f} s"
     )
     if references:
-        speed = info["reference_ms"]
-        print(
-            f"machine speed: a fixed piece of Python work took {speed['median']} ms "
-            f"(median before each run; {speed['min']}-{speed['max']}; lower is faster)"
-        )
+        print(speed_line(info["reference_ms"]))
     print()
     print(table)
     report = {

@@ -34,7 +34,12 @@ from sqlalchemy.exc import IntegrityError
 
 from core.db.database import Database, Statement
 from core.db.models import ChatLease, InboundEvent, Message, utcnow
-from core.db.store import ChatSettings, merge_chat_settings, read_chat_settings
+from core.db.store import (
+    CHAT_SETTINGS_SQL,
+    ChatSettings,
+    merge_chat_settings,
+    read_chat_settings,
+)
 from core.errors import UpstreamDown
 from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
 
@@ -458,28 +463,11 @@ def _lease(source: str, older: str) -> str:
     """
 
 
-# The chat's settings (its own row and its parent's), as `merge_chat_settings` reads them.
-# Two lookups by key, not `key IN (chat, parent)`: PostgreSQL plans a prepared statement
-# once, and while `chats` is small (a new deployment, or thousands of new chats faster than
-# autovacuum analyzes) it planned the IN as a sequential scan and kept that plan as the
-# table grew: every message then read every chat. An equality on the key uses its index.
-_SETTINGS = """
-    wanted.key, wanted.system_prompt, wanted.model, wanted.voice_mode, wanted.history_rev
-    FROM (SELECT 1) AS one
-    LEFT JOIN (
-        SELECT key, system_prompt, model, voice_mode, history_rev FROM chats
-        WHERE key = CAST(:chat_key AS VARCHAR)
-        UNION ALL
-        SELECT key, system_prompt, model, voice_mode, history_rev FROM chats
-        WHERE key = CAST(:parent_key AS VARCHAR)
-    ) AS wanted ON true
-"""
-
 # One statement: the chat's lease for event :event_id, and the chat's settings.
 _TAKE_CHAT = text(
     f"""
     WITH lease AS ({_lease("", "AND id < :event_id")})
-    SELECT (SELECT holder FROM lease), {_SETTINGS}
+    SELECT (SELECT holder FROM lease), {CHAT_SETTINGS_SQL}
     """
 )
 
@@ -498,7 +486,7 @@ _RECORD_AND_TAKE = text(
     ON CONFLICT (event_key) DO NOTHING
     RETURNING id
     ), lease AS ({_lease("FROM event", "")})
-    SELECT (SELECT id FROM event), (SELECT holder FROM lease), {_SETTINGS}
+    SELECT (SELECT id FROM event), (SELECT holder FROM lease), {CHAT_SETTINGS_SQL}
     """
 )
 

@@ -19,7 +19,6 @@ from sqlalchemy import (
     insert,
     select,
     text,
-    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -183,16 +182,25 @@ _RELEASE_CHAT = Statement(
         ChatLease.chat_key == bindparam("chat_key"), ChatLease.holder == bindparam("holder")
     )
 )
-# Two lookups by key rather than `key IN (...)`: PostgreSQL may plan an IN over a table it
-# believes small as a sequential scan, and keeps a prepared statement's plan as it grows
-# (see core.inbox._SETTINGS).
-_SETTINGS_COLUMNS = (Chat.key, Chat.system_prompt, Chat.model, Chat.voice_mode, Chat.history_rev)
-_CHAT_SETTINGS = Statement(
-    union_all(
-        select(*_SETTINGS_COLUMNS).where(Chat.key == bindparam("key")),
-        select(*_SETTINGS_COLUMNS).where(Chat.key == bindparam("parent")),
-    )
-)
+# The chat's settings (its own row and its parent's), as `merge_chat_settings` reads them:
+# a row per chat found, or one row of NULLs. Also part of the PostgreSQL statements that take
+# a chat's turn (core.inbox). Two lookups by key, not `key IN (chat, parent)`: PostgreSQL plans
+# a prepared statement once, and while `chats` is small (a new deployment, or thousands of new
+# chats faster than autovacuum analyzes) it planned the IN as a sequential scan and kept that
+# plan as the table grew: every message then read every chat. An equality on the key uses
+# its index.
+CHAT_SETTINGS_SQL = """
+    wanted.key, wanted.system_prompt, wanted.model, wanted.voice_mode, wanted.history_rev
+    FROM (SELECT 1) AS one
+    LEFT JOIN (
+        SELECT key, system_prompt, model, voice_mode, history_rev FROM chats
+        WHERE key = CAST(:chat_key AS VARCHAR)
+        UNION ALL
+        SELECT key, system_prompt, model, voice_mode, history_rev FROM chats
+        WHERE key = CAST(:parent_key AS VARCHAR)
+    ) AS wanted ON true
+"""
+_CHAT_SETTINGS = Statement(text(f"SELECT {CHAT_SETTINGS_SQL}"))
 _HISTORY_COLUMNS = (
     Message.id,
     Message.role,
@@ -391,7 +399,7 @@ class Store:
 # -- units of work (each runs in one transaction, see core.db.database) ---------------------
 def read_chat_settings(conn: Connection, chat_key: str, parent_key: str | None) -> ChatSettings:
     """The chat's settings merged with its parent's (a unit of work, or part of one)."""
-    params = {"key": chat_key, "parent": chat_key if parent_key is None else parent_key}
+    params = {"chat_key": chat_key, "parent_key": parent_key}
     rows = _CHAT_SETTINGS.execute(conn, params).fetchall()
     return merge_chat_settings(rows, chat_key, parent_key)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, func, select
@@ -107,6 +107,27 @@ def _summary(values: Any) -> Summary:
 def user_key(platform: str, user_id: str) -> str:
     """How people are named in config, commands and reports: "platform:user_id"."""
     return f"{platform}:{user_id}"
+
+
+def spend_subjects(
+    platform: str, user_id: str | None, chat_key: str | None
+) -> list[tuple[str, str]]:
+    """Whose budgets a request's cost counts against, as (scope, subject): the person's,
+    the chat's and the bot's (a forgotten chat's usage has no person or chat)."""
+    subjects: list[tuple[str, str]] = []
+    if user_id is not None:
+        subjects.append(("user", user_key(platform, user_id)))
+    if chat_key is not None:
+        subjects.append(("chat", chat_key))
+    subjects.append(("global", ""))
+    return subjects
+
+
+def spend_day(created_at: datetime) -> date:
+    """The UTC day a usage row counts for (SQLite gives stored UTC times back naive)."""
+    if created_at.tzinfo is not None:
+        created_at = created_at.astimezone(UTC)
+    return created_at.date()
 
 
 class Accounting:

@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, case, delete, func, select
+from sqlalchemy import case, delete, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.accounting import day_start, month_start, next_day, next_month, user_key
+from core.accounting import day_start, month_start, next_day, next_month, spend_subjects
 from core.config import Settings
-from core.db.models import BudgetOverride, UsageRecord, utcnow
+from core.db.models import BudgetOverride, SpendTotal, utcnow
 from core.errors import RelaybotError
 from core.pricing import money
 from core.types import IncomingMessage
@@ -175,11 +175,7 @@ class Budgets:
 
     @staticmethod
     def _subjects(msg: IncomingMessage) -> dict[str, str]:
-        return {
-            "user": user_key(msg.chat.platform, msg.sender.id),
-            "chat": msg.chat.key,
-            "global": "",
-        }
+        return dict(spend_subjects(msg.chat.platform, msg.sender.id, msg.chat.key))
 
     async def limits(self, msg: IncomingMessage) -> list[Limit]:
         """Every budget that applies to this message's sender and chat."""
@@ -203,36 +199,39 @@ class Budgets:
                     found.append(Limit(scope, period, configured, "config"))
         return found
 
-    async def _spent(self, scope: str, msg: IncomingMessage, now: datetime) -> tuple[float, float]:
-        where: list[ColumnElement[bool]] = []
-        if scope == "user":
-            where = [
-                UsageRecord.platform == msg.chat.platform,
-                UsageRecord.user_id == msg.sender.id,
-            ]
-        elif scope == "chat":
-            where = [UsageRecord.chat_key == msg.chat.key]
-        today = day_start(now)
-        query = select(
-            func.coalesce(
-                func.sum(case((UsageRecord.created_at >= today, UsageRecord.cost_usd), else_=0.0)),
-                0.0,
-            ),
-            func.coalesce(func.sum(UsageRecord.cost_usd), 0.0),
-        ).where(UsageRecord.created_at >= month_start(now), *where)
+    async def _spent(
+        self, scopes: set[str], msg: IncomingMessage, now: datetime
+    ) -> dict[str, tuple[float, float]]:
+        """(today, this month) spent by each scope's subject: at most a month of day totals
+        each, however much the bot was used."""
+        subjects = self._subjects(msg)
+        today, month = day_start(now).date(), month_start(now).date()
+        cost = SpendTotal.cost_usd
+        parts = [
+            select(
+                literal(scope),
+                func.coalesce(func.sum(case((SpendTotal.day >= today, cost), else_=0.0)), 0.0),
+                func.coalesce(func.sum(cost), 0.0),
+            ).where(
+                SpendTotal.scope == scope,
+                SpendTotal.subject == subjects[scope],
+                SpendTotal.day >= month,
+            )
+            for scope in sorted(scopes)
+        ]
         async with self._session() as session:
-            day, month = (await session.execute(query)).one()
-        return float(day), float(month)
+            rows = (await session.execute(union_all(*parts))).all()
+        return {scope: (float(day), float(month)) for scope, day, month in rows}
 
     async def standings(self, msg: IncomingMessage, now: datetime | None = None) -> list[Standing]:
         """Each applicable budget with what was spent against it."""
         now = now or utcnow()
         limits = await self.limits(msg)
-        spent: dict[str, tuple[float, float]] = {}
+        if not limits:
+            return []
+        spent = await self._spent({limit.scope for limit in limits}, msg, now)
         result: list[Standing] = []
         for limit in limits:
-            if limit.scope not in spent:
-                spent[limit.scope] = await self._spent(limit.scope, msg, now)
             day, month = spent[limit.scope]
             if limit.period == "day":
                 result.append(Standing(limit, day, next_day(now)))

@@ -2,7 +2,8 @@
 
 What /forget deletes: the chat's history, its settings (system prompt, model), its finished
 inbound events (which hold message payloads) and the /forget event itself. Its usage rows are
-kept for the bot's totals but lose the chat key and the user id, so they name nobody.
+kept for the bot's totals but lose the chat key and the user id, so they name nobody; the
+budgets' day totals of the chat go, and its people's lose what they spent in it.
 Events of the chat that are still waiting to be answered stay until they are answered.
 """
 
@@ -11,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, delete, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from core.accounting import spend_day, user_key
 from core.config import Settings
-from core.db.models import Chat, InboundEvent, Message, UsageRecord, utcnow
+from core.db.models import Chat, InboundEvent, Message, SpendTotal, UsageRecord, utcnow
 from core.db.store import new_revision
 from core.ratelimit import RateLimiter
 
@@ -56,6 +59,7 @@ async def forget_chat(
             delete(InboundEvent).where(InboundEvent.chat_key == chat_key, finished)
         )
         chats = await session.execute(delete(Chat).where(Chat.key == chat_key))
+        await _forget_spend(session, chat_key)
         usage = await session.execute(
             update(UsageRecord)
             .where(UsageRecord.chat_key == chat_key)
@@ -63,6 +67,31 @@ async def forget_chat(
         )
         await session.commit()
     return Forgotten(_count(messages), _count(events), _count(usage), _count(chats) > 0)
+
+
+async def _forget_spend(session: AsyncSession, chat_key: str) -> None:
+    """The chat's usage is about to name nobody: take it out of the budgets' day totals of
+    the chat and of its people, as the budgets would no longer find it."""
+    spent: dict[tuple[str, date], float] = defaultdict(float)
+    rows = await session.execute(
+        select(
+            UsageRecord.platform, UsageRecord.user_id, UsageRecord.created_at, UsageRecord.cost_usd
+        ).where(UsageRecord.chat_key == chat_key, UsageRecord.cost_usd > 0)
+    )
+    for platform, user_id, created_at, cost in rows:
+        if user_id is not None:
+            spent[(user_key(platform, user_id), spend_day(created_at))] += cost
+    person = SpendTotal.scope == "user"
+    for (subject, day), cost in spent.items():
+        mine = (person, SpendTotal.subject == subject, SpendTotal.day == day)
+        await session.execute(
+            update(SpendTotal).where(*mine).values(cost_usd=SpendTotal.cost_usd - cost)
+        )
+        # A day of this chat alone leaves nothing to keep (and no trace of the person).
+        await session.execute(delete(SpendTotal).where(*mine, SpendTotal.cost_usd <= 1e-9))
+    await session.execute(
+        delete(SpendTotal).where(SpendTotal.scope == "chat", SpendTotal.subject == chat_key)
+    )
 
 
 @dataclass(frozen=True, slots=True)

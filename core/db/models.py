@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Date,
     DateTime,
     Float,
     Index,
@@ -137,7 +138,7 @@ class UsageRecord(Base):
     """What one model call consumed, for accounting."""
 
     __tablename__ = "usage"
-    # Budgets sum one person's spend since the start of the day or month.
+    # /usage sums one person's spend since the start of the day or month.
     __table_args__ = (Index("ix_usage_user", "platform", "user_id", "created_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -154,6 +155,23 @@ class UsageRecord(Base):
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
     audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     images: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class SpendTotal(Base):
+    """What one person, one chat or the whole bot spent on one day (UTC).
+
+    Kept up to date in the transaction that records each usage row, so a budget reads at
+    most a month of these rows instead of summing every usage row of the period (which
+    grows with the bot's traffic: a global budget would read every request of the month).
+    """
+
+    __tablename__ = "spend_totals"
+
+    # scope: "user" (subject "platform:user_id"), "chat" (a chat key) or "global" (subject "")
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
 
 

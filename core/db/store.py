@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Date,
     TextClause,
     bindparam,
     delete,
@@ -28,9 +29,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault, Table
 
+from core.accounting import spend_day, spend_subjects
 from core.db import database
 from core.db.database import Database, Statement, sqlite_pragmas
-from core.db.models import Base, Chat, ChatLease, InboundEvent, Message, UsageRecord, utcnow
+from core.db.models import (
+    Base,
+    Chat,
+    ChatLease,
+    InboundEvent,
+    Message,
+    UsageRecord,
+    utcnow,
+)
 from core.types import ChatRef
 
 
@@ -163,6 +173,35 @@ _SWAP_REVISION = Statement(
 )
 _INSERT_MESSAGE = Statement(insert(Message).returning(Message.id))
 _INSERT_USAGE = Statement(insert(UsageRecord))
+
+
+def _spend_sql(scopes: tuple[str, ...]) -> str:
+    """Add a usage row's cost (`:u_cost_usd`) to the day's total (`:s_day`) of each scope's
+    subject (`:s_user`, ...), creating it at the day's first: one statement, as written for
+    SQLite and PostgreSQL alike (and part of the PostgreSQL append)."""
+    values = ", ".join(f"('{scope}', :s_{scope}, :s_day, :u_cost_usd)" for scope in scopes)
+    return (
+        f"INSERT INTO spend_totals (scope, subject, day, cost_usd) VALUES {values} "
+        "ON CONFLICT (scope, subject, day) "
+        "DO UPDATE SET cost_usd = spend_totals.cost_usd + excluded.cost_usd"
+    )
+
+
+_ADD_SPEND: dict[tuple[str, ...], Statement] = {}
+
+
+def _spend_params(spent: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The scopes whose day totals a usage row adds to (user, chat, global: always in this
+    order, so concurrent writers lock them in one order; none when it cost nothing) and the
+    parameters of `_spend_sql`."""
+    if not spent["cost_usd"]:
+        return (), {}
+    subjects = spend_subjects(spent["platform"], spent["user_id"], spent["chat_key"])
+    params: dict[str, Any] = {f"s_{scope}": subject for scope, subject in subjects}
+    params.update(s_day=spend_day(spent["created_at"]), u_cost_usd=spent["cost_usd"])
+    return tuple(scope for scope, _ in subjects), params
+
+
 _EVENT_ANSWERED = Statement(
     update(InboundEvent).where(InboundEvent.id == bindparam("event_id")).values(status="answered")
 )
@@ -452,14 +491,14 @@ def _append(conn: Connection, change: _Change) -> Appended:
         # Another process took the event over: it stores its own answer. What this one
         # spent is still recorded.
         if usage is not None:
-            _INSERT_USAGE.execute(conn, _usage_values(usage, now))
+            _record_usage(conn, _usage_values(usage, now))
         return Appended([], 0, False, last_before)
     ids = [
         int(_INSERT_MESSAGE.execute(conn, _message_values(chat_key, row, now)).fetchone()[0])
         for row in change.rows
     ]
     if usage is not None:
-        _INSERT_USAGE.execute(conn, _usage_values(usage, now))
+        _record_usage(conn, _usage_values(usage, now))
     if change.answered_event is not None:
         if change.close_event:
             _EVENT_DONE.execute(conn, {"event_id": change.answered_event, "now": now})
@@ -481,6 +520,17 @@ def _usage_values(usage: dict[str, Any], now: datetime) -> dict[str, Any]:
     """Every column of a new `usage` row (defaults filled in, as an insert would)."""
     spent = {**_USAGE_DEFAULTS, "created_at": now, **usage}
     return {c: spent[c] for c in _USAGE_COLUMNS}
+
+
+def _record_usage(conn: Connection, spent: dict[str, Any]) -> None:
+    """Insert a usage row (every column given) and add its cost to the day totals."""
+    _INSERT_USAGE.execute(conn, spent)
+    scopes, params = _spend_params(spent)
+    if scopes:
+        if scopes not in _ADD_SPEND:
+            sql = text(_spend_sql(scopes)).bindparams(bindparam("s_day", type_=Date()))
+            _ADD_SPEND[scopes] = Statement(sql)
+        _ADD_SPEND[scopes].execute(conn, params)
 
 
 def _columns(table: Table) -> tuple[str, ...]:
@@ -509,18 +559,21 @@ _MESSAGE_DEFAULTS = _defaults(_MESSAGES_TABLE)
 _USAGE_DEFAULTS = _defaults(_USAGE_TABLE)
 _PG_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _MESSAGE_TYPES = {c.name: c.type.compile(dialect=_PG_DIALECT) for c in _MESSAGES_TABLE.columns}
-_PG_APPEND: dict[tuple[bool, str, bool, bool], TextClause] = {}
+_PG_APPEND: dict[tuple[bool, tuple[str, ...], str, bool, bool], TextClause] = {}
 
 
-def _pg_append_statement(usage: bool, event: str, release: bool, fenced: bool) -> TextClause:
+def _pg_append_statement(
+    usage: bool, spend: tuple[str, ...], event: str, release: bool, fenced: bool
+) -> TextClause:
     """`_append` as one PostgreSQL statement (data-modifying WITH queries, all or nothing).
 
     `prev` locks the chat's row and reads the revision being replaced; the other parts
     insert the turn, give the history a new revision and, as asked, record usage, move
-    the inbound event on and end the chat's lease. `fenced`: the turn is stored (and the
-    event moved on) only while this worker still holds the event's claim.
+    the inbound event on and end the chat's lease. `spend`: the scopes whose day totals the
+    usage adds to. `fenced`: the turn is stored (and the event moved on) only while this
+    worker still holds the event's claim.
     """
-    key = (usage, event, release, fenced)
+    key = (usage, spend, event, release, fenced)
     if key not in _PG_APPEND:
         ours = " WHERE EXISTS (SELECT 1 FROM claim)" if fenced else ""
         values = ", ".join(f"CAST(:m_{c} AS {_MESSAGE_TYPES[c]})" for c in _MESSAGE_COLUMNS)
@@ -545,6 +598,8 @@ def _pg_append_statement(usage: bool, event: str, release: bool, fenced: bool) -
                 f"spent AS (INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES "
                 f"({', '.join(':u_' + c for c in _USAGE_COLUMNS)}))"
             )
+        if spend:
+            parts.append(f"spend AS ({_spend_sql(spend)})")
         also = " AND EXISTS (SELECT 1 FROM claim)" if fenced else ""
         if event == "answered":
             parts.append(
@@ -585,14 +640,17 @@ def _pg_append(change: _Change) -> tuple[TextClause, dict[str, Any]]:
     )
     if claim is not None:
         params.update(claim_event=claim[0], claim_worker=claim[1])
+    spend: tuple[str, ...] = ()
     if usage is not None:
         spent = _usage_values(usage, now)
         params.update({f"u_{c}": spent[c] for c in _USAGE_COLUMNS})
+        spend, spend_params = _spend_params(spent)
+        params.update(spend_params)
     event = ""
     if change.answered_event is not None:
         event = "done" if change.close_event else "answered"
     statement = _pg_append_statement(
-        usage is not None, event, change.release_chat is not None, claim is not None
+        usage is not None, spend, event, change.release_chat is not None, claim is not None
     )
     return statement, params
 
@@ -645,7 +703,7 @@ def _set_message_status(conn: Connection, chat_key: str, message_id: int, status
 
 
 def _add_usage(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(insert(UsageRecord).values(**values))
+    _record_usage(conn, _usage_values(values, utcnow()))
 
 
 def _count_messages(conn: Connection, chat_key: str) -> int:

@@ -10,9 +10,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event, select
 
+from core.accounting import day_start, month_start
 from core.app import Core, open_core
 from core.config import ModerationPolicy, Settings
-from core.db.models import BudgetOverride, utcnow
+from core.db import migrate
+from core.db.models import BudgetOverride, UsageRecord, utcnow
+from core.db.store import create_engine
 from core.pricing import money
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
@@ -192,3 +195,106 @@ async def test_many_messages_at_once_read_the_admin_budgets_once(
     assert all(a.startswith("echo: q") for a in answers[:-1])
     assert answers[-1].startswith("You have no budget")  # the admin's override still holds
     assert 1 <= reads < 10
+
+
+def _spent_line(answer: str, head: str) -> str:
+    """What one line of /budget says was spent ("Your daily budget: $5.00 of ...")."""
+    line = next(line for line in answer.splitlines() if line.startswith(head))
+    return line.split(": ", 1)[1].split(" of ", 1)[0]
+
+
+async def test_an_upgrade_counts_what_was_spent_before_it(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """Budgets read day totals since migration 0010: spend recorded before the upgrade
+    still counts, per person, per chat and for the bot, and last month's does not."""
+    engine = create_engine(settings.database_url)
+    now = utcnow()
+    today = day_start(now) + (now - day_start(now)) / 2
+    spent = [
+        # (user, chat, when, dollars)
+        ("u1", "test:c1", today, 3.0),
+        ("u1", "test:c2", today, 2.0),
+        ("u1", "test:c1", month_start(now) - timedelta(days=9), 50.0),
+        ("u2", "test:c1", today, 1.0),
+        (None, None, today, 4.0),  # a forgotten chat's
+    ]
+    try:
+        await migrate.upgrade(engine, "0009")
+        async with engine.begin() as conn:
+            await conn.execute(
+                UsageRecord.__table__.insert(),
+                [
+                    {
+                        "created_at": when,
+                        "platform": "test",
+                        "chat_key": chat,
+                        "user_id": user,
+                        "model": "gpt-4o-mini",
+                        "kind": "chat",
+                        "prompt_tokens": 0,
+                        "completion_tokens": 0,
+                        "cached_tokens": 0,
+                        "audio_seconds": 0.0,
+                        "images": 0,
+                        "cost_usd": dollars,
+                    }
+                    for user, chat, when, dollars in spent
+                ],
+            )
+    finally:
+        await engine.dispose()
+    limits = {"budget_user_daily": 100.0, "budget_chat_daily": 100.0}
+    async with open_core(budgeted(settings, budget_global_monthly=100.0, **limits)) as core:
+        answer = await say(core, "/budget", user="u1", chat="c1")
+    assert _spent_line(answer, "Your daily budget") == "$5.00"
+    assert _spent_line(answer, "This chat's daily budget") == "$4.00"
+    assert _spent_line(answer, "The bot's monthly budget") == "$10.00"
+
+
+async def test_forgetting_a_chat_takes_its_spend_out_of_the_budgets(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """/forget leaves the chat's usage naming nobody: the budgets count it only for the bot,
+    as /usage does."""
+    limits = {"budget_user_daily": 100.0, "budget_global_daily": 100.0}
+    async with open_core(budgeted(settings, **limits)) as core:
+        await say(core, "hello there", user="u1", chat="c1")
+        await say(core, "and hello here", user="u1", chat="c2")
+        before = await say(core, "/budget", user="u1", chat="c2")
+        assert (await say(core, "/forget", user="u1", chat="c1")).startswith("Done.")
+        after = await say(core, "/budget", user="u1", chat="c2")
+        left = await spent_by(core, "u1")
+        total = (await core.service.policy.accounting.total()).today.cost_usd
+    assert _spent_line(after, "Your daily budget") == money(left)
+    assert 0 < left < _dollars(_spent_line(before, "Your daily budget"))
+    assert _spent_line(after, "The bot's daily budget") == money(total)
+    assert _spent_line(before, "The bot's daily budget") == money(total)
+
+
+def _dollars(text: str) -> float:
+    return float(text.lstrip("$").replace(",", ""))
+
+
+async def test_replicas_spending_at_once_lose_no_spend(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """Two replicas answer one person in many chats at once: every cost reaches the day
+    totals the budgets read (each is an atomic add on the database, not read-then-write)."""
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("replicas share PostgreSQL; SQLite is one process")
+    limits = {"budget_user_daily": 100.0, "budget_global_monthly": 100.0}
+    async with (
+        open_core(budgeted(settings, **limits)) as one,
+        open_core(budgeted(settings, **limits)) as two,
+    ):
+        answers = await asyncio.gather(
+            *(say(core, f"q{i}", chat=f"c{i}") for i in range(30) for core in (one, two))
+        )
+        assert all(a.startswith("echo:") for a in answers)
+        shown = await say(two, "/budget")
+        spent = await spent_by(one, "u1")
+        total = (await one.service.policy.accounting.total()).month.cost_usd
+    assert spent > 0
+    assert _spent_line(shown, "Your daily budget") == money(spent)
+    assert _spent_line(shown, "The bot's monthly budget") == money(total)

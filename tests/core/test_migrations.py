@@ -27,6 +27,7 @@ async def test_upgrade_check_downgrade(database_url: str) -> None:
             "inbound_events",
             "messages",
             "rate_limit_windows",
+            "spend_totals",
             "usage",
         }
         # `alembic check`: the models and the migrations describe the same schema.

@@ -7,7 +7,9 @@ index that reads every waiting event of every chat: each message then cost more 
 chat. This replays every statement real messages sent (and what an adapter runs per
 streamed answer, and a resumed event first), with their real parameters: planned on an empty
 database, then run on one where 2,000 other chats each have a message waiting (and 20,000
-events are finished), counting the rows each statement read.
+events are finished, 20,000 requests were paid for and a month of budget totals kept),
+counting the rows each statement read. Budgets apply to the messages (a person's, a chat's
+and the bot's), so their reads and the totals' updates are among the statements.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from tests.conftest import reset_postgres
 
 OTHER_CHATS = 2000
 FINISHED = 20000
-_TABLES = ("chats", "inbound_events", "messages", "chat_leases", "usage")
+PAID = 20000
+_TABLES = ("chats", "inbound_events", "messages", "chat_leases", "usage", "spend_totals")
 _CONTROL = ("begin", "commit", "rollback", "savepoint", "release", "set ", "show ")
 _PINGS = ("", ";", "select 1")
 
@@ -87,6 +90,20 @@ async def _fill(url: str) -> None:
             "attempts) SELECT 'done:' || g, 'test:other' || (g % 100), 'u2', 'done', now(), 1 "
             "FROM generate_series(1, $1) g",
             FINISHED,
+        )
+        await conn.execute(
+            "INSERT INTO usage (created_at, platform, chat_key, user_id, model, kind, "
+            "prompt_tokens, completion_tokens, cached_tokens, audio_seconds, images, cost_usd) "
+            "SELECT now(), 'test', 'test:other' || (g % $2), 'u' || (g % 100), 'gpt-4o-mini', "
+            "'chat', 10, 10, 0, 0, 0, 0.001 FROM generate_series(1, $1) g",
+            PAID,
+            OTHER_CHATS,
+        )
+        await conn.execute(
+            "INSERT INTO spend_totals (scope, subject, day, cost_usd) "
+            "SELECT 'chat', 'test:other' || g, CAST(now() AS DATE) - d, 0.01 "
+            "FROM generate_series(1, $1) g, generate_series(0, 29) d",
+            OTHER_CHATS,
         )
     finally:
         await conn.close()
@@ -163,7 +180,12 @@ async def test_each_statement_of_a_message_reads_only_its_own_chat(
     def cursor(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
         keep(statement, params)
 
-    async with open_core(settings) as core:
+    budgets = {
+        f"budget_{scope}_{period}": 100.0
+        for scope in ("user", "chat", "global")
+        for period in ("daily", "monthly")
+    }
+    async with open_core(settings.model_copy(update=budgets)) as core:
         for engine in {core.store.db.engine, core.store.db.turns_engine}:
             event.listen(engine.sync_engine, "checkout", watch)
             event.listen(engine.sync_engine, "before_cursor_execute", cursor)

@@ -33,7 +33,14 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from core.db.database import Database, Statement
-from core.db.models import ChatLease, InboundEvent, Message, utcnow
+from core.db.models import (
+    OPEN_EVENTS,
+    OPEN_STATUSES,
+    ChatLease,
+    InboundEvent,
+    Message,
+    utcnow,
+)
 from core.db.store import (
     CHAT_SETTINGS_SQL,
     ChatSettings,
@@ -42,8 +49,6 @@ from core.db.store import (
 )
 from core.errors import UpstreamDown
 from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
-
-OPEN_STATUSES = ("received", "answered")
 
 
 def new_worker_id() -> str:
@@ -341,9 +346,11 @@ def _release(conn: Connection, event_ids: list[int]) -> None:
 
 
 def _renew_events(conn: Connection, worker_id: str, until: datetime) -> None:
+    # The statuses as literal SQL, as the partial index ix_inbound_events_open_claims names
+    # them (bound parameters would not let a kept plan use it).
     conn.execute(
         update(InboundEvent)
-        .where(InboundEvent.claimed_by == worker_id, InboundEvent.status.in_(OPEN_STATUSES))
+        .where(InboundEvent.claimed_by == worker_id, text(OPEN_EVENTS))
         .values(lease_until=until)
     )
 

@@ -21,13 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.accounting import spend_day, user_key
 from core.config import Settings
-from core.db.models import Chat, InboundEvent, Message, SpendTotal, UsageRecord, utcnow
+from core.db.models import (
+    OPEN_STATUSES,
+    Chat,
+    InboundEvent,
+    Message,
+    SpendTotal,
+    UsageRecord,
+    utcnow,
+)
 from core.db.store import new_revision
 from core.ratelimit import RateLimiter
 
 log = logging.getLogger("relaybot.privacy")
 
-OPEN_STATUSES = ("received", "answered")
 MAINTENANCE_INTERVAL = 3600.0
 
 

@@ -5,7 +5,8 @@ for good. Planned while a table looked small (a new deployment, or a burst of ne
 faster than autovacuum's next ANALYZE), a lookup could become a sequential scan, or use an
 index that reads every waiting event of every chat: each message then cost more with each
 chat. This replays every statement real messages sent (and what an adapter runs per
-streamed answer, and a resumed event first), with their real parameters: planned on an empty
+streamed answer, a resumed event first, and the heartbeat that keeps a process's claims
+alive every few seconds), with their real parameters: planned on an empty
 database, then run on one where 2,000 other chats each have a message waiting (and 20,000
 events are finished, 20,000 requests were paid for and a month of budget totals kept),
 counting the rows each statement read. Budgets apply to the messages (a person's, a chat's
@@ -193,9 +194,11 @@ async def test_each_statement_of_a_message_reads_only_its_own_chat(
         await core.service.handle(_message(1, "new"), sink)  # a chat's first message
         await core.service.handle(_message(2, "new"), sink)  # and one with history
         assert sink.texts == ["echo: question 1", "echo: question 2"]
-        # What an adapter runs per streamed answer, and a resumed event before its answer.
+        # What an adapter runs per streamed answer, a resumed event before its answer, and
+        # the heartbeat.
         await core.service.inbox.remember_reply("reads:2", ["m1"])
         await core.service.inbox.user_turn_stored("reads:2")
+        await core.service.inbox.renew()
         per_message = sent[:]
     assert len(per_message) >= 6, per_message
 

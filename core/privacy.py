@@ -19,7 +19,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core.accounting import spend_day, user_key
+from core.accounting import month_start, spend_day, user_key
 from core.config import Settings
 from core.db.models import (
     OPEN_STATUSES,
@@ -108,6 +108,7 @@ class Purged:
     messages: int
     events: int
     rate_windows: int
+    spend_days: int = 0
 
 
 async def purge_expired(
@@ -134,16 +135,27 @@ async def purge_expired(
     return _count(messages), _count(events)
 
 
+async def purge_spend_totals(engine: AsyncEngine, now: datetime | None = None) -> int:
+    """Delete the budgets' day totals before last month: budgets read this month's only (the
+    usage rows they were added from stay, for /usage and the operator)."""
+    this_month = month_start(now or utcnow())
+    last_month = month_start(this_month - timedelta(days=1)).date()
+    async with engine.begin() as conn:
+        result = await conn.execute(delete(SpendTotal).where(SpendTotal.day < last_month))
+    return _count(result)
+
+
 async def run_maintenance(engine: AsyncEngine, settings: Settings) -> Purged:
-    """One pass of the periodic job: retention, then stale rate-limit counters."""
+    """One pass of the periodic job: retention, stale rate-limit counters, old day totals."""
     messages, events = await purge_expired(engine, settings.retention_days)
     windows = await RateLimiter(engine, settings.rate_limit_per_minute).purge()
+    spend_days = await purge_spend_totals(engine)
     if messages or events:
         log.info(
             "retention removed old rows",
             extra={"messages": messages, "events": events, "days": settings.retention_days},
         )
-    return Purged(messages, events, windows)
+    return Purged(messages, events, windows, spend_days)
 
 
 async def maintenance_loop(

@@ -17,6 +17,7 @@ from core.db import migrate
 from core.db.models import BudgetOverride, UsageRecord, utcnow
 from core.db.store import create_engine
 from core.pricing import money
+from core.privacy import run_maintenance
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
 from core.types import ChatRef, IncomingMessage, Sender
@@ -298,3 +299,32 @@ async def test_replicas_spending_at_once_lose_no_spend(
     assert spent > 0
     assert _spent_line(shown, "Your daily budget") == money(spent)
     assert _spent_line(shown, "The bot's monthly budget") == money(total)
+
+
+async def test_maintenance_prunes_old_day_totals_and_budgets_still_count_this_month(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """Day totals are kept for this month and the last (budgets read this month's), so the
+    table does not grow with the bot's age; the usage rows stay for /usage."""
+    now = utcnow()
+    start = month_start(now)
+    async with open_core(budgeted(settings, budget_user_monthly=100.0)) as core:
+        for when, dollars in ((start - timedelta(days=40), 1.0), (start - timedelta(days=1), 2.0)):
+            await core.store.add_usage(
+                created_at=when,
+                platform="test",
+                chat_key="test:c1",
+                user_id="u1",
+                model="gpt-4o-mini",
+                kind="chat",
+                cost_usd=dollars,
+            )
+        assert (await say(core, "hello")).startswith("echo:")
+        before = await say(core, "/budget")
+        purged = await run_maintenance(core.engine, core.settings)
+        after = await say(core, "/budget")
+        usage = await core.service.policy.accounting.for_user("test", "u1")
+    assert purged.spend_days == 3  # the person's, the chat's and the bot's day of 40 days ago
+    assert _spent_line(after, "Your monthly budget") == money(usage.month.cost_usd)
+    assert _spent_line(after, "Your monthly budget") == _spent_line(before, "Your monthly budget")
+    assert usage.all_time.cost_usd > 3.0  # both old requests still in /usage

@@ -68,15 +68,12 @@ class InboundEvent(Base):
     """Every platform event, recorded before any work; the unique key drops redeliveries."""
 
     __tablename__ = "inbound_events"
-    # The events still waiting for their turn, by chat: "does an older event of this chat
-    # wait?" is asked for every message. Partial, so it holds only the waiting few and the
-    # planner cannot prefer the status index, which under a burst reads every waiting event
-    # of every chat (thousands per message in a 5,000-chat burst on PostgreSQL).
-    # The open events by the process working on them, for its heartbeat (which renews their
-    # leases every few seconds): planned while the table was small, it read the whole table
-    # (every event ever received, until retention) on each beat. Its query names the same
-    # statuses, literally, so the planner can match the index.
     __table_args__ = (
+        # The events still waiting for their turn, by chat: "does an older event of this
+        # chat wait?" is asked for every message. Partial, so it holds only the waiting few
+        # and the planner cannot prefer the status index, which under a burst reads every
+        # waiting event of every chat (thousands per message in a 5,000-chat burst on
+        # PostgreSQL).
         Index(
             "ix_inbound_events_waiting",
             "chat_key",
@@ -84,6 +81,10 @@ class InboundEvent(Base):
             postgresql_where=text("status = 'received'"),
             sqlite_where=text("status = 'received'"),
         ),
+        # The open events by the process working on them, for its heartbeat (which renews
+        # their leases every few seconds): planned while the table was small, it read the
+        # whole table (every event ever received, until retention) on each beat. Its query
+        # names the same statuses, literally, so the planner can match the index.
         Index(
             "ix_inbound_events_open_claims",
             "claimed_by",

@@ -32,15 +32,7 @@ from sqlalchemy.sql.schema import ScalarElementColumnDefault, Table
 from core.accounting import spend_day, spend_subjects
 from core.db import database
 from core.db.database import Database, Statement, sqlite_pragmas
-from core.db.models import (
-    Base,
-    Chat,
-    ChatLease,
-    InboundEvent,
-    Message,
-    UsageRecord,
-    utcnow,
-)
+from core.db.models import Base, Chat, ChatLease, InboundEvent, Message, UsageRecord, utcnow
 from core.types import ChatRef
 
 
@@ -173,33 +165,6 @@ _SWAP_REVISION = Statement(
 )
 _INSERT_MESSAGE = Statement(insert(Message).returning(Message.id))
 _INSERT_USAGE = Statement(insert(UsageRecord))
-
-
-def _spend_sql(scopes: tuple[str, ...]) -> str:
-    """Add a usage row's cost (`:u_cost_usd`) to the day's total (`:s_day`) of each scope's
-    subject (`:s_user`, ...), creating it at the day's first: one statement, as written for
-    SQLite and PostgreSQL alike (and part of the PostgreSQL append)."""
-    values = ", ".join(f"('{scope}', :s_{scope}, :s_day, :u_cost_usd)" for scope in scopes)
-    return (
-        f"INSERT INTO spend_totals (scope, subject, day, cost_usd) VALUES {values} "
-        "ON CONFLICT (scope, subject, day) "
-        "DO UPDATE SET cost_usd = spend_totals.cost_usd + excluded.cost_usd"
-    )
-
-
-_ADD_SPEND: dict[tuple[str, ...], Statement] = {}
-
-
-def _spend_params(spent: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """The scopes whose day totals a usage row adds to (user, chat, global: always in this
-    order, so concurrent writers lock them in one order; none when it cost nothing) and the
-    parameters of `_spend_sql`."""
-    if not spent["cost_usd"]:
-        return (), {}
-    subjects = spend_subjects(spent["platform"], spent["user_id"], spent["chat_key"])
-    params: dict[str, Any] = {f"s_{scope}": subject for scope, subject in subjects}
-    params.update(s_day=spend_day(spent["created_at"]), u_cost_usd=spent["cost_usd"])
-    return tuple(scope for scope, _ in subjects), params
 
 
 _EVENT_ANSWERED = Statement(
@@ -520,6 +485,33 @@ def _usage_values(usage: dict[str, Any], now: datetime) -> dict[str, Any]:
     """Every column of a new `usage` row (defaults filled in, as an insert would)."""
     spent = {**_USAGE_DEFAULTS, "created_at": now, **usage}
     return {c: spent[c] for c in _USAGE_COLUMNS}
+
+
+def _spend_sql(scopes: tuple[str, ...]) -> str:
+    """Add a usage row's cost (`:u_cost_usd`) to the day's total (`:s_day`) of each scope's
+    subject (`:s_user`, ...), creating it at the day's first: one statement, as written for
+    SQLite and PostgreSQL alike (and part of the PostgreSQL append)."""
+    values = ", ".join(f"('{scope}', :s_{scope}, :s_day, :u_cost_usd)" for scope in scopes)
+    return (
+        f"INSERT INTO spend_totals (scope, subject, day, cost_usd) VALUES {values} "
+        "ON CONFLICT (scope, subject, day) "
+        "DO UPDATE SET cost_usd = spend_totals.cost_usd + excluded.cost_usd"
+    )
+
+
+_ADD_SPEND: dict[tuple[str, ...], Statement] = {}
+
+
+def _spend_params(spent: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The scopes whose day totals a usage row adds to (user, chat, global: always in this
+    order, so concurrent writers lock them in one order; none when it cost nothing) and the
+    parameters of `_spend_sql`."""
+    if not spent["cost_usd"]:
+        return (), {}
+    subjects = spend_subjects(spent["platform"], spent["user_id"], spent["chat_key"])
+    params: dict[str, Any] = {f"s_{scope}": subject for scope, subject in subjects}
+    params.update(s_day=spend_day(spent["created_at"]), u_cost_usd=spent["cost_usd"])
+    return tuple(scope for scope, _ in subjects), params
 
 
 def _record_usage(conn: Connection, spent: dict[str, Any]) -> None:

@@ -22,7 +22,15 @@ from typing import Any
 from bench import harness, scenarios
 from bench.fake_proc import CTX, FakeProcess
 
-SCENARIOS = ("overhead", "history", "throughput", "concurrency", "adapters", "context")
+SCENARIOS = (
+    "overhead",
+    "history",
+    "throughput",
+    "concurrency",
+    "adapters",
+    "context",
+    "budgets",
+)
 BACKENDS = ("sqlite", "postgres")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -43,6 +51,8 @@ class Plan:
     context_turns: int = 300
     context_window: int = 16_385  # gpt-3.5-turbo's window: long chats fill it in ~120 turns
     context_reply: int = 1024
+    budgets_paid: int = 100_000  # earlier paid requests this month
+    budgets_messages: int = 200
     # Each scenario runs this many times per database; every number shown is the median of
     # its runs (this VM moves single runs by ±20 %; bench/README.md, "How it measures").
     repeats: int = 3
@@ -54,6 +64,8 @@ QUICK = Plan(
     throughput_messages=300,
     concurrency_chats=500,
     context_turns=150,
+    budgets_paid=10_000,
+    budgets_messages=50,
     repeats=1,
 )
 
@@ -252,6 +264,20 @@ def run_concurrency(backend: str, plan: Plan, capacity: float | None) -> dict[st
     return result
 
 
+def run_budgets(backend: str, plan: Plan) -> dict[str, Any]:
+    url = asyncio.run(harness.fresh_database(backend, "budgets"))
+    with FakeProcess() as fake:
+        return dict(
+            run_worker(
+                scenarios.budgets_worker,
+                fake.base_url,
+                url,
+                plan.budgets_paid,
+                plan.budgets_messages,
+            )
+        )
+
+
 def run_context(backend: str, plan: Plan) -> dict[str, Any]:
     url = asyncio.run(harness.fresh_database(backend, "context"))
     return dict(
@@ -422,6 +448,13 @@ def rows_for(name: str, by_backend: dict[str, Any]) -> list[Row]:
             "≥ 0.95",
             lambda b, v: _ge(v, 0.95),
         )
+    elif name == "budgets":
+        row("overhead p50, no spend this month (ms)", lambda r: r["empty_p50_ms"])
+        row(
+            "overhead p50 after N paid requests this month (ms)",
+            lambda r: f"{r['full_p50_ms']} (N = {r['paid']:,})",
+        )
+        row("ratio after / before", lambda r: r["ratio"])
     for backend, result in by_backend.items():
         if isinstance(result, dict) and "error" in result:
             lines = [ln.strip(" |") for ln in result["error"].splitlines()]

@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from bench.harness import (
     NullSink,
@@ -294,6 +294,69 @@ async def _concurrency(base_url: str, db_url: str, chats: int) -> dict[str, Any]
 def concurrency_worker(base_url: str, db_url: str, chats: int) -> dict[str, Any]:
     """Scenario 4: `chats` chats in flight at once against a slow model."""
     return asyncio.run(_concurrency(base_url, db_url, chats))
+
+
+# -- budgets (beside the issue's six) ---------------------------------------------------------
+async def _budgets(base_url: str, db_url: str, paid: int, count: int) -> dict[str, Any]:
+    """Overhead with a person's, a chat's and the bot's budget set, before and after `paid`
+    earlier requests this month (by 500 people in 1,000 chats, recorded as relaybot records
+    them): checking a budget must not grow with the bot's traffic."""
+    settings = bench_settings(
+        base_url,
+        db_url,
+        budget_user_daily=1e6,
+        budget_chat_daily=1e6,
+        budget_global_monthly=1e6,
+    )
+    async with metered_core(settings) as core:
+        await _warm(core, "warm")
+        walls, models, _ = await _sequential(core, "b", count, 10)
+        empty = [w - m for w, m in zip(walls, models, strict=True)]
+        now = datetime.now(UTC)
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        filled = time.perf_counter()
+        for first in range(0, paid, 5000):
+            await core.store.add_usage_rows(
+                [
+                    {
+                        "created_at": start + (now - start) * (i / paid),
+                        "platform": "bench",
+                        "chat_key": f"bench:paid{i % 1000}",
+                        "user_id": f"payer{i % 500}",
+                        "model": "gpt-4o-mini",
+                        "kind": "chat",
+                        "prompt_tokens": 100,
+                        "completion_tokens": 50,
+                        "cost_usd": 0.0001,
+                    }
+                    for i in range(first, min(paid, first + 5000))
+                ]
+            )
+        if core.engine.dialect.name == "postgresql":
+            # Written in batches, each day total took thousands of updates in one
+            # transaction, which PostgreSQL cannot prune as it goes; a month of requests
+            # one at a time (HOT updates, pruned as they go) and autovacuum leave no such
+            # pile of dead row versions. Vacuum, as those weeks would have.
+            async with core.engine.connect() as conn:
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await auto.execute(text("VACUUM ANALYZE spend_totals, usage"))
+        filled = time.perf_counter() - filled
+        walls, models, _ = await _sequential(core, "c", count, 10)
+        full = [w - m for w, m in zip(walls, models, strict=True)]
+    empty_p50, full_p50 = percentile(empty, 50), percentile(full, 50)
+    return {
+        "paid": paid,
+        "messages": count,
+        "empty_p50_ms": _ms(empty_p50),
+        "full_p50_ms": _ms(full_p50),
+        "ratio": round(full_p50 / empty_p50, 3),
+        "fill_s": round(filled, 1),
+    }
+
+
+def budgets_worker(base_url: str, db_url: str, paid: int, count: int) -> dict[str, Any]:
+    """Overhead per message under budgets, before and after `paid` requests this month."""
+    return asyncio.run(_budgets(base_url, db_url, paid, count))
 
 
 # -- 6. context use -------------------------------------------------------------------------------

@@ -12,13 +12,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import case, delete, func, literal, select, union_all
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy import Connection, bindparam, case, delete, func, literal, select, union_all
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.accounting import day_start, month_start, next_day, next_month, spend_subjects
 from core.config import Settings
+from core.db.database import Statement
 from core.db.models import BudgetOverride, SpendTotal, utcnow
+from core.db.store import Store
 from core.errors import RelaybotError
 from core.pricing import money
 from core.types import IncomingMessage
@@ -109,6 +112,35 @@ def describe(standing: Standing, now: datetime) -> str:
 
 
 _Overrides = dict[tuple[str, str, str], float | None]
+_SPENT: dict[tuple[str, ...], Statement] = {}
+
+
+def _spent_statement(scopes: tuple[str, ...]) -> Statement:
+    """Today's and this month's spend of each scope's subject (`:subject_user`, ...), a row
+    per scope: built once per set of scopes (building it per message cost more than
+    running it)."""
+    if scopes not in _SPENT:
+        cost = SpendTotal.cost_usd
+        parts = [
+            select(
+                literal(scope),
+                func.coalesce(
+                    func.sum(case((SpendTotal.day >= bindparam("today"), cost), else_=0.0)), 0.0
+                ),
+                func.coalesce(func.sum(cost), 0.0),
+            ).where(
+                SpendTotal.scope == scope,
+                SpendTotal.subject == bindparam(f"subject_{scope}"),
+                SpendTotal.day >= bindparam("month"),
+            )
+            for scope in scopes
+        ]
+        _SPENT[scopes] = Statement(union_all(*parts))
+    return _SPENT[scopes]
+
+
+def _read_spent(conn: Connection, statement: Statement, params: dict[str, Any]) -> list[Any]:
+    return list(statement.execute(conn, params).fetchall())
 
 
 class Budgets:
@@ -119,10 +151,11 @@ class Budgets:
     # within this many seconds.
     OVERRIDES_TTL = 5.0
 
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
-        self._engine = engine
-        self._session = async_sessionmaker(engine, expire_on_commit=False)
+        self._engine = store.engine
+        self._db = store.db
+        self._session = async_sessionmaker(store.engine, expire_on_commit=False)
         self._overrides: tuple[float, _Overrides] | None = None
         # The one read of the table in progress: when the cached copy runs out under load,
         # thousands of messages would each have read it (queueing for a connection, up to
@@ -205,22 +238,12 @@ class Budgets:
         """(today, this month) spent by each scope's subject: at most a month of day totals
         each, however much the bot was used."""
         subjects = self._subjects(msg)
-        today, month = day_start(now).date(), month_start(now).date()
-        cost = SpendTotal.cost_usd
-        parts = [
-            select(
-                literal(scope),
-                func.coalesce(func.sum(case((SpendTotal.day >= today, cost), else_=0.0)), 0.0),
-                func.coalesce(func.sum(cost), 0.0),
-            ).where(
-                SpendTotal.scope == scope,
-                SpendTotal.subject == subjects[scope],
-                SpendTotal.day >= month,
-            )
-            for scope in sorted(scopes)
-        ]
-        async with self._session() as session:
-            rows = (await session.execute(union_all(*parts))).all()
+        wanted = tuple(sorted(scopes))
+        params: dict[str, Any] = {f"subject_{scope}": subjects[scope] for scope in wanted}
+        params.update(today=day_start(now).date(), month=month_start(now).date())
+        rows = await self._db.run(
+            _read_spent, _spent_statement(wanted), params, autocommit=True, durable=False
+        )
         return {scope: (float(day), float(month)) for scope, day, month in rows}
 
     async def standings(self, msg: IncomingMessage, now: datetime | None = None) -> list[Standing]:

@@ -8,13 +8,14 @@ reaches a model. The order: allow-lists, the rate limit, admin-only commands, th
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from core.access import Access
 from core.accounting import Accounting, Row, Summary, user_key
 from core.budgets import PERIOD_WORDS, PERIODS, SCOPES, Budgets, describe
 from core.config import Settings
 from core.db.models import utcnow
-from core.db.store import Store
+from core.db.store import ChatSettings, Store
 from core.errors import BadInput, RelaybotError
 from core.ports import ReplySink
 from core.pricing import PriceTable, money
@@ -69,12 +70,21 @@ class Policy:
         self.prices = PriceTable.from_config(settings.prices)
         self.access = Access(settings)
         self.accounting = Accounting(store.engine)
-        self.budgets = Budgets(settings, store.engine)
+        self.budgets = Budgets(settings, store)
         self.limiter = RateLimiter(store.engine, settings.rate_limit_per_minute)
 
     # -- admission ------------------------------------------------------------------------
-    async def admit(self, msg: IncomingMessage, command: tuple[str, str] | None) -> None:
-        """Raise a RelaybotError (with one polite line) when this message must not go ahead."""
+    async def admit(
+        self,
+        msg: IncomingMessage,
+        command: tuple[str, str] | None,
+        chat_settings: Callable[[], Awaitable[ChatSettings]] | None = None,
+    ) -> None:
+        """Raise a RelaybotError (with one polite line) when this message must not go ahead.
+
+        `chat_settings`: the chat's settings as the caller already has them (their model
+        prices the budgets' estimate); read from the store otherwise.
+        """
         platform, sender = msg.chat.platform, msg.sender.id
         if not self.access.allows(msg):
             log.info("message from a user not on the allow-list", extra={"chat": msg.chat.key})
@@ -97,9 +107,14 @@ class Policy:
         if admin_only and not self.access.is_admin(platform, sender):
             raise AdminOnly(f"/{name} is admin-only")
         if command is None or name in PAID_COMMANDS:
-            await self.budgets.check(msg, lambda: self.estimate(msg, name))
+            await self.budgets.check(msg, lambda: self.estimate(msg, name, chat_settings))
 
-    async def estimate(self, msg: IncomingMessage, command: str) -> float:
+    async def estimate(
+        self,
+        msg: IncomingMessage,
+        command: str,
+        chat_settings: Callable[[], Awaitable[ChatSettings]] | None = None,
+    ) -> float:
         """What this request will cost at least: its own text in, a full-length reply out.
 
         History is not counted (it is only known after the chat's lock is taken), so this is
@@ -119,9 +134,11 @@ class Policy:
             total += self.prices.audio_cost(model, audio.duration_seconds)
         if command == "translate":
             return total
-        model = (
-            await self.store.chat_settings(msg.chat.key, msg.chat.parent_key)
-        ).model or settings.chat_model
+        if chat_settings is None:
+            chat = await self.store.chat_settings(msg.chat.key, msg.chat.parent_key)
+        else:
+            chat = await chat_settings()
+        model = chat.model or settings.chat_model
         prompt = PRIMING_TOKENS + 2 * PER_MESSAGE_TOKENS + counter_for(model).count(msg.text)
         total += self.prices.tokens_cost(model, prompt, settings.reply_tokens)
         return total

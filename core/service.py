@@ -536,7 +536,8 @@ class ConversationService:
             # asked for transcripts gets one; otherwise they are none of our business.
             return
         # Access, rate limit, admin rights and budgets, before any model call.
-        await self.policy.admit(msg, command)
+        # The chat's settings were read as its turn began: the budgets' estimate uses them.
+        await self.policy.admit(msg, command, lambda: self._chat_settings(msg))
         if command is not None:
             await self._command(command[0], command[1], msg, sink)
             return

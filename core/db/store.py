@@ -393,7 +393,11 @@ class Store:
     # -- usage ----------------------------------------------------------------------------
     async def add_usage(self, **values: Any) -> None:
         """Record what one model call consumed."""
-        await self.db.run(_add_usage, values)
+        await self.db.run(_add_usage, [values])
+
+    async def add_usage_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Record what many model calls consumed, in one transaction (tools, imports)."""
+        await self.db.run(_add_usage, list(rows))
 
     async def count_messages(self, chat_key: str) -> int:
         """How many history rows a chat holds (for tests and tools)."""
@@ -694,8 +698,10 @@ def _set_message_status(conn: Connection, chat_key: str, message_id: int, status
     bump_revision(conn, chat_key)
 
 
-def _add_usage(conn: Connection, values: dict[str, Any]) -> None:
-    _record_usage(conn, _usage_values(values, utcnow()))
+def _add_usage(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    now = utcnow()
+    for values in rows:
+        _record_usage(conn, _usage_values(values, now))
 
 
 def _count_messages(conn: Connection, chat_key: str) -> int:

@@ -328,3 +328,19 @@ async def test_maintenance_prunes_old_day_totals_and_budgets_still_count_this_mo
     assert _spent_line(after, "Your monthly budget") == money(usage.month.cost_usd)
     assert _spent_line(after, "Your monthly budget") == _spent_line(before, "Your monthly budget")
     assert usage.all_time.cost_usd > 3.0  # both old requests still in /usage
+
+
+async def test_the_estimate_prices_the_chats_own_model(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """A chat switched to a dear model is stopped by the estimate before any call; the same
+    question at the default model's price goes ahead."""
+    prices = json.dumps({**PRICES, "gpt-4o": {"input": 100_000, "output": 100_000}})
+    async with open_core(budgeted(settings, prices=prices, budget_chat_daily=0.05)) as core:
+        switched = await say(core, "/model gpt-4o", user="boss", chat="c1")
+        assert "gpt-4o" in switched
+        dear = await say(core, "hello", chat="c1")
+        cheap = await say(core, "hello", chat="c2")
+    assert dear.startswith("Sorry, that would go over this chat's daily budget of $0.05")
+    assert cheap.startswith("echo:")
+    assert [r["model"] for r in fake_openai.chat_requests()] == ["gpt-4o-mini"]

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, delete, func, literal, select, union_all
+from sqlalchemy import Connection, Date, TextClause, bindparam, delete, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.accounting import day_start, month_start, next_day, next_month, spend_subjects
 from core.config import Settings
 from core.db.database import Statement
-from core.db.models import BudgetOverride, SpendTotal, utcnow
+from core.db.models import BudgetOverride, utcnow
 from core.db.store import Store
 from core.errors import RelaybotError
 from core.pricing import money
@@ -118,24 +118,17 @@ _SPENT: dict[tuple[str, ...], Statement] = {}
 def _spent_statement(scopes: tuple[str, ...]) -> Statement:
     """Today's and this month's spend of each scope's subject (`:subject_user`, ...), a row
     per scope: built once per set of scopes (building it per message cost more than
-    running it)."""
+    running it). Plain SQL, for SQLite's thread and asyncpg alike."""
     if scopes not in _SPENT:
-        cost = SpendTotal.cost_usd
-        parts = [
-            select(
-                literal(scope),
-                func.coalesce(
-                    func.sum(case((SpendTotal.day >= bindparam("today"), cost), else_=0.0)), 0.0
-                ),
-                func.coalesce(func.sum(cost), 0.0),
-            ).where(
-                SpendTotal.scope == scope,
-                SpendTotal.subject == bindparam(f"subject_{scope}"),
-                SpendTotal.day >= bindparam("month"),
-            )
+        sql = "\nUNION ALL\n".join(
+            f"SELECT '{scope}', "
+            "coalesce(sum(CASE WHEN day >= :today THEN cost_usd ELSE 0 END), 0), "
+            f"coalesce(sum(cost_usd), 0) FROM spend_totals "
+            f"WHERE scope = '{scope}' AND subject = :subject_{scope} AND day >= :month"
             for scope in scopes
-        ]
-        _SPENT[scopes] = Statement(union_all(*parts))
+        )
+        dates = (bindparam("today", type_=Date()), bindparam("month", type_=Date()))
+        _SPENT[scopes] = Statement(text(sql).bindparams(*dates))
     return _SPENT[scopes]
 
 
@@ -241,9 +234,14 @@ class Budgets:
         wanted = tuple(sorted(scopes))
         params: dict[str, Any] = {f"subject_{scope}": subjects[scope] for scope in wanted}
         params.update(today=day_start(now).date(), month=month_start(now).date())
-        rows = await self._db.run(
-            _read_spent, _spent_statement(wanted), params, autocommit=True, durable=False
-        )
+        statement = _spent_statement(wanted)
+        if self._db.shared:  # PostgreSQL: straight to asyncpg, as the per-message steps go
+            assert isinstance(statement.statement, TextClause)
+            rows = await self._db.fetch(statement.statement, params, durable=False)
+        else:
+            rows = await self._db.run(
+                _read_spent, statement, params, autocommit=True, durable=False
+            )
         return {scope: (float(day), float(month)) for scope, day, month in rows}
 
     async def standings(self, msg: IncomingMessage, now: datetime | None = None) -> list[Standing]:

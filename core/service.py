@@ -151,8 +151,12 @@ class _UserTurn:
         row: dict[str, Any],
         counter: TokenCounter,
         storing: Awaitable[Appended],
+        fresh: bool = False,
     ) -> None:
         self._service = service
+        # `window` is an empty one made for a chat without a row: it is the history when
+        # nothing at all was stored before the turn (whatever the revision).
+        self._fresh = fresh
         self._chat_key = chat_key
         self._window = window
         self._row = row
@@ -215,7 +219,9 @@ class _UserTurn:
             return True
         self._ok = (
             window is not None
-            and appended.continued
+            # (A fresh window has no revision to continue: nothing stored before the turn,
+            # the check below, is what makes it the history.)
+            and (appended.continued or self._fresh)
             and appended.last_before == self._last_before
             and service.windows.get(self._chat_key) is window
         )
@@ -602,6 +608,19 @@ class ConversationService:
         name = None if msg.is_direct else speaker_name(msg.sender.name or msg.sender.id)
         user_turn: _UserTurn | None = None
         window = self.windows.get(msg.chat.key)
+        # A chat without a row has no history (every stored turn creates or updates the
+        # row): its first turn needs no read, and the model is asked while it is stored.
+        # Should the store find older turns after all (rows written by a script), the
+        # request is made again before anything is shown.
+        fresh = (
+            window is None
+            and chat.history_rev is None
+            and store_user_turn
+            and self.windows.max_bytes > 0
+        )
+        if fresh:
+            window = ChatWindow(0, counter.stored_as, [], None, None)
+            self.windows.put(msg.chat.key, window)
         if store_user_turn and not await self._resumed_with_user_turn(msg):
             row = {
                 "role": "user",
@@ -617,8 +636,8 @@ class ConversationService:
                 expected_revision=window.revision if window else None,
                 claim=self._claim(),
             )
-            user_turn = _UserTurn(self, msg.chat.key, window, row, counter, stored)
-            if not (
+            user_turn = _UserTurn(self, msg.chat.key, window, row, counter, stored, fresh)
+            if not fresh and not (
                 window is not None
                 and window.encoding == counter.stored_as
                 and chat.history_rev is not None

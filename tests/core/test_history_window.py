@@ -339,3 +339,52 @@ async def test_a_turn_stored_meanwhile_by_someone_else_is_asked_again_before_sho
     assert sent_history(fake_openai) == stored
     last_user_turn = [t for t in stored if not t.startswith("echo")][-1]
     assert sink.texts == [f"echo: {last_user_turn}"]
+
+
+async def test_a_new_chats_first_question_is_asked_while_its_turn_is_stored(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    """A chat without a row has nothing to read: the model is asked at once, and nothing is
+    shown before the turn is stored."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    if not core.store.db.shared:
+        pytest.skip("needs a second session holding a lock (PostgreSQL)")
+    sink = RecordingSink()
+    async with core.engine.connect() as other:
+        await other.begin()
+        # Reads go on; nothing can be stored in any chat's history until this ends.
+        await other.execute(text("LOCK TABLE messages IN EXCLUSIVE MODE"))
+        task = asyncio.create_task(core.service.handle(message("hello", chat="brand-new"), sink))
+        await fake_openai.wait_for("/chat/completions", count=1)
+        assert sent_history(fake_openai) == ["hello"]
+        await asyncio.sleep(0.2)
+        assert sink.texts == [] and not task.done()
+        await other.rollback()
+    await task
+    assert sink.texts == ["echo: hello"]
+    assert await stored_history(core, "brand-new") == ["hello"]
+
+
+async def test_turns_a_script_stored_for_a_chat_without_a_row_are_sent_with_its_first(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    """The first question of a chat without a row is asked without reading history; when the
+    store finds older turns after all, it is asked again with them, and only that answer
+    is shown."""
+    fake_openai.queue_reply("an answer without the imported turns")
+    async with core.engine.begin() as conn:
+        await conn.execute(
+            insert(Message).values(
+                chat_key="test:imported",
+                role="user",
+                content="imported by a script",
+                token_count=4,
+                encoding="o200k_base",
+            )
+        )
+    assert await say(core, "hello", chat="imported") == ["echo: hello"]
+    assert len(fake_openai.chat_requests()) == 2
+    assert sent_history(fake_openai) == ["imported by a script", "hello"]

@@ -66,6 +66,21 @@ def count_history_reads(core: Core) -> list[str]:
     return reads
 
 
+async def store_as_a_script_would(core: Core, chat_key: str, content: str) -> None:
+    """A user turn written straight into `messages` (no chat row, no new revision), as a
+    writer that knows nothing of revisions (an older relaybot, a script) would."""
+    async with core.engine.begin() as conn:
+        await conn.execute(
+            insert(Message).values(
+                chat_key=chat_key,
+                role="user",
+                content=content,
+                token_count=4,
+                encoding="o200k_base",
+            )
+        )
+
+
 def small_window(settings: Settings, tokens: int = 400) -> Settings:
     return settings.model_copy(update={"context_tokens": tokens, "reply_tokens": 50})
 
@@ -116,16 +131,7 @@ async def test_a_turn_stored_behind_the_service_s_back_is_sent_too(
 ) -> None:
     """A writer that knows nothing of revisions (an older relaybot, a script) is noticed."""
     await say(core, "first")
-    async with core.engine.begin() as conn:
-        await conn.execute(
-            insert(Message).values(
-                chat_key="test:w1",
-                role="user",
-                content="imported by a script",
-                token_count=4,
-                encoding="o200k_base",
-            )
-        )
+    await store_as_a_script_would(core, "test:w1", "imported by a script")
     await say(core, "second")
     assert sent_history(fake_openai) == ["first", "echo: first", "imported by a script", "second"]
 
@@ -375,16 +381,7 @@ async def test_turns_a_script_stored_for_a_chat_without_a_row_are_sent_with_its_
     store finds older turns after all, it is asked again with them, and only that answer
     is shown."""
     fake_openai.queue_reply("an answer without the imported turns")
-    async with core.engine.begin() as conn:
-        await conn.execute(
-            insert(Message).values(
-                chat_key="test:imported",
-                role="user",
-                content="imported by a script",
-                token_count=4,
-                encoding="o200k_base",
-            )
-        )
+    await store_as_a_script_would(core, "test:imported", "imported by a script")
     assert await say(core, "hello", chat="imported") == ["echo: hello"]
     assert len(fake_openai.chat_requests()) == 2
     assert sent_history(fake_openai) == ["imported by a script", "hello"]

@@ -79,6 +79,11 @@ async def _sequential(
     return walls, models, sink
 
 
+def _overheads(walls: list[float], models: list[float]) -> list[float]:
+    """relaybot's time per message: the wall of handle() less the model's time."""
+    return [w - m for w, m in zip(walls, models, strict=True)]
+
+
 async def _overhead(base_url: str, db_url: str, count: int, per_chat: int) -> dict[str, Any]:
     async with metered_core(bench_settings(base_url, db_url)) as core:
         await _warm(core, "warm")
@@ -91,8 +96,8 @@ async def _overhead(base_url: str, db_url: str, count: int, per_chat: int) -> di
         long_walls, long_models, long_sink = await _sequential(
             core, "long", long_count, per_chat, question
         )
-    overheads = [w - m for w, m in zip(walls, models, strict=True)]
-    long_overheads = [w - m for w, m in zip(long_walls, long_models, strict=True)]
+    overheads = _overheads(walls, models)
+    long_overheads = _overheads(long_walls, long_models)
     short_p50, long_p50 = percentile(overheads, 50), percentile(long_overheads, 50)
     short_pieces, long_pieces = sink.pieces / count, long_sink.pieces / long_count
     return {
@@ -311,7 +316,7 @@ async def _budgets(base_url: str, db_url: str, paid: int, count: int) -> dict[st
     async with metered_core(settings) as core:
         await _warm(core, "warm")
         walls, models, _ = await _sequential(core, "b", count, 10)
-        empty = [w - m for w, m in zip(walls, models, strict=True)]
+        empty = _overheads(walls, models)
         now = datetime.now(UTC)
         start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         filled = time.perf_counter()
@@ -342,7 +347,7 @@ async def _budgets(base_url: str, db_url: str, paid: int, count: int) -> dict[st
                 await auto.execute(text("VACUUM ANALYZE spend_totals, usage"))
         filled = time.perf_counter() - filled
         walls, models, _ = await _sequential(core, "c", count, 10)
-        full = [w - m for w, m in zip(walls, models, strict=True)]
+        full = _overheads(walls, models)
     empty_p50, full_p50 = percentile(empty, 50), percentile(full, 50)
     return {
         "paid": paid,

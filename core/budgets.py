@@ -12,14 +12,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection, Date, TextClause, bindparam, delete, select, text
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.accounting import day_start, month_start, next_day, next_month, spend_subjects
 from core.config import Settings
-from core.db.database import Statement
 from core.db.models import BudgetOverride, utcnow
 from core.db.store import Store
 from core.errors import RelaybotError
@@ -112,28 +110,6 @@ def describe(standing: Standing, now: datetime) -> str:
 
 
 _Overrides = dict[tuple[str, str, str], float | None]
-_SPENT: dict[tuple[str, ...], Statement] = {}
-
-
-def _spent_statement(scopes: tuple[str, ...]) -> Statement:
-    """Today's and this month's spend of each scope's subject (`:subject_user`, ...), a row
-    per scope: built once per set of scopes (building it per message cost more than
-    running it). Plain SQL, for SQLite's thread and asyncpg alike."""
-    if scopes not in _SPENT:
-        sql = "\nUNION ALL\n".join(
-            f"SELECT '{scope}', "
-            "coalesce(sum(CASE WHEN day >= :today THEN cost_usd ELSE 0 END), 0), "
-            f"coalesce(sum(cost_usd), 0) FROM spend_totals "
-            f"WHERE scope = '{scope}' AND subject = :subject_{scope} AND day >= :month"
-            for scope in scopes
-        )
-        dates = (bindparam("today", type_=Date()), bindparam("month", type_=Date()))
-        _SPENT[scopes] = Statement(text(sql).bindparams(*dates))
-    return _SPENT[scopes]
-
-
-def _read_spent(conn: Connection, statement: Statement, params: dict[str, Any]) -> list[Any]:
-    return list(statement.execute(conn, params).fetchall())
 
 
 class Budgets:
@@ -147,7 +123,7 @@ class Budgets:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self._engine = store.engine
-        self._db = store.db
+        self._store = store
         self._session = async_sessionmaker(store.engine, expire_on_commit=False)
         self._overrides: tuple[float, _Overrides] | None = None
         # The one read of the table in progress: when the cached copy runs out under load,
@@ -228,21 +204,13 @@ class Budgets:
     async def _spent(
         self, scopes: set[str], msg: IncomingMessage, now: datetime
     ) -> dict[str, tuple[float, float]]:
-        """(today, this month) spent by each scope's subject: at most a month of day totals
-        each, however much the bot was used."""
+        """(today, this month) spent by each scope's subject."""
         subjects = self._subjects(msg)
-        wanted = tuple(sorted(scopes))
-        params: dict[str, Any] = {f"subject_{scope}": subjects[scope] for scope in wanted}
-        params.update(today=day_start(now).date(), month=month_start(now).date())
-        statement = _spent_statement(wanted)
-        if self._db.shared:  # PostgreSQL: straight to asyncpg, as the per-message steps go
-            assert isinstance(statement.statement, TextClause)
-            rows = await self._db.fetch(statement.statement, params, durable=False)
-        else:
-            rows = await self._db.run(
-                _read_spent, statement, params, autocommit=True, durable=False
-            )
-        return {scope: (float(day), float(month)) for scope, day, month in rows}
+        return await self._store.spent(
+            {scope: subjects[scope] for scope in scopes},
+            day_start(now).date(),
+            month_start(now).date(),
+        )
 
     async def standings(self, msg: IncomingMessage, now: datetime | None = None) -> list[Standing]:
         """Each applicable budget with what was spent against it."""

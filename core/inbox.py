@@ -19,34 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    bindparam,
-    case,
-    delete,
-    insert,
-    or_,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Connection, bindparam, case, delete, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from core.db.database import Database, Statement
-from core.db.models import (
-    OPEN_EVENTS,
-    OPEN_STATUSES,
-    ChatLease,
-    InboundEvent,
-    Message,
-    utcnow,
-)
-from core.db.store import (
-    CHAT_SETTINGS_SQL,
-    ChatSettings,
-    merge_chat_settings,
-    read_chat_settings,
-)
+from core.db.models import OPEN_EVENTS, OPEN_STATUSES, ChatLease, InboundEvent, Message, utcnow
+from core.db.store import CHAT_SETTINGS_SQL, ChatSettings, merge_chat_settings, read_chat_settings
 from core.errors import UpstreamDown
 from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
 

@@ -108,7 +108,7 @@ class Purged:
     messages: int
     events: int
     rate_windows: int
-    spend_days: int = 0
+    spend_days: int
 
 
 async def purge_expired(

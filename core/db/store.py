@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -165,8 +165,6 @@ _SWAP_REVISION = Statement(
 )
 _INSERT_MESSAGE = Statement(insert(Message).returning(Message.id))
 _INSERT_USAGE = Statement(insert(UsageRecord))
-
-
 _EVENT_ANSWERED = Statement(
     update(InboundEvent).where(InboundEvent.id == bindparam("event_id")).values(status="answered")
 )
@@ -399,6 +397,22 @@ class Store:
         """Record what many model calls consumed, in one transaction (tools, imports)."""
         await self.db.run(_add_usage, list(rows))
 
+    async def spent(
+        self, subjects: Mapping[str, str], today: date, month: date
+    ) -> dict[str, tuple[float, float]]:
+        """What each scope's subject ({"user": "telegram:1", ...}) spent today and since
+        `month`, from the day totals: at most a month of rows each, in one statement."""
+        scopes = tuple(sorted(subjects))
+        statement = _spent_statement(scopes)
+        params: dict[str, Any] = {f"subject_{scope}": subjects[scope] for scope in scopes}
+        params.update(today=today, month=month)
+        if self.db.shared:  # PostgreSQL: straight to asyncpg, as the per-message steps go
+            assert isinstance(statement.statement, TextClause)
+            rows = await self.db.fetch(statement.statement, params, durable=False)
+        else:
+            rows = await self.db.run(_read, statement, params, autocommit=True, durable=False)
+        return {scope: (float(day), float(total)) for scope, day, total in rows}
+
     async def count_messages(self, chat_key: str) -> int:
         """How many history rows a chat holds (for tests and tools)."""
         return await self.db.run(_count_messages, chat_key)
@@ -516,6 +530,30 @@ def _spend_params(spent: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any
     params: dict[str, Any] = {f"s_{scope}": subject for scope, subject in subjects}
     params.update(s_day=spend_day(spent["created_at"]), u_cost_usd=spent["cost_usd"])
     return tuple(scope for scope, _ in subjects), params
+
+
+_SPENT: dict[tuple[str, ...], Statement] = {}
+
+
+def _spent_statement(scopes: tuple[str, ...]) -> Statement:
+    """Today's and this month's spend of each scope's subject (`:subject_user`, ...), a row
+    per scope: built once per set of scopes (building it per message cost more than
+    running it). Plain SQL, for SQLite's thread and asyncpg alike."""
+    if scopes not in _SPENT:
+        sql = "\nUNION ALL\n".join(
+            f"SELECT '{scope}', "
+            "coalesce(sum(CASE WHEN day >= :today THEN cost_usd ELSE 0 END), 0), "
+            "coalesce(sum(cost_usd), 0) FROM spend_totals "
+            f"WHERE scope = '{scope}' AND subject = :subject_{scope} AND day >= :month"
+            for scope in scopes
+        )
+        dates = (bindparam("today", type_=Date()), bindparam("month", type_=Date()))
+        _SPENT[scopes] = Statement(text(sql).bindparams(*dates))
+    return _SPENT[scopes]
+
+
+def _read(conn: Connection, statement: Statement, params: dict[str, Any]) -> list[Any]:
+    return list(statement.execute(conn, params).fetchall())
 
 
 def _record_usage(conn: Connection, spent: dict[str, Any]) -> None:

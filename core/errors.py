@@ -20,6 +20,10 @@ class ConfigError(RelaybotError):
     user_message = "The bot is not configured correctly. The operator has been told."
 
 
+class ModelUnavailable(ConfigError):
+    """The endpoint refused the model: it does not exist there, or cannot chat."""
+
+
 class RateLimited(RelaybotError):
     """The model endpoint asked us to slow down."""
 

@@ -34,9 +34,9 @@ from core.config import Settings
 from core.errors import (
     AuthFailed,
     BadInput,
-    ConfigError,
     ContentRefused,
     ContextTooLong,
+    ModelUnavailable,
     QuotaExhausted,
     RateLimited,
     RelaybotError,
@@ -49,6 +49,7 @@ _CONTEXT_MESSAGE = re.compile(
     r"context[ _]length|maximum context|context window|context size|too many tokens", re.I
 )
 _TPM_TOO_LARGE = re.compile(r"request too large", re.I)
+_NO_MODEL = re.compile(r"\bmodel\b.*\b(not found|does not exist)", re.I)
 _REFUSAL_TAGS = ("content_policy", "moderation_blocked", "content_filter", "safety")
 _SECRET_PATTERNS = (
     re.compile(r"sk-[A-Za-z0-9_\-*]{4,}"),
@@ -771,8 +772,10 @@ class OpenAIClient:
             return ContextTooLong(detail)
         if status == 400 and (param == "max_tokens" or "max_completion_tokens" in message):
             return _UnsupportedMaxTokens(detail)
-        if status == 404 and "model" in tags:
-            return ConfigError(detail)
+        if status == 404 and ("model" in tags or param == "model" or _NO_MODEL.search(message)):
+            # model_not_found; OpenAI's "This is not a chat model" and "only supported in
+            # v1/responses" (param "model"); vLLM's and Ollama's "model ... not found".
+            return ModelUnavailable(detail)
         return BadInput(detail)
 
 

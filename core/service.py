@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.chat_models import chat_models, not_chat_purpose
 from core.commands import HELP_TEXT, parse_command
 from core.config import Settings
 from core.db.store import Appended, ChatSettings, Store
@@ -22,6 +23,7 @@ from core.errors import (
     BadInput,
     ConfigError,
     ContextTooLong,
+    ModelUnavailable,
     QuotaExhausted,
     RelaybotError,
     ShuttingDown,
@@ -688,9 +690,20 @@ class ConversationService:
                     await user_turn.confirmed()
                 return await self._request_messages(msg.chat.key, system, model, budget // 2)
 
-            answer = await self._stream_answer(
-                sink, model, messages, image_parts, msg, trim_harder, confirm
-            )
+            try:
+                answer = await self._stream_answer(
+                    sink, model, messages, image_parts, msg, trim_harder, confirm
+                )
+            except ModelUnavailable as err:
+                if not chat.model:
+                    raise  # the configured model: the operator's to mend, and told
+                # A model picked for this chat with /model that the endpoint no longer
+                # serves (or never could chat): the people in the chat can pick another.
+                raise BadInput(
+                    str(err),
+                    user_message=f"This chat's model, {model}, is not available for chat at "
+                    "the moment. Send /model to pick another, or /model default.",
+                ) from err
         finally:
             if user_turn is not None:
                 # Whatever happened, the turn's storing has finished before the message does
@@ -1068,7 +1081,8 @@ class ConversationService:
         key = msg.chat.key
         chat = await self.store.chat_settings(key, msg.chat.parent_key)
         current = chat.model or self.settings.chat_model
-        models = await self.client.list_models()
+        # Only chat models: the endpoint lists its audio, image and embedding models too.
+        models = chat_models(await self.client.list_models())
         if not args:
             lines = [f"{'* ' if m == current else '  '}{m}" for m in models]
             await sink.send(
@@ -1081,6 +1095,13 @@ class ConversationService:
             )
             return
         name = args.split()[0]
+        purpose = not_chat_purpose(name)
+        if purpose is not None:
+            raise BadInput(
+                f"not a chat model: {name}",
+                user_message=f"{name} is not a chat model (it is for {purpose}). "
+                "Send /model to list the chat models.",
+            )
         if name.lower() == "default":
             await self.store.update_chat(key, msg.chat.platform, model=None)
             await sink.send(

@@ -43,6 +43,27 @@ DEFAULT_MODELS = [
     "gpt-image-1",
     "omni-moderation-latest",
 ]
+# Models OpenAI lists but refuses on /v1/chat/completions (404, "This is not a chat model").
+NOT_CHAT_MODELS = frozenset(
+    {
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-mini-tts",
+        "tts-1",
+        "tts-1-hd",
+        "dall-e-2",
+        "dall-e-3",
+        "gpt-image-1",
+        "omni-moderation-latest",
+        "text-moderation-latest",
+        "text-embedding-3-small",
+        "text-embedding-3-large",
+        "text-embedding-ada-002",
+        "davinci-002",
+        "babbage-002",
+    }
+)
 AUDIO_EXTENSIONS = frozenset({"flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "wav", "webm"})
 MODERATION_CATEGORIES = (
     "harassment",
@@ -145,6 +166,8 @@ class FakeOpenAI(FakeServer):
         self.translation: str = DEFAULT_TRANSCRIPT
         self.flag_words: dict[str, list[str]] = {"FLAGME": ["violence"]}
         self.models: list[str] = list(DEFAULT_MODELS)
+        # Chat requests for these get OpenAI's 404 model_not_found (a model withdrawn).
+        self.missing_models: set[str] = set()
         self.chunk_delay: float = 0.0
         # When set, streamed answers are compressed (gzip or deflate, as the client accepts).
         self.compress_streams: bool = False
@@ -292,6 +315,19 @@ class FakeOpenAI(FakeServer):
             return _error(400, "you must provide a model parameter", param="model")
         if not isinstance(messages, list) or not messages:
             return _error(400, "'messages' must be a non-empty array", param="messages")
+        if model in self.missing_models:
+            return _error(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+        if model in NOT_CHAT_MODELS:
+            return _error(
+                404,
+                "This is not a chat model and thus not supported in the v1/chat/completions "
+                "endpoint. Did you mean to use v1/completions?",
+                param="model",
+            )
         prompt_tokens = sum(
             _words(message_text(m.get("content"))) for m in messages if isinstance(m, dict)
         )

@@ -19,6 +19,7 @@ from core.errors import (
     BadInput,
     ContentRefused,
     ContextTooLong,
+    ModelUnavailable,
     QuotaExhausted,
     RateLimited,
     UpstreamDown,
@@ -432,6 +433,22 @@ async def test_other_client_errors_are_bad_input_with_a_generic_user_message(
         await client.chat(model="gpt-4o-mini", messages=user("hi"))
     assert "messages[0].role" in str(caught.value)
     assert "messages" not in caught.value.user_message
+
+
+async def test_a_model_the_endpoint_cannot_chat_with_is_model_unavailable(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    with pytest.raises(ModelUnavailable) as caught:  # OpenAI's 404 for a non-chat model
+        await client.chat(model="whisper-1", messages=user("hi"))
+    assert "not a chat model" in str(caught.value)
+    # Ollama and vLLM say it in words only.
+    fake.fail_next(404, message='model "llama3" not found, try pulling it first')
+    with pytest.raises(ModelUnavailable):
+        await client.chat(model="llama3", messages=user("hi"))
+    fake.missing_models.add("gpt-4o")
+    with pytest.raises(ModelUnavailable):
+        await client.chat(model="gpt-4o", messages=user("hi"))
+    assert len(fake.calls("/chat/completions")) == 3  # none retried
 
 
 async def test_model_wanting_max_completion_tokens_gets_it(

@@ -103,6 +103,22 @@ async def test_an_exhausted_quota_is_not_retried_and_the_operator_is_alerted(
     assert await outcomes(faulty) == ["failed"]
 
 
+async def test_a_configured_model_the_endpoint_does_not_serve_alerts_the_operator(
+    faulty: Core, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_openai.missing_models.add(faulty.settings.chat_model)
+    with caplog.at_level(logging.INFO):
+        shown = await say(faulty, "hello")
+    assert shown == ["! The bot is not configured correctly. The operator has been told."]
+    assert len(fake_openai.calls("/chat/completions")) == 1
+    alerts = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(alerts) == 1
+    assert "ModelUnavailable" in alerts[0].getMessage()
+    assert "model_not_found" in alerts[0].getMessage()
+    assert await stored(faulty) == [("user", "hello", "ok")]
+    assert await outcomes(faulty) == ["failed"]
+
+
 async def test_a_server_error_is_retried_then_answered(
     faulty: Core, fake_openai: FakeOpenAI
 ) -> None:

@@ -32,3 +32,41 @@ async def test_retry_regenerates_the_last_answer(bot: Bot) -> None:
     await bot.deliver(tg.text_update(PRIVATE_CHAT, "/retry"))
 
     assert tg.texts(PRIVATE_CHAT) == ["first try", "second try"]
+
+
+async def test_model_offers_only_chat_models_and_refuses_the_others(bot: Bot) -> None:
+    tg = bot.telegram
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/model"))
+    listing = tg.texts(PRIVATE_CHAT)[-1]
+    assert "gpt-4o" in listing
+    # The endpoint lists its transcription, image and moderation models too.
+    for other in ("whisper-1", "gpt-4o-mini-transcribe", "gpt-image-1", "omni-moderation"):
+        assert any(m.startswith(other) for m in bot.openai.models)
+        assert other not in listing
+
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/model whisper-1"))
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "still there?"))
+
+    refusal, answer = tg.texts(PRIVATE_CHAT)[-2:]
+    assert refusal == (
+        "whisper-1 is not a chat model (it is for audio). Send /model to list the chat models."
+    )
+    assert answer == "echo: still there?"
+    assert bot.openai.chat_requests()[-1]["model"] == bot.core.settings.chat_model
+
+
+async def test_a_chat_whose_model_was_withdrawn_is_told_how_to_pick_another(bot: Bot) -> None:
+    tg = bot.telegram
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/model gpt-4o"))
+    bot.openai.missing_models.add("gpt-4o")  # the endpoint stops serving it
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "hello?"))
+
+    told = tg.texts(PRIVATE_CHAT)[-1]
+    assert told == (
+        "This chat's model, gpt-4o, is not available for chat at the moment. "
+        "Send /model to pick another, or /model default."
+    )
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/model default"))
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "hello again"))
+    assert tg.texts(PRIVATE_CHAT)[-1] == "echo: hello again"
+    assert bot.openai.chat_requests()[-1]["model"] == bot.core.settings.chat_model

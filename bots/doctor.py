@@ -14,6 +14,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from core.chat_models import chat_models, not_chat_purpose
 from core.config import Settings
 from core.errors import AuthFailed, RelaybotError, UpstreamDown
 from core.logs import RedactingFilter, settings_secrets
@@ -216,7 +217,17 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
             )
         ]
     results = [ok(name, f"{url} lists {len(models)} models")]
-    if models and settings.chat_model not in models:
+    purpose = not_chat_purpose(settings.chat_model)
+    if purpose is not None:
+        shown = ", ".join(chat_models(sorted(models))[:8]) or "a chat model"
+        results.append(
+            fail(
+                "chat model",
+                f"{settings.chat_model} is not a chat model (it is for {purpose})",
+                f"set RELAYBOT_CHAT_MODEL to one of: {shown}",
+            )
+        )
+    elif models and settings.chat_model not in models:
         shown = ", ".join(sorted(models)[:8]) + (", ..." if len(models) > 8 else "")
         results.append(
             Result(

@@ -161,6 +161,16 @@ def test_an_unreachable_endpoint_fails_and_names_the_setting(
     assert lines["database"].startswith("OK")  # the other checks still ran
 
 
+def test_a_configured_model_that_cannot_chat_fails_and_names_chat_models(
+    healthy: dict[str, str], tmp_path: Path
+) -> None:
+    code, lines, output = doctor(tmp_path, {**healthy, "RELAYBOT_CHAT_MODEL": "whisper-1"})
+    assert code == 1
+    line = lines["chat model"]
+    assert line.startswith("FAIL") and "whisper-1 is not a chat model (it is for audio)" in line
+    assert "RELAYBOT_CHAT_MODEL to one of: gpt-4o, gpt-4o-mini" in output
+
+
 def test_a_rejected_key_fails_without_printing_it(healthy: dict[str, str], tmp_path: Path) -> None:
     wrong = "sk-test-wrong-key-Hy7Tq3"
     code, lines, output = doctor(tmp_path, {**healthy, "OPENAI_API_KEY": wrong})

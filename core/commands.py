@@ -8,7 +8,7 @@ COMMANDS: dict[str, str] = {
     "help": "show this help",
     "reset": "forget this chat's history",
     "system": "show or set this chat's system prompt: /system TEXT, /system default",
-    "model": "list the models, or pick one for this chat: /model NAME",
+    "model": "list the chat models, or pick one for this chat: /model NAME",
     "image": "generate an image: /image PROMPT",
     "edit": "edit a photo: send or reply to a photo with /edit INSTRUCTION",
     "translate": "translate a voice note or audio file to English text",

@@ -27,6 +27,7 @@ from core.errors import (
     QuotaExhausted,
     RelaybotError,
     ShuttingDown,
+    UpstreamDown,
 )
 from core.history import ChatWindow, HistoryCache, Turn
 from core.inbox import Inbox, decode_message, decode_reply_refs, new_worker_id
@@ -1081,18 +1082,27 @@ class ConversationService:
         key = msg.chat.key
         chat = await self.store.chat_settings(key, msg.chat.parent_key)
         current = chat.model or self.settings.chat_model
-        # Only chat models: the endpoint lists its audio, image and embedding models too.
-        models = chat_models(await self.client.list_models())
+        try:
+            # Only chat models: the endpoint lists its audio, image and embedding models too.
+            models: list[str] | None = chat_models(await self.client.list_models())
+        except (BadInput, ModelUnavailable, UpstreamDown) as err:
+            # Servers without /models (or one failing now): any name may be picked.
+            log.info("the endpoint did not list its models: %s", type(err).__name__)
+            models = None
         if not args:
-            lines = [f"{'* ' if m == current else '  '}{m}" for m in models]
-            await sink.send(
-                Reply(
-                    text=f"Current model: {current}\nAvailable models:\n"
-                    + "\n".join(lines)
-                    + "\n\nPick one with /model NAME.",
-                    kind=ReplyKind.NOTICE,
+            if models is None:
+                text = (
+                    f"Current model: {current}\nThe endpoint does not list its models; "
+                    "pick one by name with /model NAME."
                 )
-            )
+            else:
+                lines = [f"{'* ' if m == current else '  '}{m}" for m in models]
+                text = (
+                    f"Current model: {current}\nAvailable models:\n"
+                    + "\n".join(lines)
+                    + "\n\nPick one with /model NAME."
+                )
+            await sink.send(Reply(text=text, kind=ReplyKind.NOTICE))
             return
         name = args.split()[0]
         purpose = not_chat_purpose(name)

@@ -70,3 +70,21 @@ async def test_a_chat_whose_model_was_withdrawn_is_told_how_to_pick_another(bot:
     await bot.deliver(tg.text_update(PRIVATE_CHAT, "hello again"))
     assert tg.texts(PRIVATE_CHAT)[-1] == "echo: hello again"
     assert bot.openai.chat_requests()[-1]["model"] == bot.core.settings.chat_model
+
+
+async def test_model_can_be_picked_by_name_where_the_endpoint_lists_none(bot: Bot) -> None:
+    tg = bot.telegram
+    # A server without /models (the fake's 404 for that path), as some compatible ones are.
+    bot.openai.fail_next(404, message="Not Found", path="/models", times=2)
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/model"))
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/model llama3.1:8b"))
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "hi llama"))
+
+    listing, picked, answer = tg.texts(PRIVATE_CHAT)
+    assert listing == (
+        f"Current model: {bot.core.settings.chat_model}\n"
+        "The endpoint does not list its models; pick one by name with /model NAME."
+    )
+    assert picked == "This chat now uses llama3.1:8b."
+    assert answer == "echo: hi llama"
+    assert bot.openai.chat_requests()[-1]["model"] == "llama3.1:8b"

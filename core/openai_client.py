@@ -353,6 +353,10 @@ class _UnsupportedMaxTokens(BadInput):
     """The model wants `max_completion_tokens` instead of `max_tokens` (or the reverse)."""
 
 
+class _UnsupportedStreamOptions(BadInput):
+    """The server refuses `stream_options` (Azure's older API versions, Mistral, others)."""
+
+
 class OpenAIClient:
     """Chat, transcription, images, moderation and model listing against one endpoint."""
 
@@ -385,6 +389,9 @@ class OpenAIClient:
         self._token_param = (
             "max_completion_tokens" if host.endswith("openai.com") else "max_tokens"
         )
+        # Streams ask for the usage at their end unless the server refused to be asked
+        # (the service then counts the tokens itself).
+        self._stream_usage = True
 
     def __repr__(self) -> str:
         return f"OpenAIClient(base_url={self._base_url!r})"
@@ -412,7 +419,8 @@ class OpenAIClient:
         while True:
             body = self._chat_body(model, messages, max_tokens)
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            if self._stream_usage:
+                body["stream_options"] = {"include_usage": True}
             yielded = False
             try:
                 # aclosing: if our consumer stops early, the HTTP response is closed right away.
@@ -426,6 +434,14 @@ class OpenAIClient:
                     raise
                 swapped = True
                 self._swap_token_param()
+            except _UnsupportedStreamOptions:
+                if not self._stream_usage:
+                    raise
+                self._stream_usage = False
+                log.warning(
+                    "the model endpoint refuses stream_options: answers stream without "
+                    "the usage, which relaybot counts with its tokenizer instead"
+                )
             except (RateLimited, UpstreamDown) as err:
                 # Once text reached the person a retry would repeat it: fail instead.
                 delay = None if yielded else self._retry_delay(attempt, err)
@@ -770,6 +786,8 @@ class OpenAIClient:
             return UpstreamDown(detail)
         if _CONTEXT_MESSAGE.search(message):
             return ContextTooLong(detail)
+        if status in (400, 422) and (param == "stream_options" or "stream_options" in message):
+            return _UnsupportedStreamOptions(detail)
         if status == 400 and (param == "max_tokens" or "max_completion_tokens" in message):
             return _UnsupportedMaxTokens(detail)
         if status == 404 and ("model" in tags or param == "model" or _NO_MODEL.search(message)):

@@ -168,6 +168,8 @@ class FakeOpenAI(FakeServer):
         self.models: list[str] = list(DEFAULT_MODELS)
         # Chat requests for these get OpenAI's 404 model_not_found (a model withdrawn).
         self.missing_models: set[str] = set()
+        # Refuse chat requests carrying `stream_options`, as some compatible servers do.
+        self.reject_stream_options: bool = False
         self.chunk_delay: float = 0.0
         # When set, streamed answers are compressed (gzip or deflate, as the client accepts).
         self.compress_streams: bool = False
@@ -315,6 +317,9 @@ class FakeOpenAI(FakeServer):
             return _error(400, "you must provide a model parameter", param="model")
         if not isinstance(messages, list) or not messages:
             return _error(400, "'messages' must be a non-empty array", param="messages")
+        if self.reject_stream_options and "stream_options" in body:
+            # As Azure OpenAI's older API versions answer (Mistral's API: a 422 alike).
+            return _error(400, "Unrecognized request argument supplied: stream_options")
         if model in self.missing_models:
             return _error(
                 404,

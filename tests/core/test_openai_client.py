@@ -103,6 +103,22 @@ async def test_streamed_chat_yields_text_then_usage(
     assert sent["stream_options"] == {"include_usage": True}
 
 
+async def test_a_server_refusing_stream_options_is_streamed_to_without_them(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.reject_stream_options = True
+    fake.queue_reply("Lisbon is sunny")
+    deltas = await collect(client, "weather in lisbon?")
+    assert "".join(d.text for d in deltas) == "Lisbon is sunny"
+    assert all(d.usage is None for d in deltas)  # the server was not asked for it
+    first, second = fake.chat_requests()
+    assert "stream_options" in first and "stream_options" not in second
+    # The client remembers: later streams go out without them at once.
+    await collect(client, "and tomorrow?")
+    assert len(fake.chat_requests()) == 3
+    assert "stream_options" not in fake.chat_requests()[-1]
+
+
 async def test_a_compressed_or_non_ascii_stream_reads_the_same(
     client: OpenAIClient, fake: FakeOpenAI
 ) -> None:

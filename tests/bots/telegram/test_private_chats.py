@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
+from core.db.models import UsageRecord
+from core.tokens import counter_for
 from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot
 
 
@@ -23,3 +26,21 @@ async def test_a_private_message_is_streamed_as_drafts_then_answered(bot: Bot) -
     assert all(d.text and "Lisbon is sunny today".startswith(d.text[:10]) for d in drafts)
     assert bot.telegram.calls("/editMessageText") == []
     assert any(a["action"] == "typing" for a in bot.telegram.chat_actions)
+
+
+async def test_an_endpoint_refusing_stream_options_still_answers_and_counts_usage(
+    bot: Bot,
+) -> None:
+    bot.openai.reject_stream_options = True  # e.g. Azure OpenAI's older API versions
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "count me in"))
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "/usage"))
+
+    answer, report = bot.telegram.texts(PRIVATE_CHAT)
+    assert answer == "echo: count me in"
+    assert "(1 requests)" in report
+    async with bot.core.engine.connect() as conn:
+        (row,) = (await conn.execute(select(UsageRecord))).all()
+    # No usage came with the stream: relaybot counted the request and answer itself (the
+    # fake, asked for usage, reports words: 4 here).
+    assert row.prompt_tokens > 0
+    assert row.completion_tokens == counter_for(row.model).count(answer) == 5

@@ -939,11 +939,9 @@ def _image_upload(filename: str, image: bytes) -> tuple[str, str]:
         ext = "jpg"
     elif image[:4] == b"RIFF" and image[8:12] == b"WEBP":
         ext = "webp"
-    else:
-        ext = _extension(filename)
-        if ext not in _IMAGE_MIME:
-            raise BadInput(
-                f"unsupported image format: {filename!r}",
-                user_message="I can only edit PNG, JPEG or WebP images.",
-            )
+    else:  # whatever its name says: the endpoint would refuse it
+        raise BadInput(
+            f"not a PNG, JPEG or WebP image: {filename!r}",
+            user_message="I can only edit PNG, JPEG or WebP images.",
+        )
     return f"{_stem(filename, 'image')}.{ext}", _IMAGE_MIME[ext]

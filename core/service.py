@@ -65,6 +65,9 @@ AUDIO_MIME_EXTENSIONS = {
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Failures no retry or person can fix: the operator must act (logged at ERROR for alerts).
 OPERATOR_ERRORS = (QuotaExhausted, AuthFailed, ConfigError)
+UNUSABLE_IMAGE = (
+    "The image service could not use that picture. Please send it again as a PNG or JPEG photo."
+)
 UNREADABLE_AUDIO = (
     "I couldn't read that audio file: it may be damaged, or not the format its name says. "
     "Please record it again or send it as MP3, M4A, OGG or WAV."
@@ -1151,13 +1154,19 @@ class ConversationService:
         await self.moderator.check_input(prompt)
         await sink.typing()
         model = self.settings.image_model
-        png = await self.client.edit_image(
-            model=model,
-            image=await source.fetch(),
-            filename=source.filename or "image.png",
-            prompt=prompt,
-            size=self.settings.image_size,
-        )
+        try:
+            png = await self.client.edit_image(
+                model=model,
+                image=await source.fetch(),
+                filename=source.filename or "image.png",
+                prompt=prompt,
+                size=self.settings.image_size,
+            )
+        except BadInput as err:
+            if err.user_message != BadInput.user_message:
+                raise
+            # The endpoint refused the picture itself (its size, its colour mode, ...).
+            raise BadInput(str(err), user_message=UNUSABLE_IMAGE) from err
         await self._record_usage(msg, model, "image", images=1)
         await sink.send(Reply(text=prompt, image=png, image_name="edited.png"))
 

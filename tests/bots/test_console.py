@@ -186,3 +186,31 @@ async def test_cut_stream_keeps_partial_answer_marked(core: Core, fake_openai: F
     await chat(core, "again")
     last = chat_bodies(fake_openai)[-1]["messages"]
     assert last[2]["role"] == "assistant" and last[2]["content"]
+
+
+async def test_edit_refuses_a_file_that_is_not_an_image_and_edits_a_real_one(
+    core: Core, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.png"  # named like a picture, holding text
+    notes.write_text("shopping list: eggs, milk")
+    out = await chat(core, f"/edit {notes} make it blue", f"/edit {FIXTURES / 'photo.jpg'} sepia")
+    refusal, saved = out.splitlines()
+    assert refusal == "! I can only edit PNG, JPEG or WebP images."
+    assert saved.startswith("Image saved to ")
+    (upload,) = fake_openai.calls("/images/edits")  # the text file never left the machine
+    assert upload.form["image"]["content_type"] == "image/jpeg"
+
+
+async def test_a_picture_the_image_service_refuses_is_explained(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.fail_next(
+        400,
+        message="Invalid image file or mode for image 1, please check your image file.",
+        path="/images/edits",
+    )
+    out = await chat(core, f"/edit {FIXTURES / 'square.png'} add a hat")
+    assert out.strip() == (
+        "! The image service could not use that picture. "
+        "Please send it again as a PNG or JPEG photo."
+    )

@@ -58,6 +58,12 @@ class ContentRefused(RelaybotError):
     user_message = "Sorry, I can't help with that."
 
 
+class EmptyAnswer(RelaybotError):
+    """The model's answer held no text at all."""
+
+    user_message = "The model sent back an empty answer. Please try again, or put it another way."
+
+
 class UpstreamDown(RelaybotError):
     """The model endpoint is unreachable, timed out or failed."""
 

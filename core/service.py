@@ -22,7 +22,9 @@ from core.errors import (
     AuthFailed,
     BadInput,
     ConfigError,
+    ContentRefused,
     ContextTooLong,
+    EmptyAnswer,
     ModelUnavailable,
     QuotaExhausted,
     RelaybotError,
@@ -65,6 +67,11 @@ AUDIO_MIME_EXTENSIONS = {
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Failures no retry or person can fix: the operator must act (logged at ERROR for alerts).
 OPERATOR_ERRORS = (QuotaExhausted, AuthFailed, ConfigError)
+# Shown after an answer the model stopped before its end, by the reason it gave.
+_STOP_NOTES = {
+    "length": "\n\n[cut off at the reply length limit]",
+    "content_filter": "\n\n[stopped by the provider's content filter]",
+}
 UNUSABLE_IMAGE = (
     "The image service could not use that picture. Please send it again as a PNG or JPEG photo."
 )
@@ -131,6 +138,8 @@ class _Answer:
     sent: list[dict[str, Any]] = field(default_factory=list)
     # The streamed pieces (joined once: appending to one string copies it every time).
     parts: list[str] = field(default_factory=list)
+    # Why the model stopped ("stop", "length", "content_filter", ...), when it said.
+    finish_reason: str | None = None
 
     @property
     def text(self) -> str:
@@ -902,12 +911,38 @@ class ConversationService:
                     str(err),
                     user_message="The answer was cut short: " + err.user_message,
                 ) from err
+            if not answer.text:
+                if answer.usage is not None:  # what the model spent (thinking) is billed
+                    await self._record_usage(msg, model, "chat", usage=answer.usage)
+                raise self._nothing_written(answer, model)
+            note = _STOP_NOTES.get(answer.finish_reason or "")
+            if note:
+                # The model stopped before it was done: the person sees why (the note is
+                # not the model's words, and is not kept in the history).
+                await stream.append(note)
             flagged = await self.moderator.output_flagged(answer.text)
             if flagged:
                 await stream.retract(WITHHELD_NOTICE)
                 await self._store_answer(msg, model, answer, "withheld")
                 return None
         return answer
+
+    def _nothing_written(self, answer: _Answer, model: str) -> RelaybotError:
+        """The error for an answer without text, by why the model stopped."""
+        if answer.finish_reason == "content_filter":
+            return ContentRefused(f"{model}: the provider's content filter stopped the answer")
+        if answer.finish_reason == "length":
+            # A reasoning model can spend its whole allowance thinking: the operator's to set.
+            log.warning(
+                "the model wrote nothing within the reply limit: raise RELAYBOT_REPLY_TOKENS",
+                extra={"model": model, "reply_tokens": self.settings.reply_tokens},
+            )
+            return EmptyAnswer(
+                f"{model}: no text within {self.settings.reply_tokens} reply tokens",
+                user_message="The model used up its whole reply allowance before writing "
+                "anything. Please try again, or ask for something shorter.",
+            )
+        return EmptyAnswer(f"{model}: an empty answer (finish_reason {answer.finish_reason})")
 
     async def _stream_into(
         self,
@@ -948,12 +983,14 @@ class ConversationService:
                             await stream.append(delta.text)
                         if delta.usage is not None:
                             answer.usage = delta.usage
+                        if delta.finish_reason:
+                            answer.finish_reason = delta.finish_reason
             if retry is None and confirm is not None:
                 retry = await confirm()  # an answer with no text at all
             if retry is None:
                 return
             messages, confirm = retry, None
-            answer.usage = None
+            answer.usage = answer.finish_reason = None
 
     # -- audio ----------------------------------------------------------------------------
     async def _transcribe(

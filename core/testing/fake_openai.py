@@ -168,6 +168,11 @@ class FakeOpenAI(FakeServer):
         self.models: list[str] = list(DEFAULT_MODELS)
         # Chat requests for these get OpenAI's 404 model_not_found (a model withdrawn).
         self.missing_models: set[str] = set()
+        # A reasoning model's hidden tokens before each answer: they count against the
+        # reply limit (an answer may have no room left: empty, finish_reason "length").
+        self.reasoning_tokens: int = 0
+        # Said as every answer's finish_reason when set (e.g. Azure's "content_filter").
+        self.finish_reason: str | None = None
         # Refuse chat requests carrying `stream_options`, as some compatible servers do.
         self.reject_stream_options: bool = False
         self.chunk_delay: float = 0.0
@@ -347,16 +352,21 @@ class FakeOpenAI(FakeServer):
             )
         text = await self._next_reply(messages)
         finish_reason = "stop"
+        thinking = self.reasoning_tokens
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        if isinstance(limit, int) and limit > 0 and _words(text) > limit:
-            text = " ".join(text.split()[:limit])
+        if isinstance(limit, int) and limit > 0 and thinking + _words(text) > limit:
+            text = " ".join(text.split()[: max(0, limit - thinking)])
+            thinking = min(thinking, limit)
             finish_reason = "length"
+        if self.finish_reason is not None:
+            finish_reason = self.finish_reason
+        completion = thinking + _words(text)
         usage = {
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": _words(text),
-            "total_tokens": prompt_tokens + _words(text),
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": thinking, "audio_tokens": 0},
         }
         completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())

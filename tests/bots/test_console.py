@@ -214,3 +214,18 @@ async def test_a_picture_the_image_service_refuses_is_explained(
         "! The image service could not use that picture. "
         "Please send it again as a PNG or JPEG photo."
     )
+
+
+async def test_an_answer_a_content_filter_stopped_says_so(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.finish_reason = "content_filter"  # as Azure OpenAI ends a filtered answer
+    fake_openai.queue_reply("Here is how")
+    fake_openai.queue_reply("")
+    out = await chat(core, "how do I pick a lock?", "and a safe?")
+    assert out.splitlines() == [
+        "Here is how",
+        "",
+        "[stopped by the provider's content filter]",
+        "! Sorry, I can't help with that.",
+    ]

@@ -144,3 +144,47 @@ async def test_a_flagged_answer_is_withdrawn_and_replaced_by_a_notice(bot: Bot, 
     (message,) = bot.telegram.chat_log(chat)
     assert "FLAGME" not in message.text
     assert message.text == WITHHELD_NOTICE
+
+
+@pytest.mark.telegram_settings(reply_tokens=5)
+async def test_an_answer_cut_at_the_reply_limit_says_so(bot: Bot) -> None:
+    bot.openai.queue_reply("one two three four five six seven eight")
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "count to eight"))
+
+    assert bot.telegram.texts(PRIVATE_CHAT) == [
+        "one two three four five\n\n[cut off at the reply length limit]"
+    ]
+    stored = await bot.stored(f"telegram:{PRIVATE_CHAT}")
+    assert [(r.role, r.content) for r in stored] == [
+        ("assistant", "one two three four five"),  # the model's words, not the note
+        ("user", "count to eight"),
+    ]
+
+
+@pytest.mark.telegram_settings(reply_tokens=20)
+async def test_a_model_that_thinks_past_its_reply_limit_is_explained(bot: Bot) -> None:
+    bot.openai.reasoning_tokens = 50  # a reasoning model that never gets to write
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "prove the Riemann hypothesis"))
+
+    assert bot.telegram.texts(PRIVATE_CHAT) == [
+        "The model used up its whole reply allowance before writing anything. "
+        "Please try again, or ask for something shorter."
+    ]
+    stored = await bot.stored(f"telegram:{PRIVATE_CHAT}")
+    assert [(r.role, r.content) for r in stored] == [("user", "prove the Riemann hypothesis")]
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "/usage"))
+    assert "(1 requests)" in bot.telegram.texts(PRIVATE_CHAT)[-1], "the thinking is billed"
+
+
+async def test_an_empty_answer_is_explained(bot: Bot) -> None:
+    bot.openai.queue_reply("")
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "hello?"))
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "hello again"))
+
+    assert bot.telegram.texts(PRIVATE_CHAT) == [
+        "The model sent back an empty answer. Please try again, or put it another way.",
+        "echo: hello again",
+    ]
+    # No empty turn was kept to be sent again with the next question.
+    history = bot.openai.chat_requests()[-1]["messages"]
+    assert [m["role"] for m in history] == ["system", "user", "user"]

@@ -784,6 +784,10 @@ class OpenAIClient:
             return UpstreamDown(detail)
         if status >= 500 or status in (408, 409):
             return UpstreamDown(detail)
+        if status == 413:
+            # A proxy's body limit in front of the model (nginx: 1 MB by default): the
+            # request is too big, as an over-long context is.
+            return ContextTooLong(detail)
         if _CONTEXT_MESSAGE.search(message):
             return ContextTooLong(detail)
         if status in (400, 422) and (param == "stream_options" or "stream_options" in message):

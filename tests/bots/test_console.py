@@ -229,3 +229,21 @@ async def test_an_answer_a_content_filter_stopped_says_so(
         "[stopped by the provider's content filter]",
         "! Sorry, I can't help with that.",
     ]
+
+
+async def test_a_request_a_proxy_finds_too_large_is_trimmed_once_then_explained(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    # nginx in front of a model server: 413 for a body over its limit (1 MB by default).
+    fake_openai.fail_next(413, message="Request Entity Too Large", path="/chat/completions")
+    assert (await chat(core, "first question")).strip() == "echo: first question"
+    assert len(fake_openai.chat_requests()) == 2  # asked again, with less history
+
+    fake_openai.fail_next(
+        413, message="Request Entity Too Large", times=2, path="/chat/completions"
+    )
+    out = await chat(core, "second question")
+    assert (
+        out.strip() == "! That message is too long for the model. Please send something shorter."
+    )
+    assert len(fake_openai.chat_requests()) == 4

@@ -24,6 +24,10 @@ class ModelUnavailable(ConfigError):
     """The endpoint refused the model: it does not exist there, or cannot chat."""
 
 
+class EndpointMissing(ConfigError):
+    """The endpoint has no such path: a wrong base URL, or a server without that feature."""
+
+
 class RateLimited(RelaybotError):
     """The model endpoint asked us to slow down."""
 

@@ -36,6 +36,7 @@ from core.errors import (
     BadInput,
     ContentRefused,
     ContextTooLong,
+    EndpointMissing,
     ModelUnavailable,
     QuotaExhausted,
     RateLimited,
@@ -798,6 +799,14 @@ class OpenAIClient:
             # model_not_found; OpenAI's "This is not a chat model" and "only supported in
             # v1/responses" (param "model"); vLLM's and Ollama's "model ... not found".
             return ModelUnavailable(detail)
+        if status in (404, 405) and not where.endswith("(download)"):
+            path = where.split(" ", 1)[0]
+            hint = (
+                "a server without moderation needs RELAYBOT_MODERATION=off"
+                if path == "/moderations"
+                else "is OPENAI_BASE_URL right? It usually ends in /v1"
+            )
+            return EndpointMissing(f"{detail} (the endpoint has no {path}: {hint})")
         return BadInput(detail)
 
 

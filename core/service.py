@@ -25,6 +25,7 @@ from core.errors import (
     ContentRefused,
     ContextTooLong,
     EmptyAnswer,
+    EndpointMissing,
     ModelUnavailable,
     QuotaExhausted,
     RelaybotError,
@@ -1125,7 +1126,7 @@ class ConversationService:
         try:
             # Only chat models: the endpoint lists its audio, image and embedding models too.
             models: list[str] | None = chat_models(await self.client.list_models())
-        except (BadInput, ModelUnavailable, UpstreamDown) as err:
+        except (BadInput, EndpointMissing, ModelUnavailable, UpstreamDown) as err:
             # Servers without /models (or one failing now): any name may be picked.
             log.info("the endpoint did not list its models: %s", type(err).__name__)
             models = None

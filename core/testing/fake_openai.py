@@ -171,6 +171,9 @@ class FakeOpenAI(FakeServer):
         # A reasoning model's hidden tokens before each answer: they count against the
         # reply limit (an answer may have no room left: empty, finish_reason "length").
         self.reasoning_tokens: int = 0
+        # Paths answered with a bare 404, as servers without them do (Ollama: /moderations,
+        # /audio/transcriptions) or as a base URL missing its /v1 finds every path.
+        self.missing_endpoints: set[str] = set()
         # Said as every answer's finish_reason when set (e.g. Azure's "content_filter").
         self.finish_reason: str | None = None
         # Refuse chat requests carrying `stream_options`, as some compatible servers do.
@@ -269,6 +272,8 @@ class FakeOpenAI(FakeServer):
                         "https://platform.openai.com/account/api-keys.",
                         code="invalid_api_key",
                     )
+            if any(request.path.endswith(path) for path in self.missing_endpoints):
+                return web.Response(status=404, text="404 page not found")  # as Ollama's
             failure = self._take_failure(request.path)
             if failure is not None:
                 headers: dict[str, str] = {}

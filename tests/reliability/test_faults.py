@@ -119,6 +119,32 @@ async def test_a_configured_model_the_endpoint_does_not_serve_alerts_the_operato
     assert await outcomes(faulty) == ["failed"]
 
 
+@pytest.mark.parametrize(
+    ("missing", "hint", "kept_as"),
+    [
+        ("/chat/completions", "is OPENAI_BASE_URL right? It usually ends in /v1", "ok"),
+        # Unchecked input is kept out of the history, as when moderation is down.
+        ("/moderations", "a server without moderation needs RELAYBOT_MODERATION=off", "withheld"),
+    ],
+    ids=["base-url-without-v1", "server-without-moderation"],
+)
+async def test_an_endpoint_path_the_server_lacks_alerts_the_operator_with_the_fix(
+    faulty: Core,
+    fake_openai: FakeOpenAI,
+    caplog: pytest.LogCaptureFixture,
+    missing: str,
+    hint: str,
+    kept_as: str,
+) -> None:
+    fake_openai.missing_endpoints.add(missing)  # a bare 404, as Ollama's router answers
+    with caplog.at_level(logging.INFO):
+        shown = await say(faulty, "hello")
+    assert shown == ["! The bot is not configured correctly. The operator has been told."]
+    (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "EndpointMissing" in alert and hint in alert
+    assert await stored(faulty) == [("user", "hello", kept_as)]
+
+
 async def test_a_server_error_is_retried_then_answered(
     faulty: Core, fake_openai: FakeOpenAI
 ) -> None:

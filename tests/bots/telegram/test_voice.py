@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from core.testing.fake_openai import DEFAULT_TRANSCRIPT
@@ -100,3 +102,18 @@ async def test_an_oversized_voice_note_is_refused_without_downloading(
     assert bot.telegram.calls("/getFile") == []
     assert bot.telegram.downloads == []
     assert bot.openai.calls("/audio/transcriptions") == []
+
+
+async def test_a_server_without_transcription_alerts_the_operator_and_blames_no_file(
+    bot: Bot, voice_note: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot.openai.missing_endpoints.add("/audio/transcriptions")  # e.g. Ollama
+    with caplog.at_level(logging.ERROR):
+        await bot.deliver(bot.telegram.voice_update(PRIVATE_CHAT, voice_note))
+
+    # Not "that audio file may be damaged": the file is fine, the server cannot transcribe.
+    assert bot.telegram.texts(PRIVATE_CHAT) == [
+        "The bot is not configured correctly. The operator has been told."
+    ]
+    (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "EndpointMissing" in alert and "/audio/transcriptions" in alert

@@ -63,9 +63,11 @@ async def probe_endpoint(core: Core) -> None:
         raise StartupError(
             f"cannot reach the model endpoint at {url}; check OPENAI_BASE_URL and the network."
         ) from None
-    except RelaybotError:
+    except RelaybotError as err:
         # Some compatible servers have no /models; chatting may still work.
-        logging.getLogger("relaybot").warning("the endpoint at %s cannot list models", url)
+        logging.getLogger("relaybot").warning(
+            "the endpoint at %s cannot list models: %s", url, err
+        )
 
 
 def setup_logging(level: str, settings: Settings | None = None) -> None:

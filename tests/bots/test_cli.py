@@ -108,3 +108,17 @@ def test_starts_without_tokenizer_files(endpoint: FakeOpenAI, tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "echo: hello without tokenizer"
     assert "TIKTOKEN_CACHE_DIR" in result.stderr
+
+
+def test_a_base_url_without_v1_is_named_at_start_and_in_the_chat(
+    endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = endpoint_env(endpoint)
+    env["OPENAI_BASE_URL"] = env["OPENAI_BASE_URL"].removesuffix("/v1")  # every path 404s
+    result = run(["console"], tmp_path, "hi\n", **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "! The bot is not configured correctly. The operator has been told."
+    ]
+    assert "cannot list models" in result.stderr
+    assert "is OPENAI_BASE_URL right? It usually ends in /v1" in result.stderr

@@ -70,7 +70,6 @@ _AUDIO_MIME = {
 }
 # Names platforms give audio whose format the endpoint knows under another extension.
 _AUDIO_ALIASES = {"oga": "ogg", "opus": "ogg", "wave": "wav", "mp4a": "m4a"}
-_IMAGE_MIME = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -944,17 +943,27 @@ def _audio_upload(filename: str, audio: bytes) -> tuple[str, str]:
     return f"{_stem(filename, 'audio')}.{ext}", _AUDIO_MIME[ext]
 
 
+def image_mime(image: bytes) -> str | None:
+    """The MIME type of a picture the model endpoints take (PNG, JPEG, WebP, GIF), judged by
+    its bytes (a name or a declared type can be wrong), else None (HEIC, SVG, not a picture)."""
+    if image.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if image.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if image[:4] == b"RIFF" and image[8:12] == b"WEBP":
+        return "image/webp"
+    if image[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return None
+
+
 def _image_upload(filename: str, image: bytes) -> tuple[str, str]:
     """A file name and MIME type that match what the image bytes really are."""
-    if image.startswith(b"\x89PNG\r\n\x1a\n"):
-        ext = "png"
-    elif image.startswith(b"\xff\xd8\xff"):
-        ext = "jpg"
-    elif image[:4] == b"RIFF" and image[8:12] == b"WEBP":
-        ext = "webp"
-    else:  # whatever its name says: the endpoint would refuse it
+    mime = image_mime(image)
+    if mime is None or mime == "image/gif":  # whatever its name says: it would be refused
         raise BadInput(
             f"not a PNG, JPEG or WebP image: {filename!r}",
             user_message="I can only edit PNG, JPEG or WebP images.",
         )
-    return f"{_stem(filename, 'image')}.{ext}", _IMAGE_MIME[ext]
+    ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}[mime]
+    return f"{_stem(filename, 'image')}.{ext}", mime

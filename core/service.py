@@ -37,7 +37,7 @@ from core.inbox import Inbox, decode_message, decode_reply_refs, new_worker_id
 from core.locks import ChatLocks, Ticket
 from core.metrics import Metrics
 from core.moderation import WITHHELD_NOTICE, Moderator
-from core.openai_client import EncodedMessage, OpenAIClient, Usage
+from core.openai_client import EncodedMessage, OpenAIClient, Usage, image_mime
 from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
 from core.tokens import TokenCounter, context_window, counter_for
@@ -830,8 +830,14 @@ class ConversationService:
 
     async def _image_part(self, attachment: Attachment) -> dict[str, Any]:
         data = await attachment.fetch()
+        mime = image_mime(data)
+        if mime is None:  # e.g. an iPhone's HEIC sent as a file: the endpoint would refuse it
+            raise BadInput(
+                f"unsupported picture ({attachment.mime})",
+                user_message="I can only look at JPEG, PNG, WebP or GIF pictures. "
+                "Send it as a photo, or convert it first.",
+            )
         b64 = base64.b64encode(data).decode("ascii")
-        mime = attachment.mime if attachment.mime.startswith("image/") else "image/jpeg"
         return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64}"}}
 
     async def _request_messages(

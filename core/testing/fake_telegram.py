@@ -687,6 +687,38 @@ class FakeTelegram(FakeServer):
             message_thread_id=message_thread_id,
         )
 
+    def document_update(
+        self,
+        chat_id: int,
+        data: bytes,
+        *,
+        file_name: str,
+        mime_type: str,
+        caption: str | None = None,
+        chat_type: str | None = None,
+        from_user: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """An Update with a file sent as a document (a picture sent "as a file", a PDF)."""
+        ext = file_name.rsplit(".", 1)[-1]
+        fake = self.register_file(data, f"documents/file_{len(self.files)}.{ext}")
+        document = {
+            "file_id": fake.file_id,
+            "file_unique_id": fake.file_unique_id,
+            "file_name": file_name,
+            "mime_type": mime_type,
+            "file_size": fake.file_size,
+        }
+        return self._media_update(
+            chat_id,
+            "document",
+            document,
+            caption=caption,
+            chat_type=chat_type,
+            from_user=from_user,
+            reply_to=None,
+            message_thread_id=None,
+        )
+
     def photo_update(
         self,
         chat_id: int,

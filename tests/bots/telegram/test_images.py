@@ -52,3 +52,35 @@ async def test_a_photo_with_a_caption_goes_to_a_vision_model(bot: Bot, photo: by
     assert isinstance(content, list)
     assert any(part.get("type") == "image_url" for part in content)
     assert bot.telegram.texts(PRIVATE_CHAT) == ["echo: what is this?"]
+
+
+async def test_a_picture_sent_as_a_file_in_a_format_models_cannot_read_is_explained(
+    bot: Bot, photo: bytes
+) -> None:
+    tg = bot.telegram
+    heic = b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64  # an iPhone photo sent as a file
+    await bot.deliver(
+        tg.document_update(
+            PRIVATE_CHAT,
+            heic,
+            file_name="IMG_0042.HEIC",
+            mime_type="image/heic",
+            caption="what is this?",
+        )
+    )
+    # The same picture sent as a file in a format models take is looked at.
+    await bot.deliver(
+        tg.document_update(
+            PRIVATE_CHAT, photo, file_name="scan.png", mime_type="image/png", caption="and this?"
+        )
+    )
+
+    refusal, answer = tg.texts(PRIVATE_CHAT)
+    assert refusal == (
+        "I can only look at JPEG, PNG, WebP or GIF pictures. "
+        "Send it as a photo, or convert it first."
+    )
+    assert answer == "echo: and this?"
+    (request,) = bot.openai.chat_requests()  # the HEIC never went to the model
+    image = request["messages"][-1]["content"][1]["image_url"]["url"]
+    assert image.startswith("data:image/jpeg;base64,"), "typed by its bytes, not its name"

@@ -149,10 +149,13 @@ def to_incoming(
     setting) also every voice note or audio file. Own and other bots' messages are ignored.
     """
     message = update.message
-    if message is None:
+    if message is None or message.is_automatic_forward:  # a channel's post, copied in
         return None
     user = message.from_user
-    if user is None or user.is_bot:
+    # An anonymous group admin (or a channel posting in its group) writes as a chat: Telegram
+    # names a placeholder bot as the sender, and the chat in `sender_chat`.
+    as_chat = message.sender_chat
+    if user is None or (user.is_bot and as_chat is None):
         return None
     chat = message.chat
     private = chat.type == chat.PRIVATE
@@ -186,10 +189,10 @@ def to_incoming(
     thread_id = str(message.message_thread_id) if message.is_topic_message else None
     return IncomingMessage(
         chat=ChatRef(PLATFORM, str(chat.id), thread_id),
-        sender=Sender(
-            id=str(user.id),
-            name=user.username or user.full_name,
-            is_bot=user.is_bot,
+        sender=(
+            Sender(id=str(as_chat.id), name=as_chat.title or as_chat.username or "anonymous")
+            if as_chat is not None
+            else Sender(id=str(user.id), name=user.username or user.full_name, is_bot=user.is_bot)
         ),
         event_key=f"{PLATFORM}:{chat.id}:{message.message_id}",
         text=text,

@@ -85,3 +85,32 @@ async def test_forum_topics_keep_separate_histories(bot: Bot) -> None:
     assert "apples" in last and "pears" not in last
     assert len(await bot.stored(f"{GROUP_KEY}:7")) == 4
     assert len(await bot.stored(f"{GROUP_KEY}:9")) == 2
+
+
+async def test_an_anonymous_admin_is_answered_and_a_channel_post_copied_in_is_not(
+    bot: Bot,
+) -> None:
+    tg = bot.telegram
+    # An admin posting anonymously: Telegram names its placeholder bot, and the group.
+    anonymous = {
+        "id": 1087968824,
+        "is_bot": True,
+        "first_name": "Group",
+        "username": "GroupAnonymousBot",
+    }
+    update = tg.text_update(GROUP, "@relay_test_bot any news?", from_user=anonymous)
+    update["message"]["sender_chat"] = {"id": GROUP, "type": "supergroup", "title": "Book Club"}
+    await bot.deliver(update)
+    # The linked channel's post, copied into its discussion group by Telegram.
+    channel = {"id": -1009990001112, "type": "channel", "title": "Club News"}
+    post = tg.text_update(
+        GROUP,
+        "@relay_test_bot new meeting on Friday",
+        from_user={"id": 777000, "is_bot": False, "first_name": "Telegram"},
+    )
+    post["message"].update(sender_chat=channel, is_automatic_forward=True)
+    await bot.deliver(post)
+
+    assert [m.text for m in tg.chat_log(GROUP)] == ["echo: any news?"]
+    (request,) = bot.openai.chat_requests()
+    assert request["messages"][-1].get("name") == "Book_Club"

@@ -68,6 +68,7 @@ AUDIO_MIME_EXTENSIONS = {
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Failures no retry or person can fix: the operator must act (logged at ERROR for alerts).
 OPERATOR_ERRORS = (QuotaExhausted, AuthFailed, ConfigError)
+MODEL_LIST_LIMIT = 40  # models /model shows at once
 # Shown after an answer the model stopped before its end, by the reason it gave.
 _STOP_NOTES = {
     "length": "\n\n[cut off at the reply length limit]",
@@ -1143,11 +1144,9 @@ class ConversationService:
                     "pick one by name with /model NAME."
                 )
             else:
-                lines = [f"{'* ' if m == current else '  '}{m}" for m in models]
                 text = (
                     f"Current model: {current}\nAvailable models:\n"
-                    + "\n".join(lines)
-                    + "\n\nPick one with /model NAME."
+                    f"{_model_list(models, current)}\n\nPick one with /model NAME."
                 )
             await sink.send(Reply(text=text, kind=ReplyKind.NOTICE))
             return
@@ -1166,9 +1165,15 @@ class ConversationService:
             )
             return
         if models and name not in models:
+            similar = [m for m in models if name.lower() in m.lower()]
+            hint = (
+                f"Models whose name has it:\n{_model_list(similar)}\nPick one with /model NAME."
+                if similar
+                else "Send /model to list them."
+            )
             raise BadInput(
                 f"unknown model {name}",
-                user_message=f"The endpoint has no model named {name}. Send /model to list them.",
+                user_message=f"The endpoint has no model named {name}. {hint}",
             )
         await self.store.update_chat(key, msg.chat.platform, model=name)
         await sink.send(Reply(text=f"This chat now uses {name}.", kind=ReplyKind.NOTICE))
@@ -1264,6 +1269,16 @@ class ConversationService:
             "images": images,
             "cost_usd": cost,
         }
+
+
+def _model_list(models: list[str], current: str | None = None) -> str:
+    """Model names one a line (the chat's own starred), at most MODEL_LIST_LIMIT: a catalogue
+    of hundreds (OpenRouter's) would fill the chat; the rest are found by a word."""
+    lines = [f"{'* ' if m == current else '  '}{m}" for m in models[:MODEL_LIST_LIMIT]]
+    more = len(models) - MODEL_LIST_LIMIT
+    if more > 0:
+        lines.append(f"  ... and {more} more: /model WORD lists those whose name has WORD.")
+    return "\n".join(lines)
 
 
 def _event_id() -> int | None:

@@ -88,3 +88,26 @@ async def test_model_can_be_picked_by_name_where_the_endpoint_lists_none(bot: Bo
     assert picked == "This chat now uses llama3.1:8b."
     assert answer == "echo: hi llama"
     assert bot.openai.chat_requests()[-1]["model"] == "llama3.1:8b"
+
+
+async def test_a_catalogue_of_hundreds_of_models_is_listed_in_part_and_searched(
+    bot: Bot,
+) -> None:
+    tg = bot.telegram
+    # An OpenRouter-sized catalogue: 300 chat models beside the usual ones.
+    bot.openai.models += [f"vendor{i // 10}/model-{i}" for i in range(300)]
+    bot.openai.models += ["meta-llama/llama-3.1-8b-instruct", "meta-llama/llama-3.3-70b"]
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/model"))
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/model llama"))
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/model meta-llama/llama-3.3-70b"))
+
+    listing, found, picked = tg.texts(PRIVATE_CHAT)
+    assert len(listing.splitlines()) < 50, "one readable message, not pages of names"
+    assert "... and 264 more: /model WORD lists those whose name has WORD." in listing
+    assert found == (
+        "The endpoint has no model named llama. Models whose name has it:\n"
+        "  meta-llama/llama-3.1-8b-instruct\n"
+        "  meta-llama/llama-3.3-70b\n"
+        "Pick one with /model NAME."
+    )
+    assert picked == "This chat now uses meta-llama/llama-3.3-70b."

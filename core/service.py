@@ -69,6 +69,8 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Failures no retry or person can fix: the operator must act (logged at ERROR for alerts).
 OPERATOR_ERRORS = (QuotaExhausted, AuthFailed, ConfigError)
 MODEL_LIST_LIMIT = 40  # models /model shows at once
+# Room a system prompt set with /system must leave for the conversation (a few short turns).
+MIN_HISTORY_TOKENS = 256
 # Shown after an answer the model stopped before its end, by the reason it gave.
 _STOP_NOTES = {
     "length": "\n\n[cut off at the reply length limit]",
@@ -677,12 +679,9 @@ class ConversationService:
                     self.windows.drop(msg.chat.key)
                     await self.store.set_message_status(msg.chat.key, user_id, "withheld")
                 raise
-            window_tokens = context_window(model, self.settings.context_tokens)
-            budget = Budget(
-                window=window_tokens,
-                reply_tokens=self.settings.reply_tokens,
-                system_tokens=counter.count_cached(system),
-            ).history_tokens
+            budget = self._history_budget(model, counter.count_cached(system))
+            if budget <= 0:
+                raise self._system_too_long(chat, model, budget)
             image_parts = [await self._image_part(a) for a in images]
             await sink.typing()
             messages = None
@@ -886,6 +885,29 @@ class ConversationService:
         if revision is not None and self.windows.max_bytes > 0:
             self.windows.put(chat_key, window)
         return window
+
+    def _history_budget(self, model: str, system_tokens: int) -> int:
+        """Tokens of `model`'s window left for history beside the system prompt and reply."""
+        return Budget(
+            window=context_window(model, self.settings.context_tokens),
+            reply_tokens=self.settings.reply_tokens,
+            system_tokens=system_tokens,
+        ).history_tokens
+
+    def _system_too_long(self, chat: ChatSettings, model: str, budget: int) -> RelaybotError:
+        """The system prompt leaves no room for a conversation: the chat's own (its people
+        can change it) or the configured one (the operator's)."""
+        detail = f"the system prompt leaves {budget} tokens of {model}'s window for history"
+        if chat.system_prompt:
+            return BadInput(
+                detail,
+                user_message=f"This chat's system prompt is too long for {model}. Set a shorter "
+                "one with /system TEXT, or go back to the default with /system default.",
+            )
+        return ConfigError(
+            f"{detail}: shorten RELAYBOT_SYSTEM_PROMPT, lower RELAYBOT_REPLY_TOKENS or set "
+            "RELAYBOT_CONTEXT_TOKENS to the model's real window"
+        )
 
     async def _stream_answer(
         self,
@@ -1122,6 +1144,17 @@ class ConversationService:
                 Reply(text="System prompt reset to the default.", kind=ReplyKind.NOTICE)
             )
             return
+        chat = await self.store.chat_settings(key, msg.chat.parent_key)
+        model = chat.model or self.settings.chat_model
+        tokens = counter_for(model).count(args)
+        if self._history_budget(model, tokens) < MIN_HISTORY_TOKENS:
+            window = context_window(model, self.settings.context_tokens)
+            raise BadInput(
+                f"system prompt of {tokens} tokens",
+                user_message=f"That system prompt is too long for {model}: about {tokens:,} "
+                f"tokens, and the model reads {window:,} at most, answer included. Please "
+                "send a shorter one.",
+            )
         await self.moderator.check_input(args)
         await self.store.update_chat(key, msg.chat.platform, system_prompt=args)
         await sink.send(Reply(text="System prompt updated for this chat.", kind=ReplyKind.NOTICE))

@@ -247,3 +247,28 @@ async def test_a_request_a_proxy_finds_too_large_is_trimmed_once_then_explained(
         out.strip() == "! That message is too long for the model. Please send something shorter."
     )
     assert len(fake_openai.chat_requests()) == 4
+
+
+async def test_a_chat_prompt_too_long_for_a_newly_picked_model_is_explained(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.models.append("gpt-3.5-turbo")  # a 16k window beside gpt-4o-mini's 128k
+    long_prompt = "Answer as a patient teacher would, with examples. " * 2000  # ~20k tokens
+    out = await chat(
+        core,
+        f"/system {long_prompt}",
+        "hi",
+        "/model gpt-3.5-turbo",
+        "hi again",
+        "/system default",
+        "and now?",
+    )
+    assert out.splitlines() == [
+        "System prompt updated for this chat.",
+        "echo: hi",
+        "This chat now uses gpt-3.5-turbo.",
+        "! This chat's system prompt is too long for gpt-3.5-turbo. Set a shorter one with "
+        "/system TEXT, or go back to the default with /system default.",
+        "System prompt reset to the default.",
+        "echo: and now?",
+    ]

@@ -145,6 +145,18 @@ async def test_an_endpoint_path_the_server_lacks_alerts_the_operator_with_the_fi
     assert await stored(faulty) == [("user", "hello", kept_as)]
 
 
+@pytest.mark.settings(system_prompt="Always answer in rhyme. " * 1000, context_tokens=4000)
+async def test_a_configured_system_prompt_too_long_for_the_model_alerts_the_operator(
+    faulty: Core, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        shown = await say(faulty, "hello")
+    assert shown == ["! The bot is not configured correctly. The operator has been told."]
+    assert fake_openai.chat_requests() == []
+    (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "shorten RELAYBOT_SYSTEM_PROMPT" in alert
+
+
 async def test_a_server_error_is_retried_then_answered(
     faulty: Core, fake_openai: FakeOpenAI
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from core.commands import COMMANDS
 from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot
 
@@ -111,3 +113,19 @@ async def test_a_catalogue_of_hundreds_of_models_is_listed_in_part_and_searched(
         "Pick one with /model NAME."
     )
     assert picked == "This chat now uses meta-llama/llama-3.3-70b."
+
+
+@pytest.mark.telegram_settings(context_tokens=2000)
+async def test_a_system_prompt_too_long_for_the_model_is_refused_when_set(bot: Bot) -> None:
+    tg = bot.telegram
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/system " + "Be terse. " * 400))
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "hello"))
+
+    refusal, answer = tg.texts(PRIVATE_CHAT)
+    assert refusal.startswith("That system prompt is too long for gpt-4o-mini: about ")
+    assert refusal.endswith(
+        "tokens, and the model reads 2,000 at most, answer included. Please send a shorter one."
+    )
+    assert answer == "echo: hello"
+    system = bot.openai.chat_requests()[-1]["messages"][0]["content"]
+    assert system == bot.core.settings.system_prompt

@@ -48,6 +48,15 @@ async def say(core: Core, *lines: str) -> list[str]:
     return out.getvalue().splitlines()
 
 
+async def say_alerting(
+    core: Core, caplog: pytest.LogCaptureFixture, *lines: str
+) -> tuple[list[str], list[str]]:
+    """What the console printed for `lines`, and the operator alerts (ERROR lines) logged."""
+    with caplog.at_level(logging.INFO):
+        shown = await say(core, *lines)
+    return shown, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def stored(core: Core) -> list[tuple[str, str, str]]:
     """(role, content, status) of the chat's history."""
     async with core.engine.connect() as conn:
@@ -107,14 +116,10 @@ async def test_a_configured_model_the_endpoint_does_not_serve_alerts_the_operato
     faulty: Core, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_openai.missing_models.add(faulty.settings.chat_model)
-    with caplog.at_level(logging.INFO):
-        shown = await say(faulty, "hello")
+    shown, (alert,) = await say_alerting(faulty, caplog, "hello")
     assert shown == ["! The bot is not configured correctly. The operator has been told."]
     assert len(fake_openai.calls("/chat/completions")) == 1
-    alerts = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(alerts) == 1
-    assert "ModelUnavailable" in alerts[0].getMessage()
-    assert "model_not_found" in alerts[0].getMessage()
+    assert "ModelUnavailable" in alert and "model_not_found" in alert
     assert await stored(faulty) == [("user", "hello", "ok")]
     assert await outcomes(faulty) == ["failed"]
 
@@ -137,10 +142,8 @@ async def test_an_endpoint_path_the_server_lacks_alerts_the_operator_with_the_fi
     kept_as: str,
 ) -> None:
     fake_openai.missing_endpoints.add(missing)  # a bare 404, as Ollama's router answers
-    with caplog.at_level(logging.INFO):
-        shown = await say(faulty, "hello")
+    shown, (alert,) = await say_alerting(faulty, caplog, "hello")
     assert shown == ["! The bot is not configured correctly. The operator has been told."]
-    (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "EndpointMissing" in alert and hint in alert
     assert await stored(faulty) == [("user", "hello", kept_as)]
 
@@ -149,11 +152,9 @@ async def test_an_endpoint_path_the_server_lacks_alerts_the_operator_with_the_fi
 async def test_a_configured_system_prompt_too_long_for_the_model_alerts_the_operator(
     faulty: Core, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO):
-        shown = await say(faulty, "hello")
+    shown, (alert,) = await say_alerting(faulty, caplog, "hello")
     assert shown == ["! The bot is not configured correctly. The operator has been told."]
     assert fake_openai.chat_requests() == []
-    (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "shorten RELAYBOT_SYSTEM_PROMPT" in alert
 
 

@@ -141,3 +141,30 @@ async def test_a_flagged_answer_is_withdrawn_and_replaced_by_a_notice(slack_app:
     texts = slack.visible_texts(CHANNEL, ts)
     assert len(texts) == 1
     assert "FLAGME" not in texts[0]
+
+
+async def test_an_empty_answer_and_one_cut_at_the_reply_limit_are_explained(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    slack_app.openai.queue_reply("")
+    empty_ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=empty_ts, text="<@U0BOT> hello?")
+    )
+    await slack_app.adapter.drain()
+    slack_app.openai.queue_reply("Part one of a longer story")
+    slack_app.openai.finish_reason = "length"
+    cut_ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=cut_ts, text="<@U0BOT> tell me a story")
+    )
+    await slack_app.adapter.drain()
+
+    assert slack.visible_texts(CHANNEL, empty_ts) == [
+        ":warning: The model sent back an empty answer. Please try again, or put it another way."
+    ]
+    assert slack.visible_texts(CHANNEL, cut_ts) == [
+        "Part one of a longer story\n\n[cut off at the reply length limit]"
+    ]
+    assert not any(m.streaming for m in slack.visible(CHANNEL))  # no stream left open

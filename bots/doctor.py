@@ -344,6 +344,26 @@ async def check_tokenizer(settings: Settings) -> Result:
     return ok(name, f"{', '.join(encodings)} loaded from {where}")
 
 
+def check_system_prompt(settings: Settings) -> Result | None:
+    """The configured system prompt leaves the chat model room for a conversation."""
+    from core.tokens import context_window, counter_for
+    from core.trimming import Budget
+
+    window = context_window(settings.chat_model, settings.context_tokens)
+    tokens = counter_for(settings.chat_model).count(settings.system_prompt)
+    left = Budget(window, settings.reply_tokens, tokens).history_tokens
+    if left > 0:
+        return None
+    return fail(
+        "system prompt",
+        f"RELAYBOT_SYSTEM_PROMPT is about {tokens:,} tokens: with RELAYBOT_REPLY_TOKENS="
+        f"{settings.reply_tokens} nothing of {settings.chat_model}'s {window:,} is left for "
+        "the conversation",
+        "shorten RELAYBOT_SYSTEM_PROMPT or lower RELAYBOT_REPLY_TOKENS (or set "
+        "RELAYBOT_CONTEXT_TOKENS to the model's real window)",
+    )
+
+
 # -- the report --------------------------------------------------------------------------
 async def run_checks(settings: Settings) -> list[Result]:
     """Every check, in the order a person would fix them."""
@@ -359,6 +379,9 @@ async def run_checks(settings: Settings) -> list[Result]:
     finally:
         await http.aclose()
     results.append(await check_tokenizer(settings))
+    prompt = await asyncio.to_thread(check_system_prompt, settings)
+    if prompt is not None:
+        results.append(prompt)
     return results
 
 

@@ -171,6 +171,21 @@ def test_a_configured_model_that_cannot_chat_fails_and_names_chat_models(
     assert "RELAYBOT_CHAT_MODEL to one of: gpt-4o, gpt-4o-mini" in output
 
 
+def test_a_system_prompt_that_fills_the_window_fails_with_the_settings_to_change(
+    healthy: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **healthy,
+        "RELAYBOT_SYSTEM_PROMPT": "Always answer in rhyme. " * 1000,
+        "RELAYBOT_CONTEXT_TOKENS": "4000",
+    }
+    code, lines, output = doctor(tmp_path, env)
+    assert code == 1
+    line = lines["system prompt"]
+    assert line.startswith("FAIL") and "nothing of gpt-4o-mini's 4,000 is left" in line
+    assert "shorten RELAYBOT_SYSTEM_PROMPT or lower RELAYBOT_REPLY_TOKENS" in output
+
+
 def test_a_rejected_key_fails_without_printing_it(healthy: dict[str, str], tmp_path: Path) -> None:
     wrong = "sk-test-wrong-key-Hy7Tq3"
     code, lines, output = doctor(tmp_path, {**healthy, "OPENAI_API_KEY": wrong})

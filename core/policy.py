@@ -251,7 +251,9 @@ class Policy:
 
 def _periods(summary: Summary) -> str:
     def line(label: str, cost: float, requests: int) -> str:
-        return f"  {label:<11} {money(cost):>10}  ({requests} requests)"
+        return (
+            f"  {label:<11} {money(cost):>10}  ({requests} request{'' if requests == 1 else 's'})"
+        )
 
     return "\n".join(
         [

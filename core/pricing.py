@@ -230,7 +230,10 @@ class PriceTable:
 
 
 def money(amount: float) -> str:
-    """Dollars for people: cents, or four decimals for amounts under a cent."""
+    """Dollars for people: cents, or four decimals for amounts under a cent ("< $0.0001" for
+    less: a few cheap requests are not free)."""
+    if 0 < amount < 0.00005:
+        return "< $0.0001"
     if amount != 0 and abs(amount) < 0.01:
         return f"${amount:.4f}"
     return f"${amount:,.2f}"

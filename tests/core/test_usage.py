@@ -108,6 +108,7 @@ def test_bad_price_overrides_are_one_clear_config_error(source: str) -> None:
 
 def test_money_shows_small_amounts_to_the_hundredth_of_a_cent() -> None:
     assert money(0.000123) == "$0.0001"
+    assert money(0.0000078) == "< $0.0001", "a few cheap requests are not free"
     assert money(0.0123) == "$0.01"
     assert money(12.5) == "$12.50"
     assert money(0) == "$0.00"
@@ -167,7 +168,7 @@ async def test_usage_shows_my_spend_today_this_month_and_all_time(
     text = sink.texts[0]
     assert text.startswith("Your usage:")
     assert "today" in text and "this month" in text and "all time" in text
-    assert text.count(money(0.010)) == 3 and "(1 requests)" in text
+    assert text.count(money(0.010)) == 3 and "(1 request)" in text
     # Other people's spend is not shown to a non-admin.
     assert "test:u2" not in text and "Total" not in text
 

@@ -173,7 +173,7 @@ async def test_a_model_that_thinks_past_its_reply_limit_is_explained(bot: Bot) -
     stored = await bot.stored(f"telegram:{PRIVATE_CHAT}")
     assert [(r.role, r.content) for r in stored] == [("user", "prove the Riemann hypothesis")]
     await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "/usage"))
-    assert "(1 requests)" in bot.telegram.texts(PRIVATE_CHAT)[-1], "the thinking is billed"
+    assert "(1 request)" in bot.telegram.texts(PRIVATE_CHAT)[-1], "the thinking is billed"
 
 
 async def test_an_empty_answer_is_explained(bot: Bot) -> None:

@@ -37,7 +37,7 @@ async def test_an_endpoint_refusing_stream_options_still_answers_and_counts_usag
 
     answer, report = bot.telegram.texts(PRIVATE_CHAT)
     assert answer == "echo: count me in"
-    assert "(1 requests)" in report
+    assert "(1 request)" in report
     async with bot.core.engine.connect() as conn:
         (row,) = (await conn.execute(select(UsageRecord))).all()
     # No usage came with the stream: relaybot counted the request and answer itself (the

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import httpx
 from sqlalchemy import text
@@ -16,8 +16,17 @@ from sqlalchemy.engine import make_url
 
 from core.chat_models import chat_models, not_chat_purpose
 from core.config import Settings
-from core.errors import AuthFailed, RelaybotError, UpstreamDown
+from core.errors import (
+    AuthFailed,
+    EndpointMissing,
+    ModelUnavailable,
+    RelaybotError,
+    UpstreamDown,
+)
 from core.logs import RedactingFilter, settings_secrets
+
+if TYPE_CHECKING:
+    from core.openai_client import OpenAIClient
 
 OFFICIAL_API = "api.openai.com"
 PLATFORM_TIMEOUT = 10.0
@@ -217,6 +226,9 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
             )
         ]
     results = [ok(name, f"{url} lists {len(models)} models")]
+    moderation = await _check_moderation(settings, client)
+    if moderation is not None:
+        results.append(moderation)
     purpose = not_chat_purpose(settings.chat_model)
     if purpose is not None:
         shown = ", ".join(chat_models(sorted(models))[:8]) or "a chat model"
@@ -238,6 +250,31 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
             )
         )
     return results
+
+
+async def _check_moderation(settings: Settings, client: OpenAIClient) -> Result | None:
+    """With moderation on, the endpoint moderates (Ollama and others have no /moderations:
+    every message would fail). One free request; None when it works."""
+    if not (settings.moderation.checks_input or settings.moderation.checks_output):
+        return None
+    try:
+        await client.moderate(model=settings.moderation_model, inputs=["relaybot doctor"])
+    except (EndpointMissing, ModelUnavailable) as exc:
+        return fail(
+            "moderation",
+            f"RELAYBOT_MODERATION={settings.moderation.value} but the endpoint cannot "
+            f"moderate with {settings.moderation_model} ({type(exc).__name__})",
+            "set RELAYBOT_MODERATION=off for a server without moderation, or "
+            "RELAYBOT_MODERATION_MODEL to a moderation model it serves",
+        )
+    except RelaybotError as exc:
+        return Result(
+            "moderation",
+            Status.WARN,
+            f"a test moderation failed ({type(exc).__name__}); messages may fail while it does",
+            "check the endpoint, or set RELAYBOT_MODERATION=off",
+        )
+    return None
 
 
 # -- platforms ---------------------------------------------------------------------------

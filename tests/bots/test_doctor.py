@@ -186,6 +186,19 @@ def test_a_system_prompt_that_fills_the_window_fails_with_the_settings_to_change
     assert "shorten RELAYBOT_SYSTEM_PROMPT or lower RELAYBOT_REPLY_TOKENS" in output
 
 
+def test_moderation_on_against_a_server_without_it_fails_with_the_fix(
+    healthy: dict[str, str], endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    endpoint.missing_endpoints.add("/moderations")  # as Ollama: every message would fail
+    code, lines, output = doctor(tmp_path, healthy)
+    assert code == 1
+    line = lines["moderation"]
+    assert line.startswith("FAIL") and "RELAYBOT_MODERATION=both but the endpoint" in line
+    assert "set RELAYBOT_MODERATION=off for a server without moderation" in output
+    code, lines, _ = doctor(tmp_path, {**healthy, "RELAYBOT_MODERATION": "off"})
+    assert code == 0 and "moderation" not in lines
+
+
 def test_a_rejected_key_fails_without_printing_it(healthy: dict[str, str], tmp_path: Path) -> None:
     wrong = "sk-test-wrong-key-Hy7Tq3"
     code, lines, output = doctor(tmp_path, {**healthy, "OPENAI_API_KEY": wrong})

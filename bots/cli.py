@@ -20,7 +20,14 @@ from core.app import Core, open_core
 from core.config import Settings
 from core.db import migrate
 from core.db.store import create_engine
-from core.errors import AuthFailed, ConfigError, RelaybotError, UpstreamDown
+from core.errors import (
+    AuthFailed,
+    ConfigError,
+    EndpointMissing,
+    ModelUnavailable,
+    RelaybotError,
+    UpstreamDown,
+)
 from core.privacy import maintenance_loop, run_maintenance
 
 OFFICIAL_API = "api.openai.com"
@@ -51,8 +58,10 @@ def check_model_settings(settings: Settings) -> None:
 
 
 async def probe_endpoint(core: Core) -> None:
-    """List models once so a wrong URL or key is reported at start, not on the first message."""
+    """List models once so a wrong URL or key is reported at start, not on the first message;
+    with moderation on, moderate once too (a server without it would fail every message)."""
     url = core.settings.openai_base_url
+    unlisted: RelaybotError | None = None
     try:
         await core.client.list_models()
     except AuthFailed:
@@ -64,10 +73,34 @@ async def probe_endpoint(core: Core) -> None:
             f"cannot reach the model endpoint at {url}; check OPENAI_BASE_URL and the network."
         ) from None
     except RelaybotError as err:
-        # Some compatible servers have no /models; chatting may still work.
+        unlisted = err  # some compatible servers have no /models; chatting may still work
+    policy = core.settings.moderation
+    if policy.checks_input or policy.checks_output:
+        await _probe_moderation(core, missing_models=isinstance(unlisted, EndpointMissing))
+    if unlisted is not None:
         logging.getLogger("relaybot").warning(
-            "the endpoint at %s cannot list models: %s", url, err
+            "the endpoint at %s cannot list models: %s", url, unlisted
         )
+
+
+async def _probe_moderation(core: Core, *, missing_models: bool) -> None:
+    """Moderate once: a server without moderation (Ollama's) would fail every message."""
+    url = core.settings.openai_base_url
+    try:  # one free request; a passing failure is the first message's to meet
+        await core.client.moderate(model=core.settings.moderation_model, inputs=["relaybot"])
+    except (EndpointMissing, ModelUnavailable) as err:
+        if missing_models and isinstance(err, EndpointMissing):  # nothing there answers
+            raise StartupError(
+                f"the model endpoint at {url} has neither /models nor /moderations; is "
+                "OPENAI_BASE_URL right? It usually ends in /v1."
+            ) from None
+        raise StartupError(
+            f"the model endpoint at {url} cannot moderate with "
+            f"{core.settings.moderation_model}; set RELAYBOT_MODERATION=off for a server "
+            "without moderation (or RELAYBOT_MODERATION_MODEL to one it serves)."
+        ) from None
+    except RelaybotError:
+        pass
 
 
 def setup_logging(level: str, settings: Settings | None = None) -> None:

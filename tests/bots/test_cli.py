@@ -116,9 +116,29 @@ def test_a_base_url_without_v1_is_named_at_start_and_in_the_chat(
     env = endpoint_env(endpoint)
     env["OPENAI_BASE_URL"] = env["OPENAI_BASE_URL"].removesuffix("/v1")  # every path 404s
     result = run(["console"], tmp_path, "hi\n", **env)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "has neither /models nor /moderations" in result.stderr
+    assert "It usually ends in /v1" in result.stderr
+    # Without moderation nothing probes a second path: the first message names the fix.
+    result = run(["console"], tmp_path, "hi\n", **env, RELAYBOT_MODERATION="off")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "! The bot is not configured correctly. The operator has been told."
     ]
     assert "cannot list models" in result.stderr
     assert "is OPENAI_BASE_URL right? It usually ends in /v1" in result.stderr
+
+
+def test_moderation_on_against_a_server_without_it_stops_the_start_with_the_fix(
+    endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    endpoint.missing_endpoints.add("/moderations")  # as Ollama: every message would fail
+    result = run(["console"], tmp_path, "hi\n", **endpoint_env(endpoint))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "cannot moderate with omni-moderation-latest" in result.stderr
+    assert "set RELAYBOT_MODERATION=off" in result.stderr
+    assert endpoint.chat_requests() == []
+    ok = run(["console"], tmp_path, "hi\n", **endpoint_env(endpoint), RELAYBOT_MODERATION="off")
+    assert ok.returncode == 0 and ok.stdout.splitlines() == ["echo: hi"]

@@ -74,9 +74,7 @@ async def probe_endpoint(core: Core) -> None:
         ) from None
     except RelaybotError as err:
         unlisted = err  # some compatible servers have no /models; chatting may still work
-    policy = core.settings.moderation
-    if policy.checks_input or policy.checks_output:
-        await _probe_moderation(core, missing_models=isinstance(unlisted, EndpointMissing))
+    await _probe_moderation(core, missing_models=isinstance(unlisted, EndpointMissing))
     if unlisted is not None:
         logging.getLogger("relaybot").warning(
             "the endpoint at %s cannot list models: %s", url, unlisted
@@ -84,10 +82,11 @@ async def probe_endpoint(core: Core) -> None:
 
 
 async def _probe_moderation(core: Core, *, missing_models: bool) -> None:
-    """Moderate once: a server without moderation (Ollama's) would fail every message."""
+    """Moderate once, when moderation is on: a server without it (Ollama's) would fail
+    every message."""
     url = core.settings.openai_base_url
     try:  # one free request; a passing failure is the first message's to meet
-        await core.client.moderate(model=core.settings.moderation_model, inputs=["relaybot"])
+        await core.service.moderator.probe()
     except (EndpointMissing, ModelUnavailable) as err:
         if missing_models and isinstance(err, EndpointMissing):  # nothing there answers
             raise StartupError(

@@ -254,11 +254,11 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
 
 async def _check_moderation(settings: Settings, client: OpenAIClient) -> Result | None:
     """With moderation on, the endpoint moderates (Ollama and others have no /moderations:
-    every message would fail). One free request; None when it works."""
-    if not (settings.moderation.checks_input or settings.moderation.checks_output):
-        return None
+    every message would fail). One free request; None when it works or is off."""
+    from core.moderation import Moderator
+
     try:
-        await client.moderate(model=settings.moderation_model, inputs=["relaybot doctor"])
+        await Moderator(client, settings.moderation_model, settings.moderation).probe()
     except (EndpointMissing, ModelUnavailable) as exc:
         return fail(
             "moderation",
@@ -384,13 +384,12 @@ async def check_tokenizer(settings: Settings) -> Result:
 def check_system_prompt(settings: Settings) -> Result | None:
     """The configured system prompt leaves the chat model room for a conversation."""
     from core.tokens import context_window, counter_for
-    from core.trimming import Budget
+    from core.trimming import history_budget
 
-    window = context_window(settings.chat_model, settings.context_tokens)
     tokens = counter_for(settings.chat_model).count(settings.system_prompt)
-    left = Budget(window, settings.reply_tokens, tokens).history_tokens
-    if left > 0:
+    if history_budget(settings, settings.chat_model, tokens) > 0:
         return None
+    window = context_window(settings.chat_model, settings.context_tokens)
     return fail(
         "system prompt",
         f"RELAYBOT_SYSTEM_PROMPT is about {tokens:,} tokens: with RELAYBOT_REPLY_TOKENS="

@@ -60,3 +60,14 @@ class Moderator:
         if not self.policy.checks_output:
             return ()
         return await self.flagged([text])
+
+    async def probe(self) -> bool:
+        """Moderate one word when the policy moderates anything; False when it does not.
+
+        For the start and `relaybot doctor`: a server without moderation (Ollama's) raises
+        EndpointMissing here instead of failing every message later.
+        """
+        if not (self.policy.checks_input or self.policy.checks_output):
+            return False
+        await self._client.moderate(model=self._model, inputs=["relaybot"])
+        return True

@@ -41,7 +41,7 @@ from core.openai_client import EncodedMessage, OpenAIClient, Usage, image_mime
 from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
 from core.tokens import TokenCounter, context_window, counter_for
-from core.trimming import Budget, fit_newest
+from core.trimming import fit_newest, history_budget
 from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Reply, ReplyKind
 
 log = logging.getLogger("relaybot.service")
@@ -679,7 +679,7 @@ class ConversationService:
                     self.windows.drop(msg.chat.key)
                     await self.store.set_message_status(msg.chat.key, user_id, "withheld")
                 raise
-            budget = self._history_budget(model, counter.count_cached(system))
+            budget = history_budget(self.settings, model, counter.count_cached(system))
             if budget <= 0:
                 raise self._system_too_long(chat, model, budget)
             image_parts = [await self._image_part(a) for a in images]
@@ -885,14 +885,6 @@ class ConversationService:
         if revision is not None and self.windows.max_bytes > 0:
             self.windows.put(chat_key, window)
         return window
-
-    def _history_budget(self, model: str, system_tokens: int) -> int:
-        """Tokens of `model`'s window left for history beside the system prompt and reply."""
-        return Budget(
-            window=context_window(model, self.settings.context_tokens),
-            reply_tokens=self.settings.reply_tokens,
-            system_tokens=system_tokens,
-        ).history_tokens
 
     def _system_too_long(self, chat: ChatSettings, model: str, budget: int) -> RelaybotError:
         """The system prompt leaves no room for a conversation: the chat's own (its people
@@ -1147,7 +1139,7 @@ class ConversationService:
         chat = await self.store.chat_settings(key, msg.chat.parent_key)
         model = chat.model or self.settings.chat_model
         tokens = counter_for(model).count(args)
-        if self._history_budget(model, tokens) < MIN_HISTORY_TOKENS:
+        if history_budget(self.settings, model, tokens) < MIN_HISTORY_TOKENS:
             window = context_window(model, self.settings.context_tokens)
             raise BadInput(
                 f"system prompt of {tokens} tokens",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from core.config import Settings
 from core.errors import ContextTooLong
-from core.tokens import PER_MESSAGE_TOKENS, PRIMING_TOKENS, ROLE_TOKENS
+from core.tokens import PER_MESSAGE_TOKENS, PRIMING_TOKENS, ROLE_TOKENS, context_window
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,16 @@ class Budget:
         """Tokens left for history messages (their costs include per-message overhead)."""
         system_cost = self.system_tokens + PER_MESSAGE_TOKENS + ROLE_TOKENS
         return self.window - self.reply_tokens - system_cost - PRIMING_TOKENS
+
+
+def history_budget(settings: Settings, model: str, system_tokens: int) -> int:
+    """Tokens of `model`'s window (or RELAYBOT_CONTEXT_TOKENS) left for history beside a
+    system prompt of `system_tokens` and the reply's reserve."""
+    return Budget(
+        window=context_window(model, settings.context_tokens),
+        reply_tokens=settings.reply_tokens,
+        system_tokens=system_tokens,
+    ).history_tokens
 
 
 def fit_newest(costs_newest_first: Iterable[int], budget: int) -> int:

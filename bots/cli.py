@@ -28,6 +28,7 @@ from core.errors import (
     RelaybotError,
     UpstreamDown,
 )
+from core.image_models import image_settings_problem
 from core.privacy import maintenance_loop, run_maintenance
 
 OFFICIAL_API = "api.openai.com"
@@ -75,6 +76,12 @@ async def probe_endpoint(core: Core) -> None:
     except RelaybotError as err:
         unlisted = err  # some compatible servers have no /models; chatting may still work
     await _probe_moderation(core, missing_models=isinstance(unlisted, EndpointMissing))
+    settings = core.settings
+    images = image_settings_problem(
+        settings.image_model, settings.image_size, settings.image_quality
+    )
+    if images is not None:  # chatting works; every /image and /edit would fail
+        logging.getLogger("relaybot").warning("/image and /edit will fail: %s", images)
     if unlisted is not None:
         logging.getLogger("relaybot").warning(
             "the endpoint at %s cannot list models: %s", url, unlisted

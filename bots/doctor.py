@@ -23,6 +23,7 @@ from core.errors import (
     RelaybotError,
     UpstreamDown,
 )
+from core.image_models import image_settings_problem
 from core.logs import RedactingFilter, settings_secrets
 
 if TYPE_CHECKING:
@@ -400,12 +401,26 @@ def check_system_prompt(settings: Settings) -> Result | None:
     )
 
 
+def check_image_settings(settings: Settings) -> Result | None:
+    """RELAYBOT_IMAGE_SIZE and _QUALITY are ones the image model takes (else every /image
+    and /edit fails)."""
+    problem = image_settings_problem(
+        settings.image_model, settings.image_size, settings.image_quality
+    )
+    if problem is None:
+        return None
+    return fail("images", problem, "change it, or RELAYBOT_IMAGE_MODEL to a model that takes it")
+
+
 # -- the report --------------------------------------------------------------------------
 async def run_checks(settings: Settings) -> list[Result]:
     """Every check, in the order a person would fix them."""
     from core.openai_client import build_http_client
 
     results = check_config(settings)
+    images = check_image_settings(settings)
+    if images is not None:
+        results.append(images)
     results.append(await check_database(settings))
     http = build_http_client(settings)
     try:

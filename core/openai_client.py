@@ -34,6 +34,7 @@ from core.config import Settings
 from core.errors import (
     AuthFailed,
     BadInput,
+    ConfigError,
     ContentRefused,
     ContextTooLong,
     EndpointMissing,
@@ -51,6 +52,8 @@ _CONTEXT_MESSAGE = re.compile(
 )
 _TPM_TOO_LARGE = re.compile(r"request too large", re.I)
 _NO_MODEL = re.compile(r"\bmodel\b.*\b(not found|does not exist)", re.I)
+# DALL-E 3's schema error names the field last: "'512x512' is not one of [...] - 'size'".
+_IMAGE_SETTING = re.compile(r"- '(size|quality)'\s*$")
 _REFUSAL_TAGS = ("content_policy", "moderation_blocked", "content_filter", "safety")
 _SECRET_PATTERNS = (
     re.compile(r"sk-[A-Za-z0-9_\-*]{4,}"),
@@ -89,6 +92,15 @@ class ChatResult:
     usage: Usage | None
     finish_reason: str | None
     model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """A made or edited image, and what the endpoint says it made (None where it does not)."""
+
+    data: bytes
+    quality: str | None = None
+    size: str | None = None
 
 
 class ChatDelta(NamedTuple):
@@ -476,24 +488,38 @@ class OpenAIClient:
             raise UpstreamDown(f"{path}: no text in the response")
         return text.strip()
 
-    async def generate_image(self, *, model: str, prompt: str, size: str = "1024x1024") -> bytes:
-        """Create an image from a prompt; returns the image file's bytes."""
-        body = {"model": model, "prompt": prompt, "size": size, "n": 1}
+    async def generate_image(
+        self, *, model: str, prompt: str, size: str = "1024x1024", quality: str = "auto"
+    ) -> Picture:
+        """Create an image from a prompt. `quality` "auto" is not sent (the API's default;
+        servers other than OpenAI's may not know the field)."""
+        body: dict[str, Any] = {"model": model, "prompt": prompt, "size": size, "n": 1}
+        if quality != "auto":
+            body["quality"] = quality
         payload = await self._request_json("POST", "/images/generations", json_body=body)
-        return await self._image_bytes(payload, "/images/generations")
+        return await self._picture(payload, "/images/generations")
 
     async def edit_image(
-        self, *, model: str, image: bytes, filename: str, prompt: str, size: str = "1024x1024"
-    ) -> bytes:
-        """Change an image as the prompt says; returns the new image file's bytes."""
+        self,
+        *,
+        model: str,
+        image: bytes,
+        filename: str,
+        prompt: str,
+        size: str = "1024x1024",
+        quality: str = "auto",
+    ) -> Picture:
+        """Change an image as the prompt says."""
         if not image:
             raise BadInput("empty image", user_message="That image is empty.")
         name, mime = _image_upload(filename, image)
         data = {"model": model, "prompt": prompt, "size": size, "n": "1"}
+        if quality != "auto":
+            data["quality"] = quality
         payload = await self._request_json(
             "POST", "/images/edits", data=data, files={"image": (name, image, mime)}
         )
-        return await self._image_bytes(payload, "/images/edits")
+        return await self._picture(payload, "/images/edits")
 
     async def moderate(self, *, model: str, inputs: list[str]) -> list[ModerationResult]:
         """Classify texts; one result per input, in order."""
@@ -629,6 +655,17 @@ class OpenAIClient:
     @staticmethod
     def _log_retry(where: str, err: RelaybotError, attempt: int, delay: float) -> None:
         log.info("%s failed (%s); retry %d in %.2f s", where, type(err).__name__, attempt, delay)
+
+    async def _picture(self, payload: Any, where: str) -> Picture:
+        image = await self._image_bytes(payload, where)
+        # GPT Image says what it made (the quality "auto" chose, the size): that is billed.
+        quality = payload.get("quality")
+        size = payload.get("size")
+        return Picture(
+            image,
+            quality=quality if isinstance(quality, str) else None,
+            size=size if isinstance(size, str) else None,
+        )
 
     async def _image_bytes(self, payload: Any, where: str) -> bytes:
         data = payload.get("data") if isinstance(payload, dict) else None
@@ -794,6 +831,15 @@ class OpenAIClient:
             return _UnsupportedStreamOptions(detail)
         if status == 400 and (param == "max_tokens" or "max_completion_tokens" in message):
             return _UnsupportedMaxTokens(detail)
+        if where.startswith("/images/") and status in (400, 422):
+            refused = param if param in ("size", "quality") else _IMAGE_SETTING.search(message)
+            if refused is not None:
+                name = refused if isinstance(refused, str) else refused.group(1)
+                # The operator's RELAYBOT_IMAGE_SIZE or _QUALITY: every image would fail.
+                return ConfigError(
+                    f"{detail} (the image model refused the {name} sent: change "
+                    f"RELAYBOT_IMAGE_{name.upper()}; `relaybot doctor` lists what it takes)"
+                )
         if status == 404 and ("model" in tags or param == "model" or _NO_MODEL.search(message)):
             # model_not_found; OpenAI's "This is not a chat model" and "only supported in
             # v1/responses" (param "model"); vLLM's and Ollama's "model ... not found".

@@ -152,8 +152,11 @@ class Policy:
         cached_tokens: int = 0,
         audio_seconds: float = 0.0,
         images: int = 0,
+        image_quality: str | None = None,
+        image_size: str | None = None,
     ) -> float:
-        """USD for one recorded model call."""
+        """USD for one recorded model call; images at the quality and size given (what the
+        endpoint says it made), else at the configured ones."""
         return self.prices.cost(
             model,
             prompt_tokens=prompt_tokens,
@@ -161,8 +164,8 @@ class Policy:
             cached_tokens=cached_tokens,
             audio_seconds=audio_seconds,
             images=images,
-            image_size=self.settings.image_size,
-            image_quality=self.settings.image_quality,
+            image_size=image_size or self.settings.image_size,
+            image_quality=image_quality or self.settings.image_quality,
         )
 
     # -- commands -------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from core.inbox import Inbox, decode_message, decode_reply_refs, new_worker_id
 from core.locks import ChatLocks, Ticket
 from core.metrics import Metrics
 from core.moderation import WITHHELD_NOTICE, Moderator
-from core.openai_client import EncodedMessage, OpenAIClient, Usage, image_mime
+from core.openai_client import EncodedMessage, OpenAIClient, Picture, Usage, image_mime
 from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
 from core.tokens import TokenCounter, context_window, counter_for
@@ -1212,11 +1212,14 @@ class ConversationService:
         await sink.typing()
         model = self.settings.image_model
         with self.metrics.model_call("image", model):
-            png = await self.client.generate_image(
-                model=model, prompt=prompt, size=self.settings.image_size
+            picture = await self.client.generate_image(
+                model=model,
+                prompt=prompt,
+                size=self.settings.image_size,
+                quality=self.settings.image_quality,
             )
-        await self._record_usage(msg, model, "image", images=1)
-        await sink.send(Reply(text=prompt, image=png, image_name="image.png"))
+        await self._record_usage(msg, model, "image", images=1, picture=picture)
+        await sink.send(Reply(text=prompt, image=picture.data, image_name="image.png"))
 
     async def _edit_command(self, prompt: str, msg: IncomingMessage, sink: ReplySink) -> None:
         source = self._first(msg, AttachmentKind.IMAGE)
@@ -1229,20 +1232,21 @@ class ConversationService:
         await sink.typing()
         model = self.settings.image_model
         try:
-            png = await self.client.edit_image(
+            picture = await self.client.edit_image(
                 model=model,
                 image=await source.fetch(),
                 filename=source.filename or "image.png",
                 prompt=prompt,
                 size=self.settings.image_size,
+                quality=self.settings.image_quality,
             )
         except BadInput as err:
             if err.user_message != BadInput.user_message:
                 raise
             # The endpoint refused the picture itself (its size, its colour mode, ...).
             raise BadInput(str(err), user_message=UNUSABLE_IMAGE) from err
-        await self._record_usage(msg, model, "image", images=1)
-        await sink.send(Reply(text=prompt, image=png, image_name="edited.png"))
+        await self._record_usage(msg, model, "image", images=1, picture=picture)
+        await sink.send(Reply(text=prompt, image=picture.data, image_name="edited.png"))
 
     # -- usage ----------------------------------------------------------------------------
     async def _record_usage(
@@ -1254,10 +1258,17 @@ class ConversationService:
         usage: Usage | None = None,
         audio_seconds: float = 0.0,
         images: int = 0,
+        picture: Picture | None = None,
     ) -> None:
         await self.store.add_usage(
             **self._usage_row(
-                msg, model, kind, usage=usage, audio_seconds=audio_seconds, images=images
+                msg,
+                model,
+                kind,
+                usage=usage,
+                audio_seconds=audio_seconds,
+                images=images,
+                picture=picture,
             )
         )
 
@@ -1270,8 +1281,10 @@ class ConversationService:
         usage: Usage | None = None,
         audio_seconds: float = 0.0,
         images: int = 0,
+        picture: Picture | None = None,
     ) -> dict[str, Any]:
-        """The usage row of one model call, priced (and counted in the metrics)."""
+        """The usage row of one model call, priced (and counted in the metrics). A picture
+        is priced at the quality and size the endpoint says it made ("auto" chose one)."""
         cost = self.policy.cost(
             model,
             prompt_tokens=usage.prompt_tokens if usage else 0,
@@ -1279,6 +1292,8 @@ class ConversationService:
             cached_tokens=usage.cached_tokens if usage else 0,
             audio_seconds=audio_seconds,
             images=images,
+            image_quality=picture.quality if picture else None,
+            image_size=picture.size if picture else None,
         )
         self.metrics.usage(msg.chat.platform, model, usage, cost_usd=cost)
         return {

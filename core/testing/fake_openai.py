@@ -20,7 +20,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,40 @@ def echo_reply(messages: Messages) -> str:
     return "echo: "
 
 
+# What OpenAI's image models take, as its API answers: GPT Image names the refused value and
+# the field; DALL-E 3 and 2 answer with a schema error that names the field last.
+_IMAGE_MODELS = {
+    "gpt-image": (
+        ("1024x1024", "1024x1536", "1536x1024", "auto"),
+        ("low", "medium", "high", "auto"),
+    ),
+    "dall-e-3": (("1024x1024", "1792x1024", "1024x1792"), ("standard", "hd", "auto")),
+    "dall-e-2": (("256x256", "512x512", "1024x1024"), ("standard", "auto")),
+}
+# GPT Image's output tokens for a square picture, by quality.
+_IMAGE_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+
+
+def _refused_image_setting(model: str, size: str, quality: str) -> web.Response | None:
+    family = next((f for f in _IMAGE_MODELS if model.startswith(f)), None)
+    if family is None:
+        return None  # another server's model: any size
+    sizes, qualities = _IMAGE_MODELS[family]
+    for field, value, allowed in (("size", size, sizes), ("quality", quality, qualities)):
+        if value in allowed:
+            continue
+        if family == "gpt-image":
+            listed = ", ".join(f"'{v}'" for v in allowed[:-1]) + f", and '{allowed[-1]}'"
+            return _error(
+                400,
+                f"Invalid value: '{value}'. Supported values are: {listed}.",
+                code="invalid_value",
+                param=field,
+            )
+        return _error(400, f"'{value}' is not one of {list(allowed)} - '{field}'")
+    return None
+
+
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -189,6 +223,8 @@ class FakeOpenAI(FakeServer):
         self.context_tokens: int | None = None
         # "b64_json" (GPT image models) or "url" (the retired DALL·E style, served by this fake).
         self.image_response_format: str = "b64_json"
+        # The quality a GPT Image model reports for quality "auto" (OpenAI picks by prompt).
+        self.image_auto_quality: str = "medium"
         self._lock = threading.Lock()
         self._replies: deque[str] = deque()
         self._failures: list[_Failure] = []
@@ -524,10 +560,16 @@ class FakeOpenAI(FakeServer):
         return web.json_response({"text": text})
 
     # -- images ------------------------------------------------------------------------
-    def _image_result(
-        self, request: web.Request, prompt: str, size: Any, fmt: Any
-    ) -> web.Response:
-        if size in (None, "auto"):
+    def _image_result(self, request: web.Request, fields: Mapping[str, Any]) -> web.Response:
+        model = str(fields.get("model") or "dall-e-2")
+        prompt = str(fields["prompt"])
+        size = fields.get("size") or "auto"
+        quality = fields.get("quality") or "auto"
+        gpt_image = model.startswith("gpt-image")
+        refused = _refused_image_setting(model, str(size), str(quality))
+        if refused is not None:
+            return refused
+        if size == "auto":
             size = "1024x1024"
         match = re.fullmatch(r"(\d{1,4})x(\d{1,4})", str(size))
         if match is None or not all(0 < int(v) <= 4096 for v in match.groups()):
@@ -536,32 +578,36 @@ class FakeOpenAI(FakeServer):
         digest = hashlib.sha256(prompt.encode()).digest()
         png = make_png(width, height, (digest[0], digest[1], digest[2]))
         item: dict[str, Any]
-        if (fmt or self.image_response_format) == "url":
+        if (fields.get("response_format") or self.image_response_format) == "url":
             name = uuid.uuid4().hex + ".png"
             with self._lock:
                 self._images[name] = png
             item = {"url": f"{self.url}/files/images/{name}", "revised_prompt": prompt}
         else:
             item = {"b64_json": base64.b64encode(png).decode("ascii")}
-        return web.json_response(
-            {
-                "created": int(time.time()),
-                "data": [item],
-                "usage": {
+        result: dict[str, Any] = {"created": int(time.time()), "data": [item]}
+        if gpt_image:  # GPT Image says what it made, and its tokens
+            made = self.image_auto_quality if quality == "auto" else quality
+            output = _IMAGE_TOKENS.get(made, 1056)
+            result.update(
+                background="opaque",
+                output_format="png",
+                quality=made,
+                size=size,
+                usage={
                     "input_tokens": _words(prompt),
-                    "output_tokens": 1056,
-                    "total_tokens": _words(prompt) + 1056,
+                    "input_tokens_details": {"text_tokens": _words(prompt), "image_tokens": 0},
+                    "output_tokens": output,
+                    "total_tokens": _words(prompt) + output,
                 },
-            }
-        )
+            )
+        return web.json_response(result)
 
     async def _generate_image(self, request: web.Request) -> web.StreamResponse:
         body = self._recorded(request).json
         if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
             return _error(400, "Missing required parameter: 'prompt'.", param="prompt")
-        return self._image_result(
-            request, body["prompt"], body.get("size"), body.get("response_format")
-        )
+        return self._image_result(request, body)
 
     async def _edit_image(self, request: web.Request) -> web.StreamResponse:
         form = self._recorded(request).form
@@ -582,7 +628,7 @@ class FakeOpenAI(FakeServer):
         prompt = form.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             return _error(400, "Missing required parameter: 'prompt'.", param="prompt")
-        return self._image_result(request, prompt, form.get("size"), form.get("response_format"))
+        return self._image_result(request, form)
 
     async def _download_image(self, request: web.Request) -> web.StreamResponse:
         with self._lock:

@@ -142,3 +142,15 @@ def test_moderation_on_against_a_server_without_it_stops_the_start_with_the_fix(
     assert endpoint.chat_requests() == []
     ok = run(["console"], tmp_path, "hi\n", **endpoint_env(endpoint), RELAYBOT_MODERATION="off")
     assert ok.returncode == 0 and ok.stdout.splitlines() == ["echo: hi"]
+
+
+def test_an_image_size_the_model_does_not_make_is_named_at_start(
+    endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = {**endpoint_env(endpoint), "RELAYBOT_IMAGE_SIZE": "512x512"}  # not for gpt-image-1
+    result = run(["console"], tmp_path, "hi\n", **env)
+    # Chatting works, so the bot starts; the operator learns before the first /image.
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["echo: hi"]
+    assert "/image and /edit will fail: RELAYBOT_IMAGE_SIZE=512x512" in result.stderr
+    assert "one of 1024x1024, 1024x1536, 1536x1024, auto" in result.stderr

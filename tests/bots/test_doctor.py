@@ -286,3 +286,20 @@ def test_missing_key_and_unsafe_webhook_are_config_failures(
     assert code == 1
     assert "FAIL  config: OPENAI_API_KEY is not set" in output
     assert "TELEGRAM_WEBHOOK_SECRET" in output
+
+
+def test_an_image_setting_the_image_model_does_not_take_fails_with_what_it_takes(
+    healthy: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**healthy, "RELAYBOT_IMAGE_MODEL": "dall-e-3", "RELAYBOT_IMAGE_QUALITY": "high"}
+    code, lines, output = doctor(tmp_path, env)
+    assert code == 1
+    line = lines["images"]
+    assert line.startswith("FAIL")
+    assert "RELAYBOT_IMAGE_QUALITY=high is not a quality dall-e-3 takes" in line
+    assert "one of standard, hd, auto" in line
+    assert "or RELAYBOT_IMAGE_MODEL to a model that takes it" in output
+    # A local server's image model is not second-guessed.
+    env = {**healthy, "RELAYBOT_IMAGE_MODEL": "sdxl-turbo", "RELAYBOT_IMAGE_SIZE": "768x768"}
+    code, lines, output = doctor(tmp_path, env)
+    assert code == 0 and "images" not in lines, output

@@ -583,10 +583,10 @@ async def test_translation_goes_to_the_translation_endpoint(
 
 # -- images ----------------------------------------------------------------------------
 async def test_generated_image_is_png_bytes(client: OpenAIClient, fake: FakeOpenAI) -> None:
-    image = await client.generate_image(model="gpt-image-1", prompt="a red fox", size="256x256")
-    assert image.startswith(PNG)
+    image = await client.generate_image(model="sdxl-turbo", prompt="a red fox", size="256x256")
+    assert image.data.startswith(PNG)
     assert fake.calls("/images/generations")[0].json == {
-        "model": "gpt-image-1",
+        "model": "sdxl-turbo",
         "prompt": "a red fox",
         "size": "256x256",
         "n": 1,
@@ -597,8 +597,8 @@ async def test_image_given_as_url_is_downloaded_without_the_key(
     client: OpenAIClient, fake: FakeOpenAI
 ) -> None:
     fake.image_response_format = "url"
-    image = await client.generate_image(model="dall-e-3", prompt="a fox", size="64x64")
-    assert image.startswith(PNG)
+    image = await client.generate_image(model="dall-e-2", prompt="a fox", size="256x256")
+    assert image.data.startswith(PNG)
     download = fake.calls(".png")[0]
     assert download.method == "GET"
     assert "Authorization" not in download.headers
@@ -608,10 +608,10 @@ async def test_image_edit_uploads_the_picture(client: OpenAIClient, fake: FakeOp
     square = (FIXTURES / "square.png").read_bytes()
 
     image = await client.edit_image(
-        model="gpt-image-1", image=square, filename="square.png", prompt="add a hat", size="64x64"
+        model="sdxl-turbo", image=square, filename="square.png", prompt="add a hat", size="64x64"
     )
 
-    assert image.startswith(PNG)
+    assert image.data.startswith(PNG)
     form = fake.calls("/images/edits")[0].form
     assert form["image"]["data"] == square
     assert form["image"]["content_type"] == "image/png"

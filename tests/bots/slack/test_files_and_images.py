@@ -288,3 +288,29 @@ async def test_the_bot_token_never_appears_in_the_logs(
     assert caplog.records
     assert slack.bot_token not in caplog.text
     assert SIGNING_SECRET not in caplog.text
+
+
+async def test_an_image_quality_the_model_does_not_take_alerts_the_operator(
+    slack_app: SlackApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = slack_app.adapter.core.settings
+    settings.image_model, settings.image_quality = "dall-e-3", "low"  # GPT Image's word
+    slack = slack_app.slack
+    ts = new_ts()
+    with caplog.at_level(logging.ERROR):
+        await slack_app.post_event(
+            app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT> image: a red fox")
+        )
+        await slack.wait_for("/api/chat.postMessage")
+        await slack_app.adapter.drain()
+
+    (generation,) = slack_app.openai.calls("/images/generations")
+    assert generation.json["quality"] == "low"
+    (message,) = slack.visible(CHANNEL, ts)
+    assert (
+        message.text
+        == ":warning: The bot is not configured correctly. The operator has been told."
+    )
+    assert slack.uploads == {}
+    (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "RELAYBOT_IMAGE_QUALITY" in alert

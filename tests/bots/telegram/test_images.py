@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tests.bots.telegram.conftest import GROUP, PRIVATE_CHAT, Bot
@@ -18,7 +20,7 @@ async def test_image_command_sends_the_generated_picture_as_a_photo(bot: Bot) ->
     assert message.reply_to == update["message"]["message_id"]
 
 
-@pytest.mark.telegram_settings(image_size="4000x100")
+@pytest.mark.telegram_settings(image_model="sdxl-turbo", image_size="4000x100")
 async def test_a_picture_over_photo_limits_is_sent_as_a_document(bot: Bot) -> None:
     await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "/image a very wide banner"))
 
@@ -84,3 +86,44 @@ async def test_a_picture_sent_as_a_file_in_a_format_models_cannot_read_is_explai
     (request,) = bot.openai.chat_requests()  # the HEIC never went to the model
     image = request["messages"][-1]["content"][1]["image_url"]["url"]
     assert image.startswith("data:image/jpeg;base64,"), "typed by its bytes, not its name"
+
+
+@pytest.mark.telegram_settings(image_size="512x512")  # DALL-E 2 makes it; GPT Image does not
+async def test_an_image_size_the_model_does_not_make_alerts_the_operator(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "/image a lighthouse"))
+
+    # Not "I can't use that": the person asked well; the operator's setting is wrong.
+    assert bot.telegram.texts(PRIVATE_CHAT) == [
+        "The bot is not configured correctly. The operator has been told."
+    ]
+    (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "RELAYBOT_IMAGE_SIZE" in alert and "'512x512'" in alert
+
+
+async def test_a_picture_is_billed_at_the_quality_the_model_chose(bot: Bot) -> None:
+    bot.openai.image_auto_quality = "high"  # quality "auto": the model picked high
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "/image a lighthouse"))
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "/usage"))
+
+    assert "quality" not in bot.openai.calls("/images/generations")[0].json
+    report = bot.telegram.texts(PRIVATE_CHAT)[-1]
+    assert "$0.17" in report, report  # gpt-image-1, high, square; medium would be $0.04
+
+
+@pytest.mark.telegram_settings(image_quality="low")
+async def test_the_configured_image_quality_is_asked_for_and_billed(
+    bot: Bot, photo: bytes
+) -> None:
+    tg = bot.telegram
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/image a lighthouse"))
+    picture = tg.photo_update(PRIVATE_CHAT, photo, width=512, height=512)["message"]
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/edit add a moon", reply_to=picture))
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "/usage"))
+
+    assert bot.openai.calls("/images/generations")[0].json["quality"] == "low"
+    assert bot.openai.calls("/images/edits")[0].form["quality"] == "low"
+    report = tg.texts(PRIVATE_CHAT)[-1]
+    assert "$0.02" in report, report  # two low-quality squares at $0.011

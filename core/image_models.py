@@ -1,54 +1,34 @@
-"""The sizes and qualities OpenAI's image models take, to catch a wrong setting before use.
+"""The sizes and qualities OpenAI's GPT Image models take, to catch a wrong setting early.
 
-An image model refuses a size or quality it does not make (gpt-image-1 makes no 512x512,
-DALL-E 3 no "low"), and every `/image` then fails. The families below are OpenAI's; any
-other name (a local server's model) is not checked, since such a server may take anything.
+A GPT Image model refuses a size or quality it does not make (no 512x512, no "hd": those
+were DALL-E's, retired in May 2026), and every `/image` then fails. Other names (a local
+server's model) are not checked: such a server may take anything.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+GPT_IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024", "auto")
+GPT_IMAGE_QUALITIES = ("low", "medium", "high", "auto")
+_FAMILIES = ("gpt-image", "chatgpt-image")  # gpt-image-1, gpt-image-1-mini, -1.5, ...
 
 
-@dataclass(frozen=True, slots=True)
-class ImageOptions:
-    family: str
-    sizes: tuple[str, ...]
-    qualities: tuple[str, ...]
-
-
-# "auto" quality is taken by every model (the API's default); a size of "auto" only by GPT
-# Image. Names are matched by prefix: gpt-image-1, gpt-image-1-mini, gpt-image-1.5, ...
-_FAMILIES = (
-    ImageOptions(
-        "gpt-image",
-        ("1024x1024", "1024x1536", "1536x1024", "auto"),
-        ("low", "medium", "high", "auto"),
-    ),
-    ImageOptions("dall-e-3", ("1024x1024", "1792x1024", "1024x1792"), ("standard", "hd", "auto")),
-    ImageOptions("dall-e-2", ("256x256", "512x512", "1024x1024"), ("standard", "auto")),
-)
-
-
-def image_options(model: str) -> ImageOptions | None:
-    """What `model` takes, when it is one of OpenAI's image models, else None."""
-    name = model.lower().rsplit("/", 1)[-1]  # "openai/gpt-image-1" behind a router
-    return next((f for f in _FAMILIES if name.startswith(f.family)), None)
+def is_gpt_image(model: str) -> bool:
+    """Whether `model` is one of OpenAI's GPT Image models ("openai/..." behind a router)."""
+    return model.lower().rsplit("/", 1)[-1].startswith(_FAMILIES)
 
 
 def image_settings_problem(model: str, size: str, quality: str) -> str | None:
     """Why RELAYBOT_IMAGE_SIZE or RELAYBOT_IMAGE_QUALITY cannot work with `model`, or None."""
-    options = image_options(model)
-    if options is None:
+    if not is_gpt_image(model):
         return None
-    if size not in options.sizes:
+    if size not in GPT_IMAGE_SIZES:
         return (
             f"RELAYBOT_IMAGE_SIZE={size} is not a size {model} makes: "
-            f"one of {', '.join(options.sizes)}"
+            f"one of {', '.join(GPT_IMAGE_SIZES)}"
         )
-    if quality not in options.qualities:
+    if quality not in GPT_IMAGE_QUALITIES:
         return (
             f"RELAYBOT_IMAGE_QUALITY={quality} is not a quality {model} takes: "
-            f"one of {', '.join(options.qualities)}"
+            f"one of {', '.join(GPT_IMAGE_QUALITIES)}"
         )
     return None

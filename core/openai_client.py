@@ -52,8 +52,7 @@ _CONTEXT_MESSAGE = re.compile(
 )
 _TPM_TOO_LARGE = re.compile(r"request too large", re.I)
 _NO_MODEL = re.compile(r"\bmodel\b.*\b(not found|does not exist)", re.I)
-# DALL-E 3's schema error names the field last: "'512x512' is not one of [...] - 'size'".
-_IMAGE_SETTING = re.compile(r"- '(size|quality)'\s*$")
+_IMAGE_SETTINGS = ("size", "quality")  # sent from RELAYBOT_IMAGE_SIZE and _QUALITY
 _REFUSAL_TAGS = ("content_policy", "moderation_blocked", "content_filter", "safety")
 _SECRET_PATTERNS = (
     re.compile(r"sk-[A-Za-z0-9_\-*]{4,}"),
@@ -831,15 +830,12 @@ class OpenAIClient:
             return _UnsupportedStreamOptions(detail)
         if status == 400 and (param == "max_tokens" or "max_completion_tokens" in message):
             return _UnsupportedMaxTokens(detail)
-        if where.startswith("/images/") and status in (400, 422):
-            refused = param if param in ("size", "quality") else _IMAGE_SETTING.search(message)
-            if refused is not None:
-                name = refused if isinstance(refused, str) else refused.group(1)
-                # The operator's RELAYBOT_IMAGE_SIZE or _QUALITY: every image would fail.
-                return ConfigError(
-                    f"{detail} (the image model refused the {name} sent: change "
-                    f"RELAYBOT_IMAGE_{name.upper()}; `relaybot doctor` lists what it takes)"
-                )
+        if where.startswith("/images/") and status in (400, 422) and param in _IMAGE_SETTINGS:
+            # The operator's RELAYBOT_IMAGE_SIZE or _QUALITY: every image would fail.
+            return ConfigError(
+                f"{detail} (the image model refused the {param} sent: change "
+                f"RELAYBOT_IMAGE_{param.upper()}; `relaybot doctor` lists what it takes)"
+            )
         if status == 404 and ("model" in tags or param == "model" or _NO_MODEL.search(message)):
             # model_not_found; OpenAI's "This is not a chat model" and "only supported in
             # v1/responses" (param "model"); vLLM's and Ollama's "model ... not found".

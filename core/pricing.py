@@ -43,9 +43,6 @@ def _image(low: Pair, medium: Pair, high: Pair) -> dict[str, dict[str, float]]:
     return table
 
 
-_DALL_E_3_STANDARD = {"1024x1024": 0.04, "1024x1792": 0.08, "1792x1024": 0.08}
-_DALL_E_2 = {"256x256": 0.016, "512x512": 0.018, "1024x1024": 0.02}
-
 # OpenAI list prices (standard tier, USD). Override or extend with RELAYBOT_PRICES.
 DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-4o-mini": ModelPrice(0.15, 0.075, 0.60),
@@ -71,14 +68,6 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-image-1-mini": ModelPrice(
         image=_image(low=(0.005, 0.006), medium=(0.011, 0.015), high=(0.036, 0.052))
     ),
-    "dall-e-3": ModelPrice(
-        image={
-            "standard": _DALL_E_3_STANDARD,
-            "hd": {"1024x1024": 0.08, "1024x1792": 0.12, "1792x1024": 0.12},
-            "auto": _DALL_E_3_STANDARD,
-        }
-    ),
-    "dall-e-2": ModelPrice(image={"standard": _DALL_E_2, "auto": _DALL_E_2}),
     "omni-moderation-latest": ModelPrice(),
     "text-moderation-latest": ModelPrice(),
 }

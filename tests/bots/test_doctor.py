@@ -291,15 +291,33 @@ def test_missing_key_and_unsafe_webhook_are_config_failures(
 def test_an_image_setting_the_image_model_does_not_take_fails_with_what_it_takes(
     healthy: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**healthy, "RELAYBOT_IMAGE_MODEL": "dall-e-3", "RELAYBOT_IMAGE_QUALITY": "high"}
+    env = {**healthy, "RELAYBOT_IMAGE_QUALITY": "hd"}  # DALL-E's word, retired with it
     code, lines, output = doctor(tmp_path, env)
     assert code == 1
     line = lines["images"]
     assert line.startswith("FAIL")
-    assert "RELAYBOT_IMAGE_QUALITY=high is not a quality dall-e-3 takes" in line
-    assert "one of standard, hd, auto" in line
+    assert "RELAYBOT_IMAGE_QUALITY=hd is not a quality gpt-image-1 takes" in line
+    assert "one of low, medium, high, auto" in line
     assert "or RELAYBOT_IMAGE_MODEL to a model that takes it" in output
     # A local server's image model is not second-guessed.
     env = {**healthy, "RELAYBOT_IMAGE_MODEL": "sdxl-turbo", "RELAYBOT_IMAGE_SIZE": "768x768"}
     code, lines, output = doctor(tmp_path, env)
     assert code == 0 and "images" not in lines, output
+
+
+def test_feature_models_the_endpoint_does_not_list_are_warned_with_the_ones_it_does(
+    healthy: dict[str, str], endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    endpoint.models = ["gpt-4o-mini", "whisper-1", "gpt-4o-mini-tts"]  # no image model
+    env = {**healthy, "RELAYBOT_TRANSCRIBE_MODEL": "gpt-4o-transcribe"}
+    code, lines, output = doctor(tmp_path, env)
+    assert code == 0, output  # chatting works: warnings, not failures
+    transcription = lines["transcription model"]
+    assert transcription.startswith("WARN")
+    assert "RELAYBOT_TRANSCRIBE_MODEL=gpt-4o-transcribe is not among" in transcription
+    assert "voice notes will fail" in transcription
+    assert "set RELAYBOT_TRANSCRIBE_MODEL to one of: whisper-1" in output  # not the tts model
+    images = lines["image model"]
+    assert images.startswith("WARN") and "/image and /edit will fail" in images
+    assert "the endpoint lists no model for /image and /edit" in output
+    assert "translation model" not in lines  # whisper-1 is listed

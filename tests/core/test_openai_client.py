@@ -597,7 +597,7 @@ async def test_image_given_as_url_is_downloaded_without_the_key(
     client: OpenAIClient, fake: FakeOpenAI
 ) -> None:
     fake.image_response_format = "url"
-    image = await client.generate_image(model="dall-e-2", prompt="a fox", size="256x256")
+    image = await client.generate_image(model="stablediffusion", prompt="a fox", size="256x256")
     assert image.data.startswith(PNG)
     download = fake.calls(".png")[0]
     assert download.method == "GET"

@@ -72,9 +72,6 @@ def test_audio_and_images_are_priced() -> None:
     assert table.image_cost("gpt-image-1", "1536x1024", "low", count=2) == pytest.approx(0.032)
     # "auto" quality is billed like medium (when the model does not say what it chose).
     assert table.image_cost("gpt-image-1", "1024x1024") == pytest.approx(0.042)
-    assert table.image_cost("dall-e-3", "1792x1024", "hd") == pytest.approx(0.12)
-    assert table.image_cost("dall-e-3", "1024x1024") == pytest.approx(0.04)
-    assert table.image_cost("dall-e-2", "512x512") == pytest.approx(0.018)
 
 
 def test_unknown_model_costs_nothing_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:

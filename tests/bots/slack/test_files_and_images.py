@@ -294,7 +294,7 @@ async def test_an_image_quality_the_model_does_not_take_alerts_the_operator(
     slack_app: SlackApp, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = slack_app.adapter.core.settings
-    settings.image_model, settings.image_quality = "dall-e-3", "low"  # GPT Image's word
+    settings.image_quality = "hd"  # DALL-E's word: GPT Image takes low, medium, high
     slack = slack_app.slack
     ts = new_ts()
     with caplog.at_level(logging.ERROR):
@@ -305,7 +305,7 @@ async def test_an_image_quality_the_model_does_not_take_alerts_the_operator(
         await slack_app.adapter.drain()
 
     (generation,) = slack_app.openai.calls("/images/generations")
-    assert generation.json["quality"] == "low"
+    assert generation.json["quality"] == "hd"
     (message,) = slack.visible(CHANNEL, ts)
     assert (
         message.text

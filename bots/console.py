@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from core.app import Core
+from core.commands import COMMANDS, HELP_TEXT
 from core.ports import ReplySink
 from core.types import (
     FORGOTTEN,
@@ -29,6 +30,21 @@ from core.types import (
 )
 
 PLATFORM = "console"
+
+
+# The console's own forms: files are given by path, and there are no groups.
+_FORMS = {
+    "edit": "edit an image file: /edit PATH INSTRUCTION",
+    "voice": "transcribe an audio file and answer it: /voice PATH",
+    "translate": "translate an audio file to English text: /translate PATH",
+    "voicemode": None,
+}
+CONSOLE_HELP = (
+    "I'm relaybot. Send me a message, or an audio file with /voice PATH, and I'll answer.\n\n"
+    + "\n".join(
+        f"/{name} - {text}" for name, text in {**COMMANDS, **_FORMS}.items() if text is not None
+    )
+)
 
 
 def _reader(path: Path) -> Fetch:
@@ -163,6 +179,8 @@ class ConsoleSink:
             self._out.write(f"! {reply.text}\n")
         elif reply.kind is ReplyKind.TRANSCRIPT:
             self._out.write(f"Transcript: {reply.text}\n")
+        elif reply.text == HELP_TEXT:  # the platforms' help, in the console's forms
+            self._out.write(CONSOLE_HELP + "\n")
         else:
             self._out.write(reply.text + "\n")
         self._out.flush()

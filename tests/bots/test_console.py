@@ -111,8 +111,13 @@ async def test_missing_audio_file_is_a_clear_error(core: Core, fake_openai: Fake
 
 async def test_help_lists_commands(core: Core) -> None:
     out = await chat(core, "/help")
-    for command in ("/reset", "/system", "/model", "/image", "/translate"):
-        assert command in out
+    for command in ("/reset", "/system", "/model", "/image", "/usage", "/forget"):
+        assert f"\n{command} - " in out
+    # In the console's own forms: files by path, no groups.
+    assert "/edit - edit an image file: /edit PATH INSTRUCTION" in out
+    assert "/voice - transcribe an audio file and answer it: /voice PATH" in out
+    assert "/translate - translate an audio file to English text: /translate PATH" in out
+    assert "reply to a photo" not in out and "/voicemode" not in out
 
 
 async def test_chats_are_separate(core: Core, fake_openai: FakeOpenAI) -> None:

@@ -102,6 +102,18 @@ class Picture:
     size: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """Text heard in audio, and what the endpoint billed for it: the audio's `seconds`
+    (whisper-1) or tokens (the gpt-4o transcribe models: `usage`, of which `audio_tokens`
+    were audio). Servers that report neither leave them empty."""
+
+    text: str
+    usage: Usage | None = None
+    audio_tokens: int = 0
+    seconds: float | None = None
+
+
 class ChatDelta(NamedTuple):
     """One piece of a streamed answer; the last one carries usage and no text.
 
@@ -470,7 +482,7 @@ class OpenAIClient:
         filename: str,
         translate: bool = False,
         language: str | None = None,
-    ) -> str:
+    ) -> Transcript:
         """Speech to text; with `translate`, to English text."""
         if not audio:
             raise BadInput("empty audio", user_message="That audio message is empty.")
@@ -485,7 +497,7 @@ class OpenAIClient:
         text = payload.get("text") if isinstance(payload, dict) else None
         if not isinstance(text, str):
             raise UpstreamDown(f"{path}: no text in the response")
-        return text.strip()
+        return _transcript(text.strip(), payload.get("usage"))
 
     async def generate_image(
         self, *, model: str, prompt: str, size: str = "1024x1024", quality: str = "auto"
@@ -899,6 +911,23 @@ def _parse_usage(raw: Any) -> Usage | None:
         completion_tokens=int(raw.get("completion_tokens") or 0),
         cached_tokens=int(cached or 0),
     )
+
+
+def _transcript(text: str, raw: Any) -> Transcript:
+    if not isinstance(raw, dict):
+        return Transcript(text)
+    if raw.get("type") == "duration":
+        seconds = raw.get("seconds")
+        if isinstance(seconds, int | float) and seconds >= 0:
+            return Transcript(text, seconds=float(seconds))
+        return Transcript(text)
+    if raw.get("type") != "tokens":
+        return Transcript(text)
+    prompt = int(raw.get("input_tokens") or 0)
+    details = raw.get("input_token_details")
+    audio = details.get("audio_tokens") if isinstance(details, dict) else None
+    usage = Usage(prompt_tokens=prompt, completion_tokens=int(raw.get("output_tokens") or 0))
+    return Transcript(text, usage, audio_tokens=min(int(audio or prompt), prompt))
 
 
 def _parse_chat(payload: Any, model: str) -> ChatResult:

@@ -15,17 +15,20 @@ log = logging.getLogger("relaybot.pricing")
 
 PER_MILLION = 1_000_000
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
-_FIELDS = {"input", "cached_input", "output", "audio_minute", "image"}
+_FIELDS = {"input", "cached_input", "output", "audio_input", "audio_minute", "image"}
 
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """Prices of one model: tokens per 1M, audio per minute, images by quality and size."""
+    """Prices of one model: tokens per 1M (text in, cached, out, audio in), audio per minute
+    (whisper, or a transcription whose tokens the server did not report), images by quality
+    and size."""
 
     input: float = 0.0
     cached_input: float | None = None
     output: float = 0.0
     audio_minute: float = 0.0
+    audio_input: float = 0.0
     # quality ("low", "medium", "high", "auto") -> size ("1024x1024") -> USD per image
     image: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -60,8 +63,9 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-4-turbo": ModelPrice(10.00, None, 30.00),
     "gpt-3.5-turbo": ModelPrice(0.50, None, 1.50),
     "whisper-1": ModelPrice(audio_minute=0.006),
-    "gpt-4o-transcribe": ModelPrice(audio_minute=0.006),
-    "gpt-4o-mini-transcribe": ModelPrice(audio_minute=0.003),
+    # Billed by tokens; the minute prices are OpenAI's estimates, used when no tokens came.
+    "gpt-4o-transcribe": ModelPrice(2.50, None, 10.00, audio_minute=0.006, audio_input=6.00),
+    "gpt-4o-mini-transcribe": ModelPrice(1.25, None, 5.00, audio_minute=0.003, audio_input=3.00),
     "gpt-image-1": ModelPrice(
         image=_image(low=(0.011, 0.016), medium=(0.042, 0.063), high=(0.167, 0.25))
     ),
@@ -90,7 +94,7 @@ def _parse_model(model: str, raw: Any, base: ModelPrice | None) -> ModelPrice:
         )
     price = base or ModelPrice()
     changes: dict[str, Any] = {}
-    for name in ("input", "output", "audio_minute"):
+    for name in ("input", "output", "audio_minute", "audio_input"):
         if name in raw:
             changes[name] = _number(model, name, raw[name])
     if "cached_input" in raw:
@@ -211,16 +215,25 @@ class PriceTable:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         cached_tokens: int = 0,
+        audio_tokens: int = 0,
         audio_seconds: float = 0.0,
         images: int = 0,
         image_size: str = "1024x1024",
         image_quality: str = "auto",
     ) -> float:
-        """USD for one recorded call, whatever it consumed."""
+        """USD for one recorded call, whatever it consumed. `audio_tokens` (part of
+        `prompt_tokens`) are priced per audio token where the model has that price, and then
+        its seconds are not priced again; else the seconds are."""
         total = 0.0
-        if prompt_tokens or completion_tokens:
-            total += self.tokens_cost(model, prompt_tokens, completion_tokens, cached_tokens)
-        if audio_seconds:
+        audio_rate = 0.0
+        if audio_tokens:
+            price = self._price(model)
+            audio_rate = price.audio_input if price is not None else 0.0
+            total += audio_tokens * audio_rate / PER_MILLION
+        text_tokens = prompt_tokens - audio_tokens
+        if text_tokens or completion_tokens:
+            total += self.tokens_cost(model, text_tokens, completion_tokens, cached_tokens)
+        if audio_seconds and not audio_rate:
             total += self.audio_cost(model, audio_seconds)
         if images:
             total += self.image_cost(model, image_size, image_quality, images)

@@ -1036,17 +1036,25 @@ class ConversationService:
         model = self.settings.translate_model if translate else self.settings.transcribe_model
         with self.metrics.model_call("audio", model):
             try:
-                text = (
-                    await self.client.transcribe(
-                        model=model, audio=data, filename=filename, translate=translate
-                    )
-                ).strip()
+                heard = await self.client.transcribe(
+                    model=model, audio=data, filename=filename, translate=translate
+                )
             except BadInput as err:
                 if err.user_message != BadInput.user_message:
                     raise
                 # The endpoint refused the file itself (corrupt, or mislabelled).
                 raise BadInput(str(err), user_message=UNREADABLE_AUDIO) from err
-        await self._record_usage(msg, model, "audio", audio_seconds=audio.duration_seconds or 0.0)
+        # Billed as the endpoint reports it (tokens, or seconds); else by the platform's
+        # duration (a console file or a Slack upload has none: then only the server knows).
+        await self._record_usage(
+            msg,
+            model,
+            "audio",
+            usage=heard.usage,
+            audio_tokens=heard.audio_tokens,
+            audio_seconds=heard.seconds or audio.duration_seconds or 0.0,
+        )
+        text = heard.text.strip()
         if not text:
             raise BadInput("no speech", user_message="I couldn't hear any speech in that audio.")
         await self.moderator.check_input(text)
@@ -1256,6 +1264,7 @@ class ConversationService:
         kind: str,
         *,
         usage: Usage | None = None,
+        audio_tokens: int = 0,
         audio_seconds: float = 0.0,
         images: int = 0,
         picture: Picture | None = None,
@@ -1266,6 +1275,7 @@ class ConversationService:
                 model,
                 kind,
                 usage=usage,
+                audio_tokens=audio_tokens,
                 audio_seconds=audio_seconds,
                 images=images,
                 picture=picture,
@@ -1279,6 +1289,7 @@ class ConversationService:
         kind: str,
         *,
         usage: Usage | None = None,
+        audio_tokens: int = 0,
         audio_seconds: float = 0.0,
         images: int = 0,
         picture: Picture | None = None,
@@ -1290,6 +1301,7 @@ class ConversationService:
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             cached_tokens=usage.cached_tokens if usage else 0,
+            audio_tokens=audio_tokens,
             audio_seconds=audio_seconds,
             images=images,
             image_quality=picture.quality if picture else None,

@@ -128,6 +128,7 @@ _GPT_IMAGE_SETTINGS = {
     "size": ("1024x1024", "1024x1536", "1536x1024", "auto"),
     "quality": ("low", "medium", "high", "auto"),
 }
+AUDIO_TOKENS_PER_SECOND = 10
 # GPT Image's output tokens for a square picture, by quality.
 _IMAGE_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
 
@@ -189,6 +190,8 @@ class FakeOpenAI(FakeServer):
         self.reply: ReplyFn = echo_reply
         self.transcript: str = DEFAULT_TRANSCRIPT
         self.translation: str = DEFAULT_TRANSCRIPT
+        # How long the fake "hears" any audio to be (it reports it as the usage it bills).
+        self.audio_seconds: float = 7.5
         self.flag_words: dict[str, list[str]] = {"FLAGME": ["violence"]}
         self.models: list[str] = list(DEFAULT_MODELS)
         # Chat requests for these get OpenAI's 404 model_not_found (a model withdrawn).
@@ -548,7 +551,22 @@ class FakeOpenAI(FakeServer):
             )
         if form.get("response_format") == "text":
             return web.Response(text=text + "\n", content_type="text/plain")
-        return web.json_response({"text": text})
+        # What OpenAI bills: whisper the audio's seconds, the gpt-4o transcribe models
+        # tokens (here a made-up AUDIO_TOKENS_PER_SECOND; nothing has to match OpenAI's).
+        seconds = self.audio_seconds
+        usage: dict[str, Any]
+        if str(form.get("model")).startswith("whisper"):
+            usage = {"type": "duration", "seconds": math.ceil(seconds)}
+        else:
+            audio_tokens = round(seconds * AUDIO_TOKENS_PER_SECOND)
+            usage = {
+                "type": "tokens",
+                "input_tokens": audio_tokens,
+                "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+                "output_tokens": _words(text),
+                "total_tokens": audio_tokens + _words(text),
+            }
+        return web.json_response({"text": text, "usage": usage})
 
     # -- images ------------------------------------------------------------------------
     def _image_result(self, request: web.Request, fields: Mapping[str, Any]) -> web.Response:

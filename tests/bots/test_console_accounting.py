@@ -12,6 +12,7 @@ from bots.console import run_console
 from core.app import Core, open_core
 from core.config import Settings
 from core.testing.fake_openai import FakeOpenAI
+from tests.conftest import FIXTURES
 from tests.processes import run_relaybot
 
 PRICES = json.dumps({"gpt-4o-mini": {"input": 1000, "output": 1000}})
@@ -164,3 +165,21 @@ def test_usage_on_an_empty_database_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "relaybot db upgrade" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_audio_files_without_a_duration_are_billed_as_the_endpoint_reports(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    # A file given by path has no duration (nor have Slack uploads): before, it cost nothing.
+    prices = {
+        "gpt-4o-mini": {"input": 0, "output": 0},
+        "gpt-4o-mini-transcribe": {"audio_input": 4000, "input": 0, "output": 0},
+        "whisper-1": {"audio_minute": 6.0},
+    }
+    fake_openai.audio_seconds = 7.5  # 75 audio tokens for gpt-4o-mini-transcribe
+    priced = settings.model_copy(update={"prices": json.dumps(prices)})
+    voice = FIXTURES / "voice-note.ogg"
+    async with open_core(priced) as core:
+        out = await chat(core, f"/voice {voice}", f"/translate {voice}", "/usage")
+    # 75 audio tokens at $4,000 per 1M = $0.30; whisper bills whole seconds: 8 s at $6/min.
+    assert "  today            $1.10  (3 requests)" in out.splitlines(), out

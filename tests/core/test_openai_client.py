@@ -524,11 +524,11 @@ async def test_client_from_settings_talks_to_the_endpoint(fake: FakeOpenAI) -> N
 async def test_voice_note_oga_is_sent_as_ogg(client: OpenAIClient, fake: FakeOpenAI) -> None:
     audio = (FIXTURES / "voice-note.ogg").read_bytes()
 
-    text = await client.transcribe(
+    heard = await client.transcribe(
         model="gpt-4o-mini-transcribe", audio=audio, filename="voice/file_12.oga", language="en"
     )
 
-    assert text == DEFAULT_TRANSCRIPT
+    assert heard.text == DEFAULT_TRANSCRIPT
     form = fake.calls("/audio/transcriptions")[0].form
     assert form["file"]["filename"] == "file_12.ogg"
     assert form["file"]["data"] == audio
@@ -570,11 +570,11 @@ async def test_translation_goes_to_the_translation_endpoint(
     fake.translation = "good morning, how are you?"
     audio = (FIXTURES / "voice-note.ogg").read_bytes()
 
-    text = await client.transcribe(
+    heard = await client.transcribe(
         model="whisper-1", audio=audio, filename="voice.oga", translate=True, language="pt"
     )
 
-    assert text == "good morning, how are you?"
+    assert heard.text == "good morning, how are you?"
     form = fake.calls("/audio/translations")[0].form
     assert form["file"]["filename"] == "voice.ogg"
     assert "language" not in form

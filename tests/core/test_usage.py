@@ -15,7 +15,7 @@ from core.config import Settings
 from core.db.models import UsageRecord
 from core.errors import ConfigError
 from core.pricing import PriceTable, money
-from core.testing.fake_openai import FakeOpenAI
+from core.testing.fake_openai import AUDIO_TOKENS_PER_SECOND, FakeOpenAI
 from core.testing.sink import RecordingSink
 from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
 from tests.conftest import FIXTURES
@@ -151,7 +151,12 @@ async def test_voice_and_images_record_seconds_and_count(
     audio = next(r for r in rows if r.kind == "audio")
     assert audio.model == "gpt-4o-mini-transcribe"
     assert audio.audio_seconds == 30.0
-    assert audio.cost_usd == pytest.approx(0.5 * 0.003)
+    # Billed as the endpoint reports it: its audio tokens at $3 and the transcript's at $5 per
+    # 1M, not the platform's 30 s at OpenAI's per-minute estimate.
+    words = len(fake_openai.transcript.split())
+    audio_tokens = round(fake_openai.audio_seconds * AUDIO_TOKENS_PER_SECOND)
+    assert (audio.prompt_tokens, audio.completion_tokens) == (audio_tokens, words)
+    assert audio.cost_usd == pytest.approx((audio_tokens * 3.00 + words * 5.00) / 1e6)
     image = next(r for r in rows if r.kind == "image")
     assert (image.images, image.cost_usd) == (1, pytest.approx(0.042))
     assert [r.kind for r in rows].count("chat") == 1

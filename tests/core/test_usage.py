@@ -74,6 +74,23 @@ def test_audio_and_images_are_priced() -> None:
     assert table.image_cost("gpt-image-1", "1024x1024") == pytest.approx(0.042)
 
 
+def test_transcription_is_priced_by_its_audio_tokens_else_by_its_seconds() -> None:
+    table = PriceTable.from_config('{"local-stt": {"audio_minute": 0.01}}')
+    # gpt-4o-mini-transcribe: audio $3, text in $1.25, out $5 per 1M; the seconds not again.
+    by_tokens = table.cost(
+        "gpt-4o-mini-transcribe",
+        prompt_tokens=1_000_000,
+        audio_tokens=800_000,
+        completion_tokens=100_000,
+        audio_seconds=60,
+    )
+    assert by_tokens == pytest.approx(0.8 * 3.00 + 0.2 * 1.25 + 0.1 * 5.00)
+    # A model without an audio token price: its audio tokens are not text; its minutes count.
+    assert table.cost(
+        "local-stt", prompt_tokens=500, audio_tokens=500, audio_seconds=90
+    ) == pytest.approx(0.015)
+
+
 def test_unknown_model_costs_nothing_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     table = PriceTable.from_config(None)
     with caplog.at_level(logging.WARNING, logger="relaybot.pricing"):

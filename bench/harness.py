@@ -131,6 +131,9 @@ class NullSink:
     async def typing(self) -> None:
         return None
 
+    async def chat_admin(self, sender_id: str) -> bool | None:
+        return None
+
 
 # -- databases -----------------------------------------------------------------------------
 def postgres_url(name: str) -> str:

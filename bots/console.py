@@ -197,6 +197,10 @@ class ConsoleSink:
     async def typing(self) -> None:
         """Nothing to show on a terminal."""
 
+    async def chat_admin(self, sender_id: str) -> bool | None:
+        """A console chat has no admins of its own (and is never a group)."""
+        return None
+
 
 async def run_console(
     core: Core,

@@ -204,6 +204,9 @@ class _CountingSink:
     async def typing(self) -> None:
         await self._inner.typing()
 
+    async def chat_admin(self, sender_id: str) -> bool | None:
+        return await self._inner.chat_admin(sender_id)
+
 
 class _CountedStream:
     def __init__(

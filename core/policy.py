@@ -51,6 +51,14 @@ class SlowDown(RelaybotError):
     user_message = "You're sending messages too fast. Please slow down."
 
 
+def _changes_the_chat(name: str, args: str) -> bool:
+    """Whether the command changes the conversation for everyone in it (rather than showing
+    something): its history, system prompt, voice mode or model."""
+    if name in ("reset", "forget"):
+        return True
+    return name in ("system", "voicemode", "model") and bool(args)
+
+
 def _is_admin_command(name: str, args: str) -> bool:
     if name == "model":
         return bool(args)
@@ -79,11 +87,13 @@ class Policy:
         msg: IncomingMessage,
         command: tuple[str, str] | None,
         chat_settings: Callable[[], Awaitable[ChatSettings]] | None = None,
+        chat_admin: Callable[[], Awaitable[bool | None]] | None = None,
     ) -> None:
         """Raise a RelaybotError (with one polite line) when this message must not go ahead.
 
         `chat_settings`: the chat's settings as the caller already has them (their model
-        prices the budgets' estimate); read from the store otherwise.
+        prices the budgets' estimate); read from the store otherwise. `chat_admin`: asks the
+        platform whether the sender administers the (group) chat.
         """
         platform, sender = msg.chat.platform, msg.sender.id
         if not self.access.allows(msg):
@@ -106,6 +116,20 @@ class Policy:
             admin_only = False
         if admin_only and not self.access.is_admin(platform, sender):
             raise AdminOnly(f"/{name} is admin-only")
+        if (
+            chat_admin is not None
+            and not msg.is_direct
+            and _changes_the_chat(name, args)
+            and not self.access.is_admin(platform, sender)
+            and await chat_admin() is False
+        ):
+            # A group's prompt, history and voice mode are everyone's: a member who is not
+            # one of its admins (as the platform says) cannot change them for all.
+            raise AdminOnly(
+                f"/{name} in a group by a member who is not its admin",
+                user_message=f"In a group only its admins can use /{name}: it changes the "
+                "conversation for everyone.",
+            )
         if command is None or name in PAID_COMMANDS:
             await self.budgets.check(msg, lambda: self.estimate(msg, name, chat_settings))
 

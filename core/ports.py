@@ -30,6 +30,10 @@ class ReplySink(Protocol):
     async def typing(self) -> None:
         """Show that the bot is working (a no-op where the platform has no such signal)."""
 
+    async def chat_admin(self, sender_id: str) -> bool | None:
+        """Whether the platform says `sender_id` administers this (group) chat; None where
+        the platform cannot tell. Asked only before a group-wide change (/system, /reset)."""
+
 
 class Restorer(Protocol):
     """An adapter's way to resume a stored message after a restart or on another replica."""

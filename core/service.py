@@ -562,7 +562,12 @@ class ConversationService:
             return
         # Access, rate limit, admin rights and budgets, before any model call.
         # The chat's settings were read as its turn began: the budgets' estimate uses them.
-        await self.policy.admit(msg, command, lambda: self._chat_settings(msg))
+        await self.policy.admit(
+            msg,
+            command,
+            lambda: self._chat_settings(msg),
+            lambda: sink.chat_admin(msg.sender.id),
+        )
         if command is not None:
             await self._command(command[0], command[1], msg, sink)
             return

@@ -72,6 +72,9 @@ class SoakSink:
     async def typing(self) -> None:
         pass
 
+    async def chat_admin(self, sender_id: str) -> bool | None:
+        return None
+
 
 @dataclass(slots=True)
 class _Stream:

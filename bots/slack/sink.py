@@ -734,6 +734,11 @@ class SlackSink:
         finally:
             await stream.finish()
 
+    async def chat_admin(self, sender_id: str) -> bool | None:
+        """Slack names no channel admins to a bot: members of a workspace are trusted alike
+        (RELAYBOT_ADMINS still applies)."""
+        return None
+
     async def typing(self) -> None:
         """In an assistant thread, show "is thinking..." (Slack clears it when we reply)."""
         if not (self.assistant_thread and self.thread_ts):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from telegram import Message, ReplyParameters
-from telegram.constants import ChatAction, ParseMode
+from telegram.constants import ChatAction, ChatMemberStatus, ParseMode
 from telegram.error import BadRequest, RetryAfter, TelegramError
 from telegram.ext import ExtBot
 
@@ -266,6 +266,22 @@ class TelegramSink:
             raise
         self.stop_typing()
         await stream.finish(failed=False)
+
+    async def chat_admin(self, sender_id: str) -> bool | None:
+        """Whether the group's creator or one of its administrators wrote (getChatMember);
+        None when Telegram cannot be asked."""
+        if sender_id == str(self.chat_id):
+            return True  # an anonymous admin writes as the group itself
+        if not sender_id.isdigit():
+            return False  # a channel writing in its discussion group
+        try:
+            member = await with_retry(
+                lambda: self.bot.get_chat_member(self.chat_id, int(sender_id))
+            )
+        except TelegramError as err:
+            log.warning("cannot tell whether %s administers the chat: %s", sender_id, err)
+            return None
+        return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
 
     async def typing(self) -> None:
         """Show "typing…" and keep it up while the model works (it fades after ~5 s)."""

@@ -342,6 +342,8 @@ class FakeTelegram(FakeServer):
         self.unknown_methods: list[str] = []
         self.api_calls: list[ApiCall] = []
         self.chats: dict[int, dict[str, Any]] = {}
+        # Each group's administrators (user ids; getChatMember). Everyone else is a member.
+        self.chat_admins: dict[int, set[int]] = {}
         self.user_messages: dict[tuple[int, int], dict[str, Any]] = {}
         self._failures: list[_Failure] = []
         # flood_limit: (messages, seconds), and each group's window.
@@ -372,6 +374,7 @@ class FakeTelegram(FakeServer):
             "sendphoto": self._send_photo,
             "senddocument": self._send_document,
             "getfile": self._get_file,
+            "getchatmember": self._get_chat_member,
             "deletemessage": self._delete_message,
         }
 
@@ -947,6 +950,21 @@ class FakeTelegram(FakeServer):
     # -- methods -----------------------------------------------------------------------
     def _get_me(self, params: dict[str, Any]) -> Any:
         return self.bot_user
+
+    def _get_chat_member(self, params: dict[str, Any]) -> Any:
+        chat_id, user_id = int(params["chat_id"]), int(params["user_id"])
+        user = self.user(user_id)
+        if user_id not in self.chat_admins.get(chat_id, set()):
+            return {"status": "member", "user": user}
+        rights = (
+            "can_manage_chat can_delete_messages can_manage_video_chats can_restrict_members "
+            "can_change_info can_invite_users can_post_stories can_edit_stories "
+            "can_delete_stories can_pin_messages"
+        )
+        member: dict[str, Any] = {"status": "administrator", "user": user}
+        member.update(dict.fromkeys(rights.split(), True))
+        member.update(can_be_edited=False, is_anonymous=False, can_promote_members=False)
+        return member
 
     async def _get_updates(self, params: dict[str, Any]) -> Any:
         if self.webhook is not None:

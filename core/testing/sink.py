@@ -38,6 +38,8 @@ class RecordingSink:
     replies: list[Reply] = field(default_factory=list)
     streams: list[RecordedStream] = field(default_factory=list)
     typing_count: int = 0
+    # The group's admins, as the platform would name them (None: the platform cannot tell).
+    chat_admins: set[str] | None = None
     # Everything shown, replies and streams alike, as (kind, text) in order.
     shown: list[tuple[str, str]] = field(default_factory=list)
 
@@ -60,6 +62,10 @@ class RecordingSink:
     async def typing(self) -> None:
         """Count typing signals."""
         self.typing_count += 1
+
+    async def chat_admin(self, sender_id: str) -> bool | None:
+        """Whether `sender_id` is among `chat_admins` (None when that is None)."""
+        return None if self.chat_admins is None else sender_id in self.chat_admins
 
     @property
     def texts(self) -> list[str]:

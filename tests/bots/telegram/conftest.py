@@ -22,6 +22,7 @@ WEBHOOK_SECRET = "webhook-secret-for-tests_0123"
 PUBLIC_WEBHOOK_URL = "https://relaybot.example/telegram/webhook"
 PRIVATE_CHAT = 1001
 GROUP = -1002003004005
+ADA = 1001  # the person the fake's updates come from unless told otherwise
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.testing.fake_openai import message_text
-from tests.bots.telegram.conftest import GROUP, Bot
+from tests.bots.telegram.conftest import ADA, GROUP, Bot
 
 GROUP_KEY = f"telegram:{GROUP}"
 
@@ -114,3 +114,54 @@ async def test_an_anonymous_admin_is_answered_and_a_channel_post_copied_in_is_no
     assert [m.text for m in tg.chat_log(GROUP)] == ["echo: any news?"]
     (request,) = bot.openai.chat_requests()
     assert request["messages"][-1].get("name") == "Book_Club"
+
+
+async def test_a_member_cannot_change_the_groups_prompt_or_wipe_its_history(bot: Bot) -> None:
+    tg = bot.telegram
+    await bot.deliver(tg.text_update(GROUP, "@relay_test_bot we meet on Fridays"))
+    for command in ("/system Insult everyone.", "/reset", "/forget", "/voicemode transcript"):
+        await bot.deliver(tg.text_update(GROUP, command))
+
+    name = command.split()[0]
+    refusals = [m.text for m in tg.chat_log(GROUP)][1:]
+    assert refusals == [
+        f"In a group only its admins can use {c.split()[0]}: it changes the conversation "
+        "for everyone."
+        for c in ("/system", "/reset", "/forget", name)
+    ]
+    assert len(tg.calls("/getChatMember")) == 4
+    # Nothing changed: the group's memory and prompt are as they were.
+    await bot.deliver(tg.text_update(GROUP, "@relay_test_bot when do we meet?"))
+    request = bot.openai.chat_requests()[-1]
+    assert "Insult" not in request["messages"][0]["content"]
+    assert "we meet on Fridays" in [message_text(m["content"]) for m in request["messages"]]
+
+
+async def test_the_groups_admins_change_it_and_anyone_may_look(bot: Bot) -> None:
+    tg = bot.telegram
+    tg.chat_admins[GROUP] = {ADA}
+    await bot.deliver(tg.text_update(GROUP, "/system Answer like a pirate."))
+    bea = tg.user(2002, "Bea", "bea")
+    await bot.deliver(tg.text_update(GROUP, "/system", from_user=bea))  # showing changes nothing
+    await bot.deliver(tg.text_update(GROUP, "@relay_test_bot hello", from_user=bea))
+
+    texts = [m.text for m in tg.chat_log(GROUP)]
+    assert texts[0] == "System prompt updated for this chat."
+    assert "Answer like a pirate." in texts[1]
+    assert bot.openai.chat_requests()[-1]["messages"][0]["content"] == "Answer like a pirate."
+    # Only the change asked Telegram who Ada is.
+    (asked,) = tg.calls("/getChatMember")
+    assert asked.form["user_id"] == str(ADA)
+
+
+@pytest.mark.telegram_settings(admins="telegram:2002")
+async def test_an_anonymous_admin_and_the_bots_own_admins_may_change_a_group(bot: Bot) -> None:
+    tg = bot.telegram
+    anonymous = {"id": 1087968824, "is_bot": True, "first_name": "Group"}
+    update = tg.text_update(GROUP, "/reset", from_user=anonymous)
+    update["message"]["sender_chat"] = {"id": GROUP, "type": "supergroup", "title": "Book Club"}
+    await bot.deliver(update)
+    await bot.deliver(tg.text_update(GROUP, "/reset", from_user=tg.user(2002, "Bea", "bea")))
+
+    assert [m.text for m in tg.chat_log(GROUP)] == ["History cleared. Let's start over."] * 2
+    assert tg.calls("/getChatMember") == [], "neither needed Telegram's word"

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from core.testing.fake_openai import DEFAULT_TRANSCRIPT
-from tests.bots.telegram.conftest import GROUP, PRIVATE_CHAT, Bot
+from tests.bots.telegram.conftest import ADA, GROUP, PRIVATE_CHAT, Bot
 
 
 def _transcription_uploads(
@@ -60,6 +60,7 @@ async def test_transcript_only_groups_get_the_transcript_as_a_reply_to_the_voice
 async def test_a_group_switched_to_transcripts_gets_one_for_every_voice_note(
     bot: Bot, voice_note: bytes
 ) -> None:
+    bot.telegram.chat_admins[GROUP] = {ADA}  # a group setting: its admins change it
     await bot.deliver(bot.telegram.text_update(GROUP, "/voicemode transcript"))
     update = bot.telegram.voice_update(GROUP, voice_note)
     await bot.deliver(update)

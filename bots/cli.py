@@ -28,6 +28,7 @@ from core.errors import (
     RelaybotError,
     UpstreamDown,
 )
+from core.feature_models import missing_feature_models
 from core.image_models import image_settings_problem
 from core.privacy import maintenance_loop, run_maintenance
 
@@ -63,8 +64,9 @@ async def probe_endpoint(core: Core) -> None:
     with moderation on, moderate once too (a server without it would fail every message)."""
     url = core.settings.openai_base_url
     unlisted: RelaybotError | None = None
+    models: list[str] = []
     try:
-        await core.client.list_models()
+        models = await core.client.list_models()
     except AuthFailed:
         raise StartupError(
             f"the model endpoint {url} rejected OPENAI_API_KEY; check the key."
@@ -80,12 +82,13 @@ async def probe_endpoint(core: Core) -> None:
     images = image_settings_problem(
         settings.image_model, settings.image_size, settings.image_quality
     )
+    log = logging.getLogger("relaybot")
     if images is not None:  # chatting works; every /image and /edit would fail
-        logging.getLogger("relaybot").warning("/image and /edit will fail: %s", images)
+        log.warning("/image and /edit will fail: %s", images)
+    for missing in missing_feature_models(settings, models):  # Ollama: no audio, no images
+        log.warning("%s (%s)", missing.problem(), missing.fix())
     if unlisted is not None:
-        logging.getLogger("relaybot").warning(
-            "the endpoint at %s cannot list models: %s", url, unlisted
-        )
+        log.warning("the endpoint at %s cannot list models: %s", url, unlisted)
 
 
 async def _probe_moderation(core: Core, *, missing_models: bool) -> None:

@@ -23,6 +23,7 @@ from core.errors import (
     RelaybotError,
     UpstreamDown,
 )
+from core.feature_models import missing_feature_models
 from core.image_models import image_settings_problem
 from core.logs import RedactingFilter, settings_secrets
 
@@ -250,48 +251,11 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
                 f"set RELAYBOT_CHAT_MODEL to one of: {shown}",
             )
         )
-    if models:
-        results.extend(_unlisted_feature_models(settings, models))
-    return results
-
-
-def _unlisted_feature_models(settings: Settings, models: list[str]) -> list[Result]:
-    """A warning for each configured transcription, translation or image model the endpoint
-    does not list (Ollama serves none of them; a retired model is gone from the list)."""
-    features = (
-        ("transcription model", "RELAYBOT_TRANSCRIBE_MODEL", settings.transcribe_model),
-        ("translation model", "RELAYBOT_TRANSLATE_MODEL", settings.translate_model),
-        ("image model", "RELAYBOT_IMAGE_MODEL", settings.image_model),
+    results.extend(
+        Result(m.check, Status.WARN, m.problem(), m.fix())
+        for m in missing_feature_models(settings, models)
     )
-    results = []
-    for check, setting, model in features:
-        if model in models:
-            continue
-        feature, words = _FEATURES[setting]
-        fitting = [m for m in sorted(models) if any(w in m.lower() for w in words)]
-        fix = (
-            f"set {setting} to one of: {', '.join(fitting[:8])}"
-            if fitting
-            else f"the endpoint lists no model for {feature}: it will not work there"
-        )
-        results.append(
-            Result(
-                check,
-                Status.WARN,
-                f"{setting}={model} is not among the endpoint's models: {feature} will fail",
-                fix,
-            )
-        )
     return results
-
-
-# What each model setting serves, and words in the names of models that can serve it
-# (only whisper translates; tts models are audio too but cannot transcribe).
-_FEATURES = {
-    "RELAYBOT_TRANSCRIBE_MODEL": ("voice notes", ("whisper", "transcribe")),
-    "RELAYBOT_TRANSLATE_MODEL": ("/translate", ("whisper",)),
-    "RELAYBOT_IMAGE_MODEL": ("/image and /edit", ("gpt-image", "chatgpt-image")),
-}
 
 
 async def _check_moderation(settings: Settings, client: OpenAIClient) -> Result | None:

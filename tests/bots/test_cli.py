@@ -154,3 +154,23 @@ def test_an_image_size_the_model_does_not_make_is_named_at_start(
     assert result.stdout.splitlines() == ["echo: hi"]
     assert "/image and /edit will fail: RELAYBOT_IMAGE_SIZE=512x512" in result.stderr
     assert "one of 1024x1024, 1024x1536, 1536x1024, auto" in result.stderr
+
+
+def test_models_the_endpoint_does_not_serve_are_named_at_start(
+    endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    endpoint.models = ["llama3.1:8b"]  # as Ollama: no transcription, translation or images
+    result = run(
+        ["console"], tmp_path, "hi\n", **endpoint_env(endpoint), RELAYBOT_CHAT_MODEL="llama3.1:8b"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["echo: hi"]
+    for warning in (
+        "RELAYBOT_TRANSCRIBE_MODEL=gpt-4o-mini-transcribe is not among the endpoint's models: "
+        "voice notes will fail",
+        "RELAYBOT_TRANSLATE_MODEL=whisper-1 is not among the endpoint's models: /translate "
+        "will fail",
+        "RELAYBOT_IMAGE_MODEL=gpt-image-1 is not among the endpoint's models: /image and /edit "
+        "will fail (the endpoint lists no model for /image and /edit: it will not work there)",
+    ):
+        assert warning in result.stderr

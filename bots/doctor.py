@@ -316,7 +316,19 @@ async def check_telegram(settings: Settings, http: httpx.AsyncClient) -> Result:
         )
     bot = payload.get("result", {})
     mode = "webhook" if settings.telegram_webhook_url else "long polling"
-    return ok(name, f"bot @{bot.get('username', '?')} (id {bot.get('id', '?')}), {mode}")
+    detail = f"bot @{bot.get('username', '?')} (id {bot.get('id', '?')}), {mode}"
+    if bot.get("can_read_all_group_messages"):
+        return ok(name, detail)
+    detail += "; privacy mode on: groups send it only commands, mentions and replies"
+    if settings.group_voice_transcript_only:
+        return Result(
+            name,
+            Status.WARN,
+            detail,
+            "RELAYBOT_GROUP_VOICE_TRANSCRIPT_ONLY needs every voice note of a group: in "
+            "@BotFather, /setprivacy, then Disable",
+        )
+    return ok(name, detail)
 
 
 async def check_slack(settings: Settings, http: httpx.AsyncClient) -> Result:

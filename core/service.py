@@ -42,7 +42,15 @@ from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
 from core.tokens import TokenCounter, context_window, counter_for
 from core.trimming import fit_newest, history_budget
-from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Reply, ReplyKind
+from core.types import (
+    EVERY_VOICE_NOTE,
+    Attachment,
+    AttachmentKind,
+    ChatRef,
+    IncomingMessage,
+    Reply,
+    ReplyKind,
+)
 
 log = logging.getLogger("relaybot.service")
 
@@ -1113,12 +1121,17 @@ class ConversationService:
         choice = args.strip().lower()
         if choice in ("answer", "transcript"):
             await self.store.update_chat(key, msg.chat.platform, voice_mode=choice)
-            done = (
-                "I'll post the transcript of each voice note here."
-                if choice == "transcript"
-                else "I'll answer voice notes addressed to me here."
-            )
-            await sink.send(Reply(text=done, kind=ReplyKind.NOTICE))
+            if choice == "transcript":
+                await sink.send(
+                    Reply(
+                        text="I'll post the transcript of each voice note here.",
+                        kind=ReplyKind.NOTICE,
+                        extras={EVERY_VOICE_NOTE: msg.chat.key},
+                    )
+                )
+            else:
+                done = "I'll answer voice notes addressed to me here."
+                await sink.send(Reply(text=done, kind=ReplyKind.NOTICE))
             return
         current = await self._voice_mode(msg)
         await sink.send(

@@ -98,6 +98,9 @@ class ReplyKind(StrEnum):
 # Reply.extras key: this chat was forgotten (/forget); a sink that stored files for it
 # (the console's saved images) deletes them.
 FORGOTTEN = "forgotten"
+# Reply.extras key: this group now wants a transcript of every voice note (/voicemode
+# transcript); a sink whose platform may hold back what is not addressed to the bot says so.
+EVERY_VOICE_NOTE = "every_voice_note"
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,7 +150,11 @@ class TelegramAdapter:
         app = self.application
         await app.initialize()
         bot = app.bot
-        self._identity = BotIdentity(id=bot.id, username=bot.username)
+        self._identity = BotIdentity(
+            id=bot.id,
+            username=bot.username,
+            reads_all_group_messages=bool(bot.can_read_all_group_messages),
+        )
         commands = [BotCommand("start", "start talking to the bot")] + [
             BotCommand(name, description[:256]) for name, description in COMMANDS.items()
         ]
@@ -327,6 +331,7 @@ class TelegramAdapter:
             thread_id=int(thread) if thread else None,
             reply_to=int(reply_to) if reply_to and reply_to.isdigit() else None,
             pacing=self._pacing,
+            hears_all=self._identity is not None and self._identity.reads_all_group_messages,
             # Should this process die before the answer is stored, whoever resumes the
             # message continues in the answer's messages instead of sending them again.
             on_messages=lambda ids: service.remember_reply(msg, tuple(map(str, ids))),

@@ -26,6 +26,9 @@ class BotIdentity:
 
     id: int
     username: str
+    # Privacy mode off (BotFather /setprivacy): groups deliver every message, not only
+    # commands, mentions and replies.
+    reads_all_group_messages: bool = False
 
 
 def _file(

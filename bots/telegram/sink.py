@@ -38,7 +38,7 @@ from bots.telegram.formatting import (
     visible_text,
 )
 from bots.telegram.limits import PREVIEW, PreviewDeferred
-from core.types import Reply, ReplyKind
+from core.types import EVERY_VOICE_NOTE, Reply, ReplyKind
 
 log = logging.getLogger("relaybot.telegram")
 
@@ -67,6 +67,14 @@ def _html_or_none(markdown: str) -> str | None:
     return rendered
 
 
+# Said when a group asks for every voice note while the bot's privacy mode is on.
+PRIVACY_MODE_NOTE = (
+    "\n\nBut this bot's privacy mode is on, so Telegram sends it only the voice notes that "
+    "mention it or reply to it. Its owner can turn that off in @BotFather: /setprivacy, "
+    "then Disable."
+)
+
+
 class TelegramSink:
     """Answers one incoming message: in its chat and forum topic, replying to it.
 
@@ -91,8 +99,10 @@ class TelegramSink:
         pacing: Pacing | None = None,
         on_messages: Callable[[tuple[int, ...]], None] | None = None,
         continue_in: tuple[int, ...] = (),
+        hears_all: bool = True,
     ) -> None:
         self.bot = bot
+        self.hears_all = hears_all
         self.chat_id = chat_id
         self.private = private
         self.thread_id = thread_id
@@ -207,7 +217,10 @@ class TelegramSink:
             await self._send_image(reply)
             return
         markdown = reply.kind is ReplyKind.ANSWER
-        for part in split_markdown(reply.text, SEGMENT_UTF16):
+        text = reply.text
+        if EVERY_VOICE_NOTE in reply.extras and not (self.hears_all or self.private):
+            text += PRIVACY_MODE_NOTE
+        for part in split_markdown(text, SEGMENT_UTF16):
             await self.send_text(_html_or_none(part) if markdown else None, part)
 
     async def _send_image(self, reply: Reply) -> None:

@@ -321,3 +321,14 @@ def test_feature_models_the_endpoint_does_not_list_are_warned_with_the_ones_it_d
     assert images.startswith("WARN") and "/image and /edit will fail" in images
     assert "the endpoint lists no model for /image and /edit" in output
     assert "translation model" not in lines  # whisper-1 is listed
+
+
+def test_privacy_mode_is_warned_about_when_groups_want_every_voice_note(
+    healthy: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**healthy, "RELAYBOT_GROUP_VOICE_TRANSCRIPT_ONLY": "true"}
+    code, lines, output = doctor(tmp_path, env)
+    assert code == 0, output
+    line = lines["telegram"]
+    assert line.startswith("WARN") and "privacy mode on" in line
+    assert "in @BotFather, /setprivacy, then Disable" in output

@@ -29,6 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "telegram_settings(**fields): extra Settings fields for the Telegram tests"
     )
+    config.addinivalue_line("markers", "bot_user(**fields): what the fake's getMe says")
 
 
 @pytest.fixture
@@ -38,9 +39,12 @@ def transport() -> str:
 
 
 @pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    """A fake Bot API server on 127.0.0.1."""
+async def telegram(request: pytest.FixtureRequest) -> AsyncIterator[FakeTelegram]:
+    """A fake Bot API server on 127.0.0.1 (the `bot_user` marker changes what getMe says)."""
     async with FakeTelegram() as server:
+        marker = request.node.get_closest_marker("bot_user")
+        if marker is not None:
+            server.bot_user.update(marker.kwargs)
         yield server
 
 

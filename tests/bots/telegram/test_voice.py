@@ -118,3 +118,22 @@ async def test_a_server_without_transcription_alerts_the_operator_and_blames_no_
     ]
     (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "EndpointMissing" in alert and "/audio/transcriptions" in alert
+
+
+async def test_asking_for_every_voice_note_warns_when_privacy_mode_holds_them_back(
+    bot: Bot,
+) -> None:
+    bot.telegram.chat_admins[GROUP] = {ADA}
+    await bot.deliver(bot.telegram.text_update(GROUP, "/voicemode transcript"))
+
+    (notice,) = bot.telegram.texts(GROUP)
+    assert notice.startswith("I'll post the transcript of each voice note here.")
+    assert "privacy mode is on" in notice and "/setprivacy" in notice
+
+
+@pytest.mark.bot_user(can_read_all_group_messages=True)  # BotFather: /setprivacy -> Disable
+async def test_with_privacy_mode_off_the_voice_mode_needs_no_warning(bot: Bot) -> None:
+    bot.telegram.chat_admins[GROUP] = {ADA}
+    await bot.deliver(bot.telegram.text_update(GROUP, "/voicemode transcript"))
+
+    assert bot.telegram.texts(GROUP) == ["I'll post the transcript of each voice note here."]

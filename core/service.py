@@ -1121,17 +1121,14 @@ class ConversationService:
         choice = args.strip().lower()
         if choice in ("answer", "transcript"):
             await self.store.update_chat(key, msg.chat.platform, voice_mode=choice)
-            if choice == "transcript":
-                await sink.send(
-                    Reply(
-                        text="I'll post the transcript of each voice note here.",
-                        kind=ReplyKind.NOTICE,
-                        extras={EVERY_VOICE_NOTE: msg.chat.key},
-                    )
-                )
-            else:
-                done = "I'll answer voice notes addressed to me here."
-                await sink.send(Reply(text=done, kind=ReplyKind.NOTICE))
+            every = choice == "transcript"
+            done = (
+                "I'll post the transcript of each voice note here."
+                if every
+                else "I'll answer voice notes addressed to me here."
+            )
+            extras = {EVERY_VOICE_NOTE: msg.chat.key} if every else {}
+            await sink.send(Reply(text=done, kind=ReplyKind.NOTICE, extras=extras))
             return
         current = await self._voice_mode(msg)
         await sink.send(

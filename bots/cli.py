@@ -79,9 +79,7 @@ async def probe_endpoint(core: Core) -> None:
         unlisted = err  # some compatible servers have no /models; chatting may still work
     await _probe_moderation(core, missing_models=isinstance(unlisted, EndpointMissing))
     settings = core.settings
-    images = image_settings_problem(
-        settings.image_model, settings.image_size, settings.image_quality
-    )
+    images = image_settings_problem(settings)
     log = logging.getLogger("relaybot")
     if images is not None:  # chatting works; every /image and /edit would fail
         log.warning("/image and /edit will fail: %s", images)

@@ -421,9 +421,7 @@ def check_system_prompt(settings: Settings) -> Result | None:
 def check_image_settings(settings: Settings) -> Result | None:
     """RELAYBOT_IMAGE_SIZE and _QUALITY are ones the image model takes (else every /image
     and /edit fails)."""
-    problem = image_settings_problem(
-        settings.image_model, settings.image_size, settings.image_quality
-    )
+    problem = image_settings_problem(settings)
     if problem is None:
         return None
     return fail("images", problem, "change it, or RELAYBOT_IMAGE_MODEL to a model that takes it")

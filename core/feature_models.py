@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.config import Settings
+from core.image_models import GPT_IMAGE_FAMILIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ class MissingModel:
 _FEATURES = (
     ("transcription model", "RELAYBOT_TRANSCRIBE_MODEL", "voice notes", ("whisper", "transcribe")),
     ("translation model", "RELAYBOT_TRANSLATE_MODEL", "/translate", ("whisper",)),
-    ("image model", "RELAYBOT_IMAGE_MODEL", "/image and /edit", ("gpt-image", "chatgpt-image")),
+    ("image model", "RELAYBOT_IMAGE_MODEL", "/image and /edit", GPT_IMAGE_FAMILIES),
 )
 
 

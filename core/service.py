@@ -8,8 +8,8 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import aclosing, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -1047,16 +1047,11 @@ class ConversationService:
         if not data:
             raise BadInput("empty audio", user_message="That audio file is empty.")
         model = self.settings.translate_model if translate else self.settings.transcribe_model
-        with self.metrics.model_call("audio", model):
-            try:
-                heard = await self.client.transcribe(
-                    model=model, audio=data, filename=filename, translate=translate
-                )
-            except BadInput as err:
-                if err.user_message != BadInput.user_message:
-                    raise
-                # The endpoint refused the file itself (corrupt, or mislabelled).
-                raise BadInput(str(err), user_message=UNREADABLE_AUDIO) from err
+        # The endpoint may refuse the file itself (corrupt, or mislabelled).
+        with self.metrics.model_call("audio", model), _refused_input_says(UNREADABLE_AUDIO):
+            heard = await self.client.transcribe(
+                model=model, audio=data, filename=filename, translate=translate
+            )
         # Billed as the endpoint reports it (tokens, or seconds); else by the platform's
         # duration (a console file or a Slack upload has none: then only the server knows).
         await self._record_usage(
@@ -1254,7 +1249,8 @@ class ConversationService:
         await self.moderator.check_input(prompt)
         await sink.typing()
         model = self.settings.image_model
-        try:
+        # The endpoint may refuse the picture itself (its size, its colour mode, ...).
+        with _refused_input_says(UNUSABLE_IMAGE):
             picture = await self.client.edit_image(
                 model=model,
                 image=await source.fetch(),
@@ -1263,11 +1259,6 @@ class ConversationService:
                 size=self.settings.image_size,
                 quality=self.settings.image_quality,
             )
-        except BadInput as err:
-            if err.user_message != BadInput.user_message:
-                raise
-            # The endpoint refused the picture itself (its size, its colour mode, ...).
-            raise BadInput(str(err), user_message=UNUSABLE_IMAGE) from err
         await self._record_usage(msg, model, "image", images=1, picture=picture)
         await sink.send(Reply(text=prompt, image=picture.data, image_name="edited.png"))
 
@@ -1336,6 +1327,18 @@ class ConversationService:
             "images": images,
             "cost_usd": cost,
         }
+
+
+@contextmanager
+def _refused_input_says(user_message: str) -> Iterator[None]:
+    """An input the endpoint refused without saying why for the person (a plain BadInput) is
+    explained with `user_message`; refusals that already say something pass unchanged."""
+    try:
+        yield
+    except BadInput as err:
+        if err.user_message != BadInput.user_message:
+            raise
+        raise BadInput(str(err), user_message=user_message) from err
 
 
 def _model_list(models: list[str], current: str | None = None) -> str:

@@ -14,6 +14,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from anyascii import anyascii
+
 from core.chat_models import chat_models, not_chat_purpose
 from core.commands import HELP_TEXT, parse_command
 from core.config import Settings
@@ -41,7 +43,7 @@ from core.openai_client import EncodedMessage, OpenAIClient, Picture, Usage, ima
 from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
 from core.tokens import TokenCounter, context_window, counter_for
-from core.trimming import fit_newest, history_budget
+from core.trimming import Budget, fit_newest
 from core.types import (
     EVERY_VOICE_NOTE,
     Attachment,
@@ -113,10 +115,71 @@ def audio_filename(attachment: Attachment) -> str:
     return f"{(stem or 'audio').rsplit('/', 1)[-1] or 'audio'}.{ext}"
 
 
-def speaker_name(name: str) -> str | None:
-    """A name the chat API accepts in its `name` field, or None."""
-    cleaned = _NAME_UNSAFE.sub("_", name.strip()).strip("_")[:64]
-    return cleaned or None
+# How OpenAI, vLLM and llama.cpp's servers state a model's window when refusing a request.
+_STATED_WINDOW = re.compile(
+    r"(?:maximum context length|context (?:size|window|length))\D{0,40}?(\d[\d,]{2,}) ?tokens",
+    re.IGNORECASE,
+)
+
+
+MAX_IMAGE_BYTES = 20 * 2**20  # the largest picture OpenAI's chat models take
+# Files read as text when sent with a message (beside any text/* type).
+_TEXT_FILE_EXTENSIONS = (
+    "txt md markdown rst csv tsv json jsonl yaml yml toml ini cfg conf log xml html htm css "
+    "sql sh bash zsh py pyi js mjs ts tsx jsx java kt go rs rb php c h cc cpp hpp cs swift "
+    "scala r lua pl dart vue svelte tex diff patch"
+)
+TEXT_FILE_EXTENSIONS = frozenset(_TEXT_FILE_EXTENSIONS.split())
+
+
+def _is_text_file(attachment: Attachment) -> bool:
+    mime = attachment.mime.split(";")[0].strip().lower()
+    stem, _, ext = attachment.filename.rpartition(".")
+    known = bool(stem) and ext.lower() in TEXT_FILE_EXTENSIONS
+    return known or mime.startswith("text/") or mime in ("application/json", "application/xml")
+
+
+def _is_document(attachment: Attachment) -> bool:
+    """A file with a name and an extension (a PDF, a text file), not a sticker or a GIF."""
+    return attachment.kind is AttachmentKind.FILE and bool(attachment.filename.rpartition(".")[0])
+
+
+_SHARED = "the one set for the whole group or channel"  # a thread's or topic's parent's
+QUOTE_LIMIT = 4000  # characters of a replied-to message the model reads
+
+
+def quoted(text: str) -> str:
+    """A replied-to message as a Markdown quote, cut at QUOTE_LIMIT characters."""
+    text = text.strip()
+    if len(text) > QUOTE_LIMIT:
+        text = text[:QUOTE_LIMIT].rstrip() + " …"
+    return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
+
+
+IMAGE_MARK = "[image]"  # ends a stored turn that came with pictures
+
+
+def _without_image_mark(content: str) -> tuple[str, bool]:
+    """A stored user turn's own words, and whether it came with pictures."""
+    if content == IMAGE_MARK or content.endswith("\n" + IMAGE_MARK):
+        return content[: -len(IMAGE_MARK)].rstrip("\n"), True
+    return content, False
+
+
+def _holds_history(messages: list[dict[str, Any]]) -> bool:
+    """Whether a request holds more than its system prompt and newest turn."""
+    return sum(1 for m in messages if m.get("role") not in ("system", "developer")) > 1
+
+
+def speaker_name(name: str, sender_id: str = "") -> str | None:
+    """A name the chat API accepts in its `name` field (ASCII letters, digits, _ and -):
+    spelt in Latin letters ("Иван" Ivan, "李明" LiMing, "Zoë" Zoe), else from the sender's id,
+    so that the model can tell the people of a group apart; None without either."""
+    for candidate in (anyascii(name), f"user_{sender_id}" if sender_id else ""):
+        cleaned = _NAME_UNSAFE.sub("_", candidate.strip()).strip("_")[:64]
+        if cleaned:
+            return cleaned
+    return None
 
 
 @dataclass(slots=True)
@@ -293,6 +356,9 @@ class ConversationService:
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._notes: set[asyncio.Task[None]] = set()  # remember_reply writes in flight
+        # Windows smaller than configured, by model, as the endpoint showed them by refusing
+        # a request that fitted the configured one (see `_refused_as_too_long`).
+        self._told_windows: dict[str, int] = {}
 
     # -- entry points ---------------------------------------------------------------------
     async def handle(self, msg: IncomingMessage, sink: ReplySink) -> bool:
@@ -497,6 +563,20 @@ class ConversationService:
             log.info("resumed unfinished messages", extra={"count": resumed})
         return resumed
 
+    async def move_chat(self, old: ChatRef, new: ChatRef) -> None:
+        """Adapters: chat `old` lives on as `new` (a Telegram group upgraded to a supergroup
+        changes its id): its history, settings and budgets follow it."""
+        moved = await self.store.move_chat(old.key, new.key)
+        self.windows.drop(old.key)
+        self.windows.drop(new.key)
+        log.info("chat moved", extra={"chat": old.key, "to": new.key, "turns": moved})
+
+    async def has_history(self, chat: ChatRef) -> bool:
+        """Adapters: whether this conversation holds history, that is whether the bot has
+        talked in it (a platform where replies in the bot's threads need no mention asks).
+        The database is shared by every replica, so all of them answer alike."""
+        return await self.store.has_history(chat.key)
+
     def remember_reply(self, msg: IncomingMessage, refs: tuple[str, ...]) -> None:
         """Adapters: the platform messages showing `msg`'s answer are now `refs`, in order.
 
@@ -587,6 +667,14 @@ class ConversationService:
                 await sink.send(Reply(text=transcript, kind=ReplyKind.TRANSCRIPT))
                 return
             text = f"{text}\n\n{transcript}".strip() if text else transcript
+        documents = [a for a in msg.attachments if _is_document(a)]
+        if documents:
+            # A document sent with a question: read it, or say it cannot be read, rather
+            # than answer as if it had been. (A sticker or a GIF beside words is left out.)
+            text = "\n\n".join([*[await self._text_file(d) for d in documents], text]).strip()
+        if msg.reply_to_text and msg.reply_to_text.strip():
+            # "@bot is this true?" in reply to someone's message is about that message.
+            text = f"{quoted(msg.reply_to_text)}\n\n{text}".strip()
         if not text and not images:
             if msg.attachments:
                 raise BadInput(
@@ -636,8 +724,9 @@ class ConversationService:
                     "vision unsupported",
                     user_message=f"The model {model} cannot look at images.",
                 )
-        stored_text = text or "[image]"
-        name = None if msg.is_direct else speaker_name(msg.sender.name or msg.sender.id)
+        # A turn that came with pictures says so in the history (the pictures are not kept).
+        stored_text = f"{text}\n{IMAGE_MARK}".strip() if images else text
+        name = None if msg.is_direct else speaker_name(msg.sender.name, msg.sender.id)
         user_turn: _UserTurn | None = None
         window = self.windows.get(msg.chat.key)
         # A chat without a row has no history (every stored turn creates or updates the
@@ -687,12 +776,15 @@ class ConversationService:
             try:
                 await self.moderator.check_input(text)
             except RelaybotError:
+                # Refused, or unchecked (moderation down): kept out of the history either
+                # way, so that no later request carries input moderation never passed.
                 if user_turn is not None:
                     user_id = await user_turn.stored()
                     self.windows.drop(msg.chat.key)
                     await self.store.set_message_status(msg.chat.key, user_id, "withheld")
                 raise
-            budget = history_budget(self.settings, model, counter.count_cached(system))
+            system_tokens = counter.count_cached(system)
+            budget = self._history_budget(model, system_tokens)
             if budget <= 0:
                 raise self._system_too_long(chat, model, budget)
             image_parts = [await self._image_part(a) for a in images]
@@ -712,10 +804,16 @@ class ConversationService:
                     return None
                 return await self._request_messages(msg.chat.key, system, model, budget)
 
-            async def trim_harder() -> list[dict[str, Any]]:
+            async def trim_harder(refused: ContextTooLong) -> list[dict[str, Any]]:
                 if user_turn is not None:
                     await user_turn.confirmed()
-                return await self._request_messages(msg.chat.key, system, model, budget // 2)
+                smaller = budget // 2
+                if not images:  # a picture's size is no sign of the model's window
+                    self._refused_as_too_long(model, refused, budget)
+                    smaller = self._history_budget(model, system_tokens)
+                if smaller <= 0:
+                    raise refused
+                return await self._request_messages(msg.chat.key, system, model, smaller)
 
             try:
                 answer = await self._stream_answer(
@@ -841,8 +939,51 @@ class ConversationService:
     def _supports_vision(self, model: str) -> bool:
         return any(model == v or model.startswith(v + "-") for v in self._vision)
 
-    async def _image_part(self, attachment: Attachment) -> dict[str, Any]:
+    async def _text_file(self, attachment: Attachment) -> str:
+        """A text file's content for the model (fenced, under its name), or BadInput."""
+        name = attachment.filename
+        if not _is_text_file(attachment):
+            raise BadInput(
+                f"unsupported file {name!r} ({attachment.mime})",
+                user_message=f"I can't read {name}: I read text, voice or audio messages, "
+                "pictures and text files (.txt, .md, .csv, .json, code). Paste the part you "
+                "want me to read, or send it as a text file.",
+            )
+        limit = self.settings.max_input_chars
+        too_long = BadInput(
+            f"text file of {attachment.size} bytes",
+            user_message=f"{name} is too long for me: I read up to {limit:,} characters. "
+            "Please send the part that matters.",
+        )
+        if attachment.size is not None and attachment.size > 4 * limit:
+            raise too_long
         data = await attachment.fetch()
+        try:
+            content = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise BadInput(
+                f"text file {name!r} is not UTF-8",
+                user_message=f"I can't read {name}: it is not UTF-8 text. Please save it as "
+                "UTF-8, or paste the text.",
+            ) from None
+        if len(content) > limit:
+            raise too_long
+        fence = "```"
+        while fence in content:
+            fence += "`"
+        return f"{name}:\n{fence}\n{content.rstrip()}\n{fence}"
+
+    async def _image_part(self, attachment: Attachment) -> dict[str, Any]:
+        too_big = BadInput(
+            f"picture of {attachment.size} bytes",
+            user_message="That picture is too large: I can look at pictures of up to "
+            f"{MAX_IMAGE_BYTES // 2**20} MB. Please send a smaller one.",
+        )
+        if attachment.size is not None and attachment.size > MAX_IMAGE_BYTES:
+            raise too_big
+        data = await attachment.fetch()
+        if len(data) > MAX_IMAGE_BYTES:
+            raise too_big
         mime = image_mime(data)
         if mime is None:  # e.g. an iPhone's HEIC sent as a file: the endpoint would refuse it
             raise BadInput(
@@ -899,6 +1040,39 @@ class ConversationService:
             self.windows.put(chat_key, window)
         return window
 
+    def _window(self, model: str) -> int:
+        """`model`'s context window: the configured one, or the smaller one the endpoint
+        showed (`_refused_as_too_long`)."""
+        configured = context_window(model, self.settings.context_tokens)
+        return min(configured, self._told_windows.get(model, configured))
+
+    def _history_budget(self, model: str, system_tokens: int) -> int:
+        """Tokens of `model`'s window left for history beside the system prompt and reply."""
+        return Budget(
+            window=self._window(model),
+            reply_tokens=self.settings.reply_tokens,
+            system_tokens=system_tokens,
+        ).history_tokens
+
+    def _refused_as_too_long(self, model: str, refused: ContextTooLong, budget: int) -> None:
+        """The endpoint refused as too long a request whose history fitted `budget`: its
+        window for `model` is smaller than configured (an unknown model taken as 8,192
+        tokens, a server started with a shorter context, a proxy's body limit). Remember the
+        window the endpoint states ("maximum context length is N tokens"), else one that
+        leaves half the history, so that the chat's next messages fit at once instead of
+        each being refused first."""
+        window = self._window(model)
+        stated = _STATED_WINDOW.search(str(refused))
+        told = int(stated.group(1).replace(",", "")) if stated else window
+        if told >= window:  # no number, or one our count already keeps to (tokenizers differ)
+            told = window - budget // 2
+        self._told_windows[model] = told
+        log.warning(
+            "the endpoint refused a request that fitted the model's window: using a smaller "
+            "one; set RELAYBOT_CONTEXT_TOKENS to the model's real window",
+            extra={"model": model, "configured": window, "now": told},
+        )
+
     def _system_too_long(self, chat: ChatSettings, model: str, budget: int) -> RelaybotError:
         """The system prompt leaves no room for a conversation: the chat's own (its people
         can change it) or the configured one (the operator's)."""
@@ -921,7 +1095,7 @@ class ConversationService:
         messages: list[dict[str, Any]],
         image_parts: list[dict[str, Any]],
         msg: IncomingMessage,
-        trim_harder: Callable[[], Awaitable[list[dict[str, Any]]]],
+        trim_harder: Callable[[ContextTooLong], Awaitable[list[dict[str, Any]]]],
         confirm: Callable[[], Awaitable[list[dict[str, Any]] | None]] | None = None,
     ) -> _Answer | None:
         answer = _Answer()
@@ -929,13 +1103,22 @@ class ConversationService:
             try:
                 try:
                     await self._stream_into(stream, answer, model, messages, image_parts, confirm)
-                except ContextTooLong:
+                except ContextTooLong as refused:
                     if answer.text:
                         raise
-                    # The provider counts differently from us (or the override is wrong):
-                    # trim harder once before giving up.
-                    messages = await trim_harder()
-                    await self._stream_into(stream, answer, model, messages, image_parts)
+                    # The provider counts differently from us (or its window is smaller
+                    # than configured): trim harder once before giving up.
+                    messages = await trim_harder(refused)
+                    try:
+                        await self._stream_into(stream, answer, model, messages, image_parts)
+                    except ContextTooLong as err:
+                        if answer.text or not _holds_history(messages):
+                            raise  # the newest message alone is too long: the default text
+                        raise ContextTooLong(
+                            str(err),
+                            user_message="This conversation no longer fits the model, even "
+                            "with its older messages left out. Send /reset to start afresh.",
+                        ) from err
             except RelaybotError as err:
                 if not answer.text:
                     raise
@@ -999,7 +1182,9 @@ class ConversationService:
             answer.sent = messages
             if image_parts and messages[-1]["role"] == "user":
                 last = dict(messages[-1])
-                last["content"] = [{"type": "text", "text": last["content"]}, *image_parts]
+                text, _ = _without_image_mark(last["content"])
+                words = [{"type": "text", "text": text}] if text else []
+                last["content"] = [*words, *image_parts]
                 messages = [*messages[:-1], last]
             retry: list[dict[str, Any]] | None = None
             with self.metrics.model_call("chat", model):
@@ -1098,10 +1283,7 @@ class ConversationService:
             text = await self._transcribe(msg, audio, translate=True)
             await sink.send(Reply(text=text, kind=ReplyKind.TRANSCRIPT))
         elif name == "retry":
-            last = await self.store.pop_last_answer(key)
-            if last is None:
-                raise BadInput("nothing to retry", user_message="There is no answer to retry yet.")
-            await self._chat(msg, sink, last.content, [], store_user_turn=False)
+            await self._retry(key, msg, sink)
         elif name in POLICY_COMMANDS:
             await self.policy.command(name, args, msg, sink)
         else:
@@ -1110,10 +1292,43 @@ class ConversationService:
                 user_message=f"Unknown command /{name}. Send /help to see what I can do.",
             )
 
+    async def _retry(self, key: str, msg: IncomingMessage, sink: ReplySink) -> None:
+        """Answer the last answered turn again; its old answer stays until a new one exists."""
+        popped = await self.store.pop_last_answer(key)
+        if popped is None:
+            raise BadInput("nothing to retry", user_message="There is no answer to retry yet.")
+        try:
+            text, pictures = _without_image_mark(popped.user.content)
+            if pictures:
+                # Pictures are not kept: asked again without it, the model would answer
+                # something else.
+                raise BadInput(
+                    "retry of a turn with a picture",
+                    user_message="I no longer have the picture that message came with. "
+                    "Please send it again.",
+                )
+            await self._chat(msg, sink, text, [], store_user_turn=False)
+        except Exception:
+            if await self.store.restore_answer(key, popped):
+                self.windows.drop(key)
+            raise
+
     async def _voice_mode_command(self, args: str, msg: IncomingMessage, sink: ReplySink) -> None:
         # A group's or channel's setting, shared by its threads and topics.
         key = msg.chat.parent_key or msg.chat.key
         choice = args.strip().lower()
+        if msg.is_direct:
+            raise BadInput(
+                "voicemode in a direct chat",
+                user_message="Here I answer every voice note. /voicemode is for groups: it "
+                "chooses whether voice notes there get an answer or a transcript.",
+            )
+        if choice and choice not in ("answer", "transcript"):
+            raise BadInput(
+                f"voicemode {choice!r}",
+                user_message="Send /voicemode transcript (a transcript of every voice note) "
+                "or /voicemode answer (answer voice notes addressed to me).",
+            )
         if choice in ("answer", "transcript"):
             await self.store.update_chat(key, msg.chat.platform, voice_mode=choice)
             every = choice == "transcript"
@@ -1137,9 +1352,10 @@ class ConversationService:
     async def _system_command(self, args: str, msg: IncomingMessage, sink: ReplySink) -> None:
         key = msg.chat.key
         if not args:
+            own = (await self.store.chat_settings(key)).system_prompt
             current = (await self.store.chat_settings(key, msg.chat.parent_key)).system_prompt
             shown = current or self.settings.system_prompt
-            origin = "this chat's" if current else "the default"
+            origin = "this chat's" if own else _SHARED if current else "the default"
             await sink.send(
                 Reply(
                     text=f"Current system prompt ({origin}):\n{shown}\n\n"
@@ -1150,15 +1366,19 @@ class ConversationService:
             return
         if args.lower() in ("default", "reset"):
             await self.store.update_chat(key, msg.chat.platform, system_prompt=None)
-            await sink.send(
-                Reply(text="System prompt reset to the default.", kind=ReplyKind.NOTICE)
+            shared = (await self.store.chat_settings(key, msg.chat.parent_key)).system_prompt
+            done = (
+                f"This chat's own system prompt is removed: it uses {_SHARED} again."
+                if shared
+                else "System prompt reset to the default."
             )
+            await sink.send(Reply(text=done, kind=ReplyKind.NOTICE))
             return
         chat = await self.store.chat_settings(key, msg.chat.parent_key)
         model = chat.model or self.settings.chat_model
         tokens = counter_for(model).count(args)
-        if history_budget(self.settings, model, tokens) < MIN_HISTORY_TOKENS:
-            window = context_window(model, self.settings.context_tokens)
+        if self._history_budget(model, tokens) < MIN_HISTORY_TOKENS:
+            window = self._window(model)
             raise BadInput(
                 f"system prompt of {tokens} tokens",
                 user_message=f"That system prompt is too long for {model}: about {tokens:,} "
@@ -1193,7 +1413,13 @@ class ConversationService:
                 )
             await sink.send(Reply(text=text, kind=ReplyKind.NOTICE))
             return
-        name = args.split()[0]
+        name, *extra = args.split()
+        if extra:
+            raise BadInput(
+                f"model name with spaces: {args!r}",
+                user_message="Model names have no spaces: send /model NAME, "
+                "or /model to list them.",
+            )
         purpose = not_chat_purpose(name)
         if purpose is not None:
             raise BadInput(
@@ -1203,9 +1429,14 @@ class ConversationService:
             )
         if name.lower() == "default":
             await self.store.update_chat(key, msg.chat.platform, model=None)
-            await sink.send(
-                Reply(text=f"Model reset to {self.settings.chat_model}.", kind=ReplyKind.NOTICE)
+            shared = (await self.store.chat_settings(key, msg.chat.parent_key)).model
+            done = (
+                f"This chat's own model choice is removed: it uses {shared} again, "
+                "as chosen for the whole group or channel."
+                if shared
+                else f"Model reset to {self.settings.chat_model}."
             )
+            await sink.send(Reply(text=done, kind=ReplyKind.NOTICE))
             return
         if models and name not in models:
             similar = [m for m in models if name.lower() in m.lower()]

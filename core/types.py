@@ -78,7 +78,8 @@ class IncomingMessage:
     is_direct: bool = True
     addressed_to_bot: bool = True
     platform_message_id: str | None = None
-    # Text of the message this one replies to (e.g. a quoted bot answer), for context only.
+    # Text of someone else's message this one replies to (not the bot's own: its answers are
+    # in the history already). The model reads it quoted before the person's words.
     reply_to_text: str | None = None
     # On a resumed message: the platform messages (their ids, as the adapter gave them to
     # `ConversationService.remember_reply`), in order, that already show part or all of the

@@ -32,7 +32,16 @@ from sqlalchemy.sql.schema import ScalarElementColumnDefault, Table
 from core.accounting import spend_day, spend_subjects
 from core.db import database
 from core.db.database import Database, Statement, sqlite_pragmas
-from core.db.models import Base, Chat, ChatLease, InboundEvent, Message, UsageRecord, utcnow
+from core.db.models import (
+    Base,
+    BudgetOverride,
+    Chat,
+    ChatLease,
+    InboundEvent,
+    Message,
+    UsageRecord,
+    utcnow,
+)
 from core.types import ChatRef
 
 
@@ -46,6 +55,15 @@ class ChatSettings:
     # The chat's history revision when these were read (None: the chat has no row yet).
     # Read as a message's turn begins: a held window of this revision is the history.
     history_rev: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoppedAnswer:
+    """What /retry took out of a chat's history: the user turn it answers again, and the
+    answer's rows (put back by `Store.restore_answer` should the new answer fail)."""
+
+    user: StoredMessage
+    removed: tuple[dict[str, Any], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,9 +398,14 @@ class Store:
         """Delete the chat's history; returns how many rows went."""
         return await self.db.run(_clear_history, chat_key)
 
-    async def pop_last_answer(self, chat_key: str) -> StoredMessage | None:
-        """For /retry: delete the newest assistant turns, return the user turn before them."""
+    async def pop_last_answer(self, chat_key: str) -> PoppedAnswer | None:
+        """For /retry: delete the newest assistant turns and return them with the user turn
+        they answered (turns refused by moderation are skipped: they were never answered)."""
         return await self.db.run(_pop_last_answer, chat_key)
+
+    async def restore_answer(self, chat_key: str, popped: PoppedAnswer) -> bool:
+        """Put back an answer /retry took out, unless another was stored since (True if so)."""
+        return await self.db.run(_restore_answer, chat_key, popped)
 
     async def set_message_status(self, chat_key: str, message_id: int, status: str) -> None:
         """Mark a stored turn (e.g. a user turn that was refused: "withheld")."""
@@ -416,6 +439,17 @@ class Store:
     async def count_messages(self, chat_key: str) -> int:
         """How many history rows a chat holds (for tests and tools)."""
         return await self.db.run(_count_messages, chat_key)
+
+    async def move_chat(self, old_key: str, new_key: str) -> int:
+        """Everything stored under chat `old_key` now belongs to `new_key` (a Telegram group
+        upgraded to a supergroup gets a new id): history, settings, events, usage, the
+        chat's spend and budgets. What the new chat already set wins. Returns the history
+        rows moved."""
+        return await self.db.run(_move_chat, old_key, new_key)
+
+    async def has_history(self, chat_key: str) -> bool:
+        """Whether the chat holds any history turn (one indexed look-up)."""
+        return await self.db.run(_has_history, chat_key, autocommit=True, durable=False)
 
 
 # -- units of work (each runs in one transaction, see core.db.database) ---------------------
@@ -706,7 +740,10 @@ def _clear_history(conn: Connection, chat_key: str) -> int:
     return int(result.rowcount or 0)
 
 
-def _pop_last_answer(conn: Connection, chat_key: str) -> StoredMessage | None:
+_ANSWER_COLUMNS = ("role", "content", "name", "token_count", "encoding", "status", "event_key")
+
+
+def _pop_last_answer(conn: Connection, chat_key: str) -> PoppedAnswer | None:
     rows = conn.execute(
         select(
             Message.id,
@@ -715,20 +752,42 @@ def _pop_last_answer(conn: Connection, chat_key: str) -> StoredMessage | None:
             Message.name,
             Message.token_count,
             Message.encoding,
+            Message.status,
+            Message.event_key,
         )
         .where(Message.chat_key == chat_key)
         .order_by(Message.id.desc())
         .limit(20)
     ).all()
-    doomed: list[int] = []
+    doomed: list[Any] = []
     for row in rows:
+        if row.role == "user" and row.status == "withheld":
+            continue  # refused, never answered: the answer before it is the one to retry
         if row.role == "user":
             if doomed:
-                conn.execute(delete(Message).where(Message.id.in_(doomed)))
+                conn.execute(delete(Message).where(Message.id.in_([r.id for r in doomed])))
                 bump_revision(conn, chat_key)
-            return StoredMessage(*row)
-        doomed.append(row.id)
+            removed = tuple(
+                {column: getattr(r, column) for column in _ANSWER_COLUMNS}
+                for r in reversed(doomed)
+            )
+            return PoppedAnswer(StoredMessage(*row[:6]), removed)
+        doomed.append(row)
     return None
+
+
+def _restore_answer(conn: Connection, chat_key: str, popped: PoppedAnswer) -> bool:
+    answered_since = conn.execute(
+        select(Message.id)
+        .where(Message.chat_key == chat_key, Message.id > popped.user.id, Message.role != "user")
+        .limit(1)
+    ).first()
+    if answered_since is not None or not popped.removed:
+        return False
+    now = utcnow()
+    conn.execute(insert(Message), [_message_values(chat_key, r, now) for r in popped.removed])
+    bump_revision(conn, chat_key)
+    return True
 
 
 def _set_message_status(conn: Connection, chat_key: str, message_id: int, status: str) -> None:
@@ -740,6 +799,60 @@ def _add_usage(conn: Connection, rows: list[dict[str, Any]]) -> None:
     now = utcnow()
     for values in rows:
         _record_usage(conn, _usage_values(values, now))
+
+
+_ADD_CHAT_SPEND = text(
+    "INSERT INTO spend_totals (scope, subject, day, cost_usd) "
+    "SELECT scope, :new, day, cost_usd FROM spend_totals WHERE scope = 'chat' AND subject = :old "
+    "ON CONFLICT (scope, subject, day) "
+    "DO UPDATE SET cost_usd = spend_totals.cost_usd + excluded.cost_usd"
+)
+
+
+def _move_chat(conn: Connection, old: str, new: str) -> int:
+    moved = conn.execute(update(Message).where(Message.chat_key == old).values(chat_key=new))
+    conn.execute(update(InboundEvent).where(InboundEvent.chat_key == old).values(chat_key=new))
+    conn.execute(update(UsageRecord).where(UsageRecord.chat_key == old).values(chat_key=new))
+    conn.execute(_ADD_CHAT_SPEND, {"old": old, "new": new})
+    conn.execute(
+        text("DELETE FROM spend_totals WHERE scope = 'chat' AND subject = :old"), {"old": old}
+    )
+    taken = select(BudgetOverride.period).where(
+        BudgetOverride.scope == "chat", BudgetOverride.subject == new
+    )
+    conn.execute(
+        update(BudgetOverride)
+        .where(
+            BudgetOverride.scope == "chat",
+            BudgetOverride.subject == old,
+            BudgetOverride.period.not_in(taken.scalar_subquery()),
+        )
+        .values(subject=new)
+    )
+    conn.execute(
+        delete(BudgetOverride).where(BudgetOverride.scope == "chat", BudgetOverride.subject == old)
+    )
+    settings = ("system_prompt", "model", "voice_mode")
+    rows = {
+        row.key: row
+        for row in conn.execute(
+            select(Chat.key, *(getattr(Chat, c) for c in settings)).where(Chat.key.in_((old, new)))
+        )
+    }
+    if old in rows:
+        if new in rows:
+            kept = {c: getattr(rows[new], c) or getattr(rows[old], c) for c in settings}
+            conn.execute(update(Chat).where(Chat.key == new).values(**kept))
+            conn.execute(delete(Chat).where(Chat.key == old))
+        else:
+            conn.execute(update(Chat).where(Chat.key == old).values(key=new))
+    bump_revision(conn, new)
+    return int(moved.rowcount or 0)
+
+
+def _has_history(conn: Connection, chat_key: str) -> bool:
+    query = select(Message.id).where(Message.chat_key == chat_key).limit(1)
+    return conn.execute(query).first() is not None
 
 
 def _count_messages(conn: Connection, chat_key: str) -> int:

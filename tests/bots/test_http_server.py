@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -99,13 +100,18 @@ async def test_readyz_says_why_an_unmigrated_database_is_not_ready(settings: Set
 async def test_readyz_reports_an_unreachable_database(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         openai_api_key="sk-test-not-a-real-key",
         openai_base_url=fake_openai.base_url,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'relaybot.db'}",
+        database_url=f"sqlite+aiosqlite:///{folder / 'relaybot.db'}",
     )
-    async with open_core(settings, migrate_db=False) as core:
+    async with open_core(settings) as core:
+        # The database goes away while the bot runs (its volume unmounted, say).
+        shutil.rmtree(folder)
+        await core.engine.dispose()
         async for http in serve(core):
             ready = await http.get("/readyz")
             assert ready.status_code == 503

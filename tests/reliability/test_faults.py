@@ -223,8 +223,21 @@ async def test_a_question_too_long_even_alone_is_explained_after_one_harder_trim
 ) -> None:
     fake_openai.context_tokens = 500
     shown = await say(faulty, "lorem " * 800)
+    # The refusal states the server's window: the message alone is over it, so nothing is
+    # asked again, and the person is told by how much.
+    assert shown == [
+        "! That message is too long for the model (about 441 tokens over the limit). "
+        "Please send something shorter."
+    ]
+    assert len(fake_openai.calls("/chat/completions")) == 1
+
+    fake_openai.fail_next(
+        413, message="Request Entity Too Large", times=2, path="/chat/completions"
+    )
+    shown = await say(faulty, "lorem " * 10)
+    # A refusal that states no window: trimmed once, asked again, then explained.
     assert shown == ["! That message is too long for the model. Please send something shorter."]
-    assert len(fake_openai.calls("/chat/completions")) == 2  # asked, trimmed once, gave up
+    assert len(fake_openai.calls("/chat/completions")) == 3
 
 
 async def test_corrupt_audio_gets_a_clear_answer(

@@ -9,16 +9,19 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.app import Core, open_core
-from core.config import Settings
+from core.config import Settings, sqlite_file
 from core.db import migrate
+from core.db.database import check_reachable
 from core.db.store import create_engine
 from core.errors import (
     AuthFailed,
@@ -30,9 +33,14 @@ from core.errors import (
 )
 from core.feature_models import missing_feature_models
 from core.image_models import image_settings_problem
+from core.logs import RedactingFilter, settings_secrets
+from core.openai_client import EndpointRedirects
+from core.pricing import PriceTable
 from core.privacy import maintenance_loop, run_maintenance
 
 OFFICIAL_API = "api.openai.com"
+TELEGRAM_TOKEN_REJECTED = "Telegram rejected TELEGRAM_BOT_TOKEN; check it with @BotFather"
+EMPTY_DATABASE = "empty (no migrations)"
 
 
 class StartupError(Exception):
@@ -51,12 +59,59 @@ def load_settings() -> Settings:
 
 
 def check_model_settings(settings: Settings) -> None:
-    """Refuse to start without a key where the endpoint needs one."""
+    """Refuse to start without a key where the endpoint needs one, or with a price table
+    that cannot be read (before the database is touched)."""
     if settings.openai_api_key is None and OFFICIAL_API in settings.openai_base_url:
         raise StartupError(
             "OPENAI_API_KEY is not set. Put it in the environment or in a .env file "
             "(or set OPENAI_BASE_URL to an OpenAI-compatible server that needs no key)."
         )
+    PriceTable.from_config(settings.prices)  # a ConfigError naming RELAYBOT_PRICES
+
+
+def missing_database_file(settings: Settings) -> Path | None:
+    """The SQLite file RELAYBOT_DATABASE_URL names when it does not exist (connecting would
+    create it, empty), else None."""
+    path = sqlite_file(settings.database_url)
+    return path if path is not None and not path.exists() else None
+
+
+def require_database_file(settings: Settings) -> None:
+    """For commands that only read: a SQLite file that is not there is a mistyped path or
+    the wrong working directory, not a database to create."""
+    path = missing_database_file(settings)
+    if path is not None:
+        raise StartupError(
+            f"the database file {path.absolute()} does not exist; check RELAYBOT_DATABASE_URL "
+            "and the working directory (`relaybot db upgrade` creates it)"
+        )
+
+
+async def require_schema(core: Core) -> None:
+    """A start that does not migrate needs a migrated database: every query would fail on a
+    missing table. At another revision it may still work (migrations add): a warning."""
+    await migrate.require_migrated(core.engine)
+    current, head = await migrate.current_revision(core.engine), migrate.head_revision()
+    if current != head:
+        logging.getLogger("relaybot").warning(
+            "the database is at migration %s, this code expects %s; run `relaybot db upgrade`",
+            current,
+            head,
+        )
+
+
+@asynccontextmanager
+async def started_core(settings: Settings, args: argparse.Namespace) -> AsyncIterator[Core]:
+    """The core for `run` and `console`: migrated as told, its schema checked when not."""
+    # --no-migrate says no; without it RELAYBOT_AUTO_MIGRATE decides (open_core's None).
+    migrate_db = False if args.no_migrate else None
+    will_migrate = settings.auto_migrate if migrate_db is None else migrate_db
+    if not will_migrate and missing_database_file(settings) is not None:
+        raise StartupError(migrate.NOT_MIGRATED)  # and no empty file left behind
+    async with open_core(settings, migrate_db=migrate_db) as core:
+        if not will_migrate:
+            await require_schema(core)
+        yield core
 
 
 async def probe_endpoint(core: Core) -> None:
@@ -67,6 +122,8 @@ async def probe_endpoint(core: Core) -> None:
     models: list[str] = []
     try:
         models = await core.client.list_models()
+    except EndpointRedirects as err:
+        raise StartupError(f"the model endpoint at {url} {err.advice}") from None
     except AuthFailed:
         raise StartupError(
             f"the model endpoint {url} rejected OPENAI_API_KEY; check the key."
@@ -95,6 +152,8 @@ async def _probe_moderation(core: Core, *, missing_models: bool) -> None:
     url = core.settings.openai_base_url
     try:  # one free request; a passing failure is the first message's to meet
         await core.service.moderator.probe()
+    except EndpointRedirects as err:
+        raise StartupError(f"the model endpoint at {url} {err.advice}") from None
     except (EndpointMissing, ModelUnavailable) as err:
         if missing_models and isinstance(err, EndpointMissing):  # nothing there answers
             raise StartupError(
@@ -126,7 +185,7 @@ async def cmd_console(settings: Settings, args: argparse.Namespace) -> None:
     from bots.console import run_console
 
     check_model_settings(settings)
-    async with open_core(settings, migrate_db=not args.no_migrate) as core:
+    async with started_core(settings, args) as core:
         await probe_endpoint(core)
         await run_maintenance(core.engine, settings)
         await run_console(core, chat=args.chat, user=os.environ.get("USER", "you") or "you")
@@ -140,7 +199,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
     from bots.runner import run_platforms
 
     check_model_settings(settings)
-    async with open_core(settings, migrate_db=not args.no_migrate) as core:
+    async with started_core(settings, args) as core:
         await probe_endpoint(core)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -157,16 +216,25 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
 
 async def cmd_db(settings: Settings, args: argparse.Namespace) -> None:
     """Database maintenance."""
+    if args.action == "current":
+        missing = missing_database_file(settings)
+        if missing is not None:  # a state to report, not a file to create
+            print(f"empty (the database file {missing.absolute()} does not exist)")
+            return
+    if args.action != "upgrade":
+        require_database_file(settings)
     engine = create_engine(settings.database_url)
     try:
-        if args.action == "upgrade":
-            await migrate.upgrade(engine, args.revision or "head")
-            print(f"database at {await migrate.current_revision(engine)}")
-        elif args.action == "downgrade":
-            await migrate.downgrade(engine, args.revision or "-1")
-            print(f"database at {await migrate.current_revision(engine)}")
+        await check_reachable(engine)
+        if args.action in ("upgrade", "downgrade"):
+            if args.action == "upgrade":
+                await migrate.upgrade(engine, args.revision or "head")
+            else:
+                await migrate.downgrade(engine, args.revision or "-1")
+            revision = await migrate.current_revision(engine)
+            print(f"database at {revision}" if revision else f"database {EMPTY_DATABASE}")
         elif args.action == "current":
-            print(await migrate.current_revision(engine) or "empty (never migrated)")
+            print(await migrate.current_revision(engine) or EMPTY_DATABASE)
         elif args.action == "check":
             await migrate.check(engine)
             print("models and migrations agree")
@@ -189,10 +257,17 @@ def parse_since(text: str) -> datetime:
 
 
 async def _migrated_engine(settings: Settings) -> AsyncEngine:
+    require_database_file(settings)
     engine = create_engine(settings.database_url)
-    if await migrate.current_revision(engine) is None:
+    try:
+        await check_reachable(engine)
+        migrated = await migrate.current_revision(engine) is not None
+    except BaseException:
         await engine.dispose()
-        raise StartupError("the database has no relaybot tables yet; run `relaybot db upgrade`")
+        raise
+    if not migrated:
+        await engine.dispose()
+        raise StartupError(migrate.NOT_MIGRATED)
     return engine
 
 
@@ -216,11 +291,14 @@ async def cmd_export(settings: Settings, args: argparse.Namespace) -> None:
     engine = await _migrated_engine(settings)
     to_file = bool(args.output) and args.output != "-"
     try:
-        out = (
-            await asyncio.to_thread(open, args.output, "w", encoding="utf-8")
-            if to_file
-            else sys.stdout
-        )
+        try:
+            out = (
+                await asyncio.to_thread(open, args.output, "w", encoding="utf-8")
+                if to_file
+                else sys.stdout
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         try:
             count = await export_openai_jsonl(
                 engine,
@@ -240,14 +318,17 @@ async def cmd_export(settings: Settings, args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="relaybot", description=__doc__)
-    parser.add_argument(
-        "--no-migrate", action="store_true", help="do not apply migrations on start"
-    )
+    no_migrate_help = "do not apply migrations on start (the database must be migrated)"
+    parser.add_argument("--no-migrate", action="store_true", help=no_migrate_help)
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the configured platforms (console when none)")
     run.add_argument("--chat", default="default", help="console conversation to continue")
     console = sub.add_parser("console", help="chat in the terminal")
     console.add_argument("--chat", default="default", help="which stored conversation to use")
+    for starting in (run, console):  # `relaybot run --no-migrate` as `relaybot --no-migrate run`
+        starting.add_argument(
+            "--no-migrate", action="store_true", default=argparse.SUPPRESS, help=no_migrate_help
+        )
     db = sub.add_parser("db", help="database migrations")
     db.add_argument("action", choices=["upgrade", "downgrade", "current", "check"])
     db.add_argument("revision", nargs="?", help="target revision (default head / -1)")
@@ -275,6 +356,17 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any,
 }
 
 
+def telegram_token_rejected(exc: BaseException) -> bool:
+    """True when python-telegram-bot refused to start: the Bot API rejected the token."""
+    try:
+        from telegram.error import InvalidToken
+    except ImportError:  # pragma: no cover - a dependency
+        return False
+    if isinstance(exc, BaseExceptionGroup):
+        return any(telegram_token_rejected(e) for e in exc.exceptions)
+    return isinstance(exc, InvalidToken)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `relaybot` console script."""
     args = build_parser().parse_args(argv)
@@ -285,6 +377,14 @@ def main(argv: list[str] | None = None) -> int:
         from bots.doctor import run as run_doctor
 
         return run_doctor(load_settings, sys.stdout)
+    settings: Settings | None = None
+
+    def say(problem: str) -> None:
+        # The same redaction as the logs: an error's text may carry a key or a token
+        # (python-telegram-bot's InvalidToken quotes the token it was given).
+        scrub = RedactingFilter(settings_secrets(settings) if settings else ())
+        print(scrub.redact(f"relaybot: {problem}"), file=sys.stderr)
+
     try:
         settings = load_settings()
         explicit_level = "RELAYBOT_LOG_LEVEL" in os.environ
@@ -293,20 +393,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         setup_logging(settings.log_level if explicit_level or not quiet else "WARNING", settings)
         asyncio.run(COMMANDS[command](settings, args))
-    except StartupError as exc:
-        print(f"relaybot: {exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(f"relaybot: {exc}", file=sys.stderr)
+    except (StartupError, ConfigError) as exc:
+        say(str(exc))
         return 2
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
-        print(f"relaybot: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        say(f"{where}{exc.strerror or exc}")
         return 1
     except Exception as exc:
+        if telegram_token_rejected(exc):
+            say(TELEGRAM_TOKEN_REJECTED)
+            return 2
         # Database URLs and drivers fail in many ways; one line says which.
-        print(f"relaybot: {type(exc).__name__}: {exc}", file=sys.stderr)
+        say(f"{type(exc).__name__}: {exc}")
         return 1
     return 0
 

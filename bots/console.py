@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import glob
+import hashlib
 import mimetypes
+import os
 import re
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from core.app import Core
-from core.commands import COMMANDS, HELP_TEXT
+from core.commands import COMMANDS, HELP_TEXT, parse_command
 from core.ports import ReplySink
 from core.types import (
     FORGOTTEN,
@@ -96,6 +99,12 @@ def to_incoming(line: str, chat: str, user: str) -> IncomingMessage | str:
     )
 
 
+def _makes_a_picture(text: str) -> bool:
+    """/image PROMPT and /edit INSTRUCTION: the model makes a picture to save."""
+    command = parse_command(text)
+    return command is not None and command[0] in ("image", "edit") and bool(command[1])
+
+
 class ConsoleRestorer:
     """Resumes this console chat's unfinished messages into the current terminal."""
 
@@ -150,31 +159,81 @@ class ConsoleStream:
         self._out.flush()
 
 
+def image_folder(chat: str) -> str:
+    """The folder (in RELAYBOT_IMAGE_DIR) of a console chat's saved images: its name made
+    safe for a file name, and a hash of the exact name, so that no two chats share one ("a"
+    and "a-", "my chat" and "my_chat", "A" and "a" on a case-insensitive disk)."""
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", chat).strip("_-")[:40] or "chat"
+    return f"{readable}-{hashlib.sha256(chat.encode()).hexdigest()[:12]}"
+
+
+IMAGE_DIR_FIX = "set RELAYBOT_IMAGE_DIR to a folder this user can write"
+
+
+def image_dir_problem(folder: Path, *, create: bool) -> str | None:
+    """Why pictures cannot be saved in `folder`, or None when they can. With `create` the
+    folder is made and a file written in it (what saving does); without, nothing is changed:
+    the folder, or the nearest existing folder it would be made in, must be writable."""
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".relaybot-write-test-"):
+                pass
+        except OSError as exc:
+            return f"{exc.strerror or type(exc).__name__}: {exc.filename or folder}"
+        return None
+    here = folder
+    while not here.exists() and here.parent != here:
+        here = here.parent  # not there yet: saving would make it in its parent
+    if not here.is_dir():
+        return f"{here} is not a folder"
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"{here} cannot be written by this user"
+    return None
+
+
+def cannot_save_images(image_dir: str, problem: str) -> str:
+    """The console's line for a RELAYBOT_IMAGE_DIR pictures cannot be saved in."""
+    return f"I cannot save images: RELAYBOT_IMAGE_DIR={image_dir} ({problem}); {IMAGE_DIR_FIX}"
+
+
 class ConsoleSink:
     """Reply sink writing to a text stream; images go to files whose path is printed."""
 
     def __init__(self, out: TextIO, image_dir: Path, live: bool, chat: str = "default") -> None:
         self._out = out
-        self._image_dir = image_dir
         self._live = live
-        # Saved images are named after the chat, so /forget can delete this chat's.
-        self._prefix = re.sub(r"[^A-Za-z0-9_-]+", "_", chat) + "--"
+        self._configured_dir = image_dir
+        # Each chat saves its images in a folder of its own, which /forget deletes.
+        self._image_dir = image_dir / image_folder(chat)
+
+    async def image_problem(self) -> str | None:
+        """The line to print instead of asking for a picture that could not be saved (the
+        model would make it, and bill it, for nothing), or None when it can be."""
+        problem = await asyncio.to_thread(image_dir_problem, self._image_dir, create=True)
+        return None if problem is None else cannot_save_images(str(self._configured_dir), problem)
 
     def _delete_images(self) -> None:
-        if self._image_dir.is_dir():
-            for path in self._image_dir.glob(f"{glob.escape(self._prefix)}*"):
-                path.unlink(missing_ok=True)
+        shutil.rmtree(self._image_dir, ignore_errors=True)
 
     async def send(self, reply: Reply) -> None:
         """Print a complete reply."""
         if FORGOTTEN in reply.extras:
             await asyncio.to_thread(self._delete_images)
         if reply.image is not None:
-            self._image_dir.mkdir(parents=True, exist_ok=True)
             suffix = Path(reply.image_name).suffix or ".png"
-            path = self._image_dir / f"{self._prefix}{uuid.uuid4().hex[:12]}{suffix}"
-            await asyncio.to_thread(path.write_bytes, reply.image)
-            self._out.write(f"Image saved to {path.resolve()}\n")
+            path = self._image_dir / f"{uuid.uuid4().hex[:12]}{suffix}"
+            try:  # the folder was checked before the picture was asked for; it may change
+                await asyncio.to_thread(self._image_dir.mkdir, parents=True, exist_ok=True)
+                await asyncio.to_thread(path.write_bytes, reply.image)
+            except OSError as exc:
+                problem = f"{exc.strerror or type(exc).__name__}: {exc.filename or path}"
+                self._out.write(
+                    f"! The image was made but cannot be saved: RELAYBOT_IMAGE_DIR="
+                    f"{self._configured_dir} ({problem}); {IMAGE_DIR_FIX}\n"
+                )
+            else:
+                self._out.write(f"Image saved to {path.resolve()}\n")
         elif reply.kind is ReplyKind.ERROR:
             self._out.write(f"! {reply.text}\n")
         elif reply.kind is ReplyKind.TRANSCRIPT:
@@ -232,6 +291,8 @@ async def run_console(
         if not line.strip():
             continue
         msg = to_incoming(line, chat, user)
+        if not isinstance(msg, str) and _makes_a_picture(msg.text):
+            msg = await sink.image_problem() or msg
         if isinstance(msg, str):
             out.write(f"! {msg}\n")
             out.flush()

@@ -15,9 +15,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from core.chat_models import chat_models, not_chat_purpose
-from core.config import Settings
+from core.config import Settings, sqlite_file
 from core.errors import (
     AuthFailed,
+    ConfigError,
     EndpointMissing,
     ModelUnavailable,
     RelaybotError,
@@ -133,16 +134,15 @@ async def check_database(settings: Settings) -> Result:
     except Exception as exc:
         return fail(name, f"RELAYBOT_DATABASE_URL cannot be parsed ({exc})", _DB_URL_FIX)
     shown = url.render_as_string(hide_password=True)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        path = Path(str(url.database))
-        if not await asyncio.to_thread(path.exists):
-            # Connecting would create an empty file: report instead of changing anything.
-            return fail(
-                name,
-                f"{shown}: the file {path} does not exist",
-                "run `relaybot db upgrade` (or start relaybot once with "
-                "RELAYBOT_AUTO_MIGRATE=true) in the right working directory",
-            )
+    path = sqlite_file(settings.database_url)
+    if path is not None and not await asyncio.to_thread(path.exists):
+        # Connecting would create an empty file: report instead of changing anything.
+        return fail(
+            name,
+            f"{shown}: the file {path} does not exist",
+            "run `relaybot db upgrade` (or start relaybot once with "
+            "RELAYBOT_AUTO_MIGRATE=true) in the right working directory",
+        )
     try:
         engine = create_engine(settings.database_url)
     except Exception as exc:
@@ -187,7 +187,7 @@ _DB_URL_FIX = (
 # -- model endpoint ----------------------------------------------------------------------
 async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> list[Result]:
     """The endpoint lists its models with our key; the configured chat model is among them."""
-    from core.openai_client import OpenAIClient
+    from core.openai_client import EndpointRedirects, OpenAIClient
 
     name = "model endpoint"
     url = settings.openai_base_url
@@ -201,6 +201,9 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
     )
     try:
         models = await client.list_models()
+    except EndpointRedirects as exc:
+        # Every request would meet it: each message would tell the person the bot is broken.
+        return [fail(name, f"{url} redirects to {exc.location} (HTTP 3xx)", exc.fix)]
     except AuthFailed:
         return [
             fail(
@@ -262,9 +265,12 @@ async def _check_moderation(settings: Settings, client: OpenAIClient) -> Result 
     """With moderation on, the endpoint moderates (Ollama and others have no /moderations:
     every message would fail). One free request; None when it works or is off."""
     from core.moderation import Moderator
+    from core.openai_client import EndpointRedirects
 
     try:
         await Moderator(client, settings.moderation_model, settings.moderation).probe()
+    except EndpointRedirects as exc:
+        return fail("moderation", f"/moderations redirects to {exc.location}", exc.fix)
     except (EndpointMissing, ModelUnavailable) as exc:
         return fail(
             "moderation",
@@ -427,15 +433,52 @@ def check_image_settings(settings: Settings) -> Result | None:
     return fail("images", problem, "change it, or RELAYBOT_IMAGE_MODEL to a model that takes it")
 
 
+def check_prices(settings: Settings) -> Result | None:
+    """RELAYBOT_PRICES parses (inline JSON or a file of it): else nothing starts."""
+    from core.pricing import PriceTable
+
+    if not settings.prices:
+        return None
+    try:
+        PriceTable.from_config(settings.prices)
+    except ConfigError as exc:
+        return fail(
+            "prices",
+            str(exc),
+            "fix RELAYBOT_PRICES: a JSON object of model -> prices, inline or a file's path "
+            "(README, Usage), or unset it for the shipped OpenAI prices",
+        )
+    return None
+
+
+def check_image_dir(settings: Settings) -> Result | None:
+    """Where the console saves pictures can be written (checked when `relaybot run` is the
+    console: no platform token). Nothing is created."""
+    from bots.console import IMAGE_DIR_FIX, image_dir_problem
+
+    if settings.telegram_bot_token is not None or settings.slack_bot_token is not None:
+        return None
+    problem = image_dir_problem(Path(settings.image_dir), create=False)
+    if problem is None:
+        return None
+    return fail(
+        "image folder",
+        f"RELAYBOT_IMAGE_DIR={settings.image_dir}: {problem}; the console could not save "
+        "/image and /edit pictures",
+        IMAGE_DIR_FIX,
+    )
+
+
 # -- the report --------------------------------------------------------------------------
 async def run_checks(settings: Settings) -> list[Result]:
     """Every check, in the order a person would fix them."""
     from core.openai_client import build_http_client
 
     results = check_config(settings)
-    images = check_image_settings(settings)
-    if images is not None:
-        results.append(images)
+    for check in (check_prices, check_image_settings, check_image_dir):
+        found = await asyncio.to_thread(check, settings)
+        if found is not None:
+            results.append(found)
     results.append(await check_database(settings))
     http = build_http_client(settings)
     try:

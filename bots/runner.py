@@ -10,6 +10,7 @@ from typing import Protocol
 
 from bots.http_server import HttpServer
 from core.app import Core, tune_collector
+from core.db import migrate
 from core.ports import Restorer
 from core.tokens import counter_for
 
@@ -54,19 +55,44 @@ async def sweep(core: Core, restorers: Mapping[str, Restorer]) -> None:
             log.exception("sweeping abandoned work failed")
 
 
+async def _start_each(adapters: Mapping[str, PlatformAdapter], starting: set[str]) -> None:
+    """Start each adapter in turn, taking its name out of `starting` once it has started."""
+    for name, adapter in adapters.items():
+        await adapter.start()
+        starting.discard(name)
+
+
 async def run_platforms(core: Core, stop: asyncio.Event) -> None:
     """Start the HTTP server and every configured adapter; run until `stop` is set.
+
+    A database never migrated stops the start with a ConfigError saying what to run. An
+    adapter may take long to start, or never finish (slack_sdk retries a Socket Mode
+    connection Slack refuses or cannot be reached for, for ever): `stop` ends the start too,
+    and /readyz reports ready only once every adapter has started.
 
     On stop: adapters stop receiving and finish what they took, within the shutdown grace;
     whatever is still unfinished then is released for the next process to resume.
     """
+    # Before taking any work: with --no-migrate (or RELAYBOT_AUTO_MIGRATE=false) on an empty
+    # database every query would fail on a missing table.
+    await migrate.require_migrated(core.engine)
+    starting: set[str] = set()  # adapters not started yet
+
+    async def readiness_problem() -> str | None:
+        if stop.is_set():
+            return "stopping"
+        if starting:
+            return f"{', '.join(sorted(starting))} not started yet"
+        return await core.readiness_problem()
+
     server = HttpServer(
         core.settings.http_host,
         core.settings.http_port,
-        ready_check=core.readiness_problem,
+        ready_check=readiness_problem,
         metrics=core.service.metrics,
     )
     adapters = configured_adapters(core, server)
+    starting.update(adapters)
     for adapter in adapters.values():
         await adapter.setup()
     # Loading the tokenizer blocks for most of a second: do it before taking work, not on the
@@ -77,8 +103,10 @@ async def run_platforms(core: Core, stop: asyncio.Event) -> None:
     sweeper: asyncio.Task[None] | None = None
     frozen = False
     try:
-        for adapter in adapters.values():
-            await adapter.start()
+        if not await _started(adapters, starting, stop):
+            pending = ", ".join(sorted(starting))
+            log.info("stopping before start-up finished (not started: %s)", pending)
+            return
         # Start-up is done. What is alive now (modules, the tokenizer, clients, compiled
         # regexes: ~150k objects) lives as long as the process, yet every full collection
         # would scan it again, stalling all answers for 60-105 ms. Freeze it out of the
@@ -112,3 +140,24 @@ async def run_platforms(core: Core, stop: asyncio.Event) -> None:
             # For a caller that goes on (tests, an embedding program).
             gc.unfreeze()
             gc.set_threshold(*thresholds)
+
+
+async def _started(
+    adapters: Mapping[str, PlatformAdapter], starting: set[str], stop: asyncio.Event
+) -> bool:
+    """Start the adapters unless `stop` comes first: True when all started, False when
+    stopped before (the start in progress is cancelled). A failed start raises."""
+    start = asyncio.create_task(_start_each(adapters, starting), name="relaybot:start")
+    stopped = asyncio.create_task(stop.wait(), name="relaybot:start-or-stop")
+    try:
+        await asyncio.wait((start, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not start.done():
+            start.cancel()
+        # Wait for the cancelled start to unwind (its adapter is stopped after this).
+        await asyncio.gather(start, stopped, return_exceptions=True)
+    if start.cancelled():
+        return False
+    start.result()  # a start that failed raises here
+    return True

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.config import Settings
 from core.db import migrate
+from core.db.database import check_reachable
 from core.db.store import Store, create_engine
 from core.openai_client import HTTPClient, OpenAIClient, build_http_client
 from core.service import ConversationService
@@ -83,6 +84,8 @@ async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> As
     http = build_http_client(settings)
     store: Store | None = None
     try:
+        # A wrong RELAYBOT_DATABASE_URL or a server that is down: one line saying so.
+        await check_reachable(engine)
         if settings.auto_migrate if migrate_db is None else migrate_db:
             await migrate.upgrade(engine)
         store = Store(engine, turns)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are relaybot, a helpful assistant in a chat. Answer clearly and concisely. "
@@ -33,6 +37,72 @@ class ModerationPolicy(StrEnum):
         return self in (ModerationPolicy.OUTPUT, ModerationPolicy.BOTH)
 
 
+DATABASE_URL_FORMS = "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST/DB"
+# The schemes people and hosting platforms write (Heroku, Render, Fly.io and Neon hand out
+# postgres:// or postgresql:// URLs), as the async drivers relaybot runs on.
+_DATABASE_SCHEMES = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+
+def normalize_database_url(url: str) -> str:
+    """`url` as relaybot's engine takes it: postgres:// and postgresql:// as
+    postgresql+asyncpg://, sqlite:// as sqlite+aiosqlite://, libpq's `sslmode` as asyncpg's
+    `ssl`. Raises ValueError saying what to set (never showing the password) otherwise."""
+    scheme, sep, rest = url.strip().partition("://")
+    driver = _DATABASE_SCHEMES.get(scheme.lower()) if sep else None
+    if driver is None:
+        named = sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme)
+        what = f"{scheme}:// URLs" if named else "this value (not a database URL)"
+        raise ValueError(
+            f"relaybot cannot use {what}; set it to {DATABASE_URL_FORMS} "
+            "(postgres://, postgresql:// and sqlite:// URLs are taken too)"
+        )
+    normalized = f"{driver}://{rest}"
+    try:
+        parsed = make_url(normalized)
+    except Exception:
+        raise ValueError(
+            f"this {scheme}:// URL cannot be read; set it to {DATABASE_URL_FORMS}"
+        ) from None
+    if driver == "postgresql+asyncpg" and "sslmode" in parsed.query:
+        # asyncpg takes libpq's sslmode values (disable ... verify-full) as `ssl`.
+        query = dict(parsed.query)
+        mode = query.pop("sslmode")
+        query.setdefault("ssl", mode)
+        normalized = parsed.set(query=query).render_as_string(hide_password=False)
+    return normalized
+
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+_WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
+MAX_RETENTION_DAYS = 36_500
+MAX_LEASE_SECONDS = 86_400.0
+# A budget in dollars: 0 is "no access", unset is "no limit" (never inf or nan).
+Dollars = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# What operators also write for WARNING and CRITICAL (Python's logging takes them too).
+_LEVEL_NAMES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite database URL names (relative to the working directory, as SQLite
+    takes it); None for other databases and in-memory ones."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    if database.startswith("file:") or "mode=memory" in str(parsed.query):
+        return None  # a URI filename: SQLite's to read
+    return Path(database)
+
+
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
 
@@ -47,6 +117,9 @@ class Settings(BaseSettings):
         populate_by_name=True,
         # `RELAYBOT_CONTEXT_TOKENS=` in .env means "not set", not an invalid number.
         env_ignore_empty=True,
+        # A refused value may be a secret (a token, a database URL's password): errors name
+        # the variable and say what it takes, never what it was.
+        hide_input_in_errors=True,
     )
 
     # Model endpoint
@@ -54,10 +127,17 @@ class Settings(BaseSettings):
     openai_base_url: str = Field(
         "https://api.openai.com/v1", validation_alias=_env("OPENAI_BASE_URL")
     )
-    request_timeout: float = Field(60.0, validation_alias=_env("RELAYBOT_REQUEST_TIMEOUT"))
-    stream_idle_timeout: float = Field(60.0, validation_alias=_env("RELAYBOT_STREAM_IDLE_TIMEOUT"))
-    max_connections: int = Field(100, validation_alias=_env("RELAYBOT_MAX_CONNECTIONS"))
-    max_retries: int = Field(2, validation_alias=_env("RELAYBOT_MAX_RETRIES"))
+    # Numbers are bounded so a value that cannot work (a pool of -1 connections hangs, a
+    # timeout of 0 fails every request as "cannot reach") stops the start, naming it.
+    # Floats never take nan or inf: neither is a time or an amount of money.
+    request_timeout: float = Field(
+        60.0, gt=0, allow_inf_nan=False, validation_alias=_env("RELAYBOT_REQUEST_TIMEOUT")
+    )
+    stream_idle_timeout: float = Field(
+        60.0, gt=0, allow_inf_nan=False, validation_alias=_env("RELAYBOT_STREAM_IDLE_TIMEOUT")
+    )
+    max_connections: int = Field(100, gt=0, validation_alias=_env("RELAYBOT_MAX_CONNECTIONS"))
+    max_retries: int = Field(2, ge=0, validation_alias=_env("RELAYBOT_MAX_RETRIES"))
     http_proxy: str | None = Field(None, validation_alias=_env("RELAYBOT_HTTP_PROXY"))
 
     # Storage
@@ -97,9 +177,9 @@ class Settings(BaseSettings):
         False, validation_alias=_env("RELAYBOT_GROUP_VOICE_TRANSCRIPT_ONLY")
     )
     max_audio_bytes: int = Field(
-        25 * 1024 * 1024, validation_alias=_env("RELAYBOT_MAX_AUDIO_BYTES")
+        25 * 1024 * 1024, gt=0, validation_alias=_env("RELAYBOT_MAX_AUDIO_BYTES")
     )
-    max_input_chars: int = Field(100_000, validation_alias=_env("RELAYBOT_MAX_INPUT_CHARS"))
+    max_input_chars: int = Field(100_000, gt=0, validation_alias=_env("RELAYBOT_MAX_INPUT_CHARS"))
     image_dir: str = Field("relaybot-images", validation_alias=_env("RELAYBOT_IMAGE_DIR"))
 
     # Usage, budgets, access, rate limits, privacy (see core/policy.py)
@@ -108,35 +188,38 @@ class Settings(BaseSettings):
     allowed_users: str = Field("", validation_alias=_env("RELAYBOT_ALLOWED_USERS"))
     allowed_chats: str = Field("", validation_alias=_env("RELAYBOT_ALLOWED_CHATS"))
     admins: str = Field("", validation_alias=_env("RELAYBOT_ADMINS"))
-    budget_user_daily: Annotated[float, Field(ge=0)] | None = Field(
+    budget_user_daily: Dollars | None = Field(
         None, validation_alias=_env("RELAYBOT_BUDGET_USER_DAILY")
     )
-    budget_user_monthly: Annotated[float, Field(ge=0)] | None = Field(
+    budget_user_monthly: Dollars | None = Field(
         None, validation_alias=_env("RELAYBOT_BUDGET_USER_MONTHLY")
     )
-    budget_chat_daily: Annotated[float, Field(ge=0)] | None = Field(
+    budget_chat_daily: Dollars | None = Field(
         None, validation_alias=_env("RELAYBOT_BUDGET_CHAT_DAILY")
     )
-    budget_chat_monthly: Annotated[float, Field(ge=0)] | None = Field(
+    budget_chat_monthly: Dollars | None = Field(
         None, validation_alias=_env("RELAYBOT_BUDGET_CHAT_MONTHLY")
     )
-    budget_global_daily: Annotated[float, Field(ge=0)] | None = Field(
+    budget_global_daily: Dollars | None = Field(
         None, validation_alias=_env("RELAYBOT_BUDGET_GLOBAL_DAILY")
     )
-    budget_global_monthly: Annotated[float, Field(ge=0)] | None = Field(
+    budget_global_monthly: Dollars | None = Field(
         None, validation_alias=_env("RELAYBOT_BUDGET_GLOBAL_MONTHLY")
     )
     rate_limit_per_minute: Annotated[int, Field(ge=0)] = Field(
         0, validation_alias=_env("RELAYBOT_RATE_LIMIT_PER_MINUTE")
     )
-    retention_days: Annotated[int, Field(gt=0)] | None = Field(
+    # At most 100 years: a longer time reaches before year 1 and cannot be computed.
+    retention_days: Annotated[int, Field(gt=0, le=MAX_RETENTION_DAYS)] | None = Field(
         None, validation_alias=_env("RELAYBOT_RETENTION_DAYS")
     )
 
     # Load: answers worked on at once (more wait their turn, stored), database connections
     max_in_flight: int = Field(256, gt=0, validation_alias=_env("RELAYBOT_MAX_IN_FLIGHT"))
     # Recent history of active chats kept in memory (exact: see core/history.py).
-    history_cache_mb: float = Field(64.0, ge=0, validation_alias=_env("RELAYBOT_HISTORY_CACHE_MB"))
+    history_cache_mb: float = Field(
+        64.0, ge=0, allow_inf_nan=False, validation_alias=_env("RELAYBOT_HISTORY_CACHE_MB")
+    )
     db_pool_size: int = Field(10, gt=0, validation_alias=_env("RELAYBOT_DB_POOL_SIZE"))
     # Extra connections under load are opened and, once returned, closed again: under a
     # steady load that is a new PostgreSQL backend (a fork) every few messages, which tripled
@@ -144,13 +227,23 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(0, ge=0, validation_alias=_env("RELAYBOT_DB_MAX_OVERFLOW"))
 
     # Durability and shutdown
-    lease_seconds: float = Field(60.0, gt=0, validation_alias=_env("RELAYBOT_LEASE_SECONDS"))
-    shutdown_grace: float = Field(25.0, ge=0, validation_alias=_env("RELAYBOT_SHUTDOWN_GRACE"))
+    # A lease is a time stored in the database: at most a day (it is renewed long before).
+    lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=MAX_LEASE_SECONDS,
+        allow_inf_nan=False,
+        validation_alias=_env("RELAYBOT_LEASE_SECONDS"),
+    )
+    shutdown_grace: float = Field(
+        25.0, ge=0, allow_inf_nan=False, validation_alias=_env("RELAYBOT_SHUTDOWN_GRACE")
+    )
 
     # App HTTP server (webhooks, health)
     http_host: str = Field("0.0.0.0", validation_alias=_env("RELAYBOT_HTTP_HOST"))
-    http_port: int = Field(8080, validation_alias=_env("RELAYBOT_HTTP_PORT"))
-    log_level: str = Field("INFO", validation_alias=_env("RELAYBOT_LOG_LEVEL"))
+    # 0 lets the system pick a free port.
+    http_port: int = Field(8080, ge=0, le=65535, validation_alias=_env("RELAYBOT_HTTP_PORT"))
+    log_level: LogLevel = Field("INFO", validation_alias=_env("RELAYBOT_LOG_LEVEL"))
     # "json" (one object per line), "text", or "auto": JSON unless stderr is a terminal.
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", validation_alias=_env("RELAYBOT_LOG_FORMAT")
@@ -176,6 +269,34 @@ class Settings(BaseSettings):
     )
     slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
     slack_api_url: str = Field("https://slack.com/api/", validation_alias=_env("SLACK_API_URL"))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        level = value.strip().upper()
+        return _LEVEL_NAMES.get(level, level)
+
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram refuses any other secret_token in setWebhook: the start would fail there.
+        if value is not None and not _WEBHOOK_SECRET.fullmatch(value.get_secret_value()):
+            raise PydanticCustomError(
+                "webhook_secret",
+                "Telegram takes 1-256 characters of A-Z a-z 0-9 _ - (no spaces), e.g. the "
+                "output of `openssl rand -hex 32`",
+            )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            return normalize_database_url(value)
+        except ValueError as exc:
+            raise PydanticCustomError("database_url", str(exc)) from None
 
     def vision_model_names(self) -> frozenset[str]:
         """Models that accept image input."""

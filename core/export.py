@@ -16,9 +16,25 @@ from typing import Any, TextIO
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.db.models import Chat, Message
+from core.db.models import Message
+from core.db.store import read_chat_settings
 
 FORMATS = ("openai-jsonl",)
+
+
+# Platforms whose chats have no threads: there a ":" belongs to the chat's own name (a console
+# chat may be called "a:b").
+_WITHOUT_THREADS = frozenset({"console"})
+
+
+def parent_key(chat_key: str) -> str | None:
+    """The key of the channel or group a thread's `chat_key` belongs to (None when the key
+    is not a thread's): `core.types.ChatRef.parent_key`, from the key `ChatRef.key` built."""
+    platform, _, rest = chat_key.partition(":")
+    chat_id, sep, thread_id = rest.partition(":")
+    if platform in _WITHOUT_THREADS or not sep or not thread_id:
+        return None
+    return f"{platform}:{chat_id}"
 
 
 def build_example(
@@ -71,7 +87,10 @@ async def export_openai_jsonl(
     written = 0
     for key in keys:
         async with session_factory() as session:
-            chat = await session.get(Chat, key)
+            # A thread or topic has the prompt its channel or group set, unless it has its own:
+            # what the model was sent.
+            conn = await session.connection()
+            chat = await conn.run_sync(read_chat_settings, key, parent_key(key))
             rows = (
                 await session.execute(
                     select(Message.role, Message.content, Message.name, Message.status)
@@ -79,7 +98,7 @@ async def export_openai_jsonl(
                     .order_by(Message.id)
                 )
             ).all()
-        system = (chat.system_prompt if chat else None) or default_system_prompt
+        system = chat.system_prompt or default_system_prompt
         example = build_example(system, ((r[0], r[1], r[2], r[3]) for r in rows))
         if example is None:
             continue

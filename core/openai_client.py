@@ -372,6 +372,22 @@ class _EventText:
             yield tail
 
 
+class EndpointRedirects(ConfigError):
+    """The endpoint answered with a redirect: http -> https, a moved server, a proxy's login
+    page. Redirects are not followed (the key would go along to wherever they point), so no
+    request can work until OPENAI_BASE_URL is where the API answers; `fix` says what to set."""
+
+    def __init__(self, detail: str, *, location: str, fix: str) -> None:
+        super().__init__(detail)
+        self.location = location
+        self.fix = fix
+
+    @property
+    def advice(self) -> str:
+        """`redirects to LOCATION: FIX`, for a line that names the endpoint before it."""
+        return f"redirects to {self.location}: {self.fix}"
+
+
 class _UnsupportedMaxTokens(BadInput):
     """The model wants `max_completion_tokens` instead of `max_tokens` (or the reverse)."""
 
@@ -789,6 +805,8 @@ class OpenAIClient:
         return text[:500]
 
     def _error_from_response(self, response: httpx.Response, where: str) -> RelaybotError:
+        if 300 <= response.status_code < 400:
+            return self._redirect_error(response, where)
         try:
             payload: Any = response.json()
         except ValueError:
@@ -797,6 +815,33 @@ class OpenAIClient:
             payload = {"message": response.text[:300] or response.reason_phrase}
         return self._error_from_payload(
             response.status_code, payload, where, _retry_after(response.headers)
+        )
+
+    def _redirect_error(self, response: httpx.Response, where: str) -> EndpointRedirects:
+        """A 3xx: what the person sees is "not configured correctly" (ConfigError), what the
+        operator reads names where it redirects and, when it can tell, the base URL to set."""
+        raw = response.headers.get("location", "")
+        path = where.split(" ", 1)[0]  # "/chat/completions (stream)" -> "/chat/completions"
+        try:
+            location = str(httpx.URL(self._url(path)).join(raw)) if raw else ""
+        except Exception:  # a Location header that is not a URL
+            location = raw
+        location = self._scrub(location)
+        parts = urlsplit(location)
+        base = location.rstrip("/")[: -len(path)] if location.rstrip("/").endswith(path) else ""
+        if base and not parts.query and not parts.fragment and base != self._base_url:
+            # The same API elsewhere (https, another host or path): that is the base URL.
+            fix = f"set OPENAI_BASE_URL to {base}"
+        else:  # a login page, or somewhere that is not this API
+            fix = (
+                "set OPENAI_BASE_URL to the address the API itself answers at (relaybot "
+                "does not follow redirects: the key would go along)"
+            )
+        shown = location or "nowhere (no Location header)"
+        return EndpointRedirects(
+            f"{where}: HTTP {response.status_code} redirects to {shown}: {fix}",
+            location=shown,
+            fix=fix,
         )
 
     def _error_from_payload(
@@ -958,7 +1003,9 @@ def _parse_chunk(chunk: dict[str, Any]) -> ChatDelta | None:
         if isinstance(first, dict):
             delta = first.get("delta")
             if isinstance(delta, dict):
-                content = delta.get("content")
+                # A refusal streams its text in `refusal`, content null: it is the answer,
+                # as `message.refusal` is in a JSON one (`_parse_chat`).
+                content = delta.get("content") or delta.get("refusal")
                 if isinstance(content, str):
                     text = content
             reason = first.get("finish_reason")

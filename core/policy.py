@@ -31,6 +31,15 @@ PAID_COMMANDS = frozenset({"image", "edit", "translate", "retry"})
 POLICY_COMMANDS = frozenset({"usage", "budget", "forget"})
 _PERIOD_NAMES = {"day": "day", "daily": "day", "month": "month", "monthly": "month"}
 _TOP = 10
+BUDGET_USAGE = (
+    "Usage: /budget user PLATFORM:ID | chat PLATFORM:CHAT | chat here | global, then day or "
+    "month, then AMOUNT, off or default (AMOUNT in dollars; 0 = no access, off = no limit; "
+    "an ID without PLATFORM: is one of this platform)"
+)
+_GLOBAL_USAGE = (
+    "The bot's budget takes no name: /budget global day|month AMOUNT|off|default "
+    "(one person's or one chat's: /budget user ID ..., /budget chat ID ...)"
+)
 
 
 class AccessDenied(RelaybotError):
@@ -242,23 +251,26 @@ class Policy:
             if not standings:
                 return "No budget limits apply to you."
             return "\n".join(describe(s, now) for s in standings)
-        usage = (
-            "Usage: /budget user PLATFORM:ID|chat CHAT|here|global day|month "
-            "AMOUNT|off|default  (AMOUNT in dollars; 0 = no access, off = no limit)"
-        )
+        usage = BUDGET_USAGE
         parts = args.split()
-        if len(parts) == 3 and parts[0].lower() == "global":
+        scope = parts[0].lower() if parts else ""
+        if scope == "global":
+            if len(parts) == 4:
+                # The bot's budget is one: a name given (`global everyone`) matched nothing,
+                # so a confirmed limit would never have applied.
+                raise BadInput("/budget global with a subject", user_message=_GLOBAL_USAGE)
             parts.insert(1, "")
-        if len(parts) != 4 or parts[0].lower() not in SCOPES:
+        if len(parts) != 4 or scope not in SCOPES:
             raise BadInput("bad /budget", user_message=usage)
-        scope, subject, period_word, value = parts[0].lower(), parts[1], parts[2], parts[3]
+        subject, period_word, value = parts[1], parts[2], parts[3]
         period = _PERIOD_NAMES.get(period_word.lower())
         if period is None or period not in PERIODS:
             raise BadInput("bad /budget period", user_message=usage)
         if scope == "chat" and subject.lower() == "here":
             subject = msg.chat.key
-        if scope == "user" and ":" not in subject:
-            subject = user_key(msg.chat.platform, subject)
+        elif scope in ("user", "chat") and ":" not in subject:
+            # People and chats are stored as PLATFORM:ID; a bare ID is one of this platform.
+            subject = f"{msg.chat.platform}:{subject}"
         label = {"user": subject, "chat": f"chat {subject}", "global": "the bot"}[scope]
         setter = user_key(msg.chat.platform, msg.sender.id)
         if value.lower() == "default":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -78,9 +79,20 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 
 
 def _number(model: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"RELAYBOT_PRICES: {model}.{name} must be a number >= 0, not {value!r}")
-    return float(value)
+    # JSON as Python reads it takes NaN, Infinity and 1e400 (infinite): a cost computed from
+    # one is NaN (0 tokens x infinity), which the usage table refuses, failing every message.
+    number = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of 309 digits or more
+            number = math.inf
+    if not (math.isfinite(number) and number >= 0):
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+        raise ConfigError(
+            f"RELAYBOT_PRICES: {model}.{name} must be a finite number >= 0, not {shown}"
+        )
+    return number
 
 
 def _parse_model(model: str, raw: Any, base: ModelPrice | None) -> ModelPrice:

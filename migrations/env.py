@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from core.config import Settings, normalize_database_url
 from core.db.models import Base
 
 config = context.config
@@ -40,12 +41,17 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    asyncio.run(_run_on_url(config.get_main_option("sqlalchemy.url") or ""))
+    # The URL given (in the forms RELAYBOT_DATABASE_URL takes), else the configured one.
+    url = config.get_main_option("sqlalchemy.url") or Settings().database_url
+    asyncio.run(_run_on_url(normalize_database_url(url)))
 
 
 if context.is_offline_mode():
     context.configure(
-        url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata
+        url=normalize_database_url(
+            config.get_main_option("sqlalchemy.url") or Settings().database_url
+        ),
+        target_metadata=target_metadata,
     )
     with context.begin_transaction():
         context.run_migrations()

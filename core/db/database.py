@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, TextClause, event
+from sqlalchemy import URL, Connection, Engine, Executable, TextClause, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import sqlite as sqlite_dialects
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
@@ -48,6 +48,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
+
+from core.errors import ConfigError
 
 T = TypeVar("T")
 log = logging.getLogger("relaybot.db")
@@ -406,6 +408,55 @@ class _SqliteThread:
                 unit.result = None
             return False
         return True
+
+
+class DatabaseUnreachable(ConfigError):
+    """RELAYBOT_DATABASE_URL names a database relaybot cannot connect to; `str(err)` says
+    where (host:port or file, never the password) and what to check."""
+
+
+def database_place(url: URL) -> str:
+    """Where `url` points, for the operator: "the database at HOST:PORT" or the file."""
+    if url.get_backend_name() == "sqlite":
+        return f"the SQLite database {url.database or ':memory:'}"
+    return f"the database at {url.host or 'localhost'}:{url.port or 5432}"
+
+
+def unreachable(url: URL, exc: BaseException) -> DatabaseUnreachable:
+    """The one line an operator sees when connecting to `url` failed with `exc`."""
+    chain: list[BaseException] = []
+    error: BaseException | None = exc
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = getattr(error, "orig", None) or error.__cause__
+    cause = chain[-1]  # the driver's own error, under SQLAlchemy's wrappers
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    detail = f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+    network = any(isinstance(e, OSError | TimeoutError) for e in chain)
+    if url.get_backend_name() == "sqlite":
+        message = (
+            f"cannot open {database_place(url)} ({detail}); check RELAYBOT_DATABASE_URL "
+            "and that its directory exists and is writable"
+        )
+    else:
+        verb = "cannot reach" if network else "cannot connect to"
+        message = (
+            f"{verb} {database_place(url)} ({detail}); check RELAYBOT_DATABASE_URL (the host, "
+            "port, user, password and database) and that the server runs"
+        )
+    if url.password:
+        message = message.replace(str(url.password), "***")
+    return DatabaseUnreachable(message[:500])
+
+
+async def check_reachable(engine: AsyncEngine) -> None:
+    """Connect once; raise DatabaseUnreachable (one line naming RELAYBOT_DATABASE_URL and the
+    server) when that fails, rather than the driver's error on first use."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise unreachable(engine.url, exc) from exc
 
 
 class Database:

@@ -7,13 +7,16 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
+from core.errors import ConfigError
+
+# Alembic's default version table (migrations/env.py keeps it).
+VERSION_TABLE = "alembic_version"
 
 
 def alembic_config(url: str = "") -> Config:
@@ -65,13 +68,31 @@ async def check(engine: AsyncEngine) -> None:
 
 
 def _current(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    # Read Alembic's table directly: a MigrationContext logs two INFO lines each time it is
+    # made ("Context impl ...", "Will assume transactional DDL"), and /readyz asks on every
+    # probe. Migrating (`upgrade`, `downgrade`) still logs what it does.
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    versions = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(versions) > 1:  # as Alembic's get_current_revision: one line of history only
+        raise RuntimeError(f"the database is at several migrations at once: {versions}")
+    return versions[0] if versions else None
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
-    """The revision the database is at, None when never migrated."""
+    """The revision the database is at, None when never migrated (logs nothing)."""
     async with engine.connect() as conn:
         return await conn.run_sync(_current)
+
+
+NOT_MIGRATED = "the database has no relaybot tables yet; run `relaybot db upgrade`"
+
+
+async def require_migrated(engine: AsyncEngine) -> None:
+    """Raise ConfigError (one line saying what to run) when the database was never migrated:
+    started with --no-migrate or RELAYBOT_AUTO_MIGRATE=false, every query would fail."""
+    if await current_revision(engine) is None:
+        raise ConfigError(NOT_MIGRATED)
 
 
 @functools.cache

@@ -3,6 +3,8 @@
 Start it with `async with FakeOpenAI() as fake:` (same event loop) or `with FakeOpenAI() as fake:`
 (its own thread), then point a client at `fake.base_url`. Knobs are plain attributes and
 methods; they may be changed from the test's thread while the server runs in another one.
+`fail_next` answers errors, `missing_endpoints` and `missing_models` answer 404s as servers
+without them do, and `redirect_to` answers every request with a redirect.
 """
 
 from __future__ import annotations
@@ -213,6 +215,10 @@ class FakeOpenAI(FakeServer):
         self.error_mid_stream: dict[str, Any] | None = None
         # When set, requests must carry "Authorization: Bearer <api_key>" or get a 401.
         self.api_key: str | None = None
+        # When set, every /v1 request is answered 302 Found to this URL plus the path after
+        # /v1, as an http -> https redirect ("https://host/v1") or a proxy's login page
+        # ("https://sso.example/login?next=") answers.
+        self.redirect_to: str | None = None
         # When set, chat prompts longer than this many (rough) tokens get context_length_exceeded.
         self.context_tokens: int | None = None
         # "b64_json" (GPT image models) or "url" (the retired DALL·E style, served by this fake).
@@ -220,7 +226,8 @@ class FakeOpenAI(FakeServer):
         # The quality a GPT Image model reports for quality "auto" (OpenAI picks by prompt).
         self.image_auto_quality: str = "medium"
         self._lock = threading.Lock()
-        self._replies: deque[str] = deque()
+        # Queued answers: (text, refused): a refusal comes back as OpenAI sends one.
+        self._replies: deque[tuple[str, bool]] = deque()
         self._failures: list[_Failure] = []
         self._images: dict[str, bytes] = {}
 
@@ -233,7 +240,13 @@ class FakeOpenAI(FakeServer):
     def queue_reply(self, text: str) -> None:
         """Answer the next chat request with `text` (queued replies are used first)."""
         with self._lock:
-            self._replies.append(text)
+            self._replies.append((text, False))
+
+    def queue_refusal(self, text: str) -> None:
+        """Answer the next chat request with a refusal, as OpenAI sends one: `text` in
+        `message.refusal` (content null), or streamed in `delta.refusal` chunks."""
+        with self._lock:
+            self._replies.append((text, True))
 
     def fail_next(
         self,
@@ -291,6 +304,9 @@ class FakeOpenAI(FakeServer):
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
+            if self.redirect_to is not None:
+                location = self.redirect_to + request.path.removeprefix("/v1")
+                return web.Response(status=302, headers={"Location": location})
             if self.api_key is not None:
                 sent = request.headers.get("Authorization", "")
                 if sent != f"Bearer {self.api_key}":
@@ -337,7 +353,8 @@ class FakeOpenAI(FakeServer):
         return rec
 
     # -- chat --------------------------------------------------------------------------
-    async def _next_reply(self, messages: Messages) -> str:
+    async def _next_reply(self, messages: Messages) -> tuple[str, bool]:
+        """The answer's text, and whether it is a refusal."""
         with self._lock:
             queued = self._replies.popleft() if self._replies else None
         if queued is not None:
@@ -345,7 +362,7 @@ class FakeOpenAI(FakeServer):
         result = self.reply(messages)
         if inspect.isawaitable(result):
             result = await result
-        return str(result)
+        return str(result), False
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = self._recorded(request).json
@@ -385,7 +402,7 @@ class FakeOpenAI(FakeServer):
                 code="context_length_exceeded",
                 param="messages",
             )
-        text = await self._next_reply(messages)
+        text, refused = await self._next_reply(messages)
         finish_reason = "stop"
         thinking = self.reasoning_tokens
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -417,7 +434,11 @@ class FakeOpenAI(FakeServer):
                 created=created,
                 finish_reason=finish_reason,
                 usage=usage if include_usage else None,
+                refused=refused,
             )
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if refused:
+            message.update(content=None, refusal=text)
         return web.json_response(
             {
                 "id": completion_id,
@@ -427,7 +448,7 @@ class FakeOpenAI(FakeServer):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "message": message,
                         "logprobs": None,
                         "finish_reason": finish_reason,
                     }
@@ -451,6 +472,7 @@ class FakeOpenAI(FakeServer):
         created: int,
         finish_reason: str,
         usage: dict[str, Any] | None,
+        refused: bool = False,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
@@ -483,14 +505,18 @@ class FakeOpenAI(FakeServer):
             await response.write(f"data: {payload}\n\n".encode())
 
         try:
-            await send(chunk({"role": "assistant", "content": "", "refusal": None}))
+            if refused:  # OpenAI's first chunk of a refusal, then its text in `refusal`
+                await send(chunk({"role": "assistant", "content": None, "refusal": ""}))
+            else:
+                await send(chunk({"role": "assistant", "content": "", "refusal": None}))
+            field = "refusal" if refused else "content"
             pieces = re.findall(r"\S+\s*|\s+", text)
             for sent, piece in enumerate(pieces):
                 if self.cut_stream_after is not None and sent >= self.cut_stream_after:
                     return self._cut(request, response)
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
-                await send(chunk({"content": piece}))
+                await send(chunk({field: piece}))
                 if self.error_mid_stream is not None:
                     error = self.error_mid_stream
                     await send(error if "error" in error else {"error": error})

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
 
 from core.db import migrate
 from core.testing.fake_openai import FakeOpenAI
-from tests.processes import endpoint_env, run_relaybot
+from tests.conftest import POSTGRES_URL, reset_postgres
+from tests.processes import endpoint_env, free_port, run_relaybot
 
 run = run_relaybot
 
@@ -86,7 +91,11 @@ def test_invalid_setting_is_one_clear_line(endpoint: FakeOpenAI, tmp_path: Path)
 
 def test_db_upgrade_and_current(tmp_path: Path) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
-    assert run(["db", "current"], tmp_path, RELAYBOT_DATABASE_URL=db).stdout.startswith("empty")
+    current = run(["db", "current"], tmp_path, RELAYBOT_DATABASE_URL=db)
+    assert (
+        current.stdout.strip() == f"empty (the database file {tmp_path / 'x.db'} does not exist)"
+    )
+    assert not (tmp_path / "x.db").exists()  # reading creates nothing
     result = run(["db", "upgrade"], tmp_path, RELAYBOT_DATABASE_URL=db)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"database at {migrate.head_revision()}"
@@ -97,7 +106,11 @@ def test_no_migrate_leaves_the_database_alone(endpoint: FakeOpenAI, tmp_path: Pa
     result = run(["--no-migrate", "console"], tmp_path, "hi\n", **endpoint_env(endpoint))
     # Without migrations there are no tables: the person is told, not shown a traceback.
     assert "Traceback" not in result.stderr
+    assert result.stderr == (
+        "relaybot: the database has no relaybot tables yet; run `relaybot db upgrade`\n"
+    )
     assert run(["db", "current"], tmp_path).stdout.startswith("empty")
+    assert not (tmp_path / "relaybot.db").exists()
 
 
 def test_starts_without_tokenizer_files(endpoint: FakeOpenAI, tmp_path: Path) -> None:
@@ -174,3 +187,87 @@ def test_models_the_endpoint_does_not_serve_are_named_at_start(
         "will fail (the endpoint lists no model for /image and /edit: it will not work there)",
     ):
         assert warning in result.stderr
+
+
+# -- RELAYBOT_DATABASE_URL as hosting platforms and people write it ----------------------------
+def test_a_sqlite_url_without_its_async_driver_is_used_as_meant(
+    endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = {**endpoint_env(endpoint), "RELAYBOT_DATABASE_URL": "sqlite:///chats.db"}
+    result = run(["console"], tmp_path, "hi\n", **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["echo: hi"]
+    assert (tmp_path / "chats.db").is_file()
+    assert run(["db", "upgrade"], tmp_path, **env).stdout.strip() == (
+        f"database at {migrate.head_revision()}"
+    )
+    doctor = run(["doctor"], tmp_path, **env)
+    assert "OK    database: sqlite+aiosqlite:///chats.db reachable" in doctor.stdout
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="RELAYBOT_TEST_POSTGRES_URL unset")
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
+async def test_a_postgres_url_as_hosting_platforms_give_it_is_used_as_meant(
+    endpoint: FakeOpenAI, tmp_path: Path, postgres_url: str, scheme: str
+) -> None:
+    await reset_postgres(postgres_url)
+    # As Heroku, Render, Fly.io or Neon hand it out: no driver, maybe an sslmode.
+    url = make_url(postgres_url).set(drivername=scheme).update_query_dict({"sslmode": "disable"})
+    env = {
+        **endpoint_env(endpoint),
+        "RELAYBOT_DATABASE_URL": url.render_as_string(hide_password=False),
+    }
+    upgraded = await asyncio.to_thread(run, ["db", "upgrade"], tmp_path, **env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    result = await asyncio.to_thread(run, ["console"], tmp_path, "hi\n", **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["echo: hi"]
+    doctor = await asyncio.to_thread(run, ["doctor"], tmp_path, **env)
+    assert "OK    database: postgresql+asyncpg://" in doctor.stdout
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://ann:hunter2@db.example.com/relaybot",
+        "relaybot.db",
+    ],
+)
+def test_a_database_url_relaybot_cannot_use_is_one_line_naming_the_variable(
+    endpoint: FakeOpenAI, tmp_path: Path, url: str
+) -> None:
+    env = {**endpoint_env(endpoint), "RELAYBOT_DATABASE_URL": url}
+    for args in (["console"], ["db", "upgrade"]):
+        result = run(args, tmp_path, "hi\n", **env)
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("relaybot: invalid configuration: RELAYBOT_DATABASE_URL")
+        assert "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST/DB" in (
+            result.stderr
+        )
+        assert "hunter2" not in result.stderr
+    doctor = run(["doctor"], tmp_path, **env)
+    assert "FAIL  config: invalid configuration: RELAYBOT_DATABASE_URL" in doctor.stdout
+    assert "hunter2" not in doctor.stdout
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_an_unreachable_database_is_one_line_naming_the_variable_and_the_server(
+    endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    port = free_port()  # nothing listens there
+    url = f"postgresql+asyncpg://ann:hunter2@127.0.0.1:{port}/relaybot"
+    env = {**endpoint_env(endpoint), "RELAYBOT_DATABASE_URL": url}
+    for args in (["console"], ["db", "upgrade"], ["usage"]):
+        result = run(args, tmp_path, "hi\n", **env)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        line = result.stderr.strip()
+        assert line.startswith(f"relaybot: cannot reach the database at 127.0.0.1:{port}"), line
+        assert "RELAYBOT_DATABASE_URL" in line
+        assert "hunter2" not in line
+    doctor = run(["doctor"], tmp_path, **env)
+    assert f"FAIL  database: postgresql+asyncpg://ann:***@127.0.0.1:{port}/relaybot" in (
+        doctor.stdout
+    )
+    assert "RELAYBOT_DATABASE_URL" in doctor.stdout and "hunter2" not in doctor.stdout

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
+
+import pytest
 
 from bots.console import run_console
 from core.app import Core
@@ -248,10 +251,21 @@ async def test_a_request_a_proxy_finds_too_large_is_trimmed_once_then_explained(
         413, message="Request Entity Too Large", times=2, path="/chat/completions"
     )
     out = await chat(core, "second question")
-    assert (
-        out.strip() == "! That message is too long for the model. Please send something shorter."
+    # The second request still held the first exchange: the conversation, not the
+    # message, is what no longer fits.
+    assert out.strip() == (
+        "! This conversation no longer fits the model, even with its older messages left "
+        "out. Send /reset to start afresh."
     )
     assert len(fake_openai.chat_requests()) == 4
+
+    fake_openai.fail_next(
+        413, message="Request Entity Too Large", times=2, path="/chat/completions"
+    )
+    out = await chat(core, "/reset", "third question")
+    assert out.splitlines()[-1] == (
+        "! That message is too long for the model. Please send something shorter."
+    )
 
 
 async def test_a_chat_prompt_too_long_for_a_newly_picked_model_is_explained(
@@ -277,3 +291,38 @@ async def test_a_chat_prompt_too_long_for_a_newly_picked_model_is_explained(
         "System prompt reset to the default.",
         "echo: and now?",
     ]
+
+
+async def test_a_refusal_the_model_streams_is_shown_as_its_answer(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    # OpenAI streams a refusal in `delta.refusal`, with no content: shown as its JSON
+    # answer's `message.refusal` is, not as "an empty answer".
+    fake_openai.queue_refusal("I'm sorry, I can't help with that request.")
+    out = await chat(core, "how do I pick a lock?", "and now?")
+    assert out.splitlines() == ["I'm sorry, I can't help with that request.", "echo: and now?"]
+    assert chat_bodies(fake_openai)[0]["stream"] is True
+    # It stays in the history as the answer given.
+    last = chat_bodies(fake_openai)[-1]["messages"]
+    assert last[2] == {
+        "role": "assistant",
+        "content": "I'm sorry, I can't help with that request.",
+    }
+
+
+async def test_an_endpoint_that_starts_redirecting_tells_the_person_and_alerts_the_operator(
+    core: Core, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_openai.redirect_to = "https://llm.example.test/v1"  # a proxy now sends http -> https
+    with caplog.at_level(logging.ERROR):
+        out = await chat(core, "hi")
+    assert out.splitlines() == [
+        "! The bot is not configured correctly. The operator has been told."
+    ]
+    alerts = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(
+        "operator action needed" in a
+        and "redirects to https://llm.example.test/v1/" in a
+        and "set OPENAI_BASE_URL to https://llm.example.test/v1" in a
+        for a in alerts
+    ), alerts

@@ -66,16 +66,38 @@ async def test_forget_in_the_console(core: Core, fake_openai: FakeOpenAI) -> Non
     assert [m["content"] for m in last["messages"][1:]] == ["what did I say?"]
 
 
+def saved(out: str) -> list[Path]:
+    return [Path(x.removeprefix("Image saved to ")) for x in out.splitlines() if "saved" in x]
+
+
 async def test_forget_deletes_the_images_this_chat_saved(
     core: Core, fake_openai: FakeOpenAI
 ) -> None:
     images = Path(core.settings.image_dir)
-    await chat(core, "/image a cat", name="other")
+    (kept,) = saved(await chat(core, "/image a cat", name="other"))
     out = await chat(core, "/image a dog", "/image a fox", "/forget")
-    assert out.count("Image saved to ") == 2
+    assert len(saved(out)) == 2
     # Only the other chat's picture is left.
-    (left,) = images.iterdir()
-    assert left.name.startswith("other--")
+    assert [p for p in images.rglob("*") if p.is_file()] == [kept]
+    assert kept.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("forgotten", "others"),
+    [("a", ["a-", "a--b", "A"]), ("my chat", ["my_chat", "my-chat"]), ("..", [".", "x"])],
+)
+async def test_forget_leaves_the_images_of_chats_with_similar_names(
+    core: Core, fake_openai: FakeOpenAI, forgotten: str, others: list[str]
+) -> None:
+    images = Path(core.settings.image_dir)
+    kept = [path for name in others for path in saved(await chat(core, "/image x", name=name))]
+    mine = saved(await chat(core, "/image y", name=forgotten))
+    assert len(kept) == len(others) and len(mine) == 1
+    assert all(p.resolve().is_relative_to(images.resolve()) for p in kept + mine)
+    out = await chat(core, "/forget", name=forgotten)
+    assert out.startswith("Done. I deleted everything stored about this chat")
+    assert not mine[0].exists()
+    assert all(p.is_file() for p in kept)
 
 
 # -- the relaybot command ------------------------------------------------------------------------
@@ -183,3 +205,55 @@ async def test_audio_files_without_a_duration_are_billed_as_the_endpoint_reports
         out = await chat(core, f"/voice {voice}", f"/translate {voice}", "/usage")
     # 75 audio tokens at $4,000 per 1M = $0.30; whisper bills whole seconds: 8 s at $6/min.
     assert "  today            $1.10  (3 requests)" in out.splitlines(), out
+
+
+async def test_a_global_budget_with_a_subject_is_refused_not_confirmed(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    # The bot's budget has no subject: one given never matched, so "$0" was confirmed and
+    # nothing was limited.
+    out = await chat(core, "/budget global everyone day 0", "hello", "/budget")
+    assert out.splitlines() == [
+        "! The bot's budget takes no name: /budget global day|month AMOUNT|off|default "
+        "(one person's or one chat's: /budget user ID ..., /budget chat ID ...)",
+        "echo: hello",
+        "No budget limits apply to you.",
+    ]
+    out = await chat(core, "/budget global day 0", "hello")
+    assert out.splitlines() == [
+        "The daily budget of the bot is now $0 (no access).",
+        "! The bot has no budget to answer right now. Its admins have been told.",
+    ]
+    assert len(fake_openai.chat_requests()) == 1
+
+
+async def test_a_chat_budget_set_by_name_applies_to_that_console_chat(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    # Set from another chat, without the platform: it means this platform's chat "work".
+    out = await chat(core, "/budget chat work day 0", name="admin")
+    assert out.strip() == "The daily budget of chat console:work is now $0 (no access)."
+    refused = await chat(core, "hello", "/budget", name="work")
+    assert refused.splitlines() == [
+        "! This chat has no budget for the bot. Ask one of its admins.",
+        "This chat's daily budget: $0 (no access)",
+    ]
+    # The full key and `here` name the same chat.
+    assert "console:work is back" in await chat(core, "/budget chat console:work day default")
+    assert (await chat(core, "hello", name="work")).strip() == "echo: hello"
+    here = await chat(core, "/budget chat here month 0", "hello", name="work")
+    assert here.splitlines() == [
+        "The monthly budget of chat console:work is now $0 (no access).",
+        "! This chat has no budget for the bot. Ask one of its admins.",
+    ]
+    assert len(fake_openai.chat_requests()) == 1
+
+
+async def test_budget_usage_in_help_and_errors_names_the_forms(core: Core) -> None:
+    out = await chat(core, "/help", "/budget user nobody weekly 5")
+    assert "/budget - your budgets and what is left (admins: /budget user|chat|global ...)" in out
+    assert out.splitlines()[-1] == (
+        "! Usage: /budget user PLATFORM:ID | chat PLATFORM:CHAT | chat here | global, then "
+        "day or month, then AMOUNT, off or default (AMOUNT in dollars; 0 = no access, off = "
+        "no limit; an ID without PLATFORM: is one of this platform)"
+    )

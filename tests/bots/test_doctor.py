@@ -332,3 +332,76 @@ def test_privacy_mode_is_warned_about_when_groups_want_every_voice_note(
     line = lines["telegram"]
     assert line.startswith("WARN") and "privacy mode on" in line
     assert "in @BotFather, /setprivacy, then Disable" in output
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        # Every refused value is in tests/core/test_config.py (in-process).
+        ("RELAYBOT_LOG_LEVEL", "verbose"),
+        ("TELEGRAM_WEBHOOK_SECRET", "bad secret!!"),
+        ("RELAYBOT_REQUEST_TIMEOUT", "0"),
+    ],
+)
+def test_a_setting_that_stops_the_start_fails_the_doctor_naming_it(
+    healthy: dict[str, str], tmp_path: Path, name: str, value: str
+) -> None:
+    code, lines, output = doctor(tmp_path, {**healthy, name: value})
+    assert code == 1, output
+    line = lines["config"]
+    assert line.startswith(f"FAIL  config: invalid configuration: {name}: "), output
+    assert "nothing to fix" not in output
+
+
+@pytest.mark.parametrize(
+    "prices,said",
+    [
+        ("{not json", "RELAYBOT_PRICES is not valid JSON"),
+        ("/nowhere/prices.json", "RELAYBOT_PRICES: cannot read /nowhere/prices.json"),
+    ],
+)
+def test_a_price_table_that_stops_the_start_fails_the_doctor(
+    healthy: dict[str, str], tmp_path: Path, prices: str, said: str
+) -> None:
+    code, lines, output = doctor(tmp_path, {**healthy, "RELAYBOT_PRICES": prices})
+    assert code == 1, output
+    assert lines["prices"].startswith(f"FAIL  prices: {said}"), output
+    assert "RELAYBOT_PRICES" in lines["prices"].split("->", 1)[1]
+    good = '{"llama3.1:8b": {}, "gpt-4o": {"input": 2.5, "output": 10}}'
+    code, lines, output = doctor(tmp_path, {**healthy, "RELAYBOT_PRICES": good})
+    assert code == 0 and "prices" not in lines, output
+
+
+def test_an_endpoint_that_redirects_fails_naming_where_it_goes(
+    healthy: dict[str, str], endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    endpoint.redirect_to = "https://llm.example.test/v1"  # http -> https
+    code, lines, output = doctor(tmp_path, healthy)
+    assert code == 1, output
+    line = lines["model endpoint"]
+    assert line.startswith("FAIL") and "redirects to https://llm.example.test/v1/models" in line
+    assert "set OPENAI_BASE_URL to https://llm.example.test/v1" in line
+
+
+def test_an_image_folder_the_console_cannot_write_fails(
+    endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+    env = {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": endpoint.base_url,
+        "RELAYBOT_DATABASE_URL": migrated_sqlite(tmp_path / "relaybot.db"),
+        "RELAYBOT_IMAGE_DIR": str(blocker / "images"),
+    }
+    code, lines, output = doctor(tmp_path, env)  # no platform: `relaybot run` is the console
+    assert code == 1, output
+    line = lines["image folder"]
+    assert line.startswith(f"FAIL  image folder: RELAYBOT_IMAGE_DIR={blocker / 'images'}")
+    assert "set RELAYBOT_IMAGE_DIR to a folder this user can write" in line
+    assert not (blocker / "images").exists()
+    # A folder that is not there yet but can be made is fine, and is not made by the doctor.
+    env["RELAYBOT_IMAGE_DIR"] = str(tmp_path / "later" / "images")
+    code, lines, output = doctor(tmp_path, env)
+    assert code == 0 and "image folder" not in lines, output
+    assert not (tmp_path / "later").exists()

@@ -6,16 +6,18 @@ import io
 import itertools
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import update
 
 from core.app import Core
 from core.db.models import Message, utcnow
-from core.export import build_example, export_openai_jsonl
+from core.export import build_example, export_openai_jsonl, parent_key
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
 from core.types import ChatRef, IncomingMessage, Sender
+from tests.processes import run_relaybot
 
 _ids = itertools.count(1)
 
@@ -120,6 +122,37 @@ async def test_export_filters_by_chat_and_since(core: Core, fake_openai: FakeOpe
     ]
 
 
+async def test_relaybot_export_gives_a_topic_the_system_prompt_it_inherits(
+    core: Core, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    def in_group(text: str, topic: str | None = None) -> IncomingMessage:
+        return IncomingMessage(
+            chat=ChatRef("telegram", "-100", topic),
+            sender=Sender("u1", "Ann"),
+            event_key=f"export:{next(_ids)}",
+            text=text,
+            is_direct=False,
+        )
+
+    await core.service.handle(in_group("/system You are a pirate."), RecordingSink())
+    await core.service.handle(in_group("hello in the topic", topic="7"), RecordingSink())
+    sent = fake_openai.chat_requests()[-1]["messages"][0]
+    assert sent == {"role": "system", "content": "You are a pirate."}  # what the model got
+
+    result = run_relaybot(
+        ["export", "--chat", "telegram:-100:7"],
+        tmp_path,
+        RELAYBOT_DATABASE_URL=core.settings.database_url,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert validate(line) == [
+        {"role": "system", "content": "You are a pirate."},
+        {"role": "user", "content": "hello in the topic", "name": "Ann"},
+        {"role": "assistant", "content": "echo: hello in the topic"},
+    ]
+
+
 def test_a_withheld_answer_takes_its_prompts_with_it() -> None:
     rows = [
         ("user", "q1", None, "ok"),
@@ -136,3 +169,15 @@ def test_a_withheld_answer_takes_its_prompts_with_it() -> None:
     assert example is not None
     assert [m["content"] for m in example["messages"]] == ["sys", "q1", "a1", "q5", "a5"]
     assert build_example("sys", [("user", "q", None, "ok")]) is None
+
+
+def test_a_chat_keys_parent_is_the_one_its_chat_ref_names() -> None:
+    for ref in (
+        ChatRef("telegram", "-100123", "7"),
+        ChatRef("telegram", "-100123"),
+        ChatRef("slack", "C789", "1700000000.000100"),
+        ChatRef("slack", "D42"),
+        ChatRef("console", "default"),
+    ):
+        assert parent_key(ref.key) == ref.parent_key
+    assert parent_key("console:notes:work") is None  # a console chat named "notes:work"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from sqlalchemy import inspect
 
 from core.db import migrate
@@ -54,3 +57,26 @@ async def test_replicas_starting_together_migrate_once(database_url: str) -> Non
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+def _alembic(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("alembic")]
+
+
+async def test_reading_the_revision_logs_nothing_migrating_says_what_it_does(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # /readyz reads the revision on every probe: two INFO lines from Alembic each time filled
+    # the log. `relaybot db upgrade` (and the migration at start) still logs its steps.
+    engine = create_engine(database_url)
+    try:
+        with caplog.at_level(logging.INFO, logger="alembic"):
+            assert await migrate.current_revision(engine) is None
+            assert _alembic(caplog) == []
+            await migrate.upgrade(engine)
+            assert any(m.startswith("Running upgrade") for m in _alembic(caplog))
+            caplog.clear()
+            assert await migrate.current_revision(engine) == migrate.head_revision()
+            assert _alembic(caplog) == []
+    finally:
+        await engine.dispose()

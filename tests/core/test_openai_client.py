@@ -17,6 +17,7 @@ from core.config import Settings
 from core.errors import (
     AuthFailed,
     BadInput,
+    ConfigError,
     ContentRefused,
     ContextTooLong,
     ModelUnavailable,
@@ -101,6 +102,18 @@ async def test_streamed_chat_yields_text_then_usage(
     sent = fake.chat_requests()[0]
     assert sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}
+
+
+async def test_a_refusal_is_the_answer_streamed_or_not(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    refusal = "I'm sorry, I can't help with that."
+    fake.queue_refusal(refusal)
+    assert (await client.chat(model="gpt-4o-mini", messages=user("pick a lock"))).text == refusal
+    fake.queue_refusal(refusal)
+    deltas = await collect(client, "pick a lock")
+    assert "".join(d.text for d in deltas) == refusal
+    assert len([d for d in deltas if d.text]) > 1, "the refusal arrives in pieces"
 
 
 async def test_a_server_refusing_stream_options_is_streamed_to_without_them(
@@ -449,6 +462,43 @@ async def test_other_client_errors_are_bad_input_with_a_generic_user_message(
         await client.chat(model="gpt-4o-mini", messages=user("hi"))
     assert "messages[0].role" in str(caught.value)
     assert "messages" not in caught.value.user_message
+
+
+@pytest.mark.parametrize("call", ["models", "chat", "stream", "moderate", "image"])
+async def test_an_endpoint_that_redirects_is_a_config_error_naming_where(
+    client: OpenAIClient, fake: FakeOpenAI, call: str
+) -> None:
+    """An http -> https redirect, or a proxy's login page: no request can work until the
+    operator sets OPENAI_BASE_URL, and nothing is the person's fault."""
+    fake.redirect_to = "https://llm.example.test/v1"
+    calls = {
+        "models": lambda: client.list_models(),
+        "chat": lambda: client.chat(model="gpt-4o-mini", messages=user("hi")),
+        "stream": lambda: collect(client, "hi"),
+        "moderate": lambda: client.moderate(model="omni-moderation-latest", inputs=["hi"]),
+        "image": lambda: client.generate_image(
+            model="gpt-image-1", prompt="a red bicycle", size="1024x1024"
+        ),
+    }
+    with pytest.raises(ConfigError) as caught:
+        await calls[call]()
+    said = str(caught.value)
+    assert "redirects to https://llm.example.test/v1/" in said, said
+    assert "set OPENAI_BASE_URL to https://llm.example.test/v1" in said, said
+    assert caught.value.user_message == ConfigError.user_message
+    assert len(fake.requests) == 1  # not retried, not followed (the key stays here)
+
+
+async def test_a_relative_redirect_names_the_full_address(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.redirect_to = "/proxy/v1"  # a Location without scheme and host: the same server
+    with pytest.raises(ConfigError) as caught:
+        await client.list_models()
+    assert str(caught.value) == (
+        f"/models: HTTP 302 redirects to {fake.url}/proxy/v1/models: "
+        f"set OPENAI_BASE_URL to {fake.url}/proxy/v1"
+    )
 
 
 async def test_a_model_the_endpoint_cannot_chat_with_is_model_unavailable(

@@ -123,6 +123,34 @@ def test_bad_price_overrides_are_one_clear_config_error(source: str) -> None:
     assert "RELAYBOT_PRICES" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("NaN", "nan"),
+        ("Infinity", "inf"),
+        ("-Infinity", "-inf"),
+        ("1e400", "inf"),
+        ("1" + "0" * 400, "1" + "0" * 36 + "..."),
+        ('"0.15"', "'0.15'"),
+        ("true", "True"),
+        ("null", "None"),
+    ],
+)
+@pytest.mark.parametrize("field", ["input", "cached_input", "output", "audio_minute", "image"])
+def test_a_price_must_be_a_finite_number(value: str, shown: str, field: str) -> None:
+    # Python's JSON reader takes NaN, Infinity and 1e400 (infinite): every cost would be NaN.
+    if field == "cached_input" and value == "null":
+        return  # null there means "as input"
+    raw = f'{{"1024x1024": {value}}}' if field == "image" else value
+    name = "image.high.1024x1024" if field == "image" else field
+    raw = f'{{"high": {raw}}}' if field == "image" else raw
+    with pytest.raises(ConfigError) as err:
+        PriceTable.from_config(f'{{"gpt-4o-mini": {{"{field}": {raw}}}}}')
+    assert str(err.value) == (
+        f"RELAYBOT_PRICES: gpt-4o-mini.{name} must be a finite number >= 0, not {shown}"
+    )
+
+
 def test_money_shows_small_amounts_to_the_hundredth_of_a_cent() -> None:
     assert money(0.000123) == "$0.0001"
     assert money(0.0000078) == "< $0.0001", "a few cheap requests are not free"

@@ -273,3 +273,98 @@ def test_systemd_unit_is_hardened_and_restarts_on_failure(tmp_path: Path) -> Non
         timeout=60,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+
+
+# -- .env.example ----------------------------------------------------------------------------
+ENV_EXAMPLE = REPO / ".env.example"
+# Read by deploy/docker-compose.yml, not by relaybot.
+COMPOSE_ONLY = {"POSTGRES_PASSWORD"}
+_SETTING_LINE = re.compile(r"^(?:#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+def env_example_settings() -> list[tuple[str, str]]:
+    """(NAME, value) of every setting line of .env.example, commented out or not, with the
+    value as `docker run --env-file`, `kubectl create secret --from-env-file` and systemd's
+    EnvironmentFile= take it once the line is uncommented: everything after the first `=`."""
+    settings = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = _SETTING_LINE.match(line)
+        if match:
+            settings.append((match[1], match[2]))
+    return settings
+
+
+def settings_variables() -> set[str]:
+    from core.config import Settings
+
+    names = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names.add(str(alias.choices[0]) if alias is not None else name.upper())  # type: ignore[union-attr]
+    return names
+
+
+def test_env_example_values_carry_no_comments() -> None:
+    # Those tools keep an inline `# ...` as part of the value: an uncommented
+    # `SLACK_APP_TOKEN=   # set for Socket Mode` is an app token, and turns Socket Mode on.
+    settings = env_example_settings()
+    assert len(settings) > 50
+    with_comments = [f"{name}={value}" for name, value in settings if "#" in value]
+    assert with_comments == []
+    padded = [f"{name}={value!r}" for name, value in settings if value != value.strip()]
+    assert padded == []
+
+
+def test_env_example_lists_every_setting_and_nothing_else() -> None:
+    listed = {name for name, _ in env_example_settings()}
+    known = settings_variables()
+    assert known - listed == set(), "settings .env.example does not list"
+    assert listed - known - COMPOSE_ONLY == set(), "in .env.example, yet relaybot reads no such"
+    # What docker-compose.yml takes from .env, as its instructions say to set it there.
+    interpolated = set(
+        re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (DEPLOY / "docker-compose.yml").read_text())
+    )
+    assert interpolated == COMPOSE_ONLY
+    assert listed >= interpolated
+
+
+@pytest.mark.parametrize(
+    "line",
+    [f"{n}={v}" for n, v in env_example_settings() if n not in COMPOSE_ONLY],
+    ids=[n for n, _ in env_example_settings() if n not in COMPOSE_ONLY],
+)
+def test_env_example_values_are_taken_as_meant(line: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.config import Settings
+
+    name, value = line.split("=", 1)
+    for other in settings_variables():
+        monkeypatch.delenv(other, raising=False)
+    defaults = Settings(_env_file=None)
+    monkeypatch.setenv(name, value)
+    configured = Settings(_env_file=None)
+    changed = {
+        field
+        for field in Settings.model_fields
+        if getattr(configured, field) != getattr(defaults, field)
+    }
+    if value == "":  # an empty value means "not set"
+        assert changed == set()
+    else:
+        assert len(changed) <= 1
+
+
+def test_every_docker_run_in_the_readme_keeps_the_database_on_the_data_volume() -> None:
+    # The default database is the SQLite file relaybot.db in the working directory, which the
+    # image sets to the relaybot user's home: a `docker run` without the volume there (say
+    # `db upgrade` before `--no-migrate run`) works on a throwaway copy of it.
+    from core.config import Settings
+
+    assert Settings.model_fields["database_url"].default == "sqlite+aiosqlite:///relaybot.db"
+    workdirs = [args for op, args in dockerfile_instructions() if op == "WORKDIR"]
+    data = workdirs[-1]
+    assert any(f"--home-dir {data}" in a for op, a in dockerfile_instructions() if op == "RUN")
+    readme = (REPO / "README.md").read_text()
+    runs = re.findall(r"docker run [^`\n]*", readme)
+    assert len(runs) >= 2
+    without = [run for run in runs if f"-v relaybot-data:{data} " not in run]
+    assert without == []

@@ -15,20 +15,23 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncAssistant, AsyncBoltContext
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.http_server import HttpServer
-from bots.slack.events import PLATFORM, thread_to_check, to_incoming
+from bots.slack.events import PLATFORM, thread_to_check, to_incoming, unlabelled_users
 from bots.slack.files import fetcher
 from bots.slack.sink import (
     ANSWER_EVENT_TYPE,
+    TRANSCRIPT_EVENT_TYPE,
     Caller,
     SinkOptions,
     SlackSink,
     StreamingSupport,
     UpdateBudget,
     error_name,
+    retry_after,
 )
 from core.app import Core
 from core.commands import COMMANDS
@@ -46,6 +49,19 @@ SUGGESTED_PROMPTS = (
 _THREAD_CACHE_SIZE = 10_000
 _NEGATIVE_TTL = 300.0
 _LOOKUP_PAGES = 5  # conversations.replies/history pages read looking for an earlier answer
+# Seconds the Slack look-ups of one event (is the thread the bot's, who wrote it and whom
+# it mentions) may take together: the event is acknowledged after them, and Slack wants
+# its ack within 3 seconds. One that runs out counts as "not known".
+LOOKUP_SECONDS = 2.0
+_NAMES_PER_MESSAGE = 10  # people a message mentions by id whose names are looked up
+_MAX_REPLIES_PAUSE = 60.0  # the longest conversations.replies is left alone after a 429
+# Commands acting on a conversation's history: in a channel, the slash command's own
+# conversation (the channel's top level) holds none; each thread is a conversation.
+HISTORY_COMMANDS = {
+    "reset": "to clear the history of one, say `reset` in that thread",
+    "retry": "to have my last answer in one written again, say `retry` in that thread",
+    "forget": "to delete what is stored about one, say `forget` in that thread",
+}
 
 
 def _answers(message: Any, event_key: str) -> bool:
@@ -63,6 +79,17 @@ def _from_bot(message: Mapping[str, Any], bot_user_id: str, bot_id: str | None) 
     return message.get("user") == bot_user_id or (
         bot_id is not None and message.get("bot_id") == bot_id
     )
+
+
+def _takes_part(message: Mapping[str, Any], bot_user_id: str, bot_id: str | None) -> bool:
+    """Whether a message from conversations.replies shows the bot taking part in the thread:
+    one of its messages other than a transcript (posted under a clip nobody addressed to it
+    where the channel wants transcripts)."""
+    metadata = message.get("metadata")
+    transcript = isinstance(metadata, Mapping) and (
+        metadata.get("event_type") == TRANSCRIPT_EVENT_TYPE
+    )
+    return _from_bot(message, bot_user_id, bot_id) and not transcript
 
 
 def _left_open(message: Any, after: str, me: tuple[str, str | None]) -> bool:
@@ -92,7 +119,8 @@ def _ts_order(ts: str) -> tuple[int, int]:
 
 
 class _ThreadMemory:
-    """Which channel threads the bot takes part in (bounded; misses ask Slack)."""
+    """Which channel threads the bot takes part in, as this process learnt it (bounded; a
+    "no" is forgotten after _NEGATIVE_TTL)."""
 
     def __init__(self) -> None:
         self._known: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
@@ -116,6 +144,16 @@ class _ThreadMemory:
 
 
 SLASH_COMMANDS = tuple(COMMANDS)
+
+
+def _not_about_the_token(record: logging.LogRecord) -> bool:
+    # Bolt takes SLACK_BOT_TOKEN from the environment (relaybot reads it too) and, given
+    # relaybot's client as well, warns on every start that it leaves that token unused.
+    return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+_BOLT_LOG = logging.getLogger("relaybot.slack.bolt")
+_BOLT_LOG.addFilter(_not_about_the_token)
 
 
 class SlackAdapter:
@@ -145,10 +183,11 @@ class SlackAdapter:
             # an acknowledged event is already durable. The answer is written afterwards.
             process_before_response=True,
             request_verification_enabled=not self.socket_mode,
-            logger=logging.getLogger("relaybot.slack.bolt"),
+            logger=_BOLT_LOG,
         )
         self._fetch_for = fetcher(core.http, self._token, self._file_info)
         self._threads = _ThreadMemory()
+        self._replies_paused_until = 0.0  # conversations.replies answered 429: not until then
         self._names: dict[str, str] = {}
         self._me: tuple[str, str | None] | None = None  # (bot user id, bot id)
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -262,7 +301,9 @@ class SlackAdapter:
             msg = await self._to_incoming(event, body, context)
             if msg is None:
                 return
-            if not msg.is_direct and msg.chat.thread_id:
+            if not msg.is_direct and msg.chat.thread_id and msg.addressed_to_bot:
+                # The bot answers there: its thread from now on (an unaddressed clip, which
+                # only the channel's voicemode may answer, does not make it so).
                 self._threads.set((str(event["channel"]), msg.chat.thread_id), True)
             sink = SlackSink(
                 self.client,
@@ -292,20 +333,35 @@ class SlackAdapter:
         bot_user_id = str(context.bot_user_id or "")
         bot_id = context.bot_id
         team_id = str(body.get("team_id") or context.team_id or "")
+        deadline = asyncio.get_running_loop().time() + LOOKUP_SECONDS
         in_thread = False
         check = thread_to_check(event, bot_user_id, bot_id)
         if check is not None:
-            in_thread = await self._bot_in_thread(*check, bot_user_id, bot_id)
-        msg = to_incoming(
-            event,
-            team_id=team_id,
-            bot_user_id=bot_user_id,
-            bot_id=bot_id,
-            in_bot_thread=in_thread,
-            fetch_for=self._fetch_for,
-        )
-        if msg is not None and not msg.is_direct:
-            name = await self._user_name(msg.sender.id)
+            in_thread = await self._bot_in_thread(team_id, *check, bot_user_id, bot_id, deadline)
+
+        def convert(names: Mapping[str, str] | None = None) -> IncomingMessage | None:
+            return to_incoming(
+                event,
+                team_id=team_id,
+                bot_user_id=bot_user_id,
+                bot_id=bot_id,
+                in_bot_thread=in_thread,
+                fetch_for=self._fetch_for,
+                names=names,
+            )
+
+        msg = convert()
+        if msg is None:
+            return None
+        # Names: of the sender in channels (the model tells people apart by them), and of
+        # the people the text mentions by id alone (it reads "@bob", not "<@U0BOB>").
+        mentioned = unlabelled_users(str(event.get("text", "")), bot_user_id)
+        wanted = [*([] if msg.is_direct else [msg.sender.id]), *mentioned[:_NAMES_PER_MESSAGE]]
+        names = await self._user_names(list(dict.fromkeys(wanted)), deadline)
+        if mentioned:
+            msg = convert(names) or msg
+        if not msg.is_direct:
+            name = names.get(msg.sender.id, msg.sender.id)
             msg = dataclasses.replace(msg, sender=Sender(id=msg.sender.id, name=name))
         return msg
 
@@ -324,6 +380,15 @@ class SlackAdapter:
             channel = str(command.get("channel_id", ""))
             team = str(command.get("team_id") or context.team_id or "")
             user = str(command.get("user_id", ""))
+            name = str(command.get("command", "")).lstrip("/").lower()
+            if name in HISTORY_COMMANDS and not channel.startswith("D"):
+                # The channel's top level holds no history to act on: say where it is.
+                await ack(
+                    text=f"In a channel each thread is its own conversation, so there is no "
+                    f"history here for /{name}: {HISTORY_COMMANDS[name]}.",
+                    response_type="ephemeral",
+                )
+                return
             msg = IncomingMessage(
                 chat=ChatRef(PLATFORM, f"{team}:{channel}"),
                 sender=Sender(id=user, name=str(command.get("user_name") or user)),
@@ -342,6 +407,10 @@ class SlackAdapter:
                 budget=self.updates,
                 on_messages=self._noting(msg),
                 tag=msg.event_key,
+                # Where the bot cannot post (a channel it is not in, other people's DMs),
+                # the person is told through the command's response_url.
+                response_url=str(command.get("response_url") or "") or None,
+                bot_user_id=context.bot_user_id,
             )
             # Slack never retries a slash command: store it, then acknowledge either way.
             self._track(await self.core.service.submit(msg, sink))
@@ -472,37 +541,80 @@ class SlackAdapter:
 
     # -- Slack look-ups --------------------------------------------------------------------
     async def _bot_in_thread(
-        self, channel: str, thread_ts: str, bot_user_id: str, bot_id: str | None
+        self,
+        team: str,
+        channel: str,
+        thread_ts: str,
+        bot_user_id: str,
+        bot_id: str | None,
+        deadline: float,
     ) -> bool:
-        known = self._threads.get((channel, thread_ts))
-        if known is not None:
-            return known
+        """Whether the bot takes part in a channel thread (so replies need no mention).
+
+        Known here; else the conversation's history in the database (shared by every
+        replica) says the bot has talked there; else, for a thread whose history was
+        forgotten, Slack's conversations.replies shows a message of the bot's (a "no" is
+        remembered for a while). A failed or slow look-up means "no", never a lost event.
+        """
+        key = (channel, thread_ts)
+        if self._threads.get(key):
+            return True
+        if await self.core.service.has_history(ChatRef(PLATFORM, f"{team}:{channel}", thread_ts)):
+            self._threads.set(key, True)
+            return True
+        if self._threads.get(key) is False or time.monotonic() < self._replies_paused_until:
+            return False
         try:
-            response = await self.client.conversations_replies(
-                channel=channel, ts=thread_ts, limit=200
-            )
+            async with asyncio.timeout_at(deadline):
+                response = await self.client.conversations_replies(
+                    channel=channel, ts=thread_ts, limit=200, include_all_metadata=True
+                )
         except SlackApiError as err:
-            log.warning("could not read thread replies: %s", err.response.get("error"))
+            wait = retry_after(err)
+            if wait is not None:  # rate limited: leave the method alone for that long
+                pause = min(wait, _MAX_REPLIES_PAUSE)
+                self._replies_paused_until = time.monotonic() + pause
+            log.warning("could not read a thread's replies: %s", error_name(err) or "error")
+            return False
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.warning("could not read a thread's replies: %s", type(err).__name__)
             return False
         messages = response.get("messages") or []
-        member = any(_from_bot(m, bot_user_id, bot_id) for m in messages if isinstance(m, Mapping))
-        self._threads.set((channel, thread_ts), member)
+        member = any(
+            _takes_part(m, bot_user_id, bot_id) for m in messages if isinstance(m, Mapping)
+        )
+        self._threads.set(key, member)
         return member
 
-    async def _user_name(self, user_id: str) -> str:
+    async def _user_names(self, user_ids: list[str], deadline: float) -> dict[str, str]:
+        """The display names of these people that are known or Slack gives by `deadline`."""
+        found = await asyncio.gather(*(self._user_name(u, deadline) for u in user_ids))
+        return {u: name for u, name in zip(user_ids, found, strict=True) if name is not None}
+
+    async def _user_name(self, user_id: str, deadline: float) -> str | None:
+        """A person's display name (users.info, remembered); None when Slack could not say
+        now (too slow, rate limited, unreachable: asked again next time)."""
         cached = self._names.get(user_id)
         if cached is not None:
             return cached
         name = user_id
         try:
-            response = await self.client.users_info(user=user_id)
+            async with asyncio.timeout_at(deadline):
+                response = await self.client.users_info(user=user_id)
             user = response.get("user") or {}
             profile = user.get("profile") or {}
             name = str(
                 profile.get("display_name") or user.get("real_name") or user.get("name") or name
             )
         except SlackApiError as err:
-            log.debug("users.info failed: %s", err.response.get("error"))
+            log.debug("users.info failed: %s", error_name(err) or "error")
+            status = err.response.status_code if err.response is not None else 0
+            if status == 429 or status >= 500:
+                return None
+            # Slack's answer (user_not_found, missing_scope): the id it is.
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.debug("users.info failed: %s", type(err).__name__)
+            return None
         if len(self._names) > _THREAD_CACHE_SIZE:
             self._names.clear()
         self._names[user_id] = name

@@ -19,15 +19,42 @@ AUDIO_FILETYPES = frozenset({"m4a", "mp3", "mp4", "ogg", "oga", "wav", "webm", "
 # Words that act as commands when they open the message (after the mention). A message
 # starting with "/" never reaches a bot in Slack (the composer takes it for a slash
 # command), so every core command has a word form; `command_words` shows people those.
-_EXACT_COMMANDS = frozenset({"help", "reset", "retry", "usage", "forget", "translate", "budget"})
-# Commands that take free text: "image: a red fox", "edit: make the sky pink".
-_PROMPT_PREFIX = re.compile(r"^(image|edit)\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL)
+_EXACT_COMMANDS = frozenset(
+    {
+        "help",
+        "reset",
+        "retry",
+        "usage",
+        "forget",
+        "translate",
+        "budget",
+        "system",
+        "model",
+        "voicemode",
+    }
+)
+# Commands whose argument follows a colon: "image: a red fox", "edit: make the sky pink",
+# "system: You are terse.", "model: gpt-4o".
+_COLON_COMMANDS = ("image", "edit", "system", "model")
+_COLON_PREFIX = re.compile(
+    r"^(" + "|".join(_COLON_COMMANDS) + r")\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL
+)
+# A model id as people type one after `model` with no colon: gpt-4o, o3, llama3.1:8b.
+_MODEL_ID = re.compile(r"^(?=.*[\d\-.:/_])[^\s?!]*[^\s?!.,]$")
 # An admin's "budget user slack:U1 day 5", "budget chat here month 20", "budget global day 0":
 # what the core's /budget sets comes first.
 _BUDGET_TARGETS = frozenset(SCOPES)
 _CORE_COMMAND = re.compile(
     r"(?<![\w/<`])/(" + "|".join(sorted(COMMANDS, key=len, reverse=True)) + r")\b"
 )
+# What follows "/system" or "/model" in the core's notices when they name the argument: a
+# placeholder (TEXT, NAME, WORD) or "default". Typed in Slack, those need the colon.
+_NAMED_ARGUMENT = re.compile(r" (?:[A-Z][A-Z_|]*\b|default\b)")
+# Slack's markup in message text (docs.slack.dev "Formatting text for app surfaces"): every
+# literal <, > and & arrives as &lt; &gt; &amp;, so each <...> is one of these.
+_MARKUP = re.compile(r"<([^<>]*)>")
+_USER_MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^<>]*)?>")
+_SPECIAL_MENTIONS = frozenset({"here", "channel", "everyone"})
 
 FetchFactory = Callable[[Mapping[str, Any]], Fetch]
 
@@ -74,19 +101,26 @@ def thread_to_check(
 
 
 def translate_commands(text: str, *, with_image: bool = False) -> str:
-    """Slack has no bot commands in messages: "reset", "model x", "image: a cat" become "/…".
+    """Slack has no bot commands in messages: "reset", "model: x", "image: a cat" become "/…".
 
-    Only forms ordinary talk does not take: one command word alone, `image:` with a colon
-    (`edit:` too, on a message that carries an image: "Edit: I meant Tuesday" is talk),
-    `model`/`voicemode` with one word, `system` with anything, `usage` with one
-    PLATFORM:ID, and `budget` followed by what it sets (user, chat, global).
+    Only forms ordinary talk does not take: one command word alone ("system" shows the
+    system prompt, "model" lists the models); a command and a colon before its argument:
+    `system: TEXT`, `model: NAME`, `image: PROMPT` on a message without a picture and
+    `edit: INSTRUCTION` on one with a picture ("Image: what does this chart show?" on a
+    chart, or "Edit: I meant Tuesday", is talk); `model NAME` when NAME looks like a model
+    id (a digit or one of - . : / _ in it, no ? or ! at the end: "model gpt-4o", not
+    "Model comparison?"); `voicemode` with one word; `usage` with one PLATFORM:ID; and
+    `budget` followed by what it sets (user, chat, global). "System requirements for
+    PostgreSQL 16?" is a question.
     """
     stripped = text.strip()
     if stripped.startswith("/"):
         return stripped
-    prompt = _PROMPT_PREFIX.match(stripped)
-    if prompt is not None and (with_image or prompt.group(1).lower() == "image"):
-        return f"/{prompt.group(1).lower()} {prompt.group(2).strip()}".rstrip()
+    colon = _COLON_PREFIX.match(stripped)
+    if colon is not None:
+        name, argument = colon.group(1).lower(), colon.group(2).strip()
+        if name not in ("image", "edit") or (name == "edit") == with_image:
+            return f"/{name} {argument}".rstrip()
     words = stripped.split()
     if not words:
         return stripped
@@ -94,26 +128,76 @@ def translate_commands(text: str, *, with_image: bool = False) -> str:
     rest = stripped[len(words[0]) :].strip()
     if head in _EXACT_COMMANDS and len(words) == 1:
         return f"/{head}"
-    if head in ("model", "voicemode") and len(words) <= 2:
-        return f"/{head} {rest}".rstrip()
+    if head == "model" and len(words) == 2 and _MODEL_ID.match(words[1]):
+        return f"/model {rest}"
+    if head == "voicemode" and len(words) == 2:
+        return f"/voicemode {rest}"
     if head == "usage" and len(words) == 2 and ":" in words[1]:
         return f"/usage {rest}"
     if head == "budget" and words[1].lower() in _BUDGET_TARGETS:
         return f"/budget {rest}"
-    if head == "system":
-        return f"/system {rest}".rstrip()
     return stripped
 
 
 def command_words(text: str) -> str:
-    """The core's notices name commands as "/reset", "/image PROMPT": in Slack, where
-    people type them as words, they read `reset`, `image:` PROMPT instead."""
+    """The core's notices name commands as "/reset", "/image PROMPT", "/system TEXT": in
+    Slack, where people type them as words, they read `reset`, `image:` PROMPT,
+    `system:` TEXT instead (`system` and `model` alone, with no argument named after them,
+    stay bare: they show the prompt and list the models)."""
 
     def word(match: re.Match[str]) -> str:
         name = match.group(1)
-        return f"`{name}:`" if name in ("image", "edit") else f"`{name}`"
+        if name in ("image", "edit"):
+            return f"`{name}:`"
+        if name in ("system", "model") and _NAMED_ARGUMENT.match(text, match.end()):
+            return f"`{name}:`"
+        return f"`{name}`"
 
     return _CORE_COMMAND.sub(word, text)
+
+
+def unlabelled_users(text: str, bot_user_id: str) -> list[str]:
+    """The people `text` mentions by id alone (`<@U123>`; not the bot), whose names
+    `plain_text` needs, in order, each once."""
+    found: list[str] = []
+    for match in _USER_MENTION.finditer(text):
+        user = match.group(1)
+        if "|" not in match.group(0) and user != bot_user_id and user not in found:
+            found.append(user)
+    return found
+
+
+def plain_text(text: str, names: Mapping[str, str] | None = None) -> str:
+    """Slack's message markup as the plain text people see: `<@U123>` → @name (from its
+    label, else `names`, else the id), `<#C123|general>` → #general, `<!here>` → @here,
+    `<!subteam^S1|@team>` → @team, `<https://x|label>` → label (https://x), `<https://x>`
+    → https://x, `<mailto:a@b|a@b>` → a@b; then &lt; &gt; and &amp; decoded (&amp; last,
+    so "&amp;lt;" stays the "&lt;" the person typed)."""
+    known = names or {}
+
+    def convert(match: re.Match[str]) -> str:
+        target, _, label = match.group(1).partition("|")
+        if target.startswith("@"):
+            user = target[1:]
+            return "@" + (label or known.get(user) or user)
+        if target.startswith("#"):
+            return "#" + (label or target[1:])
+        if target.startswith("!"):
+            kind, _, ident = target[1:].partition("^")
+            if kind in _SPECIAL_MENTIONS:
+                return "@" + kind
+            if kind == "subteam":
+                return "@" + (label.lstrip("@") or ident)
+            return label or target[1:]  # a date's fallback text, say
+        address = target.removeprefix("mailto:")
+        if not label:
+            return address
+        if label in (address, address.partition("://")[2].rstrip("/")):
+            return label  # what the person typed, which Slack made a link
+        return f"{label} ({address})"
+
+    converted = _MARKUP.sub(convert, text)
+    return converted.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def attachment_kind(file: Mapping[str, Any]) -> AttachmentKind:
@@ -156,13 +240,16 @@ def to_incoming(
     bot_id: str | None = None,
     in_bot_thread: bool = False,
     fetch_for: FetchFactory,
+    names: Mapping[str, str] | None = None,
 ) -> IncomingMessage | None:
     """The neutral message for a Slack event, or None when the bot should not answer it.
 
     A channel mention starts (or continues) a conversation in the thread under it; replies in
     a thread the bot is part of (`in_bot_thread`) need no mention; DMs are always answered,
     a DM thread being its own conversation. The event key is channel + ts, so one message
-    delivered as both `app_mention` and `message`, or retried, is answered once.
+    delivered as both `app_mention` and `message`, or retried, is answered once. The text
+    is what people see (`plain_text`; `names` of the people it mentions by id alone, see
+    `unlabelled_users`), commands translated.
     """
     if not is_person_message(event, bot_user_id, bot_id):
         return None
@@ -180,7 +267,8 @@ def to_incoming(
     if not addressed and not heard_audio:
         return None
     # An unaddressed audio clip still goes to the core: the channel's /voicemode decides.
-    text = mention_pattern(bot_user_id).sub("", str(event.get("text", ""))).strip()
+    text = mention_pattern(bot_user_id).sub("", str(event.get("text", "")))
+    text = plain_text(text, names).strip()
     with_image = any(a.kind is AttachmentKind.IMAGE for a in attachments)
     text = translate_commands(text, with_image=with_image)
     # The installing workspace, not event["team"]: in shared channels that is the sender's team.

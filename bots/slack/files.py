@@ -9,11 +9,24 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from bots.slack.events import attachment_kind
 from core.errors import BadInput, UpstreamDown
+from core.service import MAX_IMAGE_BYTES
+from core.types import AttachmentKind
 
 log = logging.getLogger("relaybot.slack.files")
 
 MAX_REDIRECTS = 5
+__all__ = ["MAX_IMAGE_BYTES", "download", "fetcher", "looks_like_html", "missing_scope"]
+
+
+def picture_too_large(size: int | None = None) -> BadInput:
+    """The error for a picture over MAX_IMAGE_BYTES (worded as the core words its own)."""
+    return BadInput(
+        f"picture of {size if size is not None else 'over'} bytes",
+        user_message="That picture is too large: I can look at pictures of up to "
+        f"{MAX_IMAGE_BYTES // 2**20} MB. Please send a smaller one.",
+    )
 
 
 def missing_scope() -> BadInput:
@@ -44,7 +57,12 @@ def looks_like_html(content_type: str, head: bytes) -> bool:
 
 
 async def download(
-    http: httpx.AsyncClient, url: str, token: str, *, max_bytes: int | None = None
+    http: httpx.AsyncClient,
+    url: str,
+    token: str,
+    *,
+    max_bytes: int | None = None,
+    too_large: BadInput | None = None,
 ) -> bytes:
     """GET a url_private with the bot token.
 
@@ -52,6 +70,8 @@ async def download(
     never sent anywhere else. Where a redirect leaves the origin it is followed without the
     token (Slack's CDN URLs are pre-signed). An HTML page instead of the file means Slack did
     not accept the token (usually a missing files:read scope): BadInput, never the page.
+    Past `max_bytes` the download stops and `too_large` is raised (a generic BadInput
+    without one).
     """
     origin = _origin(url)
     current = url
@@ -59,39 +79,62 @@ async def download(
         same_origin = _origin(current) == origin
         headers = {"Authorization": f"Bearer {token}"} if same_origin else {}
         try:
-            response = await http.get(current, headers=headers, follow_redirects=False)
+            async with http.stream(
+                "GET", current, headers=headers, follow_redirects=False
+            ) as response:
+                if response.is_redirect:
+                    location = response.headers.get("location", "")
+                    if not location:
+                        break
+                    current = urljoin(current, location)
+                    continue
+                if response.status_code != 200:
+                    raise BadInput(
+                        f"slack file download answered HTTP {response.status_code}",
+                        user_message="I couldn't download that file from Slack.",
+                    )
+                data = await _read(response, max_bytes, too_large)
         except httpx.HTTPError as exc:
             raise UpstreamDown(
                 f"slack file download failed: {type(exc).__name__}",
                 user_message="I couldn't download that file from Slack. Please try again.",
             ) from exc
-        if response.is_redirect:
-            location = response.headers.get("location", "")
-            if not location:
-                break
-            current = urljoin(current, location)
-            continue
-        if response.status_code != 200:
-            raise BadInput(
-                f"slack file download answered HTTP {response.status_code}",
-                user_message="I couldn't download that file from Slack.",
-            )
-        data = response.content
         if looks_like_html(response.headers.get("content-type", ""), data[:64]):
             log.warning("slack file download returned an HTML page (files:read scope missing?)")
             raise missing_scope()
-        if max_bytes is not None and len(data) > max_bytes:
-            raise BadInput(
-                "slack file too large", user_message="That file is too large for me to use."
-            )
         return data
     raise BadInput("too many redirects", user_message="I couldn't download that file from Slack.")
+
+
+async def _read(
+    response: httpx.Response, max_bytes: int | None, too_large: BadInput | None
+) -> bytes:
+    """The body, read no further than `max_bytes` (BadInput past it)."""
+    refused = too_large or BadInput(
+        "slack file too large", user_message="That file is too large for me to use."
+    )
+    declared = response.headers.get("content-length", "")
+    if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise refused
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in response.aiter_bytes():
+        received += len(chunk)
+        if max_bytes is not None and received > max_bytes:
+            raise refused
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def fetcher(
     http: httpx.AsyncClient, token: str, file_info: FileInfo
 ) -> Callable[[Mapping[str, Any]], Callable[[], Awaitable[bytes]]]:
-    """A factory turning a Slack file object into a `fetch` callable for an Attachment."""
+    """A factory turning a Slack file object into a `fetch` callable for an Attachment.
+
+    A picture is fetched only up to MAX_IMAGE_BYTES (the most OpenAI takes per image):
+    one Slack says is larger is not downloaded at all, and a download that grows past it
+    stops (`picture_too_large`).
+    """
 
     def for_file(file: Mapping[str, Any]) -> Callable[[], Awaitable[bytes]]:
         async def fetch() -> bytes:
@@ -102,7 +145,14 @@ def fetcher(
             url = info.get("url_private_download") or info.get("url_private")
             if not url:
                 raise BadInput("file without url", user_message="I couldn't find that file.")
-            return await download(http, str(url), token)
+            if attachment_kind(info) is not AttachmentKind.IMAGE:
+                return await download(http, str(url), token)
+            size = info.get("size")
+            if isinstance(size, int) and size > MAX_IMAGE_BYTES:
+                raise picture_too_large(size)
+            return await download(
+                http, str(url), token, max_bytes=MAX_IMAGE_BYTES, too_large=picture_too_large()
+            )
 
         return fetch
 

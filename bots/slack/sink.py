@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,12 +16,14 @@ from aiolimiter import AsyncLimiter
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bots.answer_messages import AnswerMessages
 from bots.budget import preview_wait
 from bots.courier import Courier
 from bots.slack.events import command_words
 from bots.slack.mrkdwn import escape, to_mrkdwn
+from core.errors import BadInput
 from core.types import Reply, ReplyKind
 
 log = logging.getLogger("relaybot.slack.sink")
@@ -52,11 +55,21 @@ ANSWER_EVENT_TYPE = "relaybot_answer"
 # as such: the only untagged text messages of ours in a thread are then native streams a
 # killed process started (chat.startStream takes no metadata), and a successor adopts them.
 NOTICE_EVENT_TYPE = "relaybot_notice"
+# A transcript of a voice clip is such a notice too, of its own type: a channel's
+# `voicemode transcript` has the bot post one under clips nobody addressed to it, and such
+# a thread does not become the bot's (see `SlackAdapter._bot_in_thread`).
+TRANSCRIPT_EVENT_TYPE = "relaybot_transcript"
+# What posting answers where the bot may not post: a channel it is not a member of, a DM or
+# group DM it is not part of (a slash command can be typed in any of them).
+CANNOT_POST = frozenset({"not_in_channel", "channel_not_found"})
+RESPONSE_URL_TIMEOUT = 5  # seconds for a message sent back through a slash command's URL
+# A Markdown code fence line: up to three spaces, then ``` or ~~~ (or longer), info string.
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 
 
 def answer_metadata(event_key: str, event_type: str = ANSWER_EVENT_TYPE) -> dict[str, Any]:
     """Slack message metadata marking a message as part of the answer to `event_key` (or,
-    with NOTICE_EVENT_TYPE, as a notice about it)."""
+    with NOTICE_EVENT_TYPE or TRANSCRIPT_EVENT_TYPE, as a notice about it)."""
     return {"event_type": event_type, "event_payload": {"event": event_key}}
 
 
@@ -157,12 +170,55 @@ def error_name(err: SlackApiError) -> str:
     return ""
 
 
-def split_text(text: str, limit: int, *, may_defer: bool = False) -> tuple[str, str]:
+def open_fence(markdown: str) -> tuple[str, str] | None:
+    """(the opening line, the closing marker) of a code block `markdown` leaves open."""
+    opened: tuple[str, str] | None = None
+    for line in markdown.split("\n"):
+        found = _FENCE.match(line)
+        if found is None:
+            continue
+        marker, info = found.groups()
+        if opened is None:
+            if not (marker[0] == "`" and "`" in info):  # a backtick fence's info has none
+                opened = (line.strip(), marker)
+        elif marker[0] == opened[1][0] and len(marker) >= len(opened[1]) and not info.strip():
+            opened = None
+    return opened
+
+
+def split_text(
+    text: str, limit: int, *, may_defer: bool = False, before: str = ""
+) -> tuple[str, str]:
     """(head, rest) with head ≤ limit, cut at a paragraph, line or word break when possible.
 
-    `may_defer`: the head tops up a message that already holds text, so rather than cut a
-    word in two it may be shorter, or empty (everything then starts the next message).
+    `may_defer`: the head tops up a message that already holds text (`before`), so rather
+    than cut a word in two it may be shorter, or empty (everything then starts the next
+    message). A cut inside a code block (its fence opened in `before` or the head) closes
+    it at the end of the head and opens it again, with the same fence line (language and
+    all), at the start of the rest: each message then renders on its own.
     """
+    if len(text) <= limit:
+        return text, ""
+    head, rest = _split(text, limit, may_defer)
+    fence = open_fence(before + head)
+    if fence is None:
+        return head, rest
+    closing = "\n" + fence[1]
+    if len(closing) < limit:
+        # Room for the closing fence; the shorter head may no longer be inside the block.
+        head, rest = _split(text, limit - len(closing), may_defer)
+        fence = open_fence(before + head)
+        if fence is None:
+            return head, rest
+    opening, marker = fence
+    rest = opening + "\n" + rest.lstrip("\n")
+    above, _, last = head.rpartition("\n")
+    if last.strip() == opening and (above.strip() or may_defer) and not open_fence(before + above):
+        return above.rstrip(), rest  # cut just after the opening line: it goes with the code
+    return f"{head}\n{marker}", rest
+
+
+def _split(text: str, limit: int, may_defer: bool) -> tuple[str, str]:
     if len(text) <= limit:
         return text, ""
     window = text[:limit]
@@ -372,7 +428,9 @@ class SlackStream:
         # A streamed message holds stream_limit characters; past that, end it and start anew.
         while self._native and len(self._pending) + len(self._streamed) > self._opts.stream_limit:
             room = max(self._opts.stream_limit - len(self._streamed), 1)
-            head, rest = split_text(self._pending, room, may_defer=bool(self._streamed))
+            head, rest = split_text(
+                self._pending, room, may_defer=bool(self._streamed), before=self._streamed
+            )
             if head and not await self._send_native(head, retry=final):
                 return
             await self._stop_native("", retry=True)
@@ -635,6 +693,12 @@ class SlackSink:
     Slack's docs). So: an update or deletion that meets an open stream stops it
     (chat.stopStream, same bot token) and tries again once; a stream of our own that Slack
     ended is finished, and continued, by chat.update.
+
+    `response_url` (a slash command's): where Slack refuses our posts because the bot is not
+    in the conversation (`CANNOT_POST`: a channel it was not invited to, other people's DMs
+    and group DMs, where slash commands work all the same), the person is told there, only
+    them, how to bring the bot in (`bot_user_id` names it); the answer then fails as a
+    BadInput carrying that advice, and the sink's other replies go nowhere.
     """
 
     def __init__(
@@ -653,6 +717,8 @@ class SlackSink:
         continue_in: tuple[str, ...] = (),
         tag: str | None = None,
         find_earlier: Callable[[], Awaitable[tuple[str, ...]]] | None = None,
+        response_url: str | None = None,
+        bot_user_id: str | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -668,7 +734,13 @@ class SlackSink:
         self.continue_in = continue_in
         self.metadata = answer_metadata(tag) if tag is not None else None
         self.notice_metadata = answer_metadata(tag, NOTICE_EVENT_TYPE) if tag is not None else None
+        self.transcript_metadata = (
+            answer_metadata(tag, TRANSCRIPT_EVENT_TYPE) if tag is not None else None
+        )
         self.find_earlier = find_earlier
+        self.response_url = response_url
+        self.bot_user_id = bot_user_id
+        self._shut_out: BadInput | None = None  # Slack refused our posts; the person knows
 
     def can_stream_natively(self) -> bool:
         """Native streams are replies in a thread, for a known person."""
@@ -676,6 +748,51 @@ class SlackSink:
 
     async def send(self, reply: Reply) -> None:
         """Post a complete reply; an image is uploaded into the thread with the text as comment."""
+        if self._shut_out is not None:
+            if reply.kind in (ReplyKind.ERROR, ReplyKind.NOTICE):
+                return  # the person was told why nothing can be posted
+            raise self._shut_out
+        try:
+            await self._send(reply)
+        except SlackApiError as err:
+            refused = await self._refused(err)
+            if refused is None:
+                raise
+            raise refused from err
+
+    async def _refused(self, err: SlackApiError) -> BadInput | None:
+        """Where Slack refused a post because the bot is not in the conversation and the
+        person can be told through the slash command's response_url: tell them (once) and
+        return the error the answer fails with. None for every other error."""
+        if self.response_url is None or error_name(err) not in CANNOT_POST:
+            return None
+        if self._shut_out is None:
+            bot = f"<@{self.bot_user_id}>" if self.bot_user_id else "the bot"
+            advice = (
+                f"I can't post in this conversation: I'm not a member of it. Invite me to "
+                f"the channel (/invite {bot}) and try again, or talk to me in a DM."
+            )
+            self._shut_out = BadInput(
+                f"slack refused the post: {error_name(err)}", user_message=advice
+            )
+            await self._tell_privately(advice)
+        return self._shut_out
+
+    async def _tell_privately(self, text: str) -> None:
+        """Send `text` to the person who typed the slash command, seen by them only."""
+        assert self.response_url is not None
+        webhook = AsyncWebhookClient(
+            self.response_url, timeout=RESPONSE_URL_TIMEOUT, session=self.client.session
+        )
+        try:
+            response = await webhook.send(text=text, response_type="ephemeral")
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.warning("could not answer through the response_url: %s", type(err).__name__)
+            return
+        if response.status_code != 200:
+            log.warning("the response_url answered HTTP %s", response.status_code)
+
+    async def _send(self, reply: Reply) -> None:
         if reply.image is not None:
             await self.call(
                 self.client.files_upload_v2,
@@ -690,14 +807,17 @@ class SlackSink:
         if reply.kind is ReplyKind.ERROR:
             await self.post_text(f":warning: {escape(command_words(reply.text))}")
         elif reply.kind is ReplyKind.TRANSCRIPT:
-            await self.post_text(f"*Transcript:* {escape(reply.text)}")
+            await self.post_text(
+                f"*Transcript:* {escape(reply.text)}", metadata=self.transcript_metadata
+            )
         elif reply.kind is ReplyKind.NOTICE:
             await self.post_markdown(command_words(reply.text))
         else:
             await self.post_markdown(reply.text)
 
-    async def post_text(self, mrkdwn: str) -> None:
-        """Post ready-made mrkdwn text, split to Slack's limits."""
+    async def post_text(self, mrkdwn: str, *, metadata: dict[str, Any] | None = None) -> None:
+        """Post ready-made mrkdwn text, split to Slack's limits (tagged as a notice, or with
+        `metadata`)."""
         rest = mrkdwn
         while rest:
             head, rest = split_text(rest, self.options.message_limit)
@@ -706,7 +826,7 @@ class SlackSink:
                 channel=self.channel,
                 thread_ts=self.thread_ts,
                 text=head,
-                metadata=self.notice_metadata,
+                metadata=metadata or self.notice_metadata,
             )
 
     async def post_markdown(self, markdown: str) -> None:
@@ -730,9 +850,15 @@ class SlackSink:
             self.continue_in = await find()
         stream = SlackStream(self)
         try:
-            yield stream
-        finally:
-            await stream.finish()
+            try:
+                yield stream
+            finally:
+                await stream.finish()
+        except SlackApiError as err:
+            refused = await self._refused(err)
+            if refused is None:
+                raise
+            raise refused from err
 
     async def chat_admin(self, sender_id: str) -> bool | None:
         """Slack names no channel admins to a bot: members of a workspace are trusted alike

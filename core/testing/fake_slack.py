@@ -12,6 +12,10 @@ Message metadata is kept and read back by conversations.replies/history only wit
 `include_all_metadata`, as Slack does. `fail_next` injects Slack errors and 429s;
 `limit_rate` enforces a rate tier on a method; `after_next` runs an action after a call is
 carried out but before its answer goes back (a caller killed in that instant).
+`keep_out` makes a conversation one the bot cannot post in (`not_in_channel`, or
+`channel_not_found` for other people's DMs), as Slack answers there. Slash commands built
+with `response_url=slack.response_url` have what is posted to their response URL recorded in
+`slack.command_responses`.
 """
 
 from __future__ import annotations
@@ -149,6 +153,10 @@ class FakeSlack(FakeServer):
         self.arguments: list[tuple[str, dict[str, Any]]] = []
         self.uploads: dict[str, bytes] = {}
         self.envelopes: list[SocketEnvelope] = []
+        # What was posted to slash commands' response_url (JSON bodies), oldest first.
+        self.command_responses: list[dict[str, Any]] = []
+        # Conversations the bot cannot post in, and the error Slack answers there.
+        self.kept_out: dict[str, str] = {}
         self._pending_uploads: dict[str, dict[str, Any]] = {}
         self._failures: list[_Failure] = []
         self._after: dict[str, Callable[[], None]] = {}
@@ -164,6 +172,16 @@ class FakeSlack(FakeServer):
     def api_url(self) -> str:
         """The Web API base URL (ends with a slash, as slack_sdk expects)."""
         return self.url + "/api/"
+
+    @property
+    def response_url(self) -> str:
+        """A slash command's response_url on this fake (see `command_responses`)."""
+        return self.url + "/commands/response"
+
+    def keep_out(self, channel: str, error: str = "not_in_channel") -> None:
+        """Make posting in `channel` fail as Slack does where the bot is not a member
+        (`not_in_channel`) or cannot see the conversation at all (`channel_not_found`)."""
+        self.kept_out[channel] = error
 
     def fail_next(
         self,
@@ -299,6 +317,7 @@ class FakeSlack(FakeServer):
         app.router.add_get("/files-pri/{team_file}/{name}", self._download)
         app.router.add_get("/redirect/{file_id}", self._redirect)
         app.router.add_get("/socket", self._socket)
+        app.router.add_post("/commands/response", self._command_response)
 
     def _api(self, name: str, handler: Handler) -> Callable[[web.Request], Awaitable[Any]]:
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -400,6 +419,8 @@ class FakeSlack(FakeServer):
         channel = str(args.get("channel", ""))
         if not channel:
             return _slack_error("channel_not_found")
+        if channel in self.kept_out:
+            return _slack_error(self.kept_out[channel])
         content = _content(args)
         if isinstance(content, str):
             return _slack_error(content)
@@ -456,6 +477,8 @@ class FakeSlack(FakeServer):
         thread_ts = args.get("thread_ts")
         if not channel or not thread_ts:
             return _slack_error("invalid_arguments")
+        if channel in self.kept_out:
+            return _slack_error(self.kept_out[channel])
         # Slack needs to know who the streamed answer is for outside DMs.
         if not channel.startswith("D") and not (
             args.get("recipient_user_id") and args.get("recipient_team_id")
@@ -533,6 +556,9 @@ class FakeSlack(FakeServer):
             files = json.loads(str(args.get("files", "[]")))
         except ValueError:
             return _slack_error("invalid_arguments")
+        channel = args.get("channel_id")
+        if channel and str(channel) in self.kept_out:
+            return _slack_error(self.kept_out[str(channel)])
         done: list[dict[str, Any]] = []
         for item in files:
             file_id = item.get("id")
@@ -542,7 +568,6 @@ class FakeSlack(FakeServer):
             done.append(
                 {"id": file_id, "name": pending["filename"], "title": item.get("title", "")}
             )
-        channel = args.get("channel_id")
         if channel:
             message = FakeMessage(
                 channel=str(channel),
@@ -573,6 +598,14 @@ class FakeSlack(FakeServer):
             return web.Response(status=404, text="not found")
         target = f"http://{item.redirect_host}:{self.port}/files-pri/T0-{item.id}/{item.name}"
         raise web.HTTPFound(target)
+
+    async def _command_response(self, request: web.Request) -> web.Response:
+        """A message sent to a slash command's response_url (JSON), as Slack takes it."""
+        body = self.recorded(request).json
+        if not isinstance(body, dict):
+            return web.Response(status=400, text="invalid_payload")
+        self.command_responses.append(body)
+        return web.Response(text="ok")
 
     # -- assistant threads -------------------------------------------------------------
     async def _set_status(self, request: web.Request, args: dict[str, Any]) -> web.Response:
@@ -1006,8 +1039,10 @@ def slash_command(
     channel: str,
     user: str = "U0ALICE",
     team_id: str = "T0TEAM",
+    response_url: str = "http://127.0.0.1:9/commands/response",
 ) -> dict[str, str]:
-    """The form fields of a slash command invocation."""
+    """The form fields of a slash command invocation (pass `FakeSlack.response_url` to
+    record what is sent back through it)."""
     return {
         "token": "legacy-verification-token",
         "team_id": team_id,
@@ -1019,7 +1054,7 @@ def slash_command(
         "command": command,
         "text": text,
         "api_app_id": "A0APP",
-        "response_url": "http://127.0.0.1:9/commands/response",
+        "response_url": response_url,
         "trigger_id": uuid.uuid4().hex,
     }
 

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from bots.slack.events import to_incoming
+from bots.slack.files import MAX_IMAGE_BYTES
 from core.inbox import decode_message, encode_message
-from core.testing.fake_openai import PNG_SIGNATURE
+from core.testing.fake_openai import PNG_SIGNATURE, make_png
 from core.testing.fake_slack import (
     FakeSlack,
     app_mention_event,
@@ -314,3 +315,39 @@ async def test_an_image_quality_the_model_does_not_take_alerts_the_operator(
     assert slack.uploads == {}
     (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "RELAYBOT_IMAGE_QUALITY" in alert
+
+
+async def test_a_picture_over_the_size_limit_is_refused_without_downloading_it(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    huge = slack.add_file(
+        make_png(8, 8) + b"\0" * (MAX_IMAGE_BYTES + 1), name="huge.png", mimetype="image/png"
+    )
+    await slack_app.post_event(message_event(channel=DM, text="what is this?", files=[huge]))
+    await slack.wait_until(lambda: bool(slack.visible(DM)))
+    await slack_app.adapter.drain()
+
+    assert slack.visible_texts(DM) == [
+        ":warning: That picture is too large: I can look at pictures of up to 20 MB. "
+        "Please send a smaller one."
+    ]
+    assert slack.downloads() == []  # Slack said how big it is: not fetched at all
+    assert slack_app.openai.chat_requests() == []
+
+
+async def test_a_picture_larger_than_slack_said_is_not_sent_on(slack_app: SlackApp) -> None:
+    slack = slack_app.slack
+    huge = slack.add_file(
+        make_png(8, 8) + b"\0" * (MAX_IMAGE_BYTES + 1), name="huge.png", mimetype="image/png"
+    )
+    del huge["size"]  # e.g. a file from a shared channel, looked up by id
+    await slack_app.post_event(message_event(channel=DM, text="edit: make it pink", files=[huge]))
+    await slack.wait_until(lambda: bool(slack.visible(DM)))
+    await slack_app.adapter.drain()
+
+    assert slack.visible_texts(DM) == [
+        ":warning: That picture is too large: I can look at pictures of up to 20 MB. "
+        "Please send a smaller one."
+    ]
+    assert slack_app.openai.calls("/images/edits") == []

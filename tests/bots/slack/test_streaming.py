@@ -25,6 +25,9 @@ async def test_a_long_answer_streams_natively_across_messages_without_losing_tex
     answer = long_answer()
     assert len(answer) > 25_000
     slack_app.openai.queue_reply(answer)
+    # Not all at once: an answer that arrived whole before the first call went out would
+    # be sent as whole messages, with nothing to append.
+    slack_app.openai.chunk_delay = 0.00001
     ts = new_ts()
     await slack_app.post_event(app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT> essay"))
     await slack_app.adapter.drain(within=30)
@@ -168,3 +171,65 @@ async def test_an_empty_answer_and_one_cut_at_the_reply_limit_are_explained(
         "Part one of a longer story\n\n[cut off at the reply length limit]"
     ]
     assert not any(m.streaming for m in slack.visible(CHANNEL))  # no stream left open
+
+
+def code_answer(lines: int) -> str:
+    body = "\n".join(
+        f"    result_{i} = compute_value({i}) + offset  # step {i}" for i in range(lines)
+    )
+    return (
+        "Here is the script:\n\n```python\ndef main():\n" + body + "\n```\n\nRun it with python."
+    )
+
+
+def fence_lines(markdown: str) -> list[str]:
+    return [line for line in markdown.split("\n") if line.startswith("```")]
+
+
+def without_fences(texts: list[str]) -> list[str]:
+    """The lines of `texts`, the fence lines a split added left out."""
+    return [line for text in texts for line in text.split("\n") if not line.startswith("```")]
+
+
+async def test_a_long_code_answer_in_a_dm_keeps_its_code_block_across_messages(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    answer = code_answer(120)
+    assert 4_000 < len(answer) < 8_000
+    slack_app.openai.queue_reply(answer)
+    await slack_app.post_event(message_event(channel=DM, text="write me a long script"))
+    await slack_app.adapter.drain(within=30)
+
+    texts = slack.visible_texts(DM)
+    assert len(texts) == 2
+    # Each message is Markdown that renders on its own: the block closed, then reopened.
+    assert fence_lines(texts[0]) == ["```python", "```"]
+    assert texts[0].endswith("\n```")
+    assert texts[1].startswith("```python\n")
+    assert fence_lines(texts[1]) == ["```python", "```"]
+    assert all(len(text) <= 4_000 for text in texts)
+    assert without_fences(texts) == without_fences([answer])
+
+
+async def test_a_long_code_answer_streamed_in_a_thread_keeps_its_code_block_across_messages(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    answer = code_answer(260)
+    assert 11_000 < len(answer) < 20_000
+    slack_app.openai.queue_reply(answer)
+    ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT> long script")
+    )
+    await slack_app.adapter.drain(within=30)
+
+    texts = slack.visible_texts(CHANNEL, ts)
+    assert len(texts) == 2
+    assert slack.api_calls("chat.startStream")  # streamed natively
+    assert fence_lines(texts[0]) == ["```python", "```"]
+    assert texts[1].startswith("```python\n")
+    assert fence_lines(texts[1]) == ["```python", "```"]
+    assert all(len(text) <= 12_000 for text in texts)
+    assert without_fences(texts) == without_fences([answer])

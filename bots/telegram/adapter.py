@@ -21,7 +21,13 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from bots.http_server import HttpServer
-from bots.telegram.convert import DOWNLOAD_LIMIT_BYTES, PLATFORM, BotIdentity, to_incoming
+from bots.telegram.convert import (
+    DOWNLOAD_LIMIT_BYTES,
+    PLATFORM,
+    BotIdentity,
+    group_upgrade,
+    to_incoming,
+)
 from bots.telegram.delivery import retry_seconds, with_retry
 from bots.telegram.limits import FloodLimits
 from bots.telegram.sink import Pacing, TelegramSink
@@ -30,7 +36,7 @@ from core.commands import COMMANDS
 from core.errors import BadInput, ConfigError, ShuttingDown
 from core.openai_client import pooled_transport
 from core.ports import ReplySink
-from core.types import Fetch, IncomingMessage
+from core.types import ChatRef, Fetch, IncomingMessage
 
 log = logging.getLogger("relaybot.telegram")
 
@@ -229,6 +235,12 @@ class TelegramAdapter:
 
     async def _receive(self, update: Update) -> None:
         """Hand an update to the core; returns once it is stored (or ignored)."""
+        upgrade = group_upgrade(update)
+        if upgrade is not None:
+            # The group's history, settings and budgets follow it to its new id.
+            old, new = upgrade
+            await self._core.service.move_chat(ChatRef(PLATFORM, old), ChatRef(PLATFORM, new))
+            return
         received = self._translate(update)
         if received is None:
             return

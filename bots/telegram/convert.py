@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 import re
 import warnings
 from collections.abc import Callable
@@ -10,6 +11,9 @@ from typing import Any
 
 from telegram import Message, MessageEntity, Update
 
+from core.commands import KNOWN
+from core.errors import BadInput
+from core.service import AUDIO_MIME_EXTENSIONS
 from core.types import Attachment, AttachmentKind, ChatRef, Fetch, IncomingMessage, Sender
 
 PLATFORM = "telegram"
@@ -52,38 +56,103 @@ def _file(
     )
 
 
+def _named(prefix: str, unique_id: str, mime: str) -> str:
+    """A name for a file Telegram gave none: its extension from the MIME type, if known."""
+    ext = AUDIO_MIME_EXTENSIONS.get(mime.split(";")[0].strip().lower())
+    return f"{prefix}-{unique_id}.{ext}" if ext else f"{prefix}-{unique_id}"
+
+
+async def _nothing_to_fetch() -> bytes:
+    # The core fetches no FILE attachment; this stands in for the file such content lacks.
+    raise BadInput("no file to download")
+
+
 def _media(message: Message, fetcher: FetchFactory) -> Attachment | None:
-    """The one file a message carries that the core can use, if any."""
+    """The file a message carries for the core (a voice note, audio, a video's sound, a
+    picture, a document), if any."""
     audio = AttachmentKind.AUDIO
     if (voice := message.voice) is not None:
         # Telegram stores voice notes as .oga; the core names them .ogg for transcription.
         mime = voice.mime_type or "audio/ogg"
         return _file(voice, fetcher, audio, mime, f"voice-{voice.file_unique_id}.oga")
     if (clip := message.audio) is not None:
-        name = clip.file_name or f"audio-{clip.file_unique_id}.mp3"
-        return _file(clip, fetcher, audio, clip.mime_type or "audio/mpeg", name)
+        mime = clip.mime_type or "audio/mpeg"
+        name = clip.file_name or _named("audio", clip.file_unique_id, mime)
+        return _file(clip, fetcher, audio, mime, name)
     if (note := message.video_note) is not None:
         name = f"video-note-{note.file_unique_id}.mp4"
         return _file(note, fetcher, audio, "video/mp4", name)
     if (video := message.video) is not None:
-        name = video.file_name or f"video-{video.file_unique_id}.mp4"
-        return _file(video, fetcher, audio, video.mime_type or "video/mp4", name)
+        # Sent to the bot, a video's sound track is transcribed (the endpoint takes MP4).
+        mime = video.mime_type or "video/mp4"
+        name = video.file_name or _named("video", video.file_unique_id, mime)
+        return _file(video, fetcher, audio, mime, name)
     if message.photo:
         largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
         name = f"photo-{largest.file_unique_id}.jpg"
         return _file(largest, fetcher, AttachmentKind.IMAGE, "image/jpeg", name, timed=False)
-    document = message.document
-    if document is not None and document.mime_type:
-        mime = document.mime_type
+    # A GIF comes as `animation` with a copy in `document` (for old clients): not a document.
+    if (document := message.document) is not None and message.animation is None:
+        guessed = mimetypes.guess_type(document.file_name or "", strict=False)[0]
+        mime = document.mime_type or guessed or "application/octet-stream"
         if mime.startswith("image/"):
             kind = AttachmentKind.IMAGE
         elif mime.startswith(("audio/", "video/")):
             kind = AttachmentKind.AUDIO
         else:
             kind = AttachmentKind.FILE
-        name = document.file_name or f"file-{document.file_unique_id}"
+        name = document.file_name or _named("file", document.file_unique_id, mime)
         return _file(document, fetcher, kind, mime, name, timed=False)
     return None
+
+
+# What people send that the core cannot read and that is no document: a GIF (a silent MP4),
+# a sticker, a location, a poll... Each comes to the core as an attachment of kind FILE,
+# named for what it is and without an extension (no document to read), so whoever addresses
+# the bot with one is told what it reads, instead of "Your message was empty." (or, for a
+# GIF, getting it transcribed).
+_UNREADABLE_CONTENT = {
+    "animation": "the GIF",
+    "sticker": "the sticker",
+    "location": "the location",
+    "venue": "the place",
+    "contact": "the contact",
+    "poll": "the poll",
+    "dice": "the dice",
+    "game": "the game",
+    "story": "the story",
+    "invoice": "the invoice",
+    "paid_media": "the paid media",
+    "live_photo": "the live photo",
+    "giveaway": "the giveaway",
+    "giveaway_winners": "the giveaway",
+    "checklist": "the checklist",
+}
+
+
+def _unreadable(message: Message, fetcher: FetchFactory) -> Attachment | None:
+    """A FILE attachment for content the core cannot use (a GIF, a sticker, a location...)."""
+    for field, name in _UNREADABLE_CONTENT.items():
+        content = getattr(message, field, None)
+        if not content:
+            continue
+        mime = getattr(content, "mime_type", None) or f"application/x-telegram-{field}"
+        if getattr(content, "file_id", None):  # a GIF, a sticker: a real file, kept fetchable
+            return _file(content, fetcher, AttachmentKind.FILE, mime, name, timed=False)
+        return Attachment(
+            kind=AttachmentKind.FILE, mime=mime, size=None, filename=name, fetch=_nothing_to_fetch
+        )
+    return None
+
+
+def _heard(message: Message, media: Attachment | None) -> bool:
+    """Whether a message is something said aloud: a voice note, an audio file (also one sent
+    as a document) or a video note. Videos and GIFs are not."""
+    if media is None or media.kind is not AttachmentKind.AUDIO:
+        return False
+    if message.voice or message.audio or message.video_note:
+        return True
+    return message.document is not None and media.mime.startswith("audio/")
 
 
 def _seconds(media: object) -> float | None:
@@ -122,15 +191,21 @@ def _mentions_bot(text: str, entities: tuple[MessageEntity, ...], bot: BotIdenti
 _COMMAND_HEAD = re.compile(r"^/([A-Za-z0-9_]{1,32})(?:@([A-Za-z0-9_]+))?(?=\s|$)")
 
 
-def _strip_command_target(text: str, bot: BotIdentity) -> tuple[str, bool, bool]:
-    """(text with "/cmd@bot" as "/cmd", is a command, is aimed at another bot)."""
+def _strip_command_target(text: str, bot: BotIdentity, *, private: bool) -> tuple[str, bool, bool]:
+    """(text with "/cmd@bot" as "/cmd", is a command for us, is aimed at another bot).
+
+    In a group, a bare "/cmd" is ours only when it is one of the core's commands: Telegram
+    gives every bot of the group the commands of all of them ("/roll" for a dice bot), and
+    those are the members' chatter. "/cmd@ThisBot" is ours whatever the command.
+    """
     m = _COMMAND_HEAD.match(text)
     if m is None:
         return text, False, False
     target = m.group(2)
     if target is not None and target.lower() != bot.username.lower():
-        return text, True, True
-    return f"/{m.group(1)}" + text[m.end() :], True, False
+        return text, False, True
+    ours = private or target is not None or m.group(1).lower() in KNOWN
+    return f"/{m.group(1)}" + text[m.end() :], ours, False
 
 
 def _strip_mention(text: str, bot: BotIdentity) -> str:
@@ -148,8 +223,10 @@ def to_incoming(
     """The neutral message for an update, or None when the bot should not react to it.
 
     Private chats: every message. Groups: a mention by @username, a reply to the bot, or a
-    command (not one aimed at another bot); with `group_voice` (the transcript-only group
-    setting) also every voice note or audio file. Own and other bots' messages are ignored.
+    command of ours (one of the core's, or "/cmd@ThisBot"; never one aimed at another bot);
+    with `group_voice` (the transcript-only group setting) also every voice note, audio file
+    or video note. Own and other bots' messages, and service messages (a pin, a new member,
+    a topic created...), are ignored.
     """
     message = update.message
     if message is None or message.is_automatic_forward:  # a channel's post, copied in
@@ -163,21 +240,22 @@ def to_incoming(
     chat = message.chat
     private = chat.type == chat.PRIVATE
     text = message.text or message.caption or ""
+    own = _media(message, fetcher) or _unreadable(message, fetcher)
+    if not text and own is None:
+        return None  # a service message: nobody said anything
+    # Entity offsets are into the text as sent, before "/cmd@bot" loses its "@bot".
     entities = message.entities or message.caption_entities or ()
-    text, is_command, other_bot = _strip_command_target(text, bot)
+    mentioned = _mentions_bot(text, tuple(entities), bot)
+    text, is_command, other_bot = _strip_command_target(text, bot, private=private)
     if other_bot:
         return None
     replied = message.reply_to_message
     reply_to_bot = (
         replied is not None and replied.from_user is not None and replied.from_user.id == bot.id
     )
-    mentioned = _mentions_bot(text, tuple(entities), bot)
-    own = _media(message, fetcher)
     addressed = private or is_command or mentioned or reply_to_bot
-    if not addressed:
-        heard_voice = own is not None and own.kind is AttachmentKind.AUDIO
-        if not (group_voice and heard_voice):
-            return None
+    if not addressed and not (group_voice and _heard(message, own)):
+        return None
     if mentioned:
         text = _strip_mention(text, bot)
     attachments: list[Attachment] = [own] if own is not None else []
@@ -187,7 +265,7 @@ def to_incoming(
         if quoted is not None:
             attachments.append(quoted)
     reply_to_text = None
-    if replied is not None:
+    if replied is not None and not reply_to_bot:  # the bot's own answers are in the history
         reply_to_text = replied.text or replied.caption or None
     thread_id = str(message.message_thread_id) if message.is_topic_message else None
     return IncomingMessage(
@@ -205,3 +283,16 @@ def to_incoming(
         platform_message_id=str(message.message_id),
         reply_to_text=reply_to_text,
     )
+
+
+def group_upgrade(update: Update) -> tuple[str, str] | None:
+    """(old chat id, new chat id) when `update` says a group became a supergroup (Telegram
+    gives it a new id, and says so in both chats), else None."""
+    message = update.message
+    if message is None:
+        return None
+    if message.migrate_from_chat_id:
+        return str(message.migrate_from_chat_id), str(message.chat.id)
+    if message.migrate_to_chat_id:
+        return str(message.chat.id), str(message.migrate_to_chat_id)
+    return None

@@ -659,7 +659,7 @@ class FakeTelegram(FakeServer):
         chat_id: int,
         data: bytes,
         *,
-        file_name: str = "clip.m4a",
+        file_name: str | None = "clip.m4a",
         mime_type: str = "audio/mp4",
         duration: int = 2,
         file_size: int | None = None,
@@ -668,17 +668,18 @@ class FakeTelegram(FakeServer):
         from_user: dict[str, Any] | None = None,
         message_thread_id: int | None = None,
     ) -> dict[str, Any]:
-        """An Update with an audio file."""
-        ext = file_name.rsplit(".", 1)[-1]
+        """An Update with an audio file (`file_name=None`: one Telegram knows no name of)."""
+        ext = (file_name or "clip.m4a").rsplit(".", 1)[-1]
         fake = self.register_file(data, f"music/file_{len(self.files)}.{ext}", size=file_size)
         audio = {
             "file_id": fake.file_id,
             "file_unique_id": fake.file_unique_id,
             "duration": duration,
-            "file_name": file_name,
             "mime_type": mime_type,
             "file_size": fake.file_size,
         }
+        if file_name is not None:
+            audio["file_name"] = file_name
         return self._media_update(
             chat_id,
             "audio",
@@ -696,21 +697,23 @@ class FakeTelegram(FakeServer):
         data: bytes,
         *,
         file_name: str,
-        mime_type: str,
+        mime_type: str | None,
         caption: str | None = None,
         chat_type: str | None = None,
         from_user: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """An Update with a file sent as a document (a picture sent "as a file", a PDF)."""
+        """An Update with a file sent as a document (a picture sent "as a file", a PDF);
+        `mime_type=None`: one Telegram could not tell the type of."""
         ext = file_name.rsplit(".", 1)[-1]
         fake = self.register_file(data, f"documents/file_{len(self.files)}.{ext}")
         document = {
             "file_id": fake.file_id,
             "file_unique_id": fake.file_unique_id,
             "file_name": file_name,
-            "mime_type": mime_type,
             "file_size": fake.file_size,
         }
+        if mime_type is not None:
+            document["mime_type"] = mime_type
         return self._media_update(
             chat_id,
             "document",
@@ -721,6 +724,106 @@ class FakeTelegram(FakeServer):
             reply_to=None,
             message_thread_id=None,
         )
+
+    def animation_update(
+        self,
+        chat_id: int,
+        data: bytes,
+        *,
+        file_name: str = "funny.gif.mp4",
+        caption: str | None = None,
+        chat_type: str | None = None,
+        from_user: dict[str, Any] | None = None,
+        reply_to: dict[str, Any] | SentMessage | None = None,
+    ) -> dict[str, Any]:
+        """An Update with a GIF: as Telegram sends one, a silent MP4 in `animation`, and
+        the same file in `document` for clients that know no animations."""
+        fake = self.register_file(data, f"animations/file_{len(self.files)}.mp4")
+        animation = {
+            "file_id": fake.file_id,
+            "file_unique_id": fake.file_unique_id,
+            "width": 320,
+            "height": 240,
+            "duration": 3,
+            "file_name": file_name,
+            "mime_type": "video/mp4",
+            "file_size": fake.file_size,
+        }
+        update = self._media_update(
+            chat_id,
+            "animation",
+            animation,
+            caption=caption,
+            chat_type=chat_type,
+            from_user=from_user,
+            reply_to=reply_to,
+            message_thread_id=None,
+        )
+        update["message"]["document"] = dict(animation)
+        return update
+
+    def video_update(
+        self,
+        chat_id: int,
+        data: bytes,
+        *,
+        file_name: str = "clip.mp4",
+        duration: int = 4,
+        caption: str | None = None,
+        chat_type: str | None = None,
+        from_user: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """An Update with a video."""
+        fake = self.register_file(data, f"videos/file_{len(self.files)}.mp4")
+        video = {
+            "file_id": fake.file_id,
+            "file_unique_id": fake.file_unique_id,
+            "width": 640,
+            "height": 360,
+            "duration": duration,
+            "file_name": file_name,
+            "mime_type": "video/mp4",
+            "file_size": fake.file_size,
+        }
+        return self._media_update(
+            chat_id,
+            "video",
+            video,
+            caption=caption,
+            chat_type=chat_type,
+            from_user=from_user,
+            reply_to=None,
+            message_thread_id=None,
+        )
+
+    def sticker_update(
+        self,
+        chat_id: int,
+        *,
+        emoji: str = "😀",
+        chat_type: str | None = None,
+        from_user: dict[str, Any] | None = None,
+        reply_to: dict[str, Any] | SentMessage | None = None,
+    ) -> dict[str, Any]:
+        """An Update with a (static, WebP) sticker."""
+        fake = self.register_file(
+            b"RIFF\x00\x00\x00\x00WEBP", f"stickers/file_{len(self.files)}.webp"
+        )
+        sticker = {
+            "file_id": fake.file_id,
+            "file_unique_id": fake.file_unique_id,
+            "width": 512,
+            "height": 512,
+            "is_animated": False,
+            "is_video": False,
+            "type": "regular",
+            "emoji": emoji,
+            "file_size": fake.file_size,
+        }
+        message = self.message(
+            chat_id, chat_type=chat_type, from_user=from_user, reply_to=reply_to, sticker=sticker
+        )
+        return self.update(message)
 
     def photo_update(
         self,

@@ -89,3 +89,17 @@ def test_group_voice_notes_reach_the_core_only_in_transcript_mode() -> None:
     assert convert(update) is None
     msg = convert(update, group_voice=True)
     assert msg is not None and not msg.addressed_to_bot
+
+
+def test_only_our_commands_address_us_bare_in_a_group() -> None:
+    assert convert(TG.text_update(-5, "/roll 2d6")) is None, "a dice bot's command"
+    assert convert(TG.text_update(-5, "/roll@relay_test_bot")).text == "/roll"
+    assert convert(TG.text_update(42, "/roll")).addressed_to_bot
+
+
+def test_service_messages_are_dropped_and_stickers_are_unreadable_files() -> None:
+    assert convert(TG.update(TG.message(42, new_chat_title="Plans"))) is None
+    sticker = convert(TG.sticker_update(42))
+    assert [(a.kind, a.filename) for a in sticker.attachments] == [
+        (AttachmentKind.FILE, "the sticker")
+    ]

@@ -132,6 +132,15 @@ _TEXT_FILE_EXTENSIONS = (
 TEXT_FILE_EXTENSIONS = frozenset(_TEXT_FILE_EXTENSIONS.split())
 
 
+def picture_too_large(size: int | None = None) -> BadInput:
+    """The error for a picture over MAX_IMAGE_BYTES (adapters that download it raise it too)."""
+    return BadInput(
+        f"picture of {size if size is not None else 'over'} bytes",
+        user_message="That picture is too large: I can look at pictures of up to "
+        f"{MAX_IMAGE_BYTES // 2**20} MB. Please send a smaller one.",
+    )
+
+
 def _is_text_file(attachment: Attachment) -> bool:
     mime = attachment.mime.split(";")[0].strip().lower()
     stem, _, ext = attachment.filename.rpartition(".")
@@ -974,16 +983,11 @@ class ConversationService:
         return f"{name}:\n{fence}\n{content.rstrip()}\n{fence}"
 
     async def _image_part(self, attachment: Attachment) -> dict[str, Any]:
-        too_big = BadInput(
-            f"picture of {attachment.size} bytes",
-            user_message="That picture is too large: I can look at pictures of up to "
-            f"{MAX_IMAGE_BYTES // 2**20} MB. Please send a smaller one.",
-        )
         if attachment.size is not None and attachment.size > MAX_IMAGE_BYTES:
-            raise too_big
+            raise picture_too_large(attachment.size)
         data = await attachment.fetch()
         if len(data) > MAX_IMAGE_BYTES:
-            raise too_big
+            raise picture_too_large(len(data))
         mime = image_mime(data)
         if mime is None:  # e.g. an iPhone's HEIC sent as a file: the endpoint would refuse it
             raise BadInput(

@@ -11,22 +11,13 @@ import httpx
 
 from bots.slack.events import attachment_kind
 from core.errors import BadInput, UpstreamDown
-from core.service import MAX_IMAGE_BYTES
+from core.service import MAX_IMAGE_BYTES, picture_too_large
 from core.types import AttachmentKind
 
 log = logging.getLogger("relaybot.slack.files")
 
 MAX_REDIRECTS = 5
 __all__ = ["MAX_IMAGE_BYTES", "download", "fetcher", "looks_like_html", "missing_scope"]
-
-
-def picture_too_large(size: int | None = None) -> BadInput:
-    """The error for a picture over MAX_IMAGE_BYTES (worded as the core words its own)."""
-    return BadInput(
-        f"picture of {size if size is not None else 'over'} bytes",
-        user_message="That picture is too large: I can look at pictures of up to "
-        f"{MAX_IMAGE_BYTES // 2**20} MB. Please send a smaller one.",
-    )
 
 
 def missing_scope() -> BadInput:

@@ -108,6 +108,7 @@ class TelegramAdapter:
         self._pacing = pacing or Pacing()
         self._poll_timeout = poll_timeout
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._requests: tuple[HTTPXRequest, ...] = ()  # the Bot API pools (see setup)
         self._identity: BotIdentity | None = None
         self._accepting = False
         # Answers in progress; stop() waits for them before closing the bot.
@@ -130,6 +131,10 @@ class TelegramAdapter:
     async def setup(self) -> None:
         """Build the application and, in webhook mode, add the webhook route."""
         settings = self._core.settings
+        self._requests = (
+            HTTPXRequest(connection_pool_size=256, httpx_kwargs=_pooled(256)),
+            HTTPXRequest(connection_pool_size=1, httpx_kwargs=_pooled(1)),
+        )
         builder = (
             Application.builder()
             .token(self._token)
@@ -139,8 +144,8 @@ class TelegramAdapter:
             # Bot API calls over aiohttp's pool and parser, as the model client's: through
             # httpx's default transport each call polled every pooled connection first, and
             # an answer cost 2-3x the CPU of a Slack one (bench/README.md, scenario 5).
-            .request(HTTPXRequest(connection_pool_size=256, httpx_kwargs=_pooled(256)))
-            .get_updates_request(HTTPXRequest(connection_pool_size=1, httpx_kwargs=_pooled(1)))
+            .request(self._requests[0])
+            .get_updates_request(self._requests[1])
             # Updates never go through PTB's queue: polling and webhook both hand them to
             # the core directly (see _poll and _webhook), which orders each chat itself.
             .updater(None)
@@ -154,7 +159,13 @@ class TelegramAdapter:
     async def start(self) -> None:
         """Learn who we are, register commands, then poll or register the webhook."""
         app = self.application
-        await app.initialize()
+        try:
+            await app.initialize()
+        except BaseException:
+            # A rejected token or an unreachable Bot API: the connection pools PTB opened
+            # before it asked getMe are closed here (the application never started).
+            await asyncio.gather(*(r.shutdown() for r in self._requests), return_exceptions=True)
+            raise
         bot = app.bot
         self._identity = BotIdentity(
             id=bot.id,

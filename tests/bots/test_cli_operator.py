@@ -61,6 +61,8 @@ def test_a_rejected_telegram_token_is_never_printed_and_the_line_says_what_to_do
     assert WRONG_TOKEN.split(":", 1)[1] not in output
     said = [line for line in result.stderr.splitlines() if line.startswith("relaybot:")]
     assert said == ["relaybot: Telegram rejected TELEGRAM_BOT_TOKEN; check it with @BotFather"]
+    # It is the last word: the Bot API connections were closed, no "Unclosed connector".
+    assert result.stderr.splitlines()[-1] == said[0]
 
 
 def test_every_line_the_command_prints_is_redacted(

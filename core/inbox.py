@@ -45,6 +45,7 @@ def encode_message(msg: IncomingMessage) -> str:
             "addressed_to_bot": msg.addressed_to_bot,
             "platform_message_id": msg.platform_message_id,
             "reply_to_text": msg.reply_to_text,
+            "part_of": msg.part_of,
             "attachments": [
                 {
                     "kind": a.kind.value,
@@ -94,6 +95,7 @@ def decode_message(event_key: str, payload: str) -> IncomingMessage:
         addressed_to_bot=data["addressed_to_bot"],
         platform_message_id=data["platform_message_id"],
         reply_to_text=data["reply_to_text"],
+        part_of=data.get("part_of"),  # (not in events stored before it existed)
     )
 
 
@@ -232,6 +234,26 @@ class Inbox:
     async def user_turn_stored(self, event_key: str) -> bool:
         """Whether this event's user turn already reached the history (a resumed event)."""
         return await self.db.run(_user_turn_stored, event_key)
+
+    # -- messages sent in parts (see IncomingMessage.part_of) ---------------------------------
+    async def waiting(self, event_id: int) -> bool:
+        """Whether the event still waits for its answer (not taken in by an earlier part)."""
+        return await self.db.run(_waiting, event_id, autocommit=True)
+
+    async def later_parts(
+        self, event_id: int, chat_key: str, part_of: str
+    ) -> list[tuple[int, IncomingMessage]]:
+        """The chat's waiting events after `event_id` that are parts of `part_of`, in order."""
+        rows = await self.db.run(_later_events, event_id, chat_key, autocommit=True)
+        parts = [(int(i), decode_message(key, payload)) for i, key, payload in rows if payload]
+        return [(i, msg) for i, msg in parts if msg.part_of == part_of]
+
+    async def join_parts(
+        self, event_id: int, whole: IncomingMessage, parts: Sequence[int]
+    ) -> None:
+        """One transaction: the event now carries the `whole` message and its other `parts`
+        are closed (answered with it). A crash on either side of it loses no part."""
+        await self.db.run(_join_parts, event_id, encode_message(whole), list(parts))
 
     # -- per-chat leases across replicas ------------------------------------------------------
     async def try_acquire_chat(
@@ -428,6 +450,41 @@ def _user_turn_stored(conn: Connection, event_key: str) -> bool:
     # resumed event read the whole history table.
     found = conn.execute(select(Message.id).where(Message.event_key == event_key).limit(1))
     return found.first() is not None
+
+
+def _waiting(conn: Connection, event_id: int) -> bool:
+    found = conn.execute(select(InboundEvent.status).where(InboundEvent.id == event_id))
+    return found.scalar() == "received"
+
+
+def _later_events(conn: Connection, event_id: int, chat_key: str) -> list[Any]:
+    # Through ix_inbound_events_waiting: only the chat's waiting events are read.
+    query = (
+        select(InboundEvent.id, InboundEvent.event_key, InboundEvent.payload)
+        .where(
+            InboundEvent.chat_key == chat_key,
+            InboundEvent.status == "received",
+            InboundEvent.id > event_id,
+        )
+        .order_by(InboundEvent.id)
+    )
+    return list(conn.execute(query))
+
+
+def _join_parts(conn: Connection, event_id: int, payload: str, parts: list[int]) -> None:
+    if parts:
+        conn.execute(
+            update(InboundEvent)
+            .where(InboundEvent.id.in_(parts), InboundEvent.status == "received")
+            .values(
+                status="done",
+                finished_at=utcnow(),
+                claimed_by=None,
+                lease_until=None,
+                payload=None,
+            )
+        )
+    conn.execute(update(InboundEvent).where(InboundEvent.id == event_id).values(payload=payload))
 
 
 def _lease(source: str, older: str) -> str:

@@ -166,6 +166,11 @@ def quoted(text: str) -> str:
 
 
 IMAGE_MARK = "[image]"  # ends a stored turn that came with pictures
+# A message sent in parts (IncomingMessage.part_of: a Telegram album, one event per picture)
+# is answered once, by its first part, which waits until no further part has come for
+# PARTS_QUIET_SECONDS (at most PARTS_WAIT_SECONDS in all) and then takes the others in.
+PARTS_QUIET_SECONDS = 1.0
+PARTS_WAIT_SECONDS = 5.0
 
 
 def _without_image_mark(content: str) -> tuple[str, bool]:
@@ -368,6 +373,8 @@ class ConversationService:
         # Windows smaller than configured, by model, as the endpoint showed them by refusing
         # a request that fitted the configured one (see `_refused_as_too_long`).
         self._told_windows: dict[str, int] = {}
+        # The adapters that can restore stored messages, by platform (as `resume` got them).
+        self._restorers: dict[str, Restorer] = {}
 
     # -- entry points ---------------------------------------------------------------------
     async def handle(self, msg: IncomingMessage, sink: ReplySink) -> bool:
@@ -434,7 +441,12 @@ class ConversationService:
                 if job.settings is None:  # else the chat's turn came with the event's record
                     job.settings = await self._wait_for_chat(msg.chat, job.event_id)
                 try:
-                    await self._process(msg, sink)
+                    whole = await self._whole(job) if msg.part_of is not None else msg
+                    if whole is None:
+                        job.closed = True  # answered with an earlier part, which closed it
+                    else:
+                        job.msg = whole
+                        await self._process(whole, sink)
                 finally:
                     if not job.released:
                         await self.inbox.release_chat(msg.chat.key)
@@ -486,6 +498,49 @@ class ConversationService:
                     "ms": round((time.perf_counter() - started) * 1000, 1),
                 },
             )
+
+    async def _whole(self, job: _Job) -> IncomingMessage | None:
+        """The whole message of which `job`'s is a part (see PARTS_QUIET_SECONDS), once no
+        more parts come; None when an earlier part already took this one in.
+
+        Runs in the chat's turn, so no later part is answered meanwhile. The parts are
+        joined in one transaction (the first part's event then carries the whole message,
+        the others are closed), so a crash on either side of it loses none of them.
+        """
+        msg = job.msg
+        assert msg.part_of is not None
+        if not await self.inbox.waiting(job.event_id):
+            return None
+        deadline = time.monotonic() + PARTS_WAIT_SECONDS
+        seen = -1
+        while True:
+            parts = await self.inbox.later_parts(job.event_id, msg.chat.key, msg.part_of)
+            if len(parts) == seen or time.monotonic() >= deadline:
+                break
+            seen = len(parts)
+            await asyncio.sleep(min(PARTS_QUIET_SECONDS, max(deadline - time.monotonic(), 0)))
+        # The parts this process received carry their downloads; others (stored by another
+        # replica) are restored by their adapter, as a resumed message is.
+        live = {j.event_id: j.msg for j in self._jobs.values()}
+        pieces = [msg] + [live.get(i) or self._restored(part) for i, part in parts]
+        whole = dataclasses.replace(
+            msg,
+            text="\n\n".join(p.text.strip() for p in pieces if p.text.strip()),
+            attachments=tuple(a for p in pieces for a in p.attachments),
+            addressed_to_bot=any(p.addressed_to_bot for p in pieces),
+            reply_to_text=next((p.reply_to_text for p in pieces if p.reply_to_text), None),
+            part_of=None,
+        )
+        await self.inbox.join_parts(job.event_id, whole, [i for i, _ in parts])
+        if parts:
+            log.info("message sent in parts", extra={"chat": msg.chat.key, "count": len(pieces)})
+        return whole
+
+    def _restored(self, msg: IncomingMessage) -> IncomingMessage:
+        """A stored message with its attachments downloadable again (by its adapter)."""
+        restorer = self._restorers.get(msg.chat.platform)
+        restored = restorer.restore(msg) if restorer is not None else None
+        return restored[0] if restored is not None else msg
 
     async def _wait_for_chat(self, chat: ChatRef, event_id: int) -> ChatSettings:
         """Wait until this process may answer the chat (across replicas: PostgreSQL only).
@@ -541,6 +596,7 @@ class ConversationService:
         `everything`: this process is alone (SQLite start-up), so every open event is
         abandoned. Otherwise only events whose lease ran out are taken.
         """
+        self._restorers = {**self._restorers, **restorers}
         claimed = await self.inbox.claim_abandoned(list(restorers), everything=everything)
         running = {job.event_id for job in self._jobs.values()}
         resumed = 0

@@ -85,6 +85,10 @@ class IncomingMessage:
     # `ConversationService.remember_reply`), in order, that already show part or all of the
     # answer from a run that died before storing it. The adapter's sink continues in them.
     reply_refs: tuple[str, ...] = ()
+    # Set when the platform delivers one message as several events (a Telegram album: one
+    # per picture, the caption on one of them), to the same value for each. The core answers
+    # them once, as one message (`ConversationService`, "messages sent in parts").
+    part_of: str | None = None
 
 
 class ReplyKind(StrEnum):

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 import secrets
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -19,6 +20,7 @@ from telegram.ext import (
     ContextTypes,
 )
 from telegram.request import HTTPXRequest
+from telegram.warnings import PTBUserWarning
 
 from bots.http_server import HttpServer
 from bots.telegram.convert import (
@@ -281,23 +283,72 @@ class TelegramAdapter:
             offset = update.update_id + 1
         return offset, None
 
+    def _parse_batch(self, batch: Sequence[Any]) -> tuple[list[Update], int | None]:
+        """The updates of a raw getUpdates result that python-telegram-bot can read, in
+        order, and the last update_id in it (None when none can be read).
+
+        A bad update is logged (its update_id and the error, never its content: it may hold
+        a person's message) and left out; confirming the batch confirms it too. One whose
+        update_id cannot be read has no offset of its own: only a later update's confirms it.
+        """
+        bot = self.application.bot
+        updates: list[Update] = []
+        last: int | None = None
+        for data in batch:
+            update_id = data.get("update_id") if isinstance(data, dict) else None
+            if type(update_id) is not int or update_id < 0:
+                log.warning(
+                    "skipped a Telegram update without a readable update_id (%s)",
+                    "missing" if update_id is None else type(update_id).__name__,
+                )
+                continue
+            last = update_id
+            try:
+                updates.append(Update.de_json(data, bot))
+            except Exception as err:
+                log.warning(
+                    "skipped Telegram update %d: it could not be parsed (%s)",
+                    update_id,
+                    type(err).__name__,
+                )
+        return updates, last
+
     async def _poll(self) -> None:
         """Long-poll getUpdates; confirm (advance the offset past) an update only once the
         core has stored it, so a crash between fetching and storing loses nothing."""
         bot = self.application.bot
+        # getUpdates is asked raw, so that one update PTB cannot parse (Update.de_list fails
+        # the whole batch) is skipped instead of fetched again forever. Bot.do_api_request
+        # warns that Bot.get_updates exists; that is the call we cannot use here.
+        warnings.filterwarnings(
+            "ignore", message=r"Please use 'Bot\.getUpdates'", category=PTBUserWarning
+        )
+        # As get_updates does: the long poll's wait on top of the request's read timeout.
+        read_timeout = (self._requests[1].read_timeout or 0) + int(self._poll_timeout)
         offset: int | None = None
         failures = 0
         while self._accepting:
             try:
-                updates = await bot.get_updates(
-                    offset=offset,
-                    timeout=int(self._poll_timeout),
-                    allowed_updates=ALLOWED_UPDATES,
+                batch = await bot.do_api_request(
+                    "getUpdates",
+                    api_kwargs={
+                        "offset": offset,
+                        "timeout": int(self._poll_timeout),
+                        "allowed_updates": ALLOWED_UPDATES,
+                    },
+                    read_timeout=read_timeout,
                 )
+                updates, last = self._parse_batch(batch)
                 offset, failed = await self._receive_batch(updates, offset)
                 if failed is not None:
                     raise failed
                 failures = 0
+                if last is not None:
+                    offset = last + 1  # every update read was stored, the bad ones skipped
+                elif batch:
+                    # Only updates without a readable update_id: they come back until a
+                    # later update is confirmed, so wait for one instead of asking at once.
+                    await asyncio.sleep(1.0)
             except ShuttingDown:
                 return  # left unconfirmed for the next process
             except RetryAfter as err:

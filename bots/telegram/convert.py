@@ -254,7 +254,10 @@ def to_incoming(
         replied is not None and replied.from_user is not None and replied.from_user.id == bot.id
     )
     addressed = private or is_command or mentioned or reply_to_bot
-    if not addressed and not (group_voice and _heard(message, own)):
+    # An album comes as one message per picture, the caption (and so the mention) on one
+    # of them: every part goes to the core, which answers the album once, as one message.
+    album = message.media_group_id
+    if not addressed and album is None and not (group_voice and _heard(message, own)):
         return None
     if mentioned:
         text = _strip_mention(text, bot)
@@ -282,6 +285,7 @@ def to_incoming(
         addressed_to_bot=addressed,
         platform_message_id=str(message.message_id),
         reply_to_text=reply_to_text,
+        part_of=f"album:{album}" if album else None,
     )
 
 

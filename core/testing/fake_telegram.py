@@ -355,6 +355,7 @@ class FakeTelegram(FakeServer):
         self.gates: dict[str, asyncio.Event] = {}
         self._held: dict[str, int] = {}
         self._update_ids = itertools.count(1000)
+        self._media_groups = itertools.count(13_000_000_000_000_000)
         self._file_ids = itertools.count(1)
         self._message_ids: dict[int, int] = {}
         self._acked_offset = 0
@@ -849,6 +850,31 @@ class FakeTelegram(FakeServer):
             reply_to=reply_to,
             message_thread_id=message_thread_id,
         )
+
+    def album_updates(
+        self,
+        chat_id: int,
+        pictures: list[bytes],
+        *,
+        caption: str | None = None,
+        chat_type: str | None = None,
+        from_user: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The updates of an album (a media group) of photos, as Telegram sends one: a
+        message per photo, all with the same media_group_id, the caption on the first."""
+        group = str(next(self._media_groups))
+        updates = []
+        for n, data in enumerate(pictures):
+            update = self.photo_update(
+                chat_id,
+                data,
+                caption=caption if n == 0 else None,
+                chat_type=chat_type,
+                from_user=from_user,
+            )
+            update["message"]["media_group_id"] = group
+            updates.append(update)
+        return updates
 
     def _photo_sizes(self, data: bytes, width: int, height: int) -> list[dict[str, Any]]:
         thumb = self.register_file(b"thumbnail", f"photos/file_{len(self.files)}_s.jpg")

@@ -169,8 +169,12 @@ class Settings(BaseSettings):
     moderation: ModerationPolicy = Field(
         ModerationPolicy.BOTH, validation_alias=_env("RELAYBOT_MODERATION")
     )
+    # Each name covers its snapshots and variants ("gpt-4o" covers "gpt-4o-2024-08-06" and
+    # "gpt-4o-mini"), under any provider prefix ("openai/gpt-4o"); OpenAI's variants that
+    # take no pictures (o3-mini, o1-mini, ...) are known to the service (_NO_PICTURES).
     vision_models: str = Field(
-        "gpt-4o,gpt-4o-mini,gpt-4.1,gpt-4.1-mini,gpt-4.1-nano,gpt-5,gpt-5-mini,gpt-5-nano,o3,o4-mini",
+        "gpt-4o,gpt-4o-mini,chatgpt-4o-latest,gpt-4-turbo,gpt-4.1,gpt-4.1-mini,gpt-4.1-nano,"
+        "gpt-5,gpt-5-mini,gpt-5-nano,gpt-5.1,gpt-5.2,gpt-5.3,gpt-5.4,gpt-5.5,o1,o3,o4-mini",
         validation_alias=_env("RELAYBOT_VISION_MODELS"),
     )
     group_voice_transcript_only: bool = Field(

@@ -201,9 +201,15 @@ class Inbox:
             await self.db.run(_renew_leases, self.worker_id, until, autocommit=True)
 
     async def claim_abandoned(
-        self, platforms: Sequence[str], *, limit: int = 100, everything: bool = False
+        self,
+        platforms: Sequence[str],
+        *,
+        limit: int = 100,
+        everything: bool = False,
+        after: int = 0,
     ) -> list[ClaimedEvent]:
-        """Claim unfinished events of `platforms` whose claim ran out (or all: `everything`).
+        """Claim unfinished events of `platforms` whose claim ran out (or all: `everything`),
+        the oldest `limit` with an id above `after`, in id order.
 
         `everything` is for a process that knows it is alone (SQLite at start-up).
         """
@@ -217,6 +223,7 @@ class Inbox:
             self.shared,
             self.worker_id,
             self._until(),
+            after,
         )
 
     async def taken_over(self, event_ids: Sequence[int]) -> set[int]:
@@ -367,6 +374,7 @@ def _claim_abandoned(
     shared: bool,
     worker_id: str,
     until: datetime,
+    after: int,
 ) -> list[ClaimedEvent]:
     prefixes = [InboundEvent.chat_key.startswith(f"{p}:") for p in platforms]
     query = (
@@ -378,7 +386,7 @@ def _claim_abandoned(
             InboundEvent.payload,
             InboundEvent.reply_ref,
         )
-        .where(InboundEvent.status.in_(OPEN_STATUSES), or_(*prefixes))
+        .where(InboundEvent.status.in_(OPEN_STATUSES), InboundEvent.id > after, or_(*prefixes))
         .order_by(InboundEvent.id)
         .limit(limit)
     )

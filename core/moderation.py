@@ -7,6 +7,10 @@ from core.errors import ContentRefused
 from core.openai_client import OpenAIClient
 
 WITHHELD_NOTICE = "This answer was withheld because it was flagged by moderation."
+# An answer whose output check could not run (moderation down) is withheld too: fail closed.
+UNCHECKED_NOTICE = (
+    "This answer was withheld because moderation could not check it. Please try again later."
+)
 
 
 def describe(categories: tuple[str, ...]) -> str:

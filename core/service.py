@@ -35,10 +35,10 @@ from core.errors import (
     UpstreamDown,
 )
 from core.history import ChatWindow, HistoryCache, Turn
-from core.inbox import Inbox, decode_message, decode_reply_refs, new_worker_id
+from core.inbox import ClaimedEvent, Inbox, decode_message, decode_reply_refs, new_worker_id
 from core.locks import ChatLocks, Ticket
 from core.metrics import Metrics
-from core.moderation import WITHHELD_NOTICE, Moderator
+from core.moderation import UNCHECKED_NOTICE, WITHHELD_NOTICE, Moderator
 from core.openai_client import EncodedMessage, OpenAIClient, Picture, Usage, image_mime
 from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
@@ -178,6 +178,49 @@ def _without_image_mark(content: str) -> tuple[str, bool]:
     if content == IMAGE_MARK or content.endswith("\n" + IMAGE_MARK):
         return content[: -len(IMAGE_MARK)].rstrip("\n"), True
     return content, False
+
+
+# OpenAI's models that take no pictures though their family does (o3 reads them, o3-mini
+# does not): a vision model's name does not cover these, unless they are named themselves.
+_NO_PICTURES = frozenset(
+    {
+        "o1-mini",
+        "o1-preview",
+        "o3-mini",
+        "gpt-4-turbo-preview",
+        "gpt-4o-audio-preview",
+        "gpt-4o-mini-audio-preview",
+        "gpt-4o-search-preview",
+        "gpt-4o-mini-search-preview",
+    }
+)
+
+
+def _reads_pictures(name: str, vision: frozenset[str]) -> bool:
+    """Whether the closest of the `vision` names covering `name` (itself, or a name it
+    extends: "gpt-4o" covers "gpt-4o-mini") is no closer than one in _NO_PICTURES."""
+
+    def closest(names: frozenset[str]) -> int:
+        covering = (len(n) for n in names if name == n or name.startswith(n + "-"))
+        return max(covering, default=-1)
+
+    seen = closest(vision)
+    return seen >= 0 and seen >= closest(_NO_PICTURES)
+
+
+def _cannot_see_pictures(model: str, left_out: int = 0) -> str:
+    """What a person is told when `model` cannot look at the pictures they sent: alone
+    (nothing to answer), or `left_out` pictures beside words the model answers."""
+    if not left_out:
+        return (
+            f"This chat's model, {model}, can't look at pictures. "
+            "Send /model to pick one that can."
+        )
+    pictures = "the picture" if left_out == 1 else "the pictures"
+    return (
+        f"This chat's model, {model}, can't look at pictures, so it answers without "
+        f"{pictures} you sent. Send /model to pick one that can."
+    )
 
 
 def _holds_history(messages: list[dict[str, Any]]) -> bool:
@@ -595,9 +638,22 @@ class ConversationService:
 
         `everything`: this process is alone (SQLite start-up), so every open event is
         abandoned. Otherwise only events whose lease ran out are taken.
+
+        All of them are taken at once, before any is started (claims come in batches): one
+        left behind would keep the dead process's lease, and its chat's next message would
+        overtake it (SQLite: this process alone orders a chat) or wait for a later sweep.
         """
         self._restorers = {**self._restorers, **restorers}
-        claimed = await self.inbox.claim_abandoned(list(restorers), everything=everything)
+        platforms = list(restorers)
+        claimed: list[ClaimedEvent] = []
+        while True:
+            after = claimed[-1].id if claimed else 0
+            batch = await self.inbox.claim_abandoned(
+                platforms, limit=100, everything=everything, after=after
+            )
+            claimed += batch
+            if len(batch) < 100:
+                break
         running = {job.event_id for job in self._jobs.values()}
         resumed = 0
         for event in claimed:
@@ -703,10 +759,14 @@ class ConversationService:
     async def _process(self, msg: IncomingMessage, sink: ReplySink) -> None:
         command = parse_command(msg.text)
         audio = self._first(msg, AttachmentKind.AUDIO)
+        # In a group that asked for transcripts, a voice note gets just its transcript,
+        # unless someone asks the bot something about it ("@bot summarise this", as its
+        # caption or in reply to it): a bare mention asks for nothing more.
         transcript_only = (
             command is None
             and audio is not None
             and not msg.is_direct
+            and not (msg.addressed_to_bot and msg.text.strip())
             and await self._voice_mode(msg) == "transcript"
         )
         if not msg.addressed_to_bot and not transcript_only:
@@ -715,22 +775,36 @@ class ConversationService:
             return
         # Access, rate limit, admin rights and budgets, before any model call.
         # The chat's settings were read as its turn began: the budgets' estimate uses them.
-        await self.policy.admit(
-            msg,
-            command,
-            lambda: self._chat_settings(msg),
-            lambda: sink.chat_admin(msg.sender.id),
-        )
+        try:
+            await self.policy.admit(
+                msg,
+                command,
+                lambda: self._chat_settings(msg),
+                lambda: sink.chat_admin(msg.sender.id),
+            )
+        except RelaybotError as refused:
+            if msg.addressed_to_bot:
+                raise
+            # Nobody spoke to the bot (a voice note it transcribes unasked): a refusal posted
+            # under it would answer someone who asked nothing. It is left without one.
+            log.info(
+                "unaddressed message refused quietly: %s",
+                type(refused).__name__,
+                extra={"chat": msg.chat.key},
+            )
+            return
         if command is not None:
             await self._command(command[0], command[1], msg, sink)
             return
         images = [a for a in msg.attachments if a.kind is AttachmentKind.IMAGE]
         text = msg.text.strip()
+        heard = ""  # a voice note's transcript, which _transcribe already moderated
         if audio is not None:
             transcript = await self._transcribe(msg, audio, translate=False)
             if transcript_only:
                 await sink.send(Reply(text=transcript, kind=ReplyKind.TRANSCRIPT))
                 return
+            heard = transcript
             text = f"{text}\n\n{transcript}".strip() if text else transcript
         documents = [a for a in msg.attachments if _is_document(a)]
         if documents:
@@ -747,7 +821,7 @@ class ConversationService:
                     user_message="I can only read text, voice or audio messages and images.",
                 )
             raise BadInput("empty message", user_message="Your message was empty.")
-        await self._chat(msg, sink, text, images)
+        await self._chat(msg, sink, text, images, moderated=heard)
 
     async def _voice_mode(self, msg: IncomingMessage) -> str:
         """What a group does with voice notes: "answer" them or post a "transcript"."""
@@ -769,7 +843,10 @@ class ConversationService:
         images: list[Attachment],
         *,
         store_user_turn: bool = True,
+        moderated: str = "",
     ) -> None:
+        """Answer `text` (with `images`); `moderated`: the end of `text` that input
+        moderation already passed (a voice note's transcript), not checked again."""
         if len(text) > self.settings.max_input_chars:
             raise BadInput(
                 f"input of {len(text)} chars",
@@ -782,13 +859,16 @@ class ConversationService:
         model = chat.model or self.settings.chat_model
         system = chat.system_prompt or self.settings.system_prompt
         counter = counter_for(model)
+        left_out = 0  # pictures the model cannot look at: the person is told
         if images and not self._supports_vision(model):
-            images = []
+            left_out, images = len(images), []
             if not text:
-                raise BadInput(
-                    "vision unsupported",
-                    user_message=f"The model {model} cannot look at images.",
-                )
+                raise BadInput("vision unsupported", user_message=_cannot_see_pictures(model))
+        # Pictures are fetched and checked before the turn is stored: one the model cannot
+        # take is refused with nothing kept (else its question would stay in the history,
+        # unanswered, and go with every later request). Without pictures the turn is stored
+        # while the model is asked.
+        image_parts = [await self._image_part(a) for a in images]
         # A turn that came with pictures says so in the history (the pictures are not kept).
         stored_text = f"{text}\n{IMAGE_MARK}".strip() if images else text
         name = None if msg.is_direct else speaker_name(msg.sender.name, msg.sender.id)
@@ -839,7 +919,9 @@ class ConversationService:
             self.windows.drop(msg.chat.key)
         try:
             try:
-                await self.moderator.check_input(text)
+                await self.moderator.check_input(
+                    text.removesuffix(moderated).rstrip() if moderated else text
+                )
             except RelaybotError:
                 # Refused, or unchecked (moderation down): kept out of the history either
                 # way, so that no later request carries input moderation never passed.
@@ -852,7 +934,8 @@ class ConversationService:
             budget = self._history_budget(model, system_tokens)
             if budget <= 0:
                 raise self._system_too_long(chat, model, budget)
-            image_parts = [await self._image_part(a) for a in images]
+            if left_out:
+                await self._tell(sink, _cannot_see_pictures(model, left_out), ReplyKind.NOTICE)
             await sink.typing()
             messages = None
             if user_turn is not None and user_turn.pending:
@@ -1002,7 +1085,12 @@ class ConversationService:
         return bool(job and job.resumed and await self.inbox.user_turn_stored(msg.event_key))
 
     def _supports_vision(self, model: str) -> bool:
-        return any(model == v or model.startswith(v + "-") for v in self._vision)
+        """Whether `model` reads pictures: a RELAYBOT_VISION_MODELS name covers its snapshots
+        and variants ("gpt-4o-2024-08-06", "gpt-4o-mini"), under a provider's prefix too
+        ("openai/gpt-4o", as the price table reads it), unless a closer name is one of the
+        variants that take none (o3 reads pictures, o3-mini does not)."""
+        bare = model.rsplit("/", 1)[-1]
+        return _reads_pictures(model, self._vision) or _reads_pictures(bare, self._vision)
 
     async def _text_file(self, attachment: Attachment) -> str:
         """A text file's content for the model (fenced, under its name), or BadInput."""
@@ -1159,6 +1247,31 @@ class ConversationService:
         confirm: Callable[[], Awaitable[list[dict[str, Any]] | None]] | None = None,
     ) -> _Answer | None:
         answer = _Answer()
+
+        async def withheld(stream: ReplyStream) -> bool:
+            """Moderate the text the person saw; take it back and store it "withheld" (out
+            of the history, billed) when it is flagged or cannot be checked: fail closed."""
+            try:
+                flagged = await self.moderator.output_flagged(answer.text)
+            except Exception as err:
+                kind = type(err).__name__ if isinstance(err, RelaybotError) else "unexpected"
+                self.metrics.failed(msg.chat.platform, kind)
+                log.log(
+                    logging.ERROR if isinstance(err, OPERATOR_ERRORS) else logging.WARNING,
+                    "output moderation failed (%s): the answer was withheld unchecked",
+                    kind,
+                    exc_info=not isinstance(err, RelaybotError),
+                    extra={"chat": msg.chat.key},
+                )
+                notice = UNCHECKED_NOTICE
+            else:
+                if not flagged:
+                    return False
+                notice = WITHHELD_NOTICE
+            await stream.retract(notice)
+            await self._store_answer(msg, model, answer, "withheld")
+            return True
+
         async with sink.stream() as stream:
             try:
                 try:
@@ -1182,6 +1295,16 @@ class ConversationService:
             except RelaybotError as err:
                 if not answer.text:
                     raise
+                if await withheld(stream):
+                    # What the person saw was flagged (or could not be checked): its notice
+                    # is all they are told; the break is the operator's to hear of.
+                    self.metrics.failed(msg.chat.platform, type(err).__name__)
+                    log.warning(
+                        "message failed: %s (the partial answer was withheld)",
+                        type(err).__name__,
+                        extra={"chat": msg.chat.key},
+                    )
+                    return None
                 # Keep what the person already saw, marked, and say what happened.
                 await stream.append("\n\n[answer cut short]")
                 await self._store_answer(msg, model, answer, "partial")
@@ -1198,10 +1321,7 @@ class ConversationService:
                 # The model stopped before it was done: the person sees why (the note is
                 # not the model's words, and is not kept in the history).
                 await stream.append(note)
-            flagged = await self.moderator.output_flagged(answer.text)
-            if flagged:
-                await stream.retract(WITHHELD_NOTICE)
-                await self._store_answer(msg, model, answer, "withheld")
+            if await withheld(stream):
                 return None
         return answer
 

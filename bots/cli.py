@@ -253,7 +253,8 @@ def parse_since(text: str) -> datetime:
         raise StartupError(
             f"--since {text!r}: use a date like 2026-11-01, a date-time, or 7d"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    # In UTC, as stored: SQLite compares the clock times, whatever zone they were given in.
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 async def _migrated_engine(settings: Settings) -> AsyncEngine:

@@ -19,6 +19,7 @@ from typing import TextIO
 
 from core.app import Core
 from core.commands import COMMANDS, HELP_TEXT, parse_command
+from core.errors import BadInput
 from core.ports import ReplySink
 from core.types import (
     FORGOTTEN,
@@ -52,7 +53,15 @@ CONSOLE_HELP = (
 
 def _reader(path: Path) -> Fetch:
     async def fetch() -> bytes:
-        return await asyncio.to_thread(path.read_bytes)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:
+            # Deleted or moved since it was sent (a message resumed after a restart).
+            reason = exc.strerror or type(exc).__name__
+            raise BadInput(
+                f"attachment unreadable: {reason}",
+                user_message=f"I can no longer read {path} ({reason}). Please send it again.",
+            ) from None
 
     return fetch
 

@@ -18,13 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.db.models import Message
 from core.db.store import read_chat_settings
+from core.types import THREADLESS_PLATFORMS
 
 FORMATS = ("openai-jsonl",)
-
-
-# Platforms whose chats have no threads: there a ":" belongs to the chat's own name (a console
-# chat may be called "a:b").
-_WITHOUT_THREADS = frozenset({"console"})
 
 
 def parent_key(chat_key: str) -> str | None:
@@ -32,7 +28,7 @@ def parent_key(chat_key: str) -> str | None:
     is not a thread's): `core.types.ChatRef.parent_key`, from the key `ChatRef.key` built."""
     platform, _, rest = chat_key.partition(":")
     chat_id, sep, thread_id = rest.partition(":")
-    if platform in _WITHOUT_THREADS or not sep or not thread_id:
+    if platform in THREADLESS_PLATFORMS or not sep or not thread_id:
         return None
     return f"{platform}:{chat_id}"
 

@@ -22,7 +22,14 @@ from core.pricing import PriceTable, money
 from core.privacy import forget_chat
 from core.ratelimit import RateLimiter
 from core.tokens import PER_MESSAGE_TOKENS, PRIMING_TOKENS, counter_for
-from core.types import FORGOTTEN, AttachmentKind, IncomingMessage, Reply, ReplyKind
+from core.types import (
+    FORGOTTEN,
+    THREADLESS_PLATFORMS,
+    AttachmentKind,
+    IncomingMessage,
+    Reply,
+    ReplyKind,
+)
 
 log = logging.getLogger("relaybot.policy")
 
@@ -211,12 +218,30 @@ class Policy:
         elif name == "budget":
             text = await self._budget(args, msg)
         elif name == "forget":
-            done = await forget_chat(self.store.engine, msg.chat.key, msg.event_key)
-            log.info("chat forgotten", extra={"chat": msg.chat.key})
-            text = (
-                f"Done. I deleted everything stored about this chat ({done.messages} messages "
-                "and its settings). Its usage is kept only as anonymous totals."
+            # A direct chat is one person's, its threads too (a Slack DM's): said at its top
+            # level (a Slack slash command can only be), /forget takes them all.
+            chat = msg.chat
+            threads = (
+                msg.is_direct
+                and chat.thread_id is None
+                and chat.platform not in THREADLESS_PLATFORMS
             )
+            done = await forget_chat(
+                self.store.engine, msg.chat.key, msg.event_key, threads=threads
+            )
+            log.info("chat forgotten", extra={"chat": msg.chat.key, "threads": done.threads})
+            if done.threads:
+                which = "its thread" if done.threads == 1 else f"its {done.threads} threads"
+                text = (
+                    f"Done. I deleted everything stored about this chat and {which} "
+                    f"({done.messages} messages and their settings). Their usage is kept only "
+                    "as anonymous totals."
+                )
+            else:
+                text = (
+                    f"Done. I deleted everything stored about this chat ({done.messages} "
+                    "messages and its settings). Its usage is kept only as anonymous totals."
+                )
         else:  # pragma: no cover - the service routes only POLICY_COMMANDS here
             raise ValueError(name)
         # "forgotten" tells a sink that keeps files of its own for this chat to delete them.

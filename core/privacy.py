@@ -13,10 +13,21 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    SQLColumnExpression,
+    delete,
+    func,
+    or_,
+    select,
+    union,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.accounting import month_start, spend_day, user_key
@@ -46,6 +57,7 @@ class Forgotten:
     events: int
     usage_anonymised: int
     settings: bool
+    threads: int = 0  # conversations in the chat's threads forgotten with it
 
 
 def _count(result: object) -> int:
@@ -53,37 +65,61 @@ def _count(result: object) -> int:
 
 
 async def forget_chat(
-    engine: AsyncEngine, chat_key: str, event_key: str | None = None
+    engine: AsyncEngine, chat_key: str, event_key: str | None = None, *, threads: bool = False
 ) -> Forgotten:
-    """Erase everything stored about one chat, in one transaction."""
+    """Erase everything stored about one chat, in one transaction.
+
+    `threads`: the conversations in the chat's threads too (keys `CHAT_KEY:THREAD`, see
+    `ChatRef.key`), in the same transaction.
+    """
+    prefix = f"{chat_key}:"
+
+    def of(column: SQLColumnExpression[Any]) -> ColumnElement[bool]:
+        """Rows of the chat (and of its threads)."""
+        if not threads:
+            return column == chat_key
+        # substr, not LIKE: exact and case-sensitive on every database.
+        return or_(column == chat_key, func.substr(column, 1, len(prefix)) == prefix)
+
     session_factory = async_sessionmaker(engine, expire_on_commit=False)
     async with session_factory() as session:
-        messages = await session.execute(delete(Message).where(Message.chat_key == chat_key))
+        forgotten_threads = 0
+        if threads:
+            keys = await session.execute(
+                union(
+                    select(Message.chat_key).where(of(Message.chat_key)),
+                    select(Chat.key).where(of(Chat.key)),
+                )
+            )
+            forgotten_threads = len({key for (key,) in keys} - {chat_key})
+        messages = await session.execute(delete(Message).where(of(Message.chat_key)))
         finished: ColumnElement[bool] = InboundEvent.status.not_in(OPEN_STATUSES)
         if event_key is not None:
             finished = or_(finished, InboundEvent.event_key == event_key)
         events = await session.execute(
-            delete(InboundEvent).where(InboundEvent.chat_key == chat_key, finished)
+            delete(InboundEvent).where(of(InboundEvent.chat_key), finished)
         )
-        chats = await session.execute(delete(Chat).where(Chat.key == chat_key))
-        await _forget_spend(session, chat_key)
+        chats = await session.execute(delete(Chat).where(of(Chat.key)))
+        await _forget_spend(session, of)
         usage = await session.execute(
-            update(UsageRecord)
-            .where(UsageRecord.chat_key == chat_key)
-            .values(chat_key=None, user_id=None)
+            update(UsageRecord).where(of(UsageRecord.chat_key)).values(chat_key=None, user_id=None)
         )
         await session.commit()
-    return Forgotten(_count(messages), _count(events), _count(usage), _count(chats) > 0)
+    return Forgotten(
+        _count(messages), _count(events), _count(usage), _count(chats) > 0, forgotten_threads
+    )
 
 
-async def _forget_spend(session: AsyncSession, chat_key: str) -> None:
-    """The chat's usage is about to name nobody: take it out of the budgets' day totals of
-    the chat and of its people, as the budgets would no longer find it."""
+async def _forget_spend(
+    session: AsyncSession, of: Callable[[SQLColumnExpression[Any]], ColumnElement[bool]]
+) -> None:
+    """The usage of the chats `of` picks is about to name nobody: take it out of the budgets'
+    day totals of those chats and of their people, as the budgets would no longer find it."""
     spent: dict[tuple[str, date], float] = defaultdict(float)
     rows = await session.execute(
         select(
             UsageRecord.platform, UsageRecord.user_id, UsageRecord.created_at, UsageRecord.cost_usd
-        ).where(UsageRecord.chat_key == chat_key, UsageRecord.cost_usd > 0)
+        ).where(of(UsageRecord.chat_key), UsageRecord.cost_usd > 0)
     )
     for platform, user_id, created_at, cost in rows:
         if user_id is not None:
@@ -97,7 +133,7 @@ async def _forget_spend(session: AsyncSession, chat_key: str) -> None:
         # A day of this chat alone leaves nothing to keep (and no trace of the person).
         await session.execute(delete(SpendTotal).where(*mine, SpendTotal.cost_usd <= 1e-9))
     await session.execute(
-        delete(SpendTotal).where(SpendTotal.scope == "chat", SpendTotal.subject == chat_key)
+        delete(SpendTotal).where(SpendTotal.scope == "chat", of(SpendTotal.subject))
     )
 
 

@@ -6,6 +6,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+# Platforms whose chats have no threads: there a ":" in a chat key belongs to the chat's own
+# name (a console chat may be called "a:b"), not to a thread of it.
+THREADLESS_PLATFORMS = frozenset({"console"})
+
 
 @dataclass(frozen=True, slots=True)
 class ChatRef:

@@ -66,6 +66,18 @@ async def test_forget_in_the_console(core: Core, fake_openai: FakeOpenAI) -> Non
     assert [m["content"] for m in last["messages"][1:]] == ["what did I say?"]
 
 
+async def test_forget_leaves_a_chat_whose_name_extends_this_ones(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    # "work:notes" is a chat of its own in the console, not a thread of "work".
+    await chat(core, "keep this", name="work:notes")
+    out = await chat(core, "forget this", "/forget", name="work")
+    assert "Done. I deleted everything stored about this chat (2 messages" in out
+    await chat(core, "what did I say?", name="work:notes")
+    last = fake_openai.chat_requests()[-1]
+    assert [m["content"] for m in last["messages"][1:]][:1] == ["keep this"]
+
+
 def saved(out: str) -> list[Path]:
     return [Path(x.removeprefix("Image saved to ")) for x in out.splitlines() if "saved" in x]
 

@@ -803,6 +803,7 @@ class ConversationService:
             transcript = await self._transcribe(msg, audio, translate=False)
             if transcript_only:
                 await sink.send(Reply(text=transcript, kind=ReplyKind.TRANSCRIPT))
+                await self._keep_heard(msg, transcript)
                 return
             heard = transcript
             text = f"{text}\n\n{transcript}".strip() if text else transcript
@@ -822,6 +823,38 @@ class ConversationService:
                 )
             raise BadInput("empty message", user_message="Your message was empty.")
         await self._chat(msg, sink, text, images, moderated=heard)
+
+    async def _keep_heard(self, msg: IncomingMessage, transcript: str) -> None:
+        """A transcript posted in a group joins its history as the speaker's turn (no answer
+        follows it): a later question about it ("@bot is that true?" in reply to it, "@bot
+        sum up what Anna said") has it to go on. Stored with the event's end, in one
+        transaction: after a crash the voice note is not transcribed and posted again."""
+        chat = await self._chat_settings(msg)
+        counter = counter_for(chat.model or self.settings.chat_model)
+        row = {
+            "role": "user",
+            "content": transcript,
+            "name": speaker_name(msg.sender.name, msg.sender.id),
+            "token_count": counter.count(transcript),
+            "encoding": counter.stored_as,
+            "status": "heard",
+            "event_key": msg.event_key,
+        }
+        job = _current.get()
+        window = self.windows.get(msg.chat.key)
+        appended = await self.store.append_messages(
+            msg.chat.key,
+            [row],
+            answered_event=job.event_id if job else None,
+            close_event=job is not None,
+            expected_revision=window.revision if window else None,
+            claim=self._claim(),
+        )
+        if not appended.ids:
+            raise _TakenOver
+        self._follow(msg.chat.key, window, appended, row, counter)
+        if job is not None:
+            job.closed = True
 
     async def _voice_mode(self, msg: IncomingMessage) -> str:
         """What a group does with voice notes: "answer" them or post a "transcript"."""
@@ -844,9 +877,12 @@ class ConversationService:
         *,
         store_user_turn: bool = True,
         moderated: str = "",
+        answer_to: int | None = None,
     ) -> None:
         """Answer `text` (with `images`); `moderated`: the end of `text` that input
-        moderation already passed (a voice note's transcript), not checked again."""
+        moderation already passed (a voice note's transcript), not checked again;
+        `answer_to`: the stored turn the request ends with (/retry: turns stored after it,
+        transcripts posted since, are left out of the request)."""
         if len(text) > self.settings.max_input_chars:
             raise BadInput(
                 f"input of {len(text)} chars",
@@ -943,14 +979,18 @@ class ConversationService:
             if messages is None:
                 if user_turn is not None:
                     await user_turn.stored()
-                messages = await self._request_messages(msg.chat.key, system, model, budget)
+                messages = await self._request_messages(
+                    msg.chat.key, system, model, budget, answer_to
+                )
 
             async def confirm() -> list[dict[str, Any]] | None:
                 """None when the request sent holds the history as stored; else the request
                 to send instead (the window proved stale once the turn was stored)."""
                 if user_turn is None or await user_turn.confirmed():
                     return None
-                return await self._request_messages(msg.chat.key, system, model, budget)
+                return await self._request_messages(
+                    msg.chat.key, system, model, budget, answer_to
+                )
 
             async def trim_harder(refused: ContextTooLong) -> list[dict[str, Any]]:
                 if user_turn is not None:
@@ -961,7 +1001,9 @@ class ConversationService:
                     smaller = self._history_budget(model, system_tokens)
                 if smaller <= 0:
                     raise refused
-                return await self._request_messages(msg.chat.key, system, model, smaller)
+                return await self._request_messages(
+                    msg.chat.key, system, model, smaller, answer_to
+                )
 
             try:
                 answer = await self._stream_answer(
@@ -1143,16 +1185,19 @@ class ConversationService:
         return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64}"}}
 
     async def _request_messages(
-        self, chat_key: str, system: str, model: str, budget: int
+        self, chat_key: str, system: str, model: str, budget: int, upto: int | None = None
     ) -> list[dict[str, Any]]:
-        """System prompt + the newest history that fits `budget`, oldest first."""
+        """System prompt + the newest history that fits `budget`, oldest first (ending with
+        the turn `upto`, when given)."""
         counter = counter_for(model)
         window = self.windows.get(chat_key)
         if window is None or window.encoding != counter.stored_as or not window.fit(budget):
             window = await self._read_window(chat_key, counter, budget)
         else:
             self.windows.resized(chat_key)
-        return window.messages({"role": "system", "content": system})
+        messages = window.messages({"role": "system", "content": system})
+        later = sum(1 for turn in window.turns if upto is not None and turn.id > upto)
+        return messages[: len(messages) - later] if later else messages
 
     async def _read_window(self, chat_key: str, counter: TokenCounter, budget: int) -> ChatWindow:
         """The newest history that fits `budget`, read from the store (and kept, if it may)."""
@@ -1487,7 +1532,9 @@ class ConversationService:
                     user_message="I no longer have the picture that message came with. "
                     "Please send it again.",
                 )
-            await self._chat(msg, sink, text, [], store_user_turn=False)
+            await self._chat(
+                msg, sink, text, [], store_user_turn=False, answer_to=popped.user.id
+            )
         except Exception:
             if await self.store.restore_answer(key, popped):
                 self.windows.drop(key)

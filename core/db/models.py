@@ -145,7 +145,8 @@ class Message(Base):
     name: Mapped[str | None] = mapped_column(String(64), default=None)
     token_count: Mapped[int] = mapped_column(Integer)
     encoding: Mapped[str] = mapped_column(String(32))
-    # "ok", "partial" (stream cut), "withheld" (flagged output, never sent back to the model)
+    # "ok", "partial" (stream cut), "withheld" (flagged output, never sent back to the model),
+    # "heard" (a voice note's transcript posted in a group: context, nobody asked the bot)
     status: Mapped[str] = mapped_column(String(16), default="ok")
     event_key: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -448,7 +448,8 @@ class Store:
         return await self.db.run(_move_chat, old_key, new_key)
 
     async def has_history(self, chat_key: str) -> bool:
-        """Whether the chat holds any history turn (one indexed look-up)."""
+        """Whether the chat holds a history turn other than transcripts posted unasked
+        (one indexed look-up)."""
         return await self.db.run(_has_history, chat_key, autocommit=True, durable=False)
 
 
@@ -761,8 +762,10 @@ def _pop_last_answer(conn: Connection, chat_key: str) -> PoppedAnswer | None:
     ).all()
     doomed: list[Any] = []
     for row in rows:
-        if row.role == "user" and row.status == "withheld":
-            continue  # refused, never answered: the answer before it is the one to retry
+        if row.role == "user" and row.status in ("withheld", "heard"):
+            # Refused, or a transcript nobody asked about: never answered, so the answer
+            # before it is the one to retry.
+            continue
         if row.role == "user":
             if doomed:
                 conn.execute(delete(Message).where(Message.id.in_([r.id for r in doomed])))
@@ -851,7 +854,10 @@ def _move_chat(conn: Connection, old: str, new: str) -> int:
 
 
 def _has_history(conn: Connection, chat_key: str) -> bool:
-    query = select(Message.id).where(Message.chat_key == chat_key).limit(1)
+    # A transcript the bot posted unasked ("heard") is not the bot taking part.
+    query = (
+        select(Message.id).where(Message.chat_key == chat_key, Message.status != "heard").limit(1)
+    )
     return conn.execute(query).first() is not None
 
 

@@ -96,7 +96,12 @@ async def test_a_question_in_reply_to_a_voice_note_is_answered_with_its_transcri
     (request,) = bot.openai.chat_requests()
     assert message_text(request["messages"][-1]["content"]) == asked
     stored = [(row.role, row.content) for row in reversed(await bot.stored(GROUP_KEY))]
-    assert stored == [("user", asked), ("assistant", f"echo: {asked}")]
+    # (The transcript the group was given is history too, as Bob's turn.)
+    assert stored == [
+        ("user", DEFAULT_TRANSCRIPT),
+        ("user", asked),
+        ("assistant", f"echo: {asked}"),
+    ]
 
 
 @pytest.mark.telegram_settings(group_voice_transcript_only=True)

@@ -988,9 +988,7 @@ class ConversationService:
                 to send instead (the window proved stale once the turn was stored)."""
                 if user_turn is None or await user_turn.confirmed():
                     return None
-                return await self._request_messages(
-                    msg.chat.key, system, model, budget, answer_to
-                )
+                return await self._request_messages(msg.chat.key, system, model, budget, answer_to)
 
             async def trim_harder(refused: ContextTooLong) -> list[dict[str, Any]]:
                 if user_turn is not None:
@@ -1532,9 +1530,7 @@ class ConversationService:
                     user_message="I no longer have the picture that message came with. "
                     "Please send it again.",
                 )
-            await self._chat(
-                msg, sink, text, [], store_user_turn=False, answer_to=popped.user.id
-            )
+            await self._chat(msg, sink, text, [], store_user_turn=False, answer_to=popped.user.id)
         except Exception:
             if await self.store.restore_answer(key, popped):
                 self.windows.drop(key)

@@ -109,6 +109,8 @@ class ClaimedEvent:
     status: str
     payload: str | None
     reply_ref: str | None = None
+    # How many times a process took the event on before this claim (its first, included).
+    attempts: int = 1
 
 
 class Inbox:
@@ -385,6 +387,7 @@ def _claim_abandoned(
             InboundEvent.status,
             InboundEvent.payload,
             InboundEvent.reply_ref,
+            InboundEvent.attempts,
         )
         .where(InboundEvent.status.in_(OPEN_STATUSES), InboundEvent.id > after, or_(*prefixes))
         .order_by(InboundEvent.id)

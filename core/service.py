@@ -169,6 +169,14 @@ IMAGE_MARK = "[image]"  # ends a stored turn that came with pictures
 # A message sent in parts (IncomingMessage.part_of: a Telegram album, one event per picture)
 # is answered once, by its first part, which waits until no further part has come for
 # PARTS_QUIET_SECONDS (at most PARTS_WAIT_SECONDS in all) and then takes the others in.
+# A message taken on this many times without being finished (each process working on it
+# stopped: a crash it causes, an out-of-memory kill) is given up rather than resumed again,
+# so it cannot take every restart down with it.
+GIVE_UP_AFTER = 5
+GAVE_UP = (
+    "Sorry, I had to give up on this message: I stopped several times while working on it. "
+    "Please send it again, perhaps shorter or without its file."
+)
 PARTS_QUIET_SECONDS = 1.0
 PARTS_WAIT_SECONDS = 5.0
 
@@ -673,6 +681,9 @@ class ConversationService:
                 await self.inbox.release([event.id])
                 continue
             msg, sink = restored
+            if event.attempts >= GIVE_UP_AFTER:
+                await self._give_up(event, msg, sink)
+                continue
             # Across replicas the database orders a chat (oldest unanswered event first). A
             # resumed event is older than what this process may already queue for its chat,
             # so it must not wait in that queue: it would wait behind events waiting for it.
@@ -683,6 +694,19 @@ class ConversationService:
         if resumed:
             log.info("resumed unfinished messages", extra={"count": resumed})
         return resumed
+
+    async def _give_up(self, event: ClaimedEvent, msg: IncomingMessage, sink: ReplySink) -> None:
+        """A message that every process working on it stopped with (a crash each time, say):
+        closed first, so that it cannot stop the next one, then the person is told."""
+        await self.inbox.finish(event.id, "failed")
+        self.metrics.failed(msg.chat.platform, "GaveUp")
+        log.error(
+            "operator action needed: a message was given up after %d attempts (each one "
+            "ended with the process, e.g. a crash or a kill while answering it)",
+            event.attempts,
+            extra={"chat": msg.chat.key},
+        )
+        await self._tell(sink, GAVE_UP, ReplyKind.ERROR)
 
     async def move_chat(self, old: ChatRef, new: ChatRef) -> None:
         """Adapters: chat `old` lives on as `new` (a Telegram group upgraded to a supergroup
@@ -800,7 +824,11 @@ class ConversationService:
         text = msg.text.strip()
         heard = ""  # a voice note's transcript, which _transcribe already moderated
         if audio is not None:
-            transcript = await self._transcribe(msg, audio, translate=False)
+            # Every recording the message carries (an album of audio files has several).
+            recordings = [a for a in msg.attachments if a.kind is AttachmentKind.AUDIO]
+            transcript = "\n\n".join(
+                [await self._transcribe(msg, a, translate=False) for a in recordings]
+            )
             if transcript_only:
                 await sink.send(Reply(text=transcript, kind=ReplyKind.TRANSCRIPT))
                 await self._keep_heard(msg, transcript)

@@ -261,6 +261,12 @@ def to_incoming(
         return None
     if mentioned:
         text = _strip_mention(text, bot)
+    # A video in an album nobody addressed (it comes only to be joined with the album's
+    # other parts): its sound is not something said to the bot, so a group that wants
+    # transcripts of what is said does not get one of it.
+    heard = group_voice and _heard(message, own)
+    if not addressed and own is not None and own.kind is AttachmentKind.AUDIO and not heard:
+        own = None
     attachments: list[Attachment] = [own] if own is not None else []
     if not attachments and replied is not None:
         # "/translate" on a voice note, "/edit" on a photo, a question about a picture.

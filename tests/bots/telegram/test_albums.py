@@ -148,3 +148,48 @@ async def test_an_album_whose_parts_were_never_joined_is_joined_on_resume(
     assert telegram.texts(PRIVATE_CHAT) == ["echo: compare"]
     (request,) = fake_openai.chat_requests()
     assert len(pictures_sent(request)) == 3
+
+
+async def test_an_album_of_recordings_is_answered_with_every_transcript(
+    bot: Bot, voice_note: bytes
+) -> None:
+    tg = bot.telegram
+    bot.openai.transcript = "minutes of the call"
+    album = [
+        tg.audio_update(
+            PRIVATE_CHAT,
+            voice_note,
+            file_name=f"call-{n}.ogg",
+            mime_type="audio/ogg",
+            caption="summarise both recordings" if n == 0 else None,
+        )
+        for n in range(2)
+    ]
+    for update in album:
+        update["message"]["media_group_id"] = "4242"
+
+    await deliver_all(bot, album)
+
+    assert len(bot.openai.calls("/audio/transcriptions")) == 2
+    (request,) = bot.openai.chat_requests()
+    asked = "summarise both recordings\n\nminutes of the call\n\nminutes of the call"
+    assert request["messages"][-1]["content"] == asked
+    assert tg.texts(PRIVATE_CHAT) == [f"echo: {asked}"]
+
+
+@pytest.mark.telegram_settings(group_voice_transcript_only=True)
+@pytest.mark.bot_user(can_read_all_group_messages=True)
+async def test_a_video_in_an_album_nobody_addressed_is_not_transcribed(
+    bot: Bot, photo: bytes
+) -> None:
+    # A group that wants transcripts of voice notes gets none of a holiday video's sound,
+    # in an album as on its own.
+    tg = bot.telegram
+    picture = tg.photo_update(GROUP, photo, caption="our trip!")
+    video = tg.video_update(GROUP, b"\x00\x00\x00 ftypmp42 a short video")
+    picture["message"]["media_group_id"] = video["message"]["media_group_id"] = "4343"
+
+    await deliver_all(bot, [picture, video])
+
+    assert tg.chat_log(GROUP) == []
+    assert bot.openai.calls("/audio/transcriptions") == []

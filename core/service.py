@@ -1728,6 +1728,14 @@ class ConversationService:
                 "edit without image",
                 user_message="Send /edit INSTRUCTION together with (or as a reply to) a photo.",
             )
+        if sum(1 for a in msg.attachments if a.kind is AttachmentKind.IMAGE) > 1:
+            # An album: which of its pictures is meant is anyone's guess.
+            raise BadInput(
+                "edit of several pictures",
+                user_message=(
+                    "I edit one picture at a time: send /edit INSTRUCTION with one photo."
+                ),
+            )
         await self.moderator.check_input(prompt)
         await sink.typing()
         model = self.settings.image_model

@@ -193,3 +193,13 @@ async def test_a_video_in_an_album_nobody_addressed_is_not_transcribed(
 
     assert tg.chat_log(GROUP) == []
     assert bot.openai.calls("/audio/transcriptions") == []
+
+
+async def test_edit_on_an_album_asks_for_one_photo(bot: Bot, photo: bytes) -> None:
+    tg = bot.telegram
+    await deliver_all(bot, tg.album_updates(PRIVATE_CHAT, [photo, SQUARE], caption="/edit sepia"))
+
+    assert tg.texts(PRIVATE_CHAT) == [
+        "I edit one picture at a time: send /edit INSTRUCTION with one photo."
+    ]
+    assert bot.openai.calls("/images/edits") == []

@@ -1222,7 +1222,9 @@ class ConversationService:
         else:
             self.windows.resized(chat_key)
         messages = window.messages({"role": "system", "content": system})
-        later = sum(1 for turn in window.turns if upto is not None and turn.id > upto)
+        if upto is None:
+            return messages
+        later = sum(1 for turn in window.turns if turn.id > upto)
         return messages[: len(messages) - later] if later else messages
 
     async def _read_window(self, chat_key: str, counter: TokenCounter, budget: int) -> ChatWindow:

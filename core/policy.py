@@ -117,11 +117,13 @@ class Policy:
             raise AccessDenied("not allowed")
         wait = await self.limiter.hit(f"user:{user_key(platform, sender)}")
         if wait is not None:
+            limit = self.settings.rate_limit_per_minute
             raise SlowDown(
                 "rate limited",
                 user_message=(
-                    f"Slow down a little: you can send {self.settings.rate_limit_per_minute} "
-                    f"messages a minute. Try again in about {wait:.0f} s."
+                    f"Slow down a little: you can send {limit} "
+                    f"message{'' if limit == 1 else 's'} a minute. "
+                    f"Try again in about {wait:.0f} s."
                 ),
             )
         name, args = command if command is not None else ("", "")

@@ -212,11 +212,13 @@ class BudgetOverride(Base):
 
 
 class RateLimitWindow(Base):
-    """Requests one subject made in one fixed window, shared by every replica."""
+    """Requests one subject made that were let through, shared by every replica (see
+    core/ratelimit.py: a true sliding one-minute window)."""
 
     __tablename__ = "rate_limit_windows"
 
     subject: Mapped[str] = mapped_column(String(200), primary_key=True)
-    # Window number: epoch seconds // window length.
+    # The epoch millisecond the request came at (`hits`: those of that millisecond), or -1
+    # for the subject's lock row, which orders its requests across replicas.
     window: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     hits: Mapped[int] = mapped_column(Integer, default=0)

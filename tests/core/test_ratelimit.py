@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import math
+import random
 import time
 
 from sqlalchemy import select
@@ -11,7 +14,7 @@ from core.app import Core, open_core
 from core.config import Settings
 from core.db.models import RateLimitWindow
 from core.privacy import run_maintenance
-from core.ratelimit import RateLimiter
+from core.ratelimit import LOCK_ROW, RateLimiter
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
 from core.types import ChatRef, IncomingMessage, Sender
@@ -74,7 +77,8 @@ async def test_the_limit_slides_across_minute_boundaries_and_frees_up(
         assert await limiter.purge() >= 1
         async with core.store._session() as session:
             windows = (await session.execute(select(RateLimitWindow.window))).scalars().all()
-        assert windows == [int(now[0] // 60)]
+        # What is left: the last request let through, and the person's lock row.
+        assert sorted(windows) == [LOCK_ROW, round(now[0] * 1000)]
 
 
 async def test_maintenance_drops_stale_counters(
@@ -88,4 +92,121 @@ async def test_maintenance_drops_stale_counters(
         await run_maintenance(core.engine, limited)
         async with core.store._session() as session:
             subjects = (await session.execute(select(RateLimitWindow.subject))).scalars().all()
-    assert subjects == ["user:test:u1"]
+    assert set(subjects) == {"user:test:u1"}
+
+
+START = 1_800_000_020.0  # 20 s into a minute
+
+
+def sliding_window(limit: int, times: list[float]) -> list[float | None]:
+    """What a true sliding one-minute window says to requests at `times`: None (let
+    through), or the whole seconds until the oldest of the last `limit` let through leaves."""
+    taken: list[float] = []
+    said: list[float | None] = []
+    for t in times:
+        inside = [a for a in taken if t - a < 60]
+        if len(inside) < limit:
+            taken.append(t)
+            said.append(None)
+        else:
+            said.append(float(max(1, math.ceil(inside[-limit] + 60 - t))))
+    return said
+
+
+def schedule(gaps: list[float]) -> list[float]:
+    return [START + g for g in itertools.accumulate(gaps, initial=0.0)]
+
+
+async def said_by(
+    limiter: RateLimiter, now: list[float], subject: str, times: list[float]
+) -> list[float | None]:
+    said: list[float | None] = []
+    for t in times:
+        now[0] = t
+        said.append(await limiter.hit(subject))
+    return said
+
+
+async def test_under_the_limit_is_never_refused_and_over_it_always_is(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    shuffled = random.Random(7)
+    cases = {
+        (1, "61 s apart"): schedule([61.0] * 8),
+        (1, "90 s apart"): schedule([90.0] * 8),
+        (1, "60 s apart, just out"): schedule([60.0] * 8),
+        (1, "59.5 s apart, just in"): schedule([59.5] * 8),
+        (5, "13 s apart"): schedule([13.0] * 20),
+        (5, "11 s apart, one too many a minute"): schedule([11.0] * 20),
+        (3, "bursts"): schedule([0.5, 0.5, 0.5, 0.5, 30.0, 29.0, 0.5, 1.0, 61.0, 0.0, 0.0, 0.0]),
+        (4, "at random"): schedule([float(shuffled.randint(0, 40)) for _ in range(60)]),
+    }
+    async with open_core(settings) as core:
+        now = [START]
+        for (limit, name), times in cases.items():
+            limiter = RateLimiter(core.engine, limit, clock=lambda: now[0])
+            said = await said_by(limiter, now, f"user:test:{limit}:{name}", times)
+            assert said == sliding_window(limit, times), (limit, name)
+    # The model itself: under the limit all pass, over it some do not.
+    for name in ("61 s apart", "90 s apart", "60 s apart, just out"):
+        assert sliding_window(1, cases[1, name]) == [None] * len(cases[1, name])
+    assert sliding_window(1, cases[1, "59.5 s apart, just in"])[:3] == [None, 1.0, None]
+    assert sliding_window(5, cases[5, "13 s apart"]) == [None] * 21
+    assert sliding_window(5, cases[5, "11 s apart, one too many a minute"])[5] == 5.0
+
+
+async def test_a_burst_up_to_the_limit_passes_and_the_next_waits_for_the_oldest(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(settings) as core:
+        now = [START]
+        limiter = RateLimiter(core.engine, 5, clock=lambda: now[0])
+        burst = await said_by(limiter, now, "user:test:u1", [START + i for i in range(5)])
+        assert burst == [None] * 5
+        # The oldest (START) leaves the window at START + 60.
+        assert await said_by(limiter, now, "user:test:u1", [START + 10]) == [50.0]
+        assert await said_by(limiter, now, "user:test:u1", [START + 59.5]) == [1.0]
+        assert await said_by(limiter, now, "user:test:u1", [START + 60]) == [None]
+        # Full again; the next to leave is START + 1, half a second on: "about 1 s".
+        assert await said_by(limiter, now, "user:test:u1", [START + 60.5]) == [1.0]
+        assert await said_by(limiter, now, "user:test:u1", [START + 61]) == [None]
+        # Someone else has a minute of their own.
+        assert await said_by(limiter, now, "user:test:u2", [START + 61]) == [None]
+
+
+async def test_a_person_has_at_most_limit_rows_and_quiet_people_are_forgotten(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    async with open_core(settings) as core:
+        now = [START]
+        limiter = RateLimiter(core.engine, 3, clock=lambda: now[0])
+
+        async def rows() -> list[str]:
+            async with core.store._session() as session:
+                query = select(RateLimitWindow.subject).where(RateLimitWindow.window != LOCK_ROW)
+                return list((await session.execute(query)).scalars().all())
+
+        # Half an hour of a message every 7 s, most of them over the limit.
+        said = await said_by(limiter, now, "user:test:busy", schedule([7.0] * 250))
+        assert said.count(None) == sliding_window(3, schedule([7.0] * 250)).count(None)
+        assert len(await rows()) == 3
+        for person in range(40):
+            await limiter.hit(f"user:test:p{person}")
+        assert len(await rows()) == 3 + 40
+        # A minute later nobody has a request left in the window: all of it goes.
+        now[0] += 60
+        assert await limiter.purge() == (3 + 1) + 40 * (1 + 1)
+        async with core.store._session() as session:
+            assert (await session.execute(select(RateLimitWindow))).all() == []
+
+
+async def test_replicas_let_exactly_one_of_simultaneous_requests_through(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    now = [START]
+    async with open_core(settings) as first, open_core(settings) as second:
+        limiters = [RateLimiter(c.engine, 1, clock=lambda: now[0]) for c in (first, second)]
+        assert await limiters[0].hit("user:test:u1") is None
+        now[0] = START + 61  # the first left the window a second ago
+        said = await asyncio.gather(*(limiters[i % 2].hit("user:test:u1") for i in range(6)))
+    assert sorted(said, key=lambda w: w or 0) == [None, 60.0, 60.0, 60.0, 60.0, 60.0]

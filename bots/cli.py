@@ -41,6 +41,10 @@ from core.privacy import maintenance_loop, run_maintenance
 OFFICIAL_API = "api.openai.com"
 TELEGRAM_TOKEN_REJECTED = "Telegram rejected TELEGRAM_BOT_TOKEN; check it with @BotFather"
 EMPTY_DATABASE = "empty (no migrations)"
+NO_PLATFORM = (
+    "relaybot: no platform is configured (TELEGRAM_BOT_TOKEN and SLACK_BOT_TOKEN are not "
+    "set): running the console, reading standard input until it ends"
+)
 
 
 class StartupError(Exception):
@@ -132,6 +136,14 @@ async def probe_endpoint(core: Core) -> None:
         raise StartupError(
             f"cannot reach the model endpoint at {url}; check OPENAI_BASE_URL and the network."
         ) from None
+    except EndpointMissing as err:
+        fixed = await core.client.v1_base_url()
+        if fixed is not None:  # every request would meet the same 404
+            raise StartupError(
+                f"the model endpoint at {url} has no /models (HTTP 404) but {fixed} lists the "
+                f"models: set OPENAI_BASE_URL={fixed}"
+            ) from None
+        unlisted = err  # some compatible servers have no /models; chatting may still work
     except RelaybotError as err:
         unlisted = err  # some compatible servers have no /models; chatting may still work
     await _probe_moderation(core, missing_models=isinstance(unlisted, EndpointMissing))
@@ -180,21 +192,26 @@ def setup_logging(level: str, settings: Settings | None = None) -> None:
     )
 
 
-async def cmd_console(settings: Settings, args: argparse.Namespace) -> None:
-    """Chat in the terminal."""
+async def cmd_console(
+    settings: Settings, args: argparse.Namespace, *, instead_of_platforms: bool = False
+) -> None:
+    """Chat in the terminal; `instead_of_platforms`: `run` with no platform configured."""
     from bots.console import run_console
 
     check_model_settings(settings)
     async with started_core(settings, args) as core:
         await probe_endpoint(core)
         await run_maintenance(core.engine, settings)
+        if instead_of_platforms and not (sys.stdin and sys.stdin.isatty()):
+            # A container or service without its token would read nothing and exit 0.
+            print(NO_PLATFORM, file=sys.stderr, flush=True)
         await run_console(core, chat=args.chat, user=os.environ.get("USER", "you") or "you")
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
     """Run every configured platform; the console when none is."""
     if settings.telegram_bot_token is None and settings.slack_bot_token is None:
-        await cmd_console(settings, args)
+        await cmd_console(settings, args, instead_of_platforms=True)
         return
     from bots.runner import run_platforms
 
@@ -388,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = load_settings()
-        explicit_level = "RELAYBOT_LOG_LEVEL" in os.environ
+        explicit_level = "log_level" in settings.model_fields_set  # environment or .env
         quiet = command in ("console", "db", "usage", "export") or (
             command == "run" and not (settings.telegram_bot_token or settings.slack_bot_token)
         )

@@ -222,14 +222,26 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
             )
         ]
     except RelaybotError as exc:
-        return [
-            Result(
-                name,
-                Status.WARN,
-                f"{url} answers but cannot list models ({type(exc).__name__})",
-                "fine for servers without /models; otherwise check OPENAI_BASE_URL",
-            )
-        ]
+        # A bare 404 where <url>/v1 lists the models: every request would meet that 404.
+        fixed = await client.v1_base_url() if isinstance(exc, EndpointMissing) else None
+        if fixed is not None:
+            return [
+                fail(
+                    name,
+                    f"{url} has no /models (HTTP 404) but {fixed} lists the models: "
+                    "OPENAI_BASE_URL lacks its /v1",
+                    f"set OPENAI_BASE_URL={fixed}",
+                )
+            ]
+        unlisted = Result(
+            name,
+            Status.WARN,
+            f"{url} answers but cannot list models ({type(exc).__name__})",
+            "fine for servers without /models; otherwise check OPENAI_BASE_URL",
+        )
+        # As the start does: moderation on needs /moderations, listed models or not.
+        moderation = await _check_moderation(settings, client)
+        return [unlisted] if moderation is None else [unlisted, moderation]
     results = [ok(name, f"{url} lists {len(models)} models")]
     moderation = await _check_moderation(settings, client)
     if moderation is not None:

@@ -579,6 +579,21 @@ class OpenAIClient:
             str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)
         )
 
+    async def v1_base_url(self) -> str | None:
+        """After /models answered 404: this base URL with `/v1` added when the models are
+        listed there (OPENAI_BASE_URL lacks its /v1: every request would 404), else None (a
+        server that has no /models, which may still chat)."""
+        if urlsplit(self._base_url).path.endswith("/v1"):
+            return None
+        candidate = self._base_url + "/v1"
+        try:
+            response = await self._send("GET", candidate + "/models", where="/v1/models")
+            payload = response.json()
+        except (RelaybotError, ValueError):
+            return None
+        listed = isinstance(payload, dict) and isinstance(payload.get("data"), list)
+        return candidate if listed else None
+
     # -- requests and retries ----------------------------------------------------------
     def _url(self, path: str) -> str:
         return self._base_url + path

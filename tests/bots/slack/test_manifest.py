@@ -36,3 +36,15 @@ def test_the_manifest_has_the_scopes_events_and_command_relaybot_needs() -> None
     assert "assistant_view" in manifest["features"]
     url = manifest["settings"]["event_subscriptions"]["request_url"]
     assert url.endswith("/slack/events")
+
+
+def test_the_manifest_declares_the_history_commands_a_channel_answers() -> None:
+    # README: in a channel /reset, /retry and /forget say to use the thread instead.
+    from bots.slack.adapter import HISTORY_COMMANDS
+
+    manifest = yaml.safe_load((REPO / "deploy" / "slack-app-manifest.yaml").read_text())
+    commands = manifest["features"]["slash_commands"]
+    assert {f"/{name}" for name in HISTORY_COMMANDS} <= {c["command"] for c in commands}
+    request_url = manifest["settings"]["event_subscriptions"]["request_url"]
+    # One host to replace, as the header says; every command posts where events do.
+    assert {c["url"] for c in commands} == {request_url}

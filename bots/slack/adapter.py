@@ -20,7 +20,13 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.http_server import HttpServer
-from bots.slack.events import PLATFORM, thread_to_check, to_incoming, unlabelled_users
+from bots.slack.events import (
+    PLATFORM,
+    plain_text,
+    thread_to_check,
+    to_incoming,
+    unlabelled_users,
+)
 from bots.slack.files import fetcher
 from bots.slack.sink import (
     ANSWER_EVENT_TYPE,
@@ -363,7 +369,41 @@ class SlackAdapter:
         if not msg.is_direct:
             name = names.get(msg.sender.id, msg.sender.id)
             msg = dataclasses.replace(msg, sender=Sender(id=msg.sender.id, name=name))
+            parent = await self._thread_parent(event, msg, deadline)
+            if parent:
+                msg = dataclasses.replace(msg, reply_to_text=parent)
         return msg
+
+    async def _thread_parent(
+        self, event: Mapping[str, Any], msg: IncomingMessage, deadline: float
+    ) -> str | None:
+        """The text of the message a channel thread hangs under, when the bot is asked in
+        that thread for the first time ("@bot can you answer this?" under someone's
+        question): the model reads it quoted, as a replied-to message. None where the bot
+        already talks in the thread (its history has it) or Slack could not say in time."""
+        thread_ts = str(event.get("thread_ts") or "")
+        channel = str(event.get("channel", ""))
+        if not msg.addressed_to_bot or not thread_ts or thread_ts == str(event.get("ts", "")):
+            return None
+        if time.monotonic() < self._replies_paused_until:
+            return None
+        try:
+            if await self.core.service.has_history(msg.chat):
+                return None
+            async with asyncio.timeout_at(deadline):
+                response = await self.client.conversations_replies(
+                    channel=channel, ts=thread_ts, limit=1
+                )
+        except SlackApiError as err:
+            log.info("could not read a thread's first message: %s", error_name(err) or "error")
+            return None
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.info("could not read a thread's first message: %s", type(err).__name__)
+            return None
+        for message in response.get("messages") or []:
+            if isinstance(message, Mapping) and str(message.get("ts")) == thread_ts:
+                return plain_text(str(message.get("text") or ""), self._names).strip() or None
+        return None
 
     def _track(self, job: asyncio.Task[None] | None) -> None:
         if job is not None:

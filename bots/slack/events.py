@@ -218,6 +218,11 @@ def to_attachment(file: Mapping[str, Any], fetch_for: FetchFactory) -> Attachmen
     name = str(file.get("name") or "")
     if not name:
         name = f"{file.get('id', 'file')}.{file.get('filetype') or 'bin'}"
+    elif kind is AttachmentKind.FILE and not name.rpartition(".")[0]:
+        # A snippet ("Untitled"), a Dockerfile: the core reads a file that comes with a
+        # message only under a name with an extension, and would pass over this one.
+        mime = str(file.get("mimetype") or "")
+        name = f"{name}.{'txt' if mime.startswith('text/') else file.get('filetype') or 'bin'}"
     duration_ms = file.get("duration_ms")
     size = file.get("size")
     return Attachment(

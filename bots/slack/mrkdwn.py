@@ -15,7 +15,9 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _inline(children: Sequence[Token]) -> str:
+def _inline(children: Sequence[Token], *, bold: bool = False) -> str:
+    """mrkdwn for a paragraph's inline tokens; `bold`: all of it is made bold (a heading),
+    so its own bold marks are left out ("## **Summary**" is `*Summary*`, not `**Summary**`)."""
     out: list[str] = []
     link: list[str] | None = None
     href = ""
@@ -29,6 +31,8 @@ def _inline(children: Sequence[Token]) -> str:
             target.append("\n")
         elif kind == "code_inline":
             target.append(f"`{escape(tok.content)}`")
+        elif bold and kind in ("strong_open", "strong_close"):
+            continue
         elif kind.endswith(("_open", "_close")) and kind.rsplit("_", 1)[0] in marks:
             target.append(marks[kind.rsplit("_", 1)[0]])
         elif kind == "link_open":
@@ -73,7 +77,7 @@ def to_mrkdwn(markdown: str) -> str:
             heading = False
             lines.append("")
         elif kind == "inline":
-            text = _inline(tok.children or [])
+            text = _inline(tok.children or [], bold=heading)
             emit(f"*{text}*" if heading and text else text)
         elif kind == "paragraph_close" and not lists:
             lines.append("> " * quote if quote else "")

@@ -1,0 +1,39 @@
+"""Asked in someone's thread, the bot reads the message the thread hangs under."""
+
+from __future__ import annotations
+
+from core.testing.fake_slack import app_mention_event, message_event, new_ts
+from tests.bots.slack.conftest import SlackApp
+
+CHANNEL = "C0GENERAL"
+
+
+def last_user_turn(slack_app: SlackApp) -> str:
+    messages = slack_app.openai.chat_requests()[-1]["messages"]
+    return str([m for m in messages if m["role"] == "user"][-1]["content"])
+
+
+async def test_asked_in_someone_elses_thread_the_bot_reads_what_the_thread_is_about(
+    slack_app: SlackApp,
+) -> None:
+    parent = new_ts()
+    slack_app.slack.add_person_message(
+        CHANNEL, parent, "Does anyone know the VPN address for the Berlin office?", user="U0BOB"
+    )
+    await slack_app.post_event(
+        app_mention_event(
+            channel=CHANNEL, ts=new_ts(), thread_ts=parent, text="<@U0BOT> can you answer this?"
+        )
+    )
+    await slack_app.slack.wait_for("/api/chat.stopStream")
+    await slack_app.adapter.drain()
+
+    assert last_user_turn(slack_app) == (
+        "> Does anyone know the VPN address for the Berlin office?\n\ncan you answer this?"
+    )
+
+    # Once the bot talks in the thread, its history holds the question: not quoted again.
+    await slack_app.post_event(message_event(channel=CHANNEL, thread_ts=parent, text="thanks"))
+    await slack_app.slack.wait_for("/api/chat.stopStream", 2)
+    await slack_app.adapter.drain()
+    assert last_user_turn(slack_app) == "thanks"

@@ -26,7 +26,15 @@ def test_the_manifest_has_the_scopes_events_and_command_relaybot_needs() -> None
         "users:read",
     } <= scopes
     events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
-    assert {"app_mention", "message.channels", "message.im", "assistant_thread_started"} <= events
+    assert {
+        "app_mention",
+        "message.channels",
+        "message.groups",
+        # Group DMs: without it a follow-up in the bot's thread there needed a mention.
+        "message.mpim",
+        "message.im",
+        "assistant_thread_started",
+    } <= events
     from bots.slack.adapter import SLASH_COMMANDS
 
     declared = [c["command"] for c in manifest["features"]["slash_commands"]]

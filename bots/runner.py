@@ -55,11 +55,19 @@ async def sweep(core: Core, restorers: Mapping[str, Restorer]) -> None:
             log.exception("sweeping abandoned work failed")
 
 
-async def _start_each(adapters: Mapping[str, PlatformAdapter], starting: set[str]) -> None:
-    """Start each adapter in turn, taking its name out of `starting` once it has started."""
+async def _start_each(
+    core: Core, adapters: Mapping[str, PlatformAdapter], starting: set[str]
+) -> None:
+    """Start each adapter in turn, taking its name out of `starting` once it has started,
+    and resume its platform's unfinished work at once: before what it now receives waits
+    for its chats' turns (a newer message must not overtake an older one left over), and
+    whether or not the adapters after it ever start (Socket Mode may retry for ever)."""
+    # A single SQLite process knows every open event is left over from its last run.
+    alone = core.engine.dialect.name == "sqlite"
     for name, adapter in adapters.items():
         await adapter.start()
         starting.discard(name)
+        await core.service.resume({name: adapter}, everything=alone)
 
 
 async def run_platforms(core: Core, stop: asyncio.Event) -> None:
@@ -103,7 +111,7 @@ async def run_platforms(core: Core, stop: asyncio.Event) -> None:
     sweeper: asyncio.Task[None] | None = None
     frozen = False
     try:
-        if not await _started(adapters, starting, stop):
+        if not await _started(core, adapters, starting, stop):
             pending = ", ".join(sorted(starting))
             log.info("stopping before start-up finished (not started: %s)", pending)
             return
@@ -116,9 +124,7 @@ async def run_platforms(core: Core, stop: asyncio.Event) -> None:
         thresholds = gc.get_threshold()
         tune_collector()
         frozen = True
-        # A single SQLite process knows every open event is left over from its last run.
-        alone = core.engine.dialect.name == "sqlite"
-        await core.service.resume(adapters, everything=alone)
+        # (Each platform's leftovers were resumed as its adapter started.)
         sweeper = asyncio.create_task(sweep(core, adapters), name="relaybot:sweeper")
         await stop.wait()
         log.info("stopping")
@@ -143,11 +149,11 @@ async def run_platforms(core: Core, stop: asyncio.Event) -> None:
 
 
 async def _started(
-    adapters: Mapping[str, PlatformAdapter], starting: set[str], stop: asyncio.Event
+    core: Core, adapters: Mapping[str, PlatformAdapter], starting: set[str], stop: asyncio.Event
 ) -> bool:
     """Start the adapters unless `stop` comes first: True when all started, False when
     stopped before (the start in progress is cancelled). A failed start raises."""
-    start = asyncio.create_task(_start_each(adapters, starting), name="relaybot:start")
+    start = asyncio.create_task(_start_each(core, adapters, starting), name="relaybot:start")
     stopped = asyncio.create_task(stop.wait(), name="relaybot:start-or-stop")
     try:
         await asyncio.wait((start, stopped), return_when=asyncio.FIRST_COMPLETED)

@@ -166,9 +166,6 @@ def quoted(text: str) -> str:
 
 
 IMAGE_MARK = "[image]"  # ends a stored turn that came with pictures
-# A message sent in parts (IncomingMessage.part_of: a Telegram album, one event per picture)
-# is answered once, by its first part, which waits until no further part has come for
-# PARTS_QUIET_SECONDS (at most PARTS_WAIT_SECONDS in all) and then takes the others in.
 # A message taken on this many times without being finished (each process working on it
 # stopped: a crash it causes, an out-of-memory kill) is given up rather than resumed again,
 # so it cannot take every restart down with it.
@@ -177,6 +174,9 @@ GAVE_UP = (
     "Sorry, I had to give up on this message: I stopped several times while working on it. "
     "Please send it again, perhaps shorter or without its file."
 )
+# A message sent in parts (IncomingMessage.part_of: a Telegram album, one event per picture)
+# is answered once, by its first part, which waits until no further part has come for
+# PARTS_QUIET_SECONDS (at most PARTS_WAIT_SECONDS in all) and then takes the others in.
 PARTS_QUIET_SECONDS = 1.0
 PARTS_WAIT_SECONDS = 5.0
 
@@ -868,21 +868,7 @@ class ConversationService:
             "status": "heard",
             "event_key": msg.event_key,
         }
-        job = _current.get()
-        window = self.windows.get(msg.chat.key)
-        appended = await self.store.append_messages(
-            msg.chat.key,
-            [row],
-            answered_event=job.event_id if job else None,
-            close_event=job is not None,
-            expected_revision=window.revision if window else None,
-            claim=self._claim(),
-        )
-        if not appended.ids:
-            raise _TakenOver
-        self._follow(msg.chat.key, window, appended, row, counter)
-        if job is not None:
-            job.closed = True
+        await self._store_last(msg, row, counter, close=True)
 
     async def _voice_mode(self, msg: IncomingMessage) -> str:
         """What a group does with voice notes: "answer" them or post a "transcript"."""
@@ -1107,8 +1093,6 @@ class ConversationService:
             prompt_tokens=sum(counter.count(str(m.get("content", ""))) for m in answer.sent),
             completion_tokens=tokens,
         )
-        job = _current.get()
-        window = self.windows.get(msg.chat.key)
         row = {
             "role": "assistant",
             "content": answer.text,
@@ -1116,15 +1100,31 @@ class ConversationService:
             "encoding": counter.stored_as,
             "status": status,
         }
-        # One transaction: the answer, its usage and the event's new state (and, for a
-        # whole answer across replicas, the end of this process's turn in the chat).
-        release = job is not None and status == "ok" and self.inbox.shared
+        usage_row = self._usage_row(msg, model, "chat", usage=usage)
+        await self._store_last(msg, row, counter, usage=usage_row, close=status == "ok")
+
+    async def _store_last(
+        self,
+        msg: IncomingMessage,
+        row: dict[str, Any],
+        counter: TokenCounter,
+        *,
+        close: bool,
+        usage: dict[str, Any] | None = None,
+    ) -> None:
+        """Store the running event's last turn (an answer, a transcript posted), its usage
+        and the event's new state in one transaction: `close`d, the event is done (and,
+        across replicas, this process's turn in the chat ends with it); else it is marked
+        answered. Nothing is stored once another replica took the event over."""
+        job = _current.get()
+        window = self.windows.get(msg.chat.key)
+        release = job is not None and close and self.inbox.shared
         appended = await self.store.append_messages(
             msg.chat.key,
             [row],
             answered_event=job.event_id if job else None,
-            usage=self._usage_row(msg, model, "chat", usage=usage),
-            close_event=status == "ok",
+            usage=usage,
+            close_event=close,
             expected_revision=window.revision if window else None,
             release_chat=self.inbox.worker_id if release else None,
             claim=self._claim(),
@@ -1132,7 +1132,7 @@ class ConversationService:
         if not appended.ids:
             raise _TakenOver
         self._follow(msg.chat.key, window, appended, row, counter)
-        if job is not None and status == "ok":
+        if job is not None and close:
             job.closed = True
             job.released = release
 

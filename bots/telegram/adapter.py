@@ -79,6 +79,22 @@ def _protect_logs(token: str) -> None:
             logger.addFilter(_RedactToken(token))
 
 
+def _parsed(data: dict[str, Any], bot: Any) -> Update | None:
+    """The update, or None when python-telegram-bot cannot read it (a field of an unexpected
+    type): logged with its update_id and the error, never its content (it may hold a
+    person's message)."""
+    try:
+        return Update.de_json(data, bot)
+    except Exception as err:
+        update_id = data.get("update_id")
+        log.warning(
+            "skipped Telegram update %s: it could not be parsed (%s)",
+            update_id if type(update_id) is int else "without a readable update_id",
+            type(err).__name__,
+        )
+        return None
+
+
 def _pooled(connections: int) -> dict[str, Any]:
     """httpx client arguments for PTB's HTTPXRequest: aiohttp's pool, `connections` wide."""
     return {"transport": pooled_transport(connections)}
@@ -237,20 +253,11 @@ class TelegramAdapter:
             return web.Response(status=400, text="invalid JSON")
         if not isinstance(data, dict):
             return web.Response(status=400, text="invalid update")
-        try:
-            update = Update.de_json(data, self._app.bot)
-        except Exception as err:
-            # An update python-telegram-bot cannot read (a field of an unexpected type) reads
-            # no better when sent again, and Telegram sends again after any answer but a 2xx
-            # (4xx too), holding back that chat's later updates meanwhile. So it is logged
-            # (its update_id and the error, never its content: it may hold a person's
-            # message) and answered 200: dropped, as polling confirms it.
-            update_id = data.get("update_id")
-            log.warning(
-                "skipped Telegram update %s: it could not be parsed (%s)",
-                update_id if type(update_id) is int else "without a readable update_id",
-                type(err).__name__,
-            )
+        update = _parsed(data, self._app.bot)
+        if update is None:
+            # It reads no better when sent again, and Telegram sends again after any answer
+            # but a 2xx (4xx too), holding back that chat's later updates meanwhile: answered
+            # 200, dropped, as polling confirms it.
             return web.Response(text="skipped")
         # 200 only once the core has stored the event: from then on it is safe, and a
         # redelivery is recognised. The answer itself is written after we reply.
@@ -314,14 +321,9 @@ class TelegramAdapter:
                 )
                 continue
             last = update_id
-            try:
-                updates.append(Update.de_json(data, bot))
-            except Exception as err:
-                log.warning(
-                    "skipped Telegram update %d: it could not be parsed (%s)",
-                    update_id,
-                    type(err).__name__,
-                )
+            update = _parsed(data, bot)
+            if update is not None:
+                updates.append(update)
         return updates, last
 
     async def _poll(self) -> None:

@@ -22,10 +22,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.http_server import HttpServer
 from bots.slack.events import (
     PLATFORM,
-    plain_text,
     thread_to_check,
     to_incoming,
     unlabelled_users,
+    with_thread_parent,
 )
 from bots.slack.files import fetcher
 from bots.slack.sink import (
@@ -370,17 +370,17 @@ class SlackAdapter:
             name = names.get(msg.sender.id, msg.sender.id)
             msg = dataclasses.replace(msg, sender=Sender(id=msg.sender.id, name=name))
             parent = await self._thread_parent(event, msg, deadline)
-            if parent:
-                msg = dataclasses.replace(msg, reply_to_text=parent)
+            if parent is not None:
+                msg = with_thread_parent(msg, parent, self._fetch_for, self._names)
         return msg
 
     async def _thread_parent(
         self, event: Mapping[str, Any], msg: IncomingMessage, deadline: float
-    ) -> str | None:
-        """The text of the message a channel thread hangs under, when the bot is asked in
-        that thread for the first time ("@bot can you answer this?" under someone's
-        question): the model reads it quoted, as a replied-to message. None where the bot
-        already talks in the thread (its history has it) or Slack could not say in time."""
+    ) -> Mapping[str, Any] | None:
+        """The message a channel thread hangs under, when the bot is asked in that thread
+        for the first time ("@bot can you answer this?" under someone's question, "@bot
+        what is in this picture?" under a photo). None where the bot already talks in the
+        thread (its history has it) or Slack could not say in time."""
         thread_ts = str(event.get("thread_ts") or "")
         channel = str(event.get("channel", ""))
         if not msg.addressed_to_bot or not thread_ts or thread_ts == str(event.get("ts", "")):
@@ -402,7 +402,7 @@ class SlackAdapter:
             return None
         for message in response.get("messages") or []:
             if isinstance(message, Mapping) and str(message.get("ts")) == thread_ts:
-                return plain_text(str(message.get("text") or ""), self._names).strip() or None
+                return message
         return None
 
     def _track(self, job: asyncio.Task[None] | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -290,3 +291,24 @@ def to_incoming(
         addressed_to_bot=addressed,
         platform_message_id=ts,
     )
+
+
+def with_thread_parent(
+    msg: IncomingMessage,
+    parent: Mapping[str, Any],
+    fetch_for: FetchFactory,
+    names: Mapping[str, str] | None = None,
+) -> IncomingMessage:
+    """`msg`, asked in a thread, with the message the thread hangs under: its text quoted
+    (as a replied-to message) and, when `msg` brings no file of its own, its files ("@bot
+    what is in this picture?" under a photo, "@bot summarise this" under a voice clip), as
+    a reply to a photo brings the photo on Telegram."""
+    quoted = plain_text(str(parent.get("text") or ""), names).strip() or None
+    attachments = msg.attachments
+    if not attachments:
+        files = [f for f in parent.get("files") or () if isinstance(f, Mapping) and f.get("id")]
+        attachments = tuple(to_attachment(f, fetch_for) for f in files)
+    text = msg.text
+    if any(a.kind is AttachmentKind.IMAGE for a in attachments):
+        text = translate_commands(text, with_image=True)  # "edit: make it blue" on the photo
+    return dataclasses.replace(msg, reply_to_text=quoted, attachments=attachments, text=text)

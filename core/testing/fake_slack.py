@@ -248,9 +248,13 @@ class FakeSlack(FakeServer):
         *,
         user: str = "U0ALICE",
         thread_ts: str | None = None,
+        files: list[dict[str, Any]] | None = None,
     ) -> FakeMessage:
-        """Put a person's message into the conversation (what conversations.* read back)."""
-        message = FakeMessage(channel=channel, ts=ts, thread_ts=thread_ts, text=text, user=user)
+        """Put a person's message into the conversation (what conversations.* read back);
+        `files` as `add_file` returns them."""
+        message = FakeMessage(
+            channel=channel, ts=ts, thread_ts=thread_ts, text=text, user=user, files=files or []
+        )
         self.messages.append(message)
         return message
 
@@ -653,8 +657,11 @@ class FakeSlack(FakeServer):
         found = [self._read_back(m, args) for m in page]
         return _ok(messages=found, has_more=more, response_metadata={"next_cursor": cursor})
 
-    @staticmethod
-    def _read_back(message: FakeMessage, args: dict[str, Any]) -> dict[str, Any]:
+    def _file_object(self, file: dict[str, Any]) -> dict[str, Any]:
+        hosted = self.files.get(str(file.get("id", "")))
+        return hosted.to_event(self.url) if hosted is not None else dict(file)
+
+    def _read_back(self, message: FakeMessage, args: dict[str, Any]) -> dict[str, Any]:
         """A message as conversations.* return it; metadata only with include_all_metadata."""
         found: dict[str, Any] = {
             "type": "message",
@@ -667,7 +674,8 @@ class FakeSlack(FakeServer):
         if message.bot_id:
             found["bot_id"] = message.bot_id
         if message.files:
-            found["files"] = [{"id": f.get("id"), "name": f.get("name")} for f in message.files]
+            # As Slack: each file object whole (a file the fake hosts as it stands now).
+            found["files"] = [self._file_object(f) for f in message.files]
             found["upload"] = True
         if message.metadata is not None and _true(args.get("include_all_metadata")):
             found["metadata"] = message.metadata

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.testing.fake_openai import PNG_SIGNATURE
 from core.testing.fake_slack import app_mention_event, message_event, new_ts
 from tests.bots.slack.conftest import SlackApp
+from tests.conftest import FIXTURES
 
 CHANNEL = "C0GENERAL"
 
@@ -37,3 +39,45 @@ async def test_asked_in_someone_elses_thread_the_bot_reads_what_the_thread_is_ab
     await slack_app.slack.wait_for("/api/chat.stopStream", 2)
     await slack_app.adapter.drain()
     assert last_user_turn(slack_app) == "thanks"
+
+
+async def test_asked_under_someones_photo_the_bot_sees_the_photo(slack_app: SlackApp) -> None:
+    slack = slack_app.slack
+    photo = slack.add_file(
+        (FIXTURES / "photo.jpg").read_bytes(), name="photo.jpg", mimetype="image/jpeg"
+    )
+    parent = new_ts()
+    slack.add_person_message(CHANNEL, parent, "Found this at the flea market", files=[photo])
+    await slack_app.post_event(
+        app_mention_event(
+            channel=CHANNEL, ts=new_ts(), thread_ts=parent, text="<@U0BOT> what is this?"
+        )
+    )
+    await slack.wait_for("/api/chat.stopStream")
+    await slack_app.adapter.drain()
+
+    content = slack_app.openai.chat_requests()[-1]["messages"][-1]["content"]
+    assert [part["type"] for part in content] == ["text", "image_url"]
+    assert content[0]["text"] == "> Found this at the flea market\n\nwhat is this?"
+    assert content[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+
+
+async def test_edit_asked_under_someones_photo_edits_that_photo(slack_app: SlackApp) -> None:
+    slack = slack_app.slack
+    photo = slack.add_file(
+        (FIXTURES / "photo.jpg").read_bytes(), name="photo.jpg", mimetype="image/jpeg"
+    )
+    parent = new_ts()
+    slack.add_person_message(CHANNEL, parent, "", files=[photo])
+    await slack_app.post_event(
+        app_mention_event(
+            channel=CHANNEL, ts=new_ts(), thread_ts=parent, text="<@U0BOT> edit: add a hat"
+        )
+    )
+    await slack.wait_for("/api/files.completeUploadExternal")
+    await slack_app.adapter.drain()
+
+    (edit,) = slack_app.openai.calls("/images/edits")
+    assert edit.form["prompt"] == "add a hat"
+    (upload,) = slack.uploads.values()
+    assert upload.startswith(PNG_SIGNATURE)

@@ -45,6 +45,10 @@ log = logging.getLogger("relaybot.telegram")
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message"]
+# How long a Bot API call may take to answer (PTB's default is 5 s). A send that timed out
+# may still have arrived and is not sent again (delivery.with_retry), so the wait is long:
+# a slow Telegram (or a large upload) should be waited for, not guessed about.
+SEND_TIMEOUT = 30.0
 TOO_BIG = (
     "That file is larger than 20 MB, the most Telegram lets bots download, "
     "so I can't open it. Please send a shorter recording or a smaller file."
@@ -111,6 +115,7 @@ class TelegramAdapter:
         rate_limiter: BaseRateLimiter[Any] | None = None,
         pacing: Pacing | None = None,
         poll_timeout: float = 10.0,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         settings = core.settings
         if settings.telegram_bot_token is None:
@@ -125,6 +130,7 @@ class TelegramAdapter:
         self._rate_limiter = rate_limiter
         self._pacing = pacing or Pacing()
         self._poll_timeout = poll_timeout
+        self._send_timeout = send_timeout
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._requests: tuple[HTTPXRequest, ...] = ()  # the Bot API pools (see setup)
         self._identity: BotIdentity | None = None
@@ -149,8 +155,17 @@ class TelegramAdapter:
     async def setup(self) -> None:
         """Build the application and, in webhook mode, add the webhook route."""
         settings = self._core.settings
+        wait = self._send_timeout
         self._requests = (
-            HTTPXRequest(connection_pool_size=256, httpx_kwargs=_pooled(256)),
+            HTTPXRequest(
+                connection_pool_size=256,
+                read_timeout=wait,
+                write_timeout=wait,
+                media_write_timeout=max(wait, 20.0),
+                httpx_kwargs=_pooled(256),
+            ),
+            # getUpdates: its read timeout is the margin added to the long poll's own wait
+            # (see _poll), PTB's default.
             HTTPXRequest(connection_pool_size=1, httpx_kwargs=_pooled(1)),
         )
         builder = (

@@ -9,7 +9,9 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from telegram.error import BadRequest, NetworkError, RetryAfter
+import aiohttp
+import httpx
+from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
 
 from core.media import image_dimensions
 
@@ -36,9 +38,40 @@ def retry_seconds(err: RetryAfter) -> float:
 SERVER_ERROR_BACKOFF = 0.5
 
 
-async def with_retry(call: Callable[[], Awaitable[T]], attempts: int = 4) -> T:
+def never_sent(err: TimedOut) -> bool:
+    """True when a timed-out request surely never reached Telegram.
+
+    python-telegram-bot raises TimedOut from any httpx timeout (HTTPXRequest.do_request):
+    a PoolTimeout (no free connection) or a ConnectTimeout means nothing was sent; a
+    ReadTimeout or WriteTimeout means Telegram may have received, and carried out, the
+    request. Through our aiohttp transport (httpx-aiohttp) every aiohttp connection error
+    becomes a ConnectTimeout, a server that hung up mid-answer included: only a timeout
+    while connecting counts there.
+    """
+    cause = err.__cause__
+    if not isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return False
+    origin = cause.__cause__
+    return origin is None or isinstance(
+        origin, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError
+    )
+
+
+def may_have_arrived(err: Exception) -> bool:
+    """True for a timeout after which Telegram may have carried out the request."""
+    return isinstance(err, TimedOut) and not never_sent(err)
+
+
+async def with_retry(
+    call: Callable[[], Awaitable[T]], attempts: int = 4, *, repeatable: bool = True
+) -> T:
     """Run `call`: sleep out Telegram's `retry_after` on 429, back off on 5xx and network
-    errors (a few times at most). The answer is already written: only the send repeats."""
+    errors (a few times at most). The answer is already written: only the send repeats.
+
+    A call that is not `repeatable` (a send: twice is two messages) is not made again after
+    a timeout that Telegram may have seen it through (`may_have_arrived`): that TimedOut is
+    raised at once.
+    """
     for attempt in range(attempts):
         try:
             return await call()
@@ -52,7 +85,7 @@ async def with_retry(call: Callable[[], Awaitable[T]], attempts: int = 4) -> T:
             raise  # our request is wrong: sending it again will not help
         except NetworkError as err:
             # Telegram's 5xx and lost connections (BadRequest is a NetworkError too).
-            if attempt == attempts - 1:
+            if attempt == attempts - 1 or (not repeatable and may_have_arrived(err)):
                 raise
             wait = SERVER_ERROR_BACKOFF * 2**attempt
             log.info("Telegram send failed (%s); retrying in %.1f s", type(err).__name__, wait)
@@ -61,9 +94,17 @@ async def with_retry(call: Callable[[], Awaitable[T]], attempts: int = 4) -> T:
 
 
 def is_parse_error(err: BadRequest) -> bool:
-    """True when Telegram refused the formatting (entities) of a text."""
+    """True when Telegram refused the formatting (entities) of a text, so that the same text
+    sent plain goes through: entities it cannot parse, entities too long in all (about 9500
+    characters of them: tdlib/telegram-bot-api#165), or formatting that leaves nothing
+    visible ("message text is empty")."""
     message = err.message.lower()
-    return "parse entities" in message or "can't parse" in message
+    return (
+        "parse entities" in message
+        or "can't parse" in message
+        or "entities_too_long" in message
+        or "text is empty" in message
+    )
 
 
 def is_not_modified(err: BadRequest) -> bool:

@@ -19,7 +19,9 @@ MAX_CAPTION_UTF16 = 1024
 # fence (and HTML rendering that is a little longer than the source) still fits.
 SEGMENT_UTF16 = 3900
 
-_md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("strikethrough")
+_md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(
+    ["strikethrough", "table"]
+)
 _SAFE_SCHEMES = ("http://", "https://", "tg://", "mailto:")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 _LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]{1,32}")
@@ -40,12 +42,57 @@ def visible_text(telegram_html: str) -> str:
     return html.unescape(_TAGS.sub("", telegram_html))
 
 
-def markdown_to_html(markdown: str) -> str:
+def display_width(text: str) -> int:
+    """How many monospace columns `text` takes: wide (East Asian, most emoji) characters
+    two, combining marks and invisible format characters none."""
+    width = 0
+    for char in text:
+        category = unicodedata.category(char)
+        if category in _MARKS or category == "Cf":
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def _pad(text: str, width: int, align: str) -> str:
+    room = max(0, width - display_width(text))
+    if align == "right":
+        return " " * room + text
+    if align == "center":
+        return " " * (room // 2) + text + " " * (room - room // 2)
+    return text + " " * room
+
+
+def _render_table(rows: list[list[tuple[str, str]]], header: int, pad: bool) -> str:
+    """A table as a <pre> block: columns aligned by display width (`pad`), or else just
+    separated (never longer than its Markdown source)."""
+    columns = max((len(row) for row in rows), default=0)
+    widths = [0] * columns
+    if pad:
+        for row in rows:
+            for index, (text, _) in enumerate(row):
+                widths[index] = max(widths[index], display_width(text))
+    lines = []
+    for number, row in enumerate(rows):
+        cells = [_pad(text, widths[index], align) for index, (text, align) in enumerate(row)]
+        lines.append(" | ".join(cells).rstrip())
+        if number == header - 1:
+            lines.append("-+-".join("-" * max(w, 1) for w in widths) if pad else "---")
+    return "<pre>" + (_escape("\n".join(lines)) or " ") + "</pre>"
+
+
+def markdown_to_html(markdown: str, *, pad_tables: bool = True) -> str:
     """Render the model's Markdown as the HTML subset Telegram accepts.
 
     Everything from the model is escaped; only tags this function writes reach Telegram.
+    Tables become monospace blocks, their columns aligned unless `pad_tables` is False
+    (padding can make a table longer than its source: too long for one message).
     """
     out: list[str] = []
+    # The table being read: its rows of (cell text, alignment), and how many head rows.
+    table: list[list[tuple[str, str]]] | None = None
+    header_rows = 0
+    align = "left"
     lists: list[list[int | None]] = []  # per open list: [next number] or [None] for bullets
     quotes = 0  # Telegram has no nested blockquotes: only the outermost one is tagged
 
@@ -61,7 +108,25 @@ def markdown_to_html(markdown: str) -> str:
 
     for token in _md.parse(markdown):
         kind = token.type
-        if kind == "inline":
+        if table is not None:
+            if kind == "tr_open":
+                table.append([])
+            elif kind in ("th_open", "td_open"):
+                style = str(token.attrGet("style") or "")
+                align = style.removeprefix("text-align:") if style else "left"
+            elif kind == "inline" and table:
+                cell = visible_text(_render_inline(token.children or []))
+                table[-1].append((" ".join(cell.split()), align))
+            elif kind == "thead_close":
+                header_rows = len(table)
+            elif kind == "table_close":
+                out.append(_render_table(table, header_rows, pad_tables))
+                out.append("\n\n")
+                table = None
+            continue
+        if kind == "table_open":
+            table, header_rows = [], 0
+        elif kind == "inline":
             out.append(_render_inline(token.children or []))
         elif kind == "paragraph_close":
             block_end("\n" if token.hidden else "\n\n")
@@ -402,12 +467,40 @@ def _cut_point(text: str, limit: int) -> int:
     return at if cuts.whole(at) else max(end, 1)
 
 
+_TABLE_DELIMITER = re.compile(r"^ {0,3}\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
+
+
+def _table_header(head: str, tail: str) -> str | None:
+    """The head and delimiter rows (with their newlines) of a table that `head` ends inside
+    of and `tail` goes on with, else None."""
+    if not head.endswith("\n") or head.endswith("\n\n") or open_fence(head) is not None:
+        return None
+    following = tail.split("\n", 1)[0]
+    if "|" not in following or not following.strip():
+        return None
+    lines = head[:-1].split("\n")
+    start = len(lines)
+    while start > 0 and "|" in lines[start - 1] and lines[start - 1].strip():
+        start -= 1
+    block = lines[start:]
+    for index in range(len(block) - 1):
+        if _TABLE_DELIMITER.match(block[index + 1]) and "|" in block[index + 1] + block[index]:
+            if index != 0:
+                return None  # lines above the table: not a table that starts here
+            return block[0] + "\n" + block[1] + "\n"
+    return None
+
+
 def split_once(markdown: str, limit: int = SEGMENT_UTF16) -> tuple[str, str]:
     """Split off a head that fits `limit` (UTF-16 units); a code block open at the cut is
     closed in the head and reopened in the tail."""
     budget = limit - 4  # room for "\n```" closing an open fence
     cut = _cut_point(markdown, budget)
     head, tail = markdown[:cut], markdown[cut:]
+    header = _table_header(head, tail)
+    if header is not None and utf16_len(header) < cut // 2:
+        # Cut between a table's rows: the rest is a table too (its head row repeated).
+        return head.rstrip(), header + tail
     fence = open_fence(head)
     if fence is not None:
         closing = re.match(r"`+|~+", fence)

@@ -7,14 +7,21 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from telegram import Message, ReplyParameters
 from telegram.constants import ChatAction, ChatMemberStatus, ParseMode
-from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
 from telegram.ext import ExtBot
 
 from bots.answer_messages import AnswerMessages
@@ -24,6 +31,7 @@ from bots.telegram.delivery import (
     is_gone,
     is_not_modified,
     is_parse_error,
+    may_have_arrived,
     retry_seconds,
     with_retry,
 )
@@ -41,6 +49,8 @@ from bots.telegram.limits import PREVIEW, PreviewDeferred
 from core.types import EVERY_VOICE_NOTE, Reply, ReplyKind
 
 log = logging.getLogger("relaybot.telegram")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +71,14 @@ class Pacing:
 
 def _html_or_none(markdown: str) -> str | None:
     """Telegram HTML for `markdown`, or None when it would not fit one message."""
-    rendered = markdown_to_html(markdown)
-    if not rendered.strip() or utf16_len(visible_text(rendered)) > MAX_MESSAGE_UTF16:
-        return None
-    return rendered
+    for pad_tables in (True, False):  # a table's aligned columns may not fit: then unaligned
+        rendered = markdown_to_html(markdown, pad_tables=pad_tables)
+        visible = visible_text(rendered)
+        if not visible.strip():
+            return None  # formatting that shows nothing (Telegram: "message text is empty")
+        if utf16_len(visible) <= MAX_MESSAGE_UTF16:
+            return rendered
+    return None
 
 
 # Said when a group asks for every voice note while the bot's privacy mode is on.
@@ -73,6 +87,22 @@ PRIVACY_MODE_NOTE = (
     "mention it or reply to it. Its owner can turn that off in @BotFather: /setprivacy, "
     "then Disable."
 )
+
+
+@contextlib.contextmanager
+def unconfirmed() -> Iterator[None]:
+    """Around a finished message's send: a timeout after which it may have arrived is
+    logged, not raised. Sending it again could show it twice, and an error notice would
+    tell the person it failed when it is likely there."""
+    try:
+        yield
+    except TimedOut as err:
+        if not may_have_arrived(err):
+            raise
+        log.warning(
+            "Telegram did not confirm a message in time; it may have arrived, "
+            "so it is not sent again"
+        )
 
 
 class TelegramSink:
@@ -112,6 +142,33 @@ class TelegramSink:
         self.continue_in = continue_in
         self._replied = False
         self._typing_task: asyncio.Task[None] | None = None
+        # The bot may no longer write here (kicked from the group, blocked by the person):
+        # nothing more is sent, and the answer counts as delivered to nobody.
+        self.gone = False
+
+    def chat_gone(self, err: Forbidden) -> None:
+        """Telegram refused us the chat: note it (once), send nothing more to it."""
+        if not self.gone:
+            self.gone = True
+            log.warning("cannot write to Telegram chat %s any more: %s", self.chat_id, err.message)
+
+    def _migrated(self, err: ChatMigrated) -> None:
+        """The group became a supergroup (a new chat id): answer there from now on. The
+        supergroup's messages are numbered anew, so the person's message is not quoted."""
+        log.info("Telegram chat %s is now supergroup %s", self.chat_id, err.new_chat_id)
+        self.chat_id = int(err.new_chat_id)
+        self.reply_to = None
+
+    async def _call(
+        self, call: Callable[[], Awaitable[T]], attempts: int = 4, *, repeatable: bool = True
+    ) -> T:
+        """`with_retry`, following the chat once should Telegram say it moved. `call` must
+        read the chat (and what else the move changes) from the sink when it runs."""
+        try:
+            return await with_retry(call, attempts, repeatable=repeatable)
+        except ChatMigrated as err:
+            self._migrated(err)
+            return await with_retry(call, attempts, repeatable=repeatable)
 
     # -- low-level sends -------------------------------------------------------------------
     def _where(self) -> dict[str, Any]:
@@ -134,18 +191,18 @@ class TelegramSink:
         A 429 is waited out up to `attempts` times (1: raise RetryAfter at once). `limit` goes
         to the rate limiter (`PREVIEW`: a preview, sent only when the budget has room).
         """
-        reply = self._reply_parameters()
         if html_text is not None:
             try:
-                message = await with_retry(
+                message = await self._call(
                     lambda: self.bot.send_message(
                         text=html_text,
                         parse_mode=ParseMode.HTML,
-                        reply_parameters=reply,
+                        reply_parameters=self._reply_parameters(),
                         rate_limit_args=limit,
                         **self._where(),
                     ),
                     attempts,
+                    repeatable=False,
                 )
             except BadRequest as err:
                 if not is_parse_error(err):
@@ -154,11 +211,15 @@ class TelegramSink:
             else:
                 self._replied = True
                 return message
-        message = await with_retry(
+        message = await self._call(
             lambda: self.bot.send_message(
-                text=plain, reply_parameters=reply, rate_limit_args=limit, **self._where()
+                text=plain,
+                reply_parameters=self._reply_parameters(),
+                rate_limit_args=limit,
+                **self._where(),
             ),
             attempts,
+            repeatable=False,
         )
         self._replied = True
         return message
@@ -177,7 +238,7 @@ class TelegramSink:
         try:
             if html_text is not None:
                 try:
-                    await with_retry(
+                    await self._call(
                         lambda: self.bot.edit_message_text(
                             text=html_text,
                             chat_id=self.chat_id,
@@ -192,7 +253,7 @@ class TelegramSink:
                     if not is_parse_error(err):
                         raise
                     log.warning("Telegram refused our HTML (%s); editing as plain text", err)
-            await with_retry(
+            await self._call(
                 lambda: self.bot.edit_message_text(
                     text=plain, chat_id=self.chat_id, message_id=message_id, rate_limit_args=limit
                 ),
@@ -204,6 +265,8 @@ class TelegramSink:
 
     async def delete(self, message_id: int) -> None:
         """Delete one of our messages (best effort)."""
+        if self.gone:
+            return
         try:
             await self.bot.delete_message(chat_id=self.chat_id, message_id=message_id)
         except TelegramError as err:
@@ -213,15 +276,21 @@ class TelegramSink:
     async def send(self, reply: Reply) -> None:
         """Deliver a complete reply: Markdown answers as HTML, notices as plain text."""
         self.stop_typing()
-        if reply.image is not None:
-            await self._send_image(reply)
+        if self.gone:
             return
-        markdown = reply.kind is ReplyKind.ANSWER
-        text = reply.text
-        if EVERY_VOICE_NOTE in reply.extras and not (self.hears_all or self.private):
-            text += PRIVACY_MODE_NOTE
-        for part in split_markdown(text, SEGMENT_UTF16):
-            await self.send_text(_html_or_none(part) if markdown else None, part)
+        try:
+            if reply.image is not None:
+                await self._send_image(reply)
+                return
+            markdown = reply.kind is ReplyKind.ANSWER
+            text = reply.text
+            if EVERY_VOICE_NOTE in reply.extras and not (self.hears_all or self.private):
+                text += PRIVACY_MODE_NOTE
+            for part in split_markdown(text, SEGMENT_UTF16):
+                with unconfirmed():
+                    await self.send_text(_html_or_none(part) if markdown else None, part)
+        except Forbidden as err:
+            self.chat_gone(err)
 
     async def _send_image(self, reply: Reply) -> None:
         assert reply.image is not None
@@ -230,36 +299,39 @@ class TelegramSink:
         overflow = None
         if caption is not None and utf16_len(caption) > MAX_CAPTION_UTF16:
             caption, overflow = None, reply.text
-        reply_parameters = self._reply_parameters()
         sent = False
-        if fits_photo_limits(image):
-            try:
-                await with_retry(
-                    lambda: self.bot.send_photo(
-                        photo=image,
+        with unconfirmed():
+            if fits_photo_limits(image):
+                try:
+                    await self._call(
+                        lambda: self.bot.send_photo(
+                            photo=image,
+                            filename=reply.image_name,
+                            caption=caption,
+                            reply_parameters=self._reply_parameters(),
+                            **self._where(),
+                        ),
+                        repeatable=False,
+                    )
+                    sent = True
+                except BadRequest as err:
+                    log.warning("Telegram refused the image as a photo (%s); sending a file", err)
+            if not sent:
+                await self._call(
+                    lambda: self.bot.send_document(
+                        document=image,
                         filename=reply.image_name,
                         caption=caption,
-                        reply_parameters=reply_parameters,
+                        reply_parameters=self._reply_parameters(),
                         **self._where(),
-                    )
+                    ),
+                    repeatable=False,
                 )
-                sent = True
-            except BadRequest as err:
-                log.warning("Telegram refused the image as a photo (%s); sending a file", err)
-        if not sent:
-            await with_retry(
-                lambda: self.bot.send_document(
-                    document=image,
-                    filename=reply.image_name,
-                    caption=caption,
-                    reply_parameters=reply_parameters,
-                    **self._where(),
-                )
-            )
         self._replied = True
         if overflow:
             for part in split_markdown(overflow, SEGMENT_UTF16):
-                await self.send_text(None, part)
+                with unconfirmed():
+                    await self.send_text(None, part)
 
     @asynccontextmanager
     async def stream(self) -> AsyncIterator[TelegramStream]:
@@ -303,14 +375,18 @@ class TelegramSink:
             self._typing_task = asyncio.create_task(self._keep_typing())
 
     async def _chat_action(self) -> None:
+        if self.gone:
+            return
         try:
             await self.bot.send_chat_action(action=ChatAction.TYPING, **self._where())
+        except Forbidden as err:
+            self.chat_gone(err)
         except TelegramError as err:
             log.info("typing indicator failed: %s", err)
 
     async def _keep_typing(self) -> None:
         deadline = time.monotonic() + self.pacing.typing_max
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.gone:
             await asyncio.sleep(self.pacing.typing_refresh)
             await self._chat_action()
 
@@ -351,6 +427,9 @@ class TelegramStream:
         self._not_before = 0.0  # Telegram asked us to pause (a 429)
         self._previews_from = 0.0  # the flood budget has no room for previews until then
         self._plain_preview = False
+        # A send of the message being written timed out and may have arrived, unseen by us:
+        # no more previews for it (each would be a new message); its final text is sent once.
+        self._unconfirmed = False
         # Continuing in an earlier run's messages: those are edited, never drafted over.
         self._drafts = sink.private and not self._messages.earlier
         self._retracted = False
@@ -369,7 +448,7 @@ class TelegramStream:
     async def append(self, delta: str) -> None:
         """Add text; the worker previews it when the throttle allows (never awaited here)."""
         self._raise_failure()
-        if self._retracted or not delta:
+        if self._retracted or self._sink.gone or not delta:
             return
         self._sink.stop_typing()
         self._incoming += delta
@@ -391,12 +470,23 @@ class TelegramStream:
 
     async def _work(self) -> None:
         """Send finished parts, then previews of the newest text, until nothing is due."""
-        while not self._retracted:
+        try:
+            await self._carry()
+        except Forbidden as err:
+            self._sink.chat_gone(err)
+
+    async def _carry(self) -> None:
+        while not self._retracted and not self._sink.gone:
             self._take_in()
             if self._parts:
                 await self._complete(self._parts.pop(0))
                 continue
-            if self._closing or not self._pending.strip() or self._pending == self._shown:
+            if (
+                self._closing
+                or self._unconfirmed
+                or not self._pending.strip()
+                or self._pending == self._shown
+            ):
                 return
             # Counted from the end of the last preview: a slow Telegram (or a queue in
             # the rate limiter) slows previews down instead of always having one waiting.
@@ -436,6 +526,15 @@ class TelegramStream:
             # A preview is optional: skip it and wait as long as Telegram asked.
             self._not_before = time.monotonic() + retry_seconds(err)
             return
+        except TimedOut as err:
+            if self._unconfirmed:
+                log.warning(
+                    "a preview's send timed out and may have arrived; no more previews "
+                    "for that message"
+                )
+            else:
+                log.warning("preview failed: %s", err)
+            return
         except BadRequest as err:
             if is_parse_error(err):
                 self._plain_preview = True
@@ -444,6 +543,9 @@ class TelegramStream:
                 self._drafts = False
             else:
                 log.warning("preview failed: %s", err)
+            return
+        except Forbidden as err:
+            self._sink.chat_gone(err)
             return
         except TelegramError as err:
             log.warning("preview failed: %s", err)
@@ -458,8 +560,10 @@ class TelegramStream:
             wait = self._not_before - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)  # Telegram asked for a pause after a preview
-            await self._write(_html_or_none(markdown), markdown)
+            with unconfirmed():
+                await self._write(_html_or_none(markdown), markdown)
         self._message_id = None
+        self._unconfirmed = False
         self._shown = ""
         self._draft_id = self._new_draft_id()
         self._last_preview = float("-inf")
@@ -487,7 +591,11 @@ class TelegramStream:
                     raise
                 log.warning("cannot edit the answer's message (%s); sending a new one", err)
                 await self._replace(self._message_id)
-        message = await sink.send_text(rendered, text, attempts=attempts, limit=limit)
+        try:
+            message = await sink.send_text(rendered, text, attempts=attempts, limit=limit)
+        except TimedOut as err:
+            self._unconfirmed = may_have_arrived(err)
+            raise
         self._message_id = message.message_id
         self._messages.created(message.message_id)
 
@@ -509,11 +617,17 @@ class TelegramStream:
         self._courier.take_error()
         self._incoming = self._pending = ""
         self._parts.clear()
+        if self._sink.gone:
+            return
         if self._message_id is None:
             # The notice goes into the first message an earlier run left.
             self._message_id = self._messages.next_earlier()
         await self._delete(self._messages.keep_only(self._message_id))
-        await self._write(None, notice)
+        try:
+            with unconfirmed():
+                await self._write(None, notice)
+        except Forbidden as err:
+            self._sink.chat_gone(err)
 
     async def finish(self, *, failed: bool) -> None:
         """Send what was streamed as final message(s); after a failure only what was shown.
@@ -523,6 +637,12 @@ class TelegramStream:
         if self._retracted:
             return
         self._closing = True
+        try:
+            await self._finish(failed)
+        except Forbidden as err:
+            self._sink.chat_gone(err)
+
+    async def _finish(self, failed: bool) -> None:
         await self._courier.settle()
         self._take_in()
         error = self._courier.take_error()
@@ -531,6 +651,8 @@ class TelegramStream:
         self._pending = ""
         try:
             for part in parts:
+                if self._sink.gone:
+                    return
                 if part.strip() or not failed:
                     await self._complete(part)
         finally:

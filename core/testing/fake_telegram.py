@@ -346,6 +346,8 @@ class FakeTelegram(FakeServer):
         self.chat_admins: dict[int, set[int]] = {}
         self.user_messages: dict[tuple[int, int], dict[str, Any]] = {}
         self._failures: list[_Failure] = []
+        # Basic groups upgraded to supergroups: old chat id -> new one (see `migrate`).
+        self.migrated: dict[int, int] = {}
         # flood_limit: (messages, seconds), and each group's window.
         self._flood: tuple[int, float] | None = None
         self._flood_windows: dict[int, SlidingWindow] = {}
@@ -463,6 +465,24 @@ class FakeTelegram(FakeServer):
     def held(self, method: str) -> int:
         """How many calls of `method` are waiting at a gate now."""
         return self._held.get(method.lower(), 0)
+
+    def migrate(self, old_chat_id: int, new_chat_id: int) -> None:
+        """Upgrade a basic group to a supergroup: from now on every call naming the old chat
+        is refused with 400 and `migrate_to_chat_id`, as Telegram does; the supergroup
+        numbers its messages anew."""
+        self.migrated[old_chat_id] = new_chat_id
+        self._chat(new_chat_id, "supergroup")
+
+    def _moved(self, params: dict[str, Any]) -> ApiError | None:
+        chat_id = params.get("chat_id")
+        new = self.migrated.get(chat_id) if isinstance(chat_id, int) else None
+        if new is None:
+            return None
+        return ApiError(
+            400,
+            "Bad Request: group chat was upgraded to a supergroup chat",
+            {"migrate_to_chat_id": new},
+        )
 
     def _take_failure(self, method: str) -> ApiError | None:
         for failure in self._failures:
@@ -1038,10 +1058,10 @@ class FakeTelegram(FakeServer):
             self.unknown_methods.append(method)
             return web.json_response({"ok": True, "result": True})
         params = self._params(request)
-        flooded = self._flooded(method, params)
-        if flooded is not None:
-            call.error_code = flooded.error_code
-            return flooded.response()
+        refused = self._moved(params) or self._flooded(method, params)
+        if refused is not None:
+            call.error_code = refused.error_code
+            return refused.response()
         try:
             result = handler(params)
             if asyncio.iscoroutine(result):

@@ -30,6 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "telegram_settings(**fields): extra Settings fields for the Telegram tests"
     )
     config.addinivalue_line("markers", "bot_user(**fields): what the fake's getMe says")
+    config.addinivalue_line(
+        "markers", "adapter(**options): extra TelegramAdapter arguments (e.g. send_timeout)"
+    )
 
 
 @pytest.fixture
@@ -98,10 +101,16 @@ class Bot:
 
 @pytest.fixture
 async def bot(
-    core: Core, telegram: FakeTelegram, fake_openai: FakeOpenAI, transport: str
+    core: Core,
+    telegram: FakeTelegram,
+    fake_openai: FakeOpenAI,
+    transport: str,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Bot]:
     """The real Telegram adapter, started (polling or webhook) against the fake."""
     server = HttpServer("127.0.0.1", 0)
+    marker = request.node.get_closest_marker("adapter")
+    options: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
     adapter = TelegramAdapter(
         core,
         server,
@@ -109,6 +118,7 @@ async def bot(
         rate_limiter=FloodLimits(overall=(0, 1.0), group=(0, 60.0)),
         pacing=Pacing(draft_interval=0.02, edit_interval=0.05, typing_refresh=0.5),
         poll_timeout=1,
+        **options,
     )
     await adapter.setup()
     await server.start()

@@ -96,7 +96,11 @@ async def require_schema(core: Core) -> None:
     missing table. At another revision it may still work (migrations add): a warning."""
     await migrate.require_migrated(core.engine)
     current, head = await migrate.current_revision(core.engine), migrate.head_revision()
-    if current != head:
+    if current is not None and current != head and not migrate.is_known(current):
+        logging.getLogger("relaybot").warning(
+            "%s; serving on it", migrate.newer_than_code(current)
+        )
+    elif current != head:
         logging.getLogger("relaybot").warning(
             "the database is at migration %s, this code expects %s; run `relaybot db upgrade`",
             current,
@@ -262,16 +266,21 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> None:
 def parse_since(text: str) -> datetime:
     """--since: an ISO date or date-time (UTC unless it says otherwise), or "7d" for days ago."""
     value = text.strip()
-    if value[:-1].isdigit() and value.endswith("d"):
-        return datetime.now(UTC) - timedelta(days=int(value[:-1]))
     try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
+        if value[:-1].isdigit() and value.endswith("d"):
+            return datetime.now(UTC) - timedelta(days=int(value[:-1]))
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise StartupError(
+                f"--since {text!r}: use a date like 2026-11-01, a date-time, or 7d"
+            ) from None
+        # In UTC, as stored: SQLite compares the clock times, whatever zone they were given in.
+        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    except OverflowError:  # more days back than the calendar has (before the year 1)
         raise StartupError(
-            f"--since {text!r}: use a date like 2026-11-01, a date-time, or 7d"
+            f"--since {text!r}: that is before the year 1; use fewer days or a date"
         ) from None
-    # In UTC, as stored: SQLite compares the clock times, whatever zone they were given in.
-    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 async def _migrated_engine(settings: Settings) -> AsyncEngine:

@@ -167,6 +167,13 @@ async def check_database(settings: Settings) -> Result:
                 f"{shown} answers but was never migrated (code expects {head})",
                 "run `relaybot db upgrade`",
             )
+        if current != head and not migrate.is_known(current):
+            return fail(
+                name,
+                f"{shown} is at migration {current}, code expects {head}: a newer relaybot "
+                "migrated it (this version serves on it, but only until it is replaced)",
+                "run the relaybot version that made this migration",
+            )
         if current != head:
             return fail(
                 name,

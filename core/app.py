@@ -6,7 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -48,9 +48,19 @@ class Core:
     store: Store
     client: OpenAIClient
     service: ConversationService
+    # The newer migration /readyz last warned about (it warns once, not on every probe).
+    newer_schema_seen: str | None = field(default=None, repr=False)
 
     async def readiness_problem(self) -> str | None:
-        """None when the database answers and is migrated to head, else what is wrong."""
+        """None when the database answers and is migrated to head (or past it), else what
+        is wrong.
+
+        A revision this code does not know was made by newer code: during a rolling release
+        the migration job runs before the old replicas are replaced, and they still work on
+        the newer schema (migrations add), so they stay ready; a warning says so, once.
+        Only a database behind the code (never migrated, or at an older revision it ships)
+        is not ready.
+        """
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
@@ -58,9 +68,19 @@ class Core:
         except Exception as exc:  # any driver error means "not ready"
             return f"database unreachable: {type(exc).__name__}"
         head = migrate.head_revision()
-        if current != head:
-            return f"database at migration {current}, code expects {head}"
-        return None
+        if current == head:
+            return None
+        if current is not None and not migrate.is_known(current):
+            if self.newer_schema_seen != current:
+                self.newer_schema_seen = current
+                log.warning(
+                    "the database is at migration %s, newer than this code (%s): "
+                    "serving on it; replace this version with the one that migrated it",
+                    current,
+                    head,
+                )
+            return None
+        return f"database at migration {current}, code expects {head}"
 
 
 @asynccontextmanager
@@ -87,7 +107,7 @@ async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> As
         # A wrong RELAYBOT_DATABASE_URL or a server that is down: one line saying so.
         await check_reachable(engine)
         if settings.auto_migrate if migrate_db is None else migrate_db:
-            await migrate.upgrade(engine)
+            await migrate.upgrade(engine, newer_ok=True)
         store = Store(engine, turns)
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         client = OpenAIClient(

@@ -282,6 +282,12 @@ class Settings(BaseSettings):
         level = value.strip().upper()
         return _LEVEL_NAMES.get(level, level)
 
+    @field_validator("moderation", "log_format", mode="before")
+    @classmethod
+    def _choice(cls, value: object) -> object:
+        # One of a few words: any case, as the log level (`RELAYBOT_MODERATION=Both`).
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("telegram_webhook_secret")
     @classmethod
     def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:

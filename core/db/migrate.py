@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,7 +30,24 @@ def alembic_config(url: str = "") -> Config:
     return cfg
 
 
-def _on(conn: Connection, action: str, revision: str) -> None:
+def newer_than_code(current: str) -> str:
+    """What an operator is told when the database is at a migration this code lacks."""
+    return (
+        f"the database is at migration {current}, newer than this relaybot knows (its "
+        f"newest is {head_revision()}): a newer version migrated it; run that version"
+    )
+
+
+def _on(conn: Connection, action: str, revision: str, newer_ok: bool = False) -> None:
+    # Alembic would say only "Can't locate revision identified by ...".
+    current = _current(conn)
+    if current is not None and not is_known(current):
+        if not newer_ok:
+            raise ConfigError(newer_than_code(current))
+        # A start during a rolling release, after the new release's migration ran: this
+        # code still works on the newer schema (migrations add), as /readyz says.
+        log.warning("%s; serving on it meanwhile", newer_than_code(current))
+        return
     cfg = alembic_config()
     cfg.attributes["connection"] = conn
     if action == "upgrade":
@@ -42,23 +61,70 @@ def _on(conn: Connection, action: str, revision: str) -> None:
 
 
 # Replicas starting together on PostgreSQL take turns migrating (any fixed number will do).
+log = logging.getLogger("relaybot.db")
+
 _MIGRATION_LOCK = 0x72656C6179
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Apply migrations up to `revision` (one process at a time on PostgreSQL)."""
+def _begin_immediate(conn: Connection) -> None:
+    # SQLAlchemy's recipe for real SQLite transactions, second half: emit our own BEGIN.
+    # IMMEDIATE takes the write lock at once, so a second migrator waits (busy_timeout) and
+    # then reads the revision the first one committed, instead of both reading "empty".
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_atomic(conn: Connection, action: str, revision: str, newer_ok: bool) -> None:
+    """Migrate in one SQLite transaction that covers the DDL too.
+
+    The sqlite3 driver (and aiosqlite over it) in its default ("legacy") mode emits BEGIN
+    only before INSERT/UPDATE/DELETE: each CREATE TABLE commits on its own, so a migration
+    interrupted part-way left tables without their recorded revision, and migrators started
+    together raced ("table chats already exists"). SQLAlchemy's documented fix ("Enabling
+    Non-Legacy SQLite Transactional Modes": the driver's isolation_level None, and BEGIN
+    emitted on begin) is applied to this one connection only; the application's engine
+    keeps its settings, restored before the connection goes back to the pool.
+    """
+    driver: Any = conn.connection.dbapi_connection
+    if conn.in_transaction():  # (autobegun by an earlier statement: nothing was written)
+        conn.rollback()
+    legacy = driver.isolation_level
+    driver.isolation_level = None  # the driver emits no BEGIN of its own
+    event.listen(conn, "begin", _begin_immediate)
+    try:
+        with conn.begin():
+            _on(conn, action, revision, newer_ok)
+    finally:
+        event.remove(conn, "begin", _begin_immediate)
+        driver.isolation_level = legacy
+
+
+async def _migrate(
+    engine: AsyncEngine, action: str, revision: str, newer_ok: bool = False
+) -> None:
+    if engine.dialect.name == "sqlite":
+        async with engine.connect() as conn:
+            await conn.run_sync(_sqlite_atomic, action, revision, newer_ok)
+        return
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
             )
-        await conn.run_sync(_on, "upgrade", revision)
+        await conn.run_sync(_on, action, revision, newer_ok)
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head", *, newer_ok: bool = False) -> None:
+    """Apply migrations up to `revision`, all or nothing, one process at a time (PostgreSQL:
+    an advisory lock; SQLite: the write lock, taken first).
+
+    A database at a migration this code does not ship (a newer release's) is refused with
+    one line, unless `newer_ok` (a start that migrates by itself): then a warning."""
+    await _migrate(engine, "upgrade", revision, newer_ok)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    """Revert migrations down to `revision` ("base" for an empty database)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_on, "downgrade", revision)
+    """Revert migrations down to `revision` ("base" for an empty database), all or nothing."""
+    await _migrate(engine, "downgrade", revision)
 
 
 async def check(engine: AsyncEngine) -> None:
@@ -96,6 +162,23 @@ async def require_migrated(engine: AsyncEngine) -> None:
 
 
 @functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+@functools.cache
 def head_revision() -> str | None:
     """The newest revision the code ships (read once: /readyz asks on every probe)."""
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return _scripts().get_current_head()
+
+
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision this code ships."""
+    return frozenset(script.revision for script in _scripts().walk_revisions())
+
+
+def is_known(revision: str) -> bool:
+    """Whether this code ships `revision`. One it does not know was made by newer code
+    (a release whose migration already ran: this code still works on it, migrations add)."""
+    return revision in known_revisions()

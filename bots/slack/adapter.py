@@ -15,13 +15,18 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncAssistant, AsyncBoltContext
-from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.logger.messages import (
+    warning_client_prioritized_and_token_skipped,
+    warning_token_skipped,
+)
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.http_server import HttpServer
 from bots.slack.events import (
     PLATFORM,
+    plain_text,
     thread_to_check,
     to_incoming,
     unlabelled_users,
@@ -152,10 +157,29 @@ class _ThreadMemory:
 SLASH_COMMANDS = tuple(COMMANDS)
 
 
+# auth.test's answers to a bot token Slack does not accept (bots/doctor.py words them too).
+_TOKEN_REJECTED = frozenset(
+    {"invalid_auth", "not_authed", "token_revoked", "account_inactive", "token_expired"}
+)
+_TOKEN_FIX = (
+    "copy the Bot User OAuth Token (xoxb-...) from the app's OAuth & Permissions page; "
+    "reinstall the app if it was revoked"
+)
+
+
+class SlackUnreachable(Exception):
+    """auth.test did not answer who the bot is (Slack down, an unexpected error): the start
+    goes on, and an event arriving before it did gets no 2xx (Slack sends it again)."""
+
+
 def _not_about_the_token(record: logging.LogRecord) -> bool:
     # Bolt takes SLACK_BOT_TOKEN from the environment (relaybot reads it too) and, given
-    # relaybot's client as well, warns on every start that it leaves that token unused.
-    return record.getMessage() != warning_client_prioritized_and_token_skipped()
+    # relaybot's client (and `authorize`) as well, warns on every start that it leaves
+    # that token unused.
+    return record.getMessage() not in (
+        warning_client_prioritized_and_token_skipped(),
+        warning_token_skipped(),
+    )
 
 
 _BOLT_LOG = logging.getLogger("relaybot.slack.bolt")
@@ -182,6 +206,11 @@ class SlackAdapter:
         self._token = settings.slack_bot_token.get_secret_value()
         self.client = AsyncWebClient(token=self._token, base_url=settings.slack_api_url)
         secret = settings.slack_signing_secret
+
+        async def authorize() -> AuthorizeResult:
+            # A function, not the bound method: Bolt passes the arguments it names.
+            return await self._authorize()
+
         self.app = AsyncApp(
             client=self.client,
             signing_secret=secret.get_secret_value() if secret is not None else None,
@@ -189,6 +218,9 @@ class SlackAdapter:
             # an acknowledged event is already durable. The answer is written afterwards.
             process_before_response=True,
             request_verification_enabled=not self.socket_mode,
+            # Who the bot is comes from the auth.test of `start`, not from one Bolt would
+            # make on the first event (which a 5xx there would cost).
+            authorize=authorize,
             logger=_BOLT_LOG,
         )
         self._fetch_for = fetcher(core.http, self._token, self._file_info)
@@ -196,6 +228,7 @@ class SlackAdapter:
         self._replies_paused_until = 0.0  # conversations.replies answered 429: not until then
         self._names: dict[str, str] = {}
         self._me: tuple[str, str | None] | None = None  # (bot user id, bot id)
+        self._auth: AuthorizeResult | None = None  # from auth.test, asked once
         self._inflight: set[asyncio.Task[Any]] = set()
         self._socket: AsyncSocketModeHandler | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -218,6 +251,7 @@ class SlackAdapter:
                 timeout=aiohttp.ClientTimeout(total=self.client.timeout)
             )
             self.client.session = self._session
+        await self._authenticate()
         if self.socket_mode:
             app_token = self.core.settings.slack_app_token
             assert app_token is not None
@@ -226,6 +260,54 @@ class SlackAdapter:
             log.info("slack connected in socket mode")
         else:
             log.info("slack listening on %s", EVENTS_PATH)
+
+    async def _authenticate(self) -> None:
+        """Ask Slack who the bot is (auth.test, retried on 429/5xx) before taking events.
+
+        A token Slack rejects stops the start with a ConfigError saying what to do (events
+        would otherwise be acknowledged and dropped). When Slack cannot answer now (or
+        answers another error), the start goes on: the first event asks again
+        (`_authorize`).
+        """
+        try:
+            await self._auth_result()
+        except SlackUnreachable as err:
+            log.warning("slack auth.test failed (%s); asking again on the first event", err)
+
+    async def _auth_result(self) -> AuthorizeResult:
+        """The bot's identity for Bolt, from one successful auth.test (kept)."""
+        if self._auth is not None:
+            return self._auth
+        try:
+            response = await Caller(self.sink_options)(self.client.auth_test)
+        except SlackApiError as err:
+            error = error_name(err) or "error"
+            status = err.response.status_code if err.response is not None else 0
+            if error in _TOKEN_REJECTED:
+                raise ConfigError(
+                    f"Slack rejected SLACK_BOT_TOKEN (auth.test: {error}): {_TOKEN_FIX}"
+                ) from None
+            raise SlackUnreachable(f"{error}, HTTP {status}") from None
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise SlackUnreachable(type(err).__name__) from None
+        result = AuthorizeResult.from_auth_test_response(
+            auth_test_response=response, bot_token=self._token
+        )
+        bot_id = response.get("bot_id")
+        self._me = (str(response.get("user_id") or ""), str(bot_id) if bot_id else None)
+        self._auth = result
+        return result
+
+    async def _authorize(self) -> AuthorizeResult:
+        """Bolt's `authorize`: the kept auth.test result. Should it still be missing and
+        Slack not answer, the error gives the event no 2xx (Bolt answers 500, Socket Mode
+        does not acknowledge), so Slack delivers it again."""
+        try:
+            return await self._auth_result()
+        except ConfigError as err:
+            # Revoked since the start: log it (no token in it) and let Slack retry.
+            log.error("%s", err)
+            raise SlackUnreachable("bot token rejected") from None
 
     async def stop(self) -> None:
         """Stop receiving, then let answers in progress finish (bounded)."""
@@ -324,11 +406,20 @@ class SlackAdapter:
                 on_messages=self._noting(msg),
                 tag=msg.event_key,
             )
-            self._track(await self.core.service.submit(msg, sink))
+            # Until the event is stored, every error propagates: no 2xx (Bolt answers 500,
+            # Socket Mode leaves the envelope unacknowledged) and Slack delivers it again;
+            # the inbox's unique event key makes a second delivery harmless.
+            job = await self.core.service.submit(msg, sink)
         except ShuttingDown:
             raise  # no 200: Slack retries, and another replica (or the next start) answers
-        except Exception:
-            log.exception("slack event failed")
+        except Exception as err:
+            log.warning(
+                "slack event not stored (%s); not acknowledged, Slack will send it again",
+                type(err).__name__,
+            )
+            raise
+        else:
+            self._track(job)  # stored: acknowledged, and answered whatever comes
         finally:
             if task is not None:
                 self._inflight.discard(task)
@@ -429,11 +520,14 @@ class SlackAdapter:
                     response_type="ephemeral",
                 )
                 return
+            # Slack escapes & < > (and marks up mentions) in a command's text as in a
+            # message's: the core gets what the person typed.
+            words = plain_text(str(command.get("text") or ""))
             msg = IncomingMessage(
                 chat=ChatRef(PLATFORM, f"{team}:{channel}"),
                 sender=Sender(id=user, name=str(command.get("user_name") or user)),
                 event_key=f"{PLATFORM}:command:{command.get('trigger_id', '')}",
-                text=f"{command.get('command', '')} {command.get('text', '')}".strip(),
+                text=f"{command.get('command', '')} {words}".strip(),
                 is_direct=channel.startswith("D"),
             )
             sink = SlackSink(

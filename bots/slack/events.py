@@ -201,6 +201,155 @@ def plain_text(text: str, names: Mapping[str, str] | None = None) -> str:
     return converted.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
+def _quote(text: str) -> str:
+    return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
+
+
+def _emoji(element: Mapping[str, Any]) -> str:
+    """An emoji as its character where Slack gives the code points ("1f44d"), else :name:."""
+    try:
+        return "".join(chr(int(p, 16)) for p in str(element["unicode"]).split("-"))
+    except (KeyError, ValueError, OverflowError):
+        return f":{element.get('name', '')}:"
+
+
+def _rich_text(elements: Any, names: Mapping[str, str]) -> str:
+    """The plain text of rich_text elements (literal text, not mrkdwn: no escapes)."""
+    parts: list[str] = []
+    for element in elements if isinstance(elements, list) else ():
+        if not isinstance(element, Mapping):
+            continue
+        kind = element.get("type")
+        if kind == "text":
+            parts.append(str(element.get("text") or ""))
+        elif kind == "link":
+            url, label = str(element.get("url") or ""), str(element.get("text") or "")
+            parts.append(f"{label} ({url})" if label and label != url else url)
+        elif kind == "user":
+            user = str(element.get("user_id") or "")
+            parts.append("@" + names.get(user, user))
+        elif kind == "channel":
+            parts.append("#" + str(element.get("channel_id") or ""))
+        elif kind == "usergroup":
+            parts.append("@" + str(element.get("usergroup_id") or ""))
+        elif kind == "broadcast":
+            parts.append("@" + str(element.get("range") or "here"))
+        elif kind == "emoji":
+            parts.append(_emoji(element))
+        elif kind == "date":
+            parts.append(str(element.get("fallback") or ""))
+        elif kind == "rich_text_list":
+            items = [
+                _rich_text(item.get("elements"), names)
+                for item in element.get("elements") or ()
+                if isinstance(item, Mapping)
+            ]
+            parts.append("\n".join(f"- {item}" for item in items) + "\n")
+        elif kind in ("rich_text_section", "rich_text_preformatted", "rich_text_quote"):
+            inner = _rich_text(element.get("elements"), names)
+            if kind == "rich_text_preformatted":
+                inner = f"```\n{inner}\n```\n"
+            elif kind == "rich_text_quote":
+                inner = _quote(inner) + "\n"
+            parts.append(inner)
+    return "".join(parts)
+
+
+def _composed(value: Any, names: Mapping[str, str]) -> str:
+    """A text object's text: mrkdwn through `plain_text`, plain_text as it is."""
+    if not isinstance(value, Mapping):
+        return ""
+    text = str(value.get("text") or "")
+    return plain_text(text, names) if value.get("type") == "mrkdwn" else text
+
+
+def blocks_text(blocks: Any, names: Mapping[str, str] | None = None) -> str:
+    """What a message's blocks say (rich_text, section, header, markdown, context), for a
+    message whose `text` is empty: some integrations and clients send only blocks."""
+    known = names or {}
+    found: list[str] = []
+    for block in blocks if isinstance(blocks, list) else ():
+        if not isinstance(block, Mapping):
+            continue
+        kind = block.get("type")
+        if kind == "rich_text":
+            found.append(_rich_text(block.get("elements"), known))
+        elif kind in ("section", "header"):
+            found.append(_composed(block.get("text"), known))
+            fields = block.get("fields")
+            found.extend(_composed(f, known) for f in fields or () if isinstance(fields, list))
+        elif kind == "markdown":
+            found.append(str(block.get("text") or ""))
+        elif kind == "context":
+            elements = block.get("elements")
+            found.append(" ".join(_composed(e, known) for e in elements or () if e).strip())
+    return "\n".join(text.strip() for text in found if text.strip())
+
+
+def _is_link_preview(attachment: Mapping[str, Any]) -> bool:
+    """A web page's unfurl under a link the message holds (the link is in its text)."""
+    shared = attachment.get("is_share") or attachment.get("is_msg_unfurl")
+    return bool(attachment.get("original_url")) and not shared
+
+
+def _attachment_text(attachment: Mapping[str, Any], names: Mapping[str, str]) -> str:
+    """A legacy attachment's words: pretext, title, text (else its message's blocks, else
+    its fallback) and fields."""
+    parts = [plain_text(str(attachment.get(k) or ""), names) for k in ("pretext", "title")]
+    body = plain_text(str(attachment.get("text") or ""), names)
+    if not body.strip():
+        inner = [
+            blocks_text(((item.get("message") or {}).get("blocks")), names)
+            for item in attachment.get("message_blocks") or ()
+            if isinstance(item, Mapping)
+        ]
+        body = "\n".join(inner) or blocks_text(attachment.get("blocks"), names)
+    if not body.strip() and not any(p.strip() for p in parts):
+        body = plain_text(str(attachment.get("fallback") or ""), names)
+    parts.append(body)
+    for field in attachment.get("fields") or ():
+        if isinstance(field, Mapping):
+            title = plain_text(str(field.get("title") or ""), names).strip()
+            value = plain_text(str(field.get("value") or ""), names).strip()
+            parts.append(f"{title}: {value}" if title and value else title or value)
+    return "\n".join(p.strip() for p in parts if p.strip())
+
+
+def shared_text(message: Mapping[str, Any], names: Mapping[str, str] | None = None) -> str:
+    """The messages a message shares (a forward, a message link's unfurl) and its legacy
+    attachments (an integration's alert), each quoted, a forward's under "Forwarded from
+    NAME in #channel:". Not the previews of web links."""
+    known = names or {}
+    found: list[str] = []
+    for attachment in message.get("attachments") or ():
+        if not isinstance(attachment, Mapping) or _is_link_preview(attachment):
+            continue
+        text = _attachment_text(attachment, known)
+        if not text:
+            continue
+        author = str(attachment.get("author_name") or attachment.get("author_subname") or "")
+        label = ""
+        if attachment.get("is_share") or attachment.get("is_msg_unfurl"):
+            label = f"Forwarded from {author}" if author else "Forwarded message"
+            channel = attachment.get("channel_name")
+            label += f" in #{channel}:" if channel else ":"
+        elif author:
+            label = f"From {author}:"
+        found.append(f"{label}\n{_quote(text)}" if label else _quote(text))
+    return "\n\n".join(found)
+
+
+def message_text(message: Mapping[str, Any], names: Mapping[str, str] | None = None) -> str:
+    """A message's own words as people see them: `text`, else (empty) its blocks'."""
+    text = plain_text(str(message.get("text") or ""), names).strip()
+    return text or blocks_text(message.get("blocks"), names)
+
+
+def _with_shared(text: str, message: Mapping[str, Any], names: Mapping[str, str] | None) -> str:
+    shared = shared_text(message, names)
+    return f"{text}\n\n{shared}".strip() if shared else text
+
+
 def attachment_kind(file: Mapping[str, Any]) -> AttachmentKind:
     """AUDIO for audio/video files and clips, IMAGE for images, else FILE."""
     mime = str(file.get("mimetype", "")).lower()
@@ -273,10 +422,16 @@ def to_incoming(
     if not addressed and not heard_audio:
         return None
     # An unaddressed audio clip still goes to the core: the channel's /voicemode decides.
-    text = mention_pattern(bot_user_id).sub("", str(event.get("text", "")))
+    mention = mention_pattern(bot_user_id)
+    text = mention.sub("", str(event.get("text", "")))
     text = plain_text(text, names).strip()
+    if not text:  # some clients and integrations send only blocks
+        text = blocks_text(event.get("blocks"), names)
+        text = re.sub(rf"@{re.escape(bot_user_id)}\b", "", text).strip()
     with_image = any(a.kind is AttachmentKind.IMAGE for a in attachments)
     text = translate_commands(text, with_image=with_image)
+    # A forwarded message, an alert's attachment: quoted after what the person wrote.
+    text = _with_shared(text, event, names)
     # The installing workspace, not event["team"]: in shared channels that is the sender's team.
     team = team_id
     thread_id = str(thread_ts) if thread_ts else (None if direct else ts)
@@ -303,7 +458,7 @@ def with_thread_parent(
     (as a replied-to message) and, when `msg` brings no file of its own, its files ("@bot
     what is in this picture?" under a photo, "@bot summarise this" under a voice clip), as
     a reply to a photo brings the photo on Telegram."""
-    quoted = plain_text(str(parent.get("text") or ""), names).strip() or None
+    quoted = _with_shared(message_text(parent, names), parent, names) or None
     attachments = msg.attachments
     if not attachments:
         files = [f for f in parent.get("files") or () if isinstance(f, Mapping) and f.get("id")]

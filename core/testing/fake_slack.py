@@ -63,6 +63,9 @@ class FakeMessage:
     edits: int = 0
     # Message metadata ({"event_type": ..., "event_payload": {...}}), as posted or updated.
     metadata: dict[str, Any] | None = None
+    # Legacy attachments: a forwarded message's (is_share), an integration's alert.
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    subtype: str | None = None
 
     @property
     def visible_text(self) -> str:
@@ -254,6 +257,31 @@ class FakeSlack(FakeServer):
         `files` as `add_file` returns them."""
         message = FakeMessage(
             channel=channel, ts=ts, thread_ts=thread_ts, text=text, user=user, files=files or []
+        )
+        self.messages.append(message)
+        return message
+
+    def add_integration_message(
+        self,
+        channel: str,
+        ts: str,
+        *,
+        text: str = "",
+        attachments: list[dict[str, Any]] | None = None,
+        blocks: list[dict[str, Any]] | None = None,
+        bot_id: str = "B0INTEGRATION",
+    ) -> FakeMessage:
+        """Put another app's message (subtype bot_message: an alert from a monitoring tool,
+        often with empty `text` and its content in legacy `attachments` or `blocks`)."""
+        message = FakeMessage(
+            channel=channel,
+            ts=ts,
+            thread_ts=None,
+            text=text,
+            blocks=blocks or [],
+            bot_id=bot_id,
+            attachments=attachments or [],
+            subtype="bot_message",
         )
         self.messages.append(message)
         return message
@@ -663,12 +691,15 @@ class FakeSlack(FakeServer):
 
     def _read_back(self, message: FakeMessage, args: dict[str, Any]) -> dict[str, Any]:
         """A message as conversations.* return it; metadata only with include_all_metadata."""
-        found: dict[str, Any] = {
-            "type": "message",
-            "ts": message.ts,
-            "text": message.visible_text,
-            "user": message.user,
-        }
+        found: dict[str, Any] = {"type": "message", "ts": message.ts, "text": message.visible_text}
+        if message.user:
+            found["user"] = message.user
+        if message.subtype:
+            found["subtype"] = message.subtype
+        if message.blocks:
+            found["blocks"] = message.blocks
+        if message.attachments:
+            found["attachments"] = message.attachments
         if message.thread_ts:
             found["thread_ts"] = message.thread_ts
         if message.bot_id:
@@ -956,8 +987,11 @@ def message_event(
     channel_type: str | None = None,
     files: list[dict[str, Any]] | None = None,
     team_id: str = "T0TEAM",
+    attachments: list[dict[str, Any]] | None = None,
+    blocks: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A person's message in a channel (C…), private channel (G…) or DM (D…)."""
+    """A person's message in a channel (C…), private channel (G…) or DM (D…); a forwarded
+    message comes in `attachments` (see `shared_message`)."""
     kind = channel_type or {"D": "im", "G": "group"}.get(channel[:1], "channel")
     event: dict[str, Any] = {
         "type": "message",
@@ -976,7 +1010,40 @@ def message_event(
         event["subtype"] = "file_share"
         event["files"] = files
         event["upload"] = False
+    if attachments:
+        event["attachments"] = attachments
+    if blocks:
+        event["blocks"] = blocks
     return event
+
+
+def shared_message(
+    text: str,
+    *,
+    author_id: str = "U0BOB",
+    author_name: str = "Bob",
+    channel_id: str = "C0OPS",
+    channel_name: str = "ops",
+    ts: str = "1700000000.000100",
+) -> dict[str, Any]:
+    """The attachment Slack puts in a message that forwards (shares) another message."""
+    return {
+        "is_msg_unfurl": True,
+        "is_share": True,
+        "author_id": author_id,
+        "author_name": author_name,
+        "author_subname": author_name,
+        "fallback": f"[{ts}] {author_name}: {text}",
+        "text": text,
+        "channel_id": channel_id,
+        "channel_name": channel_name,
+        "channel_team": "T0TEAM",
+        "footer": f"Posted in #{channel_name}",
+        "ts": ts,
+        "from_url": f"https://fake.slack.com/archives/{channel_id}/p{ts.replace('.', '')}",
+        "mrkdwn_in": ["text"],
+        "color": "D0D0D0",
+    }
 
 
 def app_mention_event(
@@ -988,6 +1055,7 @@ def app_mention_event(
     thread_ts: str | None = None,
     files: list[dict[str, Any]] | None = None,
     team_id: str = "T0TEAM",
+    attachments: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The app_mention twin of a message that @-mentions the bot."""
     event = message_event(
@@ -998,6 +1066,7 @@ def app_mention_event(
         thread_ts=thread_ts,
         files=files,
         team_id=team_id,
+        attachments=attachments,
     )
     event["type"] = "app_mention"
     event.pop("channel_type", None)

@@ -56,3 +56,13 @@ def test_the_manifest_declares_the_history_commands_a_channel_answers() -> None:
     request_url = manifest["settings"]["event_subscriptions"]["request_url"]
     # One host to replace, as the header says; every command posts where events do.
     assert {c["url"] for c in commands} == {request_url}
+
+
+def test_the_manifest_declares_every_slash_command_that_works_without_a_file() -> None:
+    # /edit needs a photo and /translate a voice note: a slash command carries neither.
+    from bots.slack.adapter import SLASH_COMMANDS
+
+    manifest = yaml.safe_load((REPO / "deploy" / "slack-app-manifest.yaml").read_text())
+    declared = {c["command"] for c in manifest["features"]["slash_commands"]}
+    assert {"/help", "/usage", "/budget"} <= declared
+    assert declared == {f"/{name}" for name in SLASH_COMMANDS} - {"/edit", "/translate"}

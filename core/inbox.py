@@ -13,9 +13,10 @@ takes the chat's lease only when no older unfinished event of that chat exists.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,48 @@ from core.db.models import OPEN_EVENTS, OPEN_STATUSES, ChatLease, InboundEvent, 
 from core.db.store import CHAT_SETTINGS_SQL, ChatSettings, merge_chat_settings, read_chat_settings
 from core.errors import UpstreamDown
 from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
+
+# A surrogate code point: in a str only as half of a pair the text lost its other half
+# (Python's stdin turns bytes that are not UTF-8 into them; JSON may carry "\ud83d" alone).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` with each lone surrogate as U+FFFD: storable as UTF-8, which it is not."""
+    if not _SURROGATE.search(text):
+        return text
+    # Pairs split into two code points join again; a lone half becomes U+FFFD.
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def storable(msg: IncomingMessage) -> IncomingMessage:
+    """`msg` with every text in it valid (see `valid_text`), as it is stored and answered:
+    a lone surrogate would fail the event's storing (UTF-8 refuses it), ending the adapter
+    (the console) or losing the message (PostgreSQL's driver raises DataError)."""
+    parts = [msg.chat.chat_id, msg.chat.thread_id, msg.sender.id, msg.sender.name]
+    parts += [msg.event_key, msg.text, msg.platform_message_id, msg.reply_to_text, msg.part_of]
+    for a in msg.attachments:
+        parts += [a.mime, a.filename, a.ref]
+    if not any(_SURROGATE.search(p) for p in parts if p):
+        return msg
+
+    def valid(text: str | None) -> str | None:
+        return None if text is None else valid_text(text)
+
+    return replace(
+        msg,
+        chat=ChatRef(msg.chat.platform, valid_text(msg.chat.chat_id), valid(msg.chat.thread_id)),
+        sender=replace(msg.sender, id=valid_text(msg.sender.id), name=valid_text(msg.sender.name)),
+        event_key=valid_text(msg.event_key),
+        text=valid_text(msg.text),
+        platform_message_id=valid(msg.platform_message_id),
+        reply_to_text=valid(msg.reply_to_text),
+        part_of=valid(msg.part_of),
+        attachments=tuple(
+            replace(a, mime=valid_text(a.mime), filename=valid_text(a.filename), ref=valid(a.ref))
+            for a in msg.attachments
+        ),
+    )
 
 
 def new_worker_id() -> str:
@@ -242,7 +285,12 @@ class Inbox:
 
     async def user_turn_stored(self, event_key: str) -> bool:
         """Whether this event's user turn already reached the history (a resumed event)."""
-        return await self.db.run(_user_turn_stored, event_key)
+        return await self.user_turn_id(event_key) is not None
+
+    async def user_turn_id(self, event_key: str) -> int | None:
+        """The id of this event's user turn, if it already reached the history (a resumed
+        event), else None."""
+        return await self.db.run(_user_turn_id, event_key)
 
     # -- messages sent in parts (see IncomingMessage.part_of) ---------------------------------
     async def waiting(self, event_id: int) -> bool:
@@ -456,11 +504,12 @@ def _remember_reply(conn: Connection, event_key: str, stored: str | None) -> Non
     _REMEMBER_REPLY.execute(conn, {"key": event_key, "stored": stored})
 
 
-def _user_turn_stored(conn: Connection, event_key: str) -> bool:
+def _user_turn_id(conn: Connection, event_key: str) -> int | None:
     # Through the partial index on messages.event_key (migration 0009): without it, a
     # resumed event read the whole history table.
     found = conn.execute(select(Message.id).where(Message.event_key == event_key).limit(1))
-    return found.first() is not None
+    row = found.first()
+    return None if row is None else int(row[0])
 
 
 def _waiting(conn: Connection, event_id: int) -> bool:

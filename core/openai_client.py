@@ -95,11 +95,15 @@ class ChatResult:
 
 @dataclass(frozen=True, slots=True)
 class Picture:
-    """A made or edited image, and what the endpoint says it made (None where it does not)."""
+    """A made or edited image, and what the endpoint says it made (None where it does not):
+    GPT Image reports its tokens (`usage`: the prompt's text and input images in, the image
+    made out), of which `image_tokens` were input images (an edit's picture)."""
 
     data: bytes
     quality: str | None = None
     size: str | None = None
+    usage: Usage | None = None
+    image_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,10 +707,13 @@ class OpenAIClient:
         # GPT Image says what it made (the quality "auto" chose, the size): that is billed.
         quality = payload.get("quality")
         size = payload.get("size")
+        usage, image_tokens = _picture_usage(payload.get("usage"))
         return Picture(
             image,
             quality=quality if isinstance(quality, str) else None,
             size=size if isinstance(size, str) else None,
+            usage=usage,
+            image_tokens=image_tokens,
         )
 
     async def _image_bytes(self, payload: Any, where: str) -> bytes:
@@ -971,6 +978,25 @@ def _parse_usage(raw: Any) -> Usage | None:
         completion_tokens=int(raw.get("completion_tokens") or 0),
         cached_tokens=int(cached or 0),
     )
+
+
+def _count(value: Any) -> int:
+    """A token count from a response: a non-negative whole number, else 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return 0
+    return max(int(value), 0)
+
+
+def _picture_usage(raw: Any) -> tuple[Usage | None, int]:
+    """GPT Image's usage ({"input_tokens", "input_tokens_details": {"text_tokens",
+    "image_tokens"}, "output_tokens"}) and how many of its input tokens were images."""
+    if not isinstance(raw, dict):
+        return None, 0
+    prompt = _count(raw.get("input_tokens"))
+    details = raw.get("input_tokens_details")
+    images = _count(details.get("image_tokens")) if isinstance(details, dict) else 0
+    usage = Usage(prompt_tokens=prompt, completion_tokens=_count(raw.get("output_tokens")))
+    return usage, min(images, prompt)
 
 
 def _transcript(text: str, raw: Any) -> Transcript:

@@ -16,14 +16,22 @@ log = logging.getLogger("relaybot.pricing")
 
 PER_MILLION = 1_000_000
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
-_FIELDS = {"input", "cached_input", "output", "audio_input", "audio_minute", "image"}
+_FIELDS = {
+    "input",
+    "cached_input",
+    "output",
+    "audio_input",
+    "audio_minute",
+    "image",
+    "image_input",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """Prices of one model: tokens per 1M (text in, cached, out, audio in), audio per minute
-    (whisper, or a transcription whose tokens the server did not report), images by quality
-    and size."""
+    """Prices of one model: tokens per 1M (text in, cached, out, audio in, image in), audio
+    per minute (whisper, or a transcription whose tokens the server did not report), images
+    made by quality and size (a model priced per image made pays no output tokens)."""
 
     input: float = 0.0
     cached_input: float | None = None
@@ -32,6 +40,8 @@ class ModelPrice:
     audio_input: float = 0.0
     # quality ("low", "medium", "high", "auto") -> size ("1024x1024") -> USD per image
     image: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Input images (an /edit's picture) per 1M tokens; 0: priced as text input.
+    image_input: float = 0.0
 
 
 Pair = tuple[float, float]
@@ -67,11 +77,19 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     # Billed by tokens; the minute prices are OpenAI's estimates, used when no tokens came.
     "gpt-4o-transcribe": ModelPrice(2.50, None, 10.00, audio_minute=0.006, audio_input=6.00),
     "gpt-4o-mini-transcribe": ModelPrice(1.25, None, 5.00, audio_minute=0.003, audio_input=3.00),
+    # GPT Image: the prompt's text and input images (an edit's picture) by tokens; what it
+    # makes per image (its output tokens, at $40 and $8 per 1M, priced by quality and size).
     "gpt-image-1": ModelPrice(
-        image=_image(low=(0.011, 0.016), medium=(0.042, 0.063), high=(0.167, 0.25))
+        5.00,
+        1.25,
+        image_input=10.00,
+        image=_image(low=(0.011, 0.016), medium=(0.042, 0.063), high=(0.167, 0.25)),
     ),
     "gpt-image-1-mini": ModelPrice(
-        image=_image(low=(0.005, 0.006), medium=(0.011, 0.015), high=(0.036, 0.052))
+        2.00,
+        0.20,
+        image_input=2.50,
+        image=_image(low=(0.005, 0.006), medium=(0.011, 0.015), high=(0.036, 0.052)),
     ),
     "omni-moderation-latest": ModelPrice(),
     "text-moderation-latest": ModelPrice(),
@@ -106,7 +124,7 @@ def _parse_model(model: str, raw: Any, base: ModelPrice | None) -> ModelPrice:
         )
     price = base or ModelPrice()
     changes: dict[str, Any] = {}
-    for name in ("input", "output", "audio_minute", "audio_input"):
+    for name in ("input", "output", "audio_minute", "audio_input", "image_input"):
         if name in raw:
             changes[name] = _number(model, name, raw[name])
     if "cached_input" in raw:
@@ -232,17 +250,26 @@ class PriceTable:
         images: int = 0,
         image_size: str = "1024x1024",
         image_quality: str = "auto",
+        image_tokens: int = 0,
     ) -> float:
         """USD for one recorded call, whatever it consumed. `audio_tokens` (part of
         `prompt_tokens`) are priced per audio token where the model has that price, and then
-        its seconds are not priced again; else the seconds are."""
+        its seconds are not priced again; else the seconds are. `image_tokens` (input
+        images, part of `prompt_tokens`) are priced at the model's image input price, else
+        as text. `images` made are priced per image where the model has such prices: their
+        output tokens (`completion_tokens`) are not priced again."""
         total = 0.0
         audio_rate = 0.0
+        price = self._price(model) if audio_tokens or image_tokens or images else None
         if audio_tokens:
-            price = self._price(model)
             audio_rate = price.audio_input if price is not None else 0.0
             total += audio_tokens * audio_rate / PER_MILLION
-        text_tokens = prompt_tokens - audio_tokens
+        image_tokens = min(max(image_tokens, 0), max(prompt_tokens - audio_tokens, 0))
+        if image_tokens and price is not None:
+            total += image_tokens * (price.image_input or price.input) / PER_MILLION
+        text_tokens = prompt_tokens - audio_tokens - image_tokens
+        if images and price is not None and price.image:
+            completion_tokens = 0  # the per-image price is the output's
         if text_tokens or completion_tokens:
             total += self.tokens_cost(model, text_tokens, completion_tokens, cached_tokens)
         if audio_seconds and not audio_rate:

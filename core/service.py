@@ -35,7 +35,14 @@ from core.errors import (
     UpstreamDown,
 )
 from core.history import ChatWindow, HistoryCache, Turn
-from core.inbox import ClaimedEvent, Inbox, decode_message, decode_reply_refs, new_worker_id
+from core.inbox import (
+    ClaimedEvent,
+    Inbox,
+    decode_message,
+    decode_reply_refs,
+    new_worker_id,
+    storable,
+)
 from core.locks import ChatLocks, Ticket
 from core.metrics import Metrics
 from core.moderation import UNCHECKED_NOTICE, WITHHELD_NOTICE, Moderator
@@ -445,6 +452,7 @@ class ConversationService:
         """
         if not self.accepting:
             raise ShuttingDown("not accepting new work")
+        msg = storable(msg)  # no lone surrogates: they cannot be stored, nor sent on
         # The place in the chat's queue is taken before the first await: arrival order holds.
         ticket = self.locks.reserve(msg.chat.key)
         # Stored in that same order, so event ids (which order a chat across replicas) agree
@@ -937,7 +945,9 @@ class ConversationService:
         if fresh:
             window = ChatWindow(0, counter.stored_as, [], None, None)
             self.windows.put(msg.chat.key, window)
-        if store_user_turn and not await self._resumed_with_user_turn(msg):
+        # A resumed event whose turn was stored before the crash: that turn's id.
+        resumed_turn = await self._resumed_user_turn(msg) if store_user_turn else None
+        if store_user_turn and resumed_turn is None:
             row = {
                 "role": "user",
                 "content": stored_text,
@@ -967,6 +977,17 @@ class ConversationService:
         else:
             # A resumed or retried turn: what the store holds is read again.
             self.windows.drop(msg.chat.key)
+
+        async def withhold_turn() -> None:
+            """Keep the person's refused turn out of the history (it stays stored)."""
+            if user_turn is not None:
+                turn_id: int | None = await user_turn.stored()
+            else:
+                turn_id = resumed_turn
+            if turn_id is not None:
+                self.windows.drop(msg.chat.key)
+                await self.store.set_message_status(msg.chat.key, turn_id, "withheld")
+
         try:
             try:
                 await self.moderator.check_input(
@@ -975,10 +996,7 @@ class ConversationService:
             except RelaybotError:
                 # Refused, or unchecked (moderation down): kept out of the history either
                 # way, so that no later request carries input moderation never passed.
-                if user_turn is not None:
-                    user_id = await user_turn.stored()
-                    self.windows.drop(msg.chat.key)
-                    await self.store.set_message_status(msg.chat.key, user_id, "withheld")
+                await withhold_turn()
                 raise
             system_tokens = counter.count_cached(system)
             budget = self._history_budget(model, system_tokens)
@@ -1031,6 +1049,13 @@ class ConversationService:
                     user_message=f"This chat's model, {model}, is not available for chat at "
                     "the moment. Send /model to pick another, or /model default.",
                 ) from err
+        except ContextTooLong:
+            # Refused as too long for the model's window before any answer: the person is
+            # asked for something shorter. Kept in the history, the turn would stop every
+            # later request's trimming at it (nothing older would reach the model again)
+            # and be exported as answered.
+            await withhold_turn()
+            raise
         finally:
             if user_turn is not None:
                 # Whatever happened, the turn's storing has finished before the message does
@@ -1147,10 +1172,12 @@ class ConversationService:
             return None
         return job.event_id, self.inbox.worker_id
 
-    async def _resumed_with_user_turn(self, msg: IncomingMessage) -> bool:
-        """True when a resumed event's user turn was stored before the crash."""
+    async def _resumed_user_turn(self, msg: IncomingMessage) -> int | None:
+        """The id of a resumed event's user turn, when it was stored before the crash."""
         job = _current.get()
-        return bool(job and job.resumed and await self.inbox.user_turn_stored(msg.event_key))
+        if job is None or not job.resumed:
+            return None
+        return await self.inbox.user_turn_id(msg.event_key)
 
     def _supports_vision(self, model: str) -> bool:
         """Whether `model` reads pictures: a RELAYBOT_VISION_MODELS name covers its snapshots
@@ -1720,7 +1747,9 @@ class ConversationService:
                 size=self.settings.image_size,
                 quality=self.settings.image_quality,
             )
-        await self._record_usage(msg, model, "image", images=1, picture=picture)
+        await self._record_usage(
+            msg, model, "image", usage=picture.usage, images=1, picture=picture
+        )
         await sink.send(Reply(text=prompt, image=picture.data, image_name="image.png"))
 
     async def _edit_command(self, prompt: str, msg: IncomingMessage, sink: ReplySink) -> None:
@@ -1751,7 +1780,9 @@ class ConversationService:
                 size=self.settings.image_size,
                 quality=self.settings.image_quality,
             )
-        await self._record_usage(msg, model, "image", images=1, picture=picture)
+        await self._record_usage(
+            msg, model, "image", usage=picture.usage, images=1, picture=picture
+        )
         await sink.send(Reply(text=prompt, image=picture.data, image_name="edited.png"))
 
     # -- usage ----------------------------------------------------------------------------
@@ -1793,18 +1824,29 @@ class ConversationService:
         picture: Picture | None = None,
     ) -> dict[str, Any]:
         """The usage row of one model call, priced (and counted in the metrics). A picture
-        is priced at the quality and size the endpoint says it made ("auto" chose one)."""
-        cost = self.policy.cost(
-            model,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            cached_tokens=usage.cached_tokens if usage else 0,
-            audio_tokens=audio_tokens,
-            audio_seconds=audio_seconds,
-            images=images,
-            image_quality=picture.quality if picture else None,
-            image_size=picture.size if picture else None,
-        )
+        is priced at the quality and size the endpoint says it made ("auto" chose one), and
+        its input tokens (the prompt's text, an edit's picture) at their own prices."""
+        if picture is not None:
+            cost = self.policy.prices.cost(
+                model,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                images=images,
+                image_tokens=picture.image_tokens,
+                image_quality=picture.quality or self.settings.image_quality,
+                image_size=picture.size or self.settings.image_size,
+            )
+        else:
+            cost = self.policy.cost(
+                model,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                audio_tokens=audio_tokens,
+                audio_seconds=audio_seconds,
+                images=images,
+            )
         self.metrics.usage(msg.chat.platform, model, usage, cost_usd=cost)
         return {
             "platform": msg.chat.platform,

@@ -135,6 +135,37 @@ AUDIO_TOKENS_PER_SECOND = 10
 _IMAGE_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
 
 
+def _picture_size(data: bytes) -> tuple[int, int] | None:
+    """A PNG's or baseline/progressive JPEG's width and height, else None."""
+    if data.startswith(PNG_SIGNATURE) and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    at = 2
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):  # start of frame: precision, height, width
+            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+            return int(width), int(height)
+        at += 2 + length
+    return None
+
+
+def _input_image_tokens(data: bytes) -> int:
+    """The input tokens GPT Image counts for a picture sent to it (an edit's), as OpenAI
+    counts them: 65 plus 129 for each 512-pixel tile of the picture scaled to fit 2048x2048
+    and then to a shorter side of at most 768. A picture of unknown size counts as
+    1024x1024."""
+    width, height = (float(v) for v in (_picture_size(data) or (1024, 1024)))
+    scale = min(1.0, 2048 / max(width, height, 1))
+    width, height = width * scale, height * scale
+    scale = min(1.0, 768 / max(min(width, height), 1))
+    tiles = math.ceil(width * scale / 512) * math.ceil(height * scale / 512)
+    return 65 + 129 * tiles
+
+
 def _refused_image_setting(model: str, size: str, quality: str) -> web.Response | None:
     if not model.startswith("gpt-image"):
         return None  # another server's model: any size
@@ -595,7 +626,9 @@ class FakeOpenAI(FakeServer):
         return web.json_response({"text": text, "usage": usage})
 
     # -- images ------------------------------------------------------------------------
-    def _image_result(self, request: web.Request, fields: Mapping[str, Any]) -> web.Response:
+    def _image_result(
+        self, request: web.Request, fields: Mapping[str, Any], picture: bytes | None = None
+    ) -> web.Response:
         model = str(fields.get("model") or "gpt-image-1")
         prompt = str(fields["prompt"])
         size = fields.get("size") or "auto"
@@ -624,16 +657,22 @@ class FakeOpenAI(FakeServer):
         if gpt_image:  # GPT Image says what it made, and its tokens
             made = self.image_auto_quality if quality == "auto" else quality
             output = _IMAGE_TOKENS.get(made, 1056)
+            text_tokens = _words(prompt)
+            # An edit's picture is input too, counted and billed as image tokens.
+            image_tokens = _input_image_tokens(picture) if picture is not None else 0
             result.update(
                 background="opaque",
                 output_format="png",
                 quality=made,
                 size=size,
                 usage={
-                    "input_tokens": _words(prompt),
-                    "input_tokens_details": {"text_tokens": _words(prompt), "image_tokens": 0},
+                    "input_tokens": text_tokens + image_tokens,
+                    "input_tokens_details": {
+                        "text_tokens": text_tokens,
+                        "image_tokens": image_tokens,
+                    },
                     "output_tokens": output,
-                    "total_tokens": _words(prompt) + output,
+                    "total_tokens": text_tokens + image_tokens + output,
                 },
             )
         return web.json_response(result)
@@ -663,7 +702,7 @@ class FakeOpenAI(FakeServer):
         prompt = form.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             return _error(400, "Missing required parameter: 'prompt'.", param="prompt")
-        return self._image_result(request, form)
+        return self._image_result(request, form, data)
 
     async def _download_image(self, request: web.Request) -> web.StreamResponse:
         with self._lock:

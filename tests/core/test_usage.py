@@ -203,7 +203,9 @@ async def test_voice_and_images_record_seconds_and_count(
     assert (audio.prompt_tokens, audio.completion_tokens) == (audio_tokens, words)
     assert audio.cost_usd == pytest.approx((audio_tokens * 3.00 + words * 5.00) / 1e6)
     image = next(r for r in rows if r.kind == "image")
-    assert (image.images, image.cost_usd) == (1, pytest.approx(0.042))
+    # The picture at its quality and size, and the prompt's 3 text tokens at $5 per 1M.
+    assert (image.images, image.prompt_tokens) == (1, 3)
+    assert image.cost_usd == pytest.approx(0.042 + 3 * 5.00 / 1e6)
     assert [r.kind for r in rows].count("chat") == 1
 
 

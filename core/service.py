@@ -1393,7 +1393,7 @@ class ConversationService:
                             "with its older messages left out. Send /reset to start afresh.",
                         ) from err
             except RelaybotError as err:
-                if not answer.text:
+                if not answer.text.strip():
                     raise
                 if await withheld(stream):
                     # What the person saw was flagged (or could not be checked): its notice
@@ -1412,7 +1412,7 @@ class ConversationService:
                     str(err),
                     user_message="The answer was cut short: " + err.user_message,
                 ) from err
-            if not answer.text:
+            if not answer.text.strip():  # (only spaces and newlines show as nothing)
                 if answer.usage is not None:  # what the model spent (thinking) is billed
                     await self._record_usage(msg, model, "chat", usage=answer.usage)
                 raise self._nothing_written(answer, model)

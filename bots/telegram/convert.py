@@ -9,7 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from telegram import Message, MessageEntity, Update
+from telegram import (
+    Message,
+    MessageEntity,
+    MessageOrigin,
+    MessageOriginChannel,
+    MessageOriginChat,
+    MessageOriginHiddenUser,
+    MessageOriginUser,
+    Update,
+)
 
 from core.commands import KNOWN
 from core.errors import BadInput
@@ -208,6 +217,20 @@ def _strip_command_target(text: str, bot: BotIdentity, *, private: bool) -> tupl
     return f"/{m.group(1)}" + text[m.end() :], ours, False
 
 
+def _origin_name(origin: MessageOrigin) -> str:
+    """Who wrote a forwarded message, as Telegram lets the bot know it."""
+    if isinstance(origin, MessageOriginUser):
+        user = origin.sender_user
+        return user.full_name or user.username or "someone"
+    if isinstance(origin, MessageOriginHiddenUser):
+        return origin.sender_user_name or "someone"
+    if isinstance(origin, MessageOriginChat):
+        return origin.sender_chat.title or origin.sender_chat.username or "a chat"
+    if isinstance(origin, MessageOriginChannel):
+        return origin.chat.title or origin.chat.username or "a channel"
+    return "someone"
+
+
 def _strip_mention(text: str, bot: BotIdentity) -> str:
     stripped = re.sub(rf"(?<!\w)@{re.escape(bot.username)}\b[,:]?", "", text, flags=re.IGNORECASE)
     return re.sub(r"[ \t]{2,}", " ", stripped).strip()
@@ -246,7 +269,11 @@ def to_incoming(
     # Entity offsets are into the text as sent, before "/cmd@bot" loses its "@bot".
     entities = message.entities or message.caption_entities or ()
     mentioned = _mentions_bot(text, tuple(entities), bot)
-    text, is_command, other_bot = _strip_command_target(text, bot, private=private)
+    forwarded = message.forward_origin
+    if forwarded is not None:
+        is_command = other_bot = False  # someone else's "/reset", passed on: not a command
+    else:
+        text, is_command, other_bot = _strip_command_target(text, bot, private=private)
     if other_bot:
         return None
     replied = message.reply_to_message
@@ -261,6 +288,11 @@ def to_incoming(
         return None
     if mentioned:
         text = _strip_mention(text, bot)
+    if forwarded is not None and text:
+        # Someone else's words passed on: quoted under who wrote them, never read as the
+        # sender's own.
+        quoted = "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
+        text = f"Forwarded from {_origin_name(forwarded)}:\n{quoted}"
     # A video in an album nobody addressed (it comes only to be joined with the album's
     # other parts): its sound is not something said to the bot, so a group that wants
     # transcripts of what is said does not get one of it.

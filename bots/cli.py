@@ -34,7 +34,7 @@ from core.errors import (
 from core.feature_models import missing_feature_models
 from core.image_models import image_settings_problem
 from core.logs import RedactingFilter, settings_secrets
-from core.openai_client import EndpointRedirects
+from core.openai_client import EndpointRedirects, ModelsUnreadable
 from core.pricing import PriceTable
 from core.privacy import maintenance_loop, run_maintenance
 
@@ -136,6 +136,8 @@ async def probe_endpoint(core: Core) -> None:
         raise StartupError(
             f"the model endpoint {url} rejected OPENAI_API_KEY; check the key."
         ) from None
+    except ModelsUnreadable as err:
+        unlisted = err  # it answered (Together lists models its own way); chatting may work
     except UpstreamDown:
         raise StartupError(
             f"cannot reach the model endpoint at {url}; check OPENAI_BASE_URL and the network."

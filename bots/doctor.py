@@ -194,7 +194,7 @@ _DB_URL_FIX = (
 # -- model endpoint ----------------------------------------------------------------------
 async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> list[Result]:
     """The endpoint lists its models with our key; the configured chat model is among them."""
-    from core.openai_client import EndpointRedirects, OpenAIClient
+    from core.openai_client import EndpointRedirects, ModelsUnreadable, OpenAIClient
 
     name = "model endpoint"
     url = settings.openai_base_url
@@ -220,6 +220,8 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
             )
         ]
     except UpstreamDown as exc:
+        if isinstance(exc, ModelsUnreadable):  # it answered: warned of as an unlisted /models
+            return await _unlisted_models(settings, client, exc)
         return [
             fail(
                 name,
@@ -240,15 +242,7 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
                     f"set OPENAI_BASE_URL={fixed}",
                 )
             ]
-        unlisted = Result(
-            name,
-            Status.WARN,
-            f"{url} answers but cannot list models ({type(exc).__name__})",
-            "fine for servers without /models; otherwise check OPENAI_BASE_URL",
-        )
-        # As the start does: moderation on needs /moderations, listed models or not.
-        moderation = await _check_moderation(settings, client)
-        return [unlisted] if moderation is None else [unlisted, moderation]
+        return await _unlisted_models(settings, client, exc)
     results = [ok(name, f"{url} lists {len(models)} models")]
     moderation = await _check_moderation(settings, client)
     if moderation is not None:
@@ -278,6 +272,21 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
         for m in missing_feature_models(settings, models)
     )
     return results
+
+
+async def _unlisted_models(
+    settings: Settings, client: OpenAIClient, exc: RelaybotError
+) -> list[Result]:
+    """The endpoint answers but does not list its models: a warning, and moderation checked
+    as the start does (moderation on needs /moderations, listed models or not)."""
+    unlisted = Result(
+        "model endpoint",
+        Status.WARN,
+        f"{settings.openai_base_url} answers but cannot list models ({type(exc).__name__})",
+        "fine for servers without /models; otherwise check OPENAI_BASE_URL",
+    )
+    moderation = await _check_moderation(settings, client)
+    return [unlisted] if moderation is None else [unlisted, moderation]
 
 
 async def _check_moderation(settings: Settings, client: OpenAIClient) -> Result | None:

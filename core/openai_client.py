@@ -12,6 +12,7 @@ import base64
 import binascii
 import codecs
 import contextlib
+import dataclasses
 import email.utils
 import json
 import logging
@@ -51,7 +52,8 @@ _CONTEXT_MESSAGE = re.compile(
     r"context[ _]length|maximum context|context window|context size|too many tokens", re.I
 )
 _TPM_TOO_LARGE = re.compile(r"request too large", re.I)
-_NO_MODEL = re.compile(r"\bmodel\b.*\b(not found|does not exist)", re.I)
+# OpenRouter: "No endpoints found for <model>." (no provider serves it).
+_NO_MODEL = re.compile(r"\bmodel\b.*\b(not found|does not exist)|no endpoints found for", re.I)
 _IMAGE_SETTINGS = ("size", "quality")  # sent from RELAYBOT_IMAGE_SIZE and _QUALITY
 _REFUSAL_TAGS = ("content_policy", "moderation_blocked", "content_filter", "safety")
 _SECRET_PATTERNS = (
@@ -340,36 +342,56 @@ class _EventText:
     httpx's `aiter_text` reads it through three more async generators (raw, decoded and
     text, each with its chunker) for every streamed chunk. A compressed one goes through
     httpx, which undoes the Content-Encoding.
+
+    `head` reads the body's first non-blank bytes (kept, and read again first) so the
+    caller can tell an event stream from a whole JSON answer whatever the Content-Type
+    says; `headers` always say event stream (httpx-sse checks them).
     """
 
-    __slots__ = ("_plain", "_response", "headers")
+    __slots__ = ("_bytes", "_held", "_response")
+
+    headers = httpx.Headers({"content-type": "text/event-stream"})
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
-        self.headers = response.headers
         encoding = response.headers.get("content-encoding", "identity")
-        self._plain = encoding.strip().lower() in ("", "identity")
+        if encoding.strip().lower() in ("", "identity"):
+            self._bytes = aiter(cast(httpx.AsyncByteStream, response.stream))
+        else:
+            self._bytes = aiter(response.aiter_bytes())
+        self._held: list[bytes] = []
         response.encoding = "utf-8"
 
     def __getattr__(self, name: str) -> Any:
         # Anything else an httpx-sse release may read is the response's own.
         return getattr(self._response, name)
 
+    async def head(self) -> bytes:
+        """The body's first non-blank bytes (b"" for an empty body)."""
+        async for chunk in self._bytes:
+            self._held.append(chunk)
+            start = chunk.lstrip()
+            if start:
+                return start[:16]
+        return b""
+
+    async def rest(self) -> bytes:
+        """The whole body (what `head` read included)."""
+        return b"".join([*self._held, *[chunk async for chunk in self._bytes]])
+
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        if not self._plain:
-            async for data in self._response.aiter_bytes():
-                yield data
-            return
-        async for chunk in cast(httpx.AsyncByteStream, self._response.stream):
+        for chunk in self._held:
+            yield chunk
+        self._held = []
+        async for chunk in self._bytes:
             yield chunk
 
     async def aiter_text(self) -> AsyncIterator[str]:
-        if not self._plain:
-            async for text in self._response.aiter_text():
-                yield text
-            return
         decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-        async for chunk in cast(httpx.AsyncByteStream, self._response.stream):
+        for chunk in self._held:
+            yield decode(chunk)
+        self._held = []
+        async for chunk in self._bytes:
             yield decode(chunk)
         tail = decode(b"", True)
         if tail:
@@ -392,12 +414,135 @@ class EndpointRedirects(ConfigError):
         return f"redirects to {self.location}: {self.fix}"
 
 
+class ModelsUnreadable(UpstreamDown):
+    """/models answered, but not with a list of models this client can read: the endpoint
+    is reachable (chatting may work), it just cannot say what it serves."""
+
+
 class _UnsupportedMaxTokens(BadInput):
     """The model wants `max_completion_tokens` instead of `max_tokens` (or the reverse)."""
 
 
 class _UnsupportedStreamOptions(BadInput):
     """The server refuses `stream_options` (Azure's older API versions, Mistral, others)."""
+
+
+_THINK, _THINK_END = "<think>", "</think>"
+
+
+class _ThinkFilter:
+    """Takes reasoning out of a streamed answer's text: models served without a reasoning
+    parser (Ollama, vLLM, llama.cpp) write it into `content` as a leading
+    <think>...</think> block, or, when the chat template opened the tag in the prompt, as
+    text up to a lone </think>. What follows it streams as usual.
+
+    The first non-blank text decides: an answer that does not open with <think> passes
+    through untouched (`passing`: the caller stops feeding the filter). A lone </think>
+    cannot be told from the answer before it arrives: the first such answer of a model
+    streams (watched for the tag, which is dropped with the reasoning still unshown); the
+    model is then remembered in `models` (True: its reasoning ends with a lone </think>,
+    held back until then; False: it does not, nothing is watched).
+    """
+
+    __slots__ = ("_buf", "_model", "_models", "_seen", "_state", "passing")
+
+    def __init__(self, models: dict[str, bool], model: str) -> None:
+        self._models = models
+        self._model = model
+        self._buf = ""
+        self._seen = 0
+        self._state = "start"
+        self.passing = False
+
+    def feed(self, text: str) -> str:
+        """The part of `text` to show (may be empty)."""
+        state = self._state
+        if state == "scan":
+            return self._scan(text)
+        if state == "after":
+            return self._after(text)
+        self._buf += text
+        if state == "start":
+            start = self._buf.lstrip()
+            if not start:
+                return ""
+            if start.startswith(_THINK):
+                self._state, self._buf = "block", start[len(_THINK) :]
+                return self._until_end()
+            if _THINK.startswith(start):
+                return ""  # maybe a tag split across chunks
+            lone = self._models.get(self._model)
+            if lone:
+                self._state = "lone"
+                return self._until_end()
+            text, self._buf = self._buf, ""
+            if lone is None:
+                self._state = "scan"
+                return self._scan(text)
+            self.passing = True
+            return text
+        return self._until_end()
+
+    def close(self) -> str:
+        """At the answer's end: what is held that is answer (reasoning never ended: none)."""
+        if self._state == "scan":
+            self._models.setdefault(self._model, False)
+        if self._state in ("start", "lone"):
+            return self._buf  # blanks, a would-be tag, or an answer without its </think>
+        return ""
+
+    def _until_end(self) -> str:
+        buf = self._buf
+        at = buf.find(_THINK_END, max(0, self._seen - len(_THINK_END)))
+        if at < 0:
+            if self._state == "block":
+                self._buf = buf[-len(_THINK_END) :]
+                self._seen = len(self._buf)
+            else:
+                self._seen = len(buf)  # kept: shown if no </think> comes
+            return ""
+        self._buf = ""
+        self._state = "after"
+        return self._after(buf[at + len(_THINK_END) :])
+
+    def _scan(self, text: str) -> str:
+        window = self._buf + text
+        at = window.find(_THINK_END)
+        if at < 0:
+            if _THINK in window:  # tags written in the answer itself: nothing to take out
+                self._models.setdefault(self._model, False)
+                self.passing = True
+            else:
+                self._buf = window[-len(_THINK_END) :]
+            return text
+        self._models[self._model] = True
+        log.warning(
+            "the model %s writes its reasoning into the answer, up to a lone </think>: "
+            "this answer showed it; later ones hold it back",
+            self._model,
+        )
+        self._buf = ""
+        self._state = "after"
+        return self._after(window[at + len(_THINK_END) :])
+
+    def _after(self, text: str) -> str:
+        start = text.lstrip()
+        if start:
+            self.passing = True
+        return start
+
+
+def _without_thinking(text: str) -> str:
+    """A whole answer without its leading reasoning (see `_ThinkFilter`)."""
+    if _THINK_END not in text:
+        return "" if text.lstrip().startswith(_THINK) else text
+    start = text.lstrip()
+    if start.startswith(_THINK):
+        return start[start.find(_THINK_END) + len(_THINK_END) :].lstrip()
+    at = text.find(_THINK_END)
+    if _THINK not in text[:at]:
+        return text[at + len(_THINK_END) :].lstrip()
+    return text
 
 
 class OpenAIClient:
@@ -435,6 +580,9 @@ class OpenAIClient:
         # Streams ask for the usage at their end unless the server refused to be asked
         # (the service then counts the tokens itself).
         self._stream_usage = True
+        # Models known to write reasoning up to a lone </think> (True) or not (see
+        # `_ThinkFilter`).
+        self._think_models: dict[str, bool] = {}
 
     def __repr__(self) -> str:
         return f"OpenAIClient(base_url={self._base_url!r})"
@@ -451,7 +599,7 @@ class OpenAIClient:
             self._swap_token_param()
             body = self._chat_body(model, messages, max_tokens)
             payload = await self._request_json("POST", "/chat/completions", json_body=body)
-        return _parse_chat(payload, model)
+        return self._chat_result(payload, model, "/chat/completions")
 
     async def chat_stream(
         self, *, model: str, messages: list[dict[str, Any]], max_tokens: int | None = None
@@ -576,9 +724,9 @@ class OpenAIClient:
     async def list_models(self) -> list[str]:
         """The model ids the endpoint offers, sorted."""
         payload = await self._request_json("GET", "/models")
-        data = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(data, list):
-            raise UpstreamDown("/models: malformed response")
+        data = _model_entries(payload)
+        if data is None:
+            raise ModelsUnreadable("/models: malformed response (no list of models)")
         return sorted(
             str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)
         )
@@ -595,8 +743,7 @@ class OpenAIClient:
             payload = response.json()
         except (RelaybotError, ValueError):
             return None
-        listed = isinstance(payload, dict) and isinstance(payload.get("data"), list)
-        return candidate if listed else None
+        return candidate if _model_entries(payload) is not None else None
 
     # -- requests and retries ----------------------------------------------------------
     def _url(self, path: str) -> str:
@@ -702,6 +849,22 @@ class OpenAIClient:
     def _log_retry(where: str, err: RelaybotError, attempt: int, delay: float) -> None:
         log.info("%s failed (%s); retry %d in %.2f s", where, type(err).__name__, attempt, delay)
 
+    def _chat_result(self, payload: Any, model: str, where: str) -> ChatResult:
+        """A whole chat answer; an error object in a 200 answer (OpenRouter) is raised as
+        the error it says, and leading reasoning is taken out of the text."""
+        if isinstance(payload, dict) and payload.get("error"):
+            error = _error_object(payload)
+            code = error.get("code")
+            # OpenRouter puts the HTTP status the error stands for in `code`.
+            status = code if isinstance(code, int) and 400 <= code < 600 else None
+            raise self._error_from_payload(
+                status, payload, where, None, label=f"HTTP 200 error {code or ''}".rstrip()
+            )
+        result = _parse_chat(payload, model)
+        if _THINK_END in result.text or _THINK in result.text:
+            result = dataclasses.replace(result, text=_without_thinking(result.text))
+        return result
+
     async def _picture(self, payload: Any, where: str) -> Picture:
         image = await self._image_bytes(payload, where)
         # GPT Image says what it made (the quality "auto" chose, the size): that is billed.
@@ -751,24 +914,47 @@ class OpenAIClient:
 
     async def _stream_once(self, body: dict[str, Any]) -> AsyncGenerator[ChatDelta, None]:
         where = "/chat/completions (stream)"
+        model = str(body["model"])
         done = False
+        finished = False  # a finish_reason came: a clean end of the body is the end
+        # Reasoning written into `content` as <think>...</think> is taken out as it streams;
+        # None once the answer is known to be past it (then nothing more is looked at).
+        think: _ThinkFilter | None = _ThinkFilter(self._think_models, model)
         try:
             response = await self._open_stream(body)
             try:
                 if not response.is_success:
                     await response.aread()
                     raise self._error_from_response(response, where)
-                if "text/event-stream" not in response.headers.get("content-type", ""):
-                    # Some servers ignore `stream`; a whole answer is still an answer.
-                    await response.aread()
+                body_text = _EventText(response)
+                # The wait for the first bytes is watched as the wait for each event is.
+                watch = _IdleWatch(self._idle_timeout)
+                try:
+                    watch.waiting()
+                    head = await body_text.head()
+                    watch.got()
+                except BaseException as exc:
+                    watch.close()
+                    if isinstance(exc, asyncio.CancelledError) and watch.expired():
+                        raise UpstreamDown(
+                            f"{where}: no data for {self._idle_timeout:g} s"
+                        ) from None
+                    raise
+                if head[:1] in (b"{", b"["):
+                    # A whole JSON answer (servers that ignore `stream`), whatever its label.
+                    watch.close()
                     try:
-                        result = _parse_chat(response.json(), str(body["model"]))
+                        payload = orjson.loads(await body_text.rest())
                     except ValueError:
                         raise UpstreamDown(f"{where}: the response is not JSON") from None
+                    result = self._chat_result(payload, model, where)
                     yield ChatDelta(result.text, result.usage, result.finish_reason)
                     return
-                events = EventSource(cast(httpx.Response, _EventText(response))).aiter_sse()
-                watch = _IdleWatch(self._idle_timeout)
+                sse = not head or head.startswith((b"data", b"event", b":", b"id", b"retry"))
+                if not sse and "text/event-stream" not in response.headers.get("content-type", ""):
+                    watch.close()
+                    raise UpstreamDown(f"{where}: the response is not JSON")
+                events = EventSource(cast(httpx.Response, body_text)).aiter_sse()
                 try:
                     while True:
                         watch.waiting()
@@ -791,14 +977,38 @@ class OpenAIClient:
                         try:
                             chunk = orjson.loads(event.data)
                         except ValueError:
-                            raise UpstreamDown(f"{where}: malformed data line") from None
+                            if event.event == "error":  # an error said in plain text
+                                chunk = {"error": {"message": event.data}}
+                            else:
+                                raise UpstreamDown(f"{where}: malformed data line") from None
                         if not isinstance(chunk, dict):
                             raise UpstreamDown(f"{where}: malformed data line")
-                        if "error" in chunk or event.event == "error":
+                        # Some servers send `"error": null` in every chunk (Foundry Local).
+                        if chunk.get("error") or event.event == "error":
                             raise self._error_from_payload(None, chunk, where, None)
                         delta = _parse_chunk(chunk)
-                        if delta is not None:
-                            yield delta
+                        if delta is None:
+                            continue
+                        if delta.finish_reason is not None:
+                            finished = True
+                        if think is not None:
+                            if delta.text:
+                                text = think.feed(delta.text)
+                                if think.passing:
+                                    think = None
+                                if text:
+                                    delta = delta._replace(text=text)
+                                elif delta.usage is None and delta.finish_reason is None:
+                                    continue
+                                else:
+                                    delta = delta._replace(text="")
+                            if finished and think is not None:
+                                # The model is done: what the filter holds is answer or not.
+                                held = think.close()
+                                think = None
+                                if held:
+                                    delta = delta._replace(text=delta.text + held)
+                        yield delta
                 except asyncio.CancelledError:
                     if watch.expired():
                         raise UpstreamDown(
@@ -815,8 +1025,13 @@ class OpenAIClient:
         except httpx.TransportError as exc:
             detail = self._scrub(str(exc))
             raise UpstreamDown(f"{where}: stream cut ({type(exc).__name__}: {detail})") from None
-        if not done:
+        if not done and not finished:
+            # ik_llama.cpp and older TGI end the body after the finish_reason, without [DONE].
             raise UpstreamDown(f"{where}: stream cut (ended without [DONE])")
+        if think is not None:
+            held = think.close()
+            if held:
+                yield ChatDelta(held)
 
     # -- error mapping -----------------------------------------------------------------
     def _scrub(self, text: str) -> str:
@@ -867,7 +1082,13 @@ class OpenAIClient:
         )
 
     def _error_from_payload(
-        self, status: int | None, payload: Any, where: str, retry_after: float | None
+        self,
+        status: int | None,
+        payload: Any,
+        where: str,
+        retry_after: float | None,
+        *,
+        label: str | None = None,
     ) -> RelaybotError:
         """Map an error (an HTTP status and body, or a mid-stream error object) to our errors."""
         error = _error_object(payload)
@@ -876,7 +1097,8 @@ class OpenAIClient:
         param = str(error.get("param") or "")
         message = self._scrub(str(error.get("message") or ""))
         tags = f"{code} {etype}".lower()
-        label = f"HTTP {status}" if status is not None else "error in stream"
+        if label is None:
+            label = f"HTTP {status}" if status is not None else "error in stream"
         detail = f"{where}: {label} [{code or etype or '-'}] {message}".rstrip()
         if status in (401, 403) or (status is None and "invalid_api_key" in tags):
             return AuthFailed(detail)
@@ -944,6 +1166,26 @@ def _error_object(payload: Any) -> dict[str, Any]:
         if "detail" in payload:
             return {"message": str(payload["detail"])}
     return {"message": str(payload)[:300]}
+
+
+def _model_entries(payload: Any) -> list[Any] | None:
+    """The models in a /models answer: OpenAI's {"data": [...]} or a bare list (Together)."""
+    if isinstance(payload, list):
+        return payload
+    data = payload.get("data") if isinstance(payload, dict) else None
+    return data if isinstance(data, list) else None
+
+
+def _text_parts(content: list[Any]) -> str:
+    """The text of content given as parts (Mistral's magistral models): the "text" parts;
+    "thinking" parts and others are left out."""
+    return "".join(
+        part["text"]
+        for part in content
+        if isinstance(part, dict)
+        and part.get("type") == "text"
+        and isinstance(part.get("text"), str)
+    )
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -1025,6 +1267,8 @@ def _parse_chat(payload: Any, model: str) -> ChatResult:
     text = ""
     if isinstance(message, dict):
         text = message.get("content") or message.get("refusal") or ""
+        if isinstance(text, list):
+            text = _text_parts(text)
     finish = choice.get("finish_reason")
     return ChatResult(
         text=str(text),
@@ -1049,6 +1293,8 @@ def _parse_chunk(chunk: dict[str, Any]) -> ChatDelta | None:
                 content = delta.get("content") or delta.get("refusal")
                 if isinstance(content, str):
                     text = content
+                elif isinstance(content, list):
+                    text = _text_parts(content)
             reason = first.get("finish_reason")
             if reason is not None:
                 finish = str(reason)

@@ -536,7 +536,13 @@ class ConversationService:
                 # The person's own mistake, explained to them: nothing for the operator.
                 log.info("message refused: %s", type(err).__name__, extra={"chat": msg.chat.key})
             else:
-                log.warning("message failed: %s", type(err).__name__, extra={"chat": msg.chat.key})
+                # With what the endpoint said (scrubbed of keys where it was raised).
+                log.warning(
+                    "message failed: %s: %s",
+                    type(err).__name__,
+                    str(err)[:600],
+                    extra={"chat": msg.chat.key},
+                )
             await self._tell(sink, err.user_message, ReplyKind.ERROR)
         except Exception:
             outcome = "failed"

@@ -5,6 +5,18 @@ Start it with `async with FakeOpenAI() as fake:` (same event loop) or `with Fake
 methods; they may be changed from the test's thread while the server runs in another one.
 `fail_next` answers errors, `missing_endpoints` and `missing_models` answer 404s as servers
 without them do, and `redirect_to` answers every request with a redirect.
+
+Other OpenAI-compatible servers speak variants of the API; these knobs make the fake speak
+them: `models_as_list` (/models answers a bare JSON array, as Together AI does),
+`think_tags` ("block": answers open with "<think>REASONING</think>" in `content`, as reasoning
+models served without a reasoning parser write; "open": only "REASONING</think>", the chat
+template having opened the tag), `content_parts` (delta.content as a list of parts, a
+"thinking" part first, as Mistral's magistral models send), `omit_done` (the stream ends
+after its finish_reason without "data: [DONE]": ik_llama.cpp, older TGI), `null_error`
+(every chunk carries "error": null: Foundry Local), `stream_content_type` (the Content-Type
+label of streamed answers, e.g. "application/json"), `stream_as_json` (a streamed request
+gets one whole JSON answer, as servers that ignore `stream` send) and `error_with_200` (chat
+requests get HTTP 200 with this {"error": ...} body, as OpenRouter answers some failures).
 """
 
 from __future__ import annotations
@@ -244,6 +256,16 @@ class FakeOpenAI(FakeServer):
         self.compress_streams: bool = False
         self.cut_stream_after: int | None = None
         self.error_mid_stream: dict[str, Any] | None = None
+        # Variants of compatible servers (see the module's docstring).
+        self.models_as_list: bool = False
+        self.think_tags: str | None = None  # "block" or "open"
+        self.thinking: str = "The user wants an answer. I will think it over first."
+        self.content_parts: bool = False
+        self.omit_done: bool = False
+        self.null_error: bool = False
+        self.stream_content_type: str | None = None
+        self.stream_as_json: bool = False
+        self.error_with_200: dict[str, Any] | None = None
         # When set, requests must carry "Authorization: Bearer <api_key>" or get a 401.
         self.api_key: str | None = None
         # When set, every /v1 request is answered 302 Found to this URL plus the path after
@@ -433,6 +455,8 @@ class FakeOpenAI(FakeServer):
                 code="context_length_exceeded",
                 param="messages",
             )
+        if self.error_with_200 is not None:
+            return web.json_response({"error": self.error_with_200})
         text, refused = await self._next_reply(messages)
         finish_reason = "stop"
         thinking = self.reasoning_tokens
@@ -453,7 +477,11 @@ class FakeOpenAI(FakeServer):
         }
         completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
-        if body.get("stream"):
+        if self.think_tags is not None and not refused:
+            # Reasoning written into the answer by a model served without a reasoning parser.
+            opening = "<think>\n" if self.think_tags == "block" else ""
+            text = f"{opening}{self.thinking}\n</think>\n\n{text}"
+        if body.get("stream") and not self.stream_as_json:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             del body, messages  # what the stream needs is taken (see `_answered`)
@@ -470,6 +498,8 @@ class FakeOpenAI(FakeServer):
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
         if refused:
             message.update(content=None, refusal=text)
+        elif self.content_parts:
+            message["content"] = self._parts(text)
         return web.json_response(
             {
                 "id": completion_id,
@@ -486,8 +516,16 @@ class FakeOpenAI(FakeServer):
                 ],
                 "usage": usage,
                 "system_fingerprint": "fp_fake",
-            }
+            },
+            content_type=(self.stream_content_type or "text/event-stream").split(";")[0]
+            if body.get("stream")
+            else "application/json",
         )
+
+    def _parts(self, text: str) -> list[dict[str, Any]]:
+        """`text` as Mistral's magistral models send content: a thinking part, then text."""
+        thinking = [{"type": "text", "text": self.thinking}]
+        return [{"type": "thinking", "thinking": thinking}, {"type": "text", "text": text}]
 
     def _answered(self, request: web.Request) -> None:
         """A streamed answer is about to end (hook: the benchmark's fake forgets the request
@@ -507,7 +545,7 @@ class FakeOpenAI(FakeServer):
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
+                "Content-Type": self.stream_content_type or "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
             }
         )
@@ -529,6 +567,8 @@ class FakeOpenAI(FakeServer):
             }
             if include_usage:
                 data["usage"] = None
+            if self.null_error:
+                data["error"] = None
             return data
 
         async def send(data: Any) -> None:
@@ -538,16 +578,22 @@ class FakeOpenAI(FakeServer):
         try:
             if refused:  # OpenAI's first chunk of a refusal, then its text in `refusal`
                 await send(chunk({"role": "assistant", "content": None, "refusal": ""}))
+            elif self.content_parts:
+                await send(chunk({"role": "assistant", "content": self._parts("")[:1]}))
             else:
                 await send(chunk({"role": "assistant", "content": "", "refusal": None}))
             field = "refusal" if refused else "content"
+            parts = self.content_parts and not refused
             pieces = re.findall(r"\S+\s*|\s+", text)
             for sent, piece in enumerate(pieces):
                 if self.cut_stream_after is not None and sent >= self.cut_stream_after:
                     return self._cut(request, response)
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
-                await send(chunk({field: piece}))
+                if parts:
+                    await send(chunk({field: [{"type": "text", "text": piece}]}))
+                else:
+                    await send(chunk({field: piece}))
                 if self.error_mid_stream is not None:
                     error = self.error_mid_stream
                     await send(error if "error" in error else {"error": error})
@@ -564,7 +610,8 @@ class FakeOpenAI(FakeServer):
                 last["usage"] = usage
                 await send(last)
             self._answered(request)
-            await send("[DONE]")
+            if not self.omit_done:
+                await send("[DONE]")
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away (e.g. its idle timeout fired); nothing left to do
@@ -752,12 +799,10 @@ class FakeOpenAI(FakeServer):
         )
 
     async def _list_models(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
-                    for m in list(self.models)
-                ],
-            }
-        )
+        data = [
+            {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
+            for m in list(self.models)
+        ]
+        if self.models_as_list:  # Together AI: the list itself, with a "type" per model
+            return web.json_response([{**m, "type": "chat"} for m in data])
+        return web.json_response({"object": "list", "data": data})

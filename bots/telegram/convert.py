@@ -291,8 +291,8 @@ def to_incoming(
     if forwarded is not None and text:
         # Someone else's words passed on: quoted under who wrote them, never read as the
         # sender's own.
-        quoted = "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
-        text = f"Forwarded from {_origin_name(forwarded)}:\n{quoted}"
+        lines = "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
+        text = f"Forwarded from {_origin_name(forwarded)}:\n{lines}"
     # A video in an album nobody addressed (it comes only to be joined with the album's
     # other parts): its sound is not something said to the bot, so a group that wants
     # transcripts of what is said does not get one of it.

@@ -58,4 +58,15 @@ class Access:
             return True
         if self.is_admin(platform, msg.sender.id):
             return True
-        return msg.sender.id in (users or ()) or msg.chat.chat_id in (chats or ())
+        if msg.sender.id in (users or ()):
+            return True
+        return any(names_chat(entry, msg.chat.chat_id) for entry in chats or ())
+
+
+def names_chat(entry: str, chat_id: str) -> bool:
+    """Whether a configured chat id (the ID of PLATFORM:ID) names the chat `chat_id`.
+
+    Some platforms qualify a chat's id by its workspace ("TEAM:CHANNEL" on Slack): there the
+    channel's own id names it too, as people copy it from the app; the full id still works.
+    """
+    return chat_id == entry or chat_id.endswith(f":{entry}")

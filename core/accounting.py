@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.db.models import UsageRecord, utcnow
+from core.types import THREADLESS_PLATFORMS
 
 FORGOTTEN = "(forgotten)"
 
@@ -109,16 +111,38 @@ def user_key(platform: str, user_id: str) -> str:
     return f"{platform}:{user_id}"
 
 
+_THREAD_ID = re.compile(r"\d+(?:\.\d+)?")
+
+
+def budget_chat(chat_key: str) -> str:
+    """The chat a chat budget counts for: the key of the channel or group itself when
+    `chat_key` is one of its threads or topics (`ChatRef.parent_key`), else `chat_key`.
+
+    Keys are built by `ChatRef.key`: PLATFORM:CHAT_ID, then :THREAD_ID for a thread. A chat
+    id may hold ":" itself (a Slack "TEAM:CHANNEL"), so a thread is told by its id, which is
+    a number on every threaded platform (a Telegram topic's id, a Slack message's
+    timestamp "1700000000.000100"); the last part of a chat id with ":" in it never is.
+    """
+    platform, _, rest = chat_key.partition(":")
+    if platform in THREADLESS_PLATFORMS:
+        return chat_key
+    chat_id, sep, last = rest.rpartition(":")
+    if sep and chat_id and _THREAD_ID.fullmatch(last):
+        return f"{platform}:{chat_id}"
+    return chat_key
+
+
 def spend_subjects(
     platform: str, user_id: str | None, chat_key: str | None
 ) -> list[tuple[str, str]]:
     """Whose budgets a request's cost counts against, as (scope, subject): the person's,
-    the chat's and the bot's (a forgotten chat's usage has no person or chat)."""
+    the chat's (a channel's or group's, for all its threads: `budget_chat`) and the bot's
+    (a forgotten chat's usage has no person or chat)."""
     subjects: list[tuple[str, str]] = []
     if user_id is not None:
         subjects.append(("user", user_key(platform, user_id)))
     if chat_key is not None:
-        subjects.append(("chat", chat_key))
+        subjects.append(("chat", budget_chat(chat_key)))
     subjects.append(("global", ""))
     return subjects
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from core.access import names_chat
 from core.accounting import day_start, month_start, next_day, next_month, spend_subjects
 from core.config import Settings
 from core.db.models import BudgetOverride, utcnow
@@ -177,7 +178,10 @@ class Budgets:
 
     @staticmethod
     def _subjects(msg: IncomingMessage) -> dict[str, str]:
-        return dict(spend_subjects(msg.chat.platform, msg.sender.id, msg.chat.key))
+        # A chat budget is the channel's or group's, whichever of its threads or topics
+        # the message is in.
+        chat = msg.chat.parent_key or msg.chat.key
+        return dict(spend_subjects(msg.chat.platform, msg.sender.id, chat))
 
     async def limits(self, msg: IncomingMessage) -> list[Limit]:
         """Every budget that applies to this message's sender and chat."""
@@ -188,6 +192,20 @@ class Budgets:
             for (scope, subject, period), amount in every.items()
             if subjects.get(scope) == subject
         }
+        # A chat named by its own id where the platform qualifies it by its workspace
+        # ("slack:C0123" for "slack:T0123:C0123"), as RELAYBOT_ALLOWED_CHATS takes it; the
+        # chat's full key wins over it.
+        chat_id = msg.chat.chat_id
+        for (scope, subject, period), amount in every.items():
+            platform, _, short = subject.partition(":")
+            if (
+                scope == "chat"
+                and ("chat", period) not in overrides
+                and platform == msg.chat.platform
+                and short != chat_id
+                and names_chat(short, chat_id)
+            ):
+                overrides[("chat", period)] = amount
         found: list[Limit] = []
         for scope in SCOPES:
             for period in PERIODS:

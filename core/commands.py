@@ -20,6 +20,25 @@ COMMANDS: dict[str, str] = {
     "forget": "delete everything stored about this chat",
 }
 
+# Commands for groups only (a private chat has one voice to transcribe: its own).
+GROUP_ONLY = frozenset({"voicemode"})
+# Commands that change a group's conversation for everyone, for its admins (`Policy.admit`):
+# a platform that can show members and admins different command menus leaves these out of
+# the members'. (`/model` stays: anyone may list the models.)
+GROUP_ADMIN_ONLY = frozenset({"reset", "forget", "system", "voicemode"})
+
+
+def command_menu(*, group: bool, admin: bool = False) -> dict[str, str]:
+    """The commands (name: description) worth offering in a private chat, or in a group to
+    its admins or to its other members."""
+    return {
+        name: text
+        for name, text in COMMANDS.items()
+        if (group or name not in GROUP_ONLY)
+        and (not group or admin or name not in GROUP_ADMIN_ONLY)
+    }
+
+
 HELP_TEXT = (
     "I'm relaybot. Send me a message, a voice note or audio file and I'll answer.\n\n"
     + "\n".join(f"/{name} - {text}" for name, text in COMMANDS.items())

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from core.access import Access
-from core.accounting import Accounting, Row, Summary, user_key
+from core.accounting import Accounting, Row, Summary, budget_chat, user_key
 from core.budgets import PERIOD_WORDS, PERIODS, SCOPES, Budgets, describe
 from core.config import Settings
 from core.db.models import utcnow
@@ -59,6 +59,15 @@ class AdminOnly(RelaybotError):
     """An admin command from someone who is not an admin."""
 
     user_message = "Sorry, only the bot's admins can do that."
+
+
+class AdminCheckFailed(RelaybotError):
+    """The platform can tell who administers a group, but asking it failed: a group-wide
+    change is refused (not let through) until it can be asked again."""
+
+    user_message = (
+        "I couldn't check whether you're one of this group's admins. Please try again in a moment."
+    )
 
 
 class SlowDown(RelaybotError):
@@ -109,7 +118,9 @@ class Policy:
 
         `chat_settings`: the chat's settings as the caller already has them (their model
         prices the budgets' estimate); read from the store otherwise. `chat_admin`: asks the
-        platform whether the sender administers the (group) chat.
+        platform whether the sender administers the (group) chat: None where the platform
+        cannot tell (members are then trusted alike); a platform that can tell but failed to
+        answer raises (`AdminCheckFailed`), so the change is refused.
         """
         platform, sender = msg.chat.platform, msg.sender.id
         if not self.access.allows(msg):
@@ -254,6 +265,18 @@ class Policy:
         platform = msg.chat.platform
         me = user_key(platform, msg.sender.id)
         who = args.split()[0] if args and args.lower() != "me" else me
+        admin = self.access.is_admin(platform, msg.sender.id)
+        if not msg.is_direct:
+            # Everyone in a group or channel reads the answer: one's own spend only.
+            lines = [
+                "Your usage:",
+                _periods(await self.accounting.for_user(platform, msg.sender.id)),
+            ]
+            if who != me:
+                lines += ["", "Ask me in a private chat for anyone else's usage."]
+            elif admin:
+                lines += ["", "Ask me in a private chat for everyone's usage."]
+            return "\n".join(lines)
         if who != me:
             target_platform, _, target_id = who.partition(":")
             if not target_id:
@@ -262,7 +285,7 @@ class Policy:
                 await self.accounting.for_user(target_platform, target_id)
             )
         lines = ["Your usage:", _periods(await self.accounting.for_user(platform, msg.sender.id))]
-        if self.access.is_admin(platform, msg.sender.id):
+        if admin:
             total = await self.accounting.total()
             lines += ["", "All users (this month / all time):"]
             lines += _rows(await self.accounting.by_user(limit=_TOP))
@@ -294,10 +317,13 @@ class Policy:
         if period is None or period not in PERIODS:
             raise BadInput("bad /budget period", user_message=usage)
         if scope == "chat" and subject.lower() == "here":
-            subject = msg.chat.key
+            # A chat budget is its channel's or group's, said in any of its threads.
+            subject = msg.chat.parent_key or msg.chat.key
         elif scope in ("user", "chat") and ":" not in subject:
             # People and chats are stored as PLATFORM:ID; a bare ID is one of this platform.
             subject = f"{msg.chat.platform}:{subject}"
+        if scope == "chat":
+            subject = budget_chat(subject)  # a thread's key names its channel or group
         label = {"user": subject, "chat": f"chat {subject}", "global": "the bot"}[scope]
         setter = user_key(msg.chat.platform, msg.sender.id)
         if value.lower() == "default":

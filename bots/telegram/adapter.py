@@ -7,12 +7,21 @@ import hmac
 import logging
 import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
-from telegram import BotCommand, Update
+from telegram import (
+    Bot,
+    BotCommand,
+    BotCommandScope,
+    BotCommandScopeAllChatAdministrators,
+    BotCommandScopeAllGroupChats,
+    BotCommandScopeAllPrivateChats,
+    BotCommandScopeDefault,
+    Update,
+)
 from telegram.error import BadRequest, RetryAfter
 from telegram.ext import (
     Application,
@@ -34,7 +43,7 @@ from bots.telegram.delivery import retry_seconds, with_retry
 from bots.telegram.limits import FloodLimits
 from bots.telegram.sink import Pacing, TelegramSink
 from core.app import Core
-from core.commands import COMMANDS
+from core.commands import command_menu
 from core.errors import BadInput, ConfigError, ShuttingDown
 from core.openai_client import pooled_transport
 from core.ports import ReplySink
@@ -189,6 +198,35 @@ class TelegramAdapter:
         if self.webhook_mode:
             self._server.app.router.add_post(WEBHOOK_PATH, self._webhook)
 
+    @staticmethod
+    async def _register_commands(bot: Bot) -> None:
+        """Each menu where it applies (Telegram picks the narrowest scope set): private
+        chats without the group-only commands, group members without what only a group's
+        admins may do, a group's admins everything of a group; the default scope (any chat
+        no other list covers) gets the private one."""
+
+        def listed(menu: dict[str, str]) -> list[BotCommand]:
+            return [BotCommand(name, text[:256]) for name, text in menu.items()]
+
+        private = [
+            BotCommand("start", "start talking to the bot"),
+            *listed(command_menu(group=False)),
+        ]
+        menus: list[tuple[list[BotCommand], BotCommandScope]] = [
+            (private, BotCommandScopeDefault()),
+            (private, BotCommandScopeAllPrivateChats()),
+            (listed(command_menu(group=True)), BotCommandScopeAllGroupChats()),
+            (listed(command_menu(group=True, admin=True)), BotCommandScopeAllChatAdministrators()),
+        ]
+        for commands, scope in menus:
+
+            def register(
+                commands: list[BotCommand] = commands, scope: BotCommandScope = scope
+            ) -> Awaitable[bool]:
+                return bot.set_my_commands(commands, scope=scope)
+
+            await with_retry(register)
+
     async def start(self) -> None:
         """Learn who we are, register commands, then poll or register the webhook."""
         app = self.application
@@ -205,10 +243,7 @@ class TelegramAdapter:
             username=bot.username,
             reads_all_group_messages=bool(bot.can_read_all_group_messages),
         )
-        commands = [BotCommand("start", "start talking to the bot")] + [
-            BotCommand(name, description[:256]) for name, description in COMMANDS.items()
-        ]
-        await with_retry(lambda: bot.set_my_commands(commands))
+        await self._register_commands(bot)
         if self.webhook_mode:
             await app.start()
             self._accepting = True

@@ -46,6 +46,7 @@ from bots.telegram.formatting import (
     visible_text,
 )
 from bots.telegram.limits import PREVIEW, PreviewDeferred
+from core.policy import AdminCheckFailed
 from core.types import EVERY_VOICE_NOTE, Reply, ReplyKind
 
 log = logging.getLogger("relaybot.telegram")
@@ -353,8 +354,10 @@ class TelegramSink:
         await stream.finish(failed=False)
 
     async def chat_admin(self, sender_id: str) -> bool | None:
-        """Whether the group's creator or one of its administrators wrote (getChatMember);
-        None when Telegram cannot be asked."""
+        """Whether the group's creator or one of its administrators wrote (getChatMember).
+
+        Telegram always knows: when asking it fails, the group-wide change is refused
+        (`AdminCheckFailed`: try again) rather than let through for any member."""
         if sender_id == str(self.chat_id):
             return True  # an anonymous admin writes as the group itself
         if not sender_id.isdigit():
@@ -365,7 +368,7 @@ class TelegramSink:
             )
         except TelegramError as err:
             log.warning("cannot tell whether %s administers the chat: %s", sender_id, err)
-            return None
+            raise AdminCheckFailed(f"getChatMember failed: {err}") from err
         return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
 
     async def typing(self) -> None:

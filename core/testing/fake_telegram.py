@@ -89,6 +89,30 @@ class ApiError(Exception):
         return web.json_response(body, status=self.error_code)
 
 
+# BotCommandScope's types (Bot API): where a command list applies.
+_SCOPE_TYPES = frozenset(
+    {
+        "default",
+        "all_private_chats",
+        "all_group_chats",
+        "all_chat_administrators",
+        "chat",
+        "chat_administrators",
+        "chat_member",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandScope:
+    """Where one setMyCommands list applies: a BotCommandScope and a language ("": all)."""
+
+    type: str
+    chat_id: int | str | None = None
+    user_id: int | None = None
+    language_code: str = ""
+
+
 def _bad_request(description: str) -> ApiError:
     return ApiError(400, "Bad Request: " + description)
 
@@ -333,7 +357,8 @@ class FakeTelegram(FakeServer):
         # Where webhook deliveries really go (the public URL given to setWebhook is not local).
         self.webhook_delivery_url: str | None = None
         self.webhook_deliveries: list[tuple[int, int]] = []  # (update_id, HTTP status)
-        self.commands: list[dict[str, Any]] = []
+        # setMyCommands' lists by scope and language (see `command_list`, `menu`).
+        self.command_lists: dict[CommandScope, list[dict[str, Any]]] = {}
         self.log: dict[int, list[SentMessage]] = {}
         self.drafts: list[Draft] = []
         self.chat_actions: list[dict[str, Any]] = []
@@ -1166,22 +1191,99 @@ class FakeTelegram(FakeServer):
             "pending_update_count": len(self.pending),
         }
 
+    # -- command menus -------------------------------------------------------------------
+    @property
+    def commands(self) -> list[dict[str, Any]]:
+        """The default scope's list (no language): what a chat no narrower list covers gets."""
+        return self.command_list("default")
+
+    def command_list(
+        self,
+        scope: str,
+        chat_id: int | str | None = None,
+        user_id: int | None = None,
+        language_code: str = "",
+    ) -> list[dict[str, Any]]:
+        """The list set for exactly this scope and language (empty when none was)."""
+        return list(
+            self.command_lists.get(CommandScope(scope, chat_id, user_id, language_code), [])
+        )
+
+    def menu(
+        self,
+        chat_type: str,
+        *,
+        chat_id: int | None = None,
+        user_id: int | None = None,
+        admin: bool = False,
+        language_code: str = "",
+    ) -> list[str]:
+        """The command names a person sees in a chat of `chat_type` ("private", "group",
+        "supergroup"), as Telegram picks them: the first list set, narrowest scope first
+        (Bot API, BotCommandScope: "Determining list of commands")."""
+        order: list[tuple[str, int | None, int | None]]
+        if chat_type == "private":
+            order = [("chat", chat_id, None), ("all_private_chats", None, None)]
+        else:
+            order = [("chat_member", chat_id, user_id)]
+            if admin:
+                order.append(("chat_administrators", chat_id, None))
+            order.append(("chat", chat_id, None))
+            if admin:
+                order.append(("all_chat_administrators", None, None))
+            order.append(("all_group_chats", None, None))
+        order.append(("default", None, None))
+        for scope, chat, user in order:
+            for language in ([language_code] if language_code else []) + [""]:
+                found = self.command_lists.get(CommandScope(scope, chat, user, language))
+                if found:
+                    return [str(c["command"]) for c in found]
+        return []
+
+    @staticmethod
+    def _command_scope(params: dict[str, Any]) -> CommandScope:
+        scope = params.get("scope") or {"type": "default"}
+        if not isinstance(scope, dict) or scope.get("type") not in _SCOPE_TYPES:
+            raise _bad_request("can't parse BotCommandScope")
+        kind = str(scope["type"])
+        chat_id = scope.get("chat_id")
+        user_id = scope.get("user_id")
+        if kind.startswith("chat") and chat_id is None:
+            raise _bad_request("chat not found")
+        if kind == "chat_member" and not isinstance(user_id, int):
+            raise _bad_request("user not found")
+        language = str(params.get("language_code") or "")
+        if language and not re.fullmatch(r"[a-z]{2}", language):
+            raise _bad_request("invalid language code specified")
+        return CommandScope(
+            kind,
+            chat_id if kind.startswith("chat") else None,
+            user_id if kind == "chat_member" else None,
+            language,
+        )
+
     def _set_my_commands(self, params: dict[str, Any]) -> Any:
         commands = params.get("commands") or []
+        if len(commands) > 100:
+            raise _bad_request("too many commands")
         for command in commands:
             name = str(command.get("command", ""))
             if not re.fullmatch(r"[a-z0-9_]{1,32}", name):
                 raise _bad_request("BOT_COMMAND_INVALID")
             if not 1 <= len(str(command.get("description", ""))) <= 256:
                 raise _bad_request("command description is empty or too long")
-        self.commands = list(commands)
+        scope = self._command_scope(params)
+        if commands:
+            self.command_lists[scope] = list(commands)
+        else:  # an empty list is no list: a wider scope's applies
+            self.command_lists.pop(scope, None)
         return True
 
     def _get_my_commands(self, params: dict[str, Any]) -> Any:
-        return self.commands
+        return self.command_lists.get(self._command_scope(params), [])
 
     def _delete_my_commands(self, params: dict[str, Any]) -> Any:
-        self.commands = []
+        self.command_lists.pop(self._command_scope(params), None)
         return True
 
     def _chat_id(self, params: dict[str, Any]) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -11,7 +10,7 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.db.models import UsageRecord, utcnow
-from core.types import THREADLESS_PLATFORMS
+from core.types import ChatRef
 
 FORGOTTEN = "(forgotten)"
 
@@ -111,25 +110,10 @@ def user_key(platform: str, user_id: str) -> str:
     return f"{platform}:{user_id}"
 
 
-_THREAD_ID = re.compile(r"\d+(?:\.\d+)?")
-
-
 def budget_chat(chat_key: str) -> str:
-    """The chat a chat budget counts for: the key of the channel or group itself when
-    `chat_key` is one of its threads or topics (`ChatRef.parent_key`), else `chat_key`.
-
-    Keys are built by `ChatRef.key`: PLATFORM:CHAT_ID, then :THREAD_ID for a thread. A chat
-    id may hold ":" itself (a Slack "TEAM:CHANNEL"), so a thread is told by its id, which is
-    a number on every threaded platform (a Telegram topic's id, a Slack message's
-    timestamp "1700000000.000100"); the last part of a chat id with ":" in it never is.
-    """
-    platform, _, rest = chat_key.partition(":")
-    if platform in THREADLESS_PLATFORMS:
-        return chat_key
-    chat_id, sep, last = rest.rpartition(":")
-    if sep and chat_id and _THREAD_ID.fullmatch(last):
-        return f"{platform}:{chat_id}"
-    return chat_key
+    """The chat a chat budget counts for: the channel or group itself when `chat_key` is
+    one of its threads or topics, else `chat_key`."""
+    return ChatRef.parent_of(chat_key) or chat_key
 
 
 def spend_subjects(

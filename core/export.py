@@ -18,19 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.db.models import Message
 from core.db.store import read_chat_settings
-from core.types import THREADLESS_PLATFORMS
+from core.types import ChatRef
 
 FORMATS = ("openai-jsonl",)
-
-
-def parent_key(chat_key: str) -> str | None:
-    """The key of the channel or group a thread's `chat_key` belongs to (None when the key
-    is not a thread's): `core.types.ChatRef.parent_key`, from the key `ChatRef.key` built."""
-    platform, _, rest = chat_key.partition(":")
-    chat_id, sep, thread_id = rest.partition(":")
-    if platform in THREADLESS_PLATFORMS or not sep or not thread_id:
-        return None
-    return f"{platform}:{chat_id}"
 
 
 def build_example(
@@ -86,7 +76,7 @@ async def export_openai_jsonl(
             # A thread or topic has the prompt its channel or group set, unless it has its own:
             # what the model was sent.
             conn = await session.connection()
-            chat = await conn.run_sync(read_chat_settings, key, parent_key(key))
+            chat = await conn.run_sync(read_chat_settings, key, ChatRef.parent_of(key))
             rows = (
                 await session.execute(
                     select(Message.role, Message.content, Message.name, Message.status)

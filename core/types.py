@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -9,6 +10,7 @@ from enum import StrEnum
 # Platforms whose chats have no threads: there a ":" in a chat key belongs to the chat's own
 # name (a console chat may be called "a:b"), not to a thread of it.
 THREADLESS_PLATFORMS = frozenset({"console"})
+_THREAD_ID = re.compile(r"\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,22 @@ class ChatRef:
     def parent_key(self) -> str | None:
         """The key of the channel or group a thread belongs to (None when not a thread)."""
         return f"{self.platform}:{self.chat_id}" if self.thread_id else None
+
+    @staticmethod
+    def parent_of(key: str) -> str | None:
+        """`parent_key` read back from a chat `key` (as `key` builds it).
+
+        A chat id may hold ":" itself (Slack's "TEAM:CHANNEL"), so a thread is told by its
+        id, a number on every threaded platform (a Telegram topic's id, a Slack message's
+        timestamp "1700000000.000100"), which the last part of a chat id never is.
+        """
+        platform, _, rest = key.partition(":")
+        if platform in THREADLESS_PLATFORMS:
+            return None
+        chat_id, sep, last = rest.rpartition(":")
+        if sep and chat_id and _THREAD_ID.fullmatch(last):
+            return f"{platform}:{chat_id}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from sqlalchemy import update
 
 from core.app import Core
 from core.db.models import Message, utcnow
-from core.export import build_example, export_openai_jsonl, parent_key
+from core.export import build_example, export_openai_jsonl
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
 from core.types import ChatRef, IncomingMessage, Sender
@@ -176,8 +176,30 @@ def test_a_chat_keys_parent_is_the_one_its_chat_ref_names() -> None:
         ChatRef("telegram", "-100123", "7"),
         ChatRef("telegram", "-100123"),
         ChatRef("slack", "C789", "1700000000.000100"),
+        ChatRef("slack", "T0TEAM:C789", "1700000000.000100"),  # as the Slack adapter names it
+        ChatRef("slack", "T0TEAM:D42"),
         ChatRef("slack", "D42"),
         ChatRef("console", "default"),
     ):
-        assert parent_key(ref.key) == ref.parent_key
-    assert parent_key("console:notes:work") is None  # a console chat named "notes:work"
+        assert ChatRef.parent_of(ref.key) == ref.parent_key
+    assert ChatRef.parent_of("console:notes:work") is None  # a console chat named "notes:work"
+
+
+async def test_a_slack_threads_example_takes_its_channels_system_prompt(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    # As the Slack adapter names them: the channel TEAM:CHANNEL, a thread under it by ts.
+    channel = ChatRef("slack", "T0TEAM:C0GENERAL")
+    thread = ChatRef("slack", "T0TEAM:C0GENERAL", "1700000000.000100")
+
+    async def say(text: str, chat: ChatRef) -> None:
+        msg = IncomingMessage(
+            chat=chat, sender=Sender("U0ADA", "ada"), event_key=f"export:{next(_ids)}", text=text
+        )
+        await core.service.handle(msg, RecordingSink())
+
+    await say("/system You answer in haiku.", channel)
+    await say("what is a lease?", thread)
+
+    (example,) = await export(core)
+    assert example[0] == {"role": "system", "content": "You answer in haiku."}

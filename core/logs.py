@@ -26,6 +26,15 @@ SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"(?<![0-9])\d{5,16}:[A-Za-z0-9_\-]{35}(?![A-Za-z0-9_\-])"),
 )
 
+# What a database error says of the row it was about: PostgreSQL's DETAIL ("Failing row
+# contains (..., the message text, ...)", "Key (...)=(...) already exists") and the values
+# SQLAlchemy shows with a failed statement (engines are made with hide_parameters; these
+# catch what does not go through one). The error's type, message and SQLSTATE stay.
+ROW_DUMPS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\[parameters: .*"), f"[parameters: {REDACTED}]"),
+    (re.compile(r"(?<![A-Za-z])DETAIL:(?!  \[REDACTED\]).*"), f"DETAIL:  {REDACTED}"),
+)
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
@@ -43,30 +52,63 @@ class RedactingFilter(logging.Filter):
             {s for s in secrets if s and len(s) >= _MIN_SECRET_LENGTH}, key=len, reverse=True
         )
 
-    def redact(self, text: str) -> str:
-        """`text` without any secret."""
+    def redact(self, text: str, details: Iterable[tuple[str, str]] = ()) -> str:
+        """`text` without any secret, nor the rows database errors dump (`details`: each
+        error's DETAIL text, with what replaces it)."""
+        # An error's own DETAIL first, whole: it may run over several lines (a message's).
+        for detail, replacement in details:
+            text = text.replace(f"DETAIL:  {detail}", f"DETAIL:  {replacement}")
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         for pattern in SECRET_PATTERNS:
             text = pattern.sub(REDACTED, text)
+        for pattern, replacement in ROW_DUMPS:
+            text = pattern.sub(replacement, text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        details = _error_details(record)
         message = record.getMessage()
-        clean = self.redact(message)
+        clean = self.redact(message, details)
         if clean != message or record.args:
             record.msg, record.args = clean, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
+            record.exc_text = self.redact(record.exc_text, details)
         if record.stack_info:
             record.stack_info = self.redact(record.stack_info)
         for key, value in list(vars(record).items()):
             if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, self.redact(value))
+                setattr(record, key, self.redact(value, details))
         return True
+
+
+def _error_details(record: logging.LogRecord) -> list[tuple[str, str]]:
+    """The DETAIL of each database error a record carries (its exception, its chain, its
+    arguments), with what replaces it in the log: the SQLSTATE, not the row."""
+    found: list[BaseException] = []
+    if record.exc_info and record.exc_info[1] is not None:
+        found.append(record.exc_info[1])
+    args = record.args if isinstance(record.args, tuple) else ()
+    found.extend(arg for arg in args if isinstance(arg, BaseException))
+    details: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    while found:
+        exc = found.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        detail = getattr(exc, "detail", None)
+        if isinstance(detail, str) and detail:
+            sqlstate = getattr(exc, "sqlstate", None)
+            said = f"{REDACTED} (SQLSTATE {sqlstate})" if isinstance(sqlstate, str) else REDACTED
+            details.append((detail, said))
+        linked = (exc.__cause__, exc.__context__, getattr(exc, "orig", None))
+        found.extend(e for e in linked if isinstance(e, BaseException))
+    # Longest first: one detail may contain another.
+    return sorted(details, key=lambda d: len(d[0]), reverse=True)
 
 
 def extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -126,7 +168,21 @@ def settings_secrets(settings: Settings) -> list[str]:
     return found
 
 
-NOISY_LOGGERS = ("httpx", "httpcore", "telegram.ext", "aiohttp.access", "hpack")
+# Their debug lines carry request and response bodies, headers or statement parameters
+# (keys, message text, names): held at WARNING whatever the level.
+NOISY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "telegram.ext",
+    "aiohttp.access",
+    "hpack",
+    "slack_sdk",
+    "slack_bolt",
+    "aiosqlite",
+)
+# Held at INFO: the Slack adapter's Bolt logger, which Bolt's Socket Mode client also logs
+# through (at DEBUG, every event it receives, whole).
+QUIET_LOGGERS = {"relaybot.slack.bolt": logging.INFO}
 
 
 def configure_logging(
@@ -151,9 +207,10 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in NOISY_LOGGERS:
-        # Their debug lines carry request headers and bodies (keys, message text).
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Never below the level asked for (their own level would let more through).
+    held = {name: logging.WARNING for name in NOISY_LOGGERS} | QUIET_LOGGERS
+    for name, floor in held.items():
+        logging.getLogger(name).setLevel(max(floor, root.level))
     return handler
 
 

@@ -4,7 +4,8 @@ What /forget deletes: the chat's history, its settings (system prompt, model), i
 inbound events (which hold message payloads) and the /forget event itself. Its usage rows are
 kept for the bot's totals but lose the chat key and the user id, so they name nobody; the
 budgets' day totals of the chat go, and its people's lose what they spent in it.
-Events of the chat that are still waiting to be answered stay until they are answered.
+Events of the chat that are still waiting to be answered stay until they are answered; an
+answer being made while its chat is forgotten is not stored, and its event goes with it.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ async def forget_chat(
                 )
             )
             forgotten_threads = len({key for (key,) in keys} - {chat_key})
+        # The chats' rows first: an answer being stored in one of them meanwhile holds its
+        # row (PostgreSQL), so it is either stored before (and its turn deleted below) or
+        # finds the row gone and stores nothing (`Store.append_messages`).
+        chats = await session.execute(delete(Chat).where(of(Chat.key)))
         messages = await session.execute(delete(Message).where(of(Message.chat_key)))
         finished: ColumnElement[bool] = InboundEvent.status.not_in(OPEN_STATUSES)
         if event_key is not None:
@@ -99,7 +104,6 @@ async def forget_chat(
         events = await session.execute(
             delete(InboundEvent).where(of(InboundEvent.chat_key), finished)
         )
-        chats = await session.execute(delete(Chat).where(of(Chat.key)))
         await _forget_spend(session, of)
         usage = await session.execute(
             update(UsageRecord).where(of(UsageRecord.chat_key)).values(chat_key=None, user_id=None)

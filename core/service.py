@@ -1160,6 +1160,14 @@ class ConversationService:
             release_chat=self.inbox.worker_id if release else None,
             claim=self._claim(),
         )
+        if appended.forgotten:
+            # /forget took the chat while this answer was made (a thread of a DM forgotten
+            # at its top level): nothing was stored, and its event went with the chat.
+            self.windows.drop(msg.chat.key)
+            if job is not None:
+                job.closed = True
+            log.info("answer not stored: its chat was forgotten", extra={"chat": msg.chat.key})
+            return
         if not appended.ids:
             raise _TakenOver
         self._follow(msg.chat.key, window, appended, row, counter)

@@ -86,7 +86,13 @@ def create_engine(
     `synchronous_commit=False` (PostgreSQL): commits return before their WAL reaches the
     disk, for work that a crash of the server may undo safely (see `Database`).
     """
-    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow}
+    # hide_parameters: a failed statement's error (logged with its traceback) names the
+    # statement, not the values it was given (message text, names).
+    kwargs: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "hide_parameters": True,
+    }
     if not synchronous_commit and not url.startswith("sqlite"):
         kwargs["connect_args"] = {"server_settings": {"synchronous_commit": "off"}}
     if url.startswith("sqlite"):
@@ -255,6 +261,8 @@ class Appended:
     continued: bool
     # The id of the chat's newest stored turn before this change (None: it had none).
     last_before: int | None
+    # Nothing stored: the chat was forgotten while its answer was made (`_answers_a_turn`).
+    forgotten: bool = False
 
 
 def _page(
@@ -511,6 +519,15 @@ def _append(conn: Connection, change: _Change) -> Appended:
         if usage is not None:
             _record_usage(conn, _usage_values(usage, now))
         return Appended([], 0, False, last_before)
+    bumped: tuple[int, bool] | None = None
+    if _answers_a_turn(change):
+        assert change.expected_revision is not None
+        # The revision first (the same statements, in another order): it tells a chat
+        # forgotten while the answer was made from one that goes on.
+        bumped = _bump_unless_forgotten(conn, chat_key, change.expected_revision)
+        if bumped is None:
+            _drop_answer(conn, change, now)
+            return Appended([], 0, False, last_before, forgotten=True)
     ids = [
         int(_INSERT_MESSAGE.execute(conn, _message_values(chat_key, row, now)).fetchone()[0])
         for row in change.rows
@@ -522,10 +539,51 @@ def _append(conn: Connection, change: _Change) -> Appended:
             _EVENT_DONE.execute(conn, {"event_id": change.answered_event, "now": now})
         else:
             _EVENT_ANSWERED.execute(conn, {"event_id": change.answered_event})
-    revision, continued = bump_revision(conn, chat_key, change.expected_revision)
+    revision, continued = bumped or bump_revision(conn, chat_key, change.expected_revision)
     if change.release_chat is not None:
         _RELEASE_CHAT.execute(conn, {"chat_key": chat_key, "holder": change.release_chat})
     return Appended(ids, revision, continued, last_before)
+
+
+def _answers_a_turn(change: _Change) -> bool:
+    """Whether `change` is the answer to a turn stored at the revision it expects (the
+    running event's last turn): one whose chat's row must still be there.
+
+    The chat's row goes only with the chat (/forget). A person's new turn may expect a
+    revision of a chat forgotten since (the window kept in memory): it starts the chat
+    again. An answer expects the revision its own turn was stored at: gone, its turn was
+    forgotten while it was made.
+    """
+    return (
+        change.answered_event is not None
+        and change.expected_revision is not None
+        and all(row.get("role") != "user" for row in change.rows)
+    )
+
+
+def _bump_unless_forgotten(
+    conn: Connection, chat_key: str, expected: int
+) -> tuple[int, bool] | None:
+    """`bump_revision`, or None (nothing changed) when the chat's row is gone."""
+    revision = new_revision()
+    params = {"chat_key": chat_key, "revision": revision, "now": utcnow(), "expected": expected}
+    if _SWAP_REVISION.execute(conn, params).rowcount == 1:
+        return revision, True
+    if conn.execute(_REVISION, {"chat_key": chat_key}).first() is None:
+        return None
+    return bump_revision(conn, chat_key)
+
+
+def _drop_answer(conn: Connection, change: _Change, now: datetime) -> None:
+    """The chat was forgotten while its answer was made: nothing of it is stored (the
+    event goes too, as /forget takes a chat's finished events). What the answer cost is
+    kept as /forget keeps usage: naming no chat or person."""
+    if change.usage is not None:
+        anonymous = {**change.usage, "chat_key": None, "user_id": None}
+        _record_usage(conn, _usage_values(anonymous, now))
+    conn.execute(delete(InboundEvent).where(InboundEvent.id == change.answered_event))
+    if change.release_chat is not None:
+        _RELEASE_CHAT.execute(conn, {"chat_key": change.chat_key, "holder": change.release_chat})
 
 
 def _message_values(chat_key: str, row: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -628,11 +686,20 @@ _MESSAGE_DEFAULTS = _defaults(_MESSAGES_TABLE)
 _USAGE_DEFAULTS = _defaults(_USAGE_TABLE)
 _PG_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _MESSAGE_TYPES = {c.name: c.type.compile(dialect=_PG_DIALECT) for c in _MESSAGES_TABLE.columns}
-_PG_APPEND: dict[tuple[bool, tuple[str, ...], str, bool, bool], TextClause] = {}
+_SPEND_TYPES = {
+    c.name: c.type.compile(dialect=_PG_DIALECT)
+    for c in Base.metadata.tables["spend_totals"].columns
+}
+_PG_APPEND: dict[tuple[bool, tuple[str, ...], str, bool, bool, bool], TextClause] = {}
 
 
 def _pg_append_statement(
-    usage: bool, spend: tuple[str, ...], event: str, release: bool, fenced: bool
+    usage: bool,
+    spend: tuple[str, ...],
+    event: str,
+    release: bool,
+    fenced: bool,
+    answer: bool = False,
 ) -> TextClause:
     """`_append` as one PostgreSQL statement (data-modifying WITH queries, all or nothing).
 
@@ -640,11 +707,16 @@ def _pg_append_statement(
     insert the turn, give the history a new revision and, as asked, record usage, move
     the inbound event on and end the chat's lease. `spend`: the scopes whose day totals the
     usage adds to. `fenced`: the turn is stored (and the event moved on) only while this
-    worker still holds the event's claim.
+    worker still holds the event's claim. `answer`: an answer to a turn stored at the
+    revision it expects (`_answers_a_turn`): should the chat's row be gone (forgotten
+    meanwhile), nothing of it is stored, the event is deleted and the usage names no one.
     """
-    key = (usage, spend, event, release, fenced)
+    key = (usage, spend, event, release, fenced, answer)
     if key not in _PG_APPEND:
-        ours = " WHERE EXISTS (SELECT 1 FROM claim)" if fenced else ""
+        held = ["EXISTS (SELECT 1 FROM claim)"] if fenced else []
+        if answer:
+            held.append("EXISTS (SELECT 1 FROM prev)")
+        ours = f" WHERE {' AND '.join(held)}" if held else ""
         values = ", ".join(f"CAST(:m_{c} AS {_MESSAGE_TYPES[c]})" for c in _MESSAGE_COLUMNS)
         parts = [
             "prev AS (SELECT history_rev FROM chats WHERE key = :chat_key FOR UPDATE)",
@@ -662,24 +734,54 @@ def _pg_append_statement(
                 "claim AS (SELECT 1 FROM inbound_events WHERE id = :claim_event "
                 "AND claimed_by = :claim_worker FOR UPDATE)",
             )
+        kept = "EXISTS (SELECT 1 FROM prev)"
         if usage:
+            spent = [f":u_{c}" for c in _USAGE_COLUMNS]
+            if answer:  # a forgotten chat's usage names no chat or person
+                spent = [
+                    f"CASE WHEN {kept} THEN CAST(:u_{c} AS VARCHAR) END"
+                    if c in ("chat_key", "user_id")
+                    else value
+                    for c, value in zip(_USAGE_COLUMNS, spent, strict=True)
+                ]
             parts.append(
                 f"spent AS (INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES "
-                f"({', '.join(':u_' + c for c in _USAGE_COLUMNS)}))"
+                f"({', '.join(spent)}))"
             )
-        if spend:
+        if spend and answer:
+            # Only the bot's total, should the chat be gone (it would name them).
+            rows = ", ".join(
+                f"('{scope}', CAST(:s_{scope} AS {_SPEND_TYPES['subject']}), "
+                f"CAST(:s_day AS {_SPEND_TYPES['day']}), "
+                f"CAST(:u_cost_usd AS {_SPEND_TYPES['cost_usd']}))"
+                for scope in spend
+            )
+            parts.append(
+                "spend AS (INSERT INTO spend_totals (scope, subject, day, cost_usd) "
+                f"SELECT * FROM (VALUES {rows}) AS v (scope, subject, day, cost_usd) "
+                f"WHERE v.scope = 'global' OR {kept} "
+                "ON CONFLICT (scope, subject, day) "
+                "DO UPDATE SET cost_usd = spend_totals.cost_usd + excluded.cost_usd)"
+            )
+        elif spend:
             parts.append(f"spend AS ({_spend_sql(spend)})")
         also = " AND EXISTS (SELECT 1 FROM claim)" if fenced else ""
+        moved = f"{also} AND {kept}" if answer else also
         if event == "answered":
             parts.append(
                 "event AS (UPDATE inbound_events SET status = 'answered' "
-                f"WHERE id = :event_id{also})"
+                f"WHERE id = :event_id{moved})"
             )
         elif event == "done":
             parts.append(
                 "event AS (UPDATE inbound_events SET status = 'done', finished_at = :now, "
                 "payload = NULL, claimed_by = NULL, lease_until = NULL "
-                f"WHERE id = :event_id{also})"
+                f"WHERE id = :event_id{moved})"
+            )
+        if event and answer:
+            parts.append(
+                f"forgotten AS (DELETE FROM inbound_events WHERE id = :event_id{also} "
+                f"AND NOT {kept})"
             )
         if release:
             parts.append(
@@ -719,7 +821,12 @@ def _pg_append(change: _Change) -> tuple[TextClause, dict[str, Any]]:
     if change.answered_event is not None:
         event = "done" if change.close_event else "answered"
     statement = _pg_append_statement(
-        usage is not None, spend, event, change.release_chat is not None, claim is not None
+        usage is not None,
+        spend,
+        event,
+        change.release_chat is not None,
+        claim is not None,
+        _answers_a_turn(change),
     )
     return statement, params
 
@@ -729,7 +836,9 @@ def _pg_appended(change: _Change, revision: int, row: Sequence[Any]) -> Appended
     the outer SELECT: it reads the chat as it was before the statement.)"""
     turn_id, previous, last_before = row
     if turn_id is None:
-        return Appended([], revision, False, last_before)
+        # (Not stored: the claim was lost, or, for an answer, the chat's row is gone.)
+        forgotten = previous is None and _answers_a_turn(change)
+        return Appended([], revision, False, last_before, forgotten=forgotten)
     expected = change.expected_revision
     continued = expected is not None and previous == expected
     return Appended([int(turn_id)], revision, continued, last_before)

@@ -231,14 +231,11 @@ class Policy:
         elif name == "budget":
             text = await self._budget(args, msg)
         elif name == "forget":
-            # A direct chat is one person's, its threads too (a Slack DM's): said at its top
-            # level (a Slack slash command can only be), /forget takes them all.
+            # Said at a chat's top level (a Slack slash command can only be), /forget takes
+            # the chat's threads too: a direct chat's are its person's (a Slack DM's), a
+            # group's forum topics are the group's, whose admin it takes to say it there.
             chat = msg.chat
-            threads = (
-                msg.is_direct
-                and chat.thread_id is None
-                and chat.platform not in THREADLESS_PLATFORMS
-            )
+            threads = chat.thread_id is None and chat.platform not in THREADLESS_PLATFORMS
             done = await forget_chat(
                 self.store.engine, msg.chat.key, msg.event_key, threads=threads
             )

@@ -116,7 +116,11 @@ class Statement:
         try:
             return raw.execute(sql, args)
         except sqlite3.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, ...)
-            raise DBAPIError.instance(sql, args, exc, sqlite3.Error, dialect=_SQLITE) from exc
+            # hide_parameters: as the engines (store.create_engine), the error names the
+            # statement, not the values (message text) it was given.
+            raise DBAPIError.instance(
+                sql, args, exc, sqlite3.Error, hide_parameters=True, dialect=_SQLITE
+            ) from exc
 
     def _plan(self, keys: frozenset[str]) -> tuple[str, list[tuple[str, Any, Any]]] | None:
         """The SQL and parameter processing for these parameter names (compiled once);
@@ -479,6 +483,7 @@ class Database:
                 pool_size=1,
                 max_overflow=0,
                 connect_args={"timeout": 30, "check_same_thread": False},
+                hide_parameters=True,
             )
             event.listen(sync, "connect", sqlite_pragmas)
             self._thread = _SqliteThread(sync)

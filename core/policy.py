@@ -208,9 +208,11 @@ class Policy:
         images: int = 0,
         image_quality: str | None = None,
         image_size: str | None = None,
+        image_tokens: int = 0,
     ) -> float:
         """USD for one recorded model call; images at the quality and size given (what the
-        endpoint says it made), else at the configured ones."""
+        endpoint says it made), else at the configured ones; `image_tokens`: an edit's input
+        picture, at the model's image input price."""
         return self.prices.cost(
             model,
             prompt_tokens=prompt_tokens,
@@ -221,6 +223,7 @@ class Policy:
             images=images,
             image_size=image_size or self.settings.image_size,
             image_quality=image_quality or self.settings.image_quality,
+            image_tokens=image_tokens,
         )
 
     # -- commands -------------------------------------------------------------------------

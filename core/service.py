@@ -1840,27 +1840,18 @@ class ConversationService:
         """The usage row of one model call, priced (and counted in the metrics). A picture
         is priced at the quality and size the endpoint says it made ("auto" chose one), and
         its input tokens (the prompt's text, an edit's picture) at their own prices."""
-        if picture is not None:
-            cost = self.policy.prices.cost(
-                model,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                cached_tokens=usage.cached_tokens if usage else 0,
-                images=images,
-                image_tokens=picture.image_tokens,
-                image_quality=picture.quality or self.settings.image_quality,
-                image_size=picture.size or self.settings.image_size,
-            )
-        else:
-            cost = self.policy.cost(
-                model,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                cached_tokens=usage.cached_tokens if usage else 0,
-                audio_tokens=audio_tokens,
-                audio_seconds=audio_seconds,
-                images=images,
-            )
+        cost = self.policy.cost(
+            model,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            audio_tokens=audio_tokens,
+            audio_seconds=audio_seconds,
+            images=images,
+            image_quality=picture.quality if picture else None,
+            image_size=picture.size if picture else None,
+            image_tokens=picture.image_tokens if picture else 0,
+        )
         self.metrics.usage(msg.chat.platform, model, usage, cost_usd=cost)
         return {
             "platform": msg.chat.platform,

@@ -386,7 +386,14 @@ class SlackAdapter:
         if task is not None:
             self._inflight.add(task)
         try:
-            msg = await self._to_incoming(event, body, context)
+            try:
+                msg = await self._to_incoming(event, body, context)
+            except Exception:
+                # An event this adapter cannot read reads no better when Slack sends it
+                # again (four times, each failure counting toward Slack turning the app's
+                # events off): acknowledged and logged, as before storing was fenced.
+                log.exception("slack event could not be read; skipped")
+                return
             if msg is None:
                 return
             if not msg.is_direct and msg.chat.thread_id and msg.addressed_to_bot:
@@ -406,7 +413,7 @@ class SlackAdapter:
                 on_messages=self._noting(msg),
                 tag=msg.event_key,
             )
-            # Until the event is stored, every error propagates: no 2xx (Bolt answers 500,
+            # Until the event is stored, an error propagates: no 2xx (Bolt answers 500,
             # Socket Mode leaves the envelope unacknowledged) and Slack delivers it again;
             # the inbox's unique event key makes a second delivery harmless.
             job = await self.core.service.submit(msg, sink)

@@ -455,15 +455,23 @@ def with_thread_parent(
     names: Mapping[str, str] | None = None,
 ) -> IncomingMessage:
     """`msg`, asked in a thread, with the message the thread hangs under: its text quoted
-    (as a replied-to message) and, when `msg` brings no file of its own, its files ("@bot
-    what is in this picture?" under a photo, "@bot summarise this" under a voice clip), as
-    a reply to a photo brings the photo on Telegram."""
-    quoted = _with_shared(message_text(parent, names), parent, names) or None
+    (as a replied-to message) and, when `msg` brings no file of its own, its pictures
+    ("@bot what is in this picture?" under a photo, "edit: add a hat"), as a reply to a
+    photo brings the photo on Telegram. Its other files are named in the quote, not
+    attached: a question in the thread is not necessarily about them (a document the core
+    cannot read would refuse it, a clip would be transcribed and billed)."""
+    files = [f for f in parent.get("files") or () if isinstance(f, Mapping) and f.get("id")]
+    pictures = [f for f in files if attachment_kind(f) is AttachmentKind.IMAGE]
+    others = [str(f.get("name") or f.get("title") or "") for f in files if f not in pictures]
+    quoted = _with_shared(message_text(parent, names), parent, names)
+    named = ", ".join(name for name in others if name)
+    if named:
+        quoted = f"{quoted}\n[attached: {named}]".strip()
     attachments = msg.attachments
-    if not attachments:
-        files = [f for f in parent.get("files") or () if isinstance(f, Mapping) and f.get("id")]
-        attachments = tuple(to_attachment(f, fetch_for) for f in files)
     text = msg.text
-    if any(a.kind is AttachmentKind.IMAGE for a in attachments):
+    if not attachments and pictures:
+        attachments = tuple(to_attachment(f, fetch_for) for f in pictures)
         text = translate_commands(text, with_image=True)  # "edit: make it blue" on the photo
-    return dataclasses.replace(msg, reply_to_text=quoted, attachments=attachments, text=text)
+    return dataclasses.replace(
+        msg, reply_to_text=quoted or None, attachments=attachments, text=text
+    )

@@ -81,3 +81,31 @@ async def test_edit_asked_under_someones_photo_edits_that_photo(slack_app: Slack
     assert edit.form["prompt"] == "add a hat"
     (upload,) = slack.uploads.values()
     assert upload.startswith(PNG_SIGNATURE)
+
+
+async def test_asked_under_someones_document_the_question_is_answered_with_it_named(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    report = slack.add_file(
+        b"%PDF-1.4 not read", name="q3-report.pdf", mimetype="application/pdf", filetype="pdf"
+    )
+    parent = new_ts()
+    slack.add_person_message(
+        CHANNEL, parent, "Q3 report, thoughts on hiring?", files=[report], user="U0BOB"
+    )
+    await slack_app.post_event(
+        app_mention_event(
+            channel=CHANNEL,
+            ts=new_ts(),
+            thread_ts=parent,
+            text="<@U0BOT> how many should we hire?",
+        )
+    )
+    await slack.wait_for("/api/chat.stopStream")
+    await slack_app.adapter.drain()
+
+    assert last_user_turn(slack_app) == (
+        "> Q3 report, thoughts on hiring?\n> [attached: q3-report.pdf]\n\nhow many should we hire?"
+    )
+    assert slack.downloads() == []  # (nothing fetched that the question did not need)

@@ -39,22 +39,24 @@ SERVER_ERROR_BACKOFF = 0.5
 
 
 def never_sent(err: TimedOut) -> bool:
-    """True when a timed-out request surely never reached Telegram.
+    """True when a timed-out request was not (or most likely not) carried out by Telegram,
+    so sending it again shows nothing twice.
 
     python-telegram-bot raises TimedOut from any httpx timeout (HTTPXRequest.do_request):
     a PoolTimeout (no free connection) or a ConnectTimeout means nothing was sent; a
     ReadTimeout or WriteTimeout means Telegram may have received, and carried out, the
     request. Through our aiohttp transport (httpx-aiohttp) every aiohttp connection error
-    becomes a ConnectTimeout, a server that hung up mid-answer included: only a timeout
-    while connecting counts there.
+    becomes a ConnectTimeout: a connection that could not be made, or one that ended with
+    no answer (a keep-alive connection the server or a proxy had dropped: the usual case,
+    nothing carried out), is sent again; only a wait for the answer that ran out is not.
     """
     cause = err.__cause__
     if not isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout):
         return False
     origin = cause.__cause__
-    return origin is None or isinstance(
-        origin, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError
-    )
+    if isinstance(origin, aiohttp.ServerTimeoutError):
+        return False  # the answer was waited for: the request may have been carried out
+    return origin is None or isinstance(origin, aiohttp.ClientConnectionError)
 
 
 def may_have_arrived(err: Exception) -> bool:

@@ -101,8 +101,9 @@ def unconfirmed() -> Iterator[None]:
         if not may_have_arrived(err):
             raise
         log.warning(
-            "Telegram did not confirm a message in time; it may have arrived, "
-            "so it is not sent again"
+            "Telegram did not confirm a message (%s); it may have arrived, so it is not "
+            "sent again",
+            type(err.__cause__ or err).__name__,
         )
 
 

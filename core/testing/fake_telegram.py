@@ -371,6 +371,7 @@ class FakeTelegram(FakeServer):
         self.chat_admins: dict[int, set[int]] = {}
         self.user_messages: dict[tuple[int, int], dict[str, Any]] = {}
         self._failures: list[_Failure] = []
+        self._hang_ups: dict[str, int] = {}  # method -> calls to drop unanswered
         # Basic groups upgraded to supergroups: old chat id -> new one (see `migrate`).
         self.migrated: dict[int, int] = {}
         # flood_limit: (messages, seconds), and each group's window.
@@ -476,6 +477,11 @@ class FakeTelegram(FakeServer):
             self.delays[method.lower()] = seconds
         else:
             self.delays.pop(method.lower(), None)
+
+    def hang_up_next(self, method: str, times: int = 1) -> None:
+        """Close the connection of the next `times` calls of `method` before carrying them
+        out, without an answer (a keep-alive connection the server or a proxy dropped)."""
+        self._hang_ups[method.lower()] = times
 
     def hold(self, method: str) -> asyncio.Event:
         """Keep every later call of `method` waiting until the returned event is set.
@@ -1073,6 +1079,12 @@ class FakeTelegram(FakeServer):
         call = ApiCall(method, time.monotonic())
         self.api_calls.append(call)
         await self._slow_down(method)
+        if self._hang_ups.get(method, 0) > 0:
+            self._hang_ups[method] -= 1
+            call.error_code = 0
+            assert request.transport is not None
+            request.transport.close()  # no answer: the caller's connection just ends
+            return web.Response()
         failure = self._take_failure(method)
         if failure is not None:
             call.error_code = failure.error_code

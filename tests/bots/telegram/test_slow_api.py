@@ -75,3 +75,13 @@ async def test_a_preview_answered_late_gets_no_more_previews_and_the_answer_come
     assert words.startswith(preview) and preview != words
     assert answer == words
     assert len(tg.calls("/sendMessage")) == 2
+
+
+async def test_a_send_whose_connection_was_dropped_unanswered_is_sent_again(bot: Bot) -> None:
+    # A keep-alive connection the server (or a proxy) had closed: nothing was carried out.
+    bot.telegram.hang_up_next("sendMessage")
+
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "hello"))
+
+    assert bot.telegram.texts(PRIVATE_CHAT) == ["echo: hello"]
+    assert len(bot.telegram.calls("/sendMessage")) == 2

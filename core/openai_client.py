@@ -433,22 +433,17 @@ _THINK, _THINK_END = "<think>", "</think>"
 class _ThinkFilter:
     """Takes reasoning out of a streamed answer's text: models served without a reasoning
     parser (Ollama, vLLM, llama.cpp) write it into `content` as a leading
-    <think>...</think> block, or, when the chat template opened the tag in the prompt, as
-    text up to a lone </think>. What follows it streams as usual.
+    <think>...</think> block. What follows it streams as usual.
 
     The first non-blank text decides: an answer that does not open with <think> passes
-    through untouched (`passing`: the caller stops feeding the filter). A lone </think>
-    cannot be told from the answer before it arrives: the first such answer of a model
-    streams (watched for the tag, which is dropped with the reasoning still unshown); the
-    model is then remembered in `models` (True: its reasoning ends with a lone </think>,
-    held back until then; False: it does not, nothing is watched).
+    through untouched (`passing`: the caller stops feeding the filter), whatever it says
+    later (an answer about the tags is an answer). A reasoning block that never ends
+    leaves no answer (the empty-answer case).
     """
 
-    __slots__ = ("_buf", "_model", "_models", "_seen", "_state", "passing")
+    __slots__ = ("_buf", "_seen", "_state", "passing")
 
-    def __init__(self, models: dict[str, bool], model: str) -> None:
-        self._models = models
-        self._model = model
+    def __init__(self) -> None:
         self._buf = ""
         self._seen = 0
         self._state = "start"
@@ -456,74 +451,37 @@ class _ThinkFilter:
 
     def feed(self, text: str) -> str:
         """The part of `text` to show (may be empty)."""
-        state = self._state
-        if state == "scan":
-            return self._scan(text)
-        if state == "after":
+        if self._state == "after":
             return self._after(text)
         self._buf += text
-        if state == "start":
-            start = self._buf.lstrip()
-            if not start:
-                return ""
-            if start.startswith(_THINK):
-                self._state, self._buf = "block", start[len(_THINK) :]
-                return self._until_end()
-            if _THINK.startswith(start):
-                return ""  # maybe a tag split across chunks
-            lone = self._models.get(self._model)
-            if lone:
-                self._state = "lone"
-                return self._until_end()
-            text, self._buf = self._buf, ""
-            if lone is None:
-                self._state = "scan"
-                return self._scan(text)
-            self.passing = True
-            return text
-        return self._until_end()
+        if self._state == "block":
+            return self._until_end()
+        start = self._buf.lstrip()
+        if not start:
+            return ""
+        if start.startswith(_THINK):
+            self._state, self._buf = "block", start[len(_THINK) :]
+            return self._until_end()
+        if _THINK.startswith(start):
+            return ""  # maybe a tag split across chunks
+        text, self._buf = self._buf, ""
+        self.passing = True
+        return text
 
     def close(self) -> str:
         """At the answer's end: what is held that is answer (reasoning never ended: none)."""
-        if self._state == "scan":
-            self._models.setdefault(self._model, False)
-        if self._state in ("start", "lone"):
-            return self._buf  # blanks, a would-be tag, or an answer without its </think>
-        return ""
+        return self._buf if self._state == "start" else ""
 
     def _until_end(self) -> str:
         buf = self._buf
         at = buf.find(_THINK_END, max(0, self._seen - len(_THINK_END)))
         if at < 0:
-            if self._state == "block":
-                self._buf = buf[-len(_THINK_END) :]
-                self._seen = len(self._buf)
-            else:
-                self._seen = len(buf)  # kept: shown if no </think> comes
+            self._buf = buf[-len(_THINK_END) :]
+            self._seen = len(self._buf)
             return ""
         self._buf = ""
         self._state = "after"
         return self._after(buf[at + len(_THINK_END) :])
-
-    def _scan(self, text: str) -> str:
-        window = self._buf + text
-        at = window.find(_THINK_END)
-        if at < 0:
-            if _THINK in window:  # tags written in the answer itself: nothing to take out
-                self._models.setdefault(self._model, False)
-                self.passing = True
-            else:
-                self._buf = window[-len(_THINK_END) :]
-            return text
-        self._models[self._model] = True
-        log.warning(
-            "the model %s writes its reasoning into the answer, up to a lone </think>: "
-            "this answer showed it; later ones hold it back",
-            self._model,
-        )
-        self._buf = ""
-        self._state = "after"
-        return self._after(window[at + len(_THINK_END) :])
 
     def _after(self, text: str) -> str:
         start = text.lstrip()
@@ -533,16 +491,12 @@ class _ThinkFilter:
 
 
 def _without_thinking(text: str) -> str:
-    """A whole answer without its leading reasoning (see `_ThinkFilter`)."""
-    if _THINK_END not in text:
-        return "" if text.lstrip().startswith(_THINK) else text
+    """A whole answer without a leading reasoning block (see `_ThinkFilter`)."""
     start = text.lstrip()
-    if start.startswith(_THINK):
-        return start[start.find(_THINK_END) + len(_THINK_END) :].lstrip()
-    at = text.find(_THINK_END)
-    if _THINK not in text[:at]:
-        return text[at + len(_THINK_END) :].lstrip()
-    return text
+    if not start.startswith(_THINK):
+        return text
+    at = start.find(_THINK_END)
+    return "" if at < 0 else start[at + len(_THINK_END) :].lstrip()
 
 
 class OpenAIClient:
@@ -580,9 +534,6 @@ class OpenAIClient:
         # Streams ask for the usage at their end unless the server refused to be asked
         # (the service then counts the tokens itself).
         self._stream_usage = True
-        # Models known to write reasoning up to a lone </think> (True) or not (see
-        # `_ThinkFilter`).
-        self._think_models: dict[str, bool] = {}
 
     def __repr__(self) -> str:
         return f"OpenAIClient(base_url={self._base_url!r})"
@@ -861,7 +812,7 @@ class OpenAIClient:
                 status, payload, where, None, label=f"HTTP 200 error {code or ''}".rstrip()
             )
         result = _parse_chat(payload, model)
-        if _THINK_END in result.text or _THINK in result.text:
+        if _THINK in result.text:
             result = dataclasses.replace(result, text=_without_thinking(result.text))
         return result
 
@@ -919,7 +870,7 @@ class OpenAIClient:
         finished = False  # a finish_reason came: a clean end of the body is the end
         # Reasoning written into `content` as <think>...</think> is taken out as it streams;
         # None once the answer is known to be past it (then nothing more is looked at).
-        think: _ThinkFilter | None = _ThinkFilter(self._think_models, model)
+        think: _ThinkFilter | None = _ThinkFilter()
         try:
             response = await self._open_stream(body)
             try:

@@ -32,34 +32,39 @@ def sent_history(fake: FakeOpenAI) -> list[str]:
     return [m["content"] for m in last["messages"] if m["role"] == "assistant"]
 
 
-@pytest.mark.parametrize("think_tags", ["block", "open"])
 async def test_reasoning_written_into_the_answer_is_neither_shown_nor_sent_back(
-    core: Core, fake_openai: FakeOpenAI, think_tags: str
+    core: Core, fake_openai: FakeOpenAI
 ) -> None:
-    # Ollama / vLLM without a reasoning parser: "<think>...</think>" in `content`; a chat
-    # template that opened the tag leaves only "...</think>".
-    fake_openai.think_tags = think_tags
+    # Ollama / vLLM without a reasoning parser: "<think>...</think>" in `content`.
+    fake_openai.think_tags = "block"
     out = await chat(core, "hello", "and again", "once more")
-    lines = out.splitlines()
-    # A lone </think> cannot be told from the answer until it comes: the first answer of a
-    # model that writes one shows its reasoning; from then on it is held back.
-    answers = lines if think_tags == "block" else lines[-2:]
-    assert answers == ["echo: hello", "echo: and again", "echo: once more"][-len(answers) :]
-    assert "</think>" not in "\n".join(answers)
-    assert all(fake_openai.thinking not in a for a in sent_history(fake_openai)[-1:])
-    if think_tags == "block":
-        assert sent_history(fake_openai) == ["echo: hello", "echo: and again"]
+    assert out.splitlines() == ["echo: hello", "echo: and again", "echo: once more"]
+    assert sent_history(fake_openai) == ["echo: hello", "echo: and again"]
 
 
-@pytest.mark.parametrize("think_tags", ["block", "open"])
 async def test_reasoning_in_a_whole_json_answer_is_taken_out(
-    core: Core, fake_openai: FakeOpenAI, think_tags: str
+    core: Core, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.think_tags = think_tags
+    fake_openai.think_tags = "block"
     fake_openai.stream_as_json = True  # a server that ignores `stream`
     out = await chat(core, "hello", "again")
     assert out.splitlines() == ["echo: hello", "echo: again"]
     assert sent_history(fake_openai) == ["echo: hello"]
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["streamed", "json"])
+async def test_an_answer_about_the_tags_is_shown_as_written(
+    core: Core, fake_openai: FakeOpenAI, whole: bool
+) -> None:
+    fake_openai.stream_as_json = whole
+    about = "R1 ends its reasoning with </think> and then answers."
+    fake_openai.queue_reply(about)
+    fake_openai.queue_reply("Step one is done. Then the closing tag </think> ends the block.")
+    out = await chat(core, "how does R1 mark reasoning?", "and then?")
+    assert out.splitlines() == [
+        about,
+        "Step one is done. Then the closing tag </think> ends the block.",
+    ]
 
 
 async def test_an_answer_that_is_only_reasoning_is_an_empty_answer(

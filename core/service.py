@@ -67,6 +67,15 @@ AUDIO_EXTENSIONS = ("flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "wav", "
 AUDIO_MIME_EXTENSIONS = {
     "audio/ogg": "ogg",
     "audio/opus": "ogg",
+    # Aliases platforms send: freedesktop's names (Linux desktop clients), Android's AAC
+    # ("audio/mp4a-latm") and the older WAV and FLAC labels.
+    "audio/x-opus+ogg": "ogg",
+    "audio/x-vorbis+ogg": "ogg",
+    "audio/vorbis": "ogg",
+    "audio/x-flac": "flac",
+    "audio/vnd.wave": "wav",
+    "audio/mp4a-latm": "m4a",
+    "audio/x-mpeg": "mp3",
     "audio/mpeg": "mp3",
     "audio/mp3": "mp3",
     "audio/mp4": "m4a",
@@ -100,6 +109,13 @@ UNREADABLE_AUDIO = (
     "I couldn't read that audio file: it may be damaged, or not the format its name says. "
     "Please record it again or send it as MP3, M4A, OGG or WAV."
 )
+
+TOO_LONG_AUDIO = (
+    "That recording is too long for the transcription model; please send it in shorter parts."
+)
+# OpenAI's gpt-4o transcribe models refusing a recording past their limit (a 400):
+# "audio duration 1830.53 seconds is longer than 1500 seconds which is the maximum ...".
+_TOO_LONG_AUDIO = re.compile(r"audio duration\b.{0,80}\blonger than\b.{0,80}\bmaximum", re.I)
 
 
 def audio_filename(attachment: Attachment) -> str:
@@ -431,6 +447,9 @@ class ConversationService:
         # Windows smaller than configured, by model, as the endpoint showed them by refusing
         # a request that fitted the configured one (see `_refused_as_too_long`).
         self._told_windows: dict[str, int] = {}
+        # Operator errors already logged for unaddressed voice notes (type, detail): a missing
+        # transcription endpoint or model alerts once per process, not once per note.
+        self._operator_told: set[tuple[str, str]] = set()
         # The adapters that can restore stored messages, by platform (as `resume` got them).
         self._restorers: dict[str, Restorer] = {}
 
@@ -840,9 +859,18 @@ class ConversationService:
         if audio is not None:
             # Every recording the message carries (an album of audio files has several).
             recordings = [a for a in msg.attachments if a.kind is AttachmentKind.AUDIO]
-            transcript = "\n\n".join(
-                [await self._transcribe(msg, a, translate=False) for a in recordings]
-            )
+            try:
+                transcript = "\n\n".join(
+                    [await self._transcribe(msg, a, translate=False) for a in recordings]
+                )
+            except RelaybotError as failed:
+                if not transcript_only or msg.addressed_to_bot or isinstance(failed, ShuttingDown):
+                    raise
+                # Nobody asked for this transcript: a failure posted under the voice note
+                # (silence, a flagged transcript, a server without the endpoint) would answer
+                # someone who asked nothing, under every note. It is left without one.
+                self._quiet_transcript_failure(msg, failed)
+                return
             if transcript_only:
                 await sink.send(Reply(text=transcript, kind=ReplyKind.TRANSCRIPT))
                 await self._keep_heard(msg, transcript)
@@ -865,6 +893,29 @@ class ConversationService:
                 )
             raise BadInput("empty message", user_message="Your message was empty.")
         await self._chat(msg, sink, text, images, moderated=heard)
+
+    def _quiet_transcript_failure(self, msg: IncomingMessage, failed: RelaybotError) -> None:
+        """Log an unaddressed voice note's failed transcription (nothing is posted): the
+        operator's own errors at ERROR once per process for each cause (a missing endpoint
+        or model fails every note alike), all else at info."""
+        self.metrics.failed(msg.chat.platform, type(failed).__name__)
+        if isinstance(failed, OPERATOR_ERRORS):
+            cause = (type(failed).__name__, str(failed))
+            if cause not in self._operator_told and len(self._operator_told) < 64:
+                self._operator_told.add(cause)
+                log.error(
+                    "operator action needed: %s: %s (unaddressed voice notes are left "
+                    "without a transcript; said once)",
+                    type(failed).__name__,
+                    failed,
+                    extra={"chat": msg.chat.key},
+                )
+                return
+        log.info(
+            "unaddressed voice note not transcribed: %s",
+            type(failed).__name__,
+            extra={"chat": msg.chat.key},
+        )
 
     async def _keep_heard(self, msg: IncomingMessage, transcript: str) -> None:
         """A transcript posted in a group joins its history as the speaker's turn (no answer
@@ -1528,9 +1579,16 @@ class ConversationService:
         model = self.settings.translate_model if translate else self.settings.transcribe_model
         # The endpoint may refuse the file itself (corrupt, or mislabelled).
         with self.metrics.model_call("audio", model), _refused_input_says(UNREADABLE_AUDIO):
-            heard = await self.client.transcribe(
-                model=model, audio=data, filename=filename, translate=translate
-            )
+            try:
+                heard = await self.client.transcribe(
+                    model=model, audio=data, filename=filename, translate=translate
+                )
+            except BadInput as refused:
+                if refused.user_message == BadInput.user_message and _TOO_LONG_AUDIO.search(
+                    str(refused)
+                ):
+                    raise BadInput(str(refused), user_message=TOO_LONG_AUDIO) from refused
+                raise
         # Billed as the endpoint reports it (tokens, or seconds); else by the platform's
         # duration (a console file or a Slack upload has none: then only the server knows).
         await self._record_usage(

@@ -16,6 +16,8 @@ PLATFORM = "slack"
 # Subtypes that are still a person talking; everything else (edits, joins, bots) is not.
 USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 AUDIO_FILETYPES = frozenset({"m4a", "mp3", "mp4", "ogg", "oga", "wav", "webm", "flac", "aac"})
+# Those that hold sound alone (mp4 and webm are usually videos).
+_AUDIO_ONLY_FILETYPES = AUDIO_FILETYPES - {"mp4", "webm"}
 
 # Words that act as commands when they open the message (after the mention). A message
 # starting with "/" never reaches a bot in Slack (the composer takes it for a slash
@@ -362,6 +364,16 @@ def attachment_kind(file: Mapping[str, Any]) -> AttachmentKind:
     return AttachmentKind.FILE
 
 
+def _heard(file: Mapping[str, Any]) -> bool:
+    """Whether a Slack file is something said aloud: an audio file or an audio clip (also
+    one labelled application/octet-stream whose file type is an audio-only one)."""
+    mime = str(file.get("mimetype") or "").lower()
+    if mime.startswith("audio/") or file.get("subtype") == "slack_audio":
+        return True
+    filetype = str(file.get("filetype") or "").lower()
+    return filetype in _AUDIO_ONLY_FILETYPES and not mime.startswith(("video/", "image/"))
+
+
 def to_attachment(file: Mapping[str, Any], fetch_for: FetchFactory) -> Attachment:
     """A Slack file object as a neutral attachment whose `fetch` downloads it with the token."""
     kind = attachment_kind(file)
@@ -418,7 +430,9 @@ def to_incoming(
     files = [f for f in event.get("files") or () if isinstance(f, Mapping)]
     attachments = tuple(to_attachment(f, fetch_for) for f in files)
     addressed = direct or mentioned or bool(thread_ts and in_bot_thread)
-    heard_audio = any(a.kind is AttachmentKind.AUDIO for a in attachments)
+    # Unaddressed, only something said aloud counts (as Telegram's): an audio file or an audio
+    # clip; a video (a screen recording, "look at this bug") is not a voice note to transcribe.
+    heard_audio = any(_heard(f) for f in files)
     if not addressed and not heard_audio:
         return None
     # An unaddressed audio clip still goes to the core: the channel's /voicemode decides.

@@ -4,7 +4,8 @@ Start it with `async with FakeOpenAI() as fake:` (same event loop) or `with Fake
 (its own thread), then point a client at `fake.base_url`. Knobs are plain attributes and
 methods; they may be changed from the test's thread while the server runs in another one.
 `fail_next` answers errors, `missing_endpoints` and `missing_models` answer 404s as servers
-without them do, and `redirect_to` answers every request with a redirect.
+without them do, `max_audio_seconds` refuses over-long audio as OpenAI's gpt-4o transcribe
+models do, and `redirect_to` answers every request with a redirect.
 
 Other OpenAI-compatible servers speak variants of the API; these knobs make the fake speak
 them: `models_as_list` (/models answers a bare JSON array, as Together AI does),
@@ -237,6 +238,11 @@ class FakeOpenAI(FakeServer):
         self.translation: str = DEFAULT_TRANSCRIPT
         # How long the fake "hears" any audio to be (it reports it as the usage it bills).
         self.audio_seconds: float = 7.5
+        # When set, transcription models other than whisper refuse audio longer than this
+        # many seconds with OpenAI's 400 (gpt-4o-transcribe stops at 1500, the diarize model
+        # at 1400): "audio duration 1830.53 seconds is longer than 1500 seconds which is the
+        # maximum for this model". whisper-1 has no duration limit, only the size limit.
+        self.max_audio_seconds: float | None = None
         self.flag_words: dict[str, list[str]] = {"FLAGME": ["violence"]}
         self.models: list[str] = list(DEFAULT_MODELS)
         # Chat requests for these get OpenAI's 404 model_not_found (a model withdrawn).
@@ -652,6 +658,18 @@ class FakeOpenAI(FakeServer):
         if len(data) > _MAX_AUDIO_BYTES:
             return _error(
                 413, f"Maximum content size limit ({_MAX_AUDIO_BYTES}) exceeded.", param="file"
+            )
+        limit = self.max_audio_seconds
+        if (
+            limit is not None
+            and self.audio_seconds > limit
+            and not str(form.get("model")).startswith("whisper")
+        ):
+            return _error(
+                400,
+                f"audio duration {self.audio_seconds:g} seconds is longer than {limit:g} "
+                "seconds which is the maximum for this model",
+                code="invalid_value",
             )
         if form.get("response_format") == "text":
             return web.Response(text=text + "\n", content_type="text/plain")

@@ -59,6 +59,7 @@ from core.types import (
     IncomingMessage,
     Reply,
     ReplyKind,
+    quote_lines,
 )
 
 log = logging.getLogger("relaybot.service")
@@ -185,7 +186,7 @@ def quoted(text: str) -> str:
     text = text.strip()
     if len(text) > QUOTE_LIMIT:
         text = text[:QUOTE_LIMIT].rstrip() + " …"
-    return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
+    return quote_lines(text)
 
 
 IMAGE_MARK = "[image]"  # ends a stored turn that came with pictures

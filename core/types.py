@@ -13,6 +13,12 @@ THREADLESS_PLATFORMS = frozenset({"console"})
 _THREAD_ID = re.compile(r"\d+(?:\.\d+)?")
 
 
+def quote_lines(text: str) -> str:
+    """`text` as a Markdown quote, line by line: how the model reads words that are not the
+    sender's own (a replied-to message, a forward), whichever platform brought them."""
+    return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRef:
     """Where a conversation lives: platform, chat and (optional) thread or topic."""

@@ -613,16 +613,14 @@ class SlackAdapter:
         return lambda: self._tagged_answer(channel, msg.chat.thread_id, after, msg.event_key)
 
     async def _identity(self) -> tuple[str, str | None] | None:
-        """The bot's user id and bot id (auth.test, asked once); None when Slack would not
-        say (the tagged messages can still be found)."""
+        """The bot's user id and bot id (from the one auth.test, `_auth_result`); None when
+        Slack would not say (the tagged messages can still be found)."""
         if self._me is None:
             try:
-                response = await Caller(self.sink_options)(self.client.auth_test)
-            except (SlackApiError, aiohttp.ClientError, TimeoutError) as err:
+                await self._auth_result()
+            except (SlackUnreachable, ConfigError) as err:
                 log.info("auth.test failed: %s", type(err).__name__)
                 return None
-            bot_id = response.get("bot_id")
-            self._me = (str(response.get("user_id") or ""), str(bot_id) if bot_id else None)
         return self._me
 
     async def _tagged_answer(

@@ -9,7 +9,15 @@ from typing import Any
 
 from core.budgets import SCOPES
 from core.commands import COMMANDS
-from core.types import Attachment, AttachmentKind, ChatRef, Fetch, IncomingMessage, Sender
+from core.types import (
+    Attachment,
+    AttachmentKind,
+    ChatRef,
+    Fetch,
+    IncomingMessage,
+    Sender,
+    quote_lines,
+)
 
 PLATFORM = "slack"
 
@@ -203,10 +211,6 @@ def plain_text(text: str, names: Mapping[str, str] | None = None) -> str:
     return converted.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
-def _quote(text: str) -> str:
-    return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
-
-
 def _emoji(element: Mapping[str, Any]) -> str:
     """An emoji as its character where Slack gives the code points ("1f44d"), else :name:."""
     try:
@@ -252,7 +256,7 @@ def _rich_text(elements: Any, names: Mapping[str, str]) -> str:
             if kind == "rich_text_preformatted":
                 inner = f"```\n{inner}\n```\n"
             elif kind == "rich_text_quote":
-                inner = _quote(inner) + "\n"
+                inner = quote_lines(inner) + "\n"
             parts.append(inner)
     return "".join(parts)
 
@@ -337,7 +341,7 @@ def shared_text(message: Mapping[str, Any], names: Mapping[str, str] | None = No
             label += f" in #{channel}:" if channel else ":"
         elif author:
             label = f"From {author}:"
-        found.append(f"{label}\n{_quote(text)}" if label else _quote(text))
+        found.append(f"{label}\n{quote_lines(text)}" if label else quote_lines(text))
     return "\n\n".join(found)
 
 

@@ -23,7 +23,15 @@ from telegram import (
 from core.commands import KNOWN
 from core.errors import BadInput
 from core.service import AUDIO_MIME_EXTENSIONS
-from core.types import Attachment, AttachmentKind, ChatRef, Fetch, IncomingMessage, Sender
+from core.types import (
+    Attachment,
+    AttachmentKind,
+    ChatRef,
+    Fetch,
+    IncomingMessage,
+    Sender,
+    quote_lines,
+)
 
 PLATFORM = "telegram"
 # getFile refuses files above this size, so such files can never be downloaded by a bot.
@@ -291,8 +299,7 @@ def to_incoming(
     if forwarded is not None and text:
         # Someone else's words passed on: quoted under who wrote them, never read as the
         # sender's own.
-        lines = "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
-        text = f"Forwarded from {_origin_name(forwarded)}:\n{lines}"
+        text = f"Forwarded from {_origin_name(forwarded)}:\n{quote_lines(text)}"
     # A video in an album nobody addressed (it comes only to be joined with the album's
     # other parts): its sound is not something said to the bot, so a group that wants
     # transcripts of what is said does not get one of it.

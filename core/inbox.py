@@ -173,8 +173,17 @@ class Inbox:
         """Store the event, claimed by this process; None when its key was seen before."""
         try:
             return await self.db.run(_record, self._values(msg), autocommit=True)
-        except IntegrityError:
+        except IntegrityError as error:
+            await self._seen_or_raise(msg.event_key, error)
             return None
+
+    async def _seen_or_raise(self, event_key: str, error: IntegrityError) -> None:
+        """After an integrity error storing an event: return when its key is stored (a
+        duplicate), else re-raise. Another constraint (or a trigger's) refusing the row is
+        an error to report and not acknowledge, not a redelivery to drop: dropping it lost
+        the message without a word."""
+        if not await self.db.run(_event_seen, event_key):
+            raise error
 
     def _values(self, msg: IncomingMessage) -> dict[str, Any]:
         """The event's row, claimed by this process."""
@@ -205,7 +214,8 @@ class Inbox:
                 return await self.db.run(
                     _record_and_read, self._values(msg), msg.chat.parent_key, autocommit=True
                 )
-            except IntegrityError:
+            except IntegrityError as error:
+                await self._seen_or_raise(msg.event_key, error)
                 return None, None
         values = self._values(msg)
         # The lease's times are the event's claim's (the same lease length).
@@ -375,6 +385,11 @@ _INSERT_EVENT = Statement(insert(InboundEvent).returning(InboundEvent.id))
 
 def _record(conn: Connection, values: dict[str, Any]) -> int:
     return int(_INSERT_EVENT.execute(conn, values).fetchone()[0])
+
+
+def _event_seen(conn: Connection, event_key: str) -> bool:
+    found = conn.execute(select(InboundEvent.id).where(InboundEvent.event_key == event_key))
+    return found.first() is not None
 
 
 def _record_and_read(

@@ -4,6 +4,7 @@ so Slack delivers it again."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -204,3 +205,88 @@ async def test_an_event_the_database_could_not_store_is_not_acknowledged_and_com
     await slack_app.adapter.drain()
     assert slack.visible_texts(CHANNEL, ts) == ["echo: hello"]
     assert await core.service.has_history(chat)
+
+
+async def refuse_storing(url: str, word: str) -> Callable[[], Awaitable[None]]:
+    """Make the database refuse, as a constraint violation, to store an event whose
+    payload holds `word` (a check or trigger of the operator's, say); returns what mends
+    it. The refusal is an integrity error, as a duplicate event key's is."""
+    engine = create_async_engine(url)
+    if engine.dialect.name == "sqlite":
+        breaking = [
+            "CREATE TRIGGER relaybot_refuse BEFORE INSERT ON inbound_events "
+            f"WHEN NEW.payload LIKE '%{word}%' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a check'); END",
+        ]
+        mending = ["DROP TRIGGER relaybot_refuse"]
+    else:
+        breaking = [
+            "CREATE FUNCTION relaybot_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.payload LIKE '%{word}%' THEN RAISE EXCEPTION 'refused by a check' "
+            "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER relaybot_refuse BEFORE INSERT ON inbound_events "
+            "FOR EACH ROW EXECUTE FUNCTION relaybot_refuse()",
+        ]
+        mending = [
+            "DROP TRIGGER relaybot_refuse ON inbound_events",
+            "DROP FUNCTION relaybot_refuse()",
+        ]
+    async with engine.begin() as conn:
+        for statement in breaking:
+            await conn.execute(text(statement))
+
+    async def mend() -> None:
+        try:
+            async with engine.begin() as conn:
+                for statement in mending:
+                    await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    return mend
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["first-in-its-thread", "queued"])
+async def test_an_event_refused_by_a_constraint_is_not_taken_for_a_duplicate(
+    slack_app: SlackApp, core: Core, queued: bool
+) -> None:
+    """Only a stored event key makes an event a duplicate: any other integrity error is
+    an error, left unacknowledged (it was acknowledged and dropped without a word)."""
+    slack = slack_app.slack
+    parent = new_ts()
+    if queued:  # an answer in progress in the thread: the next event waits behind it
+        slack_app.openai.chunk_delay = 0.05
+        busy = await slack_app.post_event(
+            app_mention_event(channel=CHANNEL, ts=parent, text="<@U0BOT> one two three"),
+            event_id="Ev0BUSY",
+        )
+        assert busy.status_code == 200
+        await slack.wait_for("/api/chat.startStream")
+    ts = new_ts()
+    event = app_mention_event(
+        channel=CHANNEL,
+        ts=ts,
+        thread_ts=parent if queued else None,
+        text="<@U0BOT> zebra crossing",
+    )
+    mend = await refuse_storing(core.settings.database_url, "zebra")
+    try:
+        first = await slack_app.post_event(event, event_id="Ev0REFUSED")
+    finally:
+        await mend()
+    slack_app.openai.chunk_delay = 0
+    await slack_app.adapter.drain()
+
+    assert first.status_code >= 500  # Slack delivers it again
+    thread = parent if queued else ts
+    assert not any("zebra" in t for t in slack.visible_texts(CHANNEL, thread))
+
+    # Slack's retry: stored this time, acknowledged and answered once.
+    again = await slack_app.post_event(event, event_id="Ev0REFUSED", retry_num=1)
+    assert again.status_code == 200
+    await slack_app.adapter.drain()
+    for _ in range(200):
+        if "echo: zebra crossing" in slack.visible_texts(CHANNEL, thread):
+            break
+        await asyncio.sleep(0.02)
+    assert slack.visible_texts(CHANNEL, thread).count("echo: zebra crossing") == 1

@@ -54,6 +54,7 @@ _CONTEXT_MESSAGE = re.compile(
 _TPM_TOO_LARGE = re.compile(r"request too large", re.I)
 # OpenRouter: "No endpoints found for <model>." (no provider serves it).
 _NO_MODEL = re.compile(r"\bmodel\b.*\b(not found|does not exist)|no endpoints found for", re.I)
+_INVALID_MODEL = re.compile(r"\binvalid model\b", re.I)
 _IMAGE_SETTINGS = ("size", "quality")  # sent from RELAYBOT_IMAGE_SIZE and _QUALITY
 _REFUSAL_TAGS = ("content_policy", "moderation_blocked", "content_filter", "safety")
 _SECRET_PATTERNS = (
@@ -1091,6 +1092,13 @@ class OpenAIClient:
         if status == 404 and ("model" in tags or param == "model" or _NO_MODEL.search(message)):
             # model_not_found; OpenAI's "This is not a chat model" and "only supported in
             # v1/responses" (param "model"); vLLM's and Ollama's "model ... not found".
+            return ModelUnavailable(detail)
+        if status in (400, 422) and (
+            "model" in tags or param == "model" or _INVALID_MODEL.search(message)
+        ):
+            # The model named refused as such (a chat model sent to /audio/transcriptions,
+            # Mistral's "Invalid model: ..." of type invalid_model): the configuration's to
+            # mend, not the person's file or words.
             return ModelUnavailable(detail)
         if status in (404, 405) and not where.endswith("(download)"):
             path = where.split(" ", 1)[0]

@@ -642,8 +642,18 @@ class FakeOpenAI(FakeServer):
         upload = form.get("file")
         if not isinstance(upload, dict):
             return _error(400, "No file was provided in the 'file' field.", param="file")
-        if not form.get("model"):
+        model = str(form.get("model") or "")
+        if not model:
             return _error(400, "you must provide a model parameter", param="model")
+        if model in self.models and not any(w in model for w in ("whisper", "transcribe")):
+            # A model the server has, but for chat or images (RELAYBOT_TRANSCRIBE_MODEL set
+            # to the chat model): refused as the model, not as the file.
+            return _error(
+                400,
+                f"Invalid model {model} for this endpoint: use a speech-to-text model such "
+                "as whisper-1 or gpt-4o-mini-transcribe.",
+                param="model",
+            )
         filename = str(upload.get("filename") or "")
         ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
         if ext not in AUDIO_EXTENSIONS:

@@ -517,6 +517,25 @@ async def test_a_model_the_endpoint_cannot_chat_with_is_model_unavailable(
     assert len(fake.calls("/chat/completions")) == 3  # none retried
 
 
+async def test_a_400_naming_the_model_is_model_unavailable_not_the_persons_input(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    voice_note = (FIXTURES / "voice-note.ogg").read_bytes()
+    # OpenAI: a chat model sent to /audio/transcriptions, refused with param "model".
+    with pytest.raises(ModelUnavailable) as caught:
+        await client.transcribe(model="gpt-4o-mini", audio=voice_note, filename="note.ogg")
+    assert "Invalid model gpt-4o-mini" in str(caught.value)
+    # Mistral's "Invalid model: ..." of type invalid_model, without a param.
+    fake.fail_next(400, error_type="invalid_model", message="Invalid model: voxtral-x")
+    with pytest.raises(ModelUnavailable):
+        await client.transcribe(model="voxtral-x", audio=voice_note, filename="note.ogg")
+    # A 400 about the file stays the person's.
+    fake.fail_next(400, message="Audio file might be corrupted or unsupported")
+    with pytest.raises(BadInput) as refused:
+        await client.transcribe(model="whisper-1", audio=voice_note, filename="note.ogg")
+    assert not isinstance(refused.value, ModelUnavailable)
+
+
 async def test_model_wanting_max_completion_tokens_gets_it(
     client: OpenAIClient, fake: FakeOpenAI
 ) -> None:

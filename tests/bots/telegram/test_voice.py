@@ -120,6 +120,21 @@ async def test_a_server_without_transcription_alerts_the_operator_and_blames_no_
     assert "EndpointMissing" in alert and "/audio/transcriptions" in alert
 
 
+@pytest.mark.telegram_settings(transcribe_model="gpt-4o-mini")  # the chat model, by mistake
+async def test_a_transcription_model_the_server_refuses_alerts_the_operator_and_blames_no_file(
+    bot: Bot, voice_note: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        await bot.deliver(bot.telegram.voice_update(PRIVATE_CHAT, voice_note))
+
+    # The server's 400 names the model (param "model"): not the person's file to record again.
+    assert bot.telegram.texts(PRIVATE_CHAT) == [
+        "The bot is not configured correctly. The operator has been told."
+    ]
+    (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "ModelUnavailable" in alert and "gpt-4o-mini" in alert
+
+
 async def test_asking_for_every_voice_note_warns_when_privacy_mode_holds_them_back(
     bot: Bot,
 ) -> None:

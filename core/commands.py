@@ -39,10 +39,31 @@ def command_menu(*, group: bool, admin: bool = False) -> dict[str, str]:
     }
 
 
-HELP_TEXT = (
-    "I'm relaybot. Send me a message, a voice note or audio file and I'll answer.\n\n"
-    + "\n".join(f"/{name} - {text}" for name, text in COMMANDS.items())
-)
+# How the help marks, for a group's member, what only the group's admins may do (policy's
+# `_changes_the_chat`): these change the conversation for everyone.
+_FOR_GROUP_ADMINS = {
+    "reset": " (group admins only)",
+    "forget": " (group admins only)",
+    "system": " (setting it: group admins only)",
+    "voicemode": " (group admins only)",
+    "model": " (picking one: group admins only)",
+}
+_HELP_HEAD = "I'm relaybot. Send me a message, a voice note or audio file and I'll answer.\n\n"
+
+
+def help_text(*, group: bool, member: bool = False) -> str:
+    """The help for a private chat (no group-only commands) or a group; `member`: the asker
+    is one of the group's members whom the platform does not name an admin, so what needs
+    its admins says so."""
+    lines = [
+        f"/{name} - {text}{_FOR_GROUP_ADMINS.get(name, '') if member else ''}"
+        for name, text in COMMANDS.items()
+        if group or name not in GROUP_ONLY
+    ]
+    return _HELP_HEAD + "\n".join(lines)
+
+
+HELP_TEXT = help_text(group=False)  # a private chat's (and the console's)
 
 KNOWN = frozenset([*COMMANDS, "start"])
 _COMMAND = re.compile(r"/([A-Za-z][A-Za-z_]{0,31})(?:\s+(.*))?$", re.DOTALL)

@@ -17,7 +17,7 @@ from typing import Any
 from anyascii import anyascii
 
 from core.chat_models import chat_models, not_chat_purpose
-from core.commands import HELP_TEXT, parse_command
+from core.commands import HELP_TEXT, help_text, parse_command
 from core.config import Settings
 from core.db.store import Appended, ChatSettings, Store
 from core.errors import (
@@ -1607,10 +1607,23 @@ class ConversationService:
         return text
 
     # -- commands -------------------------------------------------------------------------
+    async def _help(self, msg: IncomingMessage, sink: ReplySink) -> str:
+        """The help for where it was asked: in a group, a member the platform does not name
+        one of its admins sees what only they may do marked (they were refused it after)."""
+        if msg.is_direct:
+            return HELP_TEXT
+        if self.policy.access.is_admin(msg.chat.platform, msg.sender.id):
+            return help_text(group=True)
+        try:
+            admin = await sink.chat_admin(msg.sender.id)
+        except RelaybotError:
+            admin = False  # asking failed: the changes would be refused, so say so
+        return help_text(group=True, member=admin is False)
+
     async def _command(self, name: str, args: str, msg: IncomingMessage, sink: ReplySink) -> None:
         key = msg.chat.key
         if name in ("help", "start"):
-            await sink.send(Reply(text=HELP_TEXT, kind=ReplyKind.NOTICE))
+            await sink.send(Reply(text=await self._help(msg, sink), kind=ReplyKind.NOTICE))
         elif name == "reset":
             await self.store.clear_history(key)
             await sink.send(

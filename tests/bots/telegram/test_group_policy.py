@@ -138,3 +138,29 @@ async def test_each_kind_of_chat_gets_the_commands_it_can_use(bot: Bot) -> None:
         (BotCommandScopeAllChatAdministrators(), admin),
     ):
         assert {c.command for c in await ptb.get_my_commands(scope=scope)} == expected
+
+
+# -- /help says what needs a group's admin -------------------------------------------------
+async def test_help_tells_a_member_what_only_the_groups_admins_may_do(bot: Bot) -> None:
+    tg = bot.telegram
+    tg.chat_admins[GROUP] = {ADA}
+    await bot.deliver(tg.text_update(GROUP, "/help", from_user=bea(bot)))
+    await bot.deliver(tg.text_update(GROUP, "/help"))  # Ada, the group's admin
+    await bot.deliver(tg.text_update(ADA, "/help"))  # her private chat with the bot
+
+    for_bea, for_ada = tg.texts(GROUP)
+    assert "/reset - forget this chat's history (group admins only)" in for_bea
+    assert "/system - " in for_bea and "(setting it: group admins only)" in for_bea
+    assert "/image - generate an image: /image PROMPT\n" in for_bea  # anyone's
+    assert "admins only" not in for_ada and "/reset - forget this chat's history" in for_ada
+    (in_private,) = tg.texts(ADA)
+    assert "/voicemode" not in in_private and "/reset" in in_private  # groups' only
+
+
+async def test_a_member_is_told_after_a_failed_admin_check_too(bot: Bot) -> None:
+    tg = bot.telegram
+    tg.fail_next("getChatMember", description="Bad Request: member list is inaccessible")
+    await bot.deliver(tg.text_update(GROUP, "/help", from_user=bea(bot)))
+
+    (shown,) = tg.texts(GROUP)
+    assert "/forget - delete everything stored about this chat (group admins only)" in shown

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
 from core.config import ModerationPolicy
 from core.errors import ContentRefused
 from core.openai_client import OpenAIClient
@@ -45,19 +49,40 @@ class Moderator:
                     categories.append("unsafe content")
         return tuple(categories)
 
-    async def check_input(self, *texts: str) -> None:
-        """Raise ContentRefused naming the categories when input is flagged."""
+    @property
+    def takes_pictures(self) -> bool:
+        """Whether the moderation model classifies pictures too (OpenAI's omni-moderation
+        models; the text-moderation ones and other servers' refuse image inputs)."""
+        return self._model.lower().startswith("omni-moderation")
+
+    async def check_input(self, *texts: str, pictures: Sequence[dict[str, Any]] = ()) -> None:
+        """Raise ContentRefused naming the categories when input is flagged.
+
+        `pictures`: image_url parts (data URLs) going to a model with the texts; each is
+        classified on its own, beside the texts, where the moderation model takes pictures.
+        """
         if not self.policy.checks_input:
             return
-        categories = await self.flagged(list(texts))
+        checks = [self.flagged(list(texts))]
+        if self.takes_pictures:
+            checks.extend(self._picture_flagged(part) for part in pictures)
+        categories: list[str] = []
+        for found in await asyncio.gather(*checks):
+            categories.extend(c for c in found if c not in categories)
         if categories:
             raise ContentRefused(
-                f"input flagged: {categories}",
+                f"input flagged: {tuple(categories)}",
                 user_message=(
                     "Sorry, I can't help with that: your message was flagged by moderation "
-                    f"({describe(categories)}) and was not sent to the model."
+                    f"({describe(tuple(categories))}) and was not sent to the model."
                 ),
             )
+
+    async def _picture_flagged(self, part: dict[str, Any]) -> tuple[str, ...]:
+        result = await self._client.moderate_parts(model=self._model, parts=[part])
+        if not result.flagged:
+            return ()
+        return result.categories or ("unsafe content",)
 
     async def output_flagged(self, text: str) -> tuple[str, ...]:
         """Categories flagged in model output, or () when allowed or not checked."""

@@ -661,17 +661,17 @@ class OpenAIClient:
         results = payload.get("results") if isinstance(payload, dict) else None
         if not isinstance(results, list) or len(results) != len(inputs):
             raise UpstreamDown("/moderations: malformed response")
-        parsed = []
-        for item in results:
-            categories = item.get("categories") if isinstance(item, dict) else None
-            hit = (
-                tuple(name for name, on in categories.items() if on is True)
-                if isinstance(categories, dict)
-                else ()
-            )
-            flagged = bool(item.get("flagged")) if isinstance(item, dict) else False
-            parsed.append(ModerationResult(flagged=flagged, categories=hit))
-        return parsed
+        return [_moderation_result(item) for item in results]
+
+    async def moderate_parts(self, *, model: str, parts: list[dict[str, Any]]) -> ModerationResult:
+        """Classify one multi-modal input: text and image_url parts, as the omni-moderation
+        models take them (a picture as a data URL)."""
+        body = {"model": model, "input": parts}
+        payload = await self._request_json("POST", "/moderations", json_body=body)
+        results = payload.get("results") if isinstance(payload, dict) else None
+        if not isinstance(results, list) or len(results) != 1:
+            raise UpstreamDown("/moderations: malformed response")
+        return _moderation_result(results[0])
 
     async def list_models(self) -> list[str]:
         """The model ids the endpoint offers, sorted."""
@@ -1112,6 +1112,17 @@ class OpenAIClient:
 
 
 # -- parsing helpers -------------------------------------------------------------------
+def _moderation_result(item: Any) -> ModerationResult:
+    categories = item.get("categories") if isinstance(item, dict) else None
+    hit = (
+        tuple(name for name, on in categories.items() if on is True)
+        if isinstance(categories, dict)
+        else ()
+    )
+    flagged = bool(item.get("flagged")) if isinstance(item, dict) else False
+    return ModerationResult(flagged=flagged, categories=hit)
+
+
 def _error_object(payload: Any) -> dict[str, Any]:
     """The error dict inside OpenAI's, Ollama's or vLLM's error bodies."""
     if isinstance(payload, dict):

@@ -1049,7 +1049,8 @@ class ConversationService:
         try:
             try:
                 await self.moderator.check_input(
-                    text.removesuffix(moderated).rstrip() if moderated else text
+                    text.removesuffix(moderated).rstrip() if moderated else text,
+                    pictures=image_parts,
                 )
             except RelaybotError:
                 # Refused, or unchecked (moderation down): kept out of the history either
@@ -1300,8 +1301,7 @@ class ConversationService:
                 user_message="I can only look at JPEG, PNG, WebP or GIF pictures. "
                 "Send it as a photo, or convert it first.",
             )
-        b64 = base64.b64encode(data).decode("ascii")
-        return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64}"}}
+        return _data_url_part(data, mime)
 
     async def _request_messages(
         self, chat_key: str, system: str, model: str, budget: int, upto: int | None = None
@@ -1853,14 +1853,19 @@ class ConversationService:
                     "I edit one picture at a time: send /edit INSTRUCTION with one photo."
                 ),
             )
-        await self.moderator.check_input(prompt)
+        image = await source.fetch()
+        mime = image_mime(image)
+        # The picture to edit goes in as much as the instruction does (where moderation
+        # reads pictures, and it can: one the edit endpoint refuses is told as such below).
+        pictures = [_data_url_part(image, mime)] if mime is not None else []
+        await self.moderator.check_input(prompt, pictures=pictures)
         await sink.typing()
         model = self.settings.image_model
         # The endpoint may refuse the picture itself (its size, its colour mode, ...).
         with _refused_input_says(UNUSABLE_IMAGE):
             picture = await self.client.edit_image(
                 model=model,
-                image=await source.fetch(),
+                image=image,
                 filename=source.filename or "image.png",
                 prompt=prompt,
                 size=self.settings.image_size,
@@ -1950,6 +1955,12 @@ def _refused_input_says(user_message: str) -> Iterator[None]:
         if err.user_message != BadInput.user_message:
             raise
         raise BadInput(str(err), user_message=user_message) from err
+
+
+def _data_url_part(data: bytes, mime: str) -> dict[str, Any]:
+    """A picture as the image_url part chat models and omni-moderation take."""
+    b64 = base64.b64encode(data).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64}"}}
 
 
 def _model_list(models: list[str], current: str | None = None) -> str:

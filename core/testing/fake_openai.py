@@ -199,6 +199,18 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _data_url_bytes(part: Mapping[str, Any]) -> bytes:
+    """The bytes of an image_url part's data URL (b"" for anything else)."""
+    image_url = part.get("image_url")
+    url = image_url.get("url") if isinstance(image_url, dict) else None
+    if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
+        return b""
+    try:
+        return base64.b64decode(url.split(";base64,", 1)[1])
+    except ValueError:
+        return b""
+
+
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> Any:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -244,6 +256,9 @@ class FakeOpenAI(FakeServer):
         # maximum for this model". whisper-1 has no duration limit, only the size limit.
         self.max_audio_seconds: float | None = None
         self.flag_words: dict[str, list[str]] = {"FLAGME": ["violence"]}
+        # Pictures (their bytes) moderation flags, with the categories, when they come as
+        # image_url parts (data URLs) of a multi-modal input, as omni-moderation reads them.
+        self.flag_pictures: dict[bytes, list[str]] = {}
         self.models: list[str] = list(DEFAULT_MODELS)
         # Chat requests for these get OpenAI's 404 model_not_found (a model withdrawn).
         self.missing_models: set[str] = set()
@@ -793,18 +808,24 @@ class FakeOpenAI(FakeServer):
             return _error(400, "Missing required parameter: 'input'.", param="input")
         raw = body["input"]
         inputs: list[str]
+        pictures: list[bytes] = []
         if isinstance(raw, str):
             inputs = [raw]
         elif isinstance(raw, list) and all(isinstance(i, str) for i in raw):
             inputs = list(raw)
         elif isinstance(raw, list):
             inputs = [message_text(raw)]  # one multimodal input made of parts
+            if not str(body.get("model") or "omni-moderation").startswith("omni-moderation"):
+                return _error(400, "This model does not support image inputs.", param="input")
+            pictures = [_data_url_bytes(p) for p in raw if isinstance(p, dict)]
         else:
             return _error(400, "Invalid type for 'input'.", param="input")
         flag_words = dict(self.flag_words)
         results = []
         for text in inputs:
             hit: set[str] = set()
+            for picture in pictures:
+                hit.update(self.flag_pictures.get(picture, ()))
             for word, categories in flag_words.items():
                 if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE):
                     hit.update(categories)

@@ -177,6 +177,9 @@ CONTEXT_WINDOWS: dict[str, int] = {
 }
 
 
+_GPT5_CHAT = re.compile(r"^gpt-5\.\d+-chat(?![a-z0-9])")
+
+
 def context_window(model: str, override: int | None = None) -> int:
     """The context window of `model` in tokens: `override` if given, else the table, else 8192."""
     if override is not None:
@@ -192,6 +195,9 @@ def _table_window(model: str) -> int:
     name = _normalise(model)
     if name.startswith("ft:"):  # fine-tunes: "ft:gpt-4o-mini-2024-07-18:org::id"
         name = name[3:]
+    # Each GPT-5 release's ChatGPT model ("gpt-5.1-chat-latest") has the chat window, not
+    # the 400k of the release it is named after.
+    name = _GPT5_CHAT.sub("gpt-5-chat", name)
     matches = [prefix for prefix in CONTEXT_WINDOWS if _has_prefix(name, prefix)]
     return CONTEXT_WINDOWS[max(matches, key=len)] if matches else DEFAULT_CONTEXT_WINDOW
 

@@ -44,12 +44,13 @@ from core.inbox import (
     storable,
 )
 from core.locks import ChatLocks, Ticket
+from core.media import image_dimensions
 from core.metrics import Metrics
 from core.moderation import UNCHECKED_NOTICE, WITHHELD_NOTICE, Moderator
 from core.openai_client import EncodedMessage, OpenAIClient, Picture, Usage, image_mime
 from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
-from core.tokens import TokenCounter, context_window, counter_for
+from core.tokens import TokenCounter, context_window, counter_for, picture_tokens
 from core.trimming import Budget, fit_newest
 from core.types import (
     EVERY_VOICE_NOTE,
@@ -984,7 +985,10 @@ class ConversationService:
         # take is refused with nothing kept (else its question would stay in the history,
         # unanswered, and go with every later request). Without pictures the turn is stored
         # while the model is asked.
-        image_parts = [await self._image_part(a) for a in images]
+        pictures = [await self._image_part(a) for a in images]
+        image_parts = [part for part, _ in pictures]
+        # Room the pictures take in the request: the history is trimmed to what is left.
+        picture_room = sum(tokens for _, tokens in pictures)
         # A turn that came with pictures says so in the history (the pictures are not kept).
         stored_text = f"{text}\n{IMAGE_MARK}".strip() if images else text
         name = None if msg.is_direct else speaker_name(msg.sender.name, msg.sender.id)
@@ -1061,6 +1065,8 @@ class ConversationService:
             budget = self._history_budget(model, system_tokens)
             if budget <= 0:
                 raise self._system_too_long(chat, model, budget)
+            # Pictures that leave no room refuse the question as too long (trimming says so).
+            budget = max(budget - picture_room, 1)
             if left_out:
                 await self._tell(sink, _cannot_see_pictures(model, left_out), ReplyKind.NOTICE)
             await sink.typing()
@@ -1288,7 +1294,8 @@ class ConversationService:
             fence += "`"
         return f"{name}:\n{fence}\n{content.rstrip()}\n{fence}"
 
-    async def _image_part(self, attachment: Attachment) -> dict[str, Any]:
+    async def _image_part(self, attachment: Attachment) -> tuple[dict[str, Any], int]:
+        """The picture as an image_url part, and the tokens it takes in the request."""
         if attachment.size is not None and attachment.size > MAX_IMAGE_BYTES:
             raise picture_too_large(attachment.size)
         data = await attachment.fetch()
@@ -1301,7 +1308,7 @@ class ConversationService:
                 user_message="I can only look at JPEG, PNG, WebP or GIF pictures. "
                 "Send it as a photo, or convert it first.",
             )
-        return _data_url_part(data, mime)
+        return _data_url_part(data, mime), picture_tokens(image_dimensions(data))
 
     async def _request_messages(
         self, chat_key: str, system: str, model: str, budget: int, upto: int | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import threading
 from dataclasses import dataclass, field
@@ -175,6 +176,29 @@ CONTEXT_WINDOWS: dict[str, int] = {
     "o3-mini": 200_000,
     "o4-mini": 200_000,
 }
+
+
+# What a picture costs in a request, as OpenAI counts it for GPT-4o and its like at high
+# detail: scaled to fit 2048 x 2048, then its shorter side to 768; 170 tokens for each
+# 512-pixel tile it covers, plus 85. A picture of unknown size is taken at the most such a
+# picture can cost (768 x 2048: 8 tiles).
+PICTURE_BASE_TOKENS = 85
+PICTURE_TILE_TOKENS = 170
+MAX_PICTURE_TOKENS = PICTURE_BASE_TOKENS + 8 * PICTURE_TILE_TOKENS
+
+
+def picture_tokens(size: tuple[int, int] | None) -> int:
+    """The tokens a picture of `size` (width, height) takes in a request, or the most one
+    can take when its size is unknown."""
+    if size is None or min(size) <= 0:
+        return MAX_PICTURE_TOKENS
+    width, height = float(size[0]), float(size[1])
+    fit = min(1.0, 2048 / max(width, height))
+    width, height = width * fit, height * fit
+    short = min(1.0, 768 / min(width, height))
+    width, height = width * short, height * short
+    tiles = math.ceil(width / 512) * math.ceil(height / 512)
+    return min(MAX_PICTURE_TOKENS, PICTURE_BASE_TOKENS + PICTURE_TILE_TOKENS * tiles)
 
 
 _GPT5_CHAT = re.compile(r"^gpt-5\.\d+-chat(?![a-z0-9])")

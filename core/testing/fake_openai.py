@@ -295,6 +295,8 @@ class FakeOpenAI(FakeServer):
         self.redirect_to: str | None = None
         # When set, chat prompts longer than this many (rough) tokens get context_length_exceeded.
         self.context_tokens: int | None = None
+        # What each picture (an image_url part) adds to a request's count (0: nothing).
+        self.tokens_per_picture = 0
         # "b64_json" (GPT image models) or "url" (the retired DALL·E style, served by this fake).
         self.image_response_format: str = "b64_json"
         # The quality a GPT Image model reports for quality "auto" (OpenAI picks by prompt).
@@ -467,6 +469,14 @@ class FakeOpenAI(FakeServer):
         prompt_tokens = sum(
             _words(message_text(m.get("content"))) for m in messages if isinstance(m, dict)
         )
+        if self.tokens_per_picture:
+            prompt_tokens += self.tokens_per_picture * sum(
+                1
+                for m in messages
+                if isinstance(m, dict) and isinstance(m.get("content"), list)
+                for part in m["content"]
+                if isinstance(part, dict) and part.get("type") == "image_url"
+            )
         if self.context_tokens is not None and prompt_tokens > self.context_tokens:
             return _error(
                 400,

@@ -25,6 +25,7 @@ from core.tokens import (
     context_window,
     counter_for,
     estimate_tokens,
+    picture_tokens,
 )
 
 REPO = Path(__file__).parents[2]
@@ -411,3 +412,17 @@ def test_the_configured_override_wins():
 def test_a_nonsense_override_is_rejected(override):
     with pytest.raises(ValueError, match="positive"):
         context_window("gpt-4o", override)
+
+
+@pytest.mark.parametrize(
+    ("size", "tokens"),
+    [
+        ((1024, 1024), 765),  # OpenAI's worked examples: scaled to 768 x 768, 4 tiles
+        ((2048, 4096), 1105),  # to 1024 x 2048, then 768 x 1536: 6 tiles
+        ((512, 512), 255),  # small pictures are not scaled up: one tile
+        ((100, 4000), 765),  # fitted to 2048 tall: 51 x 2048, 4 tiles
+        (None, 1445),  # unknown: the most a picture can take
+    ],
+)
+def test_a_pictures_tokens_in_a_request(size, tokens):
+    assert picture_tokens(size) == tokens

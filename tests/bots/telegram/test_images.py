@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+import struct
+import zlib
 
 import pytest
 
+from core.config import ModerationPolicy
+from core.media import image_dimensions
+from core.tokens import picture_tokens
 from tests.bots.telegram.conftest import GROUP, PRIVATE_CHAT, Bot
 
 
@@ -127,3 +132,43 @@ async def test_the_configured_image_quality_is_asked_for_and_billed(
     assert bot.openai.calls("/images/edits")[0].form["quality"] == "low"
     report = tg.texts(PRIVATE_CHAT)[-1]
     assert "$0.02" in report, report  # two low-quality squares at $0.011
+
+
+def _png(width: int, height: int) -> bytes:
+    """A real PNG of one colour, `width` x `height` (a few KB, however large)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + b"\x80\x90\xa0" * width
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.telegram_settings(
+    context_tokens=1500, reply_tokens=100, moderation=ModerationPolicy.OFF
+)
+async def test_a_photo_in_a_long_chat_leaves_room_for_itself(bot: Bot) -> None:
+    """The history sent with a photo is trimmed to leave the picture's own tokens room: the
+    request is not refused as too long first and then sent with half the history."""
+    tg = bot.telegram
+    photo = _png(1536, 1536)
+    # A server that counts the picture as OpenAI does (768 x 768 at high detail: 4 tiles).
+    bot.openai.context_tokens = 1500
+    bot.openai.tokens_per_picture = picture_tokens(image_dimensions(photo))
+    assert bot.openai.tokens_per_picture == 765
+    for n in range(8):
+        await bot.deliver(tg.text_update(PRIVATE_CHAT, f"note {n}: " + "hello " * 100))
+    asked = len(bot.openai.chat_requests())
+
+    await bot.deliver(tg.photo_update(PRIVATE_CHAT, photo, caption="what is this?"))
+
+    assert tg.texts(PRIVATE_CHAT)[-1] == "echo: what is this?"
+    (request,) = bot.openai.chat_requests()[asked:]  # one request, not a refused one first
+    history = [m for m in request["messages"] if "note" in str(m["content"])]
+    assert len(history) >= 2, "the history was trimmed to fit, not halved after a refusal"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -498,27 +499,79 @@ def check_image_dir(settings: Settings) -> Result | None:
 
 
 # -- the report --------------------------------------------------------------------------
+Found = Result | list[Result] | None
+_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
+
+
+def broken(name: str, exc: Exception, fix: str) -> Result:
+    """A check that could not finish: a FAIL line naming what it met, not a traceback (its
+    text without a URL's user and password; `report` redacts the configured secrets)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    detail = _USERINFO.sub("***@", f"the check could not finish: {type(exc).__name__}: {text}")
+    return fail(name, detail[:300], fix)
+
+
+async def _run(name: str, reads: str, check: Callable[[], Awaitable[Found]]) -> list[Result]:
+    """One check's lines; an exception it did not expect is its FAIL line, which points at
+    the settings it `reads`."""
+    try:
+        found = await check()
+    except Exception as exc:
+        return [broken(name, exc, f"check {reads}")]
+    if found is None:
+        return []
+    return [found] if isinstance(found, Result) else found
+
+
 async def run_checks(settings: Settings) -> list[Result]:
     """Every check, in the order a person would fix them."""
     from core.openai_client import build_http_client
 
-    results = check_config(settings)
-    for check in (check_prices, check_image_settings, check_image_dir):
-        found = await asyncio.to_thread(check, settings)
-        if found is not None:
-            results.append(found)
-    results.append(await check_database(settings))
-    http = build_http_client(settings)
+    def blocking(check: Callable[[Settings], Found]) -> Callable[[], Awaitable[Found]]:
+        return lambda: asyncio.to_thread(check, settings)
+
+    results = await _run("config", "the settings", blocking(check_config))
+    results += await _run("prices", "RELAYBOT_PRICES", blocking(check_prices))
+    results += await _run(
+        "images", "RELAYBOT_IMAGE_SIZE and RELAYBOT_IMAGE_QUALITY", blocking(check_image_settings)
+    )
+    results += await _run("image folder", "RELAYBOT_IMAGE_DIR", blocking(check_image_dir))
+    results += await _run("database", "RELAYBOT_DATABASE_URL", lambda: check_database(settings))
     try:
-        results.extend(await check_model_endpoint(settings, http))
-        results.append(await check_telegram(settings, http))
-        results.append(await check_slack(settings, http))
-    finally:
-        await http.aclose()
-    results.append(await check_tokenizer(settings))
-    prompt = await asyncio.to_thread(check_system_prompt, settings)
-    if prompt is not None:
-        results.append(prompt)
+        http = build_http_client(settings)
+    except Exception as exc:  # RELAYBOT_HTTP_PROXY, which httpx reads only here
+        results.append(
+            broken(
+                "http client", exc, "check RELAYBOT_HTTP_PROXY: http://HOST:PORT or https://..."
+            )
+        )
+        results += [
+            Result(name, Status.SKIP, "not checked without an HTTP client")
+            for name in ("model endpoint", "telegram", "slack")
+        ]
+    else:
+        try:
+            results += await _run(
+                "model endpoint",
+                "OPENAI_BASE_URL and OPENAI_API_KEY",
+                lambda: check_model_endpoint(settings, http),
+            )
+            results += await _run(
+                "telegram",
+                "TELEGRAM_API_BASE_URL and TELEGRAM_BOT_TOKEN",
+                lambda: check_telegram(settings, http),
+            )
+            results += await _run(
+                "slack", "SLACK_API_URL and SLACK_BOT_TOKEN", lambda: check_slack(settings, http)
+            )
+        finally:
+            await http.aclose()
+    results += await _run("tokenizer", "TIKTOKEN_CACHE_DIR", lambda: check_tokenizer(settings))
+    results += await _run(
+        "system prompt",
+        "RELAYBOT_SYSTEM_PROMPT and RELAYBOT_REPLY_TOKENS",
+        blocking(check_system_prompt),
+    )
     return results
 
 

@@ -6,6 +6,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
@@ -76,6 +77,41 @@ def normalize_database_url(url: str) -> str:
         query.setdefault("ssl", mode)
         normalized = parsed.set(query=query).render_as_string(hide_password=False)
     return normalized
+
+
+BASE_URL_FORMS = "e.g. https://api.openai.com/v1 or http://localhost:11434/v1"
+
+
+def base_url_problem(url: str) -> str | None:
+    """What keeps `url` from being an OpenAI base URL, or None; never quoting any of it
+    (it may hold a password or a key).
+
+    relaybot adds each request's path to it and sends OPENAI_API_KEY as a bearer token: a
+    user and password in it (`https://user:pw@host/v1`) would be a second Authorization
+    header, which the HTTP client refuses on every request; a query string would come
+    before the path (`/v1?key=.../chat/completions`); any other scheme is not HTTP.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return f"cannot be read as a URL; set it to the endpoint's address, {BASE_URL_FORMS}"
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return f"must start with http:// or https:// and a host, {BASE_URL_FORMS}"
+    if parts.username is not None or parts.password is not None:
+        return (
+            "must not hold a user name or password (USER:PASSWORD@ before the host): "
+            "relaybot signs in with OPENAI_API_KEY alone; remove them and put the key in "
+            "OPENAI_API_KEY"
+        )
+    if not parts.hostname:
+        return f"names no host, {BASE_URL_FORMS}"
+    if parts.query or parts.fragment:
+        return (
+            "must not end in a query string or fragment (?... or #...): relaybot adds each "
+            "request's path after it; a key goes in OPENAI_API_KEY"
+        )
+    return None
 
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
@@ -299,6 +335,15 @@ class Settings(BaseSettings):
                 "output of `openssl rand -hex 32`",
             )
         return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _openai_base_url(cls, value: str) -> str:
+        url = value.strip()
+        problem = base_url_problem(url)
+        if problem is not None:
+            raise PydanticCustomError("base_url", problem)
+        return url
 
     @field_validator("database_url")
     @classmethod

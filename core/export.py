@@ -3,7 +3,8 @@
 One line per chat: {"messages": [system, user, assistant, ...]}. Exchanges whose answer was
 withheld by moderation or cut short are left out with the prompts that led to them, refused
 prompts are left out, and a chat's trailing prompts without an answer are dropped (a training
-example ends with an assistant turn).
+example ends with an assistant turn). Turns before `since` are left out, and with them an
+answer whose question came before it (an example starts with a question).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def build_example(
                     item["name"] = name
                 pending.append(item)
         elif role == "assistant":
-            if status == "ok" and content:
+            # An answer with no prompt before it (its question was before `--since`) is
+            # not an exchange: an example starts with a question.
+            asked = bool(pending) or len(messages) > 1
+            if status == "ok" and content and asked:
                 messages.extend(pending)
                 messages.append({"role": "assistant", "content": content})
             # A withheld or partial answer takes its prompts with it.

@@ -43,6 +43,10 @@ BUDGET_USAGE = (
     "month, then AMOUNT, off or default (AMOUNT in dollars; 0 = no access, off = no limit; "
     "an ID without PLATFORM: is one of this platform)"
 )
+# The platforms relaybot talks on, as it names them (in lowercase, as RELAYBOT_ADMINS and the
+# allow-lists take them): a budget or usage naming another one (`telegarm:5`) is a typo.
+PLATFORMS = ("console", "slack", "telegram")
+_USAGE_USAGE = "Usage: /usage PLATFORM:USER_ID"
 _GLOBAL_USAGE = (
     "The bot's budget takes no name: /budget global day|month AMOUNT|off|default "
     "(one person's or one chat's: /budget user ID ..., /budget chat ID ...)"
@@ -82,6 +86,28 @@ def _changes_the_chat(name: str, args: str) -> bool:
     if name in ("reset", "forget"):
         return True
     return name in ("system", "voicemode", "model") and bool(args)
+
+
+def _named(given: str, here: str, usage: str) -> str:
+    """A person or chat named PLATFORM:ID, with the platform as relaybot stores it: in
+    lowercase (`Console:you` is console:you, as in RELAYBOT_ADMINS), the ID as written.
+
+    A platform relaybot does not run on is refused: stored as typed, a budget set for it
+    was confirmed and never applied. `here` (the platform the command came on) is known;
+    `usage`: what a name without a platform or an ID is told.
+    """
+    platform, _, ident = given.partition(":")
+    platform = platform.lower()
+    if not platform or not ident:
+        raise BadInput("no platform or ID", user_message=usage)
+    if platform not in PLATFORMS and platform != here:
+        forms = [f"{p}:ID" for p in PLATFORMS]
+        raise BadInput(
+            "unknown platform",
+            user_message=f"There is no platform {platform}: name people and chats as "
+            f"{', '.join(forms[:-1])} or {forms[-1]}.",
+        )
+    return f"{platform}:{ident}"
 
 
 def _is_admin_command(name: str, args: str) -> bool:
@@ -265,6 +291,8 @@ class Policy:
         platform = msg.chat.platform
         me = user_key(platform, msg.sender.id)
         who = args.split()[0] if args and args.lower() != "me" else me
+        if who != me and ":" in who:
+            who = _named(who, platform, _USAGE_USAGE)
         admin = self.access.is_admin(platform, msg.sender.id)
         if not msg.is_direct:
             # Everyone in a group or channel reads the answer: one's own spend only.
@@ -280,7 +308,7 @@ class Policy:
         if who != me:
             target_platform, _, target_id = who.partition(":")
             if not target_id:
-                raise BadInput("bad usage target", user_message="Usage: /usage PLATFORM:USER_ID")
+                raise BadInput("bad usage target", user_message=_USAGE_USAGE)
             return f"Usage of {who}:\n" + _periods(
                 await self.accounting.for_user(target_platform, target_id)
             )
@@ -322,6 +350,8 @@ class Policy:
         elif scope in ("user", "chat") and ":" not in subject:
             # People and chats are stored as PLATFORM:ID; a bare ID is one of this platform.
             subject = f"{msg.chat.platform}:{subject}"
+        elif scope in ("user", "chat"):
+            subject = _named(subject, msg.chat.platform, usage)
         if scope == "chat":
             subject = budget_chat(subject)  # a thread's key names its channel or group
         label = {"user": subject, "chat": f"chat {subject}", "global": "the bot"}[scope]

@@ -47,7 +47,9 @@ class Chat(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     platform: Mapped[str] = mapped_column(String(32))
     system_prompt: Mapped[str | None] = mapped_column(Text, default=None)
-    model: Mapped[str | None] = mapped_column(String(128), default=None)
+    # A model's name is whatever the endpoint serves it as: vLLM's is the path it was started
+    # with (a Hugging Face snapshot's runs past 128 characters), so no length is imposed.
+    model: Mapped[str | None] = mapped_column(Text, default=None)
     # "answer" or "transcript": what a voice note in a group gets (None = the bot's default).
     voice_mode: Mapped[str | None] = mapped_column(String(16), default=None)
     # Changes whenever the chat's stored history does (see core.db.store.bump_revision).
@@ -166,7 +168,7 @@ class UsageRecord(Base):
     platform: Mapped[str] = mapped_column(String(32))
     chat_key: Mapped[str | None] = mapped_column(String(255), index=True)
     user_id: Mapped[str | None] = mapped_column(String(128))
-    model: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(Text)  # any length, as Chat.model
     kind: Mapped[str] = mapped_column(String(16))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)

@@ -80,3 +80,52 @@ async def test_reading_the_revision_logs_nothing_migrating_says_what_it_does(
             assert _alembic(caplog) == []
     finally:
         await engine.dispose()
+
+
+async def test_model_names_of_any_length_after_0012_and_back(database_url: str) -> None:
+    # vLLM names a model by its path: longer than the 128 characters chats.model and
+    # usage.model held before 0012 (PostgreSQL refused to record such a model's usage).
+    from sqlalchemy import insert, select
+
+    from core.db.models import Chat, UsageRecord
+
+    long = "/srv/models/hub/models--org--name/snapshots/" + "0123456789abcdef" * 10
+    engine = create_engine(database_url)
+    try:
+        await migrate.upgrade(engine, "0011")
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(Chat).values(key="console:old", platform="console", model="gpt-4o")
+            )
+            await conn.execute(
+                insert(UsageRecord).values(platform="console", model="gpt-4o", kind="chat")
+            )
+        await migrate.upgrade(engine)
+        await migrate.check(engine)
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(Chat).values(key="console:new", platform="console", model=long)
+            )
+            await conn.execute(
+                insert(UsageRecord).values(platform="console", model=long, kind="chat")
+            )
+        chats = select(Chat.key, Chat.model).order_by(Chat.key)
+        usage = select(UsageRecord.model).order_by(UsageRecord.id)
+        async with engine.connect() as conn:
+            assert (await conn.execute(chats)).all() == [
+                ("console:new", long),
+                ("console:old", "gpt-4o"),
+            ]
+            assert (await conn.execute(usage)).scalars().all() == ["gpt-4o", long]
+        # Back at 0011 the rows stay, a long name cut to what the old columns hold.
+        await migrate.downgrade(engine, "0011")
+        async with engine.connect() as conn:
+            assert (await conn.execute(chats)).all() == [
+                ("console:new", long[:128]),
+                ("console:old", "gpt-4o"),
+            ]
+            assert (await conn.execute(usage)).scalars().all() == ["gpt-4o", long[:128]]
+        await migrate.upgrade(engine)
+        assert await migrate.current_revision(engine) == migrate.head_revision()
+    finally:
+        await engine.dispose()

@@ -26,10 +26,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.http_server import HttpServer
 from bots.slack.events import (
     PLATFORM,
+    asks_to_edit,
+    pictures_of,
     plain_text,
     thread_to_check,
     to_incoming,
     unlabelled_users,
+    with_pictures,
     with_thread_parent,
 )
 from bots.slack.files import fetcher
@@ -92,10 +95,16 @@ def _from_bot(message: Mapping[str, Any], bot_user_id: str, bot_id: str | None) 
     )
 
 
-def _takes_part(message: Mapping[str, Any], bot_user_id: str, bot_id: str | None) -> bool:
-    """Whether a message from conversations.replies shows the bot taking part in the thread:
-    one of its messages other than a transcript (posted under a clip nobody addressed to it
-    where the channel wants transcripts)."""
+def _takes_part(
+    message: Mapping[str, Any], thread_ts: str, bot_user_id: str, bot_id: str | None
+) -> bool:
+    """Whether a message from conversations.replies of the thread `thread_ts` shows the bot
+    taking part in it: one of its replies there other than a transcript (posted under a
+    clip nobody addressed to it where the channel wants transcripts). Not the message the
+    thread hangs under: in a channel the bot posts at the top only a slash command's output
+    (/image's picture, /help), and people talking under that talk among themselves."""
+    if str(message.get("ts") or "") == thread_ts:
+        return False
     metadata = message.get("metadata")
     transcript = isinstance(metadata, Mapping) and (
         metadata.get("event_type") == TRANSCRIPT_EVENT_TYPE
@@ -165,6 +174,11 @@ _TOKEN_FIX = (
     "copy the Bot User OAuth Token (xoxb-...) from the app's OAuth & Permissions page; "
     "reinstall the app if it was revoked"
 )
+
+
+class LookupFailed(Exception):
+    """Reading an event asked the database (has the bot talked in this thread?), and it
+    failed: the event gets no 2xx, and Slack sends it again, as when storing it fails."""
 
 
 class SlackUnreachable(Exception):
@@ -388,6 +402,8 @@ class SlackAdapter:
         try:
             try:
                 msg = await self._to_incoming(event, body, context)
+            except LookupFailed:
+                raise  # the database's trouble, not the event's: it reads fine next time
             except Exception:
                 # An event this adapter cannot read reads no better when Slack sends it
                 # again (four times, each failure counting toward Slack turning the app's
@@ -419,6 +435,13 @@ class SlackAdapter:
             job = await self.core.service.submit(msg, sink)
         except ShuttingDown:
             raise  # no 200: Slack retries, and another replica (or the next start) answers
+        except LookupFailed as err:
+            log.warning(
+                "slack event not read: the database did not answer (%s); not acknowledged, "
+                "Slack will send it again",
+                err,
+            )
+            raise
         except Exception as err:
             log.warning(
                 "slack event not stored (%s); not acknowledged, Slack will send it again",
@@ -470,7 +493,53 @@ class SlackAdapter:
             parent = await self._thread_parent(event, msg, deadline)
             if parent is not None:
                 msg = with_thread_parent(msg, parent, self._fetch_for, self._names)
+        if msg.addressed_to_bot and not msg.attachments and asks_to_edit(msg.text):
+            # "edit: add a party hat" in a thread the bot already talks in (under the
+            # person's own photo, under its last edit): the latest picture there is meant.
+            found = await self._latest_pictures(event, deadline)
+            if found:
+                msg = with_pictures(msg, found, self._fetch_for)
         return msg
+
+    async def _latest_pictures(
+        self, event: Mapping[str, Any], deadline: float
+    ) -> list[Mapping[str, Any]]:
+        """The pictures of the latest message in `event`'s thread that has any (the message
+        the thread hangs under included), as the thread stands when the event is read;
+        none outside a thread, or when Slack could not say in time."""
+        thread_ts = str(event.get("thread_ts") or "")
+        ts = str(event.get("ts", ""))
+        if not thread_ts or thread_ts == ts or time.monotonic() < self._replies_paused_until:
+            return []
+        found: list[Mapping[str, Any]] = []
+        cursor: str | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                for _ in range(_LOOKUP_PAGES):
+                    response = await self.client.conversations_replies(
+                        channel=str(event.get("channel", "")),
+                        ts=thread_ts,
+                        limit=200,
+                        cursor=cursor,
+                    )
+                    for message in response.get("messages") or []:
+                        pictures = pictures_of(message) if isinstance(message, Mapping) else []
+                        if pictures:
+                            found = pictures
+                    meta = response.get("response_metadata") or {}
+                    cursor = meta.get("next_cursor") if response.get("has_more") else None
+                    if not cursor:
+                        break
+        except SlackApiError as err:
+            wait = retry_after(err)
+            if wait is not None:  # rate limited: leave the method alone for that long
+                self._replies_paused_until = time.monotonic() + min(wait, _MAX_REPLIES_PAUSE)
+            log.info("could not read a thread's pictures: %s", error_name(err) or "error")
+            return []
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.info("could not read a thread's pictures: %s", type(err).__name__)
+            return []
+        return found
 
     async def _thread_parent(
         self, event: Mapping[str, Any], msg: IncomingMessage, deadline: float
@@ -485,9 +554,9 @@ class SlackAdapter:
             return None
         if time.monotonic() < self._replies_paused_until:
             return None
+        if await self._has_history(msg.chat):
+            return None
         try:
-            if await self.core.service.has_history(msg.chat):
-                return None
             async with asyncio.timeout_at(deadline):
                 response = await self.client.conversations_replies(
                     channel=channel, ts=thread_ts, limit=1
@@ -692,13 +761,15 @@ class SlackAdapter:
 
         Known here; else the conversation's history in the database (shared by every
         replica) says the bot has talked there; else, for a thread whose history was
-        forgotten, Slack's conversations.replies shows a message of the bot's (a "no" is
-        remembered for a while). A failed or slow look-up means "no", never a lost event.
+        forgotten, Slack's conversations.replies shows a reply of the bot's (a "no" is
+        remembered for a while). A failed or slow Slack look-up means "no", never a lost
+        event; a database that cannot say raises LookupFailed (the event is not
+        acknowledged, and read again when Slack sends it again).
         """
         key = (channel, thread_ts)
         if self._threads.get(key):
             return True
-        if await self.core.service.has_history(ChatRef(PLATFORM, f"{team}:{channel}", thread_ts)):
+        if await self._has_history(ChatRef(PLATFORM, f"{team}:{channel}", thread_ts)):
             self._threads.set(key, True)
             return True
         if self._threads.get(key) is False or time.monotonic() < self._replies_paused_until:
@@ -720,10 +791,22 @@ class SlackAdapter:
             return False
         messages = response.get("messages") or []
         member = any(
-            _takes_part(m, bot_user_id, bot_id) for m in messages if isinstance(m, Mapping)
+            _takes_part(m, thread_ts, bot_user_id, bot_id)
+            for m in messages
+            if isinstance(m, Mapping)
         )
         self._threads.set(key, member)
         return member
+
+    async def _has_history(self, chat: ChatRef) -> bool:
+        """Whether the bot has talked in `chat` (the database says); LookupFailed when the
+        database could not say."""
+        try:
+            return await self.core.service.has_history(chat)
+        except ShuttingDown:
+            raise
+        except Exception as err:
+            raise LookupFailed(type(err).__name__) from err
 
     async def _user_names(self, user_ids: list[str], deadline: float) -> dict[str, str]:
         """The display names of these people that are known or Slack gives by `deadline`."""

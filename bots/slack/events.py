@@ -150,6 +150,13 @@ def translate_commands(text: str, *, with_image: bool = False) -> str:
     return stripped
 
 
+def asks_to_edit(text: str) -> bool:
+    """Whether a message's text is the edit command (`edit: INSTRUCTION`, as
+    `translate_commands` reads it on a message with a picture)."""
+    colon = _COLON_PREFIX.match(text.strip())
+    return colon is not None and colon.group(1).lower() == "edit"
+
+
 def command_words(text: str) -> str:
     """The core's notices name commands as "/reset", "/image PROMPT", "/system TEXT": in
     Slack, where people type them as words, they read `reset`, `image:` PROMPT,
@@ -479,17 +486,33 @@ def with_thread_parent(
     attached: a question in the thread is not necessarily about them (a document the core
     cannot read would refuse it, a clip would be transcribed and billed)."""
     files = [f for f in parent.get("files") or () if isinstance(f, Mapping) and f.get("id")]
-    pictures = [f for f in files if attachment_kind(f) is AttachmentKind.IMAGE]
+    pictures = pictures_of(parent)
     others = [str(f.get("name") or f.get("title") or "") for f in files if f not in pictures]
     quoted = _with_shared(message_text(parent, names), parent, names)
     named = ", ".join(name for name in others if name)
     if named:
         quoted = f"{quoted}\n[attached: {named}]".strip()
-    attachments = msg.attachments
-    text = msg.text
-    if not attachments and pictures:
-        attachments = tuple(to_attachment(f, fetch_for) for f in pictures)
-        text = translate_commands(text, with_image=True)  # "edit: make it blue" on the photo
+    if not msg.attachments and pictures:
+        msg = with_pictures(msg, pictures, fetch_for)
+    return dataclasses.replace(msg, reply_to_text=quoted or None)
+
+
+def pictures_of(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The pictures a message from conversations.* holds (its files that are images)."""
+    return [
+        f
+        for f in message.get("files") or ()
+        if isinstance(f, Mapping) and f.get("id") and attachment_kind(f) is AttachmentKind.IMAGE
+    ]
+
+
+def with_pictures(
+    msg: IncomingMessage, pictures: list[Mapping[str, Any]], fetch_for: FetchFactory
+) -> IncomingMessage:
+    """`msg`, which brought no file, with these pictures from its thread attached, its
+    commands read as on a message with a picture ("edit: make it blue" edits it)."""
     return dataclasses.replace(
-        msg, reply_to_text=quoted or None, attachments=attachments, text=text
+        msg,
+        attachments=tuple(to_attachment(f, fetch_for) for f in pictures),
+        text=translate_commands(msg.text, with_image=True),
     )

@@ -2,17 +2,52 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 _PARSER = MarkdownIt("commonmark").enable("strikethrough")
+# Link targets Slack's `<url|label>` may carry: anything else there is markup of Slack's own
+# (`<!channel|look>`, `<@U123|boss>` ping people), so a link to it is shown as its label.
+_LINKABLE = re.compile(r"^(?:https?://|mailto:)", re.IGNORECASE)
+# Where Slack may read a ping in text it formats itself (a markdown block, a stream's
+# markdown_text): a person (`<@U123>`), @here, @channel, @everyone (`<!group>` is the old
+# @channel) and a user group (`<!subteam^S1>`). `<!--` and `<!DOCTYPE` are not.
+_PING_STARTS = ("@", "!here", "!channel", "!everyone", "!group", "!subteam")
+_PING = re.compile(r"<(?=@[A-Za-z0-9]|!(?:here|channel|everyone|group|subteam)\b)", re.IGNORECASE)
+_LONGEST_START = max(len(start) for start in _PING_STARTS) + 1
+# Between the "<" and the rest of a ping: what people read stays the same, and Slack no
+# longer sees markup there.
+ZERO_WIDTH_SPACE = "\u200b"
 
 
 def escape(text: str) -> str:
     """Slack's three control characters, escaped as its docs require."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def defuse_pings(markdown: str) -> str:
+    """`markdown` with no ping in it that Slack would act on: model output (or a prompt sent
+    back) must not notify @channel, @here or a person by id. A zero-width space goes after
+    the "<" of each; text that pings nobody is left as it was."""
+    return _PING.sub("<" + ZERO_WIDTH_SPACE, markdown)
+
+
+def unfinished_ping(text: str) -> int:
+    """How many characters at the end of `text` may yet become a ping when more text
+    follows (a streamed answer's "<", "<@", "<!chan"): those wait for the rest."""
+    at = text.rfind("<", max(len(text) - _LONGEST_START, 0))
+    if at < 0:
+        return 0
+    rest = text[at + 1 :].lower()
+    return len(text) - at if any(start.startswith(rest) for start in _PING_STARTS) else 0
+
+
+def _linkable(target: str) -> bool:
+    """Whether a link's target is a web or mail address (not Slack markup, not a path)."""
+    return _LINKABLE.match(target) is not None and not any(c in target for c in "<>|")
 
 
 def _inline(children: Sequence[Token], *, bold: bool = False) -> str:
@@ -40,11 +75,17 @@ def _inline(children: Sequence[Token], *, bold: bool = False) -> str:
             link = []
         elif kind == "link_close" and link is not None:
             label = "".join(link)
-            out.append(f"<{href}|{label}>" if label and label != escape(href) else f"<{href}>")
+            if not _linkable(href):
+                out.append(label)  # `[look](!channel)` is "look", never `<!channel|look>`
+            elif label and label != escape(href):
+                out.append(f"<{href}|{label}>")
+            else:
+                out.append(f"<{href}>")
             link = None
         elif kind == "image":
             src = str(tok.attrGet("src") or "")
-            out.append(f"<{src}|{escape(tok.content) or 'image'}>")
+            alt = escape(tok.content)
+            out.append(f"<{src}|{alt or 'image'}>" if _linkable(src) else alt)
         elif kind in ("html_inline",):
             target.append(escape(tok.content))
     return "".join(out)

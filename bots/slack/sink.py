@@ -22,7 +22,13 @@ from bots.answer_messages import AnswerMessages
 from bots.budget import preview_wait
 from bots.courier import Courier
 from bots.slack.events import command_words
-from bots.slack.mrkdwn import escape, to_mrkdwn
+from bots.slack.mrkdwn import (
+    ZERO_WIDTH_SPACE,
+    defuse_pings,
+    escape,
+    to_mrkdwn,
+    unfinished_ping,
+)
 from core.errors import BadInput
 from core.types import Reply, ReplyKind
 
@@ -265,15 +271,23 @@ class Caller:
 
 
 def _fallback_text(markdown: str) -> str:
-    """mrkdwn for `markdown`; never empty (a lone "1." parses as an empty list item)."""
+    """mrkdwn for `markdown`; never empty (a lone "1." parses as an empty list item).
+
+    mrkdwn escapes every "<" of the text, and links only to web and mail addresses: a ping
+    defused in a stream's text (`defuse_pings`) needs no zero-width space here."""
+    markdown = markdown.replace("<" + ZERO_WIDTH_SPACE, "<")
     return to_mrkdwn(markdown).strip() or escape(markdown.strip()) or "…"
 
 
 def _markdown_payload(markdown: str, text_prefix: str = "") -> dict[str, Any]:
-    """A post/update body: mrkdwn text (notifications, old clients) plus a markdown block."""
+    """A post/update body: mrkdwn text (notifications, old clients) plus a markdown block.
+
+    Slack formats a markdown block itself and does not document that it leaves `<!channel>`
+    or `<@U123>` alone: they are defused (`defuse_pings`), as in a stream's markdown_text.
+    """
     payload: dict[str, Any] = {"text": text_prefix + _fallback_text(markdown)}
     if markdown.strip():
-        payload["blocks"] = [{"type": "markdown", "text": markdown}]
+        payload["blocks"] = [{"type": "markdown", "text": defuse_pings(markdown)}]
     return payload
 
 
@@ -325,16 +339,24 @@ class SlackStream:
             return len(self._pending) + len(self._incoming) >= self._opts.stream_buffer
         return len(self._current) + len(self._incoming) > self._opts.message_limit
 
-    def _take_in(self) -> None:
-        """Move appended text into the buffer of the current mode."""
+    def _take_in(self, *, whole: bool = False) -> None:
+        """Move appended text into the buffer of the current mode.
+
+        A native stream's pieces go to Slack as they are, and are not sent again: each is
+        defused first (see `_markdown_payload`), and unless `whole` (the answer is
+        complete) an end that may yet become a ping ("<", "<@", "<!chan") waits for the
+        text after it. Edits send the whole message each time, defused then."""
         if not self._incoming:
             return
-        if self._native:
-            self._pending += self._incoming
-        else:
+        if not self._native:
             self._current += self._incoming
             self._dirty = True
-        self._incoming = ""
+            self._incoming = ""
+            return
+        held = 0 if whole else unfinished_ping(self._incoming)
+        text = self._incoming[: len(self._incoming) - held]
+        self._incoming = self._incoming[len(text) :]
+        self._pending += defuse_pings(text)
 
     def _due_in(self) -> float | None:
         """Seconds until the next flush (0 or less: now), or None when nothing waits."""
@@ -385,7 +407,7 @@ class SlackStream:
             return
         self._closing = True
         await self._courier.settle()
-        self._take_in()
+        self._take_in(whole=True)
         error = self._courier.take_error()
         if error is not None:
             # Nothing was dropped: the final flush sends what the failed call did not.
@@ -801,7 +823,8 @@ class SlackSink:
                 file=reply.image,
                 filename=reply.image_name,
                 title=reply.text[:250] or reply.image_name,
-                initial_comment=reply.text[:3_000] or None,
+                # mrkdwn, where a prompt's "<!channel>" would ping the channel: escaped.
+                initial_comment=escape(reply.text[:3_000]) or None,
             )
             return
         if reply.kind is ReplyKind.ERROR:

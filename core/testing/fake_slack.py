@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import mimetypes
 import threading
 import time
 import uuid
@@ -599,6 +600,12 @@ class FakeSlack(FakeServer):
                 return _slack_error("file_not_found")
             done.append(
                 {"id": file_id, "name": pending["filename"], "title": item.get("title", "")}
+            )
+            # Hosted from now on, as Slack does: conversations.* and files.info give the
+            # whole file object (mimetype, url_private), and its URL serves the bytes.
+            mimetype = mimetypes.guess_type(pending["filename"])[0] or "application/octet-stream"
+            self.files[file_id] = FakeFile(
+                file_id, pending["filename"], mimetype, self.uploads[file_id]
             )
         if channel:
             message = FakeMessage(

@@ -3,6 +3,7 @@ happens to start like a command is talk."""
 
 from __future__ import annotations
 
+from bots.slack.events import plain_text
 from core.testing.fake_openai import make_png
 from core.testing.fake_slack import app_mention_event, message_event, new_ts
 from tests.bots.slack.conftest import SlackApp
@@ -56,7 +57,9 @@ async def test_an_image_prompt_reaches_the_image_model_decoded(slack_app: SlackA
     (generation,) = slack_app.openai.calls("/images/generations")
     assert generation.json["prompt"] == "a cat & a dog, <3"
     (message,) = slack.visible(DM)
-    assert message.text == "a cat & a dog, <3"
+    # The picture's comment is mrkdwn, escaped as Slack wants: people read the prompt.
+    assert message.text == "a cat &amp; a dog, &lt;3"
+    assert plain_text(message.text) == "a cat & a dog, <3"
 
 
 async def say_in_dm(slack_app: SlackApp, text: str) -> str:

@@ -89,6 +89,7 @@ def encode_message(msg: IncomingMessage) -> str:
             "platform_message_id": msg.platform_message_id,
             "reply_to_text": msg.reply_to_text,
             "part_of": msg.part_of,
+            "forwarded_from": msg.forwarded_from,
             "attachments": [
                 {
                     "kind": a.kind.value,
@@ -139,6 +140,7 @@ def decode_message(event_key: str, payload: str) -> IncomingMessage:
         platform_message_id=data["platform_message_id"],
         reply_to_text=data["reply_to_text"],
         part_of=data.get("part_of"),  # (not in events stored before it existed)
+        forwarded_from=data.get("forwarded_from"),  # (nor this)
     )
 
 

@@ -93,6 +93,7 @@ AUDIO_MIME_EXTENSIONS = {
     "video/webm": "webm",
     "video/mpeg": "mpeg",
 }
+_WORDS = re.compile(r"\w+")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Failures no retry or person can fix: the operator must act (logged at ERROR for alerts).
 OPERATOR_ERRORS = (QuotaExhausted, AuthFailed, ConfigError)
@@ -873,19 +874,30 @@ class ConversationService:
                 # someone who asked nothing, under every note. It is left without one.
                 self._quiet_transcript_failure(msg, failed)
                 return
+            said = transcript
+            if msg.forwarded_from:
+                # Someone else's recording, forwarded: their words, quoted under their name
+                # (as the adapter quotes a forwarded text), not the forwarder's own.
+                said = f"Forwarded from {msg.forwarded_from}:\n{quote_lines(transcript)}"
             if transcript_only:
                 await sink.send(Reply(text=transcript, kind=ReplyKind.TRANSCRIPT))
-                await self._keep_heard(msg, transcript)
+                await self._keep_heard(msg, said)
                 return
-            heard = transcript
-            text = f"{text}\n\n{transcript}".strip() if text else transcript
+            heard = said
+            text = f"{text}\n\n{said}".strip() if text else said
         documents = [a for a in msg.attachments if _is_document(a)]
         if documents:
             # A document sent with a question: read it, or say it cannot be read, rather
             # than answer as if it had been. (A sticker or a GIF beside words is left out.)
             text = "\n\n".join([*[await self._text_file(d) for d in documents], text]).strip()
-        if msg.reply_to_text and msg.reply_to_text.strip():
-            # "@bot is this true?" in reply to someone's message is about that message.
+        # "@bot is this true?" in reply to someone's message is about that message; "how
+        # many live there?" under an older answer is about that answer. The chat's latest
+        # answer (or transcript) is the history's last turn already.
+        if (
+            msg.reply_to_text
+            and msg.reply_to_text.strip()
+            and not await self._is_latest_turn(msg.chat.key, msg.reply_to_text)
+        ):
             text = f"{quoted(msg.reply_to_text)}\n\n{text}".strip()
         if not text and not images:
             if msg.attachments:
@@ -895,6 +907,16 @@ class ConversationService:
                 )
             raise BadInput("empty message", user_message="Your message was empty.")
         await self._chat(msg, sink, text, images, moderated=heard)
+
+    async def _is_latest_turn(self, chat_key: str, shown: str) -> bool:
+        """Whether `shown` (a message replied to, as the platform shows it) is the chat's
+        newest stored turn, whole: its latest answer, or a transcript posted since. Compared
+        by words: an answer is stored as the model wrote it (Markdown), the platform shows it
+        rendered. (A part the person quoted is quoted again: it says which part they mean.)"""
+        async for row in self.store.newest_messages(chat_key, page_size=1):
+            said = _WORDS.findall(shown.lower())
+            return bool(said) and said == _WORDS.findall(row.content.lower())
+        return False
 
     def _quiet_transcript_failure(self, msg: IncomingMessage, failed: RelaybotError) -> None:
         """Log an unaddressed voice note's failed transcription (nothing is posted): the

@@ -106,8 +106,9 @@ class IncomingMessage:
     is_direct: bool = True
     addressed_to_bot: bool = True
     platform_message_id: str | None = None
-    # Text of someone else's message this one replies to (not the bot's own: its answers are
-    # in the history already). The model reads it quoted before the person's words.
+    # Text of the message this one replies to (or the part of it the person quoted), the
+    # bot's own answers too. The model reads it quoted before the person's words, unless it
+    # is the chat's latest answer (the history's last turn already).
     reply_to_text: str | None = None
     # On a resumed message: the platform messages (their ids, as the adapter gave them to
     # `ConversationService.remember_reply`), in order, that already show part or all of the
@@ -117,6 +118,10 @@ class IncomingMessage:
     # per picture, the caption on one of them), to the same value for each. The core answers
     # them once, as one message (`ConversationService`, "messages sent in parts").
     part_of: str | None = None
+    # Set on a forwarded message: who wrote it first, as the platform names them. What it
+    # carries is theirs, not the sender's: the adapter quotes its text under their name, and
+    # the core does the same with what only it learns (a forwarded voice note's transcript).
+    forwarded_from: str | None = None
 
 
 class ReplyKind(StrEnum):

@@ -240,8 +240,54 @@ def _origin_name(origin: MessageOrigin) -> str:
 
 
 def _strip_mention(text: str, bot: BotIdentity) -> str:
-    stripped = re.sub(rf"(?<!\w)@{re.escape(bot.username)}\b[,:]?", "", text, flags=re.IGNORECASE)
-    return re.sub(r"[ \t]{2,}", " ", stripped).strip()
+    """`text` without "@bot" (and its "," or ":"), every other space and line kept as sent:
+    code the person pasted under the mention keeps its indentation.
+
+    A mention that opens a line goes with the spaces after it (and its line, when nothing
+    else is on it); one inside a line takes one neighbouring space with it.
+    """
+    mention = re.compile(rf"(?<!\w)@{re.escape(bot.username)}\b[,:]?", re.IGNORECASE)
+    kept: list[str] = []
+    done = 0
+    for m in mention.finditer(text):
+        start, end = m.start(), m.end()
+        if start < done:
+            continue
+        line_start = text.rfind("\n", 0, start) + 1
+        if not text[line_start:start].strip(" \t"):
+            start = max(line_start, done)
+            while end < len(text) and text[end] in " \t":
+                end += 1
+            if end < len(text) and text[end] == "\n" and (start == 0 or text[start - 1] == "\n"):
+                end += 1  # the mention was the whole line: the line goes too
+        elif end < len(text) and text[end] in " \t":
+            end += 1
+        elif text[start - 1] in " \t":
+            start -= 1
+        kept.append(text[done:start])
+        done = end
+    kept.append(text[done:])
+    # Blank lines left at the start, and trailing spaces, go; the first line's indentation
+    # (code pasted right under the mention) stays.
+    return re.sub(r"\A(?:[ \t]*\n)+", "", "".join(kept)).rstrip()
+
+
+def _replied_text(message: Message) -> str | None:
+    """The words `message` answers, for the model to read quoted before it.
+
+    The part the person quoted, when they picked one (also in a reply to a message of
+    another chat, whose text Telegram sends only that way); else the whole message replied
+    to. The bot's own messages too ("how many people live there?" under an older answer is
+    about that one, which /reset may have taken out of the history); the core leaves out
+    the chat's latest answer, already the history's last turn.
+    """
+    quote = message.quote
+    if quote is not None and quote.text.strip():
+        return quote.text
+    replied = message.reply_to_message
+    if replied is None:
+        return None
+    return replied.text or replied.caption or None
 
 
 def to_incoming(
@@ -276,10 +322,12 @@ def to_incoming(
         return None  # a service message: nobody said anything
     # Entity offsets are into the text as sent, before "/cmd@bot" loses its "@bot".
     entities = message.entities or message.caption_entities or ()
-    mentioned = _mentions_bot(text, tuple(entities), bot)
     forwarded = message.forward_origin
+    # Someone else's words passed on ask the bot nothing: not their "/reset", nor their
+    # "@bot" (the forwarder may only be showing the others what was said).
+    mentioned = forwarded is None and _mentions_bot(text, tuple(entities), bot)
     if forwarded is not None:
-        is_command = other_bot = False  # someone else's "/reset", passed on: not a command
+        is_command = other_bot = False
     else:
         text, is_command, other_bot = _strip_command_target(text, bot, private=private)
     if other_bot:
@@ -312,9 +360,7 @@ def to_incoming(
         quoted = _media(replied, fetcher)
         if quoted is not None:
             attachments.append(quoted)
-    reply_to_text = None
-    if replied is not None and not reply_to_bot:  # the bot's own answers are in the history
-        reply_to_text = replied.text or replied.caption or None
+    reply_to_text = _replied_text(message)
     thread_id = str(message.message_thread_id) if message.is_topic_message else None
     return IncomingMessage(
         chat=ChatRef(PLATFORM, str(chat.id), thread_id),
@@ -331,6 +377,7 @@ def to_incoming(
         platform_message_id=str(message.message_id),
         reply_to_text=reply_to_text,
         part_of=f"album:{album}" if album else None,
+        forwarded_from=_origin_name(forwarded) if forwarded is not None else None,
     )
 
 

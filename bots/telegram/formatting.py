@@ -491,6 +491,52 @@ def _table_header(head: str, tail: str) -> str | None:
     return None
 
 
+_ITEM_START = re.compile(r"[ \t]*(?:[-+*]|\d{1,9}[.)])(?:[ \t]+|$)")
+
+
+def _indent(line: str) -> int:
+    expanded = line.expandtabs(4)
+    return len(expanded) - len(expanded.lstrip(" "))
+
+
+def _indented_continuation(head: str, tail: str) -> str | None:
+    """`tail` made to read as what it continues, when it starts with a line indented four
+    spaces or more that is no code: a nested list's items ("    - detail") or a list item's
+    further lines, which on their own would show as a code block. They go back under their
+    items, each as its marker and "…" ("1. …"): the further lines Telegram streams in
+    (indented alike) then fall in place under them. A paragraph's line that was indented
+    just loses the indentation. None when `tail` needs nothing (or is code indeed)."""
+    rest = tail.lstrip("\n")
+    first = rest.split("\n", 1)[0]
+    if not first.strip() or _indent(first) < 4:
+        return None
+    source = head + tail[: len(tail) - len(rest)] + first
+    line = source.count("\n")
+    lines = source.split("\n")
+    items: list[Token] = []
+    in_paragraph = False
+    for token in _md.parse(source):
+        if token.map is None or not token.map[0] <= line < token.map[1]:
+            continue
+        if token.type in ("code_block", "fence", "html_block", "blockquote_open", "table_open"):
+            return None  # code, or a place an item's marker alone cannot take it back to
+        if token.type == "list_item_open" and token.map[0] < line:
+            items.append(token)
+        elif token.type == "paragraph_open" and token.map[0] < line:
+            in_paragraph = True
+    if not items:
+        return tail[: len(tail) - len(rest)] + rest.lstrip(" \t") if in_paragraph else None
+    context = []
+    for item in items:
+        opening = lines[item.map[0]] if item.map is not None else ""
+        marker = item.info + item.markup
+        found = _ITEM_START.match(opening)
+        if found is None or opening[: found.end()].strip() != marker:
+            return None  # an item on another's line ("1. - a"), or inside a quote
+        context.append(found.group(0).rstrip(" \t") + " …")
+    return "\n".join(context) + "\n" + rest
+
+
 def split_once(markdown: str, limit: int = SEGMENT_UTF16) -> tuple[str, str]:
     """Split off a head that fits `limit` (UTF-16 units); a code block open at the cut is
     closed in the head and reopened in the tail."""
@@ -510,6 +556,9 @@ def split_once(markdown: str, limit: int = SEGMENT_UTF16) -> tuple[str, str]:
         head = head.rstrip("\n") + "\n" + marker
         tail = fence + "\n" + tail
     else:
+        continued = _indented_continuation(head, tail)
+        if continued is not None and utf16_len(continued) - utf16_len(tail) < cut // 2:
+            tail = continued
         head = head.rstrip()
     return head, tail
 

@@ -4,7 +4,9 @@ One line per chat: {"messages": [system, user, assistant, ...]}. Exchanges whose
 withheld by moderation or cut short are left out with the prompts that led to them, refused
 prompts are left out, and a chat's trailing prompts without an answer are dropped (a training
 example ends with an assistant turn). Turns before `since` are left out, and with them an
-answer whose question came before it (an example starts with a question).
+answer whose question came before it (an example starts with a question). Voice notes'
+transcripts a group was posted are the speakers' turns; an exchange about pictures is left
+out (the pictures are not kept, and an answer about them would teach describing nothing).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.db.models import Message
 from core.db.store import read_chat_settings
+from core.service import IMAGE_MARK
 from core.types import ChatRef
 
 FORMATS = ("openai-jsonl",)
@@ -30,22 +33,29 @@ def build_example(
     """A training example from history rows (role, content, name, status), or None."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     pending: list[dict[str, Any]] = []
+    # The pending prompts came with pictures, which are not kept: the answer to them
+    # describes what the example cannot show, so the exchange is left out.
+    blind = False
     for role, content, name, status in rows:
         if role == "user":
-            if status == "ok":
+            # "heard": a voice note's transcript a group was posted, the speaker's words
+            # the next question in the group may be about (the model was sent it too).
+            if status in ("ok", "heard"):
                 item: dict[str, Any] = {"role": "user", "content": content}
                 if name:
                     item["name"] = name
                 pending.append(item)
+                blind = blind or content == IMAGE_MARK or content.endswith("\n" + IMAGE_MARK)
         elif role == "assistant":
             # An answer with no prompt before it (its question was before `--since`) is
             # not an exchange: an example starts with a question.
             asked = bool(pending) or len(messages) > 1
-            if status == "ok" and content and asked:
+            if status == "ok" and content and asked and not blind:
                 messages.extend(pending)
                 messages.append({"role": "assistant", "content": content})
             # A withheld or partial answer takes its prompts with it.
             pending = []
+            blind = False
     if len(messages) < 3:
         return None
     return {"messages": messages}

@@ -202,7 +202,7 @@ class Policy:
         settings = self.settings
         audio = next((a for a in msg.attachments if a.kind is AttachmentKind.AUDIO), None)
         if command in ("image", "edit"):
-            return self.prices.image_cost(
+            return self.prices.image_estimate(
                 settings.image_model, settings.image_size, settings.image_quality
             )
         total = 0.0

@@ -45,6 +45,13 @@ class ModelPrice:
 
 
 Pair = tuple[float, float]
+# The output tokens of one image GPT Image makes, by quality and size (OpenAI's table; "auto"
+# is taken as medium): what an image costs a model priced by tokens.
+_IMAGE_OUTPUT_TOKENS: dict[str, dict[str, int]] = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
 
 
 def _image(low: Pair, medium: Pair, high: Pair) -> dict[str, dict[str, float]]:
@@ -237,6 +244,21 @@ class PriceTable:
         size = "1024x1024" if size == "auto" else size
         each = sizes.get(size, max(sizes.values(), default=0.0))
         return each * count
+
+    def image_estimate(self, model: str, size: str, quality: str = "auto") -> float:
+        """USD one image made will cost at least: its per-image price where the model has
+        one; else its output tokens (as GPT Image makes that size and quality) at the
+        model's output price (a model the operator priced by tokens alone)."""
+        per_image = self.image_cost(model, size, quality)
+        if per_image:
+            return per_image
+        price = self._price(model)
+        if price is None or not price.output:
+            return 0.0
+        sizes = _IMAGE_OUTPUT_TOKENS.get(quality, _IMAGE_OUTPUT_TOKENS["medium"])
+        size = "1024x1024" if size == "auto" else size
+        tokens = sizes.get(size, max(sizes.values()))
+        return tokens * price.output / PER_MILLION
 
     def cost(
         self,

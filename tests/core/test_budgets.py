@@ -344,3 +344,19 @@ async def test_the_estimate_prices_the_chats_own_model(
     assert dear.startswith("Sorry, that would go over this chat's daily budget of $0.05")
     assert cheap.startswith("echo:")
     assert [r["model"] for r in fake_openai.chat_requests()] == ["gpt-4o-mini"]
+
+
+async def test_an_image_model_priced_by_tokens_alone_is_budgeted_by_its_output(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """A model the operator priced per token (no per-image table): an image's estimate is
+    its output tokens at that price ($40 per 1M: 1,056 tokens, about 4 cents), so a
+    budget of one cent refuses /image before the image is made (it was estimated free)."""
+    prices = {**PRICES, "my-image": {"input": 5, "output": 40}}
+    tight = budgeted(
+        settings, prices=json.dumps(prices), image_model="my-image", budget_user_daily=0.01
+    )
+    async with open_core(tight) as core:
+        text = await say(core, "/image a lighthouse")
+    assert "daily budget of $0.01" in text
+    assert not fake_openai.calls("/images/generations")

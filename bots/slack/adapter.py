@@ -27,11 +27,11 @@ from bots.http_server import HttpServer
 from bots.slack.events import (
     PLATFORM,
     asks_to_edit,
+    mentioned_users,
     pictures_of,
     plain_text,
     thread_to_check,
     to_incoming,
-    unlabelled_users,
     with_pictures,
     with_thread_parent,
 )
@@ -482,7 +482,7 @@ class SlackAdapter:
             return None
         # Names: of the sender in channels (the model tells people apart by them), and of
         # the people the text mentions by id alone (it reads "@bob", not "<@U0BOB>").
-        mentioned = unlabelled_users(str(event.get("text", "")), bot_user_id)
+        mentioned = mentioned_users(event, bot_user_id)
         wanted = [*([] if msg.is_direct else [msg.sender.id]), *mentioned[:_NAMES_PER_MESSAGE]]
         names = await self._user_names(list(dict.fromkeys(wanted)), deadline)
         if mentioned:

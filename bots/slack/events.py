@@ -185,6 +185,36 @@ def unlabelled_users(text: str, bot_user_id: str) -> list[str]:
     return found
 
 
+def mentioned_users(event: Mapping[str, Any], bot_user_id: str) -> list[str]:
+    """The people an event mentions by id alone, in its text and in what it carries (a
+    forward's or an alert's attachments, blocks: `<@U123>` in their words, a rich_text
+    block's user elements), in order, each once: the names the model reads them by."""
+    found = unlabelled_users(str(event.get("text", "")), bot_user_id)
+    for text, user in _carried(event.get("attachments")) + _carried(event.get("blocks")):
+        for other in [*unlabelled_users(text, bot_user_id), *([user] if user else [])]:
+            if other != bot_user_id and other not in found:
+                found.append(other)
+    return found
+
+
+def _carried(value: Any) -> list[tuple[str, str]]:
+    """(a string, a rich_text user element's id) found anywhere in a JSON value."""
+    found: list[tuple[str, str]] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "<@" in item:
+                found.append((item, ""))
+        elif isinstance(item, Mapping):
+            if item.get("type") == "user" and isinstance(item.get("user_id"), str):
+                found.append(("", item["user_id"]))
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return found
+
+
 def plain_text(text: str, names: Mapping[str, str] | None = None) -> str:
     """Slack's message markup as the plain text people see: `<@U123>` → @name (from its
     label, else `names`, else the id), `<#C123|general>` → #general, `<!here>` → @here,

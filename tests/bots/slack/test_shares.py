@@ -202,3 +202,37 @@ async def test_an_image_slash_command_prompt_reaches_the_model_as_typed(
 
     (request,) = slack_app.openai.calls("/v1/images/generations")
     assert request.json["prompt"] == "salt & pepper shakers <3 for @bob"
+
+
+async def test_people_a_forward_or_blocks_mention_reach_the_model_by_name(
+    slack_app: SlackApp,
+) -> None:
+    """The model reads "@carol", not "<@U0CAROL>", in what a message carries too."""
+    slack_app.slack.add_user("U0CAROL", "carol", "Carol Diaz")
+    slack_app.slack.add_user("U0DAN", "dan", "Dan Wu")
+    event = message_event(
+        channel=DM,
+        text="",
+        attachments=[shared_message("<@U0CAROL> owns the rollback")],
+    )
+    await slack_app.post_event(event)
+    await answered(slack_app)
+    assert last_user_turn(slack_app) == "Forwarded from Bob in #ops:\n> @carol owns the rollback"
+
+    blocks = [
+        {
+            "type": "rich_text",
+            "elements": [
+                {
+                    "type": "rich_text_section",
+                    "elements": [
+                        {"type": "user", "user_id": "U0DAN"},
+                        {"type": "text", "text": " is on call"},
+                    ],
+                }
+            ],
+        }
+    ]
+    await slack_app.post_event(message_event(channel=DM, text="", blocks=blocks))
+    await answered(slack_app)
+    assert last_user_turn(slack_app) == "@dan is on call"

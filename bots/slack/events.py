@@ -476,6 +476,8 @@ def to_incoming(
     heard_audio = any(_heard(f) for f in files)
     if not addressed and not heard_audio:
         return None
+    if not addressed:  # only what was said aloud is heard: not the video beside the clip
+        attachments = tuple(to_attachment(f, fetch_for) for f in files if _heard(f))
     # An unaddressed audio clip still goes to the core: the channel's /voicemode decides.
     mention = mention_pattern(bot_user_id)
     text = mention.sub("", str(event.get("text", "")))

@@ -54,3 +54,22 @@ async def test_an_audio_clip_in_a_transcript_channel_still_gets_its_transcript(
     await slack.wait_until(lambda: bool(slack.visible_texts(CHANNEL, ts)))
     await slack_app.adapter.drain()
     assert slack.visible_texts(CHANNEL, ts) == [f"*Transcript:* {slack_app.openai.transcript}"]
+
+
+async def test_a_clip_shared_with_a_video_gets_the_clips_transcript_alone(
+    slack_app: SlackApp,
+) -> None:
+    slack = slack_app.slack
+    await _transcript_channel(slack_app)
+    clip = slack.add_file(
+        (FIXTURES / "audio-clip.m4a").read_bytes(), name="audio_message.m4a", mimetype="audio/mp4"
+    )
+    video = slack.add_file(SCREEN_RECORDING, name="screen.mp4", mimetype="video/mp4")
+    ts = new_ts()
+    await slack_app.post_event(message_event(channel=CHANNEL, ts=ts, files=[clip, video]))
+    await slack.wait_until(lambda: bool(slack.visible_texts(CHANNEL, ts)))
+    await slack_app.adapter.drain()
+
+    (heard,) = slack_app.openai.calls("/audio/transcriptions")  # the clip, not the video
+    assert heard.form["file"]["filename"] == "audio_message.m4a"
+    assert slack.visible_texts(CHANNEL, ts) == [f"*Transcript:* {slack_app.openai.transcript}"]

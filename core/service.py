@@ -94,6 +94,17 @@ AUDIO_MIME_EXTENSIONS = {
     "video/mpeg": "mpeg",
 }
 _WORDS = re.compile(r"\w+")
+# What Markdown holds that its reader does not see: a link's (or picture's) address, a code
+# fence's language.
+_UNSEEN = re.compile(r"\]\([^)\s]*(?:\s+\"[^\"]*\")?\)|^([ \t]*(?:`{3,}|~{3,}))[^\n]*$", re.M)
+
+
+def _read_words(markdown: str) -> list[str]:
+    """The words of `markdown` as its reader sees them rendered, lowercased."""
+    seen = _UNSEEN.sub(lambda m: m.group(1) or "]", markdown)
+    return _WORDS.findall(seen.lower())
+
+
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Failures no retry or person can fix: the operator must act (logged at ERROR for alerts).
 OPERATOR_ERRORS = (QuotaExhausted, AuthFailed, ConfigError)
@@ -789,18 +800,37 @@ class ConversationService:
         while self._jobs:
             await asyncio.wait(set(self._jobs))
 
-    async def shutdown(self, grace: float | None = None) -> None:
-        """Stop taking work; let in-flight answers finish within `grace`, release the rest."""
+    async def shutdown(
+        self, grace: float | None = None, *, hurry: asyncio.Event | None = None
+    ) -> int:
+        """Stop taking work; let every answer in progress finish within `grace`, those
+        received and those resumed alike, then release the rest for another process to
+        resume: at once when `hurry` is set meanwhile. Returns how many were released."""
         self.accepting = False
         grace = self.settings.shutdown_grace if grace is None else grace
-        pending = set(self._jobs)
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=grace)
-            unfinished = [self._jobs[t].event_id for t in still if t in self._jobs]
+        worked = bool(self._jobs)
+        if self._jobs and grace > 0 and not (hurry is not None and hurry.is_set()):
+            # `drain` also waits for an answer that starts meanwhile (its event was being
+            # stored as the shutdown began); waiting on it, or giving up, cancels no answer.
+            waits: set[asyncio.Task[Any]] = {
+                asyncio.create_task(self.drain(), name="relaybot:drain")
+            }
+            if hurry is not None:
+                waits.add(asyncio.create_task(hurry.wait(), name="relaybot:hurry"))
+            try:
+                await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+        still = [task for task in self._jobs if not task.done()]
+        if still:
+            unfinished = [self._jobs[task].event_id for task in still]
             for task in still:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
             await self.inbox.release(unfinished)
+        if worked or still:
             await self.inbox.release_all_chats()
         if self._notes:
             await asyncio.gather(*self._notes, return_exceptions=True)
@@ -808,6 +838,7 @@ class ConversationService:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
         await self.store.db.release()
+        return len(still)
 
     async def _tell(self, sink: ReplySink, text: str, kind: ReplyKind) -> None:
         try:
@@ -896,7 +927,7 @@ class ConversationService:
         if (
             msg.reply_to_text
             and msg.reply_to_text.strip()
-            and not await self._is_latest_turn(msg.chat.key, msg.reply_to_text)
+            and not await self._is_latest_turn(msg, msg.reply_to_text)
         ):
             text = f"{quoted(msg.reply_to_text)}\n\n{text}".strip()
         if not text and not images:
@@ -908,14 +939,25 @@ class ConversationService:
             raise BadInput("empty message", user_message="Your message was empty.")
         await self._chat(msg, sink, text, images, moderated=heard)
 
-    async def _is_latest_turn(self, chat_key: str, shown: str) -> bool:
+    async def _is_latest_turn(self, msg: IncomingMessage, shown: str) -> bool:
         """Whether `shown` (a message replied to, as the platform shows it) is the chat's
         newest stored turn, whole: its latest answer, or a transcript posted since. Compared
-        by words: an answer is stored as the model wrote it (Markdown), the platform shows it
-        rendered. (A part the person quoted is quoted again: it says which part they mean.)"""
+        by the words people read: an answer is stored as the model wrote it (Markdown), the
+        platform shows it rendered. (A part the person quoted is quoted again: it says which
+        part they mean.) The chat's window in memory knows its newest turn, when it is the
+        history as read with the event; else the newest row is read."""
+        said = _WORDS.findall(shown.lower())
+        if not said:
+            return False
+        chat_key = msg.chat.key
+        window = self.windows.get(chat_key)
+        history_rev = (await self._chat_settings(msg)).history_rev
+        if window is not None and history_rev is not None and history_rev == window.revision:
+            # The window is the history as it stands (the revision read with the event).
+            newest = window.turns[-1].message.get("content") if window.turns else ""
+            return said == _read_words(str(newest or ""))
         async for row in self.store.newest_messages(chat_key, page_size=1):
-            said = _WORDS.findall(shown.lower())
-            return bool(said) and said == _WORDS.findall(row.content.lower())
+            return said == _read_words(row.content)
         return False
 
     def _quiet_transcript_failure(self, msg: IncomingMessage, failed: RelaybotError) -> None:

@@ -272,3 +272,28 @@ async def test_a_burst_is_answered_in_full_with_bounded_work_at_once(
         )
     assert [s.texts for s in sinks] == [["ok"]] * 30
     assert 1 < peak <= 3
+
+
+async def test_a_reply_to_the_latest_answer_costs_no_more_database_work(
+    core: Core, fake_openai: FakeOpenAI
+) -> None:
+    """Whether the replied-to message is the chat's latest answer (not quoted again) is
+    told by the chat's window in memory: a reply costs the units of work a message does."""
+    await core.service.handle(message("hello"), RecordingSink())
+    await core.service.handle(message("warm up"), RecordingSink())
+    db = core.store.db
+    units: list[str] = []
+    for name in ("run", "fetch"):
+        original = getattr(db, name)
+
+        def spy(*args: object, _original: object = original, **kw: object) -> object:
+            units.append(getattr(args[0], "__name__", str(args[0])[:40]))
+            return _original(*args, **kw)  # type: ignore[operator]
+
+        setattr(db, name, spy)
+    await core.service.handle(message("plain"), RecordingSink())
+    plain, units[:] = list(units), []
+    await core.service.handle(message("and?", reply_to_text="echo: plain"), RecordingSink())
+
+    assert units == plain
+    assert fake_openai.chat_requests()[-1]["messages"][-1]["content"] == "and?"

@@ -107,3 +107,22 @@ async def test_a_quoted_part_of_the_latest_answer_is_read_too(bot: Bot) -> None:
     await bot.deliver(update)
 
     assert last_user_turn(bot) == "> Berlin has 3.7 million.\n\nsource?"
+
+
+async def test_a_reply_to_the_latest_answer_with_a_link_and_code_is_not_read_twice(
+    bot: Bot,
+) -> None:
+    """The latest answer is the history's last turn: as Telegram shows it (a link's label
+    without its address, code without its fence's language) it is still that turn."""
+    tg = bot.telegram
+    bot.openai.queue_reply(
+        "See [the guide](https://example.com/guide) and run:\n\n```python\nprint(1)\n```"
+    )
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "how do I start?"))
+    answer = tg.chat_log(PRIVATE_CHAT)[-1]
+
+    await bot.deliver(tg.text_update(PRIVATE_CHAT, "and then?", reply_to=answer))
+
+    messages = bot.openai.chat_requests()[-1]["messages"]
+    assert last_user_turn(bot) == "and then?"
+    assert "example.com/guide" in str(messages[-2]["content"])  # the answer, in the history

@@ -13,11 +13,12 @@ _PARSER = MarkdownIt("commonmark").enable("strikethrough")
 # (`<!channel|look>`, `<@U123|boss>` ping people), so a link to it is shown as its label.
 _LINKABLE = re.compile(r"^(?:https?://|mailto:)", re.IGNORECASE)
 # Where Slack may read a ping in text it formats itself (a markdown block, a stream's
-# markdown_text): a person (`<@U123>`), @here, @channel, @everyone (`<!group>` is the old
-# @channel) and a user group (`<!subteam^S1>`). `<!--` and `<!DOCTYPE` are not.
-_PING_STARTS = ("@", "!here", "!channel", "!everyone", "!group", "!subteam")
-_PING = re.compile(r"<(?=@[A-Za-z0-9]|!(?:here|channel|everyone|group|subteam)\b)", re.IGNORECASE)
-_LONGEST_START = max(len(start) for start in _PING_STARTS) + 1
+# markdown_text): a person by id (`<@U123>`, `<@W123>`: an uppercase id), @here, @channel,
+# @everyone (`<!group>` is the old @channel) and a user group (`<!subteam^S1>`). Not
+# `<!--`, `<!DOCTYPE`, nor code such as Java's `List<@NonNull String>`, which stay as written.
+_SPECIAL_STARTS = ("!here", "!channel", "!everyone", "!group", "!subteam")
+_PING = re.compile(r"<(?=@[UW][A-Z0-9]|(?i:!(?:here|channel|everyone|group|subteam))\b)")
+_LONGEST_START = max(len(start) for start in _SPECIAL_STARTS) + 1
 # Between the "<" and the rest of a ping: what people read stays the same, and Slack no
 # longer sees markup there.
 ZERO_WIDTH_SPACE = "\u200b"
@@ -41,8 +42,10 @@ def unfinished_ping(text: str) -> int:
     at = text.rfind("<", max(len(text) - _LONGEST_START, 0))
     if at < 0:
         return 0
-    rest = text[at + 1 :].lower()
-    return len(text) - at if any(start.startswith(rest) for start in _PING_STARTS) else 0
+    rest = text[at + 1 :]
+    if rest in ("@", "@U", "@W") or any(s.startswith(rest.lower()) for s in _SPECIAL_STARTS):
+        return len(text) - at
+    return 0
 
 
 def _linkable(target: str) -> bool:

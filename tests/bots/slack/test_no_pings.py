@@ -139,3 +139,25 @@ async def test_a_ping_the_model_streams_in_pieces_pings_nobody(slack_app: SlackA
     assert pings_in(slack) == []
     (answer,) = slack.visible_texts(CHANNEL, ts)
     assert answer.replace(ZERO_WIDTH_SPACE, "") == "".join(pieces)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["streamed", "edited"])
+async def test_code_with_an_at_sign_after_a_bracket_is_sent_as_written(
+    slack_app: SlackApp, native: bool
+) -> None:
+    """Java's `List<@NonNull String>` pings nobody: copied from the answer it compiles (a
+    zero-width space in it did not)."""
+    slack = slack_app.slack
+    slack.native_streaming = native
+    answer = (
+        "Annotate the type:\n\n```java\nList<@NonNull String> names = new ArrayList<>();\n```"
+        "\n\nor inline: `Map<@Nullable K, V>`."
+    )
+    slack_app.openai.reply = lambda messages: answer
+    ts = new_ts()
+    await slack_app.post_event(app_mention_event(channel=CHANNEL, ts=ts, text="<@U0BOT> java?"))
+    await slack.wait_until(lambda: bool(slack.visible(CHANNEL, ts)))
+    await slack_app.adapter.drain()
+
+    assert slack.visible_texts(CHANNEL, ts) == [answer]
+    assert not any(ZERO_WIDTH_SPACE in text for text in sent_to_slack(slack))

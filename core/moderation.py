@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from core.config import ModerationPolicy
-from core.errors import ContentRefused
+from core.errors import BadInput, ContentRefused
 from core.openai_client import OpenAIClient
+
+log = logging.getLogger("relaybot.moderation")
 
 WITHHELD_NOTICE = "This answer was withheld because it was flagged by moderation."
 # An answer whose output check could not run (moderation down) is withheld too: fail closed.
@@ -34,6 +37,7 @@ class Moderator:
         self._client = client
         self._model = model
         self.policy = policy
+        self._told_pictures = False  # the operator heard that pictures cannot be moderated
 
     async def flagged(self, texts: list[str]) -> tuple[str, ...]:
         """Categories flagged across `texts` (empty when all are fine)."""
@@ -79,7 +83,24 @@ class Moderator:
             )
 
     async def _picture_flagged(self, part: dict[str, Any]) -> tuple[str, ...]:
-        result = await self._client.moderate_parts(model=self._model, parts=[part])
+        try:
+            result = await self._client.moderate_parts(model=self._model, parts=[part])
+        except BadInput as refused:
+            # The endpoint refuses image inputs (a server or proxy that takes text only,
+            # under an omni-moderation name): the picture goes unchecked, as before pictures
+            # were moderated, rather than every photo being refused as the person's fault.
+            # The operator is told once.
+            level = logging.INFO if self._told_pictures else logging.ERROR
+            self._told_pictures = True
+            log.log(
+                level,
+                "operator action needed: the moderation endpoint refused a picture (%s): "
+                "pictures are not moderated; RELAYBOT_MODERATION_MODEL=%s must read "
+                "images (OpenAI's omni-moderation-latest does)",
+                str(refused)[:300],
+                self._model,
+            )
+            return ()
         if not result.flagged:
             return ()
         return result.categories or ("unsafe content",)

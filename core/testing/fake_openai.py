@@ -259,6 +259,9 @@ class FakeOpenAI(FakeServer):
         # Pictures (their bytes) moderation flags, with the categories, when they come as
         # image_url parts (data URLs) of a multi-modal input, as omni-moderation reads them.
         self.flag_pictures: dict[bytes, list[str]] = {}
+        # False: /moderations refuses image inputs whatever the model (a text-only server
+        # or proxy under an omni-moderation name), as a text-moderation model does.
+        self.moderation_reads_images = True
         self.models: list[str] = list(DEFAULT_MODELS)
         # Chat requests for these get OpenAI's 404 model_not_found (a model withdrawn).
         self.missing_models: set[str] = set()
@@ -825,7 +828,8 @@ class FakeOpenAI(FakeServer):
             inputs = list(raw)
         elif isinstance(raw, list):
             inputs = [message_text(raw)]  # one multimodal input made of parts
-            if not str(body.get("model") or "omni-moderation").startswith("omni-moderation"):
+            model = str(body.get("model") or "omni-moderation")
+            if not model.startswith("omni-moderation") or not self.moderation_reads_images:
                 return _error(400, "This model does not support image inputs.", param="input")
             pictures = [_data_url_bytes(p) for p in raw if isinstance(p, dict)]
         else:

@@ -3,6 +3,8 @@ asked about, or given to /edit, that moderation flags goes to no model."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from core.config import ModerationPolicy
@@ -68,3 +70,18 @@ async def test_without_input_moderation_pictures_are_not_checked(bot: Bot, photo
 
     assert _pictures_moderated(bot) == []
     assert bot.telegram.texts(PRIVATE_CHAT) == ["echo: what is this?"]
+
+
+async def test_a_moderation_server_that_refuses_pictures_leaves_them_unchecked_and_says_so(
+    bot: Bot, photo: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not every photo refused as the person's fault: the pictures go unchecked (as before
+    pictures were moderated) and the operator is told, once."""
+    bot.openai.moderation_reads_images = False
+    with caplog.at_level(logging.INFO, logger="relaybot.moderation"):
+        for caption in ("what is this?", "and this?"):
+            await bot.deliver(bot.telegram.photo_update(PRIVATE_CHAT, photo, caption=caption))
+
+    assert bot.telegram.texts(PRIVATE_CHAT) == ["echo: what is this?", "echo: and this?"]
+    (alert,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "pictures are not moderated" in alert and "omni-moderation-latest" in alert

@@ -55,6 +55,10 @@ _TPM_TOO_LARGE = re.compile(r"request too large", re.I)
 # OpenRouter: "No endpoints found for <model>." (no provider serves it).
 _NO_MODEL = re.compile(r"\bmodel\b.*\b(not found|does not exist)|no endpoints found for", re.I)
 _INVALID_MODEL = re.compile(r"\binvalid model\b", re.I)
+# Error codes and types that name the model itself as what was refused.
+_MODEL_REFUSALS = frozenset(
+    {"invalid_model", "model_not_found", "unsupported_model", "model_not_supported"}
+)
 _IMAGE_SETTINGS = ("size", "quality")  # sent from RELAYBOT_IMAGE_SIZE and _QUALITY
 _REFUSAL_TAGS = ("content_policy", "moderation_blocked", "content_filter", "safety")
 _SECRET_PATTERNS = (
@@ -1094,7 +1098,9 @@ class OpenAIClient:
             # v1/responses" (param "model"); vLLM's and Ollama's "model ... not found".
             return ModelUnavailable(detail)
         if status in (400, 422) and (
-            "model" in tags or param == "model" or _INVALID_MODEL.search(message)
+            {code.lower(), etype.lower()} & _MODEL_REFUSALS
+            or param == "model"
+            or _INVALID_MODEL.search(message)
         ):
             # The model named refused as such (a chat model sent to /audio/transcriptions,
             # Mistral's "Invalid model: ..." of type invalid_model): the configuration's to

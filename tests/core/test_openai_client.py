@@ -529,6 +529,11 @@ async def test_a_400_naming_the_model_is_model_unavailable_not_the_persons_input
     fake.fail_next(400, error_type="invalid_model", message="Invalid model: voxtral-x")
     with pytest.raises(ModelUnavailable):
         await client.transcribe(model="voxtral-x", audio=voice_note, filename="note.ogg")
+    # A code that merely mentions a model is not the model refused: the person's input.
+    fake.fail_next(400, code="model_input_unreadable", message="Could not read the input.")
+    with pytest.raises(BadInput) as unread:
+        await client.transcribe(model="whisper-1", audio=voice_note, filename="note.ogg")
+    assert not isinstance(unread.value, ModelUnavailable)
     # A 400 about the file stays the person's.
     fake.fail_next(400, message="Audio file might be corrupted or unsupported")
     with pytest.raises(BadInput) as refused:

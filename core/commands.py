@@ -51,12 +51,20 @@ _FOR_GROUP_ADMINS = {
 _HELP_HEAD = "I'm relaybot. Send me a message, a voice note or audio file and I'll answer.\n\n"
 
 
-def help_text(*, group: bool, member: bool = False) -> str:
+_FOR_BOT_ADMINS = {"model": " (picking one: the bot's admins only)"}
+
+
+def help_text(*, group: bool, member: bool = False, not_bot_admin: bool = False) -> str:
     """The help for a private chat (no group-only commands) or a group; `member`: the asker
     is one of the group's members whom the platform does not name an admin, so what needs
-    its admins says so."""
+    its admins says so; `not_bot_admin`: the bot has admins (RELAYBOT_ADMINS) and the asker
+    is not one, so what needs them says so."""
+    marks = {
+        **(_FOR_GROUP_ADMINS if member else {}),
+        **(_FOR_BOT_ADMINS if not_bot_admin else {}),
+    }
     lines = [
-        f"/{name} - {text}{_FOR_GROUP_ADMINS.get(name, '') if member else ''}"
+        f"/{name} - {text}{marks.get(name, '')}"
         for name, text in COMMANDS.items()
         if group or name not in GROUP_ONLY
     ]

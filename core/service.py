@@ -1129,8 +1129,9 @@ class ConversationService:
             budget = self._history_budget(model, system_tokens)
             if budget <= 0:
                 raise self._system_too_long(chat, model, budget)
-            # Pictures that leave no room refuse the question as too long (trimming says so).
-            budget = max(budget - picture_room, 1)
+            # At most half the history's room goes to the pictures: a model whose window is
+            # unknown (8,192 tokens assumed) still gets an album with its question.
+            budget -= min(picture_room, budget // 2)
             if left_out:
                 await self._tell(sink, _cannot_see_pictures(model, left_out), ReplyKind.NOTICE)
             await sink.typing()
@@ -1681,15 +1682,18 @@ class ConversationService:
     async def _help(self, msg: IncomingMessage, sink: ReplySink) -> str:
         """The help for where it was asked: in a group, a member the platform does not name
         one of its admins sees what only they may do marked (they were refused it after)."""
+        access = self.policy.access
+        if access.is_admin(msg.chat.platform, msg.sender.id):
+            return HELP_TEXT if msg.is_direct else help_text(group=True)
+        # Picking a model is the bot's admins' where it has any (Policy.admit).
+        not_bot_admin = bool(access.admins)
         if msg.is_direct:
-            return HELP_TEXT
-        if self.policy.access.is_admin(msg.chat.platform, msg.sender.id):
-            return help_text(group=True)
+            return help_text(group=False, not_bot_admin=not_bot_admin)
         try:
             admin = await sink.chat_admin(msg.sender.id)
         except RelaybotError:
             admin = False  # asking failed: the changes would be refused, so say so
-        return help_text(group=True, member=admin is False)
+        return help_text(group=True, member=admin is False, not_bot_admin=not_bot_admin)
 
     async def _command(self, name: str, args: str, msg: IncomingMessage, sink: ReplySink) -> None:
         key = msg.chat.key

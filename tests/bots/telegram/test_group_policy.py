@@ -164,3 +164,19 @@ async def test_a_member_is_told_after_a_failed_admin_check_too(bot: Bot) -> None
 
     (shown,) = tg.texts(GROUP)
     assert "/forget - delete everything stored about this chat (group admins only)" in shown
+
+
+@pytest.mark.telegram_settings(admins=f"telegram:{ADA}")
+async def test_help_tells_who_may_pick_a_model_where_the_bot_has_admins(bot: Bot) -> None:
+    tg = bot.telegram
+    tg.chat_admins[GROUP] = {ADA, BEA}  # Bea runs the group, but is not the bot's admin
+    await bot.deliver(tg.text_update(GROUP, "/help", from_user=bea(bot)))
+    await bot.deliver(tg.text_update(GROUP, "/help"))  # Ada, the bot's admin
+    await bot.deliver(tg.text_update(BEA, "/help", from_user=bea(bot)))  # Bea's private chat
+
+    for_bea, for_ada = tg.texts(GROUP)
+    assert "(picking one: the bot's admins only)" in for_bea
+    assert "group admins only" not in for_bea  # the group's admin may do the rest
+    assert "admins only" not in for_ada
+    (in_private,) = tg.texts(BEA)
+    assert "(picking one: the bot's admins only)" in in_private

@@ -172,3 +172,18 @@ async def test_a_photo_in_a_long_chat_leaves_room_for_itself(bot: Bot) -> None:
     (request,) = bot.openai.chat_requests()[asked:]  # one request, not a refused one first
     history = [m for m in request["messages"] if "note" in str(m["content"])]
     assert len(history) >= 2, "the history was trimmed to fit, not halved after a refusal"
+
+
+@pytest.mark.telegram_settings(
+    context_tokens=800, reply_tokens=100, moderation=ModerationPolicy.OFF
+)
+async def test_a_photo_larger_than_a_small_windows_history_room_is_still_asked_about(
+    bot: Bot,
+) -> None:
+    """A model with a small (or unknown, 8,192 assumed) window: the picture takes at most
+    half the history's room, so the question goes with it instead of being refused."""
+    await bot.deliver(
+        bot.telegram.photo_update(PRIVATE_CHAT, _png(1536, 1536), caption="what is this?")
+    )
+
+    assert bot.telegram.texts(PRIVATE_CHAT) == ["echo: what is this?"]

@@ -225,16 +225,34 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
     async with started_core(settings, args) as core:
         await probe_endpoint(core)
         stop = asyncio.Event()
+        # A second SIGTERM or Ctrl-C: stop waiting for the answers in progress.
+        hurry = asyncio.Event()
+
+        def on_signal() -> None:
+            if not stop.is_set():
+                stop.set()
+            elif not hurry.is_set():
+                logging.getLogger("relaybot").warning(
+                    "second signal: not waiting for the answers in progress; they are "
+                    "released for another replica or the next start, and relaybot exits now"
+                )
+                hurry.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         # Retention and counter clean-up: now, then hourly, beside the platforms.
         maintenance = asyncio.create_task(maintenance_loop(core.engine, settings, stop))
         try:
-            await run_platforms(core, stop)
+            await run_platforms(core, stop, hurry)
         finally:
             stop.set()
-            await maintenance
+            # A maintenance run in progress is waited for, unless told to hurry.
+            hurried = asyncio.create_task(hurry.wait())
+            await asyncio.wait((maintenance, hurried), return_when=asyncio.FIRST_COMPLETED)
+            hurried.cancel()
+            maintenance.cancel()
+            await asyncio.gather(maintenance, hurried, return_exceptions=True)
 
 
 async def cmd_db(settings: Settings, args: argparse.Namespace) -> None:

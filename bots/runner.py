@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from bots.http_server import HttpServer
@@ -15,6 +15,10 @@ from core.ports import Restorer
 from core.tokens import counter_for
 
 log = logging.getLogger("relaybot.runner")
+
+# Closing the platforms' connections, after the answers in progress are done or released:
+# moments, normally (a socket closed, a client pool shut). Not part of the shutdown grace.
+CLOSING_SECONDS = 5.0
 
 
 class PlatformAdapter(Restorer, Protocol):
@@ -26,8 +30,12 @@ class PlatformAdapter(Restorer, Protocol):
     async def start(self) -> None:
         """Begin receiving events (polling, socket mode, or webhooks already routed)."""
 
+    async def stop_receiving(self) -> None:
+        """Take no more events (polling ends, Socket Mode disconnects, a webhook answers
+        503); answers in progress go on, and the clients they send with stay open."""
+
     async def stop(self) -> None:
-        """Stop receiving, then finish the work already received."""
+        """Stop receiving, then finish the work already received and close the clients."""
 
 
 def configured_adapters(core: Core, server: HttpServer) -> dict[str, PlatformAdapter]:
@@ -70,7 +78,9 @@ async def _start_each(
         await core.service.resume({name: adapter}, everything=alone)
 
 
-async def run_platforms(core: Core, stop: asyncio.Event) -> None:
+async def run_platforms(
+    core: Core, stop: asyncio.Event, hurry: asyncio.Event | None = None
+) -> None:
     """Start the HTTP server and every configured adapter; run until `stop` is set.
 
     A database never migrated stops the start with a ConfigError saying what to run. An
@@ -78,8 +88,11 @@ async def run_platforms(core: Core, stop: asyncio.Event) -> None:
     connection Slack refuses or cannot be reached for, for ever): `stop` ends the start too,
     and /readyz reports ready only once every adapter has started.
 
-    On stop: adapters stop receiving and finish what they took, within the shutdown grace;
-    whatever is still unfinished then is released for the next process to resume.
+    On stop: nothing new is taken (a new event gets no 2xx, so its platform delivers it
+    again, to another replica or the next start), and every answer in progress, whether
+    received or resumed (left over at start, or taken over from a dead replica), has what
+    is left of the shutdown grace to finish; whatever is unfinished then is released for
+    another process to resume. `hurry` (a second signal) releases it at once.
     """
     # Before taking any work: with --no-migrate (or RELAYBOT_AUTO_MIGRATE=false) on an empty
     # database every query would fail on a missing table.
@@ -129,23 +142,67 @@ async def run_platforms(core: Core, stop: asyncio.Event) -> None:
         await stop.wait()
         log.info("stopping")
     finally:
-        if sweeper is not None:
-            sweeper.cancel()
-        try:
-            async with asyncio.timeout(core.settings.shutdown_grace):
-                for adapter in reversed(list(adapters.values())):
-                    try:
-                        await adapter.stop()
-                    except Exception:
-                        log.exception("error stopping %s", type(adapter).__name__)
-        except TimeoutError:
-            log.warning("shutdown grace period over; unfinished messages are released")
-        await core.service.shutdown(grace=0)
-        await server.stop()
+        await _shut_down(core, adapters, server, sweeper, hurry)
         if frozen:
             # For a caller that goes on (tests, an embedding program).
             gc.unfreeze()
             gc.set_threshold(*thresholds)
+
+
+async def _shut_down(
+    core: Core,
+    adapters: Mapping[str, PlatformAdapter],
+    server: HttpServer,
+    sweeper: asyncio.Task[None] | None,
+    hurry: asyncio.Event | None,
+) -> None:
+    """Stop taking work, give the answers in progress the shutdown grace (counted from
+    now), release what is unfinished, then close the platforms and the HTTP server."""
+    loop = asyncio.get_running_loop()
+    grace = core.settings.shutdown_grace
+    deadline = loop.time() + grace
+    # From here on a new event is not stored: the webhook or Events API request gets no 2xx
+    # and the platform delivers it again (to another replica, or to the next start).
+    core.service.accepting = False
+    if sweeper is not None:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+    await _each_adapter(adapters, "stop receiving", lambda adapter: adapter.stop_receiving())
+    # Every answer this process works on waits here, received or resumed alike; the
+    # platforms' clients stay open meanwhile, so the answers can still be sent.
+    released = await core.service.shutdown(grace=max(deadline - loop.time(), 0), hurry=hurry)
+    if released and hurry is not None and hurry.is_set():
+        log.warning(
+            "stopped at once: %d unfinished message(s) released for another replica or "
+            "the next start",
+            released,
+        )
+    elif released:
+        log.warning(
+            "shutdown grace period (%g s) over: %d unfinished message(s) released for "
+            "another replica or the next start",
+            grace,
+            released,
+        )
+    await _each_adapter(adapters, "stop", lambda adapter: adapter.stop())
+    await server.stop()
+
+
+async def _each_adapter(
+    adapters: Mapping[str, PlatformAdapter],
+    what: str,
+    step: Callable[[PlatformAdapter], Awaitable[None]],
+) -> None:
+    """`step` for each adapter, last started first, each within CLOSING_SECONDS; a failure
+    is logged and the others go on."""
+    for name, adapter in reversed(list(adapters.items())):
+        try:
+            async with asyncio.timeout(CLOSING_SECONDS):
+                await step(adapter)
+        except TimeoutError:
+            log.warning("%s: %s took over %g s; going on", name, what, CLOSING_SECONDS)
+        except Exception:
+            log.exception("error stopping %s", type(adapter).__name__)
 
 
 async def _started(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -28,6 +29,12 @@ log = logging.getLogger("relaybot.app")
 # 2,000 allocations, full every 400) cut that to 0.7-0.9 s with no rise in peak memory.
 COLLECTOR_THRESHOLDS = (2000, 20, 20)
 
+# How long /readyz waits for the database. A network partition drops packets rather than
+# refusing them, and a connection attempt then waits for the driver's own timeout (asyncpg:
+# 60 s): the probe (Kubernetes gives it 3 s) would time out instead of hearing why, and a
+# shutdown would wait for the hung probes.
+READINESS_TIMEOUT = 2.0
+
 
 def tune_collector() -> None:
     """Set the garbage collector for a long-running service (`relaybot run`, the benchmark).
@@ -50,10 +57,13 @@ class Core:
     service: ConversationService
     # The newer migration /readyz last warned about (it warns once, not on every probe).
     newer_schema_seen: str | None = field(default=None, repr=False)
+    # Readiness checks given up on (a database that does not answer), still being cancelled.
+    _abandoned: set[asyncio.Task[str | None]] = field(default_factory=set, repr=False)
 
     async def readiness_problem(self) -> str | None:
         """None when the database answers and is migrated to head (or past it), else what
-        is wrong.
+        is wrong; "database unreachable: timeout" when it does not answer within
+        READINESS_TIMEOUT.
 
         A revision this code does not know was made by newer code: during a rolling release
         the migration job runs before the old replicas are replaced, and they still work on
@@ -61,6 +71,19 @@ class Core:
         Only a database behind the code (never migrated, or at an older revision it ships)
         is not ready.
         """
+        check = asyncio.create_task(self._database_problem(), name="relaybot:readiness")
+        try:
+            done, _ = await asyncio.wait({check}, timeout=READINESS_TIMEOUT)
+        finally:
+            if not check.done():
+                # Closing the connection it waits on may take the driver a while longer
+                # (SQLAlchemy gives asyncpg 2 s to close gracefully): not waited for.
+                check.cancel()
+                self._abandoned.add(check)
+                check.add_done_callback(self._abandoned.discard)
+        return check.result() if done else "database unreachable: timeout"
+
+    async def _database_problem(self) -> str | None:
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -32,6 +33,9 @@ log = logging.getLogger("relaybot.metrics")
 # Model requests range from a moderation call (~100 ms) to a long streamed answer (minutes).
 MODEL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 HANDLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# How long a scrape waits for the database's figures (an unreachable database may take a
+# minute to fail): past it the scrape answers with the last values.
+REFRESH_TIMEOUT = 2.0
 
 
 class Metrics:
@@ -110,6 +114,8 @@ class Metrics:
             registry=r,
         )
         self._engine: AsyncEngine | None = None
+        # Reads given up on (a database that does not answer), still being cancelled.
+        self._abandoned: set[asyncio.Task[None]] = set()
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
@@ -169,12 +175,30 @@ class Metrics:
 
     # -- exposition ----------------------------------------------------------------------
     async def refresh(self) -> None:
-        """Update the gauges read from the database; a failing database keeps the last value."""
+        """Update the gauges read from the database; a database that fails, or does not
+        answer within REFRESH_TIMEOUT, keeps the last values."""
         if self._engine is None:
             return
+        reading = asyncio.create_task(self._read_inbox_depth(self._engine))
+        try:
+            done, _ = await asyncio.wait({reading}, timeout=REFRESH_TIMEOUT)
+        finally:
+            if not reading.done():
+                # Closing the connection it waits on may take the driver a while longer:
+                # not waited for.
+                reading.cancel()
+                self._abandoned.add(reading)
+                reading.add_done_callback(self._abandoned.discard)
+        if not done:
+            log.warning(
+                "inbox depth unavailable: the database did not answer within %g s",
+                REFRESH_TIMEOUT,
+            )
+
+    async def _read_inbox_depth(self, engine: AsyncEngine) -> None:
         query = select(func.count()).select_from(InboundEvent)
         try:
-            async with self._engine.connect() as conn:
+            async with engine.connect() as conn:
                 depth = await conn.execute(query.where(InboundEvent.status == "received"))
                 self.inbox_depth.set(depth.scalar_one())
         except Exception as exc:  # the scrape must still answer; /readyz reports the database

@@ -196,8 +196,15 @@ def _not_about_the_token(record: logging.LogRecord) -> bool:
     )
 
 
+def _not_a_refusal_while_stopping(record: logging.LogRecord) -> bool:
+    # A stopping process refuses new events (ShuttingDown: no 2xx, Slack sends them again);
+    # Bolt would log each refusal as a listener's failure, with its traceback.
+    return not (record.exc_info and isinstance(record.exc_info[1], ShuttingDown))
+
+
 _BOLT_LOG = logging.getLogger("relaybot.slack.bolt")
 _BOLT_LOG.addFilter(_not_about_the_token)
+_BOLT_LOG.addFilter(_not_a_refusal_while_stopping)
 
 
 class SlackAdapter:
@@ -323,29 +330,48 @@ class SlackAdapter:
             log.error("%s", err)
             raise SlackUnreachable("bot token rejected") from None
 
+    async def stop_receiving(self) -> None:
+        """Take no more events: Socket Mode disconnects. (In HTTP mode the core, no longer
+        accepting work, has every new event answered 503: Slack delivers it again.)"""
+        if self._socket is not None:
+            socket, self._socket = self._socket, None
+            await socket.close_async()  # type: ignore[no-untyped-call]
+
     async def stop(self) -> None:
-        """Stop receiving, then let answers in progress finish (bounded)."""
+        """Stop receiving, let the events in progress finish, close the connection pool.
+
+        The wait has no bound of its own: whoever stops the adapter bounds it (the runner
+        by RELAYBOT_SHUTDOWN_GRACE, having released by then what could not finish).
+        """
         try:
-            if self._socket is not None:
-                await self._socket.close_async()  # type: ignore[no-untyped-call]
-                self._socket = None
-            await self.drain(within=30)
+            await self.stop_receiving()
+            await self.drain(within=None)
         finally:
             session, self._session = self._session, None
             if session is not None:
                 self.client.session = None
                 await session.close()
 
-    async def drain(self, within: float = 10) -> None:
-        """Wait until every event being worked on is done."""
+    async def drain(self, within: float | None = 10) -> None:
+        """Wait until every event being worked on is done; TimeoutError after `within`
+        seconds (None: no limit). Running out of time, or being cancelled, stops only the
+        wait: the answers go on."""
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
         while self._inflight:
-            async with asyncio.timeout(within):
-                await asyncio.gather(*list(self._inflight), return_exceptions=True)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"{len(self._inflight)} Slack event(s) still in progress")
+            await asyncio.wait(set(self._inflight), timeout=left)
 
     # -- HTTP ------------------------------------------------------------------------------
     async def _http(self, request: web.Request) -> web.Response:
         # Bolt checks the signature and timestamp (401 otherwise) and acks before our work.
         bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
+        if bolt_response.status == 500 and not self.core.service.accepting:
+            # The listener refused the event because this process is stopping: Slack sends
+            # it again (to another replica, or the next start).
+            return web.Response(status=503, text="stopping")
         return await to_aiohttp_response(bolt_response)
 
     # -- listeners -------------------------------------------------------------------------
@@ -396,6 +422,10 @@ class SlackAdapter:
         *,
         assistant: bool,
     ) -> None:
+        if not self.core.service.accepting:
+            # Stopping: the event is not acknowledged (503), and Slack delivers it again, to
+            # another replica or the next start. Nothing of it is looked up meanwhile.
+            raise ShuttingDown("not accepting new work")
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)

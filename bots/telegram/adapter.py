@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from telegram import (
@@ -52,6 +53,8 @@ from core.types import ChatRef, Fetch, IncomingMessage
 log = logging.getLogger("relaybot.telegram")
 
 WEBHOOK_PATH = "/telegram/webhook"
+# What the app's HTTP server answers itself, or Slack's events: no webhook path.
+_NOT_WEBHOOK_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/slack/events"})
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message"]
 # How long a Bot API call may take to answer (PTB's default is 5 s). A send that timed out
@@ -196,7 +199,23 @@ class TelegramAdapter:
         self._app.add_error_handler(self._on_error)
         _protect_logs(self._token)
         if self.webhook_mode:
-            self._server.app.router.add_post(WEBHOOK_PATH, self._webhook)
+            paths = self.webhook_paths()
+            for path in paths:
+                self._server.app.router.add_post(path, self._webhook)
+            log.info("Telegram webhook served on %s", " and ".join(paths))
+
+    def webhook_paths(self) -> list[str]:
+        """The paths the webhook is served on: TELEGRAM_WEBHOOK_URL's own (where Telegram
+        posts when nothing in between rewrites it) and the fixed /telegram/webhook (where
+        an ingress that routes by another path may forward it)."""
+        assert self._webhook_url is not None
+        path = urlsplit(self._webhook_url).path or "/"
+        if path in _NOT_WEBHOOK_PATHS:
+            raise ConfigError(
+                f"TELEGRAM_WEBHOOK_URL's path {path} is one relaybot serves for something "
+                f"else; end the URL with {WEBHOOK_PATH}"
+            )
+        return [WEBHOOK_PATH] if path == WEBHOOK_PATH else [path, WEBHOOK_PATH]
 
     @staticmethod
     async def _register_commands(bot: Bot) -> None:
@@ -263,21 +282,28 @@ class TelegramAdapter:
             self._poller = asyncio.create_task(self._poll(), name="relaybot:telegram-poll")
             log.info("polling Telegram as @%s", bot.username)
 
-    async def stop(self) -> None:
-        """Stop receiving, finish the updates already received, close the HTTP clients."""
+    async def stop_receiving(self) -> None:
+        """Take no more updates: the webhook answers 503 (Telegram delivers again later),
+        polling ends. Answers in progress can still be sent."""
         self._accepting = False
-        app = self._app
-        if app is None:
-            return
         if self._poller is not None:
             # An update fetched but not yet stored is not confirmed: Telegram delivers it again.
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
+
+    async def stop(self) -> None:
+        """Stop receiving, finish the updates already received, close the HTTP clients."""
+        await self.stop_receiving()
+        app = self._app
+        if app is None:
+            return
         if app.running:
             await app.stop()
-        if self._jobs:
-            await asyncio.gather(*self._jobs, return_exceptions=True)
+        while self._jobs:
+            # A wait cut short (cancelled) cancels no answer: finishing or releasing them
+            # is the core's (ConversationService.shutdown).
+            await asyncio.wait(set(self._jobs))
         await app.shutdown()
 
     async def idle(self) -> None:
@@ -295,7 +321,7 @@ class TelegramAdapter:
     async def _webhook(self, request: web.Request) -> web.StreamResponse:
         if not self._secret_ok(request.headers.get(SECRET_HEADER)):
             return web.Response(status=403, text="forbidden")
-        if not self._accepting or self._app is None:
+        if not self._accepting or self._app is None or not self._core.service.accepting:
             return web.Response(status=503, text="not ready")  # Telegram delivers again later
         try:
             data = await request.json()
@@ -311,7 +337,10 @@ class TelegramAdapter:
             return web.Response(text="skipped")
         # 200 only once the core has stored the event: from then on it is safe, and a
         # redelivery is recognised. The answer itself is written after we reply.
-        await self._receive(update)
+        try:
+            await self._receive(update)
+        except ShuttingDown:
+            return web.Response(status=503, text="stopping")  # delivered again, elsewhere
         return web.Response(text="ok")
 
     async def _receive(self, update: Update) -> None:

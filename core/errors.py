@@ -90,3 +90,19 @@ class ShuttingDown(RelaybotError):
     """This process no longer takes new work; the platform should deliver the event again."""
 
     user_message = "The bot is restarting. Please send your message again in a moment."
+
+
+class NotDelivered(RelaybotError):
+    """The chat platform did not take (all of) an answer: its API failed, or asked for a
+    longer wait than an answer is held for. `shown_all`: the person saw the whole answer
+    all the same (only closing its message failed)."""
+
+    user_message = (
+        "The chat service did not take the whole answer. Send /retry in a minute to get it again."
+    )
+
+    def __init__(
+        self, detail: str = "", *, shown_all: bool = False, user_message: str | None = None
+    ) -> None:
+        super().__init__(detail, user_message=user_message)
+        self.shown_all = shown_all

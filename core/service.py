@@ -29,6 +29,7 @@ from core.errors import (
     EmptyAnswer,
     EndpointMissing,
     ModelUnavailable,
+    NotDelivered,
     QuotaExhausted,
     RelaybotError,
     ShuttingDown,
@@ -116,6 +117,30 @@ _STOP_NOTES = {
     "length": "\n\n[cut off at the reply length limit]",
     "content_filter": "\n\n[stopped by the provider's content filter]",
 }
+CUT_SHORT_MARK = "\n\n[answer cut short]"
+# A Markdown code fence line: up to three spaces, then ``` or ~~~ (or longer), info string.
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+
+
+def _closing_fence(markdown: str) -> str:
+    """What closes a code block `markdown` leaves open ("" when none is): a note put after
+    an answer that stopped inside one then shows as words, not as code."""
+    opened = ""
+    for line in markdown.split("\n"):
+        found = _FENCE.match(line)
+        if found is None:
+            continue
+        fence, info = found.groups()
+        if not opened:
+            if not (fence[0] == "`" and "`" in info):  # a backtick fence's info has none
+                opened = fence
+        elif fence[0] == opened[0] and len(fence) >= len(opened) and not info.strip():
+            opened = ""
+    if not opened:
+        return ""
+    return opened if markdown.endswith("\n") else "\n" + opened
+
+
 UNUSABLE_IMAGE = (
     "The image service could not use that picture. Please send it again as a PNG or JPEG photo."
 )
@@ -1114,6 +1139,8 @@ class ConversationService:
                 self.windows.drop(msg.chat.key)
                 await self.store.set_message_status(msg.chat.key, turn_id, "withheld")
 
+        # What the model wrote: a refusal before any of it is the prompt's (see below).
+        streamed = _Answer()
         try:
             try:
                 await self.moderator.check_input(
@@ -1167,8 +1194,16 @@ class ConversationService:
 
             try:
                 answer = await self._stream_answer(
-                    sink, model, messages, image_parts, msg, trim_harder, confirm
+                    sink, model, messages, image_parts, msg, trim_harder, confirm, streamed
                 )
+            except (ContentRefused, BadInput):
+                if not streamed.text.strip():
+                    # The provider refused the prompt itself (its content filter, OpenAI's
+                    # invalid_prompt): kept in the history, the turn would go with every
+                    # later request and have each refused too. It is kept out, as a turn
+                    # input moderation refused is.
+                    await withhold_turn()
+                raise
             except ModelUnavailable as err:
                 if not chat.model:
                     raise  # the configured model: the operator's to mend, and told
@@ -1180,6 +1215,8 @@ class ConversationService:
                     "the moment. Send /model to pick another, or /model default.",
                 ) from err
         except ContextTooLong:
+            if streamed.text.strip():
+                raise  # cut short after part of the answer was shown (stored as partial)
             # Refused as too long for the model's window before any answer: the person is
             # asked for something shorter. Kept in the history, the turn would stop every
             # later request's trimming at it (nothing older would reach the model again)
@@ -1483,8 +1520,11 @@ class ConversationService:
         msg: IncomingMessage,
         trim_harder: Callable[[ContextTooLong], Awaitable[list[dict[str, Any]]]],
         confirm: Callable[[], Awaitable[list[dict[str, Any]] | None]] | None = None,
+        into: _Answer | None = None,
     ) -> _Answer | None:
-        answer = _Answer()
+        """Stream the model's answer to the person (into `into` when given): the answer to
+        store, or None when it was withheld (stored so already)."""
+        answer = into if into is not None else _Answer()
 
         async def withheld(stream: ReplyStream) -> bool:
             """Moderate the text the person saw; take it back and store it "withheld" (out
@@ -1510,57 +1550,82 @@ class ConversationService:
             await self._store_answer(msg, model, answer, "withheld")
             return True
 
-        async with sink.stream() as stream:
-            try:
+        complete = False  # the model is done: what fails from here is the answer's delivery
+        try:
+            async with sink.stream() as stream:
                 try:
-                    await self._stream_into(stream, answer, model, messages, image_parts, confirm)
-                except ContextTooLong as refused:
-                    if answer.text:
-                        raise
-                    # The provider counts differently from us (or its window is smaller
-                    # than configured): trim harder once before giving up.
-                    messages = await trim_harder(refused)
                     try:
-                        await self._stream_into(stream, answer, model, messages, image_parts)
-                    except ContextTooLong as err:
-                        if answer.text or not _holds_history(messages):
-                            raise  # the newest message alone is too long: the default text
-                        raise ContextTooLong(
-                            str(err),
-                            user_message="This conversation no longer fits the model, even "
-                            "with its older messages left out. Send /reset to start afresh.",
-                        ) from err
-            except RelaybotError as err:
-                if not answer.text.strip():
+                        await self._stream_into(
+                            stream, answer, model, messages, image_parts, confirm
+                        )
+                    except ContextTooLong as refused:
+                        if answer.text:
+                            raise
+                        # The provider counts differently from us (or its window is smaller
+                        # than configured): trim harder once before giving up.
+                        messages = await trim_harder(refused)
+                        try:
+                            await self._stream_into(stream, answer, model, messages, image_parts)
+                        except ContextTooLong as err:
+                            if answer.text or not _holds_history(messages):
+                                raise  # the newest message alone is too long: the default text
+                            raise ContextTooLong(
+                                str(err),
+                                user_message="This conversation no longer fits the model, "
+                                "even with its older messages left out. Send /reset to start "
+                                "afresh.",
+                            ) from err
+                except RelaybotError as err:
+                    # (The platform failing to take part of the answer, NotDelivered, is
+                    # such a break too.)
+                    if not answer.text.strip():
+                        raise
+                    if await withheld(stream):
+                        # What the person saw was flagged (or could not be checked): its
+                        # notice is all they are told; the break is the operator's to hear of.
+                        self.metrics.failed(msg.chat.platform, type(err).__name__)
+                        log.warning(
+                            "message failed: %s (the partial answer was withheld)",
+                            type(err).__name__,
+                            extra={"chat": msg.chat.key},
+                        )
+                        return None
+                    # Keep what the person already saw, marked, and say what happened. The
+                    # error keeps its class: a quota used up mid-answer still alerts the
+                    # operator, and is counted as what it is.
+                    await stream.append(_closing_fence(answer.text) + CUT_SHORT_MARK)
+                    await self._store_answer(msg, model, answer, "partial")
+                    err.user_message = "The answer was cut short: " + err.user_message
                     raise
+                if not answer.text.strip():  # (only spaces and newlines show as nothing)
+                    if answer.usage is not None:  # what the model spent (thinking) is billed
+                        await self._record_usage(msg, model, "chat", usage=answer.usage)
+                    raise self._nothing_written(answer, model)
+                note = _STOP_NOTES.get(answer.finish_reason or "")
+                if note:
+                    # The model stopped before it was done: the person sees why (the note is
+                    # not the model's words, and is not kept in the history).
+                    await stream.append(_closing_fence(answer.text) + note)
                 if await withheld(stream):
-                    # What the person saw was flagged (or could not be checked): its notice
-                    # is all they are told; the break is the operator's to hear of.
-                    self.metrics.failed(msg.chat.platform, type(err).__name__)
-                    log.warning(
-                        "message failed: %s (the partial answer was withheld)",
-                        type(err).__name__,
-                        extra={"chat": msg.chat.key},
-                    )
                     return None
-                # Keep what the person already saw, marked, and say what happened.
-                await stream.append("\n\n[answer cut short]")
-                await self._store_answer(msg, model, answer, "partial")
-                raise RelaybotError(
-                    str(err),
-                    user_message="The answer was cut short: " + err.user_message,
-                ) from err
-            if not answer.text.strip():  # (only spaces and newlines show as nothing)
-                if answer.usage is not None:  # what the model spent (thinking) is billed
-                    await self._record_usage(msg, model, "chat", usage=answer.usage)
-                raise self._nothing_written(answer, model)
-            note = _STOP_NOTES.get(answer.finish_reason or "")
-            if note:
-                # The model stopped before it was done: the person sees why (the note is
-                # not the model's words, and is not kept in the history).
-                await stream.append(note)
-            if await withheld(stream):
-                return None
+                complete = True
+        except Exception as err:
+            if not complete:
+                raise
+            # The platform did not take the finished answer (its last send failed): the
+            # model's work is stored and billed all the same.
+            if isinstance(err, NotDelivered) and err.shown_all:
+                # Only closing its message failed: the person has the whole answer.
+                log.warning(
+                    "the platform did not confirm the end of an answer shown whole: %s",
+                    err,
+                    extra={"chat": msg.chat.key},
+                )
+                return answer
+            # Not all of it reached the person: kept as a partial answer is, and they are
+            # told (NotDelivered says what happened).
+            await self._store_answer(msg, model, answer, "partial")
+            raise
         return answer
 
     def _nothing_written(self, answer: _Answer, model: str) -> RelaybotError:

@@ -29,7 +29,7 @@ from bots.slack.mrkdwn import (
     to_mrkdwn,
     unfinished_ping,
 )
-from core.errors import BadInput
+from core.errors import BadInput, NotDelivered
 from core.types import Reply, ReplyKind
 
 log = logging.getLogger("relaybot.slack.sink")
@@ -421,6 +421,14 @@ class SlackStream:
             if self._messages.earlier:
                 await self._delete_all(self._messages.unused())
 
+    def shown_whole(self) -> bool:
+        """Whether the person sees all the text appended (its last call may have failed all
+        the same: a native stream's chat.stopStream carrying no text, or the final update of
+        a message whose preview already showed all of it)."""
+        if self._incoming:
+            return False
+        return not self._pending if self._native else not self._dirty
+
     # -- flushing --------------------------------------------------------------------------
     async def _flush(self, *, final: bool) -> None:
         try:
@@ -673,6 +681,17 @@ class SlackStream:
 _Call = Callable[..., Awaitable[AsyncSlackResponse]]
 
 
+def _not_delivered(err: Exception, shown_whole: bool) -> NotDelivered:
+    """What the core is told when Slack did not take (all of) an answer."""
+    detail = error_name(err) if isinstance(err, SlackApiError) else ""
+    return NotDelivered(
+        f"Slack did not take the answer: {detail or type(err).__name__}",
+        shown_all=shown_whole,
+        user_message="Slack did not take the whole answer. Send /retry in a minute to get it "
+        "again.",
+    )
+
+
 async def _once(
     method: Callable[..., Awaitable[AsyncSlackResponse]], **kwargs: Any
 ) -> AsyncSlackResponse:
@@ -875,8 +894,25 @@ class SlackSink:
         try:
             try:
                 yield stream
-            finally:
+            except BaseException:
+                try:
+                    await stream.finish()
+                except SlackApiError as err:
+                    # What went wrong first is what the person is told (where the bot may
+                    # not post, _refused sends them the advice privately).
+                    if await self._refused(err) is None:
+                        log.warning("the rest of a failed answer was not posted: %s", err)
+                except aiohttp.ClientError as err:
+                    log.warning("the rest of a failed answer was not posted: %r", err)
+                raise
+            try:
                 await stream.finish()
+            except SlackApiError as err:
+                if await self._refused(err) is not None:
+                    raise  # (the person was told why, below)
+                raise _not_delivered(err, stream.shown_whole()) from err
+            except aiohttp.ClientError as err:
+                raise _not_delivered(err, stream.shown_whole()) from err
         except SlackApiError as err:
             refused = await self._refused(err)
             if refused is None:

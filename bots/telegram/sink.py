@@ -46,6 +46,7 @@ from bots.telegram.formatting import (
     visible_text,
 )
 from bots.telegram.limits import PREVIEW, PreviewDeferred
+from core.errors import NotDelivered
 from core.policy import AdminCheckFailed
 from core.types import EVERY_VOICE_NOTE, Reply, ReplyKind
 
@@ -88,6 +89,15 @@ PRIVACY_MODE_NOTE = (
     "mention it or reply to it. Its owner can turn that off in @BotFather: /setprivacy, "
     "then Disable."
 )
+
+
+def not_delivered(err: TelegramError) -> NotDelivered:
+    """What the core is told when Telegram did not take (all of) an answer."""
+    return NotDelivered(
+        f"Telegram did not take the answer: {type(err).__name__}: {err}",
+        user_message="Telegram did not take the whole answer. Send /retry in a minute to get "
+        "it again.",
+    )
 
 
 @contextlib.contextmanager
@@ -349,10 +359,17 @@ class TelegramSink:
             raise
         except BaseException:
             self.stop_typing()
-            await stream.finish(failed=True)
+            try:
+                await stream.finish(failed=True)
+            except Exception as err:
+                # What went wrong first is what the person is told.
+                log.warning("the rest of a failed answer was not sent: %s", err)
             raise
         self.stop_typing()
-        await stream.finish(failed=False)
+        try:
+            await stream.finish(failed=False)
+        except TelegramError as err:
+            raise not_delivered(err) from err
 
     async def chat_admin(self, sender_id: str) -> bool | None:
         """Whether the group's creator or one of its administrators wrote (getChatMember).
@@ -438,6 +455,8 @@ class TelegramStream:
         self._drafts = sink.private and not self._messages.earlier
         self._retracted = False
         self._closing = False
+        # A finished part failed to send: nothing after it is (the answer would have a hole).
+        self._broken = False
         self._courier = Courier(self._work, "relaybot:telegram-preview")
 
     @staticmethod
@@ -452,7 +471,7 @@ class TelegramStream:
     async def append(self, delta: str) -> None:
         """Add text; the worker previews it when the throttle allows (never awaited here)."""
         self._raise_failure()
-        if self._retracted or self._sink.gone or not delta:
+        if self._retracted or self._sink.gone or self._broken or not delta:
             return
         self._sink.stop_typing()
         self._incoming += delta
@@ -460,6 +479,8 @@ class TelegramStream:
 
     def _raise_failure(self) -> None:
         error = self._courier.take_error()
+        if isinstance(error, TelegramError):
+            raise not_delivered(error) from error
         if error is not None:
             raise error
 
@@ -478,6 +499,9 @@ class TelegramStream:
             await self._carry()
         except Forbidden as err:
             self._sink.chat_gone(err)
+        except Exception:
+            self._broken = True
+            raise
 
     async def _carry(self) -> None:
         while not self._retracted and not self._sink.gone:
@@ -657,13 +681,15 @@ class TelegramStream:
             for part in parts:
                 if self._sink.gone:
                     return
+                if self._broken:
+                    break
                 if part.strip() or not failed:
                     await self._complete(part)
         finally:
             if self._messages.earlier:
                 await self._delete(self._messages.unused())
         if error is not None:
-            # A rolled-over part could not be sent: the answer has a hole in it.
+            # A rolled-over part could not be sent, nor anything after it.
             if not failed:
                 raise error
             log.warning("part of a streamed answer was not sent: %s", error)

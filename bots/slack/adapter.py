@@ -403,6 +403,8 @@ class SlackAdapter:
             )
         except SlackApiError as err:
             log.warning("could not set suggested prompts: %s", err.response.get("error"))
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.warning("could not set suggested prompts: %s", type(err).__name__)
 
     async def _on_assistant_message(
         self, event: Mapping[str, Any], body: Mapping[str, Any], context: AsyncBoltContext

@@ -46,6 +46,8 @@ NO_NATIVE_STREAMING = frozenset(
     }
 )
 THINKING = "is thinking..."
+# The longest the "is thinking..." call may take (the first reply waits for it to end).
+STATUS_WAIT = 2.0
 # chat.update errors meaning the message can no longer be edited: post a new one instead
 # (streaming_state_conflict: a native stream still open even after we tried to stop it).
 MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message", "streaming_state_conflict"})
@@ -481,6 +483,7 @@ class SlackStream:
         sink = self._sink
         call = sink.call if retry else _once
         if self._current_ts is None:
+            await sink.status_settled()
             try:
                 # chat.startStream takes no metadata: the message is tagged when it stops.
                 response = await call(
@@ -596,6 +599,7 @@ class SlackStream:
                 # Deleted, or left by an earlier run and no longer editable: post anew.
                 log.warning("cannot update the answer's message (%s); posting a new one", err)
                 await self._replace(self._current_ts)
+        await sink.status_settled()
         response = await call(
             sink.client.chat_postMessage,
             channel=sink.channel,
@@ -782,6 +786,7 @@ class SlackSink:
         self.response_url = response_url
         self.bot_user_id = bot_user_id
         self._shut_out: BadInput | None = None  # Slack refused our posts; the person knows
+        self._status_task: asyncio.Task[None] | None = None  # "is thinking..." being set
 
     def can_stream_natively(self) -> bool:
         """Native streams are replies in a thread, for a known person."""
@@ -793,6 +798,7 @@ class SlackSink:
             if reply.kind in (ReplyKind.ERROR, ReplyKind.NOTICE):
                 return  # the person was told why nothing can be posted
             raise self._shut_out
+        await self.status_settled()
         try:
             await self._send(reply)
         except SlackApiError as err:
@@ -925,12 +931,30 @@ class SlackSink:
         return None
 
     async def typing(self) -> None:
-        """In an assistant thread, show "is thinking..." (Slack clears it when we reply)."""
+        """In an assistant thread, show "is thinking..." (Slack clears it when we reply), in
+        the background: the model is asked meanwhile, not after a slow Slack answered. The
+        first reply waits for it (`status_settled`), or the status would outlast it."""
         if not (self.assistant_thread and self.thread_ts):
             return
+        if self._status_task is None:
+            self._status_task = asyncio.create_task(self._set_status())
+
+    async def _set_status(self) -> None:
+        thread_ts = self.thread_ts or ""  # (typing() starts this only in a thread)
         try:
-            await self.client.assistant_threads_setStatus(
-                channel_id=self.channel, thread_ts=self.thread_ts, status=THINKING
-            )
+            async with asyncio.timeout(STATUS_WAIT):
+                await self.client.assistant_threads_setStatus(
+                    channel_id=self.channel, thread_ts=thread_ts, status=THINKING
+                )
         except SlackApiError as err:
             log.debug("assistant status not set: %s", error_name(err))
+        except (aiohttp.ClientError, TimeoutError) as err:
+            # A dropped connection or a slow Slack: the status is decoration, the answer is
+            # what the person asked for.
+            log.info("assistant status not set: %s", type(err).__name__)
+
+    async def status_settled(self) -> None:
+        """Wait for the "is thinking..." call to end (at most STATUS_WAIT after it began)."""
+        task = self._status_task
+        if task is not None and not task.done():
+            await asyncio.shield(task)

@@ -390,8 +390,8 @@ class TelegramSink:
         return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
 
     async def typing(self) -> None:
-        """Show "typing…" and keep it up while the model works (it fades after ~5 s)."""
-        await self._chat_action()
+        """Show "typing…" and keep it up while the model works (it fades after ~5 s), in
+        the background: a slow Bot API does not keep the model waiting."""
         if self._typing_task is None or self._typing_task.done():
             self._typing_task = asyncio.create_task(self._keep_typing())
 
@@ -407,6 +407,7 @@ class TelegramSink:
 
     async def _keep_typing(self) -> None:
         deadline = time.monotonic() + self.pacing.typing_max
+        await self._chat_action()
         while time.monotonic() < deadline and not self.gone:
             await asyncio.sleep(self.pacing.typing_refresh)
             await self._chat_action()

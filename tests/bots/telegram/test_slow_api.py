@@ -85,3 +85,15 @@ async def test_a_send_whose_connection_was_dropped_unanswered_is_sent_again(bot:
 
     assert bot.telegram.texts(PRIVATE_CHAT) == ["echo: hello"]
     assert len(bot.telegram.calls("/sendMessage")) == 2
+
+
+async def test_the_model_is_asked_while_telegram_is_still_showing_typing(bot: Bot) -> None:
+    """Showing "typing…" is decoration: a Bot API slow to show it keeps no model waiting."""
+    tg = bot.telegram
+    gate = tg.hold("sendChatAction")
+    await tg.push_update(tg.text_update(PRIVATE_CHAT, "hi"))
+
+    await bot.openai.wait_for("/chat/completions", within=10)  # sendChatAction still held
+    gate.set()
+    await bot.adapter.idle()
+    assert tg.texts(PRIVATE_CHAT) == ["echo: hi"]

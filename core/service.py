@@ -119,26 +119,29 @@ _STOP_NOTES = {
 }
 CUT_SHORT_MARK = "\n\n[answer cut short]"
 # A Markdown code fence line: up to three spaces, then ``` or ~~~ (or longer), info string.
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+_FENCE = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")
 
 
 def _closing_fence(markdown: str) -> str:
     """What closes a code block `markdown` leaves open ("" when none is): a note put after
     an answer that stopped inside one then shows as words, not as code."""
-    opened = ""
+    opened = indent = ""
     for line in markdown.split("\n"):
         found = _FENCE.match(line)
         if found is None:
             continue
-        fence, info = found.groups()
+        spaces, fence, info = found.groups()
         if not opened:
             if not (fence[0] == "`" and "`" in info):  # a backtick fence's info has none
-                opened = fence
+                opened, indent = fence, spaces
         elif fence[0] == opened[0] and len(fence) >= len(opened) and not info.strip():
             opened = ""
     if not opened:
         return ""
-    return opened if markdown.endswith("\n") else "\n" + opened
+    # Indented as it was opened: inside a list item, a fence at the margin would end the
+    # item (and with it the code) and open a new block around the note.
+    closing = indent + opened
+    return closing if markdown.endswith("\n") else "\n" + closing
 
 
 UNUSABLE_IMAGE = (

@@ -948,9 +948,9 @@ class SlackSink:
                 )
         except SlackApiError as err:
             log.debug("assistant status not set: %s", error_name(err))
-        except (aiohttp.ClientError, TimeoutError) as err:
-            # A dropped connection or a slow Slack: the status is decoration, the answer is
-            # what the person asked for.
+        except Exception as err:
+            # A dropped connection, a slow Slack, a client closing: the status is
+            # decoration, the answer is what the person asked for.
             log.info("assistant status not set: %s", type(err).__name__)
 
     async def status_settled(self) -> None:

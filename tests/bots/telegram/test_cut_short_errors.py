@@ -80,3 +80,24 @@ async def test_a_note_after_an_answer_that_stopped_inside_code_is_not_shown_as_c
     assert "```" not in answer.text
     assert answer.text.endswith("\n\n" + note)
     assert note not in shown
+
+
+@pytest.mark.telegram_settings(max_retries=0)
+async def test_a_note_after_code_cut_inside_a_list_item_is_not_shown_as_code(bot: Bot) -> None:
+    """Models write steps as a list with code under an item, its fence indented: the note
+    after an answer stopped there reads as words too."""
+    code = "Steps:\n\n1. Install:\n\n   ```bash\n   pip install relaybot\n   relaybot doctor\n"
+    bot.openai.queue_reply(code)
+    bot.openai.finish_reason = "length"
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "how do I install it?"))
+
+    (answer,) = bot.telegram.chat_log(PRIVATE_CHAT)
+    note = "[cut off at the reply length limit]"
+    shown_as_code = [
+        answer.text[e["offset"] : e["offset"] + e["length"]]
+        for e in answer.entities
+        if e["type"] in ("pre", "code")
+    ]
+    assert answer.text.endswith(note)
+    assert not any(note in code for code in shown_as_code)
+    assert any("pip install relaybot" in code for code in shown_as_code)

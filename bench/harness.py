@@ -175,7 +175,7 @@ async def fresh_database(backend: str, name: str) -> str:
     if backend == "sqlite":
         WORKDIR.mkdir(parents=True, exist_ok=True)
         path = WORKDIR / f"{name}.db"
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", ".lock"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         url = f"sqlite+aiosqlite:///{path}"
     else:
@@ -200,7 +200,7 @@ async def drop_databases() -> None:
 async def drop_database(backend: str, name: str) -> None:
     """Remove a scenario's database."""
     if backend == "sqlite":
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", ".lock"):
             (WORKDIR / f"{name}.db{suffix}").unlink(missing_ok=True)
     else:
         await _admin([f'DROP DATABASE IF EXISTS "{BENCH_DB_PREFIX}_{name}" WITH (FORCE)'])

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
 import mimetypes
 import os
+import queue
 import re
+import select
+import shlex
 import shutil
 import sys
 import tempfile
+import threading
+import unicodedata
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from core.app import Core
 from core.commands import COMMANDS, HELP_TEXT, parse_command
@@ -78,6 +85,33 @@ def _file_attachment(path: Path, kind: AttachmentKind) -> Attachment:
     )
 
 
+def _path_argument(text: str) -> tuple[str, str]:
+    """The path a command's argument starts with, as a shell would read it ('my voice.ogg',
+    my\\ voice.ogg), and the text after it. What a shell cannot read (an apostrophe in
+    an unquoted name) is split at the first space."""
+    stream = io.StringIO(text)
+    lexer = shlex.shlex(stream, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        path = lexer.get_token()
+    except ValueError:  # no closing quotation
+        path, _, after = text.partition(" ")
+        return path, after.strip()
+    after = stream.read()  # what the lexer has not read: the rest, as typed
+    return path or "", after.strip()
+
+
+def _audio_path(text: str) -> Path:
+    """The audio file of /voice and /translate: the argument as a shell reads it, or as typed
+    (an unquoted path with spaces in it, a name with an apostrophe)."""
+    path, after = _path_argument(text)
+    typed = Path(text).expanduser()
+    # More than one word: a path with spaces typed without quotes, taken as typed.
+    read = typed if after else Path(path).expanduser()
+    return typed if typed.is_file() and not read.is_file() else read
+
+
 def to_incoming(line: str, chat: str, user: str) -> IncomingMessage | str:
     """A console line as a neutral message, or a one-line error for the person."""
     text = line.rstrip("\n")
@@ -87,16 +121,18 @@ def to_incoming(line: str, chat: str, user: str) -> IncomingMessage | str:
     if head in ("/voice", "/translate"):
         if not rest.strip():
             return f"Usage: {head} PATH_TO_AUDIO_FILE"
-        path = Path(rest.strip()).expanduser()
+        path = _audio_path(rest.strip())
         if not path.is_file():
             return f"No such file: {path}"
         attachments = (_file_attachment(path, AttachmentKind.AUDIO),)
         text = "/translate" if head == "/translate" else ""
     elif head == "/edit":
-        path_text, _, instruction = rest.strip().partition(" ")
-        path = Path(path_text).expanduser()
-        if not path_text or not path.is_file():
+        path_text, instruction = _path_argument(rest.strip())
+        if not path_text:
             return "Usage: /edit PATH_TO_IMAGE INSTRUCTION"
+        path = Path(path_text).expanduser()
+        if not path.is_file():
+            return f"No such file: {path}"
         attachments = (_file_attachment(path, AttachmentKind.IMAGE),)
         text = f"/edit {instruction}"
     return IncomingMessage(
@@ -131,10 +167,94 @@ class ConsoleRestorer:
         return replace(msg, attachments=files), self._sink
 
 
+class ConsoleOutput:
+    """Standard output as the console writes to it. When whoever reads it goes away
+    (`relaybot console | head -1`) the session ends quietly, as Unix tools do: nothing more
+    is written, read or sent to the model, and no BrokenPipeError is shown."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self.reader_gone = False
+
+    def isatty(self) -> bool:
+        """True on a terminal."""
+        return self._out.isatty()
+
+    def write(self, text: str) -> None:
+        """Write, unless nobody reads any more."""
+        if self.reader_gone:
+            return
+        try:
+            self._out.write(text)
+        except BrokenPipeError:
+            self._gone()
+
+    def flush(self) -> None:
+        """Flush, unless nobody reads any more."""
+        if self.reader_gone:
+            return
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def check_reader(self) -> bool:
+        """True when the pipe's reader has already closed it (seen before the next line is
+        sent to the model, not only when its answer cannot be written)."""
+        if not self.reader_gone and hasattr(select, "poll"):
+            try:
+                poller = select.poll()
+                poller.register(self._out.fileno(), select.POLLOUT)
+                events = poller.poll(0)
+            except (OSError, ValueError):  # not a file (a test's buffer) or closed
+                events = []
+            if any(event & select.POLLERR for _, event in events):
+                self._gone()
+        return self.reader_gone
+
+    def _gone(self) -> None:
+        self.reader_gone = True
+        # What is still buffered goes nowhere, so flushing it at exit raises nothing.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._out.fileno())
+            finally:
+                os.close(devnull)
+
+
+def _columns_of(char: str) -> int:
+    """How many terminal columns a character takes: 2 for wide ones (CJK, most emoji), none
+    for combining marks and control characters."""
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Cc", "Cf", "Me", "Mn"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def screen_rows(text: str, columns: int) -> int:
+    """How many terminal rows `text` takes when printed from the start of a row, long
+    lines wrapping at `columns` (a wide character that does not fit goes to the next row);
+    the cursor is on the last of them."""
+    columns = max(columns, 2)
+    rows, column = 1, 0
+    for char in text:
+        if char == "\n":
+            rows, column = rows + 1, 0
+        elif char == "\r":
+            column = 0
+        elif char == "\t":  # to the next tab stop, never past the right edge
+            column = min((column // 8 + 1) * 8, max(column, columns - 1))
+        elif width := _columns_of(char):
+            if column + width > columns:
+                rows, column = rows + 1, 0
+            column += width
+    return rows
+
+
 class ConsoleStream:
     """Prints deltas as they come on a terminal; buffers and prints once when piped."""
 
-    def __init__(self, out: TextIO, live: bool) -> None:
+    def __init__(self, out: ConsoleOutput, live: bool) -> None:
         self._out = out
         self._live = live
         self._parts: list[str] = []
@@ -148,9 +268,13 @@ class ConsoleStream:
             self._out.flush()
 
     async def retract(self, notice: str) -> None:
-        """Drop the answer and show the notice instead."""
+        """Drop the answer and show the notice instead: on a terminal what was printed of it
+        is erased first (piped, nothing of it was printed)."""
         if self._live and self._parts:
-            self._out.write("\n")
+            columns = shutil.get_terminal_size().columns
+            up = screen_rows("".join(self._parts), columns) - 1
+            # Back to the row the answer started on, and clear from there down.
+            self._out.write("\r" + (f"\x1b[{up}A" if up else "") + "\x1b[J")
         self._parts = []
         self._out.write(f"[{notice}]\n")
         self._out.flush()
@@ -209,7 +333,9 @@ def cannot_save_images(image_dir: str, problem: str) -> str:
 class ConsoleSink:
     """Reply sink writing to a text stream; images go to files whose path is printed."""
 
-    def __init__(self, out: TextIO, image_dir: Path, live: bool, chat: str = "default") -> None:
+    def __init__(
+        self, out: ConsoleOutput, image_dir: Path, live: bool, chat: str = "default"
+    ) -> None:
         self._out = out
         self._live = live
         self._configured_dir = image_dir
@@ -270,6 +396,104 @@ class ConsoleSink:
         return None
 
 
+_Ask = tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]
+
+
+class LineReader:
+    """Reads input one line at a time, when asked, on a daemon thread of its own: Ctrl-C ends
+    the console at once instead of waiting for a line nobody will type (asyncio.to_thread's
+    threads are waited for at exit)."""
+
+    def __init__(self, read: Callable[[], str]) -> None:
+        self._read = read
+        # Each ask: the loop to answer in, and the future it waits on.
+        self._asks: queue.SimpleQueue[_Ask] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ended = False
+
+    async def next_line(self) -> str:
+        """The next line with its newline, or "" at the end of input."""
+        if self._ended:
+            return ""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, name="relaybot-console-input", daemon=True
+            )
+            self._thread.start()
+        self._asks.put((loop, answer))
+        line = await answer
+        self._ended = not line
+        return line
+
+    def _serve(self) -> None:
+        while True:
+            loop, answer = self._asks.get()
+            line, error = "", None
+            try:
+                line = self._read()
+            except EOFError:
+                pass
+            except Exception as exc:
+                error = exc
+            try:
+                loop.call_soon_threadsafe(_settle, answer, line, error)
+            except RuntimeError:  # the console has ended: nobody waits for it
+                return
+            if not line:
+                return
+
+
+def _settle(answer: asyncio.Future[str], line: str, error: Exception | None) -> None:
+    if answer.done():  # given up on (Ctrl-C)
+        return
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        answer.set_result(line)
+
+
+def _line_editor(prompt: str) -> Callable[[], str] | None:
+    """On a terminal: read with readline, so a long pasted line arrives whole (the terminal's
+    own line is cut at 4095 characters) and the arrow keys and history work. None where
+    readline is missing."""
+    try:
+        import readline  # noqa: F401  (imported, input() edits lines with it)
+    except ImportError:
+        return None
+
+    def read() -> str:
+        return input(prompt) + "\n"
+
+    return read
+
+
+class _TerminalState:
+    """The terminal's settings at start, put back at the end: Ctrl-C may come while
+    readline has the terminal in its own mode (no echo)."""
+
+    def __init__(self, fd: int, saved: list[Any]) -> None:
+        self._fd = fd
+        self._saved = saved
+
+    def restore(self) -> None:
+        import termios
+
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+
+
+def _terminal_state(src: TextIO) -> _TerminalState | None:
+    try:
+        import termios
+
+        fd = src.fileno()
+        return _TerminalState(fd, termios.tcgetattr(fd))
+    except (ImportError, OSError, ValueError):
+        return None
+
+
 async def run_console(
     core: Core,
     *,
@@ -278,33 +502,50 @@ async def run_console(
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
 ) -> None:
-    """Chat on the terminal until end of input."""
+    """Chat on the terminal until end of input (or until nobody reads the output)."""
     src = stdin or sys.stdin
-    out = stdout or sys.stdout
-    interactive = src.isatty() and out.isatty()
-    sink = ConsoleSink(out, Path(core.settings.image_dir), live=out.isatty(), chat=chat)
-    if interactive:
-        out.write(f"relaybot console, chat {chat!r}. /help for commands, Ctrl-D to quit.\n")
-    # Answer what a previous run of this chat left unanswered (a crash, a kill -9).
-    await core.service.resume(
-        {PLATFORM: ConsoleRestorer(chat, sink)},
-        everything=core.engine.dialect.name == "sqlite",
-    )
-    while True:
+    out = ConsoleOutput(stdout or sys.stdout)
+    live = out.isatty()
+    interactive = src.isatty() and live
+    prompt = "you> " if interactive else ""
+    editor = None
+    if src is sys.stdin and src.isatty() and stdout in (None, sys.stdout):
+        editor = _line_editor(prompt)
+    lines = LineReader(editor or src.readline)
+    terminal = _terminal_state(src) if editor else None
+    sink = ConsoleSink(out, Path(core.settings.image_dir), live=live, chat=chat)
+    try:
         if interactive:
-            out.write("you> ")
-            out.flush()
-        line = await asyncio.to_thread(src.readline)
-        if not line:
-            break
-        if not line.strip():
-            continue
-        msg = to_incoming(line, chat, user)
-        if not isinstance(msg, str) and _makes_a_picture(msg.text):
-            msg = await sink.image_problem() or msg
-        if isinstance(msg, str):
-            out.write(f"! {msg}\n")
-            out.flush()
-            continue
-        await core.service.handle(msg, sink)
-    await core.service.drain()
+            out.write(f"relaybot console, chat {chat!r}. /help for commands, Ctrl-D to quit.\n")
+        # Answer what a previous run of this chat left unanswered (a crash, a kill -9).
+        await core.service.resume(
+            {PLATFORM: ConsoleRestorer(chat, sink)},
+            everything=core.engine.dialect.name == "sqlite",
+        )
+        while not out.check_reader():
+            if interactive and editor is None:
+                out.write(prompt)
+                out.flush()
+            try:
+                line = await lines.next_line()
+            except asyncio.CancelledError:
+                if interactive:  # Ctrl-C at the prompt: the shell's prompt on a line of its own
+                    out.write("\n")
+                    out.flush()
+                raise
+            if not line:
+                break
+            if not line.strip():
+                continue
+            msg = to_incoming(line, chat, user)
+            if not isinstance(msg, str) and _makes_a_picture(msg.text):
+                msg = await sink.image_problem() or msg
+            if isinstance(msg, str):
+                out.write(f"! {msg}\n")
+                out.flush()
+                continue
+            await core.service.handle(msg, sink)
+        await core.service.drain()
+    finally:
+        if terminal is not None:
+            terminal.restore()

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.config import Settings
+from core.config import Settings, sqlite_file
 from core.db import migrate
 from core.db.database import check_reachable
 from core.db.store import Store, create_engine
+from core.errors import ConfigError
 from core.openai_client import HTTPClient, OpenAIClient, build_http_client
 from core.service import ConversationService
 
@@ -106,6 +111,64 @@ class Core:
         return f"database at migration {current}, code expects {head}"
 
 
+class DatabaseInUse(ConfigError):
+    """Another process has this SQLite file open as a core: one process per file."""
+
+
+# The SQLite files this process holds the lock of: their lock file, and how many cores hold it.
+# A second core in the same process (a test, an embedding program) shares the lock; another
+# process is refused.
+_held_locks: dict[Path, tuple[int, int]] = {}
+_held_locks_guard = threading.Lock()
+
+
+def lock_sqlite_file(url: str) -> Path | None:
+    """Take the lock of the SQLite file `url` names (`<file>.lock` beside it), or raise
+    DatabaseInUse when another process holds it. Two processes on one file would each resume
+    the other's answers in progress (SQLite start-up resumes everything), answering and
+    billing them twice. Returns the lock file to give to `unlock_sqlite_file`; None for
+    PostgreSQL and in-memory SQLite, which need no lock."""
+    database = sqlite_file(url)
+    if database is None:
+        return None
+    lock_path = Path(f"{database.resolve()}.lock")
+    with _held_locks_guard:
+        held = _held_locks.get(lock_path)
+        if held is not None:
+            _held_locks[lock_path] = (held[0], held[1] + 1)
+            return lock_path
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create {lock_path} ({exc.strerror or type(exc).__name__}): relaybot "
+                "needs to write in the folder of its SQLite file"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise DatabaseInUse(
+                f"another relaybot process is using {database}: one process per SQLite file; "
+                "use PostgreSQL for several"
+            ) from None
+        _held_locks[lock_path] = (fd, 1)
+    return lock_path
+
+
+def unlock_sqlite_file(lock_path: Path | None) -> None:
+    """Let go of a lock `lock_sqlite_file` took (the last core of this process releases it)."""
+    if lock_path is None:
+        return
+    with _held_locks_guard:
+        fd, count = _held_locks[lock_path]
+        if count > 1:
+            _held_locks[lock_path] = (fd, count - 1)
+            return
+        del _held_locks[lock_path]
+        os.close(fd)  # closing the only descriptor releases the lock
+
+
 @asynccontextmanager
 async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> AsyncIterator[Core]:
     """Open the core; migrates the database first unless told not to."""
@@ -126,9 +189,12 @@ async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> As
         )
     http = build_http_client(settings)
     store: Store | None = None
+    lock: Path | None = None
     try:
         # A wrong RELAYBOT_DATABASE_URL or a server that is down: one line saying so.
         await check_reachable(engine)
+        # One process per SQLite file, held until the core is closed.
+        lock = lock_sqlite_file(settings.database_url)
         if settings.auto_migrate if migrate_db is None else migrate_db:
             await migrate.upgrade(engine, newer_ok=True)
         store = Store(engine, turns)
@@ -143,9 +209,12 @@ async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> As
         service = ConversationService(settings, store, client)
         yield Core(settings, http, engine, store, client, service)
     finally:
-        await http.aclose()
-        if store is not None:
-            await store.close()
-        if turns is not None:
-            await turns.dispose()
-        await engine.dispose()
+        try:
+            await http.aclose()
+            if store is not None:
+                await store.close()
+            if turns is not None:
+                await turns.dispose()
+            await engine.dispose()
+        finally:
+            unlock_sqlite_file(lock)

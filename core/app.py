@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.config import Settings, sqlite_file
 from core.db import migrate
-from core.db.database import check_reachable
+from core.db.database import answered_within, check_reachable
 from core.db.store import Store, create_engine
 from core.errors import ConfigError
 from core.openai_client import HTTPClient, OpenAIClient, build_http_client
@@ -63,7 +64,7 @@ class Core:
     # The newer migration /readyz last warned about (it warns once, not on every probe).
     newer_schema_seen: str | None = field(default=None, repr=False)
     # Readiness checks given up on (a database that does not answer), still being cancelled.
-    _abandoned: set[asyncio.Task[str | None]] = field(default_factory=set, repr=False)
+    _abandoned: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
 
     async def readiness_problem(self) -> str | None:
         """None when the database answers and is migrated to head (or past it), else what
@@ -76,17 +77,10 @@ class Core:
         Only a database behind the code (never migrated, or at an older revision it ships)
         is not ready.
         """
-        check = asyncio.create_task(self._database_problem(), name="relaybot:readiness")
-        try:
-            done, _ = await asyncio.wait({check}, timeout=READINESS_TIMEOUT)
-        finally:
-            if not check.done():
-                # Closing the connection it waits on may take the driver a while longer
-                # (SQLAlchemy gives asyncpg 2 s to close gracefully): not waited for.
-                check.cancel()
-                self._abandoned.add(check)
-                check.add_done_callback(self._abandoned.discard)
-        return check.result() if done else "database unreachable: timeout"
+        done, problem = await answered_within(
+            self._database_problem(), READINESS_TIMEOUT, self._abandoned
+        )
+        return problem if done else "database unreachable: timeout"
 
     async def _database_problem(self) -> str | None:
         try:

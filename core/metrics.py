@@ -19,6 +19,7 @@ from prometheus_client import (
 )
 from sqlalchemy import func, select
 
+from core.db.database import answered_within
 from core.db.models import InboundEvent
 from core.ports import ReplySink, ReplyStream
 from core.types import Reply, ReplyKind
@@ -115,7 +116,7 @@ class Metrics:
         )
         self._engine: AsyncEngine | None = None
         # Reads given up on (a database that does not answer), still being cancelled.
-        self._abandoned: set[asyncio.Task[None]] = set()
+        self._abandoned: set[asyncio.Task[Any]] = set()
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
@@ -179,16 +180,9 @@ class Metrics:
         answer within REFRESH_TIMEOUT, keeps the last values."""
         if self._engine is None:
             return
-        reading = asyncio.create_task(self._read_inbox_depth(self._engine))
-        try:
-            done, _ = await asyncio.wait({reading}, timeout=REFRESH_TIMEOUT)
-        finally:
-            if not reading.done():
-                # Closing the connection it waits on may take the driver a while longer:
-                # not waited for.
-                reading.cancel()
-                self._abandoned.add(reading)
-                reading.add_done_callback(self._abandoned.discard)
+        done, _ = await answered_within(
+            self._read_inbox_depth(self._engine), REFRESH_TIMEOUT, self._abandoned
+        )
         if not done:
             log.warning(
                 "inbox depth unavailable: the database did not answer within %g s",

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy import URL, Connection, Engine, Executable, TextClause, event, text
@@ -451,6 +451,24 @@ def unreachable(url: URL, exc: BaseException) -> DatabaseUnreachable:
     if url.password:
         message = message.replace(str(url.password), "***")
     return DatabaseUnreachable(message[:500])
+
+
+async def answered_within(
+    work: Coroutine[Any, Any, T], seconds: float, abandoned: set[asyncio.Task[Any]]
+) -> tuple[bool, T | None]:
+    """Run a database probe for at most `seconds`: (True, its result), or (False,
+    None) when it did not answer in time. A probe given up on is cancelled but not waited
+    for (closing the connection it waits on may take the driver a while longer: SQLAlchemy
+    gives asyncpg 2 s to close gracefully); `abandoned` keeps it referenced until it ends."""
+    task = asyncio.create_task(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    finally:
+        if not task.done():
+            task.cancel()
+            abandoned.add(task)
+            task.add_done_callback(abandoned.discard)
+    return (True, task.result()) if done else (False, None)
 
 
 async def check_reachable(engine: AsyncEngine) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bots.http_server import HttpServer
 from bots.slack import SinkOptions, SlackAdapter
@@ -161,6 +161,18 @@ async def break_storing(url: str) -> Callable[[], Awaitable[None]]:
             "CREATE TRIGGER relaybot_hiccup BEFORE INSERT ON inbound_events "
             "FOR EACH ROW EXECUTE FUNCTION relaybot_hiccup()",
         ]
+    mending = (
+        ["DROP TRIGGER relaybot_hiccup"]
+        if engine.dialect.name == "sqlite"
+        else ["DROP TRIGGER relaybot_hiccup ON inbound_events"]
+    )
+    return await _altered(engine, breaking, mending)
+
+
+async def _altered(
+    engine: AsyncEngine, breaking: list[str], mending: list[str]
+) -> Callable[[], Awaitable[None]]:
+    """Run `breaking` now; returns what runs `mending` (and lets the engine go)."""
     async with engine.begin() as conn:
         for statement in breaking:
             await conn.execute(text(statement))
@@ -168,10 +180,8 @@ async def break_storing(url: str) -> Callable[[], Awaitable[None]]:
     async def mend() -> None:
         try:
             async with engine.begin() as conn:
-                if engine.dialect.name == "sqlite":
-                    await conn.execute(text("DROP TRIGGER relaybot_hiccup"))
-                else:
-                    await conn.execute(text("DROP TRIGGER relaybot_hiccup ON inbound_events"))
+                for statement in mending:
+                    await conn.execute(text(statement))
         finally:
             await engine.dispose()
 
@@ -231,19 +241,7 @@ async def refuse_storing(url: str, word: str) -> Callable[[], Awaitable[None]]:
             "DROP TRIGGER relaybot_refuse ON inbound_events",
             "DROP FUNCTION relaybot_refuse()",
         ]
-    async with engine.begin() as conn:
-        for statement in breaking:
-            await conn.execute(text(statement))
-
-    async def mend() -> None:
-        try:
-            async with engine.begin() as conn:
-                for statement in mending:
-                    await conn.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    return mend
+    return await _altered(engine, breaking, mending)
 
 
 @pytest.mark.parametrize("queued", [False, True], ids=["first-in-its-thread", "queued"])

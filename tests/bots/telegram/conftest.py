@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from bots.http_server import HttpServer
 from bots.telegram import Pacing, TelegramAdapter
 from bots.telegram.limits import FloodLimits
 from core.app import Core
 from core.config import Settings
+from core.db.models import Message
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_telegram import FakeTelegram
 from tests.conftest import FIXTURES
@@ -141,3 +143,16 @@ def voice_note() -> bytes:
 def photo() -> bytes:
     """A real JPEG photo."""
     return (FIXTURES / "photo.jpg").read_bytes()
+
+
+async def stored_turns(bot: Bot, chat_id: int = PRIVATE_CHAT) -> list[tuple[str, str, str]]:
+    """Every stored turn of a chat, withheld ones too: (role, content, status), oldest first."""
+    async with bot.core.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(Message.role, Message.content, Message.status)
+                .where(Message.chat_key == f"telegram:{chat_id}")
+                .order_by(Message.id)
+            )
+        ).all()
+    return [(r.role, r.content, r.status) for r in rows]

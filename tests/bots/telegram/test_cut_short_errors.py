@@ -9,21 +9,8 @@ import logging
 import pytest
 from sqlalchemy import select
 
-from core.db.models import Message, UsageRecord
-from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot
-
-
-async def _rows(bot: Bot) -> list[tuple[str, str, str]]:
-    """Every stored turn of the chat: (role, content, status), oldest first."""
-    async with bot.core.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(Message.role, Message.content, Message.status)
-                .where(Message.chat_key == f"telegram:{PRIVATE_CHAT}")
-                .order_by(Message.id)
-            )
-        ).all()
-    return [(r.role, r.content, r.status) for r in rows]
+from core.db.models import UsageRecord
+from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot, stored_turns
 
 
 async def test_a_quota_used_up_midway_alerts_the_operator_and_the_person_hears_so(
@@ -48,7 +35,10 @@ async def test_a_quota_used_up_midway_alerts_the_operator_and_the_person_hears_s
     registry = bot.core.service.metrics.registry
     counted = {"platform": "telegram", "kind": "QuotaExhausted"}
     assert registry.get_sample_value("relaybot_errors_total", counted) == 1
-    assert await _rows(bot) == [("user", "count to six", "ok"), ("assistant", "one ", "partial")]
+    assert await stored_turns(bot) == [
+        ("user", "count to six", "ok"),
+        ("assistant", "one ", "partial"),
+    ]
     async with bot.core.engine.connect() as conn:
         assert len((await conn.execute(select(UsageRecord))).all()) == 1
 

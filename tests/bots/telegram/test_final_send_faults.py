@@ -10,24 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from core.db.models import Message, UsageRecord
-from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot
+from core.db.models import UsageRecord
+from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot, stored_turns
 
 ANSWER = "Green tea is best brewed at about eighty degrees for two or three minutes."
 TOLD = "Telegram did not take the whole answer. Send /retry in a minute to get it again."
-
-
-async def _rows(bot: Bot) -> list[tuple[str, str, str]]:
-    """Every stored turn of the chat: (role, content, status), oldest first."""
-    async with bot.core.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(Message.role, Message.content, Message.status)
-                .where(Message.chat_key == f"telegram:{PRIVATE_CHAT}")
-                .order_by(Message.id)
-            )
-        ).all()
-    return [(r.role, r.content, r.status) for r in rows]
 
 
 async def _chat_usage(bot: Bot) -> list[Any]:
@@ -61,7 +48,7 @@ async def test_an_answer_telegram_would_not_take_is_kept_billed_and_the_person_t
     await bot.deliver(tg.text_update(PRIVATE_CHAT, "how hot should green tea be?"))
 
     assert tg.texts(PRIVATE_CHAT) == [TOLD]
-    assert await _rows(bot) == [
+    assert await stored_turns(bot) == [
         ("user", "how hot should green tea be?", "ok"),
         ("assistant", ANSWER, "partial"),
     ]
@@ -72,7 +59,7 @@ async def test_an_answer_telegram_would_not_take_is_kept_billed_and_the_person_t
     bot.openai.queue_reply(ANSWER)
     await bot.deliver(tg.text_update(PRIVATE_CHAT, "/retry"))
     assert tg.texts(PRIVATE_CHAT) == [TOLD, ANSWER]
-    assert await _rows(bot) == [
+    assert await stored_turns(bot) == [
         ("user", "how hot should green tea be?", "ok"),
         ("assistant", ANSWER, "ok"),
     ]
@@ -91,7 +78,7 @@ async def test_after_a_part_of_a_long_answer_fails_no_later_part_is_sent(bot: Bo
 
     # No later part stands there without its beginning: one notice says what happened.
     assert tg.texts(PRIVATE_CHAT) == ["The answer was cut short: " + TOLD]
-    (question, (role, content, status)) = await _rows(bot)
+    (question, (role, content, status)) = await stored_turns(bot)
     assert question == ("user", "count to fifteen hundred", "ok")
     assert (role, status) == ("assistant", "partial")
     assert content.startswith("word0 word1 ") and words.startswith(content)

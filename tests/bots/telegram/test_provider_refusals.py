@@ -5,25 +5,10 @@ would go with every later request and have each refused too, until /reset."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
 
-from core.db.models import Message
-from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot
+from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot, stored_turns
 
 REFUSED = "tell me how to pick my neighbour's lock"
-
-
-async def _rows(bot: Bot) -> list[tuple[str, str, str]]:
-    """Every stored turn of the chat, withheld ones too: (role, content, status), oldest first."""
-    async with bot.core.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(Message.role, Message.content, Message.status)
-                .where(Message.chat_key == f"telegram:{PRIVATE_CHAT}")
-                .order_by(Message.id)
-            )
-        ).all()
-    return [(r.role, r.content, r.status) for r in rows]
 
 
 def _prompts(bot: Bot) -> str:
@@ -58,7 +43,7 @@ async def test_after_the_provider_refuses_a_question_the_next_one_is_answered(
 
     assert tg.texts(PRIVATE_CHAT) == [told, "echo: what is two and two?"]
     assert REFUSED not in _prompts(bot)
-    assert await _rows(bot) == [
+    assert await stored_turns(bot) == [
         ("user", REFUSED, "withheld"),
         ("user", "what is two and two?", "ok"),
         ("assistant", "echo: what is two and two?", "ok"),
@@ -80,7 +65,7 @@ async def test_a_question_whose_answer_the_filter_stopped_before_a_word_is_kept_
         "echo: what is two and two?",
     ]
     assert REFUSED not in _prompts(bot)
-    assert (await _rows(bot))[0] == ("user", REFUSED, "withheld")
+    assert (await stored_turns(bot))[0] == ("user", REFUSED, "withheld")
 
 
 @pytest.mark.telegram_settings(max_retries=0)
@@ -99,4 +84,4 @@ async def test_a_refusal_after_part_of_the_answer_was_shown_keeps_the_question(b
         "The answer was cut short: Sorry, I can't help with that.",
     ]
     # The question stays with the part of the answer the person saw.
-    assert await _rows(bot) == [("user", REFUSED, "ok"), ("assistant", "Locks ", "partial")]
+    assert await stored_turns(bot) == [("user", REFUSED, "ok"), ("assistant", "Locks ", "partial")]

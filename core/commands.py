@@ -22,10 +22,21 @@ COMMANDS: dict[str, str] = {
 
 # Commands for groups only (a private chat has one voice to transcribe: its own).
 GROUP_ONLY = frozenset({"voicemode"})
-# Commands that change a group's conversation for everyone, for its admins (`Policy.admit`):
-# a platform that can show members and admins different command menus leaves these out of
+# What changes a group's conversation for everyone, so only its admins may (`Policy.admit`):
+# these always, and these others when given an argument (without one they only show it).
+CHANGES_THE_CHAT = frozenset({"reset", "forget"})
+CHANGES_THE_CHAT_WITH_ARGS = frozenset({"system", "voicemode", "model"})
+
+
+def changes_the_chat(name: str, args: str) -> bool:
+    """Whether the command changes the conversation for everyone in it (rather than showing
+    something): its history, system prompt, voice mode or model."""
+    return name in CHANGES_THE_CHAT or (name in CHANGES_THE_CHAT_WITH_ARGS and bool(args))
+
+
+# A platform that can show members and admins different command menus leaves these out of
 # the members'. (`/model` stays: anyone may list the models.)
-GROUP_ADMIN_ONLY = frozenset({"reset", "forget", "system", "voicemode"})
+GROUP_ADMIN_ONLY = (CHANGES_THE_CHAT | CHANGES_THE_CHAT_WITH_ARGS) - {"model"}
 
 
 def command_menu(*, group: bool, admin: bool = False) -> dict[str, str]:
@@ -39,14 +50,11 @@ def command_menu(*, group: bool, admin: bool = False) -> dict[str, str]:
     }
 
 
-# How the help marks, for a group's member, what only the group's admins may do (policy's
-# `_changes_the_chat`): these change the conversation for everyone.
+# How the help marks, for a group's member, what only the group's admins may do.
+_SETTING_WORDS = {"system": "setting it: ", "model": "picking one: "}
 _FOR_GROUP_ADMINS = {
-    "reset": " (group admins only)",
-    "forget": " (group admins only)",
-    "system": " (setting it: group admins only)",
-    "voicemode": " (group admins only)",
-    "model": " (picking one: group admins only)",
+    name: f" ({_SETTING_WORDS.get(name, '')}group admins only)"
+    for name in CHANGES_THE_CHAT | CHANGES_THE_CHAT_WITH_ARGS
 }
 _HELP_HEAD = "I'm relaybot. Send me a message, a voice note or audio file and I'll answer.\n\n"
 

@@ -21,8 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.db.models import Message
 from core.db.store import read_chat_settings
-from core.service import IMAGE_MARK
-from core.types import ChatRef
+from core.types import ChatRef, without_image_mark
 
 FORMATS = ("openai-jsonl",)
 
@@ -45,7 +44,7 @@ def build_example(
                 if name:
                     item["name"] = name
                 pending.append(item)
-                blind = blind or content == IMAGE_MARK or content.endswith("\n" + IMAGE_MARK)
+                blind = blind or without_image_mark(content)[1]
         elif role == "assistant":
             # An answer with no prompt before it (its question was before `--since`) is
             # not an exchange: an example starts with a question.

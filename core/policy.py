@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from core.access import Access
 from core.accounting import Accounting, Row, Summary, budget_chat, user_key
 from core.budgets import PERIOD_WORDS, PERIODS, SCOPES, Budgets, describe
+from core.commands import changes_the_chat
 from core.config import Settings
 from core.db.models import utcnow
 from core.db.store import ChatSettings, Store
@@ -78,14 +79,6 @@ class SlowDown(RelaybotError):
     """The sender passed their requests-per-minute limit."""
 
     user_message = "You're sending messages too fast. Please slow down."
-
-
-def _changes_the_chat(name: str, args: str) -> bool:
-    """Whether the command changes the conversation for everyone in it (rather than showing
-    something): its history, system prompt, voice mode or model."""
-    if name in ("reset", "forget"):
-        return True
-    return name in ("system", "voicemode", "model") and bool(args)
 
 
 def _named(given: str, here: str, usage: str) -> str:
@@ -174,7 +167,7 @@ class Policy:
         if (
             chat_admin is not None
             and not msg.is_direct
-            and _changes_the_chat(name, args)
+            and changes_the_chat(name, args)
             and not self.access.is_admin(platform, sender)
             and await chat_admin() is False
         ):

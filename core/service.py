@@ -55,6 +55,7 @@ from core.tokens import TokenCounter, context_window, counter_for, picture_token
 from core.trimming import Budget, fit_newest
 from core.types import (
     EVERY_VOICE_NOTE,
+    IMAGE_MARK,
     Attachment,
     AttachmentKind,
     ChatRef,
@@ -62,6 +63,7 @@ from core.types import (
     Reply,
     ReplyKind,
     quote_lines,
+    without_image_mark,
 )
 
 log = logging.getLogger("relaybot.service")
@@ -230,7 +232,6 @@ def quoted(text: str) -> str:
     return quote_lines(text)
 
 
-IMAGE_MARK = "[image]"  # ends a stored turn that came with pictures
 # A message taken on this many times without being finished (each process working on it
 # stopped: a crash it causes, an out-of-memory kill) is given up rather than resumed again,
 # so it cannot take every restart down with it.
@@ -244,13 +245,6 @@ GAVE_UP = (
 # PARTS_QUIET_SECONDS (at most PARTS_WAIT_SECONDS in all) and then takes the others in.
 PARTS_QUIET_SECONDS = 1.0
 PARTS_WAIT_SECONDS = 5.0
-
-
-def _without_image_mark(content: str) -> tuple[str, bool]:
-    """A stored user turn's own words, and whether it came with pictures."""
-    if content == IMAGE_MARK or content.endswith("\n" + IMAGE_MARK):
-        return content[: -len(IMAGE_MARK)].rstrip("\n"), True
-    return content, False
 
 
 # OpenAI's models that take no pictures though their family does (o3 reads them, o3-mini
@@ -1668,7 +1662,7 @@ class ConversationService:
             answer.sent = messages
             if image_parts and messages[-1]["role"] == "user":
                 last = dict(messages[-1])
-                text, _ = _without_image_mark(last["content"])
+                text, _ = without_image_mark(last["content"])
                 words = [{"type": "text", "text": text}] if text else []
                 last["content"] = [*words, *image_parts]
                 messages = [*messages[:-1], last]
@@ -1807,7 +1801,7 @@ class ConversationService:
         if popped is None:
             raise BadInput("nothing to retry", user_message="There is no answer to retry yet.")
         try:
-            text, pictures = _without_image_mark(popped.user.content)
+            text, pictures = without_image_mark(popped.user.content)
             if pictures:
                 # Pictures are not kept: asked again without it, the model would answer
                 # something else.

@@ -150,3 +150,13 @@ class Reply:
     image: bytes | None = None
     image_name: str = "image.png"
     extras: dict[str, str] = field(default_factory=dict)
+
+
+IMAGE_MARK = "[image]"  # ends a stored turn that came with pictures (they are not kept)
+
+
+def without_image_mark(content: str) -> tuple[str, bool]:
+    """A stored user turn's own words, and whether it came with pictures."""
+    if content == IMAGE_MARK or content.endswith("\n" + IMAGE_MARK):
+        return content[: -len(IMAGE_MARK)].rstrip("\n"), True
+    return content, False

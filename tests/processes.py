@@ -40,6 +40,20 @@ def run_relaybot(
     )
 
 
+def start_relaybot(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
+    """Start `relaybot ARGS` in `cwd` with a clean environment plus `env`, its standard
+    streams piped (text), for a test that talks to it while it runs."""
+    return subprocess.Popen(
+        [RELAYBOT, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=clean_env(**env),
+        text=True,
+    )
+
+
 def endpoint_env(fake: FakeOpenAI, key: str = "sk-test-key") -> dict[str, str]:
     """Settings pointing relaybot at a fake OpenAI server."""
     return {"OPENAI_API_KEY": key, "OPENAI_BASE_URL": fake.base_url}

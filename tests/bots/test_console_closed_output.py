@@ -8,13 +8,12 @@ code 0, as Unix tools do.
 from __future__ import annotations
 
 import io
-import subprocess
 from pathlib import Path
 
 from bots.console import run_console
 from core.app import Core
 from core.testing.fake_openai import FakeOpenAI
-from tests.processes import RELAYBOT, clean_env, endpoint_env
+from tests.processes import endpoint_env, start_relaybot
 
 
 def user_turns(fake: FakeOpenAI) -> list[str]:
@@ -22,15 +21,7 @@ def user_turns(fake: FakeOpenAI) -> list[str]:
 
 
 def test_closing_the_output_ends_the_session_quietly(endpoint: FakeOpenAI, tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [RELAYBOT, "console"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=tmp_path,
-        env=clean_env(**endpoint_env(endpoint)),
-        text=True,
-    )
+    proc = start_relaybot(["console"], tmp_path, **endpoint_env(endpoint))
     try:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         proc.stdin.write("a\n")

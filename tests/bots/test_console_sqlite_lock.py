@@ -8,14 +8,13 @@ if it were alone): the same question was answered, and billed, twice.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from core.app import Core
 from core.testing.fake_openai import FakeOpenAI
-from tests.processes import RELAYBOT, clean_env, endpoint_env
+from tests.processes import endpoint_env, start_relaybot
 from tests.processes import run_relaybot as run
 
 IN_USE = (
@@ -29,15 +28,7 @@ def test_a_second_console_on_the_same_sqlite_file_is_refused_and_answers_nothing
 ) -> None:
     endpoint.chunk_delay = 0.2
     endpoint.queue_reply("a long answer that takes its time to arrive word by word")
-    first = subprocess.Popen(
-        [RELAYBOT, "console"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=tmp_path,
-        env=clean_env(**endpoint_env(endpoint)),
-        text=True,
-    )
+    first = start_relaybot(["console"], tmp_path, **endpoint_env(endpoint))
     try:
         assert first.stdin is not None
         first.stdin.write("tell me a story\n")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
 from pathlib import Path
 
 from core.testing.fake_openai import FakeOpenAI
-from tests.processes import RELAYBOT, clean_env, endpoint_env
+from tests.processes import endpoint_env, start_relaybot
 from tests.processes import run_relaybot as run
 
 
@@ -25,18 +24,9 @@ def events(db: Path) -> list[tuple[str, str]]:
 def test_killed_mid_stream_the_answer_comes_after_restart(
     endpoint: FakeOpenAI, tmp_path: Path
 ) -> None:
-    env = clean_env(**endpoint_env(endpoint))
     endpoint.chunk_delay = 0.3
     endpoint.queue_reply("once upon a time there was a bot that never lost a message")
-    proc = subprocess.Popen(
-        [RELAYBOT, "console"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=tmp_path,
-        env=env,
-        text=True,
-    )
+    proc = start_relaybot(["console"], tmp_path, **endpoint_env(endpoint))
     try:
         assert proc.stdin is not None
         proc.stdin.write("tell me a story\n")

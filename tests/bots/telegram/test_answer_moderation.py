@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from core.db.models import Message, UsageRecord
+from core.db.models import UsageRecord
 from core.moderation import WITHHELD_NOTICE
-from tests.bots.telegram.conftest import GROUP, PRIVATE_CHAT, Bot
+from tests.bots.telegram.conftest import GROUP, PRIVATE_CHAT, Bot, stored_turns
 
 FLAGGED = "FLAGME here is how to do something terrible, step by step, in detail"
 HARMLESS = "Green tea is best brewed at about eighty degrees for two or three minutes."
@@ -25,19 +25,6 @@ def _ask(chat: int, text: str) -> str:
 def _visible(bot: Bot, chat: int) -> list[str]:
     """What the chat shows now: every message's final text (and no draft is a message)."""
     return bot.telegram.texts(chat)
-
-
-async def _rows(bot: Bot, chat: int) -> list[tuple[str, str, str]]:
-    """Every stored turn of the chat, withheld ones too: (role, content, status), oldest first."""
-    async with bot.core.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(Message.role, Message.content, Message.status)
-                .where(Message.chat_key == f"telegram:{chat}")
-                .order_by(Message.id)
-            )
-        ).all()
-    return [(r.role, r.content, r.status) for r in rows]
 
 
 async def _chat_usage(bot: Bot, chat: int) -> list[Any]:
@@ -103,7 +90,7 @@ async def test_a_flagged_answer_cut_short_is_withdrawn_and_never_sent_back(
     # all the chat shows (no "[answer cut short]", no invitation to try again).
     assert any("FLAGME" in str(r.json) for r in bot.openai.calls("/moderations"))
     assert _visible(bot, chat) == [WITHHELD_NOTICE]
-    rows = await _rows(bot, chat)
+    rows = await stored_turns(bot, chat)
     assert [(role, status) for role, _, status in rows] == [
         ("user", "ok"),
         ("assistant", "withheld"),
@@ -129,7 +116,7 @@ async def test_an_answer_cut_short_that_moderation_cannot_check_is_withdrawn(
     (shown,) = _visible(bot, chat)
     assert "could not check" in shown
     assert "Green tea" not in shown
-    rows = await _rows(bot, chat)
+    rows = await stored_turns(bot, chat)
     assert [(role, status) for role, _, status in rows] == [
         ("user", "ok"),
         ("assistant", "withheld"),
@@ -156,7 +143,7 @@ async def test_an_answer_moderation_cannot_check_is_withdrawn_stored_and_billed(
     assert "Green tea" not in shown
     assert "not answering" not in shown
     # Stored out of the history (as a message whose input check could not run is)...
-    assert await _rows(bot, chat) == [
+    assert await stored_turns(bot, chat) == [
         ("user", "how do I brew tea?", "ok"),  # a group's without the mention
         ("assistant", HARMLESS, "withheld"),
     ]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -66,23 +68,43 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# What `relaybot run` logs once its HTTP server listens (text and JSON log formats alike).
+_LISTENING = re.compile(r"HTTP server on [^\s:\"]+:(\d+)")
+
+
+def listening_port(log: str) -> int | None:
+    """The port a `relaybot run` log says its HTTP server listens on (the latest start's)."""
+    found = _LISTENING.findall(log)
+    return int(found[-1]) if found else None
+
+
 def wait_ready(
     proc: subprocess.Popen[bytes],
     url: str,
     deadline: float,
+    log: Callable[[], str],
     name: str = "relaybot",
-    log: Callable[[], str] = lambda: "",
-) -> None:
-    """Wait until the `relaybot run` process `proc` answers 200 on `url`/readyz."""
+) -> str:
+    """Wait until the `relaybot run` process `proc` answers 200 on `url`/readyz; return the
+    URL it serves. Its port is read from the process's own log: with port 0 in `url` (the
+    OS picks a free one as it binds: no other process can hold it) that is the port it
+    bound, and another process answering on a given port (a test worker's relaybot that took
+    it between `free_port()` and this one's start) is never taken for this one."""
+    parts = urlsplit(url)
     with httpx.Client(timeout=2) as client:
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"{name} exited:\n{log()[-3000:]}")
-            try:
-                if client.get(url + "/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            bound = listening_port(log())
+            if bound is not None and parts.port not in (0, bound):
+                raise AssertionError(f"{name} listens on {bound}, not {parts.port}")
+            if bound is not None:
+                served = parts._replace(netloc=f"{parts.hostname}:{bound}").geturl()
+                try:
+                    if client.get(served + "/readyz").status_code == 200:
+                        return served
+                except httpx.TransportError:
+                    pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"{name} not ready:\n{log()[-3000:]}")
             time.sleep(0.1)  # a process starting up: there is nothing to wait on but time

@@ -23,7 +23,7 @@ from core.db import migrate
 from core.db.store import create_engine
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack
-from tests.processes import RELAYBOT, clean_env, endpoint_env, free_port, run_relaybot, wait_ready
+from tests.processes import RELAYBOT, clean_env, endpoint_env, run_relaybot, wait_ready
 
 NEWER = "0012_next_release"
 
@@ -51,18 +51,17 @@ def running(endpoint: FakeOpenAI, tmp_path: Path, database_url: str) -> Iterator
             SLACK_API_URL=slack.api_url,
             RELAYBOT_DATABASE_URL=database_url,
             RELAYBOT_HTTP_HOST="127.0.0.1",
-            RELAYBOT_HTTP_PORT=str(free_port()),
+            RELAYBOT_HTTP_PORT="0",
             RELAYBOT_MODERATION="off",
             RELAYBOT_LOG_LEVEL="INFO",
             RELAYBOT_LOG_FORMAT="text",
         )
-        url = f"http://127.0.0.1:{env['RELAYBOT_HTTP_PORT']}"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [RELAYBOT, "run"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         try:
-            wait_ready(proc, url, time.monotonic() + 60, log=log.read_text)
+            url = wait_ready(proc, "http://127.0.0.1:0", time.monotonic() + 60, log=log.read_text)
             yield url, log
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -27,7 +27,7 @@ from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack
 from core.types import ChatRef, IncomingMessage, Sender
 from tests.conftest import POSTGRES_URL, reset_postgres
-from tests.processes import RELAYBOT, clean_env, endpoint_env, free_port, wait_ready
+from tests.processes import RELAYBOT, clean_env, endpoint_env, wait_ready
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="RELAYBOT_TEST_POSTGRES_URL unset")
 
@@ -148,7 +148,6 @@ def test_with_the_database_cut_off_readyz_says_so_in_time_and_sigterm_is_prompt(
     through_proxy = make_url(postgres_url).set(host="127.0.0.1", port=partition.port)
     log = tmp_path / "relaybot.log"
     with FakeSlack() as slack:
-        port = free_port()
         env = clean_env(
             **endpoint_env(endpoint),
             SLACK_BOT_TOKEN=slack.bot_token,
@@ -156,17 +155,16 @@ def test_with_the_database_cut_off_readyz_says_so_in_time_and_sigterm_is_prompt(
             SLACK_API_URL=slack.api_url,
             RELAYBOT_DATABASE_URL=through_proxy.render_as_string(hide_password=False),
             RELAYBOT_HTTP_HOST="127.0.0.1",
-            RELAYBOT_HTTP_PORT=str(port),
+            RELAYBOT_HTTP_PORT="0",
             RELAYBOT_MODERATION="off",
             RELAYBOT_LOG_FORMAT="json",
         )
-        url = f"http://127.0.0.1:{port}"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [RELAYBOT, "run"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         try:
-            wait_ready(proc, url, time.monotonic() + 60, log=log.read_text)
+            url = wait_ready(proc, "http://127.0.0.1:0", time.monotonic() + 60, log=log.read_text)
             with httpx.Client(timeout=PROBE_TIMEOUT) as client:
                 before = probe(client, url + "/metrics")
                 partition.cut.set()

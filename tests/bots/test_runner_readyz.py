@@ -11,7 +11,7 @@ import httpx
 
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack
-from tests.processes import RELAYBOT, clean_env, endpoint_env, free_port, wait_ready
+from tests.processes import RELAYBOT, clean_env, endpoint_env, wait_ready
 
 
 def test_probing_readyz_adds_no_log_lines(endpoint: FakeOpenAI, tmp_path: Path) -> None:
@@ -23,18 +23,17 @@ def test_probing_readyz_adds_no_log_lines(endpoint: FakeOpenAI, tmp_path: Path) 
             SLACK_SIGNING_SECRET="a-signing-secret",
             SLACK_API_URL=slack.api_url,
             RELAYBOT_HTTP_HOST="127.0.0.1",
-            RELAYBOT_HTTP_PORT=str(free_port()),
+            RELAYBOT_HTTP_PORT="0",
             RELAYBOT_MODERATION="off",
             RELAYBOT_LOG_LEVEL="INFO",
             RELAYBOT_LOG_FORMAT="text",
         )
-        url = f"http://127.0.0.1:{env['RELAYBOT_HTTP_PORT']}"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [RELAYBOT, "run"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         try:
-            wait_ready(proc, url, time.monotonic() + 60, log=log.read_text)
+            url = wait_ready(proc, "http://127.0.0.1:0", time.monotonic() + 60, log=log.read_text)
             time.sleep(0.5)  # whatever start-up still logs
             before = log.read_text()
             with httpx.Client(timeout=5) as client:

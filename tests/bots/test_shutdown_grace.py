@@ -26,7 +26,7 @@ from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack, event_callback, message_event, signed_request
 from core.testing.fake_telegram import FakeTelegram
 from core.types import ChatRef, IncomingMessage, Sender
-from tests.processes import RELAYBOT, clean_env, endpoint_env, free_port, wait_ready
+from tests.processes import RELAYBOT, clean_env, endpoint_env, wait_ready
 
 CHAT = 1001
 ANSWER = "one two three four five six seven eight"
@@ -164,8 +164,6 @@ class Relaybot:
         self, tmp: Path, oa: FakeOpenAI, slack: FakeSlack, database_url: str, grace: float
     ) -> None:
         self.slack = slack
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
         self.log_path = tmp / "relaybot.log"
         env = clean_env(
             **endpoint_env(oa),
@@ -174,7 +172,7 @@ class Relaybot:
             SLACK_API_URL=slack.api_url,
             RELAYBOT_DATABASE_URL=database_url,
             RELAYBOT_HTTP_HOST="127.0.0.1",
-            RELAYBOT_HTTP_PORT=str(port),
+            RELAYBOT_HTTP_PORT="0",
             RELAYBOT_MODERATION="off",
             RELAYBOT_MAX_RETRIES="0",
             RELAYBOT_SHUTDOWN_GRACE=str(grace),
@@ -185,7 +183,7 @@ class Relaybot:
             self.proc = subprocess.Popen(
                 [RELAYBOT, "run"], cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT
             )
-        wait_ready(self.proc, self.url, time.monotonic() + 60, log=self.log)
+        self.url = wait_ready(self.proc, "http://127.0.0.1:0", time.monotonic() + 60, log=self.log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

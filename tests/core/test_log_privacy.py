@@ -19,7 +19,7 @@ from bots.slack.adapter import EVENTS_PATH
 from core.db.store import create_engine
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack, event_callback, message_event, signed_request
-from tests.processes import RELAYBOT, clean_env, free_port, run_relaybot, wait_ready
+from tests.processes import RELAYBOT, clean_env, run_relaybot, wait_ready
 
 WORDS = "my-diagnosis-is-QWERTY-confidential"
 PROMPT = "always-mention-ZXCVB-my-secret-prompt"
@@ -121,7 +121,6 @@ def test_debug_logs_of_a_slack_conversation_hold_none_of_it(
     slack, signing = FakeSlack(), "slack-signing-secret-xyz"
     event = message_event(channel="D0ALICE", user="U0ALICE", text=WORDS)
     slack.start_in_thread()
-    port = free_port()
     env = clean_env(
         OPENAI_API_KEY="sk-test-Zq81LmN4pV7xC2rT",
         OPENAI_BASE_URL=endpoint.base_url,
@@ -129,7 +128,7 @@ def test_debug_logs_of_a_slack_conversation_hold_none_of_it(
         SLACK_SIGNING_SECRET=signing,
         SLACK_API_URL=slack.api_url,
         RELAYBOT_HTTP_HOST="127.0.0.1",
-        RELAYBOT_HTTP_PORT=str(port),
+        RELAYBOT_HTTP_PORT="0",
         RELAYBOT_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
         RELAYBOT_LOG_FORMAT="json",
         RELAYBOT_LOG_LEVEL="DEBUG",
@@ -146,8 +145,7 @@ def test_debug_logs_of_a_slack_conversation_hold_none_of_it(
             stderr=subprocess.STDOUT,
         )
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(proc, url, time.monotonic() + 60, log=log.read_text)
+        url = wait_ready(proc, "http://127.0.0.1:0", time.monotonic() + 60, log=log.read_text)
         body, headers = signed_request(signing, event_callback(event, team_id=slack.team_id))
         with httpx.Client(timeout=15) as client:
             assert client.post(url + EVENTS_PATH, content=body, headers=headers).status_code == 200

@@ -34,7 +34,7 @@ from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack, event_callback, message_event, signed_request
 from core.testing.fake_telegram import FakeTelegram
 from tests.conftest import reset_postgres
-from tests.processes import RELAYBOT, free_port, wait_ready
+from tests.processes import RELAYBOT, wait_ready
 
 WEBHOOK_SECRET = "replica-webhook-secret_0123456789"
 SLACK_SIGNING_SECRET = "replica-slack-signing-secret"
@@ -160,8 +160,7 @@ class Cluster:
         for _ in range(count):
             self._count += 1
             name = f"r{self._count}"
-            port = free_port()
-            env = self.base_env() | {"RELAYBOT_HTTP_PORT": str(port)}
+            env = self.base_env() | {"RELAYBOT_HTTP_PORT": "0"}  # the port it binds: in its log
             log_path = self.tmp / f"{name}.log"
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
@@ -172,7 +171,7 @@ class Cluster:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
-            started.append(Replica(name, port, proc, log_path))
+            started.append(Replica(name, 0, proc, log_path))
         self.replicas.extend(started)
         deadline = time.monotonic() + within
         for replica in started:
@@ -185,7 +184,8 @@ class Cluster:
 
     @staticmethod
     def _wait_ready(replica: Replica, deadline: float) -> None:
-        wait_ready(replica.proc, replica.url, deadline, f"{replica.name}", replica.log)
+        served = wait_ready(replica.proc, replica.url, deadline, replica.log, replica.name)
+        replica.port = int(served.rsplit(":", 1)[1])
 
     def until_acknowledged(
         self, first: Replica, post: Callable[[Replica, int], int | str], what: str

@@ -54,6 +54,11 @@ log = logging.getLogger("relaybot.telegram")
 
 T = TypeVar("T")
 
+# The longest a visible message waits for a "typing…" call still in flight. Telegram shows
+# the action for about 5 s from when it arrives, even under a message sent before it: so
+# none may arrive after the answer's first message. One slower than this is given up.
+TYPING_WAIT = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class Pacing:
@@ -91,10 +96,12 @@ PRIVACY_MODE_NOTE = (
 )
 
 
-def not_delivered(err: TelegramError) -> NotDelivered:
-    """What the core is told when Telegram did not take (all of) an answer."""
+def not_delivered(err: TelegramError, *, shown_all: bool = False) -> NotDelivered:
+    """What the core is told when Telegram did not take (all of) an answer (`shown_all`:
+    the person sees all of it all the same, only its last edit failed)."""
     return NotDelivered(
         f"Telegram did not take the answer: {type(err).__name__}: {err}",
+        shown_all=shown_all,
         user_message="Telegram did not take the whole answer. Send /retry in a minute to get "
         "it again.",
     )
@@ -153,7 +160,8 @@ class TelegramSink:
         self.on_messages = on_messages
         self.continue_in = continue_in
         self._replied = False
-        self._typing_task: asyncio.Task[None] | None = None
+        self._typing_task: asyncio.Task[None] | None = None  # the refresher
+        self._chat_action_task: asyncio.Task[None] | None = None  # its call in flight
         # The bot may no longer write here (kicked from the group, blocked by the person):
         # nothing more is sent, and the answer counts as delivered to nobody.
         self.gone = False
@@ -203,6 +211,13 @@ class TelegramSink:
         A 429 is waited out up to `attempts` times (1: raise RetryAfter at once). `limit` goes
         to the rate limiter (`PREVIEW`: a preview, sent only when the budget has room).
         """
+        message, _ = await self.send_shown(html_text, plain, attempts=attempts, limit=limit)
+        return message
+
+    async def send_shown(
+        self, html_text: str | None, plain: str, *, attempts: int = 4, limit: str | None = None
+    ) -> tuple[Message, str]:
+        """`send_text`, and the text the message shows as a person reads it (no formatting)."""
         if html_text is not None:
             try:
                 message = await self._call(
@@ -222,7 +237,7 @@ class TelegramSink:
                 log.warning("Telegram refused our HTML (%s); resending as plain text", err)
             else:
                 self._replied = True
-                return message
+                return message, visible_text(html_text)
         message = await self._call(
             lambda: self.bot.send_message(
                 text=plain,
@@ -234,7 +249,7 @@ class TelegramSink:
             repeatable=False,
         )
         self._replied = True
-        return message
+        return message, plain
 
     async def edit_text(
         self,
@@ -244,11 +259,14 @@ class TelegramSink:
         *,
         attempts: int = 4,
         limit: str | None = None,
-    ) -> None:
+    ) -> str:
         """Replace a message's text; "message is not modified" counts as done. `attempts` and
-        `limit` as for `send_text`."""
+        `limit` as for `send_text`. Returns the text the message now shows, as a person
+        reads it (no formatting)."""
+        shown = plain
         try:
             if html_text is not None:
+                shown = visible_text(html_text)
                 try:
                     await self._call(
                         lambda: self.bot.edit_message_text(
@@ -260,11 +278,12 @@ class TelegramSink:
                         ),
                         attempts,
                     )
-                    return
+                    return shown
                 except BadRequest as err:
                     if not is_parse_error(err):
                         raise
                     log.warning("Telegram refused our HTML (%s); editing as plain text", err)
+                shown = plain
             await self._call(
                 lambda: self.bot.edit_message_text(
                     text=plain, chat_id=self.chat_id, message_id=message_id, rate_limit_args=limit
@@ -274,6 +293,7 @@ class TelegramSink:
         except BadRequest as err:
             if not is_not_modified(err):
                 raise
+        return shown  # (not modified: it shows that already)
 
     async def delete(self, message_id: int) -> None:
         """Delete one of our messages (best effort)."""
@@ -287,7 +307,7 @@ class TelegramSink:
     # -- ReplySink -------------------------------------------------------------------------
     async def send(self, reply: Reply) -> None:
         """Deliver a complete reply: Markdown answers as HTML, notices as plain text."""
-        self.stop_typing()
+        await self.typing_settled()
         if self.gone:
             return
         try:
@@ -358,18 +378,18 @@ class TelegramSink:
             stream.abandon()
             raise
         except BaseException:
-            self.stop_typing()
+            self.stop_refreshing()
             try:
                 await stream.finish(failed=True)
             except Exception as err:
                 # What went wrong first is what the person is told.
                 log.warning("the rest of a failed answer was not sent: %s", err)
             raise
-        self.stop_typing()
+        self.stop_refreshing()
         try:
             await stream.finish(failed=False)
         except TelegramError as err:
-            raise not_delivered(err) from err
+            raise not_delivered(err, shown_all=stream.shown_whole()) from err
 
     async def chat_admin(self, sender_id: str) -> bool | None:
         """Whether the group's creator or one of its administrators wrote (getChatMember).
@@ -391,7 +411,8 @@ class TelegramSink:
 
     async def typing(self) -> None:
         """Show "typing…" and keep it up while the model works (it fades after ~5 s), in
-        the background: a slow Bot API does not keep the model waiting."""
+        the background: a slow Bot API does not keep the model waiting. Whatever is sent
+        next waits for it first (`typing_settled`), or it could show under the answer."""
         if self._typing_task is None or self._typing_task.done():
             self._typing_task = asyncio.create_task(self._keep_typing())
 
@@ -407,22 +428,46 @@ class TelegramSink:
 
     async def _keep_typing(self) -> None:
         deadline = time.monotonic() + self.pacing.typing_max
-        await self._chat_action()
-        while time.monotonic() < deadline and not self.gone:
+        while True:
+            # Its own task: stopping the refresher leaves a call in flight to end (or to
+            # `typing_settled`), since Telegram may carry it out even once we hang up.
+            action = self._chat_action_task = asyncio.create_task(self._chat_action())
+            await asyncio.shield(action)
+            if time.monotonic() >= deadline or self.gone:
+                return
             await asyncio.sleep(self.pacing.typing_refresh)
-            await self._chat_action()
 
-    def stop_typing(self) -> None:
-        """Stop refreshing the typing indicator."""
+    def stop_refreshing(self) -> None:
+        """Send no more "typing…" (a call of it in flight goes on: see `typing_settled`)."""
         if self._typing_task is not None:
             self._typing_task.cancel()
             self._typing_task = None
 
+    async def typing_settled(self) -> None:
+        """Before a message the person sees: stop "typing…", and wait for its call in
+        flight to end, at most TYPING_WAIT (then it is given up). A sendChatAction that
+        reached Telegram after the message would show "typing…" under the answer."""
+        self.stop_refreshing()
+        action = self._chat_action_task
+        if action is None or action.done():
+            return
+        await asyncio.wait({action}, timeout=TYPING_WAIT)
+        if not action.done():
+            log.info("Telegram did not answer sendChatAction in %.0f s; not waiting", TYPING_WAIT)
+            action.cancel()
+
+    def stop_typing(self) -> None:
+        """Stop "typing…" at once: the refresher and a call of it in flight."""
+        self.stop_refreshing()
+        if self._chat_action_task is not None:
+            self._chat_action_task.cancel()
+            self._chat_action_task = None
+
     async def close(self) -> None:
         """Stop background work (the typing refresher)."""
-        task = self._typing_task
+        tasks = [t for t in (self._typing_task, self._chat_action_task) if t is not None]
         self.stop_typing()
-        if task is not None:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -442,6 +487,11 @@ class TelegramStream:
         self._pending = ""  # Markdown of the message being written
         self._parts: list[str] = []  # rolled-over messages not yet sent for good, in order
         self._shown = ""  # what the preview currently shows of it
+        # What the message being written (edited, not a draft) was last confirmed to show,
+        # as a person reads it; None when no message of it is known to show anything.
+        self._confirmed: str | None = None
+        # The last message's last send failed, but it already showed all of the answer.
+        self._shown_whole = False
         self._message_id: int | None = None  # the edited message (not in private chats)
         self._messages = AnswerMessages(sink.continue_in, sink.on_messages)
         self._draft_id = self._new_draft_id()
@@ -474,7 +524,7 @@ class TelegramStream:
         self._raise_failure()
         if self._retracted or self._sink.gone or self._broken or not delta:
             return
-        self._sink.stop_typing()
+        self._sink.stop_refreshing()
         self._incoming += delta
         self._courier.start()
 
@@ -532,9 +582,10 @@ class TelegramStream:
         self._courier.cancel()
 
     async def _preview(self) -> None:
+        sink = self._sink
+        await sink.typing_settled()
         text = self._pending
         rendered = None if self._plain_preview else _html_or_none(text)
-        sink = self._sink
         try:
             if self._drafts:
                 await sink.bot.send_message_draft(
@@ -592,6 +643,7 @@ class TelegramStream:
             with unconfirmed():
                 await self._write(_html_or_none(markdown), markdown)
         self._message_id = None
+        self._confirmed = None
         self._unconfirmed = False
         self._shown = ""
         self._draft_id = self._new_draft_id()
@@ -607,11 +659,12 @@ class TelegramStream:
         too old) is replaced by a new one.
         """
         sink = self._sink
+        await sink.typing_settled()
         if self._message_id is None:
             self._message_id = self._messages.next_earlier()
         if self._message_id is not None:
             try:
-                await sink.edit_text(
+                self._confirmed = await sink.edit_text(
                     self._message_id, rendered, text, attempts=attempts, limit=limit
                 )
                 return
@@ -621,16 +674,32 @@ class TelegramStream:
                 log.warning("cannot edit the answer's message (%s); sending a new one", err)
                 await self._replace(self._message_id)
         try:
-            message = await sink.send_text(rendered, text, attempts=attempts, limit=limit)
+            message, shown = await sink.send_shown(rendered, text, attempts=attempts, limit=limit)
         except TimedOut as err:
             self._unconfirmed = may_have_arrived(err)
             raise
         self._message_id = message.message_id
+        self._confirmed = shown
         self._messages.created(message.message_id)
+
+    def _shows(self, markdown: str) -> bool:
+        """Whether the message being written, as last confirmed, already shows the text
+        `markdown` would (formatting aside: what a person reads)."""
+        if self._confirmed is None or self._message_id is None or self._unconfirmed:
+            return False
+        rendered = _html_or_none(markdown)
+        whole = visible_text(rendered) if rendered is not None else markdown
+        return self._confirmed.strip() == whole.strip()
+
+    def shown_whole(self) -> bool:
+        """Whether the person sees the whole answer although its last send failed: the
+        last message already showed all its text (only formatting would have changed)."""
+        return self._shown_whole
 
     async def _replace(self, message_id: int) -> None:
         """A message of this answer cannot be edited: a new one takes its place."""
         self._message_id = None
+        self._confirmed = None
         await self._delete(self._messages.lost(message_id))
 
     async def _delete(self, message_ids: list[int]) -> None:
@@ -679,13 +748,19 @@ class TelegramStream:
         self._parts.clear()
         self._pending = ""
         try:
-            for part in parts:
+            for i, part in enumerate(parts):
                 if self._sink.gone:
                     return
                 if self._broken:
                     break
                 if part.strip() or not failed:
-                    await self._complete(part)
+                    try:
+                        await self._complete(part)
+                    except TelegramError:
+                        # Its last message showed all of it already: the person has it.
+                        last = not any(rest.strip() for rest in parts[i + 1 :])
+                        self._shown_whole = last and error is None and self._shows(part)
+                        raise
         finally:
             if self._messages.earlier:
                 await self._delete(self._messages.unused())

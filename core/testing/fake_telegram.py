@@ -310,11 +310,15 @@ class FakeFile:
 
 @dataclass(slots=True)
 class ApiCall:
-    """One Bot API call: which method, when (time.monotonic()) and the error code, if any."""
+    """One Bot API call: which method, when (time.monotonic()) it arrived, the error code,
+    if any, and when it was answered (carried out, or refused; also when its caller had
+    hung up meanwhile, as Telegram carries such a call out): None while it waits at a
+    `delay` or `hold`, or when it never was (`hang_up_next`, the fake stopped)."""
 
     method: str
     at: float
     error_code: int | None = None
+    answered: float | None = None
 
 
 # What Telegram counts against a group's flood limit: messages sent and edited.
@@ -1078,6 +1082,14 @@ class FakeTelegram(FakeServer):
         method = request.match_info["method"].lower()
         call = ApiCall(method, time.monotonic())
         self.api_calls.append(call)
+        response = await self._answer(request, method, call)
+        if call.error_code != 0:  # (0: hung up, unanswered)
+            call.answered = time.monotonic()
+        return response
+
+    async def _answer(
+        self, request: web.Request, method: str, call: ApiCall
+    ) -> web.StreamResponse:
         await self._slow_down(method)
         if self._hang_ups.get(method, 0) > 0:
             self._hang_ups[method] -= 1

@@ -40,6 +40,7 @@ from bots.slack.sink import (
     ANSWER_EVENT_TYPE,
     TRANSCRIPT_EVENT_TYPE,
     Caller,
+    ChannelAdmins,
     SinkOptions,
     SlackSink,
     StreamingSupport,
@@ -224,6 +225,7 @@ class SlackAdapter:
         self.sink_options = sink_options or SinkOptions()
         self.streaming = StreamingSupport()
         self.updates = UpdateBudget(self.sink_options)
+        self.admins = ChannelAdmins()
         self._token = settings.slack_bot_token.get_secret_value()
         self.client = AsyncWebClient(token=self._token, base_url=settings.slack_api_url)
         secret = settings.slack_signing_secret
@@ -458,6 +460,7 @@ class SlackAdapter:
                 options=self.sink_options,
                 support=self.streaming,
                 budget=self.updates,
+                admins=self.admins,
                 on_messages=self._noting(msg),
                 tag=msg.event_key,
             )
@@ -647,6 +650,7 @@ class SlackAdapter:
                 options=self.sink_options,
                 support=self.streaming,
                 budget=self.updates,
+                admins=self.admins,
                 on_messages=self._noting(msg),
                 tag=msg.event_key,
                 # Where the bot cannot post (a channel it is not in, other people's DMs),
@@ -694,6 +698,7 @@ class SlackAdapter:
             options=self.sink_options,
             support=self.streaming,
             budget=self.updates,
+            admins=self.admins,
             on_messages=self._noting(msg),
             # An earlier run posted (part of) this answer: continue in those messages. When
             # their note never reached the database, look for them by their metadata.
@@ -856,6 +861,7 @@ class SlackAdapter:
             async with asyncio.timeout_at(deadline):
                 response = await self.client.users_info(user=user_id)
             user = response.get("user") or {}
+            self.admins.saw_user(user)  # the channel admin check need not ask again
             profile = user.get("profile") or {}
             name = str(
                 profile.get("display_name") or user.get("real_name") or user.get("name") or name

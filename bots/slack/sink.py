@@ -51,6 +51,9 @@ STATUS_WAIT = 2.0
 # chat.update errors meaning the message can no longer be edited: post a new one instead
 # (streaming_state_conflict: a native stream still open even after we tried to stop it).
 MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message", "streaming_state_conflict"})
+# A message of the answer this run wrote is no longer there (someone deleted it mid-answer):
+# nothing more of the answer is shown (see `SlackStream.append`).
+DELETED = "message_not_found"
 # What Slack answers about native streams (see `SlackSink`): chat.update or chat.delete on a
 # message still streaming, and chat.appendStream or chat.stopStream on one no longer streaming.
 STREAMING_STATE_CONFLICT = "streaming_state_conflict"
@@ -87,6 +90,9 @@ class SinkOptions:
 
     # chat.postMessage/update: Slack truncates past 40k chars; 4k keeps messages readable.
     message_limit: int = 3_900
+    # chat.update refuses a `text` over about 4,000 bytes (msg_too_long; postMessage takes
+    # 40k): an update's mrkdwn text (a preview, or a markdown block's fallback) is cut to fit.
+    update_text_bytes: int = 3_900
     # A markdown block and each markdown_text piece hold at most 12,000 characters.
     stream_limit: int = 11_000
     # chat.update is Tier 3 (~50/min per workspace, shared by every answer streamed by
@@ -142,6 +148,119 @@ class UpdateBudget:
         limiter = self._limiter(team)
         if limiter is not None and limiter.has_capacity():
             await limiter.acquire()  # room: counted at once
+
+
+# How long what Slack said about a person or a conversation (`ChannelAdmins`) is believed.
+ADMIN_LOOKUP_TTL = 60.0
+ADMIN_LOOKUP_TIMEOUT = 5.0  # seconds for each look-up of `ChannelAdmins`
+EVERYONE = "*"  # (`ChannelAdmins`) a conversation without a creator above its members
+_ADMIN_CACHE_SIZE = 10_000
+
+
+class ChannelAdmins:
+    """Shared per adapter: who may change a channel's conversation for everyone, as far as
+    Slack tells a bot (a channel has no admins of its own in Slack's API).
+
+    A workspace admin, owner or primary owner (users.info: `is_admin`, `is_owner`,
+    `is_primary_owner`; needs users:read) and the channel's creator (conversations.info:
+    `creator`; needs channels:read, or groups:read for a private channel) count; its other
+    members do not. A DM or group DM has no one above the others: everyone is trusted
+    alike (None). A look-up that fails (a missing scope, an error, no answer in time) says
+    nothing either (None: members are trusted alike, as before), is logged at debug level
+    once per kind, and is asked again next time; what Slack answered is kept a minute.
+    """
+
+    def __init__(self, ttl: float = ADMIN_LOOKUP_TTL) -> None:
+        self._ttl = ttl
+        self._people: dict[str, tuple[bool, float]] = {}  # user -> (workspace admin, when)
+        self._channels: dict[str, tuple[str | None, float]] = {}  # -> (creator or None, when)
+        self._logged: set[str] = set()
+
+    def saw_user(self, user: Any) -> None:
+        """Keep what a users.info answer (the user object) says of a workspace admin."""
+        if isinstance(user, dict) and user.get("id"):
+            self._keep(self._people, str(user["id"]), _workspace_admin(user))
+
+    async def administers(self, client: AsyncWebClient, channel: str, user: str) -> bool | None:
+        """Whether `user` may change the conversation of `channel` for everyone (None: Slack
+        did not say, or there everyone may)."""
+        if channel.startswith("D"):
+            return None  # a DM
+        creator = await self._creator(client, channel)
+        if creator == EVERYONE:
+            return None
+        if creator == user:
+            return True
+        admin = await self._admin(client, user)
+        if admin:
+            return True
+        if creator is None or admin is None:
+            return None  # Slack did not say
+        return False
+
+    async def _creator(self, client: AsyncWebClient, channel: str) -> str | None:
+        """The creator of a channel, EVERYONE for a DM or group DM, None when Slack did not
+        say (only an answer is remembered)."""
+        known = self._channels.get(channel)
+        if known is not None and self._fresh(known):
+            return known[0]
+        response = await self._ask(
+            "conversations.info", client.conversations_info, channel=channel
+        )
+        if response is None:
+            return None
+        info = response.get("channel")
+        if not isinstance(info, dict):
+            return None
+        creator = info.get("creator")
+        found = EVERYONE if info.get("is_im") or info.get("is_mpim") else str(creator or "")
+        self._keep(self._channels, channel, found or None)
+        return found or None
+
+    async def _admin(self, client: AsyncWebClient, user: str) -> bool | None:
+        known = self._people.get(user)
+        if known is not None and self._fresh(known):
+            return known[0]
+        response = await self._ask("users.info", client.users_info, user=user)
+        if response is None:
+            return None
+        found = _workspace_admin(response.get("user"))
+        self._keep(self._people, user, found)
+        return found
+
+    async def _ask(
+        self, method: str, call: Callable[..., Awaitable[AsyncSlackResponse]], **kwargs: Any
+    ) -> AsyncSlackResponse | None:
+        try:
+            async with asyncio.timeout(ADMIN_LOOKUP_TIMEOUT):
+                return await call(**kwargs)
+        except SlackApiError as err:
+            reason = error_name(err) or f"HTTP {err.response.status_code}"
+        except (aiohttp.ClientError, TimeoutError) as err:
+            reason = type(err).__name__
+        key = f"{method}: {reason}"
+        if key not in self._logged:
+            self._logged.add(key)
+            log.debug(
+                "cannot tell who administers a channel (%s); its members are trusted alike", key
+            )
+        return None
+
+    def _fresh(self, known: tuple[Any, float]) -> bool:
+        return time.monotonic() - known[1] <= self._ttl
+
+    @staticmethod
+    def _keep(cache: dict[str, tuple[Any, float]], key: str, value: Any) -> None:
+        if len(cache) >= _ADMIN_CACHE_SIZE:
+            cache.clear()
+        cache[key] = (value, time.monotonic())
+
+
+def _workspace_admin(user: Any) -> bool:
+    """Whether a users.info user object is a workspace admin, owner or primary owner."""
+    if not isinstance(user, dict):
+        return False
+    return any(bool(user.get(flag)) for flag in ("is_admin", "is_owner", "is_primary_owner"))
 
 
 @dataclass(slots=True)
@@ -281,6 +400,27 @@ def _fallback_text(markdown: str) -> str:
     return to_mrkdwn(markdown).strip() or escape(markdown.strip()) or "…"
 
 
+def _fallback_within(markdown: str, limit: int) -> tuple[str, bool]:
+    """(`_fallback_text(markdown)`, True), or, where that is over `limit` bytes (UTF-8),
+    (that of a head of it, cut at a break (a code block closed), with "…" after it, False).
+
+    The mrkdwn is longer than the markdown where Slack's & < > are escaped, and its bytes
+    more than its characters in most languages but English."""
+    text = _fallback_text(markdown)
+    size = len(text.encode())
+    chars = len(markdown)
+    whole = True
+    while size > limit:
+        whole = False
+        chars = min(chars - 1, int(chars * limit / size * 0.95))
+        if chars <= 0:
+            return "…", False
+        head, _ = split_text(markdown, chars)
+        text = _fallback_text(head) + " …"
+        size = len(text.encode())
+    return text, whole
+
+
 def _markdown_payload(markdown: str, text_prefix: str = "") -> dict[str, Any]:
     """A post/update body: mrkdwn text (notifications, old clients) plus a markdown block.
 
@@ -320,14 +460,25 @@ class SlackStream:
         self._last_flush = 0.0  # when the last flush finished
         self._retracted = False
         self._closing = False
+        self._mine: set[str] = set()  # the messages this run created (not an earlier run's)
+        self._stopped = False  # a message of the answer was deleted: nothing more is shown
+        self._preview_cut = False  # the current message's preview shows only a head of it
         self._courier = Courier(self._work, "relaybot:slack-stream")
 
     async def append(self, delta: str) -> None:
-        """Add text; flushed to Slack by the worker on the pacing the mode allows."""
+        """Add text; flushed to Slack by the worker on the pacing the mode allows.
+
+        Slack refusing a call of the worker's for good (not a 429 or 5xx, which only hold
+        the flushes) fails the answer with NotDelivered: the model is paid for what it
+        wrote, so the core keeps and bills it as partial, and the person is told how to get
+        it. Where someone deleted the answer's message, nothing more of it is shown."""
         error = self._courier.take_error()
         if error is not None:
-            raise error
-        if self._retracted or not delta:
+            failure = await self._broken_off(error)
+            if failure is error:
+                raise error
+            raise failure from error
+        if self._retracted or self._stopped or not delta:
             return
         self._incoming += delta
         if not self._courier.start() and self._urgent():
@@ -379,9 +530,19 @@ class SlackStream:
             )
         return max(due, self._not_before) - now
 
+    async def _broken_off(self, error: Exception) -> Exception:
+        """What the answer fails with after the worker's call failed with `error`."""
+        if not isinstance(error, SlackApiError):
+            return error  # not Slack's answer (a bug): as it is
+        if error_name(error) == DELETED:
+            self._stopped = True
+            log.info("a message of the answer was deleted; showing no more of it")
+        refused = await self._sink._refused(error)  # the bot is not in the conversation
+        return refused if refused is not None else _not_delivered(error, shown_whole=False)
+
     async def _work(self) -> None:
         """Flush buffered text on the mode's pacing until nothing is due."""
-        while not (self._retracted or self._closing):
+        while not (self._retracted or self._closing or self._stopped):
             self._take_in()
             wait = self._due_in()
             if wait is None:
@@ -397,15 +558,15 @@ class SlackStream:
         await self._courier.settle()
         self._courier.take_error()
         self._incoming = ""
-        if self._native and self._current_ts is not None:
+        if self._native and self._current_ts is not None and not self._stopped:
             await self._stop_native("", retry=True)
         await self._delete_all(self._messages.keep_only(None))
         await self._sink.post_markdown(command_words(notice))
 
     async def finish(self) -> None:
         """Flush what is left and end the message(s); delete those an earlier run left that
-        the answer did not need."""
-        if self._retracted:
+        the answer did not need. (Not where its message was deleted: nothing more is shown.)"""
+        if self._retracted or self._stopped:
             return
         self._closing = True
         await self._courier.settle()
@@ -427,9 +588,9 @@ class SlackStream:
         """Whether the person sees all the text appended (its last call may have failed all
         the same: a native stream's chat.stopStream carrying no text, or the final update of
         a message whose preview already showed all of it)."""
-        if self._incoming:
+        if self._incoming or self._stopped:
             return False
-        return not self._pending if self._native else not self._dirty
+        return not self._pending if self._native else not (self._dirty or self._preview_cut)
 
     # -- flushing --------------------------------------------------------------------------
     async def _flush(self, *, final: bool) -> None:
@@ -537,7 +698,7 @@ class SlackStream:
             # Slack ended the stream itself and shows the message as broken: chat.update
             # is the way to finish it.
             log.info("slack had ended an answer's stream; finishing it by chat.update")
-            await self._update(ts, _markdown_payload(self._streamed + piece), call)
+            await self._update(ts, self._streamed + piece, call, finished=True)
         self._current_ts = None
         self._streamed = ""
 
@@ -576,8 +737,6 @@ class SlackStream:
         yet, the next message an earlier run left, or else post a new one."""
         sink = self._sink
         call = sink.call if retry else _once
-        # While streaming, plain mrkdwn text; the finished message gets the markdown block too.
-        payload = _markdown_payload(markdown) if finished else {"text": _fallback_text(markdown)}
         if self._current_ts is None:
             self._current_ts = self._messages.next_earlier()
         if self._current_ts is not None:
@@ -590,16 +749,22 @@ class SlackStream:
                     self._previews_from = time.monotonic() + wait
                     return
             try:
-                await self._update(self._current_ts, payload, call)
+                whole = await self._update(self._current_ts, markdown, call, finished=finished)
                 self._dirty = False
+                self._preview_cut = not whole
                 return
             except SlackApiError as err:
-                if error_name(err) not in MESSAGE_GONE:
-                    raise
-                # Deleted, or left by an earlier run and no longer editable: post anew.
+                name = error_name(err)
+                if name not in MESSAGE_GONE or (
+                    name == DELETED and self._current_ts in self._mine
+                ):
+                    raise  # (deleted, and this run posted it: see `append`)
+                # An earlier run's, deleted or no longer editable: post anew.
                 log.warning("cannot update the answer's message (%s); posting a new one", err)
                 await self._replace(self._current_ts)
         await sink.status_settled()
+        # While streaming, plain mrkdwn text; the finished message gets the markdown block too.
+        payload = _markdown_payload(markdown) if finished else {"text": _fallback_text(markdown)}
         response = await call(
             sink.client.chat_postMessage,
             channel=sink.channel,
@@ -609,14 +774,23 @@ class SlackStream:
         )
         self._created(str(response["ts"]))
         self._dirty = False
+        self._preview_cut = False
 
-    async def _update(self, ts: str, payload: dict[str, Any], call: Caller | _Call) -> None:
-        """chat.update one of the answer's messages (tagged, as a post is).
+    async def _update(
+        self, ts: str, markdown: str, call: Caller | _Call, *, finished: bool
+    ) -> bool:
+        """chat.update one of the answer's messages (tagged, as a post is) to show
+        `markdown`: while streaming as mrkdwn text, `finished` with the markdown block too.
+        The text is cut to what chat.update takes (`_fallback_within`): a preview then shows
+        less until its message is finished (False: it does not show all); a markdown
+        block's fallback is only for notifications.
 
         An earlier run's native stream that was never stopped refuses updates: it is
         stopped first (see `SlackSink`).
         """
         sink = self._sink
+        payload = _markdown_payload(markdown) if finished else {}
+        payload["text"], whole = _fallback_within(markdown, self._opts.update_text_bytes)
         try:
             await call(
                 sink.client.chat_update,
@@ -625,7 +799,7 @@ class SlackStream:
                 metadata=sink.metadata,
                 **payload,
             )
-            return
+            return whole or finished
         except SlackApiError as err:
             if error_name(err) != STREAMING_STATE_CONFLICT:
                 raise
@@ -634,6 +808,7 @@ class SlackStream:
         await call(
             sink.client.chat_update, channel=sink.channel, ts=ts, metadata=sink.metadata, **payload
         )
+        return whole or finished
 
     async def _end_stream(self, ts: str) -> bool:
         """Stop a native stream an earlier run left open; False when there was none to stop
@@ -679,6 +854,7 @@ class SlackStream:
     def _created(self, ts: str) -> None:
         """A message of this answer now exists."""
         self._current_ts = ts
+        self._mine.add(ts)
         self._messages.created(ts)
 
 
@@ -686,13 +862,17 @@ _Call = Callable[..., Awaitable[AsyncSlackResponse]]
 
 
 def _not_delivered(err: Exception, shown_whole: bool) -> NotDelivered:
-    """What the core is told when Slack did not take (all of) an answer."""
+    """What the core is told when Slack did not take (all of) an answer (mid-way, the core
+    puts "The answer was cut short: " before the person's line)."""
     detail = error_name(err) if isinstance(err, SlackApiError) else ""
+    if detail == DELETED:
+        told = "Someone deleted the answer's message in Slack. Send /retry to get it again."
+    else:
+        told = "Slack did not take the whole answer. Send /retry in a minute to get it again."
     return NotDelivered(
         f"Slack did not take the answer: {detail or type(err).__name__}",
         shown_all=shown_whole,
-        user_message="Slack did not take the whole answer. Send /retry in a minute to get it "
-        "again.",
+        user_message=told,
     )
 
 
@@ -764,6 +944,7 @@ class SlackSink:
         find_earlier: Callable[[], Awaitable[tuple[str, ...]]] | None = None,
         response_url: str | None = None,
         bot_user_id: str | None = None,
+        admins: ChannelAdmins | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -785,6 +966,7 @@ class SlackSink:
         self.find_earlier = find_earlier
         self.response_url = response_url
         self.bot_user_id = bot_user_id
+        self.admins = admins
         self._shut_out: BadInput | None = None  # Slack refused our posts; the person knows
         self._status_task: asyncio.Task[None] | None = None  # "is thinking..." being set
 
@@ -926,9 +1108,13 @@ class SlackSink:
             raise refused from err
 
     async def chat_admin(self, sender_id: str) -> bool | None:
-        """Slack names no channel admins to a bot: members of a workspace are trusted alike
-        (RELAYBOT_ADMINS still applies)."""
-        return None
+        """Whether `sender_id` may change this channel's conversation for everyone: its
+        creator and the workspace's admins and owners may (`ChannelAdmins`); None in a DM,
+        a group DM, or where Slack would not say (members are then trusted alike).
+        RELAYBOT_ADMINS still applies."""
+        if self.admins is None:
+            return None
+        return await self.admins.administers(self.client, self.channel, sender_id)
 
     async def typing(self) -> None:
         """In an assistant thread, show "is thinking..." (Slack clears it when we reply), in

@@ -9,13 +9,17 @@ open stream refuses chat.update (`streaming_state_conflict`) and chat.delete
 (`cant_delete_message`); one that is not open refuses chat.appendStream and chat.stopStream
 (`message_not_in_streaming_state`); `expire_stream` ends one as Slack does after ~5 minutes.
 Message metadata is kept and read back by conversations.replies/history only with
-`include_all_metadata`, as Slack does. `fail_next` injects Slack errors and 429s;
+`include_all_metadata`, as Slack does. chat.update refuses a `text` over 4,000 bytes
+(`msg_too_long`), as Slack does though it posts up to 40,000 characters. `fail_next` injects
+Slack errors and 429s (from the N-th call on, with `after`);
 `limit_rate` enforces a rate tier on a method; `after_next` runs an action after a call is
 carried out but before its answer goes back (a caller killed in that instant).
 `keep_out` makes a conversation one the bot cannot post in (`not_in_channel`, or
 `channel_not_found` for other people's DMs), as Slack answers there. Slash commands built
 with `response_url=slack.response_url` have what is posted to their response URL recorded in
-`slack.command_responses`.
+`slack.command_responses`. users.info answers the people `add_user` made (workspace admins
+and owners flagged as Slack flags them), conversations.info the conversations `add_channel`
+made (with their creator); others are `user_not_found` and `channel_not_found`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ from aiohttp import WSMsgType, web
 from core.testing.server import FakeServer, RecordedRequest, SlidingWindow
 
 Handler = Callable[[web.Request, dict[str, Any]], Awaitable[web.Response]]
+
+# chat.update refuses a longer `text` (msg_too_long), markdown block or not, though
+# chat.postMessage takes up to 40,000 characters (public reports measured it live:
+# pymc-labs/daimon#106, gitlab-org/gitlab!258898, seratch/ChatGPT-in-Slack#102).
+UPDATE_TEXT_BYTES = 4_000
 
 LOGIN_PAGE = (
     "<!DOCTYPE html><html><head><title>Slack</title></head>"
@@ -114,6 +123,7 @@ class _Failure:
     status: int
     retry_after: int | None
     times: int
+    after: int = 0  # calls of `method` let through before the first one refused
 
 
 @dataclass(slots=True)
@@ -148,6 +158,7 @@ class FakeSlack(FakeServer):
         self.messages: list[FakeMessage] = []
         self.files: dict[str, FakeFile] = {}
         self.users: dict[str, dict[str, Any]] = {}
+        self.channels: dict[str, dict[str, Any]] = {}
         self.statuses: list[dict[str, Any]] = []
         self.suggested_prompts: list[dict[str, Any]] = []
         self.titles: list[dict[str, Any]] = []
@@ -195,14 +206,16 @@ class FakeSlack(FakeServer):
         status: int | None = None,
         retry_after: int | None = None,
         times: int = 1,
+        after: int = 0,
     ) -> None:
-        """Answer the next `times` calls of `method` with {"ok": false, "error": error}.
+        """Answer the next `times` calls of `method` with {"ok": false, "error": error}; with
+        `after`, the `after` calls before them are carried out (so the (after+1)-th refused).
 
         With `retry_after` the answer is HTTP 429 with a Retry-After header, as Slack sends.
         """
         code = status if status is not None else (429 if retry_after is not None else 200)
         with self._lock:
-            self._failures.append(_Failure(method, error, code, retry_after, times))
+            self._failures.append(_Failure(method, error, code, retry_after, times, after))
 
     def add_file(
         self,
@@ -228,15 +241,50 @@ class FakeSlack(FakeServer):
             event["url_private_download"] = event["url_private"]
         return event
 
-    def add_user(self, user_id: str, name: str, real_name: str = "") -> None:
-        """Make users.info know a user."""
+    def add_user(
+        self,
+        user_id: str,
+        name: str,
+        real_name: str = "",
+        *,
+        is_admin: bool = False,
+        is_owner: bool = False,
+        is_primary_owner: bool = False,
+    ) -> None:
+        """Make users.info know a user; a workspace admin, owner or primary owner is flagged
+        so (Slack flags an owner as an admin too)."""
         self.users[user_id] = {
             "id": user_id,
+            "team_id": self.team_id,
             "name": name,
             "real_name": real_name or name,
             "is_bot": False,
+            "is_admin": is_admin or is_owner or is_primary_owner,
+            "is_owner": is_owner or is_primary_owner,
+            "is_primary_owner": is_primary_owner,
             "profile": {"display_name": name, "real_name": real_name or name},
         }
+
+    def add_channel(
+        self, channel_id: str, *, creator: str, name: str = "general", kind: str = "channel"
+    ) -> None:
+        """Make conversations.info know a conversation: a public `channel`, a private
+        `group`, a group DM (`mpim`) or a DM (`im`), and who created it."""
+        info: dict[str, Any] = {
+            "id": channel_id,
+            "created": 1_700_000_000,
+            "is_channel": kind == "channel",
+            "is_group": kind == "group",
+            "is_private": kind in ("group", "mpim", "im"),
+            "is_mpim": kind == "mpim",
+            "is_im": kind == "im",
+            "is_archived": False,
+        }
+        if kind == "im":
+            info["user"] = creator
+        else:
+            info.update(name=name, creator=creator, is_member=True)
+        self.channels[channel_id] = info
 
     def expire_stream(self, ts: str) -> None:
         """End a native stream as Slack does by itself, about 5 minutes after it started."""
@@ -342,6 +390,7 @@ class FakeSlack(FakeServer):
             "conversations.replies": self._replies,
             "conversations.history": self._history,
             "users.info": self._users_info,
+            "conversations.info": self._conversations_info,
             "apps.connections.open": self._connections_open,
         }
         for name, handler in api.items():
@@ -412,6 +461,9 @@ class FakeSlack(FakeServer):
     def _take_failure(self, method: str) -> _Failure | None:
         with self._lock:
             for failure in self._failures:
+                if failure.method == method and failure.after > 0:
+                    failure.after -= 1
+                    return None
                 if failure.method == method and failure.times > 0:
                     failure.times -= 1
                     if failure.times == 0:
@@ -446,6 +498,14 @@ class FakeSlack(FakeServer):
         if user is None:
             return _slack_error("user_not_found")
         return _ok(user=user)
+
+    async def _conversations_info(
+        self, request: web.Request, args: dict[str, Any]
+    ) -> web.Response:
+        channel = self.channels.get(str(args.get("channel", "")))
+        if channel is None:
+            return _slack_error("channel_not_found")
+        return _ok(channel=channel)
 
     # -- messages ----------------------------------------------------------------------
     async def _post_message(self, request: web.Request, args: dict[str, Any]) -> web.Response:
@@ -484,6 +544,8 @@ class FakeSlack(FakeServer):
         content = _content(args)
         if isinstance(content, str):
             return _slack_error(content)
+        if len(content[0].encode()) > UPDATE_TEXT_BYTES:
+            return _slack_error("msg_too_long")
         metadata = _metadata(args)
         if isinstance(metadata, str):
             return _slack_error(metadata)

@@ -24,6 +24,8 @@ def test_the_manifest_has_the_scopes_events_and_command_relaybot_needs() -> None
         "assistant:write",
         "commands",
         "users:read",
+        "channels:read",
+        "groups:read",
     } <= scopes
     events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
     assert {

@@ -367,7 +367,7 @@ async def check_telegram(settings: Settings, http: httpx.AsyncClient) -> Result:
 
 
 async def check_slack(settings: Settings, http: httpx.AsyncClient) -> Result:
-    """auth.test with the bot token."""
+    """auth.test with the bot token; in Socket Mode apps.connections.open with the app token."""
     name = "slack"
     if settings.slack_bot_token is None:
         return Result(name, Status.SKIP, "SLACK_BOT_TOKEN not set")
@@ -396,7 +396,49 @@ async def check_slack(settings: Settings, http: httpx.AsyncClient) -> Result:
             )
         return fail(name, f"auth.test failed: {error}", fix)
     mode = "Socket Mode" if settings.slack_app_token else "HTTP events at /slack/events"
-    return ok(name, f"bot {payload.get('user', '?')} in team {payload.get('team', '?')}, {mode}")
+    detail = f"bot {payload.get('user', '?')} in team {payload.get('team', '?')}, {mode}"
+    if settings.slack_app_token is None:
+        return ok(name, detail)
+    # Socket Mode: the app token's own call, as `relaybot run` makes it before connecting (a
+    # token Slack refuses stops the start there; bots/slack/adapter.py words it too).
+    try:
+        response = await http.post(
+            f"{base}apps.connections.open",
+            headers={"Authorization": f"Bearer {settings.slack_app_token.get_secret_value()}"},
+            timeout=PLATFORM_TIMEOUT,
+        )
+        opened = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return Result(
+            name,
+            Status.WARN,
+            f"{detail}; SLACK_APP_TOKEN not checked: apps.connections.open failed "
+            f"({type(exc).__name__})",
+            "run the doctor again",
+        )
+    if opened.get("ok"):
+        return ok(name, detail)
+    error = opened.get("error", f"HTTP {response.status_code}")
+    if error in (
+        "invalid_auth",
+        "not_authed",
+        "not_allowed_token_type",
+        "token_revoked",
+        "account_inactive",
+        "token_expired",
+    ):
+        return fail(
+            name,
+            f"Slack rejected SLACK_APP_TOKEN (apps.connections.open: {error})",
+            "generate an App-Level Token (xapp-...) with the connections:write scope on the "
+            "app's Basic Information page, and turn Socket Mode on; or unset it for HTTP mode",
+        )
+    return Result(
+        name,
+        Status.WARN,
+        f"{detail}; SLACK_APP_TOKEN not checked: apps.connections.open failed: {error}",
+        "run the doctor again",
+    )
 
 
 # -- tokenizer ---------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from bots.slack.sink import (
 )
 from core.app import Core
 from core.commands import COMMANDS
-from core.errors import ConfigError, ShuttingDown
+from core.errors import BadInput, ConfigError, ShuttingDown, UpstreamDown
 from core.types import ChatRef, IncomingMessage, Sender
 
 log = logging.getLogger("relaybot.slack")
@@ -177,6 +177,73 @@ _TOKEN_FIX = (
 )
 
 
+# apps.connections.open's answers to an app token Slack does not accept (an xoxb- token
+# given as one: not_allowed_token_type). bots/doctor.py words them too.
+_APP_TOKEN_REJECTED = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "not_allowed_token_type",
+        "token_revoked",
+        "account_inactive",
+        "token_expired",
+    }
+)
+_APP_TOKEN_FIX = (
+    "generate an App-Level Token (xapp-...) with the connections:write scope on the app's "
+    "Basic Information page, and turn Socket Mode on; or unset it for HTTP mode"
+)
+# The most often a badly signed request to /slack/events is logged (seconds).
+SIGNATURE_LOG_INTERVAL = 60.0
+# files.info's answers saying the app may not read a file: the advice is the scope.
+_FILE_SCOPE_ERRORS = frozenset({"missing_scope", "no_permission", "access_denied"})
+_FILE_GONE_ERRORS = frozenset({"file_not_found", "file_deleted"})
+_BOT_TOKEN_ERRORS = _TOKEN_REJECTED | {"not_allowed_token_type", "ekm_access_denied"}
+
+
+def _file_scope_missing(error: str) -> BadInput:
+    """The error for files.info refusing a file for want of a scope (missing_scope)."""
+    return BadInput(
+        f"slack files.info: {error}",
+        user_message=(
+            "I couldn't get that file: Slack would not let me read it. The app probably lacks "
+            "the files:read scope; ask a workspace admin to add it and reinstall the app."
+        ),
+    )
+
+
+def _file_info_failed(err: SlackApiError) -> Exception:
+    """relaybot's error for files.info failing, so the core says what it means (or, where
+    nobody addressed the bot, stays quiet) rather than "Something went wrong"."""
+    error = error_name(err) or "error"
+    status = err.response.status_code if err.response is not None else 0
+    if error in _FILE_SCOPE_ERRORS:
+        return _file_scope_missing(error)
+    if error in _FILE_GONE_ERRORS:
+        return BadInput(
+            f"slack files.info: {error}",
+            user_message="I couldn't find that file on Slack: it may have been deleted.",
+        )
+    if status == 429 or status >= 500 or error in ("ratelimited", "internal_error", "fatal_error"):
+        return _slack_down(f"slack files.info: {error}, HTTP {status}")
+    if error in _BOT_TOKEN_ERRORS:
+        return ConfigError(f"Slack rejected SLACK_BOT_TOKEN (files.info: {error}): {_TOKEN_FIX}")
+    return BadInput(
+        f"slack files.info: {error}",
+        user_message=f"I couldn't get that file from Slack (it answered {error}).",
+    )
+
+
+def _slack_down(detail: str) -> UpstreamDown:
+    return UpstreamDown(
+        detail,
+        user_message=(
+            "Slack is not answering right now, so I couldn't get that file. "
+            "Please try again later."
+        ),
+    )
+
+
 class LookupFailed(Exception):
     """Reading an event asked the database (has the bot talked in this thread?), and it
     failed: the event gets no 2xx, and Slack sends it again, as when storing it fails."""
@@ -185,6 +252,17 @@ class LookupFailed(Exception):
 class SlackUnreachable(Exception):
     """auth.test did not answer who the bot is (Slack down, an unexpected error): the start
     goes on, and an event arriving before it did gets no 2xx (Slack sends it again)."""
+
+
+def _stale(headers: Mapping[str, Any]) -> bool:
+    """Whether a refused request's X-Slack-Request-Timestamp is over 5 minutes from this
+    machine's clock (Bolt refuses those whatever their signature)."""
+    values = headers.get("x-slack-request-timestamp") or ()
+    value = values[0] if isinstance(values, list | tuple) and values else values
+    try:
+        return abs(time.time() - int(str(value))) > 300
+    except ValueError:
+        return False
 
 
 def _not_about_the_token(record: logging.LogRecord) -> bool:
@@ -255,6 +333,8 @@ class SlackAdapter:
         self._inflight: set[asyncio.Task[Any]] = set()
         self._socket: AsyncSocketModeHandler | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._bad_signatures = 0  # badly signed requests since the last line saying so
+        self._signature_logged_at: float | None = None
         self._register()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -278,7 +358,10 @@ class SlackAdapter:
         if self.socket_mode:
             app_token = self.core.settings.slack_app_token
             assert app_token is not None
+            url = await self._open_connection(app_token.get_secret_value())
             self._socket = AsyncSocketModeHandler(self.app, app_token.get_secret_value())
+            if url is not None:
+                self._socket.client.wss_uri = url  # connects there, without asking again
             await self._socket.connect_async()  # type: ignore[no-untyped-call]
             log.info("slack connected in socket mode")
         else:
@@ -296,6 +379,35 @@ class SlackAdapter:
             await self._auth_result()
         except SlackUnreachable as err:
             log.warning("slack auth.test failed (%s); asking again on the first event", err)
+
+    async def _open_connection(self, app_token: str) -> str | None:
+        """apps.connections.open with SLACK_APP_TOKEN, once, before Socket Mode connects:
+        the WebSocket URL to connect to.
+
+        slack_sdk retries a connection Slack refuses for ever (a traceback every 10 s, never
+        started, never exiting): a token Slack rejects stops the start with a ConfigError
+        naming SLACK_APP_TOKEN instead. When Slack cannot answer now (or answers another
+        error) the start goes on with None, and slack_sdk asks again, and retries.
+        """
+        try:
+            response = await self.client.apps_connections_open(app_token=app_token)
+        except SlackApiError as err:
+            error = error_name(err) or "error"
+            if error in _APP_TOKEN_REJECTED:
+                raise ConfigError(
+                    f"Slack rejected SLACK_APP_TOKEN (apps.connections.open: {error}): "
+                    f"{_APP_TOKEN_FIX}"
+                ) from None
+            status = err.response.status_code if err.response is not None else 0
+            log.warning(
+                "slack apps.connections.open failed (%s, HTTP %s); retrying", error, status
+            )
+            return None
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.warning("slack apps.connections.open failed (%s); retrying", type(err).__name__)
+            return None
+        url = response.get("url")
+        return url if isinstance(url, str) and url else None
 
     async def _auth_result(self) -> AuthorizeResult:
         """The bot's identity for Bolt, from one successful auth.test (kept)."""
@@ -369,12 +481,45 @@ class SlackAdapter:
     # -- HTTP ------------------------------------------------------------------------------
     async def _http(self, request: web.Request) -> web.Response:
         # Bolt checks the signature and timestamp (401 otherwise) and acks before our work.
-        bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
+        bolt_request = await to_bolt_request(request)
+        bolt_response = await self.app.async_dispatch(bolt_request)
+        if bolt_response.status == 401:
+            self._refused_signature(bolt_request.headers)
         if bolt_response.status == 500 and not self.core.service.accepting:
             # The listener refused the event because this process is stopping: Slack sends
             # it again (to another replica, or the next start).
             return web.Response(status=503, text="stopping")
         return await to_aiohttp_response(bolt_response)
+
+    def _refused_signature(self, headers: Mapping[str, Any]) -> None:
+        """One WARNING, at most every SIGNATURE_LOG_INTERVAL seconds, for requests refused
+        (401) as not signed with SLACK_SIGNING_SECRET: Slack's own among them (every event,
+        where the secret is wrong) would otherwise be refused without a word. Never the
+        body or a header's value (the refusal itself is Bolt's)."""
+        self._bad_signatures += 1
+        now = time.monotonic()
+        if self._signature_logged_at is not None and (
+            now - self._signature_logged_at < SIGNATURE_LOG_INTERVAL
+        ):
+            return
+        self._signature_logged_at = now
+        count, self._bad_signatures = self._bad_signatures, 0
+        if _stale(headers):
+            log.warning(
+                "refusing Slack requests to %s (HTTP 401): %d signed more than 5 minutes "
+                "from this machine's clock; if Slack's events stop arriving, check the clock "
+                "(NTP) (said at most once a minute)",
+                EVENTS_PATH,
+                count,
+            )
+            return
+        log.warning(
+            "refusing Slack requests to %s (HTTP 401): %d not signed with "
+            "SLACK_SIGNING_SECRET; if Slack's events stop arriving, copy the Signing Secret "
+            "from the app's Basic Information page (said at most once a minute)",
+            EVENTS_PATH,
+            count,
+        )
 
     # -- listeners -------------------------------------------------------------------------
     def _register(self) -> None:
@@ -881,6 +1026,16 @@ class SlackAdapter:
         return name
 
     async def _file_info(self, file_id: str) -> Mapping[str, Any]:
-        response = await self.client.files_info(file=file_id)
+        """A file's object from files.info (429 and 5xx retried); Slack's refusals as
+        relaybot's errors (`_file_info_failed`), its silence as UpstreamDown."""
+        try:
+            response = await Caller(self.sink_options)(self.client.files_info, file=file_id)
+        except SlackApiError as err:
+            failed = _file_info_failed(err)
+            log.warning("slack files.info failed: %s", failed)
+            raise failed from None
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.warning("slack files.info failed: %s", type(err).__name__)
+            raise _slack_down(f"slack files.info: {type(err).__name__}") from None
         file = response.get("file")
         return file if isinstance(file, Mapping) else {}

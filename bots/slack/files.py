@@ -79,6 +79,15 @@ async def download(
                         break
                     current = urljoin(current, location)
                     continue
+                if response.status_code == 429 or response.status_code >= 500:
+                    # Slack's file server is busy or down: for now, not for this file.
+                    raise UpstreamDown(
+                        f"slack file download answered HTTP {response.status_code}",
+                        user_message=(
+                            "Slack is not answering right now, so I couldn't download that "
+                            "file. Please try again later."
+                        ),
+                    )
                 if response.status_code != 200:
                     raise BadInput(
                         f"slack file download answered HTTP {response.status_code}",

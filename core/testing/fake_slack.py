@@ -181,6 +181,7 @@ class FakeSlack(FakeServer):
         self._sockets: list[web.WebSocketResponse] = []
         self._socket_connected: asyncio.Event | None = None
         self._acked: asyncio.Condition | None = None
+        self._download_failures: list[int] = []  # statuses the next downloads answer
 
     # -- knobs -------------------------------------------------------------------------
     @property
@@ -216,6 +217,12 @@ class FakeSlack(FakeServer):
         code = status if status is not None else (429 if retry_after is not None else 200)
         with self._lock:
             self._failures.append(_Failure(method, error, code, retry_after, times, after))
+
+    def fail_downloads(self, status: int = 503, *, times: int = 1) -> None:
+        """Answer the next `times` downloads of a hosted file with HTTP `status` (a file
+        server that is down: 5xx, or busy: 429)."""
+        with self._lock:
+            self._download_failures.extend([status] * times)
 
     def add_file(
         self,
@@ -412,7 +419,11 @@ class FakeSlack(FakeServer):
             token = request.headers.get("Authorization", "").removeprefix("Bearer ")
             token = token or str(args.get("token", ""))
             if token != expected:
-                return self._record_result(name, _slack_error("invalid_auth"))
+                # A bot token given as the app token is a token of the wrong type to Slack,
+                # not an unknown one.
+                wrong_type = name == "apps.connections.open" and token == self.bot_token
+                error = "not_allowed_token_type" if wrong_type else "invalid_auth"
+                return self._record_result(name, _slack_error(error))
             self.arguments.append((name, dict(args)))
             with self._lock:
                 window = self._rates.get(name)
@@ -683,6 +694,10 @@ class FakeSlack(FakeServer):
         return _ok(files=done)
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            failing = self._download_failures.pop(0) if self._download_failures else None
+        if failing is not None:
+            return web.Response(status=failing, text="unavailable")
         file_id = request.match_info["team_file"].rpartition("-")[2]
         item = self.files.get(file_id)
         if item is None:

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.access import Access
 from core.app import Core, open_core
 from core.config import Settings, sqlite_file
 from core.db import migrate
@@ -37,6 +38,7 @@ from core.logs import RedactingFilter, settings_secrets
 from core.openai_client import EndpointRedirects, ModelsUnreadable
 from core.pricing import PriceTable
 from core.privacy import maintenance_loop, run_maintenance
+from core.types import PLATFORMS
 
 OFFICIAL_API = "api.openai.com"
 TELEGRAM_TOKEN_REJECTED = "Telegram rejected TELEGRAM_BOT_TOKEN; check it with @BotFather"
@@ -54,12 +56,19 @@ class StartupError(Exception):
 def load_settings() -> Settings:
     """Settings from the environment and .env, or a one-line StartupError."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
         )
         raise StartupError(f"invalid configuration: {problems}") from None
+    try:
+        # The allow-lists and admins: an entry for a platform relaybot does not run on (a
+        # typo) would leave the platform it meant open to everyone.
+        Access(settings, PLATFORMS)
+    except ConfigError as exc:
+        raise StartupError(f"invalid configuration: {exc}") from None
+    return settings
 
 
 def check_model_settings(settings: Settings) -> None:

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Collection
+from typing import TYPE_CHECKING
 
-from core.config import Settings
 from core.errors import ConfigError
-from core.types import IncomingMessage
+
+if TYPE_CHECKING:
+    from core.config import Settings
+    from core.types import IncomingMessage
 
 CONSOLE = "console"
 _SPLIT = re.compile(r"[,\s]+")
 
 
-def parse_ids(setting: str, value: str) -> dict[str, frozenset[str]]:
-    """ "telegram:123, slack:U456" -> {"telegram": {"123"}, "slack": {"U456"}}."""
+def parse_ids(
+    setting: str, value: str, platforms: Collection[str] | None = None
+) -> dict[str, frozenset[str]]:
+    """ "telegram:123, slack:U456" -> {"telegram": {"123"}, "slack": {"U456"}}.
+
+    Raises ConfigError naming `setting` for an entry that is not PLATFORM:ID or, given the
+    `platforms` the bot runs on, names another one (the platform is taken in any case): a
+    typo (`tg:123`, `telegarm:123`) would leave the platform it meant open to everyone."""
     found: dict[str, set[str]] = defaultdict(set)
     for item in _SPLIT.split(value.strip()):
         if not item:
@@ -23,6 +33,12 @@ def parse_ids(setting: str, value: str) -> dict[str, frozenset[str]]:
         if not sep or not platform or not ident:
             raise ConfigError(
                 f"{setting}: {item!r} should be PLATFORM:ID, e.g. telegram:123456 or slack:U0123"
+            )
+        if platforms is not None and platform.lower() not in platforms:
+            known = sorted(platforms)
+            raise ConfigError(
+                f"{setting}: {item!r} names a platform relaybot does not run on; the "
+                f"platforms are {', '.join(known[:-1])} and {known[-1]}"
             )
         found[platform.lower()].add(ident)
     return {platform: frozenset(ids) for platform, ids in found.items()}
@@ -38,10 +54,12 @@ class Access:
     `Policy.admit` then also lets anyone change their chat's model, as before admins existed.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.users = parse_ids("RELAYBOT_ALLOWED_USERS", settings.allowed_users)
-        self.chats = parse_ids("RELAYBOT_ALLOWED_CHATS", settings.allowed_chats)
-        self.admins = parse_ids("RELAYBOT_ADMINS", settings.admins)
+    def __init__(self, settings: Settings, platforms: Collection[str] | None = None) -> None:
+        """`platforms`: those the bot runs on, for an entry naming another to be refused
+        (the `relaybot` command's: core.types.PLATFORMS)."""
+        self.users = parse_ids("RELAYBOT_ALLOWED_USERS", settings.allowed_users, platforms)
+        self.chats = parse_ids("RELAYBOT_ALLOWED_CHATS", settings.allowed_chats, platforms)
+        self.admins = parse_ids("RELAYBOT_ADMINS", settings.admins, platforms)
 
     def is_admin(self, platform: str, user_id: str) -> bool:
         """Whether this person may use admin commands."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -62,6 +63,13 @@ def normalize_database_url(url: str) -> str:
         raise ValueError(
             f"relaybot cannot use {what}; set it to {DATABASE_URL_FORMS} "
             "(postgres://, postgresql:// and sqlite:// URLs are taken too)"
+        )
+    # USER:PASSWORD@HOST: a second @ is one in the password (or user name) not encoded, and
+    # the URL would be read as another host (`p@ss@db` as the host `ss@db`).
+    if re.split(r"[/?#]", rest, maxsplit=1)[0].count("@") > 1:
+        raise ValueError(
+            "the user name or password holds an @ that is not percent-encoded; write each @ "
+            "in them as %40 (e.g. postgresql://USER:p%40ss@HOST/DB)"
         )
     normalized = f"{driver}://{rest}"
     try:
@@ -141,6 +149,100 @@ def sqlite_file(url: str) -> Path | None:
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
+
+
+# Settings holding a secret: stripped of the whitespace and quotes around them (below).
+SECRET_SETTINGS = (
+    "openai_api_key",
+    "telegram_bot_token",
+    "telegram_webhook_secret",
+    "slack_bot_token",
+    "slack_signing_secret",
+    "slack_app_token",
+)
+_QUOTES = ("'", '"')
+
+
+def unwrapped(value: str) -> str:
+    """`value` without the whitespace around it and one matching pair of quotes around that:
+    a trailing newline (`echo KEY > file`) or `KEY="..."` in docker's --env-file (which keeps
+    the quotes) is never part of a key or token."""
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in _QUOTES:
+        value = value[1:-1].strip()
+    return value
+
+
+TELEGRAM_BASE_URL_FORMS = (
+    "e.g. https://api.telegram.org/bot, or http://HOST:8081/bot for a self-hosted Bot API server"
+)
+_OFFICIAL_BOT_API = "api.telegram.org"
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# Proxy schemes httpx takes; socks5 needs the socksio package (httpx[socks]).
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+PROXY_FORMS = "e.g. http://proxy.example:3128 or http://USER:PASSWORD@proxy.example:3128"
+
+
+def _url_parts(url: str) -> tuple[str, str, str] | None:
+    """(scheme in lowercase, host, path) of an absolute URL, or None when it is not one (no
+    scheme, no host, a port that is not a number)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.netloc or not parts.hostname:
+        return None
+    return parts.scheme.lower(), parts.hostname, parts.path
+
+
+def proxy_problem(url: str) -> str | None:
+    """What keeps `url` from being RELAYBOT_HTTP_PROXY, or None; never quoting any of it (it
+    may hold the proxy's password)."""
+    parts = _url_parts(url)
+    if parts is None or parts[0] not in _PROXY_SCHEMES:
+        return (
+            "must start with http://, https:// or socks5:// and name the proxy's host, "
+            f"{PROXY_FORMS}"
+        )
+    if parts[0].startswith("socks"):
+        try:
+            import socksio  # noqa: F401
+        except ImportError:
+            return "a socks5 proxy needs the socksio package: pip install 'httpx[socks]'"
+    return None
+
+
+class _DocumentedNamesOnly(PydanticBaseSettingsSource):
+    """An environment or .env source without the values it finds under a field's own name:
+    RELAYBOT_DATABASE_URL is the setting, DATABASE_URL (or LOG_LEVEL, HTTP_PROXY, ADMINS, ...)
+    is somebody else's. pydantic-settings reads those too when fields may be given by name
+    (`populate_by_name`, which `Settings(database_url=...)` in code needs)."""
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self._source = source
+        self.__name__ = type(source).__name__  # the source's name in pydantic-settings' debug log
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {
+            key: value
+            for key, value in self._source().items()
+            if key not in fields or key in _aliases(fields[key].validation_alias)
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._source!r})"
+
+
+def _aliases(alias: object) -> tuple[str, ...]:
+    if isinstance(alias, AliasChoices):
+        return tuple(choice for choice in alias.choices if isinstance(choice, str))
+    return (alias,) if isinstance(alias, str) else ()
 
 
 class Settings(BaseSettings):
@@ -309,6 +411,96 @@ class Settings(BaseSettings):
     )
     slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
     slack_api_url: str = Field("https://slack.com/api/", validation_alias=_env("SLACK_API_URL"))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # In code a field is given by its name (`Settings(database_url=...)`); from the
+        # environment and .env only by the documented names (each field's validation_alias).
+        return (
+            init_settings,
+            _DocumentedNamesOnly(env_settings),
+            _DocumentedNamesOnly(dotenv_settings),
+            file_secret_settings,
+        )
+
+    @field_validator(*SECRET_SETTINGS, mode="before")
+    @classmethod
+    def _secret(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            return value
+        secret = unwrapped(value)
+        if not secret:
+            raise PydanticCustomError(
+                "blank_secret",
+                "is blank (only spaces or quotes); set the value itself, or leave the variable "
+                "out",
+            )
+        return secret
+
+    @field_validator("http_proxy")
+    @classmethod
+    def _http_proxy(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = value.strip()
+        problem = proxy_problem(url)
+        if problem is not None:
+            raise PydanticCustomError("proxy_url", problem)
+        return url
+
+    @field_validator("telegram_api_base_url", "telegram_file_base_url")
+    @classmethod
+    def _telegram_base_url(cls, value: str) -> str:
+        # The bot token is appended to it (python-telegram-bot's base_url): `.../bot/` would
+        # ask `.../bot/123:AA.../getMe` (a 404, blamed on the token), a URL without /bot
+        # `host:8081123:AA...` (a port that is not a number).
+        url = value.strip().rstrip("/")
+        parts = _url_parts(url)
+        if parts is None or parts[0] not in ("http", "https"):
+            raise PydanticCustomError(
+                "telegram_base_url",
+                f"must start with http:// or https:// and a host, {TELEGRAM_BASE_URL_FORMS}",
+            )
+        if not parts[2].endswith("/bot"):
+            raise PydanticCustomError(
+                "telegram_base_url",
+                f"must end in /bot (the bot token is appended to it), {TELEGRAM_BASE_URL_FORMS}",
+            )
+        return url
+
+    @field_validator("telegram_webhook_url")
+    @classmethod
+    def _telegram_webhook_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        url = value.strip()
+        parts = _url_parts(url)
+        if parts is None or parts[0] not in ("http", "https"):
+            raise PydanticCustomError(
+                "webhook_url",
+                "must be the public https:// URL Telegram posts updates to, e.g. "
+                "https://bot.example.com/telegram/webhook",
+            )
+        # Telegram posts only to https://; a self-hosted Bot API server (--local) and a
+        # server on this machine also to http://.
+        api = _url_parts(str(info.data.get("telegram_api_base_url", "")))
+        self_hosted = api is not None and api[1] != _OFFICIAL_BOT_API
+        if parts[0] == "http" and parts[1] not in _LOOPBACK_HOSTS and not self_hosted:
+            raise PydanticCustomError(
+                "webhook_url",
+                "must start with https:// (Telegram posts updates only to https URLs), e.g. "
+                "https://bot.example.com/telegram/webhook",
+            )
+        return url
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -150,7 +150,10 @@ class HumanFormatter(logging.Formatter):
 
 
 def settings_secrets(settings: Settings) -> list[str]:
-    """Every secret value in `settings`: keys, tokens, signing secrets, the database password."""
+    """Every secret value in `settings`: keys, tokens, signing secrets, the database and
+    proxy passwords."""
+    from urllib.parse import unquote, urlsplit
+
     from pydantic import SecretStr
     from sqlalchemy.engine import make_url
 
@@ -165,6 +168,13 @@ def settings_secrets(settings: Settings) -> list[str]:
         password = None
     if password:
         found.append(str(password))
+    try:
+        proxy_password = urlsplit(settings.http_proxy).password if settings.http_proxy else None
+    except ValueError:  # refused by the settings; nothing to hide
+        proxy_password = None
+    if proxy_password:
+        # As written in the URL (percent-encoded) and as sent.
+        found.extend({proxy_password, unquote(proxy_password)})
     return found
 
 
@@ -185,6 +195,31 @@ NOISY_LOGGERS = (
 QUIET_LOGGERS = {"relaybot.slack.bolt": logging.INFO}
 
 
+class HeldLoggers(logging.Filter):
+    """Holds the loggers of NOISY_LOGGERS and QUIET_LOGGERS, and their children, at their
+    floor on the handler itself. Bolt gives each of its components a logger of its own with
+    the level of the logger the app was given (INFO), so their records did not stop at the
+    level set on `slack_bolt`: `slack_bolt.RequestVerification` logged every request refused
+    for its signature at INFO with the request's whole body (a message's words, who sent
+    it). The Slack adapter says, without the body, that requests are refused."""
+
+    def __init__(self, floors: dict[str, int]) -> None:
+        super().__init__()
+        # Longest name first: a child's own floor before its parent's.
+        self._floors = sorted(floors.items(), key=lambda item: len(item[0]), reverse=True)
+
+    def floor(self, name: str) -> int | None:
+        """The floor of logger `name`, or None when it is not held."""
+        for held, floor in self._floors:
+            if name == held or name.startswith((f"{held}.", f"{held}:")):
+                return floor
+        return None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        floor = self.floor(record.name)
+        return floor is None or record.levelno >= floor
+
+
 def configure_logging(
     level: str,
     *,
@@ -201,7 +236,6 @@ def configure_logging(
     use_json = fmt == "json" or (fmt == "auto" and not _is_terminal(stream))
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if use_json else HumanFormatter())
-    handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -209,8 +243,11 @@ def configure_logging(
     root.setLevel(level.upper())
     # Never below the level asked for (their own level would let more through).
     held = {name: logging.WARNING for name in NOISY_LOGGERS} | QUIET_LOGGERS
-    for name, floor in held.items():
-        logging.getLogger(name).setLevel(max(floor, root.level))
+    floors = {name: max(floor, root.level) for name, floor in held.items()}
+    for name, floor in floors.items():
+        logging.getLogger(name).setLevel(floor)
+    handler.addFilter(HeldLoggers(floors))  # for the loggers that set their own level
+    handler.addFilter(RedactingFilter(secrets))
     return handler
 
 

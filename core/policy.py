@@ -25,6 +25,7 @@ from core.ratelimit import RateLimiter
 from core.tokens import PER_MESSAGE_TOKENS, PRIMING_TOKENS, counter_for
 from core.types import (
     FORGOTTEN,
+    PLATFORMS,
     THREADLESS_PLATFORMS,
     AttachmentKind,
     IncomingMessage,
@@ -46,7 +47,6 @@ BUDGET_USAGE = (
 )
 # The platforms relaybot talks on, as it names them (in lowercase, as RELAYBOT_ADMINS and the
 # allow-lists take them): a budget or usage naming another one (`telegarm:5`) is a typo.
-PLATFORMS = ("console", "slack", "telegram")
 _USAGE_USAGE = "Usage: /usage PLATFORM:USER_ID"
 _GLOBAL_USAGE = (
     "The bot's budget takes no name: /budget global day|month AMOUNT|off|default "

@@ -10,6 +10,8 @@ from enum import StrEnum
 # Platforms whose chats have no threads: there a ":" in a chat key belongs to the chat's own
 # name (a console chat may be called "a:b"), not to a thread of it.
 THREADLESS_PLATFORMS = frozenset({"console"})
+# The platforms relaybot ships adapters for, as messages name them.
+PLATFORMS = ("console", "slack", "telegram")
 _THREAD_ID = re.compile(r"\d+(?:\.\d+)?")
 
 

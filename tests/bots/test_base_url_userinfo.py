@@ -92,13 +92,14 @@ def test_a_key_in_the_base_urls_query_string_is_refused_and_never_shown(
 def test_a_check_that_breaks_unexpectedly_is_a_fail_line_and_the_others_still_run(
     endpoint: FakeOpenAI, tmp_path: Path
 ) -> None:
-    # A Bot API address the HTTP client cannot read: the Telegram check met an error it did
-    # not expect, and the whole report ended in a traceback.
+    # A Bot API address the HTTP client cannot read (a host IDNA refuses; the settings take
+    # it, as a URL): the Telegram check met an error it did not expect, and the whole report
+    # ended in a traceback.
     settings = env(
         tmp_path,
         endpoint.base_url,
         TELEGRAM_BOT_TOKEN=TELEGRAM_TOKEN,
-        TELEGRAM_API_BASE_URL="http://[::1/bot",
+        TELEGRAM_API_BASE_URL="http://\u2488.com/bot",
         RELAYBOT_MODERATION="off",
     )
     assert run_relaybot(["db", "upgrade"], tmp_path, **settings).returncode == 0
@@ -129,10 +130,11 @@ def test_a_proxy_the_http_client_cannot_use_is_a_fail_line_without_its_password(
     )
     assert "Traceback" not in doctor.stderr
     assert doctor.returncode == 1
-    assert (
-        "FAIL  http client: the check could not finish: ValueError: Unknown scheme for proxy "
-        "URL URL('ftp://***@127.0.0.1:1') -> check RELAYBOT_HTTP_PROXY: http://HOST:PORT or "
-        "https://..."
-    ) in doctor.stdout.splitlines()
-    assert "SKIP  model endpoint: not checked without an HTTP client" in doctor.stdout
+    # Refused with the settings, in words of its own (the client's words quoted the URL).
+    assert doctor.stdout.splitlines() == [
+        "FAIL  config: invalid configuration: RELAYBOT_HTTP_PROXY: must start with http://, "
+        "https:// or socks5:// and name the proxy's host, e.g. http://proxy.example:3128 or "
+        "http://USER:PASSWORD@proxy.example:3128 -> fix the variable named above",
+        "relaybot doctor: 1 to fix (0 OK)",
+    ]
     assert "proxyuser" not in doctor.stdout and "Pr0xyPassw0rd" not in doctor.stdout

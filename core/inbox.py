@@ -48,6 +48,7 @@ def storable(msg: IncomingMessage) -> IncomingMessage:
     (the console) or losing the message (PostgreSQL's driver raises DataError)."""
     parts = [msg.chat.chat_id, msg.chat.thread_id, msg.sender.id, msg.sender.name]
     parts += [msg.event_key, msg.text, msg.platform_message_id, msg.reply_to_text, msg.part_of]
+    parts.append(msg.continuation_id)
     for a in msg.attachments:
         parts += [a.mime, a.filename, a.ref]
     if not any(_SURROGATE.search(p) for p in parts if p):
@@ -65,6 +66,7 @@ def storable(msg: IncomingMessage) -> IncomingMessage:
         platform_message_id=valid(msg.platform_message_id),
         reply_to_text=valid(msg.reply_to_text),
         part_of=valid(msg.part_of),
+        continuation_id=valid(msg.continuation_id),
         attachments=tuple(
             replace(a, mime=valid_text(a.mime), filename=valid_text(a.filename), ref=valid(a.ref))
             for a in msg.attachments
@@ -89,6 +91,7 @@ def encode_message(msg: IncomingMessage) -> str:
             "platform_message_id": msg.platform_message_id,
             "reply_to_text": msg.reply_to_text,
             "part_of": msg.part_of,
+            "continuation_id": msg.continuation_id,
             "forwarded_from": msg.forwarded_from,
             "attachments": [
                 {
@@ -140,6 +143,7 @@ def decode_message(event_key: str, payload: str) -> IncomingMessage:
         platform_message_id=data["platform_message_id"],
         reply_to_text=data["reply_to_text"],
         part_of=data.get("part_of"),  # (not in events stored before it existed)
+        continuation_id=data.get("continuation_id"),  # (nor this)
         forwarded_from=data.get("forwarded_from"),  # (nor this)
     )
 
@@ -304,7 +308,7 @@ class Inbox:
         event), else None."""
         return await self.db.run(_user_turn_id, event_key)
 
-    # -- messages sent in parts (see IncomingMessage.part_of) ---------------------------------
+    # -- messages sent in parts (IncomingMessage.part_of, continuation_id) -------------------
     async def waiting(self, event_id: int) -> bool:
         """Whether the event still waits for its answer (not taken in by an earlier part)."""
         return await self.db.run(_waiting, event_id, autocommit=True)
@@ -313,9 +317,26 @@ class Inbox:
         self, event_id: int, chat_key: str, part_of: str
     ) -> list[tuple[int, IncomingMessage]]:
         """The chat's waiting events after `event_id` that are parts of `part_of`, in order."""
-        rows = await self.db.run(_later_events, event_id, chat_key, autocommit=True)
-        parts = [(int(i), decode_message(key, payload)) for i, key, payload in rows if payload]
+        parts = await self._later(event_id, chat_key, None)
         return [(i, msg) for i, msg in parts if msg.part_of == part_of]
+
+    async def next_waiting(
+        self, event_id: int, chat_key: str
+    ) -> tuple[int, IncomingMessage] | None:
+        """The chat's first waiting event after `event_id`, if any (a continuation?)."""
+        later = await self._later(event_id, chat_key, 1)
+        return later[0] if later else None
+
+    async def newest_waiting(self, chat_key: str) -> IncomingMessage | None:
+        """The chat's latest waiting event, if any (does it await a continuation?)."""
+        rows = await self.db.run(_newest_waiting, chat_key, autocommit=True)
+        return decode_message(rows[0][0], rows[0][1]) if rows and rows[0][1] else None
+
+    async def _later(
+        self, event_id: int, chat_key: str, limit: int | None
+    ) -> list[tuple[int, IncomingMessage]]:
+        rows = await self.db.run(_later_events, event_id, chat_key, limit, autocommit=True)
+        return [(int(i), decode_message(key, payload)) for i, key, payload in rows if payload]
 
     async def join_parts(
         self, event_id: int, whole: IncomingMessage, parts: Sequence[int]
@@ -534,7 +555,7 @@ def _waiting(conn: Connection, event_id: int) -> bool:
     return found.scalar() == "received"
 
 
-def _later_events(conn: Connection, event_id: int, chat_key: str) -> list[Any]:
+def _later_events(conn: Connection, event_id: int, chat_key: str, limit: int | None) -> list[Any]:
     # Through ix_inbound_events_waiting: only the chat's waiting events are read.
     query = (
         select(InboundEvent.id, InboundEvent.event_key, InboundEvent.payload)
@@ -544,6 +565,18 @@ def _later_events(conn: Connection, event_id: int, chat_key: str) -> list[Any]:
             InboundEvent.id > event_id,
         )
         .order_by(InboundEvent.id)
+        .limit(limit)
+    )
+    return list(conn.execute(query))
+
+
+def _newest_waiting(conn: Connection, chat_key: str) -> list[Any]:
+    # Through ix_inbound_events_waiting, from its end: one row read.
+    query = (
+        select(InboundEvent.event_key, InboundEvent.payload)
+        .where(InboundEvent.chat_key == chat_key, InboundEvent.status == "received")
+        .order_by(InboundEvent.id.desc())
+        .limit(1)
     )
     return list(conn.execute(query))
 

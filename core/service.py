@@ -31,6 +31,7 @@ from core.errors import (
     ModelUnavailable,
     NotDelivered,
     QuotaExhausted,
+    RateLimited,
     RelaybotError,
     ShuttingDown,
     UpstreamDown,
@@ -240,11 +241,64 @@ GAVE_UP = (
     "Sorry, I had to give up on this message: I stopped several times while working on it. "
     "Please send it again, perhaps shorter or without its file."
 )
+# A group's voice note nobody addressed whose transcription failed for now (the endpoint
+# down or busy) is taken on this many times in all before it is given up (see
+# `ConversationService._quiet_transcript_failure`).
+VOICE_NOTE_ATTEMPTS = 3
+# Voice notes (one per chat, the newest) that could not be heard, kept for /retry.
+UNHEARD_KEPT = 1024
+# How many of a chat's newest turns are searched for the bot's message a voice note replies to.
+REPLY_LOOKBACK = 50
+TRANSCRIPT_NOT_DELIVERED = (
+    "The chat service did not take the transcript, so it is not shown here; I kept it, and "
+    "can answer questions about it."
+)
 # A message sent in parts (IncomingMessage.part_of: a Telegram album, one event per picture)
 # is answered once, by its first part, which waits until no further part has come for
 # PARTS_QUIET_SECONDS (at most PARTS_WAIT_SECONDS in all) and then takes the others in.
+# A text the platform may have cut (IncomingMessage.continuation_id: a long paste a client
+# split) waits up to PARTS_QUIET_SECONDS for its continuation, each part for the next.
 PARTS_QUIET_SECONDS = 1.0
 PARTS_WAIT_SECONDS = 5.0
+
+
+def _plain_text(msg: IncomingMessage) -> bool:
+    """Whether `msg` is words of the sender's own and nothing else: what a cut text and its
+    continuation are. A command, a forward, a caption (it comes with a file) or an album's
+    part never is, nor joined to one."""
+    return (
+        bool(msg.text)
+        and not msg.attachments
+        and msg.forwarded_from is None
+        and msg.part_of is None
+        and parse_command(msg.text) is None
+    )
+
+
+def _continues(cut: IncomingMessage, msg: IncomingMessage) -> bool:
+    """Whether `msg` (the chat's next event after `cut`) is the rest of `cut`'s text: the
+    message that directly follows it on the platform, from the same sender, plain text."""
+    return (
+        cut.continuation_id is not None
+        and msg.platform_message_id == cut.continuation_id
+        and msg.chat == cut.chat
+        and msg.sender.id == cut.sender.id
+        and _plain_text(cut)
+        and _plain_text(msg)
+    )
+
+
+def _join_texts(texts: list[str]) -> str:
+    """The parts of a cut text as one. Clients cut at a newline or a space and the platform
+    drops the whitespace at either end of a message, so what stood between two parts is
+    lost: a newline puts back the likelier of the two (a line break, in a pasted log or
+    code) and at worst breaks a line where a space was. Where a part still ends, or the
+    next begins, with whitespace, nothing was lost and nothing is added."""
+    whole = texts[0]
+    for text in texts[1:]:
+        gap = "" if whole[-1:].isspace() or text[:1].isspace() else "\n"
+        whole += gap + text
+    return whole
 
 
 # OpenAI's models that take no pictures though their family does (o3 reads them, o3-mini
@@ -320,6 +374,8 @@ class _Job:
     settings: ChatSettings | None = None
     # The answer's transaction also ended the chat's lease (PostgreSQL replicas).
     released: bool = False
+    # Which time this event is taken on (1: as it arrived; a resumed one counts up).
+    attempt: int = 1
 
 
 # The job the running task works on (each task has its own copy of the context).
@@ -328,6 +384,12 @@ _current: ContextVar[_Job | None] = ContextVar("relaybot_job", default=None)
 
 class _TakenOver(Exception):
     """The event's claim passed to another replica before this process stored its turn."""
+
+
+class _Later(Exception):
+    """The event is given back to the inbox, to be taken on again by a later sweep (a voice
+    note nobody addressed whose transcription failed for now: see
+    `_quiet_transcript_failure`)."""
 
 
 @dataclass(slots=True)
@@ -486,8 +548,15 @@ class ConversationService:
         # Operator errors already logged for unaddressed voice notes (type, detail): a missing
         # transcription endpoint or model alerts once per process, not once per note.
         self._operator_told: set[tuple[str, str]] = set()
+        # Events of this process a text's earlier part took in, until their own jobs see it
+        # (SQLite: one process; shared databases are asked, see `_taken_in`).
+        self._joined: set[int] = set()
         # The adapters that can restore stored messages, by platform (as `resume` got them).
         self._restorers: dict[str, Restorer] = {}
+        # By chat: its newest voice note that could not be heard, for /retry (see
+        # `_remember_unheard`): the chat's newest stored turn then, the message, and whether
+        # it asked for its transcript only.
+        self._unheard: dict[str, tuple[int | None, IncomingMessage, bool]] = {}
 
     # -- entry points ---------------------------------------------------------------------
     async def handle(self, msg: IncomingMessage, sink: ReplySink) -> bool:
@@ -502,7 +571,8 @@ class ConversationService:
         """Store the event durably and start answering it; returns once it is stored.
 
         Adapters acknowledge the platform after this returns (the event is then safe).
-        None means the event was seen before. Raises ShuttingDown once `shutdown` began:
+        None means the event was seen before, or asks nothing of the bot (see
+        `_asks_nothing`) and was not stored. Raises ShuttingDown once `shutdown` began:
         do not acknowledge then, so the platform delivers the event again elsewhere.
         """
         if not self.accepting:
@@ -517,6 +587,9 @@ class ConversationService:
         settings: ChatSettings | None = None
         try:
             async with recording:
+                if await self._asks_nothing(msg):
+                    ticket.release()
+                    return None
                 if ticket.ready:
                     # First in the chat's local queue: its turn (across replicas, on
                     # PostgreSQL) and settings come with storing it, one round trip, not two.
@@ -552,10 +625,13 @@ class ConversationService:
             # The chat's turn first, then a working slot: a job holding a slot never waits
             # for another chat's turn, so the two cannot deadlock.
             async with job.ticket, self._slots:
-                if job.settings is None:  # else the chat's turn came with the event's record
+                # No settings yet: the chat was not free when the event was stored, an earlier
+                # event went first (and may have taken this one in, see `_gathered`).
+                waited = job.settings is None
+                if waited:
                     job.settings = await self._wait_for_chat(msg.chat, job.event_id)
                 try:
-                    whole = await self._whole(job) if msg.part_of is not None else msg
+                    whole = await self._gathered(job, waited)
                     if whole is None:
                         job.closed = True  # answered with an earlier part, which closed it
                     else:
@@ -576,6 +652,10 @@ class ConversationService:
                 "another replica took over a message while this process stalled",
                 extra={"chat": msg.chat.key},
             )
+        except _Later:
+            # Left open, unclaimed: the next sweep (here or on another replica) takes it on.
+            outcome = "released"
+            await self.inbox.release([job.event_id])
         except RelaybotError as err:
             outcome = "failed"
             self.metrics.failed(msg.chat.platform, type(err).__name__)
@@ -598,12 +678,16 @@ class ConversationService:
                     str(err)[:600],
                     extra={"chat": msg.chat.key},
                 )
-            await self._tell(sink, err.user_message, ReplyKind.ERROR)
+            if job.msg.addressed_to_bot or isinstance(err, ShuttingDown):
+                await self._tell(sink, err.user_message, ReplyKind.ERROR)
         except Exception:
             outcome = "failed"
             self.metrics.failed(msg.chat.platform, "unexpected")
             log.exception("unexpected error handling a message", extra={"chat": msg.chat.key})
-            await self._tell(sink, RelaybotError.user_message, ReplyKind.ERROR)
+            # Nobody spoke to the bot (a group's voice note it transcribes unasked, a part
+            # of an album): an error posted under it would answer someone who asked nothing.
+            if job.msg.addressed_to_bot:
+                await self._tell(sink, RelaybotError.user_message, ReplyKind.ERROR)
         finally:
             self.metrics.finished(msg.chat.platform, outcome, time.perf_counter() - started)
             # A whole answer closed its event in the transaction that stored it.
@@ -619,18 +703,103 @@ class ConversationService:
                 },
             )
 
-    async def _whole(self, job: _Job) -> IncomingMessage | None:
-        """The whole message of which `job`'s is a part (see PARTS_QUIET_SECONDS), once no
-        more parts come; None when an earlier part already took this one in.
+    # -- messages sent in parts (see PARTS_QUIET_SECONDS) ------------------------------------
+    async def _gathered(self, job: _Job, waited: bool) -> IncomingMessage | None:
+        """The whole message `job`'s begins (itself, for most); None when an earlier part
+        already took this one in (and closed its event).
 
         Runs in the chat's turn, so no later part is answered meanwhile. The parts are
         joined in one transaction (the first part's event then carries the whole message,
         the others are closed), so a crash on either side of it loses none of them.
+        `waited`: an earlier event of the chat went first, which may have taken this in.
         """
         msg = job.msg
-        assert msg.part_of is not None
-        if not await self.inbox.waiting(job.event_id):
+        if msg.part_of is not None:
+            return await self._whole(job) if await self.inbox.waiting(job.event_id) else None
+        if not _plain_text(msg):
+            return msg
+        if waited and await self._taken_in(job.event_id):
             return None
+        return await self._continued(job) if msg.continuation_id is not None else msg
+
+    async def _taken_in(self, event_id: int) -> bool:
+        """Whether a text's earlier part took this event in (as the rest of the text)."""
+        if self.inbox.shared:  # perhaps by another replica
+            return not await self.inbox.waiting(event_id)
+        # One process holds the database: its own record says (no query per message).
+        if event_id in self._joined:
+            self._joined.discard(event_id)
+            return True
+        return False
+
+    async def _asks_nothing(self, msg: IncomingMessage) -> bool:
+        """Whether `msg` is none of the bot's business and so is not stored at all.
+
+        Nobody spoke to the bot and the message carries nothing it might transcribe: only
+        the rest of an addressed text the platform cut may be such (a group's chatter
+        reaches the core for that), and that only when the chat's latest event awaits it.
+        Asked in the chat's recording order: an earlier part is stored (and running) first.
+        """
+        if msg.addressed_to_bot or msg.attachments or msg.part_of is not None:
+            return False
+        if not _plain_text(msg):
+            return True
+        for job in self._jobs.values():
+            if _continues(job.msg, msg):
+                return False
+        if not self.inbox.shared:  # this process holds every event of its database
+            return True
+        # Another replica may have stored the earlier part.
+        latest = await self.inbox.newest_waiting(msg.chat.key)
+        return latest is None or not _continues(latest, msg)
+
+    async def _continued(self, job: _Job) -> IncomingMessage:
+        """The whole of a text the platform may have cut (`IncomingMessage.continuation_id`):
+        its continuation, and the continuation's, taken in while each comes in time."""
+        msg = job.msg
+        pieces, taken = [msg], [job.event_id]
+        while (following := await self._next_part(taken[-1], pieces[-1])) is not None:
+            taken.append(following[0])
+            pieces.append(following[1])
+        taken = taken[1:]  # the other parts' events
+        whole = dataclasses.replace(
+            msg,
+            text=_join_texts([p.text for p in pieces]),
+            addressed_to_bot=any(p.addressed_to_bot for p in pieces),
+            continuation_id=None,
+        )
+        if taken:
+            await self.inbox.join_parts(job.event_id, whole, taken)
+            if not self.inbox.shared:
+                self._joined.update(taken)  # their jobs, queued behind this one, close
+            log.info("text sent in parts", extra={"chat": msg.chat.key, "count": len(pieces)})
+        return whole
+
+    async def _next_part(
+        self, after: int, cut: IncomingMessage
+    ) -> tuple[int, IncomingMessage] | None:
+        """The event (id, message) continuing `cut` (stored as `after`), once it is the
+        chat's next; None when another event comes next, or none within PARTS_QUIET_SECONDS."""
+        if cut.continuation_id is None:
+            return None
+        deadline = time.monotonic() + PARTS_QUIET_SECONDS
+        while True:
+            following = await self.inbox.next_waiting(after, cut.chat.key)
+            if following is not None:
+                return following if _continues(cut, following[1]) else None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            # Looked for in short steps: the rest usually comes at once (after the first
+            # part's own event is stored), and a long text that is whole waits no longer
+            # than the window.
+            await asyncio.sleep(min(left, PARTS_QUIET_SECONDS / 5))
+
+    async def _whole(self, job: _Job) -> IncomingMessage:
+        """The whole album of which `job`'s message is a part (see PARTS_QUIET_SECONDS),
+        once no more parts come."""
+        msg = job.msg
+        assert msg.part_of is not None
         deadline = time.monotonic() + PARTS_WAIT_SECONDS
         seen = -1
         while True:
@@ -758,7 +927,8 @@ class ConversationService:
             # so it must not wait in that queue: it would wait behind events waiting for it.
             queue = ChatLocks() if self.inbox.shared else self.locks
             ticket = queue.reserve(msg.chat.key)
-            self._start(_Job(event.id, msg, sink, ticket, resumed=True))
+            job = _Job(event.id, msg, sink, ticket, resumed=True, attempt=event.attempts + 1)
+            self._start(job)
             resumed += 1
         if resumed:
             log.info("resumed unfinished messages", extra={"count": resumed})
@@ -775,7 +945,8 @@ class ConversationService:
             event.attempts,
             extra={"chat": msg.chat.key},
         )
-        await self._tell(sink, GAVE_UP, ReplyKind.ERROR)
+        if msg.addressed_to_bot:  # else nobody asked the bot anything: nothing is posted
+            await self._tell(sink, GAVE_UP, ReplyKind.ERROR)
 
     async def move_chat(self, old: ChatRef, new: ChatRef) -> None:
         """Adapters: chat `old` lives on as `new` (a Telegram group upgraded to a supergroup
@@ -874,13 +1045,18 @@ class ConversationService:
         audio = self._first(msg, AttachmentKind.AUDIO)
         # In a group that asked for transcripts, a voice note gets just its transcript,
         # unless someone asks the bot something about it ("@bot summarise this", as its
-        # caption or in reply to it): a bare mention asks for nothing more.
+        # caption or in reply to it) or answers the bot by voice (in reply to one of its
+        # answers: not to a transcript it posted, which is the speaker's words): a bare
+        # mention asks for nothing more.
         transcript_only = (
             command is None
             and audio is not None
             and not msg.is_direct
-            and not (msg.addressed_to_bot and msg.text.strip())
             and await self._voice_mode(msg) == "transcript"
+            and not (
+                msg.addressed_to_bot
+                and (bool(msg.text.strip()) or await self._replies_to_answer(msg))
+            )
         )
         if not msg.addressed_to_bot and not transcript_only:
             # Adapters pass group voice notes nobody addressed to us: only a group that
@@ -909,6 +1085,11 @@ class ConversationService:
         if command is not None:
             await self._command(command[0], command[1], msg, sink)
             return
+        await self._respond(msg, sink, transcript_only)
+
+    async def _respond(self, msg: IncomingMessage, sink: ReplySink, transcript_only: bool) -> None:
+        """Answer an admitted message that is no command (or post its transcript)."""
+        audio = self._first(msg, AttachmentKind.AUDIO)
         images = [a for a in msg.attachments if a.kind is AttachmentKind.IMAGE]
         text = msg.text.strip()
         heard = ""  # a voice note's transcript, which _transcribe already moderated
@@ -919,8 +1100,13 @@ class ConversationService:
                 transcript = "\n\n".join(
                     [await self._transcribe(msg, a, translate=False) for a in recordings]
                 )
-            except RelaybotError as failed:
-                if not transcript_only or msg.addressed_to_bot or isinstance(failed, ShuttingDown):
+            except Exception as failed:
+                if isinstance(failed, ShuttingDown):
+                    raise
+                if msg.addressed_to_bot:
+                    # Nothing of it was stored: /retry takes this voice note on again
+                    # (rather than the chat's last answered turn, from before it).
+                    await self._remember_unheard(msg, transcript_only)
                     raise
                 # Nobody asked for this transcript: a failure posted under the voice note
                 # (silence, a flagged transcript, a server without the endpoint) would answer
@@ -933,8 +1119,7 @@ class ConversationService:
                 # (as the adapter quotes a forwarded text), not the forwarder's own.
                 said = f"Forwarded from {msg.forwarded_from}:\n{quote_lines(transcript)}"
             if transcript_only:
-                await sink.send(Reply(text=transcript, kind=ReplyKind.TRANSCRIPT))
-                await self._keep_heard(msg, said)
+                await self._post_transcript(msg, sink, transcript, said)
                 return
             heard = said
             text = f"{text}\n\n{said}".strip() if text else said
@@ -982,11 +1167,110 @@ class ConversationService:
             return said == _read_words(row.content)
         return False
 
-    def _quiet_transcript_failure(self, msg: IncomingMessage, failed: RelaybotError) -> None:
+    async def _replies_to_answer(self, msg: IncomingMessage) -> bool:
+        """Whether `msg` replies to one of the bot's answers (a stored assistant turn), not
+        to a transcript the bot posted (stored as the speaker's turn) nor to anyone else's
+        message. Told by the words people read (the platform shows an answer rendered, or
+        the part of it the person quoted, or one of the messages a long answer took), among
+        the chat's newest REPLY_LOOKBACK turns: the newest turn showing them says whose."""
+        said = " ".join(_WORDS.findall((msg.reply_to_text or "").lower()))
+        if not said:
+            return False
+        looked = 0
+        async for row in self.store.newest_messages(msg.chat.key, page_size=16):
+            if f" {said} " in f" {' '.join(_read_words(row.content))} ":
+                return row.role == "assistant"
+            looked += 1
+            if looked >= REPLY_LOOKBACK:
+                break
+        return False
+
+    async def _post_transcript(
+        self, msg: IncomingMessage, sink: ReplySink, transcript: str, said: str
+    ) -> None:
+        """Post a voice note's transcript and keep it in the history. One the platform did
+        not take is kept all the same, as an answer it did not take is (NotDelivered): the
+        transcription was paid for, and the speaker's words are the chat's history. Nobody
+        who asked nothing is told; a person who asked for it (a bare mention) is."""
+        try:
+            await sink.send(Reply(text=transcript, kind=ReplyKind.TRANSCRIPT))
+        except Exception as err:
+            await self._keep_heard(msg, said)
+            if msg.addressed_to_bot:
+                raise NotDelivered(
+                    f"the platform did not take a transcript: {type(err).__name__}",
+                    user_message=TRANSCRIPT_NOT_DELIVERED,
+                ) from err
+            self.metrics.failed(msg.chat.platform, "NotDelivered")
+            log.warning(
+                "the platform did not take a voice note's transcript (%s): it is kept in the "
+                "history, nothing is posted",
+                type(err).__name__,
+                extra={"chat": msg.chat.key, "event": _event_id()},
+            )
+            return
+        await self._keep_heard(msg, said)
+
+    async def _remember_unheard(self, msg: IncomingMessage, transcript_only: bool) -> None:
+        """Remember a voice note that could not be heard (fetched or transcribed) for /retry:
+        with the chat's newest stored turn, so that /retry takes it on again only while
+        nothing was stored in the chat since. Held by this process only (the message's
+        downloads are live here): after a restart, or on another replica, /retry answers
+        the chat's last answered turn again, as before."""
+        try:
+            last_id = (await self.store.read_history(msg.chat.key, page_size=1)).last_id
+        except Exception:
+            log.warning("could not note a failed voice note for /retry", exc_info=True)
+            return
+        self._unheard.pop(msg.chat.key, None)
+        while len(self._unheard) >= UNHEARD_KEPT:
+            del self._unheard[next(iter(self._unheard))]  # the oldest
+        self._unheard[msg.chat.key] = (last_id, msg, transcript_only)
+
+    def _quiet_transcript_failure(self, msg: IncomingMessage, failed: Exception) -> None:
         """Log an unaddressed voice note's failed transcription (nothing is posted): the
         operator's own errors at ERROR once per process for each cause (a missing endpoint
-        or model fails every note alike), all else at info."""
-        self.metrics.failed(msg.chat.platform, type(failed).__name__)
+        or model fails every note alike), a passing failure at WARNING (the note is kept for
+        a later attempt, see below), an unexpected one at ERROR, all else at info."""
+        name = type(failed).__name__ if isinstance(failed, RelaybotError) else "unexpected"
+        self.metrics.failed(msg.chat.platform, name)
+        where = {"chat": msg.chat.key, "event": _event_id()}
+        if isinstance(failed, UpstreamDown | RateLimited):
+            # The transcription endpoint (or the platform's file server) is down or busy
+            # for now, past the client's own retries: dropped, the transcript would be lost
+            # for good. The event goes back to the inbox, open and unclaimed, and the next
+            # sweep (every lease_seconds / 2, here or on another replica; at the latest the
+            # next start) takes it on again, with fresh downloads: up to
+            # VOICE_NOTE_ATTEMPTS times in all (the inbox counts them), then it is given up.
+            # Meanwhile the chat goes on: on SQLite the note is transcribed after the
+            # chat's later messages; across replicas (PostgreSQL) an open event goes first,
+            # so the chat's later messages wait for that sweep (bounded as above).
+            job = _current.get()
+            attempt = job.attempt if job is not None else VOICE_NOTE_ATTEMPTS
+            if attempt < VOICE_NOTE_ATTEMPTS:
+                log.warning(
+                    "unaddressed voice note not transcribed: %s: kept for a later attempt "
+                    "(%d of %d)",
+                    type(failed).__name__,
+                    attempt,
+                    VOICE_NOTE_ATTEMPTS,
+                    extra=where,
+                )
+                raise _Later from failed
+            log.warning(
+                "unaddressed voice note not transcribed: %s: given up after %d attempts",
+                type(failed).__name__,
+                attempt,
+                extra=where,
+            )
+            return
+        if not isinstance(failed, RelaybotError):
+            log.error(
+                "unexpected error transcribing an unaddressed voice note",
+                exc_info=failed,
+                extra=where,
+            )
+            return
         if isinstance(failed, OPERATOR_ERRORS):
             cause = (type(failed).__name__, str(failed))
             if cause not in self._operator_told and len(self._operator_told) < 64:
@@ -1788,6 +2072,10 @@ class ConversationService:
         elif name == "retry":
             await self._retry(key, msg, sink)
         elif name in POLICY_COMMANDS:
+            if name == "forget":  # nothing of the chat (nor of its threads) is kept
+                for kept in [k for k in self._unheard if key in (k, ChatRef.parent_of(k))]:
+                    del self._unheard[kept]
+
             await self.policy.command(name, args, msg, sink)
         else:
             raise BadInput(
@@ -1796,7 +2084,18 @@ class ConversationService:
             )
 
     async def _retry(self, key: str, msg: IncomingMessage, sink: ReplySink) -> None:
-        """Answer the last answered turn again; its old answer stays until a new one exists."""
+        """Answer the last answered turn again; its old answer stays until a new one exists.
+        A voice note that could not be heard since (nothing of it was stored) is the chat's
+        latest message: it is taken on again instead (fetched and transcribed anew)."""
+        unheard = self._unheard.get(key)
+        if unheard is not None:
+            since, voice, transcript_only = unheard
+            if (await self.store.read_history(key, page_size=1)).last_id == since:
+                await self._respond(voice, sink, transcript_only)
+                if self._unheard.get(key) is unheard:  # heard at last
+                    del self._unheard[key]
+                return
+            del self._unheard[key]  # a turn was stored since: that is the latest
         popped = await self.store.pop_last_answer(key)
         if popped is None:
             raise BadInput("nothing to retry", user_message="There is no answer to retry yet.")

@@ -120,6 +120,13 @@ class IncomingMessage:
     # per picture, the caption on one of them), to the same value for each. The core answers
     # them once, as one message (`ConversationService`, "messages sent in parts").
     part_of: str | None = None
+    # Set when the platform may have cut the sender's text off here (a client splits a paste
+    # longer than a message may be into several, sent one right after the other): the
+    # `platform_message_id` the rest would come as, the message that directly follows this
+    # one. The core takes that message in when it is the chat's next, from the same sender
+    # and plain text, and answers the whole once (`ConversationService`, "messages sent in
+    # parts"); a long part of its own may be continued in turn.
+    continuation_id: str | None = None
     # Set on a forwarded message: who wrote it first, as the platform names them. What it
     # carries is theirs, not the sender's: the adapter quotes its text under their name, and
     # the core does the same with what only it learns (a forwarded voice note's transcript).

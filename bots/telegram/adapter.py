@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
-import secrets
 import warnings
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
@@ -23,7 +23,7 @@ from telegram import (
     BotCommandScopeDefault,
     Update,
 )
-from telegram.error import BadRequest, RetryAfter
+from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     BaseRateLimiter,
@@ -45,7 +45,7 @@ from bots.telegram.limits import FloodLimits
 from bots.telegram.sink import Pacing, TelegramSink
 from core.app import Core
 from core.commands import command_menu
-from core.errors import BadInput, ConfigError, ShuttingDown
+from core.errors import BadInput, ConfigError, ShuttingDown, UpstreamDown
 from core.openai_client import pooled_transport
 from core.ports import ReplySink
 from core.types import ChatRef, Fetch, IncomingMessage
@@ -56,6 +56,7 @@ WEBHOOK_PATH = "/telegram/webhook"
 # What the app's HTTP server answers itself, or Slack's events: no webhook path.
 _NOT_WEBHOOK_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/slack/events"})
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+_SECRET_LABEL = b"relaybot telegram webhook secret"
 ALLOWED_UPDATES = ["message"]
 # How long a Bot API call may take to answer (PTB's default is 5 s). A send that timed out
 # may still have arrived and is not sent again (delivery.with_retry), so the wait is long:
@@ -65,6 +66,18 @@ TOO_BIG = (
     "That file is larger than 20 MB, the most Telegram lets bots download, "
     "so I can't open it. Please send a shorter recording or a smaller file."
 )
+FILE_GONE = "Telegram no longer has that file, so I can't open it. Please send it again."
+FILE_UNAVAILABLE = (
+    "I couldn't download that file from Telegram just now. Please try again in a moment."
+)
+
+
+def default_webhook_secret(token: str) -> str:
+    """The webhook's secret when TELEGRAM_WEBHOOK_SECRET is not set: an HMAC-SHA256 keyed by
+    the bot token, in hex (64 of the A-Z a-z 0-9 _ - Telegram takes). Every replica with the
+    token derives the same one; it tells nothing of the token, and only who has the token
+    (who could as well move the webhook) can make it."""
+    return hmac.new(token.encode(), _SECRET_LABEL, hashlib.sha256).hexdigest()
 
 
 class _RedactToken(logging.Filter):
@@ -137,8 +150,12 @@ class TelegramAdapter:
         self._token = settings.telegram_bot_token.get_secret_value()
         self._webhook_url = settings.telegram_webhook_url
         configured = settings.telegram_webhook_secret
-        # Without a configured secret, a random one still keeps strangers off the webhook.
-        self._secret = configured.get_secret_value() if configured else secrets.token_urlsafe(32)
+        # Without a configured secret, one derived from the token keeps strangers off the
+        # webhook and is the same on every replica (a random one per process: each replica's
+        # setWebhook replaced the others', which then refused every update with 403).
+        self._secret = (
+            configured.get_secret_value() if configured else default_webhook_secret(self._token)
+        )
         self._rate_limiter = rate_limiter
         self._pacing = pacing or Pacing()
         self._poll_timeout = poll_timeout
@@ -460,15 +477,44 @@ class TelegramAdapter:
         async def fetch() -> bytes:
             if size is not None and size > DOWNLOAD_LIMIT_BYTES:
                 raise BadInput("telegram file over 20 MB", user_message=TOO_BIG)
+            # Telegram's errors become the core's own, each with what the person is told
+            # (the core keeps a voice note nobody addressed to the bot quiet either way).
             try:
                 telegram_file = await with_retry(lambda: app.bot.get_file(file_id))
             except BadRequest as err:
                 if "too big" in err.message.lower():
                     raise BadInput("telegram file too big", user_message=TOO_BIG) from err
-                raise
-            return bytes(await telegram_file.download_as_bytearray())
+                # "invalid file_id", "wrong file_id or the file is temporarily unavailable"
+                raise BadInput(self._scrubbed("getFile", err), user_message=FILE_GONE) from err
+            except InvalidToken as err:  # the token itself was refused: the operator's
+                raise ConfigError(
+                    "Telegram refused TELEGRAM_BOT_TOKEN (or TELEGRAM_API_BASE_URL is wrong) "
+                    "when asked for a file"
+                ) from err
+            except TelegramError as err:  # 5xx, timeouts, a 429 longer than we wait
+                raise UpstreamDown(
+                    self._scrubbed("getFile", err), user_message=FILE_UNAVAILABLE
+                ) from err
+            try:
+                # A download is safe to repeat: a 5xx or a lost connection is tried again.
+                return bytes(await with_retry(telegram_file.download_as_bytearray))
+            except (InvalidToken, Forbidden, BadRequest) as err:
+                # PTB raises InvalidToken for the file server's 404 (and 401): getFile just
+                # took the token, so the file is gone from Telegram's servers.
+                raise BadInput(self._scrubbed("download", err), user_message=FILE_GONE) from err
+            except TelegramError as err:
+                raise UpstreamDown(
+                    self._scrubbed("download", err), user_message=FILE_UNAVAILABLE
+                ) from err
 
         return fetch
+
+    def _scrubbed(self, step: str, err: TelegramError) -> str:
+        """A file error for the log: what Telegram said, never the bot token (a download's
+        URL holds it)."""
+        return f"Telegram file {step} failed: {type(err).__name__}: {err}".replace(
+            self._token, "<bot-token>"
+        )
 
     def _translate(self, update: Update) -> tuple[IncomingMessage, TelegramSink] | None:
         """The neutral message for an update and the sink that answers it, or None."""

@@ -37,6 +37,15 @@ PLATFORM = "telegram"
 # getFile refuses files above this size, so such files can never be downloaded by a bot.
 DOWNLOAD_LIMIT_BYTES = 20 * 1024 * 1024
 
+# A message holds at most 4,096 UTF-16 units of text: a client sending a longer paste cuts it
+# into several messages, sent one right after the other, each but the last close to the
+# limit (a little under: clients cut at a newline or a space before it). A text at least
+# this long may be such a part, and says which message would continue it (the core decides
+# whether one does). Below 4,096 by the longest line or word a cut may step back over (a
+# log's or minified code's line runs to hundreds of units); few messages people type are
+# this long, and for those the mark costs one short wait (the core's quiet window).
+CUT_TEXT_UTF16 = 3500
+
 # file_id, declared size -> an async download callable (the adapter binds it to its Bot)
 FetchFactory = Callable[[str, int | None], Fetch]
 
@@ -79,6 +88,20 @@ def _named(prefix: str, unique_id: str, mime: str) -> str:
     return f"{prefix}-{unique_id}.{ext}" if ext else f"{prefix}-{unique_id}"
 
 
+# What a document's MIME type is when the sender's client could not tell (or named only the
+# container): its file name's extension says more.
+_GENERIC_MIME_TYPES = frozenset(
+    {
+        "application/octet-stream",
+        "binary/octet-stream",
+        "application/binary",
+        "application/x-binary",
+        "application/unknown",
+        "application/ogg",
+    }
+)
+
+
 async def _nothing_to_fetch() -> bytes:
     # The core fetches no FILE attachment; this stands in for the file such content lacks.
     raise BadInput("no file to download")
@@ -112,6 +135,10 @@ def _media(message: Message, fetcher: FetchFactory) -> Attachment | None:
     if (document := message.document) is not None and message.animation is None:
         guessed = mimetypes.guess_type(document.file_name or "", strict=False)[0]
         mime = document.mime_type or guessed or "application/octet-stream"
+        if mime.split(";")[0].strip().lower() in _GENERIC_MIME_TYPES:
+            # A type that says nothing of the content (clients send an .m4a or .mp3 as
+            # application/octet-stream, an .ogg as application/ogg): the name says more.
+            mime = guessed or mime
         if mime.startswith("image/"):
             kind = AttachmentKind.IMAGE
         elif mime.startswith(("audio/", "video/")):
@@ -183,6 +210,12 @@ def _seconds(media: object) -> float | None:
     if callable(total):
         return float(total())
     return float(duration) if isinstance(duration, int | float) else None
+
+
+def _may_be_cut(message: Message) -> bool:
+    """Whether `message` is text as long as a part a client cut a longer text into."""
+    text = message.text
+    return text is not None and len(text.encode("utf-16-le")) // 2 >= CUT_TEXT_UTF16
 
 
 def _entity_text(text: str, entity: MessageEntity) -> str:
@@ -340,7 +373,17 @@ def to_incoming(
     # An album comes as one message per picture, the caption (and so the mention) on one
     # of them: every part goes to the core, which answers the album once, as one message.
     album = message.media_group_id
-    if not addressed and album is None and not (group_voice and _heard(message, own)):
+    # Likewise a long paste a client cut (see CUT_TEXT_UTF16): the mention is in its first
+    # part only, so a group's text goes to the core, which keeps it only as the rest of an
+    # addressed part. Only a group that shows the bot every message (privacy mode off) can
+    # bring the rest; in privacy mode it never comes, and the first part is answered alone.
+    chatter = bot.reads_all_group_messages and message.text is not None
+    if (
+        not addressed
+        and album is None
+        and not chatter
+        and not (group_voice and _heard(message, own))
+    ):
         return None
     if mentioned:
         text = _strip_mention(text, bot)
@@ -377,6 +420,8 @@ def to_incoming(
         platform_message_id=str(message.message_id),
         reply_to_text=reply_to_text,
         part_of=f"album:{album}" if album else None,
+        # A chat's messages are numbered one by one: the next one's id follows this one's.
+        continuation_id=str(message.message_id + 1) if _may_be_cut(message) else None,
         forwarded_from=_origin_name(forwarded) if forwarded is not None else None,
     )
 

@@ -376,6 +376,7 @@ class FakeTelegram(FakeServer):
         self.user_messages: dict[tuple[int, int], dict[str, Any]] = {}
         self._failures: list[_Failure] = []
         self._hang_ups: dict[str, int] = {}  # method -> calls to drop unanswered
+        self._download_failures: list[int] = []  # statuses of the next downloads
         # Basic groups upgraded to supergroups: old chat id -> new one (see `migrate`).
         self.migrated: dict[int, int] = {}
         # flood_limit: (messages, seconds), and each group's window.
@@ -446,6 +447,11 @@ class FakeTelegram(FakeServer):
             retry_after=retry_after,
             times=times,
         )
+
+    def fail_downloads_next(self, status: int = 404, times: int = 1) -> None:
+        """Answer the next `times` file downloads (/file/bot<token>/<path>) with `status`:
+        404 as for a file Telegram no longer has, a 5xx as for a download server failing."""
+        self._download_failures += [status] * times
 
     def flood_limit(self, messages: int, seconds: float) -> None:
         """Refuse, with 429 and `retry_after`, a send or edit into a group (negative chat
@@ -1139,6 +1145,9 @@ class FakeTelegram(FakeServer):
         if request.match_info["token"] != self.token:
             return web.Response(status=401, text="Unauthorized")
         path = request.match_info["path"]
+        if self._download_failures:
+            status = self._download_failures.pop(0)
+            return web.Response(status=status, text=f"injected failure {status}")
         fake = next((f for f in self.files.values() if f.file_path == path), None)
         if fake is None:
             return web.Response(status=404, text="Not Found")

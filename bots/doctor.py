@@ -368,20 +368,28 @@ async def check_telegram(settings: Settings, http: httpx.AsyncClient) -> Result:
     return ok(name, detail)
 
 
+async def _slack_call(
+    http: httpx.AsyncClient, base: str, method: str, token: str
+) -> tuple[httpx.Response, dict[str, object]]:
+    """POST a Slack Web API method with `token`: the response and its JSON object (httpx's
+    errors, and ValueError for a body that is no JSON, pass to the caller)."""
+    response = await http.post(
+        f"{base}{method}", headers={"Authorization": f"Bearer {token}"}, timeout=PLATFORM_TIMEOUT
+    )
+    payload = response.json()
+    return response, payload if isinstance(payload, dict) else {}
+
+
 async def check_slack(settings: Settings, http: httpx.AsyncClient) -> Result:
     """auth.test with the bot token; in Socket Mode apps.connections.open with the app token."""
     name = "slack"
     if settings.slack_bot_token is None:
         return Result(name, Status.SKIP, "SLACK_BOT_TOKEN not set")
-    token = settings.slack_bot_token.get_secret_value()
     base = settings.slack_api_url.rstrip("/") + "/"
     try:
-        response = await http.post(
-            f"{base}auth.test",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=PLATFORM_TIMEOUT,
+        response, payload = await _slack_call(
+            http, base, "auth.test", settings.slack_bot_token.get_secret_value()
         )
-        payload = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         return fail(
             name,
@@ -402,14 +410,13 @@ async def check_slack(settings: Settings, http: httpx.AsyncClient) -> Result:
     if settings.slack_app_token is None:
         return ok(name, detail)
     # Socket Mode: the app token's own call, as `relaybot run` makes it before connecting (a
-    # token Slack refuses stops the start there; bots/slack/adapter.py words it too).
+    # token Slack refuses stops the start there, in the same words).
+    from bots.slack.adapter import APP_TOKEN_FIX, APP_TOKEN_REJECTED
+
     try:
-        response = await http.post(
-            f"{base}apps.connections.open",
-            headers={"Authorization": f"Bearer {settings.slack_app_token.get_secret_value()}"},
-            timeout=PLATFORM_TIMEOUT,
+        response, opened = await _slack_call(
+            http, base, "apps.connections.open", settings.slack_app_token.get_secret_value()
         )
-        opened = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         return Result(
             name,
@@ -421,19 +428,11 @@ async def check_slack(settings: Settings, http: httpx.AsyncClient) -> Result:
     if opened.get("ok"):
         return ok(name, detail)
     error = opened.get("error", f"HTTP {response.status_code}")
-    if error in (
-        "invalid_auth",
-        "not_authed",
-        "not_allowed_token_type",
-        "token_revoked",
-        "account_inactive",
-        "token_expired",
-    ):
+    if error in APP_TOKEN_REJECTED:
         return fail(
             name,
             f"Slack rejected SLACK_APP_TOKEN (apps.connections.open: {error})",
-            "generate an App-Level Token (xapp-...) with the connections:write scope on the "
-            "app's Basic Information page, and turn Socket Mode on; or unset it for HTTP mode",
+            APP_TOKEN_FIX,
         )
     return Result(
         name,

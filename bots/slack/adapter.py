@@ -178,8 +178,8 @@ _TOKEN_FIX = (
 
 
 # apps.connections.open's answers to an app token Slack does not accept (an xoxb- token
-# given as one: not_allowed_token_type). bots/doctor.py words them too.
-_APP_TOKEN_REJECTED = frozenset(
+# given as one: not_allowed_token_type), and what to do (bots/doctor.py says the same).
+APP_TOKEN_REJECTED = frozenset(
     {
         "invalid_auth",
         "not_authed",
@@ -189,7 +189,7 @@ _APP_TOKEN_REJECTED = frozenset(
         "token_expired",
     }
 )
-_APP_TOKEN_FIX = (
+APP_TOKEN_FIX = (
     "generate an App-Level Token (xapp-...) with the connections:write scope on the app's "
     "Basic Information page, and turn Socket Mode on; or unset it for HTTP mode"
 )
@@ -393,10 +393,10 @@ class SlackAdapter:
             response = await self.client.apps_connections_open(app_token=app_token)
         except SlackApiError as err:
             error = error_name(err) or "error"
-            if error in _APP_TOKEN_REJECTED:
+            if error in APP_TOKEN_REJECTED:
                 raise ConfigError(
                     f"Slack rejected SLACK_APP_TOKEN (apps.connections.open: {error}): "
-                    f"{_APP_TOKEN_FIX}"
+                    f"{APP_TOKEN_FIX}"
                 ) from None
             status = err.response.status_code if err.response is not None else 0
             log.warning(

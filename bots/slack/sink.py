@@ -241,8 +241,17 @@ class ChannelAdmins:
         key = f"{method}: {reason}"
         if key not in self._logged:
             self._logged.add(key)
-            log.debug(
-                "cannot tell who administers a channel (%s); its members are trusted alike", key
+            # A missing scope (an app installed before it was asked for) lasts until the app
+            # is reinstalled: the operator is told; a passing failure is only for debugging.
+            level = logging.WARNING if reason == "missing_scope" else logging.DEBUG
+            log.log(
+                level,
+                "cannot tell who administers a channel (%s); its members are trusted alike%s",
+                key,
+                " (reinstall the Slack app: its manifest asks for users:read, channels:read "
+                "and groups:read)"
+                if reason == "missing_scope"
+                else "",
             )
         return None
 

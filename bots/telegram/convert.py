@@ -398,8 +398,9 @@ def to_incoming(
     if not addressed and own is not None and own.kind is AttachmentKind.AUDIO and not heard:
         own = None
     attachments: list[Attachment] = [own] if own is not None else []
-    if not attachments and replied is not None:
-        # "/translate" on a voice note, "/edit" on a photo, a question about a picture.
+    if not attachments and replied is not None and addressed:
+        # "/translate" on a voice note, "/edit" on a photo, a question about a picture. (Not
+        # for chatter: "haha so true" under a voice note would have it heard again.)
         quoted = _media(replied, fetcher)
         if quoted is not None:
             attachments.append(quoted)

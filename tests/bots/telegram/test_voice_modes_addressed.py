@@ -137,3 +137,25 @@ async def test_a_captioned_voice_note_is_moderated_once_for_each_part(
     moderated = [text for r in bot.openai.calls("/moderations") for text in r.json["input"]]
     # The transcript was checked as it was heard; the caption and the answer on their own.
     assert sorted(moderated) == sorted([DEFAULT_TRANSCRIPT, "what do you think?", answer])
+
+
+@pytest.mark.bot_user(can_read_all_group_messages=True)  # privacy mode off: sees all chatter
+@pytest.mark.telegram_settings(group_voice_transcript_only=True)
+async def test_chatter_in_reply_to_a_voice_note_does_not_have_it_heard_again(
+    bot: Bot, voice_note: bytes
+) -> None:
+    tg = bot.telegram
+    voice = tg.voice_update(GROUP, voice_note, from_user=_bob(bot))
+    await bot.deliver(voice)
+    await bot.deliver(tg.text_update(GROUP, "haha so true", reply_to=voice["message"]))
+    photo = tg.photo_update(GROUP, b"\xff\xd8 not really a jpeg", from_user=_bob(bot))
+    await bot.deliver(photo)
+    await bot.deliver(tg.text_update(GROUP, "nice picture", reply_to=photo["message"]))
+
+    # One transcript, under the voice note; the replies asked the bot nothing.
+    assert tg.texts(GROUP) == [DEFAULT_TRANSCRIPT]
+    assert _transcriptions(bot) == 1
+    assert [(row.role, row.content) for row in await bot.stored(GROUP_KEY)] == [
+        ("user", DEFAULT_TRANSCRIPT)
+    ]
+    assert bot.openai.chat_requests() == []

@@ -42,6 +42,15 @@ def run_relaybot(
     )
 
 
+def run_with_env(
+    args: list[str], cwd: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run `relaybot ARGS` in `cwd` with exactly the environment `env`; wait for it."""
+    return subprocess.run(
+        [RELAYBOT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def start_relaybot(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
     """Start `relaybot ARGS` in `cwd` with a clean environment plus `env`, its standard
     streams piped (text), for a test that talks to it while it runs."""

@@ -26,7 +26,7 @@ from core.config import Settings
 from core.errors import ConfigError
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack
-from tests.processes import RELAYBOT, clean_env, endpoint_env, free_port
+from tests.processes import RELAYBOT, clean_env, endpoint_env, free_port, run_with_env
 
 # Long enough for slack_sdk to have failed and retried its connection more than once.
 WATCH = 4.0
@@ -132,12 +132,6 @@ def no_migrate_env(endpoint: FakeOpenAI, slack: FakeSlack, database_url: str) ->
     )
 
 
-def relaybot(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [RELAYBOT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-    )
-
-
 NOT_MIGRATED = "relaybot: the database has no relaybot tables yet; run `relaybot db upgrade`"
 
 
@@ -145,13 +139,13 @@ async def test_no_migrate_on_a_database_never_migrated_is_one_line_saying_what_t
     endpoint: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path, database_url: str
 ) -> None:
     env = no_migrate_env(endpoint, fake_slack, database_url)
-    result = await asyncio.to_thread(relaybot, ["--no-migrate", "run"], tmp_path, env)
+    result = await asyncio.to_thread(run_with_env, ["--no-migrate", "run"], tmp_path, env)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.splitlines()[-1] == NOT_MIGRATED
     # Nothing was started: no HTTP server, no platform.
     assert "HTTP server on" not in result.stderr
     # Nothing was created: the database is left as it was.
-    check = await asyncio.to_thread(relaybot, ["db", "current"], tmp_path, env)
+    check = await asyncio.to_thread(run_with_env, ["db", "current"], tmp_path, env)
     assert check.stdout.startswith("empty"), check.stdout + check.stderr
 
 
@@ -162,7 +156,7 @@ def test_no_migrate_on_a_database_never_migrated_shows_no_sql_error(
     # Maintenance (retention, counters) and the console's own start query the tables too:
     # the check comes before them all (bots/cli.py asks migrate.require_migrated as well).
     env = no_migrate_env(endpoint, fake_slack, f"sqlite+aiosqlite:///{tmp_path / 'new.db'}")
-    result = relaybot(["--no-migrate", command], tmp_path, env)
+    result = run_with_env(["--no-migrate", command], tmp_path, env)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr == NOT_MIGRATED + "\n"
 

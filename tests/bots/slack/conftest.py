@@ -9,11 +9,13 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from bots.http_server import HttpServer
 from bots.slack import SinkOptions, SlackAdapter
 from core.app import Core
 from core.config import Settings
+from core.db.models import Message, UsageRecord
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack, event_callback, signed_request
 
@@ -92,3 +94,18 @@ async def slack_app(
     finally:
         await adapter.stop()
         await server.stop()
+
+
+async def stored_rows(core: Core) -> list[tuple[str, str, str]]:
+    """Every stored turn: (role, content, status), oldest first."""
+    async with core.engine.connect() as conn:
+        rows = await conn.execute(
+            select(Message.role, Message.content, Message.status).order_by(Message.id)
+        )
+        return [(r.role, r.content, r.status) for r in rows]
+
+
+async def chat_usage(core: Core) -> list[Any]:
+    """The usage rows of chat answers (what was billed for them)."""
+    async with core.engine.connect() as conn:
+        return list(await conn.execute(select(UsageRecord).where(UsageRecord.kind == "chat")))

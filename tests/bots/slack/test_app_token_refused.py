@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from core.config import Settings
 from core.errors import ConfigError
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack
-from tests.processes import RELAYBOT, clean_env, endpoint_env, free_port
+from tests.processes import clean_env, endpoint_env, free_port, run_with_env
 
 WRONG_APP_TOKEN = "xapp-1-A111-222-revoked0123456789"
 
@@ -52,12 +51,6 @@ def run_env(
     )
 
 
-def relaybot(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [RELAYBOT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-    )
-
-
 @pytest.mark.parametrize("kind", ["wrong", "bot token"])
 async def test_relaybot_run_with_an_app_token_slack_refuses_exits_at_once_naming_it(
     endpoint: FakeOpenAI,
@@ -72,7 +65,7 @@ async def test_relaybot_run_with_an_app_token_slack_refuses_exits_at_once_naming
     error = "invalid_auth" if kind == "wrong" else "not_allowed_token_type"
     env = run_env(endpoint, threaded_slack, token, database_url)
     began = time.monotonic()
-    result = await asyncio.to_thread(relaybot, ["run"], tmp_path, env)
+    result = await asyncio.to_thread(run_with_env, ["run"], tmp_path, env)
     took = time.monotonic() - began
 
     output = result.stdout + result.stderr
@@ -93,9 +86,9 @@ def test_relaybot_doctor_fails_an_app_token_slack_refuses(
 ) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'relaybot.db'}"
     env = run_env(endpoint, threaded_slack, WRONG_APP_TOKEN, db)
-    assert relaybot(["db", "upgrade"], tmp_path, env).returncode == 0
+    assert run_with_env(["db", "upgrade"], tmp_path, env).returncode == 0
 
-    result = relaybot(["doctor"], tmp_path, env)
+    result = run_with_env(["doctor"], tmp_path, env)
 
     slack_line = next(line for line in result.stdout.splitlines() if " slack: " in line)
     assert result.returncode == 1, result.stdout
@@ -110,9 +103,9 @@ def test_relaybot_doctor_passes_the_right_app_token(
 ) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'relaybot.db'}"
     env = run_env(endpoint, threaded_slack, threaded_slack.app_token, db)
-    assert relaybot(["db", "upgrade"], tmp_path, env).returncode == 0
+    assert run_with_env(["db", "upgrade"], tmp_path, env).returncode == 0
 
-    result = relaybot(["doctor"], tmp_path, env)
+    result = run_with_env(["doctor"], tmp_path, env)
 
     slack_line = next(line for line in result.stdout.splitlines() if " slack: " in line)
     assert slack_line.startswith("OK") and "Socket Mode" in slack_line, slack_line

@@ -5,33 +5,15 @@ told how to get it."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from sqlalchemy import select
 
 from bots.slack import SinkOptions
 from core.app import Core
-from core.db.models import Message, UsageRecord
 from core.testing.fake_slack import app_mention_event, new_ts
-from tests.bots.slack.conftest import SlackApp
+from tests.bots.slack.conftest import SlackApp, chat_usage, stored_rows
 
 CHANNEL = "C0GENERAL"
 ANSWER = "Unquestionably, yes."
-
-
-async def _rows(core: Core) -> list[tuple[str, str, str]]:
-    """Every stored turn: (role, content, status), oldest first."""
-    async with core.engine.connect() as conn:
-        rows = await conn.execute(
-            select(Message.role, Message.content, Message.status).order_by(Message.id)
-        )
-        return [(r.role, r.content, r.status) for r in rows]
-
-
-async def _chat_usage(core: Core) -> list[Any]:
-    async with core.engine.connect() as conn:
-        return list(await conn.execute(select(UsageRecord).where(UsageRecord.kind == "chat")))
 
 
 async def _ask(slack_app: SlackApp, text: str) -> str:
@@ -53,8 +35,11 @@ async def test_an_answer_shown_whole_is_kept_as_answered_when_slack_fails_to_end
     ts = await _ask(slack_app, "is the sky blue?")
 
     assert slack.visible_texts(CHANNEL, ts) == [ANSWER]
-    assert await _rows(core) == [("user", "is the sky blue?", "ok"), ("assistant", ANSWER, "ok")]
-    assert len(await _chat_usage(core)) == 1
+    assert await stored_rows(core) == [
+        ("user", "is the sky blue?", "ok"),
+        ("assistant", ANSWER, "ok"),
+    ]
+    assert len(await chat_usage(core)) == 1
 
 
 # The first piece starts the stream; the rest waits for the stream's last call.
@@ -72,8 +57,8 @@ async def test_an_answer_whose_end_slack_would_not_take_is_kept_billed_and_the_p
         "Unquestionably, ",
         ":warning: Slack did not take the whole answer. Send `retry` in a minute to get it again.",
     ]
-    assert await _rows(core) == [
+    assert await stored_rows(core) == [
         ("user", "is the sky blue?", "ok"),
         ("assistant", ANSWER, "partial"),
     ]
-    assert len(await _chat_usage(core)) == 1
+    assert len(await chat_usage(core)) == 1

@@ -7,16 +7,12 @@ bytes: escaped & < >, or most languages but English) is shown whole all the same
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from sqlalchemy import select
 
 from bots.slack import SinkOptions
 from core.app import Core
-from core.db.models import Message, UsageRecord
 from core.testing.fake_slack import FakeSlack, app_mention_event, message_event, new_ts
-from tests.bots.slack.conftest import SlackApp
+from tests.bots.slack.conftest import SlackApp, chat_usage, stored_rows
 
 CHANNEL = "C0GENERAL"
 DM = "D0ALICE"
@@ -27,20 +23,6 @@ DELETED = (
 )
 
 
-async def _rows(core: Core) -> list[tuple[str, str, str]]:
-    """Every stored turn: (role, content, status), oldest first."""
-    async with core.engine.connect() as conn:
-        rows = await conn.execute(
-            select(Message.role, Message.content, Message.status).order_by(Message.id)
-        )
-        return [(r.role, r.content, r.status) for r in rows]
-
-
-async def _chat_usage(core: Core) -> list[Any]:
-    async with core.engine.connect() as conn:
-        return list(await conn.execute(select(UsageRecord).where(UsageRecord.kind == "chat")))
-
-
 def _delete_the_bots_messages(slack: FakeSlack) -> None:
     """What a workspace admin does to the answer being written (Slack then knows it no more)."""
     for message in slack.messages:
@@ -49,11 +31,11 @@ def _delete_the_bots_messages(slack: FakeSlack) -> None:
 
 
 async def _kept_partial_and_billed(core: Core, question: str) -> None:
-    asked, (role, kept, status) = await _rows(core)
+    asked, (role, kept, status) = await stored_rows(core)
     assert asked == ("user", question, "ok")
     assert (role, status) == ("assistant", "partial")
     assert kept and ANSWER.startswith(kept) and kept != ANSWER, "what the model wrote so far"
-    assert len(await _chat_usage(core)) == 1, "the model's work is billed"
+    assert len(await chat_usage(core)) == 1, "the model's work is billed"
 
 
 # Every piece of the answer goes out as soon as it comes, in a native stream.
@@ -105,8 +87,8 @@ async def test_an_edited_answer_longer_than_an_updates_text_is_shown_whole(
 
     assert slack.visible_texts(DM) == [answer]
     assert len(slack.api_calls("chat.update")) > 1, "it was edited as it grew"
-    assert await _rows(core) == [("user", "say hi", "ok"), ("assistant", answer, "ok")]
-    assert len(await _chat_usage(core)) == 1
+    assert await stored_rows(core) == [("user", "say hi", "ok"), ("assistant", answer, "ok")]
+    assert len(await chat_usage(core)) == 1
 
 
 # The first piece starts the stream; the rest waits for the stream's last call.
@@ -130,8 +112,8 @@ async def test_a_stream_slack_ended_is_finished_whole_by_an_update(
 
     assert slack.visible_texts(CHANNEL, ts) == [answer]
     assert len(slack.api_calls("chat.update")) == 1
-    assert await _rows(core) == [("user", "go", "ok"), ("assistant", answer, "ok")]
-    assert len(await _chat_usage(core)) == 1
+    assert await stored_rows(core) == [("user", "go", "ok"), ("assistant", answer, "ok")]
+    assert len(await chat_usage(core)) == 1
 
 
 async def test_a_preview_cut_to_fit_an_update_is_not_taken_for_the_whole_answer(
@@ -152,5 +134,8 @@ async def test_a_preview_cut_to_fit_an_update_is_not_taken_for_the_whole_answer(
     assert told == (
         ":warning: Slack did not take the whole answer. Send `retry` in a minute to get it again."
     )
-    assert await _rows(core) == [("user", "spell it", "ok"), ("assistant", answer, "partial")]
-    assert len(await _chat_usage(core)) == 1
+    assert await stored_rows(core) == [
+        ("user", "spell it", "ok"),
+        ("assistant", answer, "partial"),
+    ]
+    assert len(await chat_usage(core)) == 1

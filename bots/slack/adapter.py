@@ -35,7 +35,7 @@ from bots.slack.events import (
     with_pictures,
     with_thread_parent,
 )
-from bots.slack.files import fetcher
+from bots.slack.files import fetcher, slack_down
 from bots.slack.sink import (
     ANSWER_EVENT_TYPE,
     TRANSCRIPT_EVENT_TYPE,
@@ -50,7 +50,7 @@ from bots.slack.sink import (
 )
 from core.app import Core
 from core.commands import COMMANDS
-from core.errors import BadInput, ConfigError, ShuttingDown, UpstreamDown
+from core.errors import BadInput, ConfigError, ShuttingDown
 from core.types import ChatRef, IncomingMessage, Sender
 
 log = logging.getLogger("relaybot.slack")
@@ -225,22 +225,12 @@ def _file_info_failed(err: SlackApiError) -> Exception:
             user_message="I couldn't find that file on Slack: it may have been deleted.",
         )
     if status == 429 or status >= 500 or error in ("ratelimited", "internal_error", "fatal_error"):
-        return _slack_down(f"slack files.info: {error}, HTTP {status}")
+        return slack_down(f"slack files.info: {error}, HTTP {status}")
     if error in _BOT_TOKEN_ERRORS:
         return ConfigError(f"Slack rejected SLACK_BOT_TOKEN (files.info: {error}): {_TOKEN_FIX}")
     return BadInput(
         f"slack files.info: {error}",
         user_message=f"I couldn't get that file from Slack (it answered {error}).",
-    )
-
-
-def _slack_down(detail: str) -> UpstreamDown:
-    return UpstreamDown(
-        detail,
-        user_message=(
-            "Slack is not answering right now, so I couldn't get that file. "
-            "Please try again later."
-        ),
     )
 
 
@@ -1036,6 +1026,6 @@ class SlackAdapter:
             raise failed from None
         except (aiohttp.ClientError, TimeoutError) as err:
             log.warning("slack files.info failed: %s", type(err).__name__)
-            raise _slack_down(f"slack files.info: {type(err).__name__}") from None
+            raise slack_down(f"slack files.info: {type(err).__name__}") from None
         file = response.get("file")
         return file if isinstance(file, Mapping) else {}

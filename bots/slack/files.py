@@ -20,6 +20,16 @@ MAX_REDIRECTS = 5
 __all__ = ["MAX_IMAGE_BYTES", "download", "fetcher", "looks_like_html", "missing_scope"]
 
 
+def slack_down(detail: str, doing: str = "get") -> UpstreamDown:
+    """Slack (its API or its file server) busy or down: a file it could not give for now,
+    not one it refuses (`doing`: what could not be done with it, as the person reads it)."""
+    return UpstreamDown(
+        detail,
+        user_message=f"Slack is not answering right now, so I couldn't {doing} that file. "
+        "Please try again later.",
+    )
+
+
 def missing_scope() -> BadInput:
     """The error for Slack's login page in place of a file."""
     return BadInput(
@@ -81,12 +91,8 @@ async def download(
                     continue
                 if response.status_code == 429 or response.status_code >= 500:
                     # Slack's file server is busy or down: for now, not for this file.
-                    raise UpstreamDown(
-                        f"slack file download answered HTTP {response.status_code}",
-                        user_message=(
-                            "Slack is not answering right now, so I couldn't download that "
-                            "file. Please try again later."
-                        ),
+                    raise slack_down(
+                        f"slack file download answered HTTP {response.status_code}", "download"
                     )
                 if response.status_code != 200:
                     raise BadInput(

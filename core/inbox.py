@@ -252,6 +252,11 @@ class Inbox:
         if event_ids:
             await self.db.run(_release, list(event_ids))
 
+    async def defer(self, event_id: int) -> None:
+        """Give an event back for a later attempt by the sweep, without holding its chat:
+        "deferred" is open, but not waiting (the chat's later events go first)."""
+        await self.db.run(_defer, event_id)
+
     async def renew(self) -> None:
         """Extend the leases of everything this process holds (call well within the lease)."""
         # Two statements, each on its own: holding the events' locks while waiting for the
@@ -440,6 +445,14 @@ def _release(conn: Connection, event_ids: list[int]) -> None:
     )
 
 
+def _defer(conn: Connection, event_id: int) -> None:
+    conn.execute(
+        update(InboundEvent)
+        .where(InboundEvent.id == event_id, InboundEvent.status == "received")
+        .values(status="deferred", claimed_by=None, lease_until=None)
+    )
+
+
 def _renew_events(conn: Connection, worker_id: str, until: datetime) -> None:
     # The statuses as literal SQL, as the partial index ix_inbound_events_open_claims names
     # them (bound parameters would not let a kept plan use it).
@@ -488,11 +501,23 @@ def _claim_abandoned(
         query = query.with_for_update(skip_locked=True)
     rows = [ClaimedEvent(*row) for row in conn.execute(query)]
     if rows:
+        # A deferred event is taken as waiting again: the chat's events after it wait for
+        # this attempt, as for any other.
         conn.execute(
             update(InboundEvent)
             .where(InboundEvent.id.in_([r.id for r in rows]))
-            .values(claimed_by=worker_id, lease_until=until, attempts=InboundEvent.attempts + 1)
+            .values(
+                claimed_by=worker_id,
+                lease_until=until,
+                attempts=InboundEvent.attempts + 1,
+                status=case(
+                    (InboundEvent.status == "deferred", "received"), else_=InboundEvent.status
+                ),
+            )
         )
+        rows = [
+            replace(row, status="received") if row.status == "deferred" else row for row in rows
+        ]
     return rows
 
 

@@ -653,9 +653,10 @@ class ConversationService:
                 extra={"chat": msg.chat.key},
             )
         except _Later:
-            # Left open, unclaimed: the next sweep (here or on another replica) takes it on.
+            # Left open, unclaimed and not holding the chat: the next sweep (here or on
+            # another replica) takes it on.
             outcome = "released"
-            await self.inbox.release([job.event_id])
+            await self.inbox.defer(job.event_id)
         except RelaybotError as err:
             outcome = "failed"
             self.metrics.failed(msg.chat.platform, type(err).__name__)
@@ -1242,9 +1243,8 @@ class ConversationService:
             # sweep (every lease_seconds / 2, here or on another replica; at the latest the
             # next start) takes it on again, with fresh downloads: up to
             # VOICE_NOTE_ATTEMPTS times in all (the inbox counts them), then it is given up.
-            # Meanwhile the chat goes on: on SQLite the note is transcribed after the
-            # chat's later messages; across replicas (PostgreSQL) an open event goes first,
-            # so the chat's later messages wait for that sweep (bounded as above).
+            # Meanwhile the chat goes on (the event is "deferred", which holds no chat): the
+            # note is transcribed after the chat's later messages.
             job = _current.get()
             attempt = job.attempt if job is not None else VOICE_NOTE_ATTEMPTS
             if attempt < VOICE_NOTE_ATTEMPTS:

@@ -61,8 +61,9 @@ class Chat(Base):
 
 
 # The statuses of an event not yet finished, and the same as SQL (for a partial index and
-# the queries that must match it).
-OPEN_STATUSES = ("received", "answered")
+# the queries that must match it). "deferred": kept for a later attempt by the sweep (a
+# voice note nobody addressed whose transcription failed for now), without holding its chat.
+OPEN_STATUSES = ("received", "answered", "deferred")
 OPEN_EVENTS = f"status IN ({', '.join(repr(status) for status in OPEN_STATUSES)})"
 
 
@@ -99,7 +100,8 @@ class InboundEvent(Base):
     event_key: Mapped[str] = mapped_column(String(255), unique=True)
     chat_key: Mapped[str] = mapped_column(String(255), index=True)
     sender_id: Mapped[str] = mapped_column(String(128))
-    # received -> answered (reply stored) -> done | failed
+    # received -> answered (reply stored) -> done | failed; received -> deferred (kept for
+    # the next sweep, which takes it as received again)
     status: Mapped[str] = mapped_column(String(16), default="received", index=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

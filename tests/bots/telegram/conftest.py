@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from bots.http_server import HttpServer
-from bots.telegram import Pacing, TelegramAdapter
+from bots.telegram import Pacing, TelegramAdapter, delivery
 from bots.telegram.limits import FloodLimits
 from core.app import Core
 from core.config import Settings
@@ -156,3 +156,9 @@ async def stored_turns(bot: Bot, chat_id: int = PRIVATE_CHAT) -> list[tuple[str,
             )
         ).all()
     return [(r.role, r.content, r.status) for r in rows]
+
+
+@pytest.fixture
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telegram's 5xx are retried with a back-off (0.5 s, doubling): kept short."""
+    monkeypatch.setattr(delivery, "SERVER_ERROR_BACKOFF", 0.01)

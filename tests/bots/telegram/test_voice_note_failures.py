@@ -7,16 +7,17 @@ What the person sees in the chat, and what is stored and billed, through the rea
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 from sqlalchemy import select
 
-from bots.telegram import delivery
 from core.db.models import InboundEvent, UsageRecord
 from core.testing.fake_openai import DEFAULT_TRANSCRIPT, message_text
 from tests.bots.telegram.conftest import GROUP, PRIVATE_CHAT, Bot, stored_turns
 
+pytestmark = pytest.mark.usefixtures("quick_backoff")  # Telegram's 5xx back-off
 TRANSCRIPTS = pytest.mark.telegram_settings(group_voice_transcript_only=True)
 HEARS_ALL = pytest.mark.bot_user(can_read_all_group_messages=True)
 BOB = 2002
@@ -25,12 +26,6 @@ FILE_GONE = "Telegram no longer has that file, so I can't open it. Please send i
 FILE_UNAVAILABLE = (
     "I couldn't download that file from Telegram just now. Please try again in a moment."
 )
-
-
-@pytest.fixture(autouse=True)
-def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Telegram's 5xx are retried with a back-off: kept short here."""
-    monkeypatch.setattr(delivery, "SERVER_ERROR_BACKOFF", 0.01)
 
 
 def _bob(bot: Bot) -> dict[str, object]:
@@ -97,7 +92,7 @@ async def test_download_failures_of_an_unaddressed_voice_note_post_nothing(
 
     assert tg.chat_log(GROUP) == [], "no error under a voice note nobody addressed"
     assert _alerts(caplog) == []
-    assert await _events(bot) == [("done", None), ("received", None)]
+    assert await _events(bot) == [("done", None), ("deferred", None)]
 
     # Telegram is back: the next sweep transcribes the kept one.
     assert await _sweep(bot) == 1
@@ -184,7 +179,7 @@ async def test_an_unaddressed_voice_note_whose_transcription_failed_is_kept_for_
         await bot.deliver(tg.voice_update(GROUP, voice_note, from_user=_bob(bot)))
 
     assert tg.chat_log(GROUP) == []
-    assert await _events(bot) == [("received", None)], "open, for the next sweep"
+    assert await _events(bot) == [("deferred", None)], "open, for the next sweep"
     (kept,) = [r for r in caplog.records if "kept for a later attempt" in r.getMessage()]
     assert kept.levelno == logging.WARNING
     assert kept.chat == f"telegram:{GROUP}" and kept.event  # type: ignore[attr-defined]
@@ -196,6 +191,32 @@ async def test_an_unaddressed_voice_note_whose_transcription_failed_is_kept_for_
     assert await stored_turns(bot, GROUP) == [("user", DEFAULT_TRANSCRIPT, "heard")]
     assert await _events(bot) == [("done", None)]
     assert await _billed(bot) == ["audio"]
+
+
+@TRANSCRIPTS
+@HEARS_ALL
+async def test_the_chat_is_answered_while_a_kept_voice_note_waits_for_its_next_attempt(
+    bot: Bot, voice_note: bytes
+) -> None:
+    """The kept note does not hold the chat: what is said after it is answered at once (on
+    PostgreSQL too, where the oldest open event of a chat goes first), and the note is
+    transcribed at the next sweep, after them."""
+    tg = bot.telegram
+    bot.openai.fail_next(503, times=2, path="/audio/transcriptions")  # past the retry
+    await bot.deliver(tg.voice_update(GROUP, voice_note, from_user=_bob(bot)))
+    assert await _events(bot) == [("deferred", None)]
+
+    await asyncio.wait_for(bot.deliver(tg.text_update(GROUP, "@relay_test_bot name a fruit")), 5)
+    assert tg.texts(GROUP) == ["echo: name a fruit"]
+
+    assert await _sweep(bot) == 1
+    assert tg.texts(GROUP) == ["echo: name a fruit", DEFAULT_TRANSCRIPT]
+    assert await stored_turns(bot, GROUP) == [
+        ("user", "name a fruit", "ok"),
+        ("assistant", "echo: name a fruit", "ok"),
+        ("user", DEFAULT_TRANSCRIPT, "heard"),
+    ]
+    assert await _events(bot) == [("done", None), ("done", None)]
 
 
 @TRANSCRIPTS

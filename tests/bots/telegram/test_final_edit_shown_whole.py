@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from tests.bots.telegram.conftest import GROUP, Bot, stored_turns
 
+pytestmark = pytest.mark.usefixtures("quick_backoff")  # Telegram's 5xx back-off
 ANSWER = "Brew green tea at **eighty degrees**, not boiling."
 SHOWN = "Brew green tea at eighty degrees, not boiling."  # as the person reads it
 TOLD = "Telegram did not take the whole answer. Send /retry in a minute to get it again."

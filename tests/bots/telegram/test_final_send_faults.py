@@ -13,6 +13,7 @@ from sqlalchemy import select
 from core.db.models import UsageRecord
 from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot, stored_turns
 
+pytestmark = pytest.mark.usefixtures("quick_backoff")  # Telegram's 5xx back-off
 ANSWER = "Green tea is best brewed at about eighty degrees for two or three minutes."
 TOLD = "Telegram did not take the whole answer. Send /retry in a minute to get it again."
 

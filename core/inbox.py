@@ -92,6 +92,7 @@ def encode_message(msg: IncomingMessage) -> str:
             "reply_to_text": msg.reply_to_text,
             "part_of": msg.part_of,
             "continuation_id": msg.continuation_id,
+            "sent_at": msg.sent_at,
             "forwarded_from": msg.forwarded_from,
             "attachments": [
                 {
@@ -144,6 +145,7 @@ def decode_message(event_key: str, payload: str) -> IncomingMessage:
         reply_to_text=data["reply_to_text"],
         part_of=data.get("part_of"),  # (not in events stored before it existed)
         continuation_id=data.get("continuation_id"),  # (nor this)
+        sent_at=data.get("sent_at"),  # (nor this)
         forwarded_from=data.get("forwarded_from"),  # (nor this)
     )
 

@@ -55,8 +55,10 @@ from core.ports import ReplySink, ReplyStream, Restorer
 from core.tokens import TokenCounter, context_window, counter_for, picture_tokens
 from core.trimming import Budget, fit_newest
 from core.types import (
+    CUT_PARTS_SECONDS,
     EVERY_VOICE_NOTE,
     IMAGE_MARK,
+    NEXT_MESSAGE,
     Attachment,
     AttachmentKind,
     ChatRef,
@@ -275,12 +277,22 @@ def _plain_text(msg: IncomingMessage) -> bool:
     )
 
 
+def _follows(cut: IncomingMessage, msg: IncomingMessage) -> bool:
+    """Whether `msg` is the message that directly follows `cut` on the platform (by its id,
+    or, where ids do not say, by being sent within CUT_PARTS_SECONDS of it)."""
+    if cut.continuation_id != NEXT_MESSAGE:
+        return msg.platform_message_id == cut.continuation_id
+    if cut.sent_at is None or msg.sent_at is None:
+        return False
+    return 0 <= msg.sent_at - cut.sent_at <= CUT_PARTS_SECONDS
+
+
 def _continues(cut: IncomingMessage, msg: IncomingMessage) -> bool:
     """Whether `msg` (the chat's next event after `cut`) is the rest of `cut`'s text: the
     message that directly follows it on the platform, from the same sender, plain text."""
     return (
         cut.continuation_id is not None
-        and msg.platform_message_id == cut.continuation_id
+        and _follows(cut, msg)
         and msg.chat == cut.chat
         and msg.sender.id == cut.sender.id
         and _plain_text(cut)

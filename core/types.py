@@ -125,8 +125,12 @@ class IncomingMessage:
     # `platform_message_id` the rest would come as, the message that directly follows this
     # one. The core takes that message in when it is the chat's next, from the same sender
     # and plain text, and answers the whole once (`ConversationService`, "messages sent in
-    # parts"); a long part of its own may be continued in turn.
+    # parts"); a long part of its own may be continued in turn. NEXT_MESSAGE where the
+    # platform's ids do not say which message follows (they count across chats): the rest
+    # is then the chat's next message if it was sent within CUT_PARTS_SECONDS (`sent_at`).
     continuation_id: str | None = None
+    # When the platform says the message was sent (seconds since the epoch), if it says.
+    sent_at: float | None = None
     # Set on a forwarded message: who wrote it first, as the platform names them. What it
     # carries is theirs, not the sender's: the adapter quotes its text under their name, and
     # the core does the same with what only it learns (a forwarded voice note's transcript).
@@ -144,6 +148,12 @@ class ReplyKind(StrEnum):
 
 # Reply.extras key: this chat was forgotten (/forget); a sink that stored files for it
 # (the console's saved images) deletes them.
+# IncomingMessage.continuation_id of a text whose rest is the chat's next message, whatever
+# its id, when sent within CUT_PARTS_SECONDS of it (a client sends a long paste's parts one
+# right after the other; Telegram dates them to the second).
+NEXT_MESSAGE = "next"
+CUT_PARTS_SECONDS = 2.0
+
 FORGOTTEN = "forgotten"
 # Reply.extras key: this group now wants a transcript of every voice note (/voicemode
 # transcript); a sink whose platform may hold back what is not addressed to the bot says so.

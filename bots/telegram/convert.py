@@ -24,6 +24,7 @@ from core.commands import KNOWN
 from core.errors import BadInput
 from core.service import AUDIO_MIME_EXTENSIONS
 from core.types import (
+    NEXT_MESSAGE,
     Attachment,
     AttachmentKind,
     ChatRef,
@@ -216,6 +217,19 @@ def _may_be_cut(message: Message) -> bool:
     """Whether `message` is text as long as a part a client cut a longer text into."""
     text = message.text
     return text is not None and len(text.encode("utf-16-le")) // 2 >= CUT_TEXT_UTF16
+
+
+def _continuation(message: Message) -> str:
+    """Which message would carry the rest of `message`'s text (IncomingMessage.continuation_id).
+
+    A supergroup (or channel) numbers its own messages one by one: the next one's id follows
+    this one's. Private chats and basic groups share one sequence per account, the bot's
+    (core.telegram.org/api/channel): any other chat's message, or the bot's own, may take the
+    next id, so the rest is the chat's next message, sent within a second or two.
+    """
+    if message.chat.type in (message.chat.PRIVATE, message.chat.GROUP):
+        return NEXT_MESSAGE
+    return str(message.message_id + 1)
 
 
 def _entity_text(text: str, entity: MessageEntity) -> str:
@@ -421,8 +435,8 @@ def to_incoming(
         platform_message_id=str(message.message_id),
         reply_to_text=reply_to_text,
         part_of=f"album:{album}" if album else None,
-        # A chat's messages are numbered one by one: the next one's id follows this one's.
-        continuation_id=str(message.message_id + 1) if _may_be_cut(message) else None,
+        continuation_id=_continuation(message) if _may_be_cut(message) else None,
+        sent_at=message.date.timestamp(),
         forwarded_from=_origin_name(forwarded) if forwarded is not None else None,
     )
 

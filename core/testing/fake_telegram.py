@@ -36,6 +36,8 @@ DEFAULT_TOKEN = "123456789:TEST-fake-token-not-real"
 MAX_TEXT_UTF16 = 4096
 MAX_CAPTION_UTF16 = 1024
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
+# The key of the message-id sequence shared by private chats and basic groups (no chat's id).
+ACCOUNT_SEQUENCE = 0
 MAX_PHOTO_BYTES = 10 * 1024 * 1024
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup "
@@ -545,8 +547,9 @@ class FakeTelegram(FakeServer):
         return user
 
     def _chat(self, chat_id: int, chat_type: str | None, forum: bool = False) -> dict[str, Any]:
-        if chat_type is None:
-            chat_type = "private" if chat_id > 0 else "supergroup"
+        if chat_type is None:  # the chat's type as first given, else the likeliest
+            known_type = self.chats.get(chat_id, {}).get("type")
+            chat_type = known_type or ("private" if chat_id > 0 else "supergroup")
         chat: dict[str, Any] = {"id": chat_id, "type": chat_type}
         if chat_type == "private":
             chat["first_name"] = "Ada"
@@ -561,8 +564,14 @@ class FakeTelegram(FakeServer):
         return chat
 
     def _next_message_id(self, chat_id: int) -> int:
-        self._message_ids[chat_id] = self._message_ids.get(chat_id, 0) + 1
-        return self._message_ids[chat_id]
+        # A supergroup (or channel) numbers its own messages; private chats and basic groups
+        # share one sequence per account, the bot's (core.telegram.org/api/channel): a
+        # message in any of them, the bot's own included, takes the next id of all.
+        known = self.chats.get(chat_id)
+        kind = known["type"] if known else ("private" if chat_id > 0 else "supergroup")
+        key = ACCOUNT_SEQUENCE if kind in ("private", "group") else chat_id
+        self._message_ids[key] = self._message_ids.get(key, 0) + 1
+        return self._message_ids[key]
 
     @staticmethod
     def auto_entities(text: str) -> list[dict[str, Any]]:

@@ -21,6 +21,8 @@ from tests.bots.telegram.test_albums import deliver_all, statuses
 from tests.bots.telegram.test_resumed_answers import process
 
 BOB = {"id": 2002, "is_bot": False, "first_name": "Bob", "username": "bob"}
+CAROL = {"id": 3003, "is_bot": False, "first_name": "Carol", "username": "carol"}
+BASIC_GROUP = -4005  # a basic group (not a supergroup)
 
 
 def log_text(tag: str, units: int) -> str:
@@ -134,11 +136,29 @@ async def test_short_messages_sent_quickly_are_answered_one_by_one(bot: Bot) -> 
 async def test_a_long_message_is_not_joined_to_one_that_does_not_directly_follow_it(
     bot: Bot,
 ) -> None:
+    # A supergroup numbers its own messages: the rest of a cut text has the next id.
+    tg = bot.telegram
+    long = log_text("a", 4070)
+    updates = [tg.text_update(GROUP, f"@relay_test_bot\n{long}")]
+    tg.message(GROUP, text="a message the bot never saw")  # takes the next id
+    updates.append(tg.text_update(GROUP, "@relay_test_bot another question"))
+
+    await deliver_all(bot, updates)
+
+    assert [asked(r) for r in bot.openai.chat_requests()] == [long, "another question"]
+    assert len(tg.texts(GROUP)) == 2
+
+
+@pytest.mark.usefixtures("quick")
+async def test_a_long_private_message_is_not_joined_to_one_sent_later(bot: Bot) -> None:
+    # A private chat's ids count across the bot's chats: what follows a cut text is told by
+    # when it was sent (the bot still answering an earlier message meanwhile).
     tg = bot.telegram
     long = log_text("a", 4090)
     updates = [tg.text_update(PRIVATE_CHAT, long)]
-    tg.message(PRIVATE_CHAT, text="a message the bot never saw")  # takes the next id
-    updates.append(tg.text_update(PRIVATE_CHAT, "another question"))
+    later = tg.text_update(PRIVATE_CHAT, "another question")
+    later["message"]["date"] += 10
+    updates.append(later)
     first, rest = log_text("b", 4090), "the end"  # then a real paste, joined
     updates += [tg.text_update(PRIVATE_CHAT, first), tg.text_update(PRIVATE_CHAT, rest)]
 
@@ -150,6 +170,44 @@ async def test_a_long_message_is_not_joined_to_one_that_does_not_directly_follow
         f"{first}\n{rest}",
     ]
     assert len(tg.texts(PRIVATE_CHAT)) == 3
+
+
+@pytest.mark.usefixtures("quick")
+@pytest.mark.parametrize(
+    "chat",
+    [
+        pytest.param(PRIVATE_CHAT, id="private"),
+        pytest.param(  # privacy mode off: the rest, which mentions nobody, reaches the bot
+            BASIC_GROUP,
+            id="basic-group",
+            marks=pytest.mark.bot_user(can_read_all_group_messages=True),
+        ),
+    ],
+)
+async def test_a_paste_is_joined_when_other_chats_took_the_ids_between_its_parts(
+    bot: Bot, chat: int
+) -> None:
+    # Private chats and basic groups share one sequence of ids, the bot's: another person
+    # writing to the bot between a paste's parts takes the id that would have followed.
+    tg = bot.telegram
+    kind = "private" if chat > 0 else "group"
+    mention = "" if chat > 0 else "@relay_test_bot\n"
+    first, rest = log_text("a", 4070), "a 2024-05-01 12:01:00 INFO the last line"
+    updates = [
+        tg.text_update(chat, f"{mention}{first}", chat_type=kind),
+        tg.text_update(CAROL["id"], "hi bot", from_user=CAROL),
+        tg.text_update(chat, rest, chat_type=kind),
+    ]
+    ids = [u["message"]["message_id"] for u in updates]
+    assert ids == [ids[0], ids[0] + 1, ids[0] + 2], "one sequence for all three"
+
+    await deliver_all(bot, updates)
+
+    whole = f"{first}\n{rest}"
+    assert sorted(asked(r) for r in bot.openai.chat_requests()) == sorted([whole, "hi bot"])
+    assert tg.texts(chat) == [f"read {len(whole)} characters"]
+    assert tg.texts(CAROL["id"]) == ["read 6 characters"]
+    assert await user_turns(bot, chat) == [whole]
 
 
 @pytest.mark.usefixtures("quick")

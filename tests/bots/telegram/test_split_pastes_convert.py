@@ -10,7 +10,7 @@ from telegram import Update
 
 from bots.telegram.convert import CUT_TEXT_UTF16, BotIdentity, to_incoming
 from core.testing.fake_telegram import FakeTelegram
-from core.types import Fetch, IncomingMessage
+from core.types import NEXT_MESSAGE, Fetch, IncomingMessage
 
 ME = BotIdentity(id=123456789, username="relay_test_bot")
 TG = FakeTelegram()
@@ -29,10 +29,18 @@ def convert(update: dict[str, Any], bot: BotIdentity = ME) -> IncomingMessage | 
 
 
 def test_a_text_as_long_as_a_cut_part_names_the_message_that_would_continue_it() -> None:
-    update = TG.text_update(42, "x" * CUT_TEXT_UTF16)
+    # A supergroup numbers its own messages: the rest comes with the next id.
+    update = TG.text_update(-100500, "@relay_test_bot " + "x" * CUT_TEXT_UTF16)
     msg = convert(update)
     assert msg is not None
     assert msg.continuation_id == str(update["message"]["message_id"] + 1)
+    # Private chats and basic groups share the bot's one sequence: the rest is the chat's
+    # next message, sent right after (the platform's date).
+    for chat_id, kind in ((42, "private"), (-4005, "group")):
+        update = TG.text_update(chat_id, "@relay_test_bot " + "x" * CUT_TEXT_UTF16, chat_type=kind)
+        msg = convert(update)
+        assert msg is not None and msg.continuation_id == NEXT_MESSAGE
+        assert msg.sent_at == update["message"]["date"]
     # UTF-16 units, as Telegram counts them: each of these counts twice.
     wide = convert(TG.text_update(42, "🔥" * (CUT_TEXT_UTF16 // 2)))
     assert wide is not None and wide.continuation_id is not None

@@ -95,18 +95,32 @@ async def with_retry(
     raise AssertionError("unreachable")
 
 
+# What Telegram says (lower-cased) when it refuses a text's formatting: the same text sent
+# plain goes through. Only refusals of entities: a 400 about the chat or the message
+# ("chat not found", "message to edit not found") would fail plain just the same.
+_FORMATTING_REFUSALS = (
+    "parse entities",  # "can't parse entities: Unsupported start tag ..."
+    "can't parse",  # "can't parse MessageEntity: ..."
+    "entities_too_long",  # about 9500 characters of entities in all: tdlib/telegram-bot-api#165
+    "text is empty",  # formatting that leaves nothing visible
+    # A text_mention (tg://user?id=) of a user the bot has never seen: PaulSonOfLars/tgbot#22,
+    # TelegramBotAPI/errors#2; newer servers say "user not found" (tdlib/td#2018). Neither
+    # sendMessage, editMessageText nor sendMessageDraft names a user otherwise.
+    "entity_mention_user_invalid",
+    "user not found",
+    "entity_bounds_invalid",  # an entity's offset or length outside the text
+    "entity url",  # "entity URL '...' is invalid: Wrong HTTP URL" (or "URL host is empty")
+    "wrong message entity",  # the same, from older servers ("Wrong URL host")
+    "entity beginning at",  # "... ends after the end of the text"
+    "entity with incorrect offset",
+)
+
+
 def is_parse_error(err: BadRequest) -> bool:
     """True when Telegram refused the formatting (entities) of a text, so that the same text
-    sent plain goes through: entities it cannot parse, entities too long in all (about 9500
-    characters of them: tdlib/telegram-bot-api#165), or formatting that leaves nothing
-    visible ("message text is empty")."""
+    sent plain goes through (`_FORMATTING_REFUSALS`, matched case-insensitively)."""
     message = err.message.lower()
-    return (
-        "parse entities" in message
-        or "can't parse" in message
-        or "entities_too_long" in message
-        or "text is empty" in message
-    )
+    return any(refusal in message for refusal in _FORMATTING_REFUSALS)
 
 
 def is_not_modified(err: BadRequest) -> bool:

@@ -22,7 +22,14 @@ SEGMENT_UTF16 = 3900
 _md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(
     ["strikethrough", "table"]
 )
-_SAFE_SCHEMES = ("http://", "https://", "tg://", "mailto:")
+# Links the model may make: to the web (and e-mail). Any other link shows just its words.
+# Not tg:// links: they act inside the Telegram app on the bot's word, which the bot cannot
+# vouch for, since anyone can make the model write one. tg://user?id=N is a mention of a
+# person (a text_mention) that Telegram refuses ("ENTITY_MENTION_USER_INVALID") unless the
+# bot has seen them; others open a chat, join a group, set a proxy or fill in a login code.
+# The address is not shown beside the words either: it means nothing to a reader (a
+# number, a code), and Telegram clients may make a link of it again.
+_SAFE_SCHEMES = ("http://", "https://", "mailto:")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 _LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]{1,32}")
 _TAGS = re.compile(r"<[^>]*>")

@@ -156,7 +156,12 @@ class _Open:
     type: str | None  # None: no entity of its own (code carrying pre's language)
     start: int
     byte: int
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# A link Telegram makes a text_mention of (tdlib's LinkManager::get_link_user_id): it names
+# a user by id, and Telegram refuses it unless the bot has seen that user (see `_mention`).
+_MENTION_LINK = re.compile(r"tg:(?://)?user/?\?(?:[^#]*&)?id=(\d+)(?:[&#].*)?", re.IGNORECASE)
 
 
 def _cant_parse(what: str) -> ApiError:
@@ -232,7 +237,7 @@ def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
         }
         inside = stack[-1] if stack else None
         kind: str | None = _TAG_TYPES[tag]
-        extra: dict[str, str] = {}
+        extra: dict[str, Any] = {}
         if (
             inside is not None
             and inside.tag in ("code", "pre")
@@ -249,7 +254,12 @@ def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
             href = attrs.get("href", "")
             if not href:
                 raise _cant_parse(f"Can't find href of a link at byte offset {byte_at(i)}")
-            extra["url"] = href
+            mention = _MENTION_LINK.fullmatch(href)
+            if mention is not None:
+                kind = "text_mention"
+                extra["user"] = {"id": int(mention.group(1))}
+            else:
+                extra["url"] = href
         if tag == "tg-emoji":
             extra["custom_emoji_id"] = attrs.get("emoji-id", "")
         if tag == "blockquote" and "expandable" in attrs:
@@ -376,6 +386,9 @@ class FakeTelegram(FakeServer):
         # Each group's administrators (user ids; getChatMember). Everyone else is a member.
         self.chat_admins: dict[int, set[int]] = {}
         self.user_messages: dict[tuple[int, int], dict[str, Any]] = {}
+        # The users the bot has seen (senders of the messages it was sent), by id: the only
+        # ones besides itself a text_mention (tg://user?id=) may name.
+        self.users: dict[int, dict[str, Any]] = {}
         self._failures: list[_Failure] = []
         self._hang_ups: dict[str, int] = {}  # method -> calls to drop unanswered
         self._download_failures: list[int] = []  # statuses of the next downloads
@@ -619,6 +632,8 @@ class FakeTelegram(FakeServer):
             )
         message.update({k: v for k, v in content.items() if v is not None})
         self.user_messages[(chat_id, message["message_id"])] = message
+        if isinstance(from_user.get("id"), int):
+            self.users[from_user["id"]] = from_user
         return message
 
     def update(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -1334,13 +1349,28 @@ class FakeTelegram(FakeServer):
             raise _bad_request("chat not found")
         return chat_id
 
-    @staticmethod
     def _parsed(
-        text: str, parse_mode: str | None, entities: Any
+        self, text: str, parse_mode: str | None, entities: Any
     ) -> tuple[str, list[dict[str, Any]]]:
         if parse_mode and str(parse_mode).lower() == "html":
-            return parse_html(text)
-        return text, list(entities or [])
+            visible, found = parse_html(text)
+        else:
+            visible, found = text, list(entities or [])
+        return visible, [self._mention(entity) for entity in found]
+
+    def _mention(self, entity: dict[str, Any]) -> dict[str, Any]:
+        """A text_mention as Telegram returns it (with the whole User); one of a user the bot
+        has never seen is refused, as Telegram does (PaulSonOfLars/tgbot#22)."""
+        if entity.get("type") != "text_mention":
+            return entity
+        user = entity.get("user")
+        user_id = user.get("id") if isinstance(user, dict) else None
+        known = None
+        if isinstance(user_id, int):
+            known = self.bot_user if user_id == self.bot_id else self.users.get(user_id)
+        if known is None:
+            raise _bad_request("ENTITY_MENTION_USER_INVALID")
+        return {**entity, "user": known}
 
     def _thread_of(self, chat_id: int, params: dict[str, Any]) -> int | None:
         thread = params.get("message_thread_id")

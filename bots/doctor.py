@@ -208,6 +208,7 @@ async def check_model_endpoint(settings: Settings, http: httpx.AsyncClient) -> l
         api_key=api_key,
         max_retries=0,
         stream_idle_timeout=settings.stream_idle_timeout,
+        first_token_timeout=settings.first_token_timeout,
     )
     try:
         models = await client.list_models()

@@ -199,6 +199,7 @@ async def open_core(settings: Settings, *, migrate_db: bool | None = None) -> As
             api_key=api_key,
             max_retries=settings.max_retries,
             stream_idle_timeout=settings.stream_idle_timeout,
+            first_token_timeout=settings.first_token_timeout,
         )
         service = ConversationService(settings, store, client)
         yield Core(settings, http, engine, store, client, service)

@@ -122,6 +122,12 @@ def base_url_problem(url: str) -> str | None:
     return None
 
 
+# OpenAI's audio endpoints refuse a request body over 25 MiB (HTTP 413): the file and the
+# multipart form around it. The default file limit leaves room for the form's fields and
+# framing (a few hundred bytes, more with a long file name).
+OPENAI_AUDIO_BODY_LIMIT = 25 * 1024 * 1024
+DEFAULT_MAX_AUDIO_BYTES = OPENAI_AUDIO_BODY_LIMIT - 64 * 1024
+
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 _WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 MAX_RETENTION_DAYS = 36_500
@@ -274,6 +280,12 @@ class Settings(BaseSettings):
     stream_idle_timeout: float = Field(
         60.0, gt=0, allow_inf_nan=False, validation_alias=_env("RELAYBOT_STREAM_IDLE_TIMEOUT")
     )
+    # The wait for a streamed answer's first bytes (its response head and first event): a
+    # reasoning model sends nothing while it thinks (OpenAI's o-series and gpt-5: 60-300 s).
+    # Later waits between chunks are stream_idle_timeout's.
+    first_token_timeout: float = Field(
+        300.0, gt=0, allow_inf_nan=False, validation_alias=_env("RELAYBOT_FIRST_TOKEN_TIMEOUT")
+    )
     max_connections: int = Field(100, gt=0, validation_alias=_env("RELAYBOT_MAX_CONNECTIONS"))
     max_retries: int = Field(2, ge=0, validation_alias=_env("RELAYBOT_MAX_RETRIES"))
     http_proxy: str | None = Field(None, validation_alias=_env("RELAYBOT_HTTP_PROXY"))
@@ -318,8 +330,9 @@ class Settings(BaseSettings):
     group_voice_transcript_only: bool = Field(
         False, validation_alias=_env("RELAYBOT_GROUP_VOICE_TRANSCRIPT_ONLY")
     )
+    # A file at the default limit and the form around it fit OpenAI's limit (see above).
     max_audio_bytes: int = Field(
-        25 * 1024 * 1024, gt=0, validation_alias=_env("RELAYBOT_MAX_AUDIO_BYTES")
+        DEFAULT_MAX_AUDIO_BYTES, gt=0, validation_alias=_env("RELAYBOT_MAX_AUDIO_BYTES")
     )
     max_input_chars: int = Field(100_000, gt=0, validation_alias=_env("RELAYBOT_MAX_INPUT_CHARS"))
     image_dir: str = Field("relaybot-images", validation_alias=_env("RELAYBOT_IMAGE_DIR"))

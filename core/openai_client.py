@@ -52,6 +52,7 @@ _CONTEXT_MESSAGE = re.compile(
     r"context[ _]length|maximum context|context window|context size|too many tokens", re.I
 )
 _TPM_TOO_LARGE = re.compile(r"request too large", re.I)
+_CONTENT_LIMIT = re.compile(r"content size limit \((\d+)\)", re.I)
 # OpenRouter: "No endpoints found for <model>." (no provider serves it).
 _NO_MODEL = re.compile(r"\bmodel\b.*\b(not found|does not exist)|no endpoints found for", re.I)
 _INVALID_MODEL = re.compile(r"\binvalid model\b", re.I)
@@ -199,6 +200,8 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+# RELAYBOT_FIRST_TOKEN_TIMEOUT's default: how long a stream may send nothing at its start.
+FIRST_TOKEN_TIMEOUT = 300.0
 SSE_HEADERS = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
 KEEPALIVE_SECONDS = 15.0  # an idle connection to the model is closed after this
 
@@ -286,21 +289,36 @@ def pooled_transport(max_connections: int) -> httpx.AsyncBaseTransport:
 
 
 class _IdleWatch:
-    """Cuts a stream that sends nothing for `seconds`, with one timer per stream.
+    """Cuts a stream that sends nothing for `seconds`, with one timer per stream; its first
+    wait (until the first `got`) may last `first` seconds instead (`starting` says whether
+    the stream is still in it).
 
     An `asyncio.timeout` around each wait for the next event armed and cancelled a timer
     per streamed chunk. Here the stream marks its waits (`waiting`, `got`); the timer, when
-    it fires, looks at the wait in progress: lasted `seconds`, the task is cancelled (and
+    it fires, looks at the wait in progress: lasted its time, the task is cancelled (and
     `expired` says so); begun later, the timer is set again for when that wait runs out.
     Time the consumer spends between events never counts, and its own awaits are never
-    cancelled: between `got` and the next `waiting` nothing is watched.
+    cancelled: between `got` and the next `waiting` nothing is watched. A `waiting` while
+    a wait is in progress goes on with that wait.
     """
 
-    __slots__ = ("_cancelling", "_fired", "_handle", "_loop", "_seconds", "_since", "_task")
+    __slots__ = (
+        "_cancelling",
+        "_fired",
+        "_handle",
+        "_limit",
+        "_loop",
+        "_seconds",
+        "_since",
+        "_task",
+        "starting",
+    )
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, first: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._seconds = seconds
+        self._limit = seconds if first is None else first  # the wait in progress may last
+        self.starting = True
         self._task = asyncio.current_task()
         self._cancelling = self._task.cancelling() if self._task is not None else 0
         self._since: float | None = None
@@ -308,18 +326,27 @@ class _IdleWatch:
         self._fired = False
 
     def waiting(self) -> None:
-        self._since = self._loop.time()
+        if self._since is None:
+            self._since = self._loop.time()
         if self._handle is None:
-            self._handle = self._loop.call_at(self._since + self._seconds, self._check)
+            self._handle = self._loop.call_at(self._since + self._limit, self._check)
 
     def got(self) -> None:
         self._since = None
+        if self.starting:
+            # The first wait is over: from now on each lasts `seconds`, and the timer set
+            # for the first one (maybe far later) is set again by the next wait.
+            self.starting = False
+            self._limit = self._seconds
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
 
     def _check(self) -> None:
         self._handle = None
         if self._since is None or self._task is None:
             return  # not waiting: the next wait sets the timer again
-        due = self._since + self._seconds
+        due = self._since + self._limit
         if due - self._loop.time() > 0.001:
             self._handle = self._loop.call_at(due, self._check)
             return
@@ -419,6 +446,16 @@ class EndpointRedirects(ConfigError):
         return f"redirects to {self.location}: {self.fix}"
 
 
+class FirstTokenTimeout(RelaybotError):
+    """A streamed answer sent nothing (no response head, or no first event) within
+    RELAYBOT_FIRST_TOKEN_TIMEOUT. Not retried: the model may still be thinking (a reasoning
+    model), and each request is billed for its input again."""
+
+    user_message = (
+        "The model took too long to start answering. Please try again, or ask something shorter."
+    )
+
+
 class ModelsUnreadable(UpstreamDown):
     """/models answered, but not with a list of models this client can read: the endpoint
     is reachable (chatting may work), it just cannot say what it serves."""
@@ -515,14 +552,18 @@ class OpenAIClient:
         api_key: str | None,
         max_retries: int = 2,
         stream_idle_timeout: float = 60.0,
+        first_token_timeout: float = FIRST_TOKEN_TIMEOUT,
         max_retry_wait: float = 30.0,
         retry_base_delay: float = 0.5,
     ) -> None:
+        """`stream_idle_timeout`: how long a stream may go quiet between its chunks;
+        `first_token_timeout`: how long it may send nothing at its start."""
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key or None
         self._max_retries = max(0, max_retries)
         self._idle_timeout = stream_idle_timeout
+        self._first_token_timeout = first_token_timeout
         self._max_retry_wait = max_retry_wait
         self._retry_base_delay = retry_base_delay
         self._stream_url = httpx.URL(self._url("/chat/completions"))
@@ -530,7 +571,14 @@ class OpenAIClient:
         self._stream_headers.update(
             {**self._headers(), **JSON_HEADERS, **SSE_HEADERS}  # the key: our endpoint
         )
+        # The stream's waits are its own (`_IdleWatch`): httpx's read timeout, kept as a
+        # backstop, must not cut the first one (a reasoning model's silence) short, nor a
+        # later one.
         self._stream_timeout = http.timeout.as_dict()
+        read = self._stream_timeout.get("read")
+        if read is not None:
+            waits = max(self._first_token_timeout, self._idle_timeout) + 1.0
+            self._stream_timeout["read"] = max(read, waits)
         host = urlsplit(self._base_url).hostname or ""
         # OpenAI's reasoning models reject `max_tokens`; other servers may only know it.
         self._token_param = (
@@ -876,25 +924,31 @@ class OpenAIClient:
         # Reasoning written into `content` as <think>...</think> is taken out as it streams;
         # None once the answer is known to be past it (then nothing more is looked at).
         think: _ThinkFilter | None = _ThinkFilter()
+        # The first wait (the response's head, its first bytes and first event) may last
+        # first_token_timeout: a reasoning model sends nothing while it thinks. Each later
+        # wait for an event lasts stream_idle_timeout.
+        watch = _IdleWatch(self._idle_timeout, self._first_token_timeout)
         try:
-            response = await self._open_stream(body)
+            try:
+                watch.waiting()
+                response = await self._open_stream(body)
+            except BaseException as exc:
+                watch.close()
+                if isinstance(exc, asyncio.CancelledError) and watch.expired():
+                    raise self._no_first_token(where) from None
+                raise
             try:
                 if not response.is_success:
+                    watch.close()
                     await response.aread()
                     raise self._error_from_response(response, where)
                 body_text = _EventText(response)
-                # The wait for the first bytes is watched as the wait for each event is.
-                watch = _IdleWatch(self._idle_timeout)
                 try:
-                    watch.waiting()
                     head = await body_text.head()
-                    watch.got()
                 except BaseException as exc:
                     watch.close()
                     if isinstance(exc, asyncio.CancelledError) and watch.expired():
-                        raise UpstreamDown(
-                            f"{where}: no data for {self._idle_timeout:g} s"
-                        ) from None
+                        raise self._no_first_token(where) from None
                     raise
                 if head[:1] in (b"{", b"["):
                     # A whole JSON answer (servers that ignore `stream`), whatever its label.
@@ -967,6 +1021,8 @@ class OpenAIClient:
                         yield delta
                 except asyncio.CancelledError:
                     if watch.expired():
+                        if watch.starting:
+                            raise self._no_first_token(where) from None
                         raise UpstreamDown(
                             f"{where}: no data for {self._idle_timeout:g} s"
                         ) from None
@@ -975,6 +1031,7 @@ class OpenAIClient:
                     watch.close()
                     await events.aclose()
             finally:
+                watch.close()
                 await response.aclose()
         except httpx.TimeoutException as exc:
             raise UpstreamDown(f"{where}: timed out ({type(exc).__name__})") from None
@@ -988,6 +1045,14 @@ class OpenAIClient:
             held = think.close()
             if held:
                 yield ChatDelta(held)
+
+    def _no_first_token(self, where: str) -> FirstTokenTimeout:
+        return FirstTokenTimeout(
+            f"{where}: the model sent nothing for {self._first_token_timeout:g} s after the "
+            "request; not sent again (the model may still be thinking, and each request is "
+            "billed). Reasoning models can think longer before their first token: raise "
+            "RELAYBOT_FIRST_TOKEN_TIMEOUT"
+        )
 
     # -- error mapping -----------------------------------------------------------------
     def _scrub(self, text: str) -> str:
@@ -1078,6 +1143,10 @@ class OpenAIClient:
         if status >= 500 or status in (408, 409):
             return UpstreamDown(detail)
         if status == 413:
+            if where.startswith("/audio/"):
+                # OpenAI's limit on the whole request (file and form: 25 MiB), or a proxy's:
+                # the person's file is too large, whatever the setting let through.
+                return BadInput(detail, user_message=_audio_too_large(message))
             # A proxy's body limit in front of the model (nginx: 1 MB by default): the
             # request is too big, as an over-long context is.
             return ContextTooLong(detail)
@@ -1118,6 +1187,18 @@ class OpenAIClient:
 
 
 # -- parsing helpers -------------------------------------------------------------------
+def _audio_too_large(message: str) -> str:
+    """What the person is told of audio the transcription service found too large, with its
+    limit in MB when it said it (OpenAI: "Maximum content size limit (26214400) exceeded
+    (26222592 bytes read)")."""
+    said = _CONTENT_LIMIT.search(message)
+    limit = f" (its limit is {int(said[1]) // 2**20} MB)" if said and int(said[1]) >= 2**20 else ""
+    return (
+        f"That audio file is too large for the transcription service{limit}. Please send a "
+        "shorter or more compressed recording."
+    )
+
+
 def _moderation_result(item: Any) -> ModerationResult:
     categories = item.get("categories") if isinstance(item, dict) else None
     hit = (

@@ -1993,10 +1993,11 @@ class ConversationService:
         self, msg: IncomingMessage, audio: Attachment, *, translate: bool
     ) -> str:
         limit = self.settings.max_audio_bytes
+        megabytes = max(1, round(limit / 2**20))  # the default, 25 MiB less 64 KiB: "25 MB"
         too_big = BadInput(
             "audio too large",
             user_message=(
-                f"That audio file is too large to transcribe (the limit is {limit // 2**20} MB)."
+                f"That audio file is too large to transcribe (the limit is {megabytes} MB)."
             ),
         )
         if audio.size is not None and audio.size > limit:

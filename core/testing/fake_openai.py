@@ -5,7 +5,10 @@ Start it with `async with FakeOpenAI() as fake:` (same event loop) or `with Fake
 methods; they may be changed from the test's thread while the server runs in another one.
 `fail_next` answers errors, `missing_endpoints` and `missing_models` answer 404s as servers
 without them do, `max_audio_seconds` refuses over-long audio as OpenAI's gpt-4o transcribe
-models do, and `redirect_to` answers every request with a redirect.
+models do, `max_audio_request_bytes` refuses an audio request whose whole body (the file and
+the multipart form around it) is larger, with OpenAI's 413, `think_seconds` holds back each
+chat answer's first byte (its response head too) as a reasoning model's silence does, and
+`redirect_to` answers every request with a redirect.
 
 Other OpenAI-compatible servers speak variants of the API; these knobs make the fake speak
 them: `models_as_list` (/models answers a bare JSON array, as Together AI does),
@@ -96,7 +99,8 @@ MODERATION_CATEGORIES = (
     "violence/graphic",
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_MAX_AUDIO_BYTES = 25 * 1024 * 1024
+# OpenAI's limit on an audio request's body, multipart framing and fields included.
+MAX_AUDIO_REQUEST_BYTES = 25 * 1024 * 1024
 
 
 def make_png(width: int, height: int, rgb: tuple[int, int, int] = (80, 140, 220)) -> bytes:
@@ -255,6 +259,10 @@ class FakeOpenAI(FakeServer):
         # at 1400): "audio duration 1830.53 seconds is longer than 1500 seconds which is the
         # maximum for this model". whisper-1 has no duration limit, only the size limit.
         self.max_audio_seconds: float | None = None
+        # Audio requests whose body (Content-Length, else the bytes read) is larger get
+        # OpenAI's 413 "Maximum content size limit (26214400) exceeded (N bytes read)", of
+        # type server_error: the limit counts the whole multipart body, not just the file.
+        self.max_audio_request_bytes: int = MAX_AUDIO_REQUEST_BYTES
         self.flag_words: dict[str, list[str]] = {"FLAGME": ["violence"]}
         # Pictures (their bytes) moderation flags, with the categories, when they come as
         # image_url parts (data URLs) of a multi-modal input, as omni-moderation reads them.
@@ -268,6 +276,10 @@ class FakeOpenAI(FakeServer):
         # A reasoning model's hidden tokens before each answer: they count against the
         # reply limit (an answer may have no room left: empty, finish_reason "length").
         self.reasoning_tokens: int = 0
+        # Seconds a reasoning model thinks before each chat answer, sending nothing at all
+        # meanwhile (not even the response head), as OpenAI's Chat Completions does for the
+        # o-series and gpt-5: the first byte of a streamed answer comes after the whole think.
+        self.think_seconds: float = 0.0
         # Paths answered with a bare 404, as servers without them do (Ollama: /moderations,
         # /audio/transcriptions) or as a base URL missing its /v1 finds every path.
         self.missing_endpoints: set[str] = set()
@@ -492,6 +504,8 @@ class FakeOpenAI(FakeServer):
         if self.error_with_200 is not None:
             return web.json_response({"error": self.error_with_200})
         text, refused = await self._next_reply(messages)
+        if self.think_seconds > 0:
+            await asyncio.sleep(self.think_seconds)  # the model reasons, in silence
         finish_reason = "stop"
         thinking = self.reasoning_tokens
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -585,7 +599,6 @@ class FakeOpenAI(FakeServer):
         )
         if self.compress_streams:
             response.enable_compression()
-        await response.prepare(request)
         include_usage = usage is not None
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -610,6 +623,8 @@ class FakeOpenAI(FakeServer):
             await response.write(f"data: {payload}\n\n".encode())
 
         try:
+            # (Inside: after a long think the client may have gone away already.)
+            await response.prepare(request)
             if refused:  # OpenAI's first chunk of a refusal, then its text in `refusal`
                 await send(chunk({"role": "assistant", "content": None, "refusal": ""}))
             elif self.content_parts:
@@ -666,7 +681,18 @@ class FakeOpenAI(FakeServer):
         return self._audio(request, self.translation)
 
     def _audio(self, request: web.Request, text: str) -> web.Response:
-        form = self._recorded(request).form
+        recorded = self._recorded(request)
+        size = request.content_length
+        if size is None:
+            size = len(recorded.body)
+        if size > self.max_audio_request_bytes:
+            return _error(
+                413,
+                f"Maximum content size limit ({self.max_audio_request_bytes}) exceeded "
+                f"({size} bytes read)",
+                type_="server_error",
+            )
+        form = recorded.form
         upload = form.get("file")
         if not isinstance(upload, dict):
             return _error(400, "No file was provided in the 'file' field.", param="file")
@@ -691,11 +717,6 @@ class FakeOpenAI(FakeServer):
                 f"Invalid file format. Supported formats: [{supported}]",
                 code="invalid_value",
                 param="file",
-            )
-        data = upload.get("data", b"")
-        if len(data) > _MAX_AUDIO_BYTES:
-            return _error(
-                413, f"Maximum content size limit ({_MAX_AUDIO_BYTES}) exceeded.", param="file"
             )
         limit = self.max_audio_seconds
         if (

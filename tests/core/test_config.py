@@ -27,6 +27,7 @@ def refused(env: dict[str, str]) -> list[str]:
 NUMERIC: dict[str, tuple[list[str], list[str]]] = {
     "RELAYBOT_REQUEST_TIMEOUT": (["0", "-5", "nan", "inf"], ["0.5", "600"]),
     "RELAYBOT_STREAM_IDLE_TIMEOUT": (["0", "-1", "nan", "inf"], ["1", "3600"]),
+    "RELAYBOT_FIRST_TOKEN_TIMEOUT": (["0", "-1", "nan", "inf"], ["1", "3600"]),
     "RELAYBOT_MAX_CONNECTIONS": (["0", "-1"], ["1", "5100"]),
     "RELAYBOT_MAX_RETRIES": (["-1"], ["0", "10"]),
     "RELAYBOT_CONTEXT_TOKENS": (["0", "-1"], ["1", "1000000"]),

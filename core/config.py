@@ -280,7 +280,7 @@ class Settings(BaseSettings):
     stream_idle_timeout: float = Field(
         60.0, gt=0, allow_inf_nan=False, validation_alias=_env("RELAYBOT_STREAM_IDLE_TIMEOUT")
     )
-    # The wait for a streamed answer's first bytes (its response head and first event): a
+    # The wait for a streamed answer's first words (its head and framing do not count): a
     # reasoning model sends nothing while it thinks (OpenAI's o-series and gpt-5: 60-300 s).
     # Later waits between chunks are stream_idle_timeout's.
     first_token_timeout: float = Field(

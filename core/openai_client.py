@@ -447,7 +447,7 @@ class EndpointRedirects(ConfigError):
 
 
 class FirstTokenTimeout(RelaybotError):
-    """A streamed answer sent nothing (no response head, or no first event) within
+    """A streamed answer sent none of its words (only its head or framing, or nothing) within
     RELAYBOT_FIRST_TOKEN_TIMEOUT. Not retried: the model may still be thinking (a reasoning
     model), and each request is billed for its input again."""
 
@@ -557,7 +557,7 @@ class OpenAIClient:
         retry_base_delay: float = 0.5,
     ) -> None:
         """`stream_idle_timeout`: how long a stream may go quiet between its chunks;
-        `first_token_timeout`: how long it may send nothing at its start."""
+        `first_token_timeout`: how long it may go without its first words."""
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key or None
@@ -924,9 +924,9 @@ class OpenAIClient:
         # Reasoning written into `content` as <think>...</think> is taken out as it streams;
         # None once the answer is known to be past it (then nothing more is looked at).
         think: _ThinkFilter | None = _ThinkFilter()
-        # The first wait (the response's head, its first bytes and first event) may last
-        # first_token_timeout: a reasoning model sends nothing while it thinks. Each later
-        # wait for an event lasts stream_idle_timeout.
+        # The first wait (for the response's head, then its first words: `_begins_answer`)
+        # may last first_token_timeout: a reasoning model sends nothing while it thinks. Each
+        # later wait for an event lasts stream_idle_timeout.
         watch = _IdleWatch(self._idle_timeout, self._first_token_timeout)
         try:
             try:
@@ -972,7 +972,8 @@ class OpenAIClient:
                             event = await anext(events)
                         except StopAsyncIteration:
                             break
-                        watch.got()
+                        if not watch.starting:
+                            watch.got()
                         if not event.data:
                             continue
                         if event.data.strip() == "[DONE]":
@@ -996,6 +997,8 @@ class OpenAIClient:
                         # Some servers send `"error": null` in every chunk (Foundry Local).
                         if chunk.get("error") or event.event == "error":
                             raise self._error_from_payload(None, chunk, where, None)
+                        if watch.starting and _begins_answer(chunk):
+                            watch.got()
                         delta = _parse_chunk(chunk)
                         if delta is None:
                             continue
@@ -1333,6 +1336,23 @@ def _parse_chat(payload: Any, model: str) -> ChatResult:
         finish_reason=str(finish) if finish is not None else None,
         model=str(payload.get("model") or model),
     )
+
+
+def _begins_answer(chunk: dict[str, Any]) -> bool:
+    """Whether a streamed chunk carries something of the answer (text, reasoning, a finish,
+    usage), which ends the stream's first wait: not its framing alone (a role with empty
+    content, which some servers send at once; Azure's prompt-filter results, no choices),
+    after which a reasoning model may still think for minutes."""
+    if chunk.get("usage"):
+        return True
+    choices = chunk.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        return False
+    first = choices[0]
+    if first.get("finish_reason") is not None:
+        return True
+    delta = first.get("delta")
+    return isinstance(delta, dict) and any(v for k, v in delta.items() if k != "role")
 
 
 def _parse_chunk(chunk: dict[str, Any]) -> ChatDelta | None:

@@ -20,7 +20,10 @@ after its finish_reason without "data: [DONE]": ik_llama.cpp, older TGI), `null_
 (every chunk carries "error": null: Foundry Local), `stream_content_type` (the Content-Type
 label of streamed answers, e.g. "application/json"), `stream_as_json` (a streamed request
 gets one whole JSON answer, as servers that ignore `stream` send) and `error_with_200` (chat
-requests get HTTP 200 with this {"error": ...} body, as OpenRouter answers some failures).
+requests get HTTP 200 with this {"error": ...} body, as OpenRouter answers some failures)
+and `prompt_filter_results` (a stream opens at once with a chunk of no choices and the
+prompt's content-filter results, as Azure OpenAI's do, before a reasoning model's
+`think_seconds`).
 """
 
 from __future__ import annotations
@@ -302,6 +305,7 @@ class FakeOpenAI(FakeServer):
         self.stream_content_type: str | None = None
         self.stream_as_json: bool = False
         self.error_with_200: dict[str, Any] | None = None
+        self.prompt_filter_results: bool = False
         # When set, requests must carry "Authorization: Bearer <api_key>" or get a 401.
         self.api_key: str | None = None
         # When set, every /v1 request is answered 302 Found to this URL plus the path after
@@ -504,7 +508,8 @@ class FakeOpenAI(FakeServer):
         if self.error_with_200 is not None:
             return web.json_response({"error": self.error_with_200})
         text, refused = await self._next_reply(messages)
-        if self.think_seconds > 0:
+        streams = bool(body.get("stream")) and not self.stream_as_json
+        if self.think_seconds > 0 and not (streams and self.prompt_filter_results):
             await asyncio.sleep(self.think_seconds)  # the model reasons, in silence
         finish_reason = "stop"
         thinking = self.reasoning_tokens
@@ -625,6 +630,20 @@ class FakeOpenAI(FakeServer):
         try:
             # (Inside: after a long think the client may have gone away already.)
             await response.prepare(request)
+            if self.prompt_filter_results:  # Azure's first chunk, then the model's think
+                await send(
+                    {
+                        "id": "",
+                        "object": "",
+                        "created": 0,
+                        "model": "",
+                        "choices": [],
+                        "prompt_filter_results": [
+                            {"prompt_index": 0, "content_filter_results": {}}
+                        ],
+                    }
+                )
+                await asyncio.sleep(self.think_seconds)
             if refused:  # OpenAI's first chunk of a refusal, then its text in `refusal`
                 await send(chunk({"role": "assistant", "content": None, "refusal": ""}))
             elif self.content_parts:

@@ -77,6 +77,18 @@ async def test_a_think_past_the_idle_and_read_timeouts_is_waited_for(
     assert len(fake.chat_requests()) == 1
 
 
+async def test_a_stream_that_opens_with_framing_then_thinks_is_waited_for(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    # Azure OpenAI opens each stream with a chunk of no choices (the prompt's filter
+    # results), then the model thinks: that chunk is not the answer's start.
+    fake.prompt_filter_results = True
+    fake.queue_reply("forty two")
+    fake.think_seconds = 0.8
+    assert await answer(client_for(http, fake, 1.5)) == "forty two"
+    assert len(fake.chat_requests()) == 1
+
+
 async def test_a_think_past_the_first_token_timeout_fails_at_once_without_a_retry(
     http: httpx.AsyncClient, fake: FakeOpenAI
 ) -> None:
@@ -90,15 +102,18 @@ async def test_a_think_past_the_first_token_timeout_fails_at_once_without_a_retr
     assert len(fake.chat_requests()) == 1
 
 
-async def test_after_the_first_event_the_idle_timeout_cuts_and_is_retried(
+async def test_once_the_answer_began_the_idle_timeout_cuts_it(
     http: httpx.AsyncClient, fake: FakeOpenAI
 ) -> None:
-    # The model answered (its first chunk came), then went quiet: not a think, an outage.
+    # The model's first words came, then it went quiet: not a think, an outage, cut at the
+    # idle timeout, far sooner than the first-token one.
     fake.queue_reply("one two")
     fake.chunk_delay = 1.0
+    started = time.monotonic()
     with pytest.raises(UpstreamDown, match=r"no data for 0\.3 s"):
         await answer(client_for(http, fake, 5.0))
-    assert len(fake.chat_requests()) == 3  # the first try and its two retries
+    assert time.monotonic() - started < 2.5
+    assert len(fake.chat_requests()) == 1  # words were given: not asked again
 
 
 async def test_a_413_from_a_proxy_in_front_of_the_audio_endpoint_is_the_file_s_size(

@@ -244,9 +244,15 @@ async def test_cut_stream_raises_upstream_down(client: OpenAIClient, fake: FakeO
 
 
 def idle_client(http: httpx.AsyncClient, fake: FakeOpenAI, seconds: float) -> OpenAIClient:
-    """A client whose streams are cut after `seconds` without data, never retried."""
+    """A client whose streams are cut after `seconds` without data once their answer began
+    (their first words may take a second), never retried."""
     return OpenAIClient(
-        http, base_url=fake.base_url, api_key=KEY, stream_idle_timeout=seconds, max_retries=0
+        http,
+        base_url=fake.base_url,
+        api_key=KEY,
+        stream_idle_timeout=seconds,
+        first_token_timeout=1.0,
+        max_retries=0,
     )
 
 
@@ -254,13 +260,13 @@ async def test_stream_that_stalls_raises_upstream_down(
     http: httpx.AsyncClient, fake: FakeOpenAI
 ) -> None:
     client = idle_client(http, fake, 0.02)
-    fake.queue_reply("slow")
-    fake.chunk_delay = 0.2
+    fake.queue_reply("slow reply")
+    fake.chunk_delay = 0.2  # the first word after 0.2 s (the first wait), then a stall
 
     started = time.monotonic()
     with pytest.raises(UpstreamDown, match="no data"):
         await collect(client, "hi")
-    assert time.monotonic() - started < 0.15
+    assert time.monotonic() - started < 0.35
 
 
 async def test_a_slow_consumer_is_not_an_idle_stream(

@@ -167,17 +167,40 @@ async def test_a_server_error_is_retried_then_answered(
     assert (await stored(faulty))[-1] == ("assistant", "echo: still there?", "ok")
 
 
-@pytest.mark.settings(stream_idle_timeout=0.3, max_retries=0)
-async def test_a_stalled_stream_is_cut_by_the_idle_timeout_with_a_clear_message(
+@pytest.mark.settings(stream_idle_timeout=0.3, first_token_timeout=0.3, max_retries=0)
+async def test_a_stream_silent_before_its_first_word_is_cut_with_a_clear_message(
     faulty: Core, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.chunk_delay = 1.0  # the endpoint opens the stream, then goes silent
+    # The endpoint opens the stream (its head, the role chunk), then goes silent: as long as
+    # no word came, that is the first wait (RELAYBOT_FIRST_TOKEN_TIMEOUT: a reasoning model
+    # thinks in silence); a stall once words came is cut by the idle timeout (below).
+    fake_openai.chunk_delay = 1.0
     started = time.monotonic()
     shown = await say(faulty, "are you there?")
     assert time.monotonic() - started < 1.0
-    assert shown == ["! The model service is not answering right now. Please try again later."]
+    assert shown == [
+        "! The model took too long to start answering. Please try again, or ask something "
+        "shorter."
+    ]
     assert await stored(faulty) == [("user", "are you there?", "ok")]
     assert await outcomes(faulty) == ["failed"]
+
+
+@pytest.mark.settings(stream_idle_timeout=0.3, first_token_timeout=5, max_retries=0)
+async def test_a_stream_stalled_after_its_first_words_is_cut_by_the_idle_timeout(
+    faulty: Core, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.queue_reply("one two three")
+    fake_openai.chunk_delay = 0.6  # each word 0.6 s after the last: the first one in time
+    started = time.monotonic()
+    shown = await say(faulty, "count to three")
+    assert time.monotonic() - started < 2.0
+    assert shown[0] == "one "
+    assert shown[-1].startswith("! The answer was cut short: ")
+    assert await stored(faulty) == [
+        ("user", "count to three", "ok"),
+        ("assistant", "one ", "partial"),
+    ]
 
 
 @pytest.mark.settings(max_retries=0)

@@ -257,7 +257,7 @@ class Inbox:
     async def defer(self, event_id: int) -> None:
         """Give an event back for a later attempt by the sweep, without holding its chat:
         "deferred" is open, but not waiting (the chat's later events go first)."""
-        await self.db.run(_defer, event_id)
+        await self.db.run(_defer, event_id, self.worker_id)
 
     async def renew(self) -> None:
         """Extend the leases of everything this process holds (call well within the lease)."""
@@ -447,10 +447,15 @@ def _release(conn: Connection, event_ids: list[int]) -> None:
     )
 
 
-def _defer(conn: Connection, event_id: int) -> None:
+def _defer(conn: Connection, event_id: int, worker_id: str) -> None:
+    # Not if another process took it over meanwhile (this one stalled): it is theirs now.
     conn.execute(
         update(InboundEvent)
-        .where(InboundEvent.id == event_id, InboundEvent.status == "received")
+        .where(
+            InboundEvent.id == event_id,
+            InboundEvent.status == "received",
+            InboundEvent.claimed_by == worker_id,
+        )
         .values(status="deferred", claimed_by=None, lease_until=None)
     )
 

@@ -111,7 +111,8 @@ class Metrics:
         )
         self.inbox_depth = Gauge(
             "relaybot_inbox_depth",
-            "Inbound events recorded but not finished (status 'received'), read at scrape time",
+            "Inbound events recorded but not yet answered (waiting their turn, or a voice note "
+            "kept for a later attempt), read at scrape time",
             registry=r,
         )
         self._engine: AsyncEngine | None = None
@@ -193,7 +194,8 @@ class Metrics:
         query = select(func.count()).select_from(InboundEvent)
         try:
             async with engine.connect() as conn:
-                depth = await conn.execute(query.where(InboundEvent.status == "received"))
+                waiting = InboundEvent.status.in_(("received", "deferred"))
+                depth = await conn.execute(query.where(waiting))
                 self.inbox_depth.set(depth.scalar_one())
         except Exception as exc:  # the scrape must still answer; /readyz reports the database
             log.warning("inbox depth unavailable: %s", type(exc).__name__)

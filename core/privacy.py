@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core.accounting import month_start, spend_day, user_key
 from core.config import Settings
 from core.db.models import (
+    IN_HAND,
     OPEN_STATUSES,
     Chat,
     InboundEvent,
@@ -98,7 +99,10 @@ async def forget_chat(
         # finds the row gone and stores nothing (`Store.append_messages`).
         chats = await session.execute(delete(Chat).where(of(Chat.key)))
         messages = await session.execute(delete(Message).where(of(Message.chat_key)))
-        finished: ColumnElement[bool] = InboundEvent.status.not_in(OPEN_STATUSES)
+        # Events in hand (waiting their turn, or being answered) stay for their worker; a
+        # deferred one (a voice note kept for a later attempt) goes with the chat, or the
+        # sweep would post its transcript into the history just forgotten.
+        finished: ColumnElement[bool] = InboundEvent.status.not_in(IN_HAND)
         if event_key is not None:
             finished = or_(finished, InboundEvent.event_key == event_key)
         events = await session.execute(

@@ -63,7 +63,8 @@ class Chat(Base):
 # The statuses of an event not yet finished, and the same as SQL (for a partial index and
 # the queries that must match it). "deferred": kept for a later attempt by the sweep (a
 # voice note nobody addressed whose transcription failed for now), without holding its chat.
-OPEN_STATUSES = ("received", "answered", "deferred")
+IN_HAND = ("received", "answered")  # waiting their turn, or being answered
+OPEN_STATUSES = (*IN_HAND, "deferred")
 OPEN_EVENTS = f"status IN ({', '.join(repr(status) for status in OPEN_STATUSES)})"
 
 

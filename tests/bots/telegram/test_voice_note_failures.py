@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from core.db.models import InboundEvent, UsageRecord
 from core.testing.fake_openai import DEFAULT_TRANSCRIPT, message_text
-from tests.bots.telegram.conftest import GROUP, PRIVATE_CHAT, Bot, stored_turns
+from tests.bots.telegram.conftest import ADA, GROUP, PRIVATE_CHAT, Bot, stored_turns
 
 pytestmark = pytest.mark.usefixtures("quick_backoff")  # Telegram's 5xx back-off
 TRANSCRIPTS = pytest.mark.telegram_settings(group_voice_transcript_only=True)
@@ -205,6 +205,8 @@ async def test_the_chat_is_answered_while_a_kept_voice_note_waits_for_its_next_a
     bot.openai.fail_next(503, times=2, path="/audio/transcriptions")  # past the retry
     await bot.deliver(tg.voice_update(GROUP, voice_note, from_user=_bob(bot)))
     assert await _events(bot) == [("deferred", None)]
+    metrics = (await bot.core.service.metrics.render()).decode()
+    assert "relaybot_inbox_depth 1.0" in metrics.splitlines(), "not answered yet: counted"
 
     await asyncio.wait_for(bot.deliver(tg.text_update(GROUP, "@relay_test_bot name a fruit")), 5)
     assert tg.texts(GROUP) == ["echo: name a fruit"]
@@ -217,6 +219,23 @@ async def test_the_chat_is_answered_while_a_kept_voice_note_waits_for_its_next_a
         ("user", DEFAULT_TRANSCRIPT, "heard"),
     ]
     assert await _events(bot) == [("done", None), ("done", None)]
+
+
+@TRANSCRIPTS
+@HEARS_ALL
+async def test_forget_takes_a_kept_voice_note_with_the_chat(bot: Bot, voice_note: bytes) -> None:
+    """A note kept for a later attempt goes with the chat's /forget: the sweep finds nothing
+    to transcribe into the history just forgotten."""
+    tg = bot.telegram
+    tg.chat_admins[GROUP] = {ADA}
+    bot.openai.fail_next(503, times=2, path="/audio/transcriptions")  # past the retry
+    await bot.deliver(tg.voice_update(GROUP, voice_note, from_user=_bob(bot)))
+    await bot.deliver(tg.text_update(GROUP, "/forget"))
+
+    assert await _sweep(bot) == 0
+    assert DEFAULT_TRANSCRIPT not in tg.texts(GROUP)
+    assert await stored_turns(bot, GROUP) == []
+    assert len(bot.openai.calls("/audio/transcriptions")) == 2  # the failed tries only
 
 
 @TRANSCRIPTS

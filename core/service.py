@@ -1993,7 +1993,7 @@ class ConversationService:
         self, msg: IncomingMessage, audio: Attachment, *, translate: bool
     ) -> str:
         limit = self.settings.max_audio_bytes
-        megabytes = max(1, round(limit / 2**20))  # the default, 25 MiB less 64 KiB: "25 MB"
+        megabytes = f"{limit / 2**20:.1f}".removesuffix(".0")  # the default: "24.9"
         too_big = BadInput(
             "audio too large",
             user_message=(

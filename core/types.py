@@ -146,14 +146,14 @@ class ReplyKind(StrEnum):
     TRANSCRIPT = "transcript"
 
 
-# Reply.extras key: this chat was forgotten (/forget); a sink that stored files for it
-# (the console's saved images) deletes them.
 # IncomingMessage.continuation_id of a text whose rest is the chat's next message, whatever
 # its id, when sent within CUT_PARTS_SECONDS of it (a client sends a long paste's parts one
 # right after the other; Telegram dates them to the second).
 NEXT_MESSAGE = "next"
 CUT_PARTS_SECONDS = 2.0
 
+# Reply.extras key: this chat was forgotten (/forget); a sink that stored files for it
+# (the console's saved images) deletes them.
 FORGOTTEN = "forgotten"
 # Reply.extras key: this group now wants a transcript of every voice note (/voicemode
 # transcript); a sink whose platform may hold back what is not addressed to the bot says so.

@@ -59,3 +59,14 @@ async def test_a_file_the_transcription_service_finds_too_large_is_explained_onc
     # Nothing of the file reached the chat model (nor the history it is sent).
     (asked,) = fake_openai.chat_requests()
     assert [m["content"] for m in asked["messages"][1:]] == ["and now a question"]
+
+
+async def test_a_file_over_the_default_limit_is_refused_naming_the_limit(
+    core: Core, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    voice = ogg_file(tmp_path / "lecture.ogg", 25 * MiB)
+
+    out = await chat(core, f"/voice {voice}")
+
+    assert out.strip() == "! That audio file is too large to transcribe (the limit is 24.9 MB)."
+    assert fake_openai.calls("/audio/transcriptions") == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -157,7 +158,11 @@ class TelegramAdapter:
             configured.get_secret_value() if configured else default_webhook_secret(self._token)
         )
         self._rate_limiter = rate_limiter
-        self._pacing = pacing or Pacing()
+        pacing = pacing or Pacing()
+        # "typing…" is kept up as long as the core waits for a model's first words (a
+        # reasoning model thinks in silence for minutes: RELAYBOT_FIRST_TOKEN_TIMEOUT).
+        typing_max = max(pacing.typing_max, settings.first_token_timeout)
+        self._pacing = dataclasses.replace(pacing, typing_max=typing_max)
         self._poll_timeout = poll_timeout
         self._send_timeout = send_timeout
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None

@@ -118,7 +118,9 @@ async def bot(
         server,
         # Telegram's flood limits are the fake's business here; 429s are injected explicitly.
         rate_limiter=FloodLimits(overall=(0, 1.0), group=(0, 60.0)),
-        pacing=Pacing(draft_interval=0.02, edit_interval=0.05, typing_refresh=0.5),
+        pacing=options.pop(
+            "pacing", Pacing(draft_interval=0.02, edit_interval=0.05, typing_refresh=0.5)
+        ),
         poll_timeout=1,
         **options,
     )

@@ -12,6 +12,7 @@ import logging
 
 import pytest
 
+from bots.telegram import Pacing
 from tests.bots.telegram.conftest import PRIVATE_CHAT, Bot
 
 # Between chunks and per HTTP read: 0.5 s. At the start: 2 s.
@@ -54,3 +55,20 @@ async def test_a_think_past_the_first_token_timeout_is_told_once_and_not_asked_a
     assert "the model sent nothing for 1 s" in failed[0]
     assert "raise RELAYBOT_FIRST_TOKEN_TIMEOUT" in failed[0]
     assert "retry" not in caplog.text
+
+
+@pytest.mark.telegram_settings(**QUICK, first_token_timeout=4.0)
+@pytest.mark.adapter(pacing=Pacing(typing_refresh=0.3, typing_max=0.5))
+async def test_typing_is_kept_up_while_the_model_thinks(bot: Bot) -> None:
+    # "typing…" lasts as long as relaybot waits for the first words, however short the
+    # adapter's own cap: the person sees the bot at work through the whole think.
+    bot.openai.queue_reply("the answer after a long think")
+    bot.openai.think_seconds = 2.5
+
+    await bot.deliver(bot.telegram.text_update(PRIVATE_CHAT, "prove it"))
+
+    calls = bot.telegram.api_calls
+    typing = [c.at for c in calls if c.method == "sendchataction"]
+    (answered,) = [c.at for c in calls if c.method == "sendmessage"]
+    assert len(typing) >= 6
+    assert answered - typing[-1] < 1.0, "still typing when the answer came"

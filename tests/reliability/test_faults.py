@@ -179,8 +179,7 @@ async def test_a_stream_silent_before_its_first_word_is_cut_with_a_clear_message
     shown = await say(faulty, "are you there?")
     assert time.monotonic() - started < 1.0
     assert shown == [
-        "! The model took too long to start answering. Please try again, or ask something "
-        "shorter."
+        "! The model took too long to start answering. Please try again, or ask something shorter."
     ]
     assert await stored(faulty) == [("user", "are you there?", "ok")]
     assert await outcomes(faulty) == ["failed"]

@@ -592,6 +592,7 @@ class SlackAdapter:
                 team_id=str(body.get("team_id") or context.team_id or ""),
                 user_id=msg.sender.id,
                 assistant_thread=assistant,
+                status_for=self.core.settings.first_token_timeout,
                 options=self.sink_options,
                 support=self.streaming,
                 budget=self.updates,

@@ -48,6 +48,11 @@ NO_NATIVE_STREAMING = frozenset(
 THINKING = "is thinking..."
 # The longest the "is thinking..." call may take (the first reply waits for it to end).
 STATUS_WAIT = 2.0
+# Slack removes the status two minutes after it was set if no message was sent: while a
+# model thinks (up to RELAYBOT_FIRST_TOKEN_TIMEOUT) it is set again this often.
+STATUS_REFRESH = 100.0
+# How long the status is kept up by default (RELAYBOT_FIRST_TOKEN_TIMEOUT's default).
+STATUS_FOR = 300.0
 # chat.update errors meaning the message can no longer be edited: post a new one instead
 # (streaming_state_conflict: a native stream still open even after we tried to stop it).
 MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message", "streaming_state_conflict"})
@@ -954,6 +959,7 @@ class SlackSink:
         response_url: str | None = None,
         bot_user_id: str | None = None,
         admins: ChannelAdmins | None = None,
+        status_for: float = STATUS_FOR,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -977,7 +983,9 @@ class SlackSink:
         self.bot_user_id = bot_user_id
         self.admins = admins
         self._shut_out: BadInput | None = None  # Slack refused our posts; the person knows
-        self._status_task: asyncio.Task[None] | None = None  # "is thinking..." being set
+        self._status_task: asyncio.Task[None] | None = None  # "is thinking..." being kept up
+        self._status_for = status_for
+        self._status_stop = asyncio.Event()  # a reply is posted (or the run ended): stop it
 
     def can_stream_natively(self) -> bool:
         """Native streams are replies in a thread, for a known person."""
@@ -1128,11 +1136,33 @@ class SlackSink:
     async def typing(self) -> None:
         """In an assistant thread, show "is thinking..." (Slack clears it when we reply), in
         the background: the model is asked meanwhile, not after a slow Slack answered. The
-        first reply waits for it (`status_settled`), or the status would outlast it."""
+        first reply waits for it (`status_settled`), or the status would outlast it. Slack
+        drops the status after two minutes without a message, so while no reply is posted it
+        is set again every STATUS_REFRESH, for at most `status_for` (the wait for a model's
+        first words), and no longer once the run that asked for it has ended."""
         if not (self.assistant_thread and self.thread_ts):
             return
         if self._status_task is None:
-            self._status_task = asyncio.create_task(self._set_status())
+            self._status_task = asyncio.create_task(self._keep_status())
+            run = asyncio.current_task()
+            if run is not None:
+                run.add_done_callback(lambda _: self._status_stop.set())
+
+    async def _keep_status(self) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._status_for
+        while True:
+            await self._set_status()
+            pause = STATUS_REFRESH
+            if self._status_stop.is_set() or loop.time() + pause >= until:
+                return
+            try:
+                async with asyncio.timeout(pause):
+                    await self._status_stop.wait()
+                return  # a reply is being posted: Slack clears the status itself
+            except TimeoutError:
+                if self._status_stop.is_set():
+                    return
 
     async def _set_status(self) -> None:
         thread_ts = self.thread_ts or ""  # (typing() starts this only in a thread)
@@ -1149,7 +1179,11 @@ class SlackSink:
             log.info("assistant status not set: %s", type(err).__name__)
 
     async def status_settled(self) -> None:
-        """Wait for the "is thinking..." call to end (at most STATUS_WAIT after it began)."""
+        """Stop refreshing "is thinking..." and wait for a call in flight to end (at most
+        STATUS_WAIT after it began): none lands after the reply."""
         task = self._status_task
-        if task is not None and not task.done():
+        if task is None:
+            return
+        self._status_stop.set()
+        if not task.done():
             await asyncio.shield(task)

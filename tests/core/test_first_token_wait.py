@@ -68,21 +68,13 @@ async def answer(client: OpenAIClient) -> str:
     return "".join([d.text async for d in client.chat_stream(model="o3", messages=messages)])
 
 
+# Azure OpenAI opens each stream with a chunk of no choices (the prompt's filter results),
+# then the model thinks: that chunk is not the answer's start.
+@pytest.mark.parametrize("framing_first", [False, True], ids=["silent", "azure-framing"])
 async def test_a_think_past_the_idle_and_read_timeouts_is_waited_for(
-    http: httpx.AsyncClient, fake: FakeOpenAI
+    http: httpx.AsyncClient, fake: FakeOpenAI, framing_first: bool
 ) -> None:
-    fake.queue_reply("forty two")
-    fake.think_seconds = 0.8
-    assert await answer(client_for(http, fake, 1.5)) == "forty two"
-    assert len(fake.chat_requests()) == 1
-
-
-async def test_a_stream_that_opens_with_framing_then_thinks_is_waited_for(
-    http: httpx.AsyncClient, fake: FakeOpenAI
-) -> None:
-    # Azure OpenAI opens each stream with a chunk of no choices (the prompt's filter
-    # results), then the model thinks: that chunk is not the answer's start.
-    fake.prompt_filter_results = True
+    fake.prompt_filter_results = framing_first
     fake.queue_reply("forty two")
     fake.think_seconds = 0.8
     assert await answer(client_for(http, fake, 1.5)) == "forty two"

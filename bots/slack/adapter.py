@@ -831,6 +831,7 @@ class SlackAdapter:
             user_id=msg.sender.id,
             # A DM thread may be an assistant thread; setStatus failing elsewhere is harmless.
             assistant_thread=msg.is_direct and msg.chat.thread_id is not None,
+            status_for=self.core.settings.first_token_timeout,
             options=self.sink_options,
             support=self.streaming,
             budget=self.updates,

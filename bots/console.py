@@ -535,6 +535,10 @@ async def run_console(
                 raise
             if not line:
                 break
+            # Looked at again once the line came: the reader may have gone while we waited
+            # for it (`... | head -1` closes the pipe after the first answer's line).
+            if out.check_reader():
+                break
             if not line.strip():
                 continue
             msg = to_incoming(line, chat, user)

@@ -8,6 +8,7 @@ code 0, as Unix tools do.
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 from bots.console import run_console
@@ -27,6 +28,7 @@ def test_closing_the_output_ends_the_session_quietly(endpoint: FakeOpenAI, tmp_p
         proc.stdin.write("a\n")
         proc.stdin.flush()
         assert proc.stdout.readline() == "echo: a\n"
+        time.sleep(0.5)  # relaybot waits for the next line by now (it looked at its reader)
         proc.stdout.close()  # as `head -1` does once it has its line
 
         proc.stdin.write("b\nc\n")

@@ -128,6 +128,10 @@ def base_url_problem(url: str) -> str | None:
 OPENAI_AUDIO_BODY_LIMIT = 25 * 1024 * 1024
 DEFAULT_MAX_AUDIO_BYTES = OPENAI_AUDIO_BODY_LIMIT - 64 * 1024
 
+# RELAYBOT_FIRST_TOKEN_TIMEOUT's default: how long a streamed answer may go without its first
+# words (a reasoning model thinks in silence), and so how long platforms show the bot at work.
+FIRST_TOKEN_TIMEOUT = 300.0
+
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 _WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 MAX_RETENTION_DAYS = 36_500
@@ -284,7 +288,10 @@ class Settings(BaseSettings):
     # reasoning model sends nothing while it thinks (OpenAI's o-series and gpt-5: 60-300 s).
     # Later waits between chunks are stream_idle_timeout's.
     first_token_timeout: float = Field(
-        300.0, gt=0, allow_inf_nan=False, validation_alias=_env("RELAYBOT_FIRST_TOKEN_TIMEOUT")
+        FIRST_TOKEN_TIMEOUT,
+        gt=0,
+        allow_inf_nan=False,
+        validation_alias=_env("RELAYBOT_FIRST_TOKEN_TIMEOUT"),
     )
     max_connections: int = Field(100, gt=0, validation_alias=_env("RELAYBOT_MAX_CONNECTIONS"))
     max_retries: int = Field(2, ge=0, validation_alias=_env("RELAYBOT_MAX_RETRIES"))

@@ -20,7 +20,7 @@ from prometheus_client import (
 from sqlalchemy import func, select
 
 from core.db.database import answered_within
-from core.db.models import InboundEvent
+from core.db.models import NOT_ANSWERED, InboundEvent
 from core.ports import ReplySink, ReplyStream
 from core.types import Reply, ReplyKind
 
@@ -194,8 +194,7 @@ class Metrics:
         query = select(func.count()).select_from(InboundEvent)
         try:
             async with engine.connect() as conn:
-                waiting = InboundEvent.status.in_(("received", "deferred"))
-                depth = await conn.execute(query.where(waiting))
+                depth = await conn.execute(query.where(InboundEvent.status.in_(NOT_ANSWERED)))
                 self.inbox_depth.set(depth.scalar_one())
         except Exception as exc:  # the scrape must still answer; /readyz reports the database
             log.warning("inbox depth unavailable: %s", type(exc).__name__)

@@ -31,7 +31,7 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 from httpx_sse import EventSource
 
-from core.config import Settings
+from core.config import FIRST_TOKEN_TIMEOUT, Settings
 from core.errors import (
     AuthFailed,
     BadInput,
@@ -200,8 +200,6 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}
-# RELAYBOT_FIRST_TOKEN_TIMEOUT's default: how long a stream may send nothing at its start.
-FIRST_TOKEN_TIMEOUT = 300.0
 SSE_HEADERS = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
 KEEPALIVE_SECONDS = 15.0  # an idle connection to the model is closed after this
 
@@ -935,7 +933,7 @@ class OpenAIClient:
             except BaseException as exc:
                 watch.close()
                 if isinstance(exc, asyncio.CancelledError) and watch.expired():
-                    raise self._no_first_token(where) from None
+                    raise self._stalled(watch, where) from None
                 raise
             try:
                 if not response.is_success:
@@ -948,7 +946,7 @@ class OpenAIClient:
                 except BaseException as exc:
                     watch.close()
                     if isinstance(exc, asyncio.CancelledError) and watch.expired():
-                        raise self._no_first_token(where) from None
+                        raise self._stalled(watch, where) from None
                     raise
                 if head[:1] in (b"{", b"["):
                     # A whole JSON answer (servers that ignore `stream`), whatever its label.
@@ -1024,11 +1022,7 @@ class OpenAIClient:
                         yield delta
                 except asyncio.CancelledError:
                     if watch.expired():
-                        if watch.starting:
-                            raise self._no_first_token(where) from None
-                        raise UpstreamDown(
-                            f"{where}: no data for {self._idle_timeout:g} s"
-                        ) from None
+                        raise self._stalled(watch, where) from None
                     raise
                 finally:
                     watch.close()
@@ -1049,7 +1043,11 @@ class OpenAIClient:
             if held:
                 yield ChatDelta(held)
 
-    def _no_first_token(self, where: str) -> FirstTokenTimeout:
+    def _stalled(self, watch: _IdleWatch, where: str) -> RelaybotError:
+        """The error for a stream its watch cut: none of its words within the first wait,
+        or a silence after them."""
+        if not watch.starting:
+            return UpstreamDown(f"{where}: no data for {self._idle_timeout:g} s")
         return FirstTokenTimeout(
             f"{where}: the model sent nothing for {self._first_token_timeout:g} s after the "
             "request; not sent again (the model may still be thinking, and each request is "

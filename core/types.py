@@ -148,7 +148,7 @@ class ReplyKind(StrEnum):
 
 # IncomingMessage.continuation_id of a text whose rest is the chat's next message, whatever
 # its id, when sent within CUT_PARTS_SECONDS of it (a client sends a long paste's parts one
-# right after the other; Telegram dates them to the second).
+# right after the other; a platform may date messages to the whole second only).
 NEXT_MESSAGE = "next"
 CUT_PARTS_SECONDS = 2.0
 

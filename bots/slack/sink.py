@@ -29,6 +29,7 @@ from bots.slack.mrkdwn import (
     to_mrkdwn,
     unfinished_ping,
 )
+from core.config import FIRST_TOKEN_TIMEOUT
 from core.errors import BadInput, NotDelivered
 from core.types import Reply, ReplyKind
 
@@ -51,8 +52,6 @@ STATUS_WAIT = 2.0
 # Slack removes the status two minutes after it was set if no message was sent: while a
 # model thinks (up to RELAYBOT_FIRST_TOKEN_TIMEOUT) it is set again this often.
 STATUS_REFRESH = 100.0
-# How long the status is kept up by default (RELAYBOT_FIRST_TOKEN_TIMEOUT's default).
-STATUS_FOR = 300.0
 # chat.update errors meaning the message can no longer be edited: post a new one instead
 # (streaming_state_conflict: a native stream still open even after we tried to stop it).
 MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message", "streaming_state_conflict"})
@@ -959,7 +958,7 @@ class SlackSink:
         response_url: str | None = None,
         bot_user_id: str | None = None,
         admins: ChannelAdmins | None = None,
-        status_for: float = STATUS_FOR,
+        status_for: float = FIRST_TOKEN_TIMEOUT,
     ) -> None:
         self.client = client
         self.channel = channel

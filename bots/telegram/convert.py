@@ -20,6 +20,7 @@ from telegram import (
     Update,
 )
 
+from bots.telegram.formatting import utf16_len
 from core.commands import KNOWN
 from core.errors import BadInput
 from core.service import AUDIO_MIME_EXTENSIONS
@@ -216,7 +217,7 @@ def _seconds(media: object) -> float | None:
 def _may_be_cut(message: Message) -> bool:
     """Whether `message` is text as long as a part a client cut a longer text into."""
     text = message.text
-    return text is not None and len(text.encode("utf-16-le")) // 2 >= CUT_TEXT_UTF16
+    return text is not None and utf16_len(text) >= CUT_TEXT_UTF16
 
 
 def _continuation(message: Message) -> str:

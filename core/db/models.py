@@ -64,6 +64,7 @@ class Chat(Base):
 # the queries that must match it). "deferred": kept for a later attempt by the sweep (a
 # voice note nobody addressed whose transcription failed for now), without holding its chat.
 IN_HAND = ("received", "answered")  # waiting their turn, or being answered
+NOT_ANSWERED = ("received", "deferred")  # waiting their turn, or kept for a later attempt
 OPEN_STATUSES = (*IN_HAND, "deferred")
 OPEN_EVENTS = f"status IN ({', '.join(repr(status) for status in OPEN_STATUSES)})"
 

@@ -27,6 +27,35 @@ async def deliver_all(bot: Bot, updates: list[dict[str, Any]]) -> None:
     await bot.adapter.idle()
 
 
+async def joined_then_killed(
+    settings: Settings,
+    telegram: FakeTelegram,
+    monkeypatch: pytest.MonkeyPatch,
+    updates: list[dict[str, Any]],
+) -> None:
+    """A first process takes in a message sent in parts (`updates`), joins them, then dies
+    before answering it; then a second process resumes what it left, and drains."""
+    async with process(settings.model_copy(update={"shutdown_grace": 0})) as (first, _):
+        joined = asyncio.Event()
+
+        async def dies_before_answering(msg: Any, sink: Any) -> None:
+            joined.set()
+            await asyncio.Event().wait()  # the process dies here
+
+        monkeypatch.setattr(first.service, "_process", dies_before_answering)
+        ids = [await telegram.push_update(update) for update in updates]
+        await telegram.wait_delivered(ids[-1])
+        async with asyncio.timeout(10):
+            await joined.wait()
+        await first.service.shutdown()
+    assert telegram.chat_log(PRIVATE_CHAT) == []
+
+    async with process(settings) as (core, adapter):
+        # One message now: the other parts were closed when they were joined.
+        assert await core.service.resume({"telegram": adapter}) == 1
+        await core.service.drain()
+
+
 def pictures_sent(request: dict[str, Any]) -> list[str]:
     """The data URLs of the pictures in a chat request's last message."""
     content = request["messages"][-1]["content"]
@@ -104,26 +133,8 @@ async def test_an_album_cut_off_by_a_restart_is_answered_once_with_every_picture
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The first process joins the album's parts, then dies before answering it."""
-    async with process(settings.model_copy(update={"shutdown_grace": 0})) as (first, _):
-        joined = asyncio.Event()
-
-        async def dies_before_answering(msg: Any, sink: Any) -> None:
-            joined.set()
-            await asyncio.Event().wait()  # the process dies here
-
-        monkeypatch.setattr(first.service, "_process", dies_before_answering)
-        album = telegram.album_updates(PRIVATE_CHAT, [photo, SQUARE], caption="compare")
-        ids = [await telegram.push_update(update) for update in album]
-        await telegram.wait_delivered(ids[-1])
-        async with asyncio.timeout(10):
-            await joined.wait()
-        await first.service.shutdown()
-    assert telegram.chat_log(PRIVATE_CHAT) == []
-
-    async with process(settings) as (core, adapter):
-        # The album is one message now: the other part was closed when they were joined.
-        assert await core.service.resume({"telegram": adapter}) == 1
-        await core.service.drain()
+    album = telegram.album_updates(PRIVATE_CHAT, [photo, SQUARE], caption="compare")
+    await joined_then_killed(settings, telegram, monkeypatch, album)
 
     assert telegram.texts(PRIVATE_CHAT) == ["echo: compare"]
     requests = fake_openai.chat_requests()

@@ -7,7 +7,6 @@ to the limit. The bot answers the whole text once, as one message.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from core.config import Settings
 from core.testing.fake_openai import FakeOpenAI, message_text
 from core.testing.fake_telegram import FakeTelegram, utf16_len
 from tests.bots.telegram.conftest import GROUP, PRIVATE_CHAT, Bot
-from tests.bots.telegram.test_albums import deliver_all, statuses
+from tests.bots.telegram.test_albums import deliver_all, joined_then_killed, statuses
 from tests.bots.telegram.test_resumed_answers import process
 
 BOB = {"id": 2002, "is_bot": False, "first_name": "Bob", "username": "bob"}
@@ -293,25 +292,8 @@ async def test_a_joined_paste_cut_off_by_a_restart_is_answered_once(
     """The first process joins the paste's parts, then dies before answering it."""
     monkeypatch.setattr(core.service, "PARTS_QUIET_SECONDS", 0.3)
     parts = [log_text("a", 4090), "the end"]
-    async with process(settings.model_copy(update={"shutdown_grace": 0})) as (first, _):
-        joined = asyncio.Event()
-
-        async def dies_before_answering(msg: Any, sink: Any) -> None:
-            joined.set()
-            await asyncio.Event().wait()  # the process dies here
-
-        monkeypatch.setattr(first.service, "_process", dies_before_answering)
-        ids = [await telegram.push_update(telegram.text_update(PRIVATE_CHAT, p)) for p in parts]
-        await telegram.wait_delivered(ids[-1])
-        async with asyncio.timeout(10):
-            await joined.wait()
-        await first.service.shutdown()
-    assert telegram.chat_log(PRIVATE_CHAT) == []
-
-    async with process(settings) as (core_, adapter):
-        # One message now: the other part was closed when they were joined.
-        assert await core_.service.resume({"telegram": adapter}) == 1
-        await core_.service.drain()
+    updates = [telegram.text_update(PRIVATE_CHAT, p) for p in parts]
+    await joined_then_killed(settings, telegram, monkeypatch, updates)
 
     (request,) = fake_openai.chat_requests()
     assert asked(request) == "\n".join(parts)

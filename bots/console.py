@@ -223,6 +223,23 @@ class ConsoleOutput:
                 os.close(devnull)
 
 
+# What the model or the person may write but the terminal must not be given: the control
+# characters (category Cc) but newline and tab, since ESC starts sequences that set the
+# clipboard, show a link to somewhere else than its text, clear the screen or move the cursor,
+# and "\r", VT and FF move it too (an erase would miss rows); and the bidi overrides and
+# isolates, which show text in another order than it is in.
+_UNPRINTABLE = dict.fromkeys(
+    code
+    for code in [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    if chr(code) not in "\n\t"
+)
+
+
+def _printable(text: str) -> str:
+    """`text` as it may be shown on the terminal: without the characters of _UNPRINTABLE."""
+    return text.translate(_UNPRINTABLE)
+
+
 def _columns_of(char: str) -> int:
     """How many terminal columns a character takes: 2 for wide ones (CJK, most emoji), none
     for combining marks and control characters."""
@@ -232,16 +249,14 @@ def _columns_of(char: str) -> int:
 
 
 def screen_rows(text: str, columns: int) -> int:
-    """How many terminal rows `text` takes when printed from the start of a row, long
-    lines wrapping at `columns` (a wide character that does not fit goes to the next row);
-    the cursor is on the last of them."""
+    """How many terminal rows `text` (as _printable leaves it) takes when printed from the
+    start of a row, long lines wrapping at `columns` (a wide character that does not fit goes
+    to the next row); the cursor is on the last of them."""
     columns = max(columns, 2)
     rows, column = 1, 0
     for char in text:
         if char == "\n":
             rows, column = rows + 1, 0
-        elif char == "\r":
-            column = 0
         elif char == "\t":  # to the next tab stop, never past the right edge
             column = min((column // 8 + 1) * 8, max(column, columns - 1))
         elif width := _columns_of(char):
@@ -261,7 +276,9 @@ class ConsoleStream:
         self._retracted = False
 
     async def append(self, delta: str) -> None:
-        """Add text to the answer."""
+        """Add text to the answer (what is kept of it is what is shown, so that an erase
+        counts the rows it took)."""
+        delta = _printable(delta)
         self._parts.append(delta)
         if self._live and not self._retracted:
             self._out.write(delta)
@@ -276,7 +293,7 @@ class ConsoleStream:
             # Back to the row the answer started on, and clear from there down.
             self._out.write("\r" + (f"\x1b[{up}A" if up else "") + "\x1b[J")
         self._parts = []
-        self._out.write(f"[{notice}]\n")
+        self._out.write(f"[{_printable(notice)}]\n")
         self._out.flush()
         self._retracted = True
 
@@ -370,13 +387,13 @@ class ConsoleSink:
             else:
                 self._out.write(f"Image saved to {path.resolve()}\n")
         elif reply.kind is ReplyKind.ERROR:
-            self._out.write(f"! {reply.text}\n")
+            self._out.write(f"! {_printable(reply.text)}\n")
         elif reply.kind is ReplyKind.TRANSCRIPT:
-            self._out.write(f"Transcript: {reply.text}\n")
+            self._out.write(f"Transcript: {_printable(reply.text)}\n")
         elif reply.text == HELP_TEXT:  # the platforms' help, in the console's forms
             self._out.write(CONSOLE_HELP + "\n")
         else:
-            self._out.write(reply.text + "\n")
+            self._out.write(_printable(reply.text) + "\n")
         self._out.flush()
 
     @asynccontextmanager
@@ -545,7 +562,7 @@ async def run_console(
             if not isinstance(msg, str) and _makes_a_picture(msg.text):
                 msg = await sink.image_problem() or msg
             if isinstance(msg, str):
-                out.write(f"! {msg}\n")
+                out.write(f"! {_printable(msg)}\n")
                 out.flush()
                 continue
             await core.service.handle(msg, sink)

@@ -176,7 +176,8 @@ class EchoingTerminal(io.StringIO):
 
 class Screen(io.StringIO):
     """What a terminal `columns` wide shows of what was written to it: lines wrap at the
-    right edge, and the few escape codes an answer's erasing uses are obeyed."""
+    right edge, the few escape codes an answer's erasing uses are obeyed, and so are the
+    vertical tab, form feed and ESC D (index), which move the cursor down a row."""
 
     def __init__(self, columns: int) -> None:
         super().__init__()
@@ -188,9 +189,11 @@ class Screen(io.StringIO):
     def rows(self) -> list[str]:
         grid: list[list[str]] = [[]]
         row = col = 0
-        for token in re.findall(r"\x1b\[\d*[A-Za-z]|.|\n", self.getvalue(), re.DOTALL):
+        for token in re.findall(r"\x1b\[\d*[A-Za-z]|\x1bD|.|\n", self.getvalue(), re.DOTALL):
             if token == "\n":
                 row, col = row + 1, 0
+            elif token in ("\x0b", "\x0c", "\x1bD"):  # down a row, in the same column
+                row += 1
             elif token == "\r":
                 col = 0
             elif token.startswith("\x1b["):
@@ -233,5 +236,24 @@ async def test_a_withheld_answer_is_erased_from_the_terminal(
     assert "FLAGME" in screen.getvalue()  # it was streamed as it came ...
     assert not any("FLAGME" in row or "paragraph" in row for row in rows), rows  # ... and erased
     start = rows.index("you> tell me something")
+    assert rows[start + 1].startswith("[This answer was")
+    assert rows[-3:] == ["you> hello", "echo: hello", "you>"]
+
+
+@pytest.mark.parametrize("mover", ["\x0b", "\x0c", "\x1bD"], ids=["VT", "FF", "IND"])
+async def test_a_withheld_answer_moving_the_cursor_down_is_erased_whole(
+    core: Core, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, mover: str
+) -> None:
+    """Seen before: a vertical tab, form feed or ESC D in the answer moved the cursor down
+    rows the erase did not count, so it cleared too low and the flagged text stayed."""
+    monkeypatch.setenv("COLUMNS", "24")
+    fake_openai.queue_reply("Here is FLAGME content" + mover * 3 + "done")
+    screen = Screen(columns=24)
+
+    await run_console(core, stdin=EchoingTerminal("tell me\nhello\n", screen), stdout=screen)
+
+    rows = screen.rows()
+    assert not any("FLAGME" in row for row in rows), rows
+    start = rows.index("you> tell me")
     assert rows[start + 1].startswith("[This answer was")
     assert rows[-3:] == ["you> hello", "echo: hello", "you>"]

@@ -314,7 +314,7 @@ class SlackAdapter:
             authorize=authorize,
             logger=_BOLT_LOG,
         )
-        self._fetch_for = fetcher(core.http, self._token, self._file_info)
+        self._fetch_for = fetcher(core.http, self._token, self._file_info, settings)
         self._threads = _ThreadMemory()
         self._replies_paused_until = 0.0  # conversations.replies answered 429: not until then
         self._names: dict[str, str] = {}

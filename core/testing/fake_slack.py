@@ -17,7 +17,8 @@ carried out but before its answer goes back (a caller killed in that instant).
 `keep_out` makes a conversation one the bot cannot post in (`not_in_channel`, or
 `channel_not_found` for other people's DMs), as Slack answers there. Slash commands built
 with `response_url=slack.response_url` have what is posted to their response URL recorded in
-`slack.command_responses`. users.info answers the people `add_user` made (workspace admins
+`slack.command_responses`. `add_remote_file` makes a remote file as Slack shows one (url_private
+on another host). users.info answers the people `add_user` made (workspace admins
 and owners flagged as Slack flags them), conversations.info the conversations `add_channel`
 made (with their creator); others are `user_not_found` and `channel_not_found`.
 """
@@ -99,9 +100,29 @@ class FakeFile:
     filetype: str = ""
     require_token: bool = True
     redirect_host: str | None = None
+    # A remote file's (see `FakeSlack.add_remote_file`): Slack keeps only this URL.
+    external_url: str | None = None
+    external_type: str = "app"
 
     def to_event(self, base: str) -> dict[str, Any]:
-        """The file object as it appears in a message event."""
+        """The file object as it appears in a message event (and files.info gives it)."""
+        if self.external_url is not None:
+            # As files.remote.info shows one: url_private is the external URL itself.
+            return {
+                "id": self.id,
+                "name": self.name,
+                "title": self.name,
+                "mimetype": self.mimetype,
+                "filetype": self.filetype,
+                "size": 0,
+                "mode": "external",
+                "is_external": True,
+                "external_type": self.external_type,
+                "external_id": self.id.lower(),
+                "external_url": self.external_url,
+                "url_private": self.external_url,
+                "file_access": "visible",
+            }
         url = f"{base}/files-pri/T0-{self.id}/{self.name}"
         return {
             "id": self.id,
@@ -248,6 +269,31 @@ class FakeSlack(FakeServer):
             event["url_private_download"] = event["url_private"]
         return event
 
+    def add_remote_file(
+        self,
+        data: bytes,
+        *,
+        name: str,
+        mimetype: str = "application/vnd.slack-remote",
+        filetype: str = "remote",
+        external_type: str = "app",
+    ) -> dict[str, Any]:
+        """A remote file (files.remote.add by an app, then shared); returns its file object.
+
+        Slack holds only its name and external URL: url_private is that URL, on the app's
+        host, and the size is 0. That host is `localhost` here (the API being 127.0.0.1),
+        and answers `data` to anyone, as an app's server would (`downloads` records it).
+        A storage service's file (`external_type="gdrive"`) keeps its own `mimetype` and
+        `filetype`.
+        """
+        file_id = "F" + uuid.uuid4().hex[:10].upper()
+        url = f"http://localhost:{self.port}/remote/{file_id}/{name}"
+        item = FakeFile(
+            file_id, name, mimetype, data, filetype, external_url=url, external_type=external_type
+        )
+        self.files[file_id] = item
+        return item.to_event(self.url)
+
     def add_user(
         self,
         user_id: str,
@@ -367,8 +413,10 @@ class FakeSlack(FakeServer):
         return [args for name, args in self.arguments if name == method]
 
     def downloads(self) -> list[RecordedRequest]:
-        """Private file downloads seen so far (with or without a token)."""
-        return [r for r in self.requests if r.path.startswith(("/files-pri/", "/redirect/"))]
+        """File downloads seen so far (with or without a token): of private files, and of
+        remote files' external URLs."""
+        paths = ("/files-pri/", "/redirect/", "/remote/")
+        return [r for r in self.requests if r.path.startswith(paths)]
 
     async def wait_until(self, predicate: Callable[[], bool], within: float = 10) -> None:
         """Wait until `predicate()` holds, re-checking after each request the fake receives."""
@@ -405,6 +453,7 @@ class FakeSlack(FakeServer):
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/files-pri/{team_file}/{name}", self._download)
         app.router.add_get("/redirect/{file_id}", self._redirect)
+        app.router.add_get("/remote/{file_id}/{name}", self._remote)
         app.router.add_get("/socket", self._socket)
         app.router.add_post("/commands/response", self._command_response)
 
@@ -714,6 +763,13 @@ class FakeSlack(FakeServer):
             return web.Response(status=404, text="not found")
         target = f"http://{item.redirect_host}:{self.port}/files-pri/T0-{item.id}/{item.name}"
         raise web.HTTPFound(target)
+
+    async def _remote(self, request: web.Request) -> web.StreamResponse:
+        """A remote file's external URL: the app's own server, which asks for no token."""
+        item = self.files.get(request.match_info["file_id"])
+        if item is None or item.external_url is None:
+            return web.Response(status=404, text="not found")
+        return web.Response(body=item.data, content_type=item.mimetype)
 
     async def _command_response(self, request: web.Request) -> web.Response:
         """A message sent to a slash command's response_url (JSON), as Slack takes it."""

@@ -49,7 +49,9 @@ from core.errors import (
 log = logging.getLogger(__name__)
 
 _CONTEXT_MESSAGE = re.compile(
-    r"context[ _]length|maximum context|context window|context size|too many tokens", re.I
+    r"context[ _]length|maximum context|context window|context size|too many tokens"
+    r"|input tokens exceed",
+    re.I,
 )
 _TPM_TOO_LARGE = re.compile(r"request too large", re.I)
 _CONTENT_LIMIT = re.compile(r"content size limit \((\d+)\)", re.I)

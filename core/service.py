@@ -52,7 +52,13 @@ from core.moderation import UNCHECKED_NOTICE, WITHHELD_NOTICE, Moderator
 from core.openai_client import EncodedMessage, OpenAIClient, Picture, Usage, image_mime
 from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
-from core.tokens import TokenCounter, context_window, counter_for, picture_tokens
+from core.tokens import (
+    TokenCounter,
+    context_window,
+    counter_for,
+    max_input_tokens,
+    picture_tokens,
+)
 from core.trimming import Budget, fit_newest
 from core.types import (
     CUT_PARTS_SECONDS,
@@ -471,7 +477,11 @@ class _UserTurn:
         window.append(self._turn)
         if not window.fit(budget):
             # Older turns would fit too: the window is read again, once the turn is stored.
+            # Nothing is asked with it: the store is followed as for a turn not speculated on
+            # (else `confirmed` would find the window gone and have the request, built from
+            # the store already, made a second time).
             service.windows.drop(self._chat_key)
+            self._turn = self._window = None
             return None
         service.windows.resized(self._chat_key)
         return window.messages({"role": "system", "content": system})
@@ -1709,21 +1719,25 @@ class ConversationService:
         self, chat_key: str, system: str, model: str, budget: int, upto: int | None = None
     ) -> list[dict[str, Any]]:
         """System prompt + the newest history that fits `budget`, oldest first (ending with
-        the turn `upto`, when given)."""
+        the turn `upto`, when given: turns stored after it are not sent, nor take room)."""
         counter = counter_for(model)
         window = self.windows.get(chat_key)
-        if window is None or window.encoding != counter.stored_as or not window.fit(budget):
-            window = await self._read_window(chat_key, counter, budget)
+        if (
+            window is None
+            or window.encoding != counter.stored_as
+            or (upto is not None and window.last_id != upto)
+            or not window.fit(budget)
+        ):
+            window = await self._read_window(chat_key, counter, budget, upto)
         else:
             self.windows.resized(chat_key)
-        messages = window.messages({"role": "system", "content": system})
-        if upto is None:
-            return messages
-        later = sum(1 for turn in window.turns if turn.id > upto)
-        return messages[: len(messages) - later] if later else messages
+        return window.messages({"role": "system", "content": system})
 
-    async def _read_window(self, chat_key: str, counter: TokenCounter, budget: int) -> ChatWindow:
-        """The newest history that fits `budget`, read from the store (and kept, if it may)."""
+    async def _read_window(
+        self, chat_key: str, counter: TokenCounter, budget: int, upto: int | None = None
+    ) -> ChatWindow:
+        """The newest history that fits `budget`, read from the store (and kept, if it may);
+        with `upto`, the history as it stood after that turn."""
         turns: list[Turn] = []
         # The revision is read with the first page; the next append checks it, so a change
         # made while later pages are read only costs a fresh read next time.
@@ -1732,6 +1746,8 @@ class ConversationService:
 
         async def costs() -> AsyncIterator[int]:
             async for row in history:
+                if upto is not None and row.id > upto:
+                    continue  # (/retry: transcripts posted since the question it answers)
                 turn = self._turn(
                     row.id,
                     {
@@ -1752,7 +1768,9 @@ class ConversationService:
         window = ChatWindow(
             revision or 0, counter.stored_as, reversed(turns[:count]), older, history.last_id
         )
-        if revision is not None and self.windows.max_bytes > 0:
+        # A window that left later turns out is not the chat's history: it is not kept.
+        whole = upto is None or history.last_id == upto
+        if revision is not None and whole and self.windows.max_bytes > 0:
             self.windows.put(chat_key, window)
         return window
 
@@ -1763,11 +1781,13 @@ class ConversationService:
         return min(configured, self._told_windows.get(model, configured))
 
     def _history_budget(self, model: str, system_tokens: int) -> int:
-        """Tokens of `model`'s window left for history beside the system prompt and reply."""
+        """Tokens of `model`'s window left for history beside the system prompt and reply,
+        within the model's input limit."""
         return Budget(
             window=self._window(model),
             reply_tokens=self.settings.reply_tokens,
             system_tokens=system_tokens,
+            max_input=max_input_tokens(model),
         ).history_tokens
 
     def _refused_as_too_long(self, model: str, refused: ContextTooLong, budget: int) -> None:
@@ -1778,10 +1798,14 @@ class ConversationService:
         leaves half the history, so that the chat's next messages fit at once instead of
         each being refused first."""
         window = self._window(model)
+        # What the request could take, reply included: less than the window where the model
+        # takes less input (gpt-5), so that half the history is half of what was sent.
+        limit = max_input_tokens(model)
+        room = window if limit is None else min(window, limit + self.settings.reply_tokens)
         stated = _STATED_WINDOW.search(str(refused))
-        told = int(stated.group(1).replace(",", "")) if stated else window
-        if told >= window:  # no number, or one our count already keeps to (tokenizers differ)
-            told = window - budget // 2
+        told = int(stated.group(1).replace(",", "")) if stated else room
+        if told >= room:  # no number, or one our count already keeps to (tokenizers differ)
+            told = room - budget // 2
         self._told_windows[model] = told
         log.warning(
             "the endpoint refused a request that fitted the model's window: using a smaller "

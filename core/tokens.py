@@ -176,6 +176,13 @@ CONTEXT_WINDOWS: dict[str, int] = {
     "o3-mini": 200_000,
     "o4-mini": 200_000,
 }
+# Where the API takes less input than the window less the reply, the most it takes (whatever
+# RELAYBOT_CONTEXT_TOKENS says); looked up as CONTEXT_WINDOWS is. OpenAI's gpt-5 models keep
+# 128,000 of their 400,000 tokens for the reply whatever a request asks for, and refuse more
+# than 272,000 of input ("Input tokens exceed the configured limit of 272000 tokens", code
+# context_length_exceeded). Later releases with a larger window (gpt-5.4) are held to it too:
+# their own limits differ by variant, and none takes less.
+MAX_INPUT_TOKENS: dict[str, int] = {"gpt-5": 272_000}
 
 
 # What a picture costs in a request, as OpenAI counts it for GPT-4o and its like at high
@@ -214,16 +221,29 @@ def context_window(model: str, override: int | None = None) -> int:
 
 
 @functools.lru_cache(maxsize=64)
+def max_input_tokens(model: str) -> int | None:
+    """The most input tokens the API takes for `model` when that is less than its window
+    less the reply (MAX_INPUT_TOKENS), else None."""
+    return _table_entry(MAX_INPUT_TOKENS, model)
+
+
+@functools.lru_cache(maxsize=64)
 def _table_window(model: str) -> int:
     """The table's window for `model` (looked up once per model: it is asked every message)."""
+    window = _table_entry(CONTEXT_WINDOWS, model)
+    return DEFAULT_CONTEXT_WINDOW if window is None else window
+
+
+def _table_entry(table: dict[str, int], model: str) -> int | None:
+    """`table`'s value for the longest of its names that `model` starts with."""
     name = _normalise(model)
     if name.startswith("ft:"):  # fine-tunes: "ft:gpt-4o-mini-2024-07-18:org::id"
         name = name[3:]
     # Each GPT-5 release's ChatGPT model ("gpt-5.1-chat-latest") has the chat window, not
     # the 400k of the release it is named after.
     name = _GPT5_CHAT.sub("gpt-5-chat", name)
-    matches = [prefix for prefix in CONTEXT_WINDOWS if _has_prefix(name, prefix)]
-    return CONTEXT_WINDOWS[max(matches, key=len)] if matches else DEFAULT_CONTEXT_WINDOW
+    matches = [prefix for prefix in table if _has_prefix(name, prefix)]
+    return table[max(matches, key=len)] if matches else None
 
 
 def _has_prefix(name: str, prefix: str) -> bool:

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 
 from core.config import Settings
 from core.errors import ContextTooLong
-from core.tokens import PER_MESSAGE_TOKENS, PRIMING_TOKENS, ROLE_TOKENS, context_window
+from core.tokens import (
+    PER_MESSAGE_TOKENS,
+    PRIMING_TOKENS,
+    ROLE_TOKENS,
+    context_window,
+    max_input_tokens,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,21 +23,29 @@ class Budget:
     window: int
     reply_tokens: int
     system_tokens: int
+    # The most input the API takes, where it takes less than the window less the reply
+    # (`core.tokens.max_input_tokens`).
+    max_input: int | None = None
 
     @property
     def history_tokens(self) -> int:
         """Tokens left for history messages (their costs include per-message overhead)."""
         system_cost = self.system_tokens + PER_MESSAGE_TOKENS + ROLE_TOKENS
-        return self.window - self.reply_tokens - system_cost - PRIMING_TOKENS
+        room = self.window - self.reply_tokens
+        if self.max_input is not None:
+            room = min(room, self.max_input)
+        return room - system_cost - PRIMING_TOKENS
 
 
 def history_budget(settings: Settings, model: str, system_tokens: int) -> int:
     """Tokens of `model`'s window (or RELAYBOT_CONTEXT_TOKENS) left for history beside a
-    system prompt of `system_tokens` and the reply's reserve."""
+    system prompt of `system_tokens` and the reply's reserve, within the model's input
+    limit."""
     return Budget(
         window=context_window(model, settings.context_tokens),
         reply_tokens=settings.reply_tokens,
         system_tokens=system_tokens,
+        max_input=max_input_tokens(model),
     ).history_tokens
 
 

@@ -854,38 +854,32 @@ _ANSWER_COLUMNS = ("role", "content", "name", "token_count", "encoding", "status
 
 
 def _pop_last_answer(conn: Connection, chat_key: str) -> PoppedAnswer | None:
-    rows = conn.execute(
-        select(
-            Message.id,
-            Message.role,
-            Message.content,
-            Message.name,
-            Message.token_count,
-            Message.encoding,
-            Message.status,
-            Message.event_key,
+    # The newest turn someone asked: refused turns and transcripts nobody asked about were
+    # never answered, and any number of them may have come since (a group that gets
+    # transcripts). Both look-ups use the chat's (chat_key, id) index: back from its newest
+    # turn to the one asked, then the answer's rows after it.
+    user = conn.execute(
+        select(*_HISTORY_COLUMNS)
+        .where(
+            Message.chat_key == chat_key,
+            Message.role == "user",
+            Message.status.not_in(("withheld", "heard")),
         )
-        .where(Message.chat_key == chat_key)
         .order_by(Message.id.desc())
-        .limit(20)
+        .limit(1)
+    ).first()
+    if user is None:
+        return None
+    doomed = conn.execute(
+        select(Message.id, *(getattr(Message, column) for column in _ANSWER_COLUMNS))
+        .where(Message.chat_key == chat_key, Message.id > user.id, Message.role != "user")
+        .order_by(Message.id)
     ).all()
-    doomed: list[Any] = []
-    for row in rows:
-        if row.role == "user" and row.status in ("withheld", "heard"):
-            # Refused, or a transcript nobody asked about: never answered, so the answer
-            # before it is the one to retry.
-            continue
-        if row.role == "user":
-            if doomed:
-                conn.execute(delete(Message).where(Message.id.in_([r.id for r in doomed])))
-                bump_revision(conn, chat_key)
-            removed = tuple(
-                {column: getattr(r, column) for column in _ANSWER_COLUMNS}
-                for r in reversed(doomed)
-            )
-            return PoppedAnswer(StoredMessage(*row[:6]), removed)
-        doomed.append(row)
-    return None
+    if doomed:
+        conn.execute(delete(Message).where(Message.id.in_([r.id for r in doomed])))
+        bump_revision(conn, chat_key)
+    removed = tuple({column: getattr(r, column) for column in _ANSWER_COLUMNS} for r in doomed)
+    return PoppedAnswer(StoredMessage(*user), removed)
 
 
 def _restore_answer(conn: Connection, chat_key: str, popped: PoppedAnswer) -> bool:

@@ -314,6 +314,10 @@ class FakeOpenAI(FakeServer):
         self.redirect_to: str | None = None
         # When set, chat prompts longer than this many (rough) tokens get context_length_exceeded.
         self.context_tokens: int | None = None
+        # By model: the most (rough) tokens of input a chat request may carry, refused past
+        # it as OpenAI refuses gpt-5's past 272,000 ("Input tokens exceed the configured
+        # limit of 272000 tokens. ...", context_length_exceeded), whatever its window.
+        self.max_input_tokens: dict[str, int] = {}
         # What each picture (an image_url part) adds to a request's count (0: nothing).
         self.tokens_per_picture = 0
         # "b64_json" (GPT image models) or "url" (the retired DALL·E style, served by this fake).
@@ -502,6 +506,15 @@ class FakeOpenAI(FakeServer):
                 f"This model's maximum context length is {self.context_tokens} tokens. "
                 f"However, your messages resulted in {prompt_tokens} tokens. "
                 "Please reduce the length of the messages.",
+                code="context_length_exceeded",
+                param="messages",
+            )
+        input_limit = self.max_input_tokens.get(model)
+        if input_limit is not None and prompt_tokens > input_limit:
+            return _error(
+                400,
+                f"Input tokens exceed the configured limit of {input_limit} tokens. Your messages "
+                f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
                 code="context_length_exceeded",
                 param="messages",
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import timedelta
 from typing import Any
@@ -19,10 +20,10 @@ from core.errors import ContextTooLong
 from core.history import ChatWindow, HistoryCache, Turn
 from core.openai_client import EncodedMessage
 from core.privacy import forget_chat, purge_expired
-from core.testing.fake_openai import FakeOpenAI
+from core.testing.fake_openai import FakeOpenAI, make_png
 from core.testing.sink import RecordingSink
 from core.trimming import fit_newest
-from core.types import ChatRef, IncomingMessage, Sender
+from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sender
 
 _ids = itertools.count(1)
 
@@ -194,6 +195,57 @@ async def test_a_longer_budget_brings_older_turns_back(
         assert len(sent_history(fake_openai)) > short
         stored = await stored_history(core)
         assert sent_history(fake_openai) == stored[-len(sent_history(fake_openai)) :]
+
+
+async def ask(core: Core, fake: FakeOpenAI, text: str, *pictures: Attachment) -> list[str]:
+    """Send one message; what it showed. The model must have been asked for it once: a
+    second request is a second wait (a reasoning model thinks twice), billed unrecorded."""
+    before = len(fake.chat_requests())
+    sink = RecordingSink()
+    await core.service.handle(dataclasses.replace(message(text), attachments=pictures), sink)
+    assert len(fake.chat_requests()) - before == 1, "the model was asked more than once"
+    return sink.texts
+
+
+@pytest.mark.parametrize("change", ["/system be brief", "/model gpt-4-turbo"])
+async def test_more_room_for_history_brings_older_turns_back_in_one_request(
+    settings: Settings, fake_openai: FakeOpenAI, change: str
+) -> None:
+    """A shorter system prompt, or a model with a bigger window and the same tokenizer (the
+    held window fits it, but older turns would too): read again before the model is asked."""
+    fake_openai.models = [*fake_openai.models, "gpt-4", "gpt-4-turbo"]  # 8,192 and 128k
+    async with open_core(settings.model_copy(update={"chat_model": "gpt-4"})) as core:
+        await say(core, "/system " + "be brief " * 400)
+        for i in range(16):
+            await say(core, f"turn {i} " + "word " * 300)
+        short = len(sent_history(fake_openai))
+        await say(core, change)
+        assert await ask(core, fake_openai, "next") == ["echo: next"]
+        sent = sent_history(fake_openai)
+        assert len(sent) > short
+        assert sent == (await stored_history(core))[-len(sent) :]
+
+
+async def test_the_first_text_after_a_picture_is_asked_once(
+    settings: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """A picture's room in a request is taken from the history's: the next message, without
+    one, has room for older turns again."""
+    png = make_png(1024, 1024)
+
+    async def fetch() -> bytes:
+        return png
+
+    picture = Attachment(AttachmentKind.IMAGE, "image/png", len(png), "p.png", fetch)
+    async with open_core(small_window(settings, 4000)) as core:
+        for i in range(60):
+            await say(core, f"turn {i} " + "word " * 30)
+        await ask(core, fake_openai, "what is this?", picture)
+        with_picture = len(sent_history(fake_openai))
+        assert await ask(core, fake_openai, "and now just text") == ["echo: and now just text"]
+        sent = sent_history(fake_openai)
+        assert len(sent) > with_picture
+        assert sent == (await stored_history(core))[-len(sent) :]
 
 
 async def test_no_window_is_kept_when_the_cache_is_off(

@@ -450,6 +450,10 @@ async def test_context_overflow_said_only_in_the_message_is_recognised(
     fake.fail_next(400, message="This model's maximum context length is 4096 tokens.")
     with pytest.raises(ContextTooLong):
         await client.chat(model="local-llama", messages=user("hi"))
+    # A gateway passing on gpt-5's input limit without OpenAI's code.
+    fake.fail_next(400, message="Input tokens exceed the configured limit of 272000 tokens.")
+    with pytest.raises(ContextTooLong):
+        await client.chat(model="gpt-5", messages=user("hi"))
 
 
 async def test_content_policy_maps_to_content_refused(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +32,9 @@ from core.types import Attachment, AttachmentKind, ChatRef, IncomingMessage, Sen
 # A surrogate code point: in a str only as half of a pair the text lost its other half
 # (Python's stdin turns bytes that are not UTF-8 into them; JSON may carry "\ud83d" alone).
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Claims (and chat leases) renewed per statement: a bound list stays far below the drivers'
+# limits on parameters however much work a process holds.
+RENEW_BATCH = 1000
 
 
 def valid_text(text: str) -> str:
@@ -250,23 +253,38 @@ class Inbox:
         await self.db.run(_finish, event_id, status, self.worker_id, autocommit=True)
 
     async def release(self, event_ids: Sequence[int]) -> None:
-        """Give unfinished events back (shutdown): the next sweep anywhere takes them."""
+        """Give unfinished events back (shutdown): the next sweep anywhere takes them. Not
+        one another process holds now (this one stalled and was taken over): giving that
+        away would have a third take it on again beside its new owner."""
         if event_ids:
-            await self.db.run(_release, list(event_ids))
+            await self.db.run(_release, list(event_ids), self.worker_id)
 
     async def defer(self, event_id: int) -> None:
         """Give an event back for a later attempt by the sweep, without holding its chat:
         "deferred" is open, but not waiting (the chat's later events go first)."""
         await self.db.run(_defer, event_id, self.worker_id)
 
-    async def renew(self) -> None:
-        """Extend the leases of everything this process holds (call well within the lease)."""
+    async def renew(self, event_ids: Collection[int], chat_keys: Collection[str]) -> None:
+        """Extend the claims of `event_ids` and the leases of the chats `chat_keys`, the
+        ones this process works on (call well within the lease).
+
+        Only those: a claim or lease of this process that no work holds any more (the
+        event stored but the reply to it lost, a chat whose release failed) must run out,
+        so that a sweep answers the event and the chat's next message is not kept waiting.
+        """
         # Two statements, each on its own: holding the events' locks while waiting for the
         # leases' (or the other way round) could deadlock with an answer being stored.
         until = self._until()
-        await self.db.run(_renew_events, self.worker_id, until, autocommit=True)
+        ids, keys = sorted(event_ids), sorted(chat_keys)
+        for start in range(0, len(ids), RENEW_BATCH):
+            batch = ids[start : start + RENEW_BATCH]
+            await self.db.run(_renew_events, self.worker_id, batch, until, autocommit=True)
         if self.shared:
-            await self.db.run(_renew_leases, self.worker_id, until, autocommit=True)
+            for start in range(0, len(keys), RENEW_BATCH):
+                batch_keys = keys[start : start + RENEW_BATCH]
+                await self.db.run(
+                    _renew_leases, self.worker_id, batch_keys, until, autocommit=True
+                )
 
     async def claim_abandoned(
         self,
@@ -439,10 +457,14 @@ def _finish(conn: Connection, event_id: int, status: str, worker_id: str) -> Non
     )
 
 
-def _release(conn: Connection, event_ids: list[int]) -> None:
+def _release(conn: Connection, event_ids: list[int], worker_id: str) -> None:
     conn.execute(
         update(InboundEvent)
-        .where(InboundEvent.id.in_(event_ids), InboundEvent.status.in_(OPEN_STATUSES))
+        .where(
+            InboundEvent.id.in_(event_ids),
+            InboundEvent.status.in_(OPEN_STATUSES),
+            InboundEvent.claimed_by == worker_id,
+        )
         .values(claimed_by=None, lease_until=None)
     )
 
@@ -460,18 +482,26 @@ def _defer(conn: Connection, event_id: int, worker_id: str) -> None:
     )
 
 
-def _renew_events(conn: Connection, worker_id: str, until: datetime) -> None:
+def _renew_events(conn: Connection, worker_id: str, event_ids: list[int], until: datetime) -> None:
     # The statuses as literal SQL, as the partial index ix_inbound_events_open_claims names
     # them (bound parameters would not let a kept plan use it).
     conn.execute(
         update(InboundEvent)
-        .where(InboundEvent.claimed_by == worker_id, text(OPEN_EVENTS))
+        .where(
+            InboundEvent.id.in_(event_ids),
+            InboundEvent.claimed_by == worker_id,
+            text(OPEN_EVENTS),
+        )
         .values(lease_until=until)
     )
 
 
-def _renew_leases(conn: Connection, worker_id: str, until: datetime) -> None:
-    conn.execute(update(ChatLease).where(ChatLease.holder == worker_id).values(lease_until=until))
+def _renew_leases(conn: Connection, worker_id: str, chat_keys: list[str], until: datetime) -> None:
+    conn.execute(
+        update(ChatLease)
+        .where(ChatLease.chat_key.in_(chat_keys), ChatLease.holder == worker_id)
+        .values(lease_until=until)
+    )
 
 
 def _claim_abandoned(

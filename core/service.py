@@ -390,7 +390,7 @@ class _Job:
     closed: bool = False
     # The chat's settings, read when the chat's turn began (in the same transaction).
     settings: ChatSettings | None = None
-    # The answer's transaction also ended the chat's lease (PostgreSQL replicas).
+    # The chat's lease ended (PostgreSQL replicas), with the answer's transaction or after.
     released: bool = False
     # Which time this event is taken on (1: as it arrived; a resumed one counts up).
     attempt: int = 1
@@ -644,24 +644,28 @@ class ConversationService:
         outcome = "done"
         _current.set(job)
         try:
-            # The chat's turn first, then a working slot: a job holding a slot never waits
-            # for another chat's turn, so the two cannot deadlock.
-            async with job.ticket, self._slots:
+            # The chat's turn first (in this process's queue, then across replicas), then a
+            # working slot: a job holding a slot never waits for a turn, so the two cannot
+            # deadlock. (Waiting for the turn inside a slot, the messages after a crashed
+            # replica's could take every slot while the older ones, resumed, waited for one.)
+            async with job.ticket:
                 # No settings yet: the chat was not free when the event was stored, an earlier
                 # event went first (and may have taken this one in, see `_gathered`).
                 waited = job.settings is None
                 if waited:
                     job.settings = await self._wait_for_chat(msg.chat, job.event_id)
                 try:
-                    whole = await self._gathered(job, waited)
-                    if whole is None:
-                        job.closed = True  # answered with an earlier part, which closed it
-                    else:
-                        job.msg = whole
-                        await self._process(whole, sink)
+                    async with self._slots:
+                        whole = await self._gathered(job, waited)
+                        if whole is None:
+                            job.closed = True  # answered with an earlier part, which closed it
+                        else:
+                            job.msg = whole
+                            await self._process(whole, sink)
                 finally:
                     if not job.released:
                         await self.inbox.release_chat(msg.chat.key)
+                        job.released = True
         except asyncio.CancelledError:
             # Shutdown past the grace period: the event stays open for the next process.
             outcome = "released"
@@ -883,8 +887,11 @@ class ConversationService:
         interval = max(self.settings.lease_seconds / 3, 0.05)
         while self._jobs:
             await asyncio.sleep(interval)
+            jobs = list(self._jobs.values())
+            # The claims and chat turns this process's work holds (see `Inbox.renew`).
+            held = {j.msg.chat.key for j in jobs if j.settings is not None and not j.released}
             try:
-                await self.inbox.renew()
+                await self.inbox.renew([j.event_id for j in jobs], held)
                 if self.inbox.shared:
                     await self._drop_taken_over()
             except Exception:
@@ -933,13 +940,34 @@ class ConversationService:
                 # The answer was stored (and so delivered): never send it twice.
                 await self.inbox.finish(event.id, "done")
                 continue
-            stored = decode_message(event.event_key, event.payload)
-            refs = decode_reply_refs(event.reply_ref)
-            if refs:
-                stored = dataclasses.replace(stored, reply_refs=refs)
-            restored = restorers[stored.chat.platform].restore(stored)
+            try:
+                stored = decode_message(event.event_key, event.payload)
+                refs = decode_reply_refs(event.reply_ref)
+                if refs:
+                    stored = dataclasses.replace(stored, reply_refs=refs)
+                restored = restorers[stored.chat.platform].restore(stored)
+            except Exception:
+                # Not one this release can take on (a newer one's, say): it must not stop
+                # the recovery of every event after it, sweep after sweep.
+                await self.inbox.finish(event.id, "failed")
+                self.metrics.failed(event.chat_key.partition(":")[0], "unreadable")
+                log.exception(
+                    "operator action needed: an unfinished message could not be read to be "
+                    "taken on again; it is given up",
+                    extra={"chat": event.chat_key},
+                )
+                continue
             if restored is None:
-                await self.inbox.release([event.id])
+                if event.attempts >= GIVE_UP_AFTER:  # never taken on: nobody to tell
+                    await self.inbox.finish(event.id, "failed")
+                    log.error(
+                        "operator action needed: a message was given up after %d attempts "
+                        "(its platform could not take it on again)",
+                        event.attempts,
+                        extra={"chat": event.chat_key},
+                    )
+                else:
+                    await self.inbox.release([event.id])
                 continue
             msg, sink = restored
             if event.attempts >= GIVE_UP_AFTER:

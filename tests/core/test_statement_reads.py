@@ -198,7 +198,7 @@ async def test_each_statement_of_a_message_reads_only_its_own_chat(
         # the heartbeat.
         await core.service.inbox.remember_reply("reads:2", ["m1"])
         await core.service.inbox.user_turn_stored("reads:2")
-        await core.service.inbox.renew()
+        await core.service.inbox.renew([1, 2], ["test:new"])
         per_message = sent[:]
     assert len(per_message) >= 6, per_message
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from bots.links import shows_nothing
+
 _PARSER = MarkdownIt("commonmark").enable("strikethrough")
 # Link targets Slack's `<url|label>` may carry: anything else there is markup of Slack's own
 # (`<!channel|look>`, `<@U123|boss>` ping people), so a link to it is shown as its label.
@@ -53,14 +55,79 @@ def _linkable(target: str) -> bool:
     return _LINKABLE.match(target) is not None and not any(c in target for c in "<>|")
 
 
+# -- links that show nothing (see `bots.links.shows_nothing`) -----------------------------
+_LINK_SYNTAX = re.compile(r"(\\.)|([\[\]()])")  # an escaped character, or a bracket or parenthesis
+
+
+def _label(children: Sequence[Token], start: int) -> str:
+    """The words of the link opened at `children[start]`, as a person reads them."""
+    words = []
+    for tok in children[start + 1 :]:
+        if tok.type == "link_close":
+            break
+        words.append(tok.content)
+    return "".join(words)
+
+
+def _hides_link(markdown: str) -> bool:
+    """Whether Slack, formatting `markdown` itself, would show a link (or an image's) whose
+    words show nothing."""
+    if "[" not in markdown:
+        return False
+    for block in _PARSER.parse(markdown):
+        children = block.children or []
+        for index, tok in enumerate(children):
+            if tok.type == "link_open":
+                target, words = str(tok.attrGet("href") or ""), _label(children, index)
+            elif tok.type == "image":
+                target, words = str(tok.attrGet("src") or ""), tok.content
+            else:
+                continue
+            if _linkable(target) and shows_nothing(words):
+                return True
+    return False
+
+
+def without_hidden_links(markdown: str, since: int = 0) -> str:
+    """`markdown` for Slack to format itself (a markdown block, a stream's markdown_text)
+    with no link in it that shows nothing: where it has one, the brackets and parentheses
+    of its text from `since` on (what comes before was sent already) are escaped, so that
+    it makes no links, and every address shows as written. Code blocks are left as written.
+
+    Escaping all of them (not only the hidden link's) needs no position of a link in the
+    source, which markdown-it does not give, and holds for a stream too: no link can end in
+    the new text, nor a reference be defined there. Only a hostile answer has such a link."""
+    if not _hides_link(markdown):
+        return markdown
+    starts = [0]
+    for line in markdown.split("\n"):
+        starts.append(starts[-1] + len(line) + 1)
+    code = [
+        (starts[block.map[0]], starts[block.map[1]])
+        for block in _PARSER.parse(markdown)
+        if block.type in ("fence", "code_block", "html_block") and block.map is not None
+    ]
+    out = [markdown[:since]]
+    done = since
+    for begin, end in [*code, (len(markdown), len(markdown))]:
+        if end <= done:
+            continue
+        text = markdown[done : max(begin, done)]
+        out.append(_LINK_SYNTAX.sub(lambda m: m.group(1) or "\\" + m.group(2), text))
+        out.append(markdown[max(begin, done) : end])
+        done = end
+    return "".join(out)
+
+
 def _inline(children: Sequence[Token], *, bold: bool = False) -> str:
     """mrkdwn for a paragraph's inline tokens; `bold`: all of it is made bold (a heading),
     so its own bold marks are left out ("## **Summary**" is `*Summary*`, not `**Summary**`)."""
     out: list[str] = []
     link: list[str] | None = None
     href = ""
+    words = ""  # the link's words, as a person reads them
     marks = {"strong": "*", "em": "_", "s": "~"}
-    for tok in children:
+    for index, tok in enumerate(children):
         target = link if link is not None else out
         kind = tok.type
         if kind == "text":
@@ -75,12 +142,13 @@ def _inline(children: Sequence[Token], *, bold: bool = False) -> str:
             target.append(marks[kind.rsplit("_", 1)[0]])
         elif kind == "link_open":
             href = str(tok.attrGet("href") or "")
+            words = _label(children, index)
             link = []
         elif kind == "link_close" and link is not None:
             label = "".join(link)
             if not _linkable(href):
                 out.append(label)  # `[look](!channel)` is "look", never `<!channel|look>`
-            elif label and label != escape(href):
+            elif not shows_nothing(words) and label != escape(href):
                 out.append(f"<{href}|{label}>")
             else:
                 out.append(f"<{href}>")
@@ -88,7 +156,8 @@ def _inline(children: Sequence[Token], *, bold: bool = False) -> str:
         elif kind == "image":
             src = str(tok.attrGet("src") or "")
             alt = escape(tok.content)
-            out.append(f"<{src}|{alt or 'image'}>" if _linkable(src) else alt)
+            label = "image" if shows_nothing(alt) else alt
+            out.append(f"<{src}|{label}>" if _linkable(src) else alt)
         elif kind in ("html_inline",):
             target.append(escape(tok.content))
     return "".join(out)

@@ -28,6 +28,7 @@ from bots.slack.mrkdwn import (
     escape,
     to_mrkdwn,
     unfinished_ping,
+    without_hidden_links,
 )
 from core.config import FIRST_TOKEN_TIMEOUT
 from core.errors import BadInput, NotDelivered
@@ -35,6 +36,11 @@ from core.types import Reply, ReplyKind
 
 log = logging.getLogger("relaybot.slack.sink")
 
+# Every post goes without link previews (unfurls). Slack fetches the links of a bot's
+# message for one at once, no one clicking (media links by default): a link the model was
+# led to write (by a page pasted in, a voice note) would hand the chat's words to whoever
+# runs its address. Only chat.postMessage takes these (not chat.update nor the streams).
+NO_UNFURLS: dict[str, Any] = {"unfurl_links": False, "unfurl_media": False}
 # Errors meaning "this workspace/channel cannot stream natively": fall back to edits.
 NO_NATIVE_STREAMING = frozenset(
     {
@@ -438,11 +444,13 @@ def _markdown_payload(markdown: str, text_prefix: str = "") -> dict[str, Any]:
     """A post/update body: mrkdwn text (notifications, old clients) plus a markdown block.
 
     Slack formats a markdown block itself and does not document that it leaves `<!channel>`
-    or `<@U123>` alone: they are defused (`defuse_pings`), as in a stream's markdown_text.
+    or `<@U123>` alone: they are defused (`defuse_pings`), as in a stream's markdown_text;
+    nor may a link in it hide (`without_hidden_links`).
     """
     payload: dict[str, Any] = {"text": text_prefix + _fallback_text(markdown)}
     if markdown.strip():
-        payload["blocks"] = [{"type": "markdown", "text": defuse_pings(markdown)}]
+        text = without_hidden_links(defuse_pings(markdown))
+        payload["blocks"] = [{"type": "markdown", "text": text}]
     return payload
 
 
@@ -509,9 +517,10 @@ class SlackStream:
         """Move appended text into the buffer of the current mode.
 
         A native stream's pieces go to Slack as they are, and are not sent again: each is
-        defused first (see `_markdown_payload`), and unless `whole` (the answer is
-        complete) an end that may yet become a ping ("<", "<@", "<!chan") waits for the
-        text after it. Edits send the whole message each time, defused then."""
+        defused first, and made to hide no link with what its message shows before it (see
+        `_markdown_payload`); unless `whole` (the answer is complete) an end that may yet
+        become a ping ("<", "<@", "<!chan") waits for the text after it. Edits send the
+        whole message each time, defused then."""
         if not self._incoming:
             return
         if not self._native:
@@ -522,7 +531,9 @@ class SlackStream:
         held = 0 if whole else unfinished_ping(self._incoming)
         text = self._incoming[: len(self._incoming) - held]
         self._incoming = self._incoming[len(text) :]
-        self._pending += defuse_pings(text)
+        before = self._streamed + self._pending
+        shown = without_hidden_links(before + defuse_pings(text), len(before))
+        self._pending += shown[len(before) :]
 
     def _due_in(self) -> float | None:
         """Seconds until the next flush (0 or less: now), or None when nothing waits."""
@@ -783,6 +794,7 @@ class SlackStream:
             channel=sink.channel,
             thread_ts=sink.thread_ts,
             metadata=sink.metadata,
+            **NO_UNFURLS,
             **payload,
         )
         self._created(str(response["ts"]))
@@ -1073,6 +1085,7 @@ class SlackSink:
                 thread_ts=self.thread_ts,
                 text=head,
                 metadata=metadata or self.notice_metadata,
+                **NO_UNFURLS,
             )
 
     async def post_markdown(self, markdown: str) -> None:
@@ -1085,6 +1098,7 @@ class SlackSink:
                 channel=self.channel,
                 thread_ts=self.thread_ts,
                 metadata=self.notice_metadata,
+                **NO_UNFURLS,
                 **_markdown_payload(head),
             )
 

@@ -13,6 +13,8 @@ from markdown_it import MarkdownIt
 from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
+from bots.links import shows_nothing
+
 MAX_MESSAGE_UTF16 = 4096
 MAX_CAPTION_UTF16 = 1024
 # Where a streamed answer rolls over into a new message: below 4096 so that closing a code
@@ -188,11 +190,28 @@ def markdown_to_html(markdown: str, *, pad_tables: bool = True) -> str:
     return "".join(out).strip()
 
 
+def _label(children: Sequence[Token], start: int) -> str:
+    """The words of the link opened at `children[start]`, as a person reads them."""
+    words = []
+    for child in children[start + 1 :]:
+        if child.type == "link_close":
+            break
+        if child.type == "image":
+            words.append(child.content or str(child.attrGet("alt") or ""))
+        else:
+            words.append(child.content)
+    return "".join(words)
+
+
 def _render_inline(children: Sequence[Token]) -> str:
     parts: list[str] = []
     links: list[bool] = []  # per open link: whether an <a> was written
-    for child in children:
+    hidden = False  # inside a link with blank words: its address is shown instead
+    for index, child in enumerate(children):
         kind = child.type
+        if hidden:
+            hidden = kind != "link_close"
+            continue
         if kind == "text":
             parts.append(_escape(child.content))
         elif kind in ("softbreak", "hardbreak"):
@@ -214,6 +233,10 @@ def _render_inline(children: Sequence[Token]) -> str:
         elif kind == "link_open":
             href = str(child.attrGet("href") or "")
             safe = href.lower().startswith(_SAFE_SCHEMES)
+            if safe and shows_nothing(_label(children, index)):
+                parts.append(_escape(href))  # nothing hidden: the address, as text
+                hidden = True
+                continue
             links.append(safe)
             if safe:
                 parts.append(f'<a href="{html.escape(href, quote=True)}">')

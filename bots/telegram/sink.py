@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from telegram import Message, ReplyParameters
+from telegram import LinkPreviewOptions, Message, ReplyParameters
 from telegram.constants import ChatAction, ChatMemberStatus, ParseMode
 from telegram.error import (
     BadRequest,
@@ -53,6 +53,11 @@ from core.types import EVERY_VOICE_NOTE, Reply, ReplyKind
 log = logging.getLogger("relaybot.telegram")
 
 T = TypeVar("T")
+
+# Every text goes without a link preview. Telegram's servers fetch a message's first link
+# for one at once, no one clicking: a link the model was led to write (by a page pasted in,
+# a voice note) would hand the chat's words to whoever runs its address.
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 # The longest a visible message waits for a "typing…" call still in flight. Telegram shows
 # the action for about 5 s from when it arrives, even under a message sent before it: so
@@ -224,6 +229,7 @@ class TelegramSink:
                     lambda: self.bot.send_message(
                         text=html_text,
                         parse_mode=ParseMode.HTML,
+                        link_preview_options=NO_PREVIEW,
                         reply_parameters=self._reply_parameters(),
                         rate_limit_args=limit,
                         **self._where(),
@@ -241,6 +247,7 @@ class TelegramSink:
         message = await self._call(
             lambda: self.bot.send_message(
                 text=plain,
+                link_preview_options=NO_PREVIEW,
                 reply_parameters=self._reply_parameters(),
                 rate_limit_args=limit,
                 **self._where(),
@@ -274,6 +281,7 @@ class TelegramSink:
                             chat_id=self.chat_id,
                             message_id=message_id,
                             parse_mode=ParseMode.HTML,
+                            link_preview_options=NO_PREVIEW,
                             rate_limit_args=limit,
                         ),
                         attempts,
@@ -286,7 +294,11 @@ class TelegramSink:
                 shown = plain
             await self._call(
                 lambda: self.bot.edit_message_text(
-                    text=plain, chat_id=self.chat_id, message_id=message_id, rate_limit_args=limit
+                    text=plain,
+                    chat_id=self.chat_id,
+                    message_id=message_id,
+                    link_preview_options=NO_PREVIEW,
+                    rate_limit_args=limit,
                 ),
                 attempts,
             )
@@ -588,6 +600,7 @@ class TelegramStream:
         rendered = None if self._plain_preview else _html_or_none(text)
         try:
             if self._drafts:
+                # (sendMessageDraft takes no link_preview_options, unlike sendMessage.)
                 await sink.bot.send_message_draft(
                     chat_id=sink.chat_id,
                     draft_id=self._draft_id,

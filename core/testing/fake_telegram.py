@@ -9,6 +9,8 @@ webhook when one is set, and enforces the rules that bite: 4096 UTF-16 units per
 1024 per caption, well-formed Telegram HTML, 20 MB downloads, "message is not modified".
 `fail_next`/`rate_limit_next` inject errors; `delay` and `hold` make a method slow;
 `flood_limit` answers 429, as Telegram does, to a bot sending too much into one group.
+A message's first link is fetched for a preview, as Telegram's servers do, unless its
+link_preview_options turn previews off: `previews` lists every address fetched so.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ _STRING_PARAMS = frozenset(
         "language_code",
     }
 )
+
+
+# An address in a message's text, which Telegram makes a link of (a "url" entity), roughly.
+_URL = re.compile(r"https?://[^\s<>\"]+", re.IGNORECASE)
 
 
 def utf16_len(text: str) -> int:
@@ -296,6 +302,8 @@ class SentMessage:
     file_id: str | None = None
     edits: list[str] = field(default_factory=list)  # earlier visible texts, oldest first
     deleted: bool = False
+    # The address of the link preview shown under it (fetched by Telegram), if any.
+    link_preview: str | None = None
 
 
 @dataclass(slots=True)
@@ -377,6 +385,8 @@ class FakeTelegram(FakeServer):
         self.command_lists: dict[CommandScope, list[dict[str, Any]]] = {}
         self.log: dict[int, list[SentMessage]] = {}
         self.drafts: list[Draft] = []
+        # Every address Telegram's servers fetched to show a link preview, in order.
+        self.previews: list[str] = []
         self.chat_actions: list[dict[str, Any]] = []
         self.files: dict[str, FakeFile] = {}
         self.downloads: list[str] = []
@@ -1411,11 +1421,37 @@ class FakeTelegram(FakeServer):
             raise _bad_request(too_long)
         return source, parse_mode, visible, entities
 
+    def _preview(
+        self, params: dict[str, Any], visible: str, entities: list[dict[str, Any]]
+    ) -> str | None:
+        """Fetch the link a sent or edited text shows a preview of, as Telegram does at once
+        (no one clicking): link_preview_options' url, else the text's first link; none
+        where link_preview_options (or the older disable_web_page_preview) turn it off."""
+        options = params.get("link_preview_options")
+        options = options if isinstance(options, dict) else {}
+        if options.get("is_disabled") is True or params.get("disable_web_page_preview") is True:
+            return None
+        links = [
+            (entity["offset"], str(entity["url"]))
+            for entity in entities
+            if entity.get("type") == "text_link"
+        ]
+        links += [
+            (utf16_len(visible[: m.start()]), m.group(0).rstrip(".,;:!?)'"))
+            for m in _URL.finditer(visible)
+        ]
+        url = options.get("url") or (min(links)[1] if links else None)
+        if not url:
+            return None
+        self.previews.append(str(url))
+        return str(url)
+
     def _send_message(self, params: dict[str, Any]) -> Any:
         chat_id = self._chat_id(params)
         source, parse_mode, visible, entities = self._checked_text(params, "message is too long")
         thread = self._thread_of(chat_id, params)
         reply_to = self._reply_to(chat_id, params)
+        preview = self._preview(params, visible, entities)
         sent = SentMessage(
             chat_id=chat_id,
             message_id=self._next_message_id(chat_id),
@@ -1426,6 +1462,7 @@ class FakeTelegram(FakeServer):
             entities=entities,
             thread_id=thread,
             reply_to=reply_to,
+            link_preview=preview,
         )
         return self._store(sent)
 
@@ -1449,6 +1486,7 @@ class FakeTelegram(FakeServer):
             source,
             parse_mode,
         )
+        sent.link_preview = self._preview(params, visible, entities)
         return self.message_dict(sent)
 
     def _send_message_draft(self, params: dict[str, Any]) -> Any:

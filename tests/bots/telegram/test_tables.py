@@ -40,7 +40,7 @@ async def test_a_table_longer_than_a_message_repeats_its_head_row_in_the_next(bo
     assert log[-1].text.endswith("row319 | value319")
 
 
-@pytest.mark.parametrize("answer", ["#", "[](https://example.com)", "` `"])
+@pytest.mark.parametrize("answer", ["#", "![](https://example.com/a.png)", "` `"])
 async def test_an_answer_whose_formatting_shows_nothing_is_sent_as_it_was_written(
     bot: Bot, answer: str
 ) -> None:

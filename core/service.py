@@ -217,6 +217,16 @@ def picture_too_large(size: int | None = None) -> BadInput:
     )
 
 
+def audio_too_large(limit: int) -> BadInput:
+    """The error for audio over RELAYBOT_MAX_AUDIO_BYTES, `limit` (adapters that download it
+    raise it too)."""
+    megabytes = f"{limit / 2**20:.1f}".removesuffix(".0")  # the default: "24.9"
+    return BadInput(
+        "audio too large",
+        user_message=f"That audio file is too large to transcribe (the limit is {megabytes} MB).",
+    )
+
+
 def _is_text_file(attachment: Attachment) -> bool:
     mime = attachment.mime.split(";")[0].strip().lower()
     stem, _, ext = attachment.filename.rpartition(".")
@@ -2045,13 +2055,7 @@ class ConversationService:
         self, msg: IncomingMessage, audio: Attachment, *, translate: bool
     ) -> str:
         limit = self.settings.max_audio_bytes
-        megabytes = f"{limit / 2**20:.1f}".removesuffix(".0")  # the default: "24.9"
-        too_big = BadInput(
-            "audio too large",
-            user_message=(
-                f"That audio file is too large to transcribe (the limit is {megabytes} MB)."
-            ),
-        )
+        too_big = audio_too_large(limit)
         if audio.size is not None and audio.size > limit:
             raise too_big
         filename = audio_filename(audio)

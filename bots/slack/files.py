@@ -12,7 +12,7 @@ import httpx
 from bots.slack.events import attachment_kind
 from core.config import Settings
 from core.errors import BadInput, UpstreamDown
-from core.service import MAX_IMAGE_BYTES, picture_too_large
+from core.service import MAX_IMAGE_BYTES, audio_too_large, picture_too_large
 from core.types import AttachmentKind
 
 log = logging.getLogger("relaybot.slack.files")
@@ -177,14 +177,7 @@ def _limit(kind: AttachmentKind, name: str, settings: Settings) -> tuple[int, Ba
     if kind is AttachmentKind.IMAGE:
         return MAX_IMAGE_BYTES, picture_too_large()
     if kind is AttachmentKind.AUDIO:
-        limit = settings.max_audio_bytes
-        megabytes = f"{limit / 2**20:.1f}".removesuffix(".0")
-        return limit, BadInput(
-            "slack audio file too large",
-            user_message=(
-                f"That audio file is too large to transcribe (the limit is {megabytes} MB)."
-            ),
-        )
+        return settings.max_audio_bytes, audio_too_large(settings.max_audio_bytes)
     # Any other file the core reads as text, up to max_input_chars characters (4 bytes at
     # most each in UTF-8).
     chars = settings.max_input_chars

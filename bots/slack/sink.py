@@ -258,8 +258,8 @@ class ChannelAdmins:
                 level,
                 "cannot tell who administers a channel (%s); its members are trusted alike%s",
                 key,
-                " (reinstall the Slack app: its manifest asks for users:read, channels:read "
-                "and groups:read)"
+                " (reinstall the Slack app: its manifest asks for users:read, channels:read, "
+                "groups:read and mpim:read)"
                 if reason == "missing_scope"
                 else "",
             )

@@ -567,8 +567,24 @@ async def _run(name: str, reads: str, check: Callable[[], Awaitable[Found]]) -> 
     return [found] if isinstance(found, Result) else found
 
 
+async def _through(
+    proxy: str | None,
+    check: Callable[[Settings, httpx.AsyncClient], Awaitable[Result]],
+    settings: Settings,
+) -> Result:
+    """`check` with a client of its own that goes through `proxy`, or directly over
+    aiohttp's pool (as python-telegram-bot's requests do: see TelegramAdapter.setup)."""
+    from core.openai_client import pooled_transport
+
+    transport = httpx.AsyncHTTPTransport(proxy=proxy) if proxy else pooled_transport(1)
+    async with httpx.AsyncClient(transport=transport) as http:
+        return await check(settings, http)
+
+
 async def run_checks(settings: Settings) -> list[Result]:
     """Every check, in the order a person would fix them."""
+    from slack_sdk.proxy_env_variable_loader import load_http_proxy_from_env
+
     from core.openai_client import build_http_client
 
     def blocking(check: Callable[[Settings], Found]) -> Callable[[], Awaitable[Found]]:
@@ -589,10 +605,7 @@ async def run_checks(settings: Settings) -> list[Result]:
                 "http client", exc, "check RELAYBOT_HTTP_PROXY: http://HOST:PORT or https://..."
             )
         )
-        results += [
-            Result(name, Status.SKIP, "not checked without an HTTP client")
-            for name in ("model endpoint", "telegram", "slack")
-        ]
+        results.append(Result("model endpoint", Status.SKIP, "not checked without an HTTP client"))
     else:
         try:
             results += await _run(
@@ -600,16 +613,21 @@ async def run_checks(settings: Settings) -> list[Result]:
                 "OPENAI_BASE_URL and OPENAI_API_KEY",
                 lambda: check_model_endpoint(settings, http),
             )
-            results += await _run(
-                "telegram",
-                "TELEGRAM_API_BASE_URL and TELEGRAM_BOT_TOKEN",
-                lambda: check_telegram(settings, http),
-            )
-            results += await _run(
-                "slack", "SLACK_API_URL and SLACK_BOT_TOKEN", lambda: check_slack(settings, http)
-            )
         finally:
             await http.aclose()
+    # The platforms as their adapters reach them: not through RELAYBOT_HTTP_PROXY (the
+    # model's alone). python-telegram-bot's requests take no proxy; slack_sdk, the Slack
+    # adapter's client, takes one from HTTPS_PROXY or HTTP_PROXY in the environment.
+    results += await _run(
+        "telegram",
+        "TELEGRAM_API_BASE_URL and TELEGRAM_BOT_TOKEN",
+        lambda: _through(None, check_telegram, settings),
+    )
+    results += await _run(
+        "slack",
+        "SLACK_API_URL and SLACK_BOT_TOKEN",
+        lambda: _through(load_http_proxy_from_env(), check_slack, settings),
+    )
     results += await _run("tokenizer", "TIKTOKEN_CACHE_DIR", lambda: check_tokenizer(settings))
     results += await _run(
         "system prompt",

@@ -7,6 +7,8 @@ from typing import Protocol
 
 from aiohttp import web
 
+from core.errors import ConfigError
+
 ReadyCheck = Callable[[], Awaitable[str | None]]
 
 
@@ -56,11 +58,23 @@ class HttpServer:
         return web.Response(body=body, headers={"Content-Type": self._metrics.content_type})
 
     async def start(self) -> None:
-        """Listen; port 0 picks a free port (read it from `port`)."""
+        """Listen; port 0 picks a free port (read it from `port`). An address that cannot be
+        listened on (a host name that does not resolve, an address not on this machine, a
+        port in use) is a ConfigError naming the settings."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._requested_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            # asyncio says "error while attempting to bind on address (...): <reason>".
+            reason = (exc.strerror or str(exc)).rpartition(": ")[2]
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            raise ConfigError(
+                f"cannot listen on {host}:{self._requested_port} ({reason}); check "
+                "RELAYBOT_HTTP_HOST and RELAYBOT_HTTP_PORT"
+            ) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._requested_port

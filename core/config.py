@@ -6,7 +6,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
@@ -51,10 +51,45 @@ _DATABASE_SCHEMES = {
 }
 
 
+# What a PostgreSQL URL's query may hold. asyncpg.connect() keywords that take text, and
+# SQLAlchemy's statement cache size, go to the driver as they are (SQLAlchemy passes the
+# query as keywords); libpq's settings that hosted URLs carry are given to asyncpg in its own
+# terms (`asyncpg_connect_args`). Anything else would stop every connection with a TypeError.
+_ASYNCPG_TEXT_ARGS = frozenset(
+    {
+        "ssl",
+        "host",
+        "user",
+        "password",
+        "database",
+        "passfile",
+        "service",
+        "servicefile",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+        "command_timeout",
+        "prepared_statement_cache_size",
+    }
+)
+# libpq's settings asyncpg reads only from a connection URI (by libpq's rules, PGSSL*
+# variables too; one it does not know is a server setting, as application_name and options).
+_LIBPQ_DSN_SETTINGS = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "application_name", "options")
+_LIBPQ_SETTINGS = frozenset({*_LIBPQ_DSN_SETTINGS, "connect_timeout", "channel_binding"})
+_VERIFYING_SSL_MODES = ("verify-ca", "verify-full")
+
+
+def _last(value: str | tuple[str, ...]) -> str:
+    """A query value; the last one of a setting given twice (as libpq and asyncpg take it)."""
+    return value if isinstance(value, str) else value[-1]
+
+
 def normalize_database_url(url: str) -> str:
     """`url` as relaybot's engine takes it: postgres:// and postgresql:// as
     postgresql+asyncpg://, sqlite:// as sqlite+aiosqlite://, libpq's `sslmode` as asyncpg's
-    `ssl`. Raises ValueError saying what to set (never showing the password) otherwise."""
+    `ssl`, libpq's other settings checked (`asyncpg_connect_args` translates them). Raises
+    ValueError saying what to set (never showing the password or a setting's value)
+    otherwise."""
     scheme, sep, rest = url.strip().partition("://")
     driver = _DATABASE_SCHEMES.get(scheme.lower()) if sep else None
     if driver is None:
@@ -78,13 +113,71 @@ def normalize_database_url(url: str) -> str:
         raise ValueError(
             f"this {scheme}:// URL cannot be read; set it to {DATABASE_URL_FORMS}"
         ) from None
-    if driver == "postgresql+asyncpg" and "sslmode" in parsed.query:
-        # asyncpg takes libpq's sslmode values (disable ... verify-full) as `ssl`.
+    if driver == "postgresql+asyncpg" and parsed.query:
         query = dict(parsed.query)
-        mode = query.pop("sslmode")
-        query.setdefault("ssl", mode)
-        normalized = parsed.set(query=query).render_as_string(hide_password=False)
+        if "sslmode" in query:
+            # asyncpg takes libpq's sslmode values (disable ... verify-full) as `ssl`.
+            query.setdefault("ssl", query.pop("sslmode"))
+            normalized = parsed.set(query=query).render_as_string(hide_password=False)
+        _check_postgres_query(query)
     return normalized
+
+
+def _check_postgres_query(query: dict[str, str | tuple[str, ...]]) -> None:
+    """Raise ValueError for a setting in a PostgreSQL URL's query that cannot work, naming
+    the setting and never its value (sslkey's path, say, is nobody else's business)."""
+    for key in query:
+        if key not in _ASYNCPG_TEXT_ARGS and key not in _LIBPQ_SETTINGS:
+            raise ValueError(
+                f"the URL's ?{key}= is a setting relaybot's PostgreSQL driver (asyncpg) does "
+                "not take; remove it from the URL (of libpq's it takes sslmode, sslrootcert, "
+                "sslcert, sslkey, sslcrl, connect_timeout, application_name, options and "
+                "channel_binding)"
+            )
+    timeout = query.get("connect_timeout")
+    if timeout is not None and not re.fullmatch(r"-?\d+", _last(timeout).strip()):
+        raise ValueError("the URL's connect_timeout must be a whole number of seconds, e.g. 10")
+    binding, ssl = (_last(query.get(key, "")) for key in ("channel_binding", "ssl"))
+    if binding == "require" and ssl == "disable":
+        raise ValueError(
+            "the URL's channel_binding=require needs TLS, which its sslmode=disable turns off; "
+            "remove one of them"
+        )
+
+
+def asyncpg_connect_args(url: str) -> tuple[str, dict[str, Any]]:
+    """A database URL as `normalize_database_url` made it, split into the URL SQLAlchemy's
+    asyncpg dialect takes and the asyncpg.connect() arguments libpq's settings in it stand
+    for (values that are not text: SQLAlchemy passes the query's as text). Other URLs come
+    back as they are, with no arguments."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return url, {}
+    query = dict(parsed.query)
+    args: dict[str, Any] = {}
+    if "connect_timeout" in query:
+        # libpq: zero or less waits for ever.
+        seconds = int(_last(query.pop("connect_timeout")))
+        args["timeout"] = float(seconds) if seconds > 0 else None
+    dsn = {key: _last(query.pop(key)) for key in _LIBPQ_DSN_SETTINGS if key in query}
+    binding = _last(query.pop("channel_binding", ""))
+    if binding == "require" and _last(query.get("ssl", "")) not in _VERIFYING_SSL_MODES:
+        # asyncpg signs in with SCRAM-SHA-256 but has no channel binding (-PLUS), so it
+        # cannot refuse a server in the middle that relays the sign-in, which is what
+        # channel_binding=require is for (Neon's URLs ask for it). Checking the server's
+        # certificate and name (libpq's sslmode=verify-full) refuses that server as well:
+        # against the URL's sslrootcert, else the system's CAs (asyncpg's ssl=True), which
+        # sign hosted databases' certificates.
+        if "sslrootcert" in dsn:
+            query["ssl"] = "verify-full"
+        else:
+            query.pop("ssl", None)
+            args["ssl"] = True
+    if dsn:
+        # asyncpg reads these from a connection URI only; the keywords beside it (host,
+        # user, ...) take precedence over the URI's, which names no server.
+        args["dsn"] = "postgresql://?" + urlencode(dsn, quote_via=quote)
+    return parsed.set(query=query).render_as_string(hide_password=False), args
 
 
 BASE_URL_FORMS = "e.g. https://api.openai.com/v1 or http://localhost:11434/v1"
@@ -187,6 +280,9 @@ TELEGRAM_BASE_URL_FORMS = (
     "e.g. https://api.telegram.org/bot, or http://HOST:8081/bot for a self-hosted Bot API server"
 )
 _OFFICIAL_BOT_API = "api.telegram.org"
+# What the app's HTTP server answers itself (bots/http_server.py), and Slack's events: the
+# Telegram webhook cannot be served there.
+_NOT_WEBHOOK_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/slack/events"})
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Proxy schemes httpx takes; socks5 needs the socksio package (httpx[socks]).
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -519,6 +615,13 @@ class Settings(BaseSettings):
                 "webhook_url",
                 "must start with https:// (Telegram posts updates only to https URLs), e.g. "
                 "https://bot.example.com/telegram/webhook",
+            )
+        path = parts[2] or "/"
+        if path in _NOT_WEBHOOK_PATHS:
+            raise PydanticCustomError(
+                "webhook_url",
+                f"its path {path} is one relaybot serves for something else; end the URL with "
+                "/telegram/webhook, e.g. https://bot.example.com/telegram/webhook",
             )
         return url
 

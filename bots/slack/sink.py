@@ -173,11 +173,12 @@ class ChannelAdmins:
 
     A workspace admin, owner or primary owner (users.info: `is_admin`, `is_owner`,
     `is_primary_owner`; needs users:read) and the channel's creator (conversations.info:
-    `creator`; needs channels:read, or groups:read for a private channel) count; its other
-    members do not. A DM or group DM has no one above the others: everyone is trusted
-    alike (None). A look-up that fails (a missing scope, an error, no answer in time) says
-    nothing either (None: members are trusted alike, as before), is logged at debug level
-    once per kind, and is asked again next time; what Slack answered is kept a minute.
+    `creator`; needs channels:read, groups:read for a private channel, mpim:read for a group
+    DM) count; its other members do not. A DM or group DM has no one above the others:
+    everyone is trusted alike (None). A look-up that fails (a missing scope, an error, no
+    answer in time) says nothing either (None: members are trusted alike, as before), is
+    logged at debug level once per kind, and is asked again next time; what Slack answered
+    is kept a minute.
     """
 
     def __init__(self, ttl: float = ADMIN_LOOKUP_TTL) -> None:

@@ -54,8 +54,6 @@ from core.types import ChatRef, Fetch, IncomingMessage
 log = logging.getLogger("relaybot.telegram")
 
 WEBHOOK_PATH = "/telegram/webhook"
-# What the app's HTTP server answers itself, or Slack's events: no webhook path.
-_NOT_WEBHOOK_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/slack/events"})
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 _SECRET_LABEL = b"relaybot telegram webhook secret"
 ALLOWED_UPDATES = ["message"]
@@ -229,14 +227,10 @@ class TelegramAdapter:
     def webhook_paths(self) -> list[str]:
         """The paths the webhook is served on: TELEGRAM_WEBHOOK_URL's own (where Telegram
         posts when nothing in between rewrites it) and the fixed /telegram/webhook (where
-        an ingress that routes by another path may forward it)."""
+        an ingress that routes by another path may forward it). Settings refuse a path the
+        HTTP server answers for something else."""
         assert self._webhook_url is not None
         path = urlsplit(self._webhook_url).path or "/"
-        if path in _NOT_WEBHOOK_PATHS:
-            raise ConfigError(
-                f"TELEGRAM_WEBHOOK_URL's path {path} is one relaybot serves for something "
-                f"else; end the URL with {WEBHOOK_PATH}"
-            )
         return [WEBHOOK_PATH] if path == WEBHOOK_PATH else [path, WEBHOOK_PATH]
 
     @staticmethod

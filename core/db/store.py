@@ -30,6 +30,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault, Table
 
 from core.accounting import spend_day, spend_subjects
+from core.config import asyncpg_connect_args
 from core.db import database
 from core.db.database import Database, Statement, sqlite_pragmas
 from core.db.models import (
@@ -93,14 +94,17 @@ def create_engine(
         "max_overflow": max_overflow,
         "hide_parameters": True,
     }
-    if not synchronous_commit and not url.startswith("sqlite"):
-        kwargs["connect_args"] = {"server_settings": {"synchronous_commit": "off"}}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
         # SQLite takes one writer at a time: several connections of one process only make
         # them fight over the file lock ("database is locked" under load). One connection
         # queues them in the pool instead, in order; WAL keeps reads cheap.
         kwargs.update(pool_size=1, max_overflow=0, pool_timeout=120)
+    else:
+        # libpq's settings in the URL (connect_timeout, TLS files, ...) as asyncpg takes them.
+        url, kwargs["connect_args"] = asyncpg_connect_args(url)
+        if not synchronous_commit:
+            kwargs["connect_args"]["server_settings"] = {"synchronous_commit": "off"}
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -197,13 +199,32 @@ def test_a_sqlite_url_without_its_async_driver_is_used_as_meant(
 
 
 @pytest.mark.skipif(not POSTGRES_URL, reason="RELAYBOT_TEST_POSTGRES_URL unset")
-@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
+@pytest.mark.parametrize(
+    "scheme,query",
+    [
+        ("postgres", {"sslmode": "disable"}),
+        ("postgresql", {"sslmode": "disable"}),
+        # Neon's settings (its URLs end in ?sslmode=require&channel_binding=require; the test
+        # server has no TLS, so the values a server without it takes).
+        ("postgresql", {"sslmode": "prefer", "channel_binding": "prefer"}),
+        # libpq's, as people add them: each stopped every connection with a TypeError.
+        (
+            "postgres",
+            {
+                "sslmode": "disable",
+                "connect_timeout": "10",
+                "application_name": "relaybot-hosted",
+                "options": "-c statement_timeout=60000",
+            },
+        ),
+    ],
+)
 async def test_a_postgres_url_as_hosting_platforms_give_it_is_used_as_meant(
-    endpoint: FakeOpenAI, tmp_path: Path, postgres_url: str, scheme: str
+    endpoint: FakeOpenAI, tmp_path: Path, postgres_url: str, scheme: str, query: dict[str, str]
 ) -> None:
     await reset_postgres(postgres_url)
-    # As Heroku, Render, Fly.io or Neon hand it out: no driver, maybe an sslmode.
-    url = make_url(postgres_url).set(drivername=scheme).update_query_dict({"sslmode": "disable"})
+    # As Heroku, Render, Fly.io or Neon hand it out: no driver, libpq's settings.
+    url = make_url(postgres_url).set(drivername=scheme).update_query_dict(query)
     env = {
         **endpoint_env(endpoint),
         "RELAYBOT_DATABASE_URL": url.render_as_string(hide_password=False),
@@ -215,6 +236,66 @@ async def test_a_postgres_url_as_hosting_platforms_give_it_is_used_as_meant(
     assert result.stdout.splitlines() == ["echo: hi"]
     doctor = await asyncio.to_thread(run, ["doctor"], tmp_path, **env)
     assert "OK    database: postgresql+asyncpg://" in doctor.stdout
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="RELAYBOT_TEST_POSTGRES_URL unset")
+async def test_a_url_requiring_channel_binding_is_not_used_without_what_it_guards(
+    endpoint: FakeOpenAI, tmp_path: Path, postgres_url: str
+) -> None:
+    # asyncpg has no channel binding; Neon's URLs require it. Instead the server's
+    # certificate and name are checked (sslmode=verify-full): a server without TLS, as the
+    # test's, is refused as libpq refuses it, never used without the protection asked for.
+    query = {"sslmode": "require", "channel_binding": "require"}
+    url = make_url(postgres_url).set(drivername="postgresql").update_query_dict(query)
+    env = {**endpoint_env(endpoint), "RELAYBOT_DATABASE_URL": url.render_as_string(False)}
+    result = await asyncio.to_thread(run, ["db", "upgrade"], tmp_path, **env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    line = result.stderr.strip()
+    host = f"{make_url(postgres_url).host}:{make_url(postgres_url).port or 5432}"
+    assert line.startswith(f"relaybot: cannot reach the database at {host} ("), line
+    assert "SSL" in line and "check RELAYBOT_DATABASE_URL" in line
+
+
+def test_a_connect_timeout_in_the_url_bounds_the_wait_for_the_database(
+    endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    # A server that takes the connection and never answers (asyncpg waits 60 s by default).
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        url = f"postgres://ann:hunter2@127.0.0.1:{port}/relaybot?sslmode=disable&connect_timeout=2"
+        env = {**endpoint_env(endpoint), "RELAYBOT_DATABASE_URL": url}
+        began = time.monotonic()
+        result = run(["db", "current"], tmp_path, **env)
+        took = time.monotonic() - began
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith(f"relaybot: cannot reach the database at 127.0.0.1:{port} ("), line
+    assert "check RELAYBOT_DATABASE_URL" in line and "hunter2" not in line
+    assert took < 20
+
+
+@pytest.mark.parametrize("setting", ["keepalives=1", "sslpassword=hunter3", "dbname=other"])
+def test_a_postgres_url_setting_relaybot_cannot_take_is_one_line_naming_it(
+    endpoint: FakeOpenAI, tmp_path: Path, setting: str
+) -> None:
+    url = f"postgres://ann:hunter2@db.example.com/relaybot?sslmode=require&{setting}"
+    env = {**endpoint_env(endpoint), "RELAYBOT_DATABASE_URL": url}
+    name = setting.partition("=")[0]
+    result = run(["console"], tmp_path, "hi\n", **env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(
+        f"relaybot: invalid configuration: RELAYBOT_DATABASE_URL: the URL's ?{name}= is a "
+        "setting relaybot's PostgreSQL driver (asyncpg) does not take; remove it from the URL"
+    )
+    assert "hunter" not in result.stderr
+    doctor = run(["doctor"], tmp_path, **env)
+    assert f"FAIL  config: invalid configuration: RELAYBOT_DATABASE_URL: the URL's ?{name}=" in (
+        doctor.stdout
+    )
+    assert "hunter" not in doctor.stdout
 
 
 @pytest.mark.parametrize(

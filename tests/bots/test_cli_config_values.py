@@ -182,3 +182,31 @@ def test_a_webhook_url_without_https_stops_the_start_naming_it(
     line = one_line(result.stderr)
     assert line.startswith("relaybot: invalid configuration: TELEGRAM_WEBHOOK_URL: must ")
     assert "https://bot.example.com/telegram/webhook" in line
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/slack/events"])
+def test_a_webhook_url_on_a_path_relaybot_serves_itself_stops_every_command_and_the_doctor(
+    endpoint: FakeOpenAI, telegram: FakeTelegram, tmp_path: Path, path: str
+) -> None:
+    # The start refused it only once the Telegram adapter was being set up, after migrating:
+    # `relaybot doctor` said "nothing to fix" for a set-up that could not start.
+    env = {
+        **telegram_env(telegram, endpoint),
+        "TELEGRAM_WEBHOOK_URL": f"https://bot.example.com{path}",
+        "RELAYBOT_HTTP_HOST": "127.0.0.1",
+        "RELAYBOT_HTTP_PORT": "0",
+    }
+    said = (
+        f"invalid configuration: TELEGRAM_WEBHOOK_URL: its path {path} is one relaybot serves "
+        "for something else; end the URL with /telegram/webhook, e.g. "
+        "https://bot.example.com/telegram/webhook"
+    )
+    for command in (["run"], ["db", "upgrade"]):
+        result = run_relaybot(command, tmp_path, **env)
+        assert result.returncode == 2, result.stderr
+        assert one_line(result.stderr) == f"relaybot: {said}"
+    doctor = run_relaybot(["doctor"], tmp_path, **env)
+    assert doctor.returncode == 1, doctor.stdout
+    assert doctor.stdout.startswith(f"FAIL  config: {said} -> "), doctor.stdout
+    assert telegram.calls("/getMe") == [] and telegram.calls("/setWebhook") == []
+    assert not (tmp_path / "relaybot.db").exists()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
@@ -16,8 +19,10 @@ from core.db import migrate
 from core.db.store import create_engine
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_slack import FakeSlack
+from core.testing.fake_telegram import FakeTelegram
 from core.testing.server import FakeServer
-from tests.processes import RELAYBOT
+from tests.egress_proxy import EgressProxy
+from tests.processes import RELAYBOT, clean_env, wait_ready
 
 OPENAI_KEY = "sk-test-doctor-Kq2Vn8Rx"
 TELEGRAM_TOKEN = "424242424:AAF7cT2qLm9XvB4nR8sW1yZ6pJ3dK5hGfEo"
@@ -405,3 +410,79 @@ def test_an_image_folder_the_console_cannot_write_fails(
     code, lines, output = doctor(tmp_path, env)
     assert code == 0 and "image folder" not in lines, output
     assert not (tmp_path / "later").exists()
+
+
+# -- the platforms, reached as the bot reaches them ------------------------------------------
+def bot_runs(cwd: Path, env: dict[str, str]) -> None:
+    """Start `relaybot run` with `env`; wait until it is ready (every adapter started, its
+    platform reached); stop it with SIGTERM."""
+    log_path = cwd / "relaybot.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [RELAYBOT, "run"],
+            cwd=cwd,
+            env=clean_env(RELAYBOT_HTTP_HOST="127.0.0.1", RELAYBOT_HTTP_PORT="0", **env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_ready(proc, "http://127.0.0.1:0", time.monotonic() + 60, log_path.read_text)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_the_platforms_are_checked_as_the_bot_reaches_them_not_through_the_model_proxy(
+    endpoint: FakeOpenAI, tmp_path: Path
+) -> None:
+    # RELAYBOT_HTTP_PROXY carries model requests alone: behind an egress proxy that lets out
+    # only the model provider the bot reaches Telegram and Slack directly, and the doctor
+    # says so (it said it could not reach either: the proxy answered 403).
+    model = urlsplit(endpoint.base_url).netloc
+    with (
+        FakeTelegram() as telegram,
+        FakeSlack(bot_token=SLACK_TOKEN) as slack,
+        EgressProxy({model}) as proxy,
+    ):
+        env = {
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "OPENAI_BASE_URL": endpoint.base_url,
+            "RELAYBOT_HTTP_PROXY": proxy.url,
+            "RELAYBOT_DATABASE_URL": migrated_sqlite(tmp_path / "relaybot.db"),
+            "RELAYBOT_MODERATION": "off",
+            "RELAYBOT_LOG_FORMAT": "text",
+            "TELEGRAM_BOT_TOKEN": telegram.token,
+            "TELEGRAM_API_BASE_URL": telegram.api_base_url,
+            "TELEGRAM_FILE_BASE_URL": telegram.file_base_url,
+            "SLACK_BOT_TOKEN": SLACK_TOKEN,
+            "SLACK_SIGNING_SECRET": "0123456789abcdef0123456789abcdef",
+            "SLACK_API_URL": slack.api_url,
+        }
+        bot_runs(tmp_path, env)
+        assert telegram.calls("/getMe") and slack.api_calls("auth.test")
+        code, lines, output = doctor(tmp_path, env)
+        assert code == 0, output
+        assert lines["model endpoint"].startswith("OK"), output
+        assert lines["telegram"].startswith("OK    telegram: bot @"), output
+        assert lines["slack"].startswith("OK    slack: bot "), output
+        assert proxy.asked_for(model)
+        for platform in (telegram.url, slack.url):
+            assert not proxy.asked_for(urlsplit(platform).netloc), proxy.seen
+
+
+def test_slack_is_checked_through_the_environments_proxy_as_slack_sdk_reaches_it(
+    healthy: dict[str, str], slack: FakeSlack, telegram: FakeBotApi, tmp_path: Path
+) -> None:
+    # slack_sdk, the Slack adapter's client, takes HTTPS_PROXY from the environment (and
+    # python-telegram-bot's requests no proxy): one that refuses Slack keeps the bot from it.
+    with EgressProxy(set()) as proxy:
+        code, lines, output = doctor(tmp_path, {**healthy, "HTTPS_PROXY": proxy.url})
+    assert code == 1, output
+    assert lines["slack"].startswith("FAIL  slack: cannot reach the Slack API at"), output
+    assert lines["telegram"].startswith("OK"), output
+    assert lines["model endpoint"].startswith("OK"), output
+    assert proxy.seen == [f"POST {slack.api_url}auth.test"]

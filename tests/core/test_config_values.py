@@ -191,3 +191,11 @@ def test_a_webhook_url_telegram_cannot_post_to_is_refused_naming_it(url: str) ->
 def test_a_webhook_url_telegram_posts_to_is_taken(env: dict[str, str]) -> None:
     taken = settings(**env).telegram_webhook_url
     assert taken == env["TELEGRAM_WEBHOOK_URL"].strip()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/slack/events"])
+def test_a_webhook_url_on_a_path_relaybot_serves_itself_is_refused_naming_it(path: str) -> None:
+    names, said = refusal({"TELEGRAM_WEBHOOK_URL": f"https://bot.example.com{path}"})
+    assert names == ["TELEGRAM_WEBHOOK_URL"]
+    assert f"its path {path} is one relaybot serves for something else" in said
+    assert "end the URL with /telegram/webhook" in said

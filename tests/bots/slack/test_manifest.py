@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import yaml
 
+from core.testing.fake_slack import app_mention_event, new_ts
+from tests.bots.slack.conftest import SlackApp
 from tests.conftest import REPO
 
 
@@ -26,6 +28,8 @@ def test_the_manifest_has_the_scopes_events_and_command_relaybot_needs() -> None
         "users:read",
         "channels:read",
         "groups:read",
+        # conversations.info on a group DM (who may change a conversation) needs it.
+        "mpim:read",
     } <= scopes
     events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
     assert {
@@ -68,3 +72,26 @@ def test_the_manifest_declares_every_slash_command_that_works_without_a_file() -
     declared = {c["command"] for c in manifest["features"]["slash_commands"]}
     assert {"/help", "/usage", "/budget"} <= declared
     assert declared == {f"/{name}" for name in SLASH_COMMANDS} - {"/edit", "/translate"}
+
+
+async def test_the_manifest_lets_the_adapter_read_the_group_dms_it_asks_about(
+    slack_app: SlackApp,
+) -> None:
+    # A conversation-changing command in a group DM makes the adapter ask conversations.info
+    # whether everyone may (ChannelAdmins): for a group DM Slack answers it only with
+    # mpim:read, without which every such look-up was missing_scope.
+    slack = slack_app.slack
+    slack.add_channel("G0GROUPDM", creator="U0CAROL", kind="mpim")
+    slack.add_user("U0ALICE", "alice")
+    ts = new_ts()
+    await slack_app.post_event(
+        app_mention_event(
+            channel="G0GROUPDM", user="U0ALICE", ts=ts, text="<@U0BOT> system: Talk like a pirate."
+        )
+    )
+    await slack.wait_until(lambda: bool(slack.visible("G0GROUPDM", ts)))
+    await slack_app.adapter.drain()
+    asked = [args.get("channel") for args in slack.api_arguments("conversations.info")]
+    assert "G0GROUPDM" in asked
+    manifest = yaml.safe_load((REPO / "deploy" / "slack-app-manifest.yaml").read_text())
+    assert "mpim:read" in manifest["oauth_config"]["scopes"]["bot"]

@@ -88,6 +88,7 @@ def test_a_webhook_url_on_a_path_relaybot_uses_for_something_else_stops_the_star
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        "relaybot: TELEGRAM_WEBHOOK_URL's path /healthz is one relaybot serves for "
-        "something else; end the URL with /telegram/webhook"
+        "relaybot: invalid configuration: TELEGRAM_WEBHOOK_URL: its path /healthz is one "
+        "relaybot serves for something else; end the URL with /telegram/webhook, e.g. "
+        "https://bot.example.com/telegram/webhook"
     ]

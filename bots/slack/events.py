@@ -86,6 +86,11 @@ def is_person_message(event: Mapping[str, Any], bot_user_id: str, bot_id: str | 
         return False
     if event.get("subtype") not in USER_SUBTYPES:
         return False
+    if event.get("edited"):
+        # Slack sends a mention's edit as a new app_mention (its ts the original's, an
+        # `edited` field): answered again once the original's event row is gone (/forget,
+        # retention). Edits are never answered, as on Telegram.
+        return False
     if event.get("bot_id") or event.get("bot_profile"):
         return False
     user = event.get("user")

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from core.types import IncomingMessage
 
 CONSOLE = "console"
+# Platforms whose chat ids are qualified by the workspace: "TEAM:CHANNEL" (see `names_chat`).
+WORKSPACE_PLATFORMS = frozenset({"slack"})
 _SPLIT = re.compile(r"[,\s]+")
 
 
@@ -78,13 +80,19 @@ class Access:
             return True
         if msg.sender.id in (users or ()):
             return True
-        return any(names_chat(entry, msg.chat.chat_id) for entry in chats or ())
+        return any(names_chat(platform, entry, msg.chat.chat_id) for entry in chats or ())
 
 
-def names_chat(entry: str, chat_id: str) -> bool:
+def names_chat(platform: str, entry: str, chat_id: str) -> bool:
     """Whether a configured chat id (the ID of PLATFORM:ID) names the chat `chat_id`.
 
-    Some platforms qualify a chat's id by its workspace ("TEAM:CHANNEL" on Slack): there the
+    Where the platform qualifies a chat's id by its workspace ("TEAM:CHANNEL" on Slack), the
     channel's own id names it too, as people copy it from the app; the full id still works.
+    Elsewhere a ":" is part of the chat's own id (console chat "work:notes" is not "notes").
     """
-    return chat_id == entry or chat_id.endswith(f":{entry}")
+    if chat_id == entry:
+        return True
+    if platform not in WORKSPACE_PLATFORMS:
+        return False
+    _, sep, own = chat_id.partition(":")
+    return bool(sep) and own == entry

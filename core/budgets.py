@@ -203,7 +203,7 @@ class Budgets:
                 and ("chat", period) not in overrides
                 and platform == msg.chat.platform
                 and short != chat_id
-                and names_chat(short, chat_id)
+                and names_chat(platform, short, chat_id)
             ):
                 overrides[("chat", period)] = amount
         found: list[Limit] = []

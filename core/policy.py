@@ -40,6 +40,11 @@ PAID_COMMANDS = frozenset({"image", "edit", "translate", "retry"})
 POLICY_COMMANDS = frozenset({"usage", "budget", "forget"})
 _PERIOD_NAMES = {"day": "day", "daily": "day", "month": "month", "monthly": "month"}
 _TOP = 10
+# What /forget keeps of a chat's spend (core.privacy): budgets hold whatever is forgotten.
+_SPEND_KEPT = (
+    "Its usage is kept without naming anyone, but what it cost still counts toward this "
+    "day's and month's budgets."
+)
 BUDGET_USAGE = (
     "Usage: /budget user PLATFORM:ID | chat PLATFORM:CHAT | chat here | global, then day or "
     "month, then AMOUNT, off or default (AMOUNT in dollars; 0 = no access, off = no limit; "
@@ -266,13 +271,12 @@ class Policy:
                 which = "its thread" if done.threads == 1 else f"its {done.threads} threads"
                 text = (
                     f"Done. I deleted everything stored about this chat and {which} "
-                    f"({done.messages} messages and their settings). Their usage is kept only "
-                    "as anonymous totals."
+                    f"({done.messages} messages and their settings). {_SPEND_KEPT}"
                 )
             else:
                 text = (
                     f"Done. I deleted everything stored about this chat ({done.messages} "
-                    "messages and its settings). Its usage is kept only as anonymous totals."
+                    f"messages and its settings). {_SPEND_KEPT}"
                 )
         else:  # pragma: no cover - the service routes only POLICY_COMMANDS here
             raise ValueError(name)

@@ -2,8 +2,10 @@
 
 What /forget deletes: the chat's history, its settings (system prompt, model), its finished
 inbound events (which hold message payloads) and the /forget event itself. Its usage rows are
-kept for the bot's totals but lose the chat key and the user id, so they name nobody; the
-budgets' day totals of the chat go, and its people's lose what they spent in it.
+kept for the bot's totals but lose the chat key and the user id, so they name nobody. The
+budgets' day totals of the chat and of its people stay (a key, a day and an amount, no
+content) until `purge_spend_totals` ages them out: what was spent still counts toward this
+day's and month's budgets, or /forget would hand out a fresh budget.
 Events of the chat that are still waiting to be answered stay until they are answered; an
 answer being made while its chat is forgotten is not stored, and its event goes with it.
 """
@@ -13,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -29,9 +29,9 @@ from sqlalchemy import (
     union,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.accounting import month_start, spend_day, user_key
+from core.accounting import month_start
 from core.config import Settings
 from core.db.models import (
     IN_HAND,
@@ -108,40 +108,13 @@ async def forget_chat(
         events = await session.execute(
             delete(InboundEvent).where(of(InboundEvent.chat_key), finished)
         )
-        await _forget_spend(session, of)
+        # The usage rows name nobody from now on; the budgets' day totals are left alone.
         usage = await session.execute(
             update(UsageRecord).where(of(UsageRecord.chat_key)).values(chat_key=None, user_id=None)
         )
         await session.commit()
     return Forgotten(
         _count(messages), _count(events), _count(usage), _count(chats) > 0, forgotten_threads
-    )
-
-
-async def _forget_spend(
-    session: AsyncSession, of: Callable[[SQLColumnExpression[Any]], ColumnElement[bool]]
-) -> None:
-    """The usage of the chats `of` picks is about to name nobody: take it out of the budgets'
-    day totals of those chats and of their people, as the budgets would no longer find it."""
-    spent: dict[tuple[str, date], float] = defaultdict(float)
-    rows = await session.execute(
-        select(
-            UsageRecord.platform, UsageRecord.user_id, UsageRecord.created_at, UsageRecord.cost_usd
-        ).where(of(UsageRecord.chat_key), UsageRecord.cost_usd > 0)
-    )
-    for platform, user_id, created_at, cost in rows:
-        if user_id is not None:
-            spent[(user_key(platform, user_id), spend_day(created_at))] += cost
-    person = SpendTotal.scope == "user"
-    for (subject, day), cost in spent.items():
-        mine = (person, SpendTotal.subject == subject, SpendTotal.day == day)
-        await session.execute(
-            update(SpendTotal).where(*mine).values(cost_usd=SpendTotal.cost_usd - cost)
-        )
-        # A day of this chat alone leaves nothing to keep (and no trace of the person).
-        await session.execute(delete(SpendTotal).where(*mine, SpendTotal.cost_usd <= 1e-9))
-    await session.execute(
-        delete(SpendTotal).where(SpendTotal.scope == "chat", of(SpendTotal.subject))
     )
 
 

@@ -581,10 +581,12 @@ def _bump_unless_forgotten(
 def _drop_answer(conn: Connection, change: _Change, now: datetime) -> None:
     """The chat was forgotten while its answer was made: nothing of it is stored (the
     event goes too, as /forget takes a chat's finished events). What the answer cost is
-    kept as /forget keeps usage: naming no chat or person."""
+    kept as /forget keeps usage: naming no chat or person, but counted toward their
+    budgets (as /forget keeps their day totals)."""
     if change.usage is not None:
         anonymous = {**change.usage, "chat_key": None, "user_id": None}
-        _record_usage(conn, _usage_values(anonymous, now))
+        counted = _usage_values(change.usage, now)
+        _record_usage(conn, _usage_values(anonymous, now), counted)
     conn.execute(delete(InboundEvent).where(InboundEvent.id == change.answered_event))
     if change.release_chat is not None:
         _RELEASE_CHAT.execute(conn, {"chat_key": change.chat_key, "holder": change.release_chat})
@@ -653,10 +655,13 @@ def _read(conn: Connection, statement: Statement, params: dict[str, Any]) -> lis
     return list(statement.execute(conn, params).fetchall())
 
 
-def _record_usage(conn: Connection, spent: dict[str, Any]) -> None:
-    """Insert a usage row (every column given) and add its cost to the day totals."""
+def _record_usage(
+    conn: Connection, spent: dict[str, Any], counted: dict[str, Any] | None = None
+) -> None:
+    """Insert a usage row (every column given) and add its cost to the day totals (of the
+    chat and person `counted` names, when the row itself names none)."""
     _INSERT_USAGE.execute(conn, spent)
-    scopes, params = _spend_params(spent)
+    scopes, params = _spend_params(counted or spent)
     if scopes:
         if scopes not in _ADD_SPEND:
             sql = text(_spend_sql(scopes)).bindparams(bindparam("s_day", type_=Date()))
@@ -690,10 +695,6 @@ _MESSAGE_DEFAULTS = _defaults(_MESSAGES_TABLE)
 _USAGE_DEFAULTS = _defaults(_USAGE_TABLE)
 _PG_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _MESSAGE_TYPES = {c.name: c.type.compile(dialect=_PG_DIALECT) for c in _MESSAGES_TABLE.columns}
-_SPEND_TYPES = {
-    c.name: c.type.compile(dialect=_PG_DIALECT)
-    for c in Base.metadata.tables["spend_totals"].columns
-}
 _PG_APPEND: dict[tuple[bool, tuple[str, ...], str, bool, bool, bool], TextClause] = {}
 
 
@@ -752,22 +753,9 @@ def _pg_append_statement(
                 f"spent AS (INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES "
                 f"({', '.join(spent)}))"
             )
-        if spend and answer:
-            # Only the bot's total, should the chat be gone (it would name them).
-            rows = ", ".join(
-                f"('{scope}', CAST(:s_{scope} AS {_SPEND_TYPES['subject']}), "
-                f"CAST(:s_day AS {_SPEND_TYPES['day']}), "
-                f"CAST(:u_cost_usd AS {_SPEND_TYPES['cost_usd']}))"
-                for scope in spend
-            )
-            parts.append(
-                "spend AS (INSERT INTO spend_totals (scope, subject, day, cost_usd) "
-                f"SELECT * FROM (VALUES {rows}) AS v (scope, subject, day, cost_usd) "
-                f"WHERE v.scope = 'global' OR {kept} "
-                "ON CONFLICT (scope, subject, day) "
-                "DO UPDATE SET cost_usd = spend_totals.cost_usd + excluded.cost_usd)"
-            )
-        elif spend:
+        if spend:
+            # Counted toward the chat's and the person's budgets even should the chat be
+            # gone (/forget keeps their day totals: it gives no fresh budget).
             parts.append(f"spend AS ({_spend_sql(spend)})")
         also = " AND EXISTS (SELECT 1 FROM claim)" if fenced else ""
         moved = f"{also} AND {kept}" if answer else also

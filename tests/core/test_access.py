@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from core.access import Access
+from core.access import Access, names_chat
 from core.app import open_core
 from core.config import Settings
 from core.errors import ConfigError
@@ -90,3 +90,14 @@ def test_without_admins_the_console_user_is_admin() -> None:
 def test_malformed_lists_are_a_config_error(value: str) -> None:
     with pytest.raises(ConfigError, match="RELAYBOT_ALLOWED_USERS"):
         Access(Settings(_env_file=None, allowed_users=value))  # type: ignore[call-arg]
+
+
+def test_a_chats_own_id_names_it_only_where_the_workspace_qualifies_it() -> None:
+    # Slack's chat ids are TEAM:CHANNEL, and people copy the channel's own id from the app;
+    # elsewhere a ":" is part of the chat's id (console chat "work:notes" is not "notes").
+    assert names_chat("slack", "C0GENERAL", "T0TEAM:C0GENERAL")
+    assert names_chat("slack", "T0TEAM:C0GENERAL", "T0TEAM:C0GENERAL")
+    assert not names_chat("slack", "C0GENERAL", "T0TEAM:C0RANDOM")
+    assert names_chat("console", "work:notes", "work:notes")
+    assert not names_chat("console", "notes", "work:notes")
+    assert not names_chat("telegram", "1", "-1001")

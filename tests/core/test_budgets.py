@@ -253,24 +253,25 @@ async def test_an_upgrade_counts_what_was_spent_before_it(
     assert _spent_line(answer, "The bot's monthly budget") == "$10.00"
 
 
-async def test_forgetting_a_chat_takes_its_spend_out_of_the_budgets(
+async def test_forgetting_a_chat_leaves_its_spend_in_the_budgets(
     settings: Settings, fake_openai: FakeOpenAI
 ) -> None:
-    """/forget leaves the chat's usage naming nobody: the budgets count it only for the bot,
-    as /usage does."""
-    limits = {"budget_user_daily": 100.0, "budget_global_daily": 100.0}
+    """/forget leaves the chat's usage naming nobody, but what it cost still counts toward
+    its person's, its chat's and the bot's budgets: forgetting hands out no fresh budget.
+    /usage lists the usage rows, which no longer count it for the person."""
+    limits = {"budget_user_daily": 100.0, "budget_chat_daily": 100.0, "budget_global_daily": 100.0}
     async with open_core(budgeted(settings, **limits)) as core:
         await say(core, "hello there", user="u1", chat="c1")
         await say(core, "and hello here", user="u1", chat="c2")
-        before = await say(core, "/budget", user="u1", chat="c2")
+        before = await say(core, "/budget", user="u1", chat="c1")
         assert (await say(core, "/forget", user="u1", chat="c1")).startswith("Done.")
-        after = await say(core, "/budget", user="u1", chat="c2")
-        left = await spent_by(core, "u1")
+        after = await say(core, "/budget", user="u1", chat="c1")
+        listed = await spent_by(core, "u1")
         total = (await core.service.policy.accounting.total()).today.cost_usd
-    assert _spent_line(after, "Your daily budget") == money(left)
-    assert 0 < left < _dollars(_spent_line(before, "Your daily budget"))
+    for head in ("Your daily budget", "This chat's daily budget", "The bot's daily budget"):
+        assert _spent_line(after, head) == _spent_line(before, head) != "$0.00", head
     assert _spent_line(after, "The bot's daily budget") == money(total)
-    assert _spent_line(before, "The bot's daily budget") == money(total)
+    assert 0 < listed < _dollars(_spent_line(after, "Your daily budget"))
 
 
 def _dollars(text: str) -> float:

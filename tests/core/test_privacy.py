@@ -12,7 +12,7 @@ from sqlalchemy import inspect, select, text, update
 
 from core.app import Core, open_core
 from core.config import Settings
-from core.db.models import Message, UsageRecord, utcnow
+from core.db.models import Message, SpendTotal, UsageRecord, utcnow
 from core.privacy import maintenance_loop, run_maintenance
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
@@ -57,7 +57,13 @@ async def test_forget_leaves_nothing_behind(core: Core, fake_openai: FakeOpenAI)
     for table, rows in after.items():
         for row in rows:
             for trace in ("chat-of-alice", "alice77", "ZX9931", "Alice", "diary"):
+                if table == "spend_totals" and trace in ("chat-of-alice", "alice77"):
+                    continue  # the budgets' day totals: a key, a day and an amount stay
                 assert trace not in row, (table, row)
+    # What the chat cost still counts toward its person's and its chat's budgets.
+    async with core.store._session() as session:
+        kept = (await session.execute(select(SpendTotal.scope, SpendTotal.subject))).all()
+    assert {("user", "test:alice77"), ("chat", "test:chat-of-alice")} <= set(kept)
     # Usage survives as anonymous totals; the other chat is untouched.
     async with core.store._session() as session:
         usage = (await session.execute(select(UsageRecord))).scalars().all()

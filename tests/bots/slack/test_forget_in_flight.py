@@ -63,7 +63,8 @@ async def test_an_answer_made_while_its_dm_is_forgotten_is_not_stored(
     await slack_app.adapter.drain()
 
     # On screen it stays (Slack's to delete); stored, nothing of it does.
-    rows = await every_row(slack_app)
+    # (The budgets' day totals keep the DM's key, a day and an amount: what it cost counts.)
+    rows = [r for r in await every_row(slack_app) if not r.startswith("spend_totals: ")]
     assert not [r for r in rows if "4321" in r or "hello" in r or DM in r], rows
     assert not [r for r in rows if r.startswith(("messages:", "inbound_events:", "chats:"))]
     # The operator reads why, not that another replica took the message over.

@@ -49,6 +49,10 @@ from core.ratelimit import RateLimiter
 log = logging.getLogger("relaybot.privacy")
 
 MAINTENANCE_INTERVAL = 3600.0
+# Rows retention deletes per transaction: the first pass over a long history (retention just
+# turned on) lets answers write between batches instead of holding the database for seconds
+# (SQLite: its one write lock, past the busy timeout a message waits).
+RETENTION_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,25 +135,56 @@ class Purged:
 async def purge_expired(
     engine: AsyncEngine, retention_days: int | None, now: datetime | None = None
 ) -> tuple[int, int]:
-    """Delete history and finished inbound events older than `retention_days` (None: keep)."""
+    """Delete history and finished inbound events older than `retention_days` (None: keep),
+    the oldest RETENTION_BATCH rows per transaction (found through their time's index)."""
     if retention_days is None:
         return 0, 0
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
-    session_factory = async_sessionmaker(engine, expire_on_commit=False)
-    async with session_factory() as session:
-        # Chats losing rows get a new history revision: their in-memory windows are stale.
-        touched = select(Message.chat_key).where(Message.created_at < cutoff).distinct()
-        await session.execute(
-            update(Chat).where(Chat.key.in_(touched)).values(history_rev=new_revision())
-        )
-        messages = await session.execute(delete(Message).where(Message.created_at < cutoff))
-        events = await session.execute(
-            delete(InboundEvent).where(
-                InboundEvent.received_at < cutoff, InboundEvent.status.not_in(OPEN_STATUSES)
+    messages = events = 0
+    while True:
+        async with engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(Message.id, Message.chat_key)
+                    .where(Message.created_at < cutoff)
+                    .order_by(Message.created_at)
+                    .limit(RETENTION_BATCH)
+                )
+            ).all()
+            if rows:
+                # Chats losing rows get a new history revision: their windows held in
+                # memory are stale.
+                keys = sorted({row.chat_key for row in rows})
+                await conn.execute(
+                    update(Chat).where(Chat.key.in_(keys)).values(history_rev=new_revision())
+                )
+                await conn.execute(delete(Message).where(Message.id.in_([r.id for r in rows])))
+        messages += len(rows)
+        if len(rows) < RETENTION_BATCH:
+            break
+    while True:
+        async with engine.begin() as conn:
+            ids = (
+                (
+                    await conn.execute(
+                        select(InboundEvent.id)
+                        .where(
+                            InboundEvent.received_at < cutoff,
+                            InboundEvent.status.not_in(OPEN_STATUSES),
+                        )
+                        .order_by(InboundEvent.received_at)
+                        .limit(RETENTION_BATCH)
+                    )
+                )
+                .scalars()
+                .all()
             )
-        )
-        await session.commit()
-    return _count(messages), _count(events)
+            if ids:
+                await conn.execute(delete(InboundEvent).where(InboundEvent.id.in_(ids)))
+        events += len(ids)
+        if len(ids) < RETENTION_BATCH:
+            break
+    return messages, events
 
 
 async def purge_spend_totals(engine: AsyncEngine, now: datetime | None = None) -> int:

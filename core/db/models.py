@@ -90,6 +90,8 @@ class InboundEvent(Base):
         # their leases every few seconds): planned while the table was small, it read the
         # whole table (every event ever received, until retention) on each beat. Its query
         # names the same statuses, literally, so the planner can match the index.
+        # Retention deletes the oldest finished events.
+        Index("ix_inbound_events_received_at", "received_at"),
         Index(
             "ix_inbound_events_open_claims",
             "claimed_by",
@@ -134,6 +136,8 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_chat_key_id", "chat_key", "id"),
+        # Retention deletes the oldest turns (see `core.privacy.purge_expired`).
+        Index("ix_messages_created_at", "created_at"),
         # A resumed event asks whether its user turn was stored (user turns only: others
         # have no event key).
         Index(

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import inspect, select, text, update
 
+from core import privacy
 from core.app import Core, open_core
 from core.config import Settings
 from core.db.models import Message, SpendTotal, UsageRecord, utcnow
@@ -134,3 +135,28 @@ async def test_the_retention_job_runs_once_at_start(
         stop.set()  # a runner shutting down right away still gets the first pass
         await asyncio.wait_for(maintenance_loop(core.engine, kept, stop, interval=3600), 10)
         assert await core.store.count_messages("test:chat-of-alice") == 0
+
+
+async def test_retention_deletes_a_long_history_in_batches_and_the_chat_goes_on_without_it(
+    settings: Settings, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More expired rows than one batch (retention turned on for a long history): every
+    one goes, the newer ones stay, and the chat's next request no longer carries them."""
+    monkeypatch.setattr(privacy, "RETENTION_BATCH", 3)
+    kept = settings.model_copy(update={"retention_days": 30})
+    async with open_core(kept) as core:
+        for n in range(4):
+            await core.service.handle(message(f"old question {n}"), RecordingSink())
+        async with core.store._session() as session:
+            await session.execute(update(Message).values(created_at=utcnow() - timedelta(days=31)))
+            await session.commit()
+        await core.service.handle(message("a new question"), RecordingSink())
+        purged = await run_maintenance(core.engine, kept)
+        assert purged.messages == 8
+        await core.service.handle(message("and another"), RecordingSink())
+        last = fake_openai.chat_requests()[-1]
+    assert [m["content"] for m in last["messages"][1:]] == [
+        "a new question",
+        "echo: a new question",
+        "and another",
+    ]

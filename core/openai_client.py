@@ -1,8 +1,9 @@
 """A thin typed client for OpenAI-compatible REST endpoints, over the app's one httpx client.
 
 Every failure leaves this module as one of `core.errors`; transient ones (429 without
-`insufficient_quota`, 5xx, connect errors, timeouts) are retried first. The API key is sent
-only to URLs under `base_url` and never appears in exception text or logs.
+`insufficient_quota`, 5xx, connect errors, timeouts) are retried first, except a billed
+image or transcription request that was sent but not answered (NotAnswered). The API key is
+sent only to URLs under `base_url` and never appears in exception text or logs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
@@ -456,9 +457,25 @@ class FirstTokenTimeout(RelaybotError):
     )
 
 
+class NotAnswered(UpstreamDown):
+    """A billed request (an image, a transcription) the endpoint got but did not answer: it
+    outlasted its wait, or the connection broke after it was sent. Not sent again: the
+    endpoint may have done the work, and bills it, all the same."""
+
+
 class ModelsUnreadable(UpstreamDown):
     """/models answered, but not with a list of models this client can read: the endpoint
     is reachable (chatting may work), it just cannot say what it serves."""
+
+
+class _Sent:
+    """Whether a streamed request reached the model (sent, and not refused with an error
+    status): from then on it is billed, whether its answer comes or not."""
+
+    __slots__ = ("reached",)
+
+    def __init__(self) -> None:
+        self.reached = False
 
 
 class _UnsupportedMaxTokens(BadInput):
@@ -579,6 +596,13 @@ class OpenAIClient:
         if read is not None:
             waits = max(self._first_token_timeout, self._idle_timeout) + 1.0
             self._stream_timeout["read"] = max(read, waits)
+        # A billed request (an image, a transcription) is answered only once the work is
+        # done (GPT Image: up to two minutes), and is not sent again once sent: it may wait
+        # for its answer as long as a stream for its first words.
+        billed = http.timeout.as_dict()
+        if read is not None:
+            billed["read"] = max(read, self._first_token_timeout)
+        self._billed_timeout = httpx.Timeout(**billed)
         host = urlsplit(self._base_url).hostname or ""
         # OpenAI's reasoning models reject `max_tokens`; other servers may only know it.
         self._token_param = (
@@ -606,9 +630,19 @@ class OpenAIClient:
         return self._chat_result(payload, model, "/chat/completions")
 
     async def chat_stream(
-        self, *, model: str, messages: list[dict[str, Any]], max_tokens: int | None = None
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        max_tokens: int | None = None,
+        abandoned: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncGenerator[ChatDelta, None]:
-        """Stream a chat completion: text deltas, then one delta carrying the usage."""
+        """Stream a chat completion: text deltas, then one delta carrying the usage.
+
+        `abandoned` is awaited for each request that reached the model but failed before any
+        of its answer came (whether it is then made again or not): the model read its
+        prompt, maybe thought too, and that is billed with no usage to tell.
+        """
         attempt = 0
         swapped = False
         while True:
@@ -617,13 +651,19 @@ class OpenAIClient:
             if self._stream_usage:
                 body["stream_options"] = {"include_usage": True}
             yielded = False
+            sent = _Sent()
             try:
-                # aclosing: if our consumer stops early, the HTTP response is closed right away.
-                async with aclosing(self._stream_once(body)) as deltas:
-                    async for delta in deltas:
-                        yielded = True
-                        yield delta
-                return
+                try:
+                    # aclosing: if our consumer stops early, the HTTP response is closed at once.
+                    async with aclosing(self._stream_once(body, sent)) as deltas:
+                        async for delta in deltas:
+                            yielded = True
+                            yield delta
+                    return
+                except RelaybotError:
+                    if sent.reached and not yielded and abandoned is not None:
+                        await abandoned()
+                    raise
             except _UnsupportedMaxTokens:
                 if swapped:
                     raise
@@ -664,7 +704,7 @@ class OpenAIClient:
             data["language"] = language
         path = "/audio/translations" if translate else "/audio/transcriptions"
         payload = await self._request_json(
-            "POST", path, data=data, files={"file": (name, audio, mime)}
+            "POST", path, data=data, files={"file": (name, audio, mime)}, billed=True
         )
         text = payload.get("text") if isinstance(payload, dict) else None
         if not isinstance(text, str):
@@ -679,7 +719,9 @@ class OpenAIClient:
         body: dict[str, Any] = {"model": model, "prompt": prompt, "size": size, "n": 1}
         if quality != "auto":
             body["quality"] = quality
-        payload = await self._request_json("POST", "/images/generations", json_body=body)
+        payload = await self._request_json(
+            "POST", "/images/generations", json_body=body, billed=True
+        )
         return await self._picture(payload, "/images/generations")
 
     async def edit_image(
@@ -700,7 +742,7 @@ class OpenAIClient:
         if quality != "auto":
             data["quality"] = quality
         payload = await self._request_json(
-            "POST", "/images/edits", data=data, files={"image": (name, image, mime)}
+            "POST", "/images/edits", data=data, files={"image": (name, image, mime)}, billed=True
         )
         return await self._picture(payload, "/images/edits")
 
@@ -785,9 +827,16 @@ class OpenAIClient:
         json_body: Any = None,
         data: Mapping[str, str] | None = None,
         files: Mapping[str, tuple[str, bytes, str]] | None = None,
+        billed: bool = False,
     ) -> Any:
         response = await self._send(
-            method, self._url(path), where=path, json_body=json_body, data=data, files=files
+            method,
+            self._url(path),
+            where=path,
+            json_body=json_body,
+            data=data,
+            files=files,
+            billed=billed,
         )
         try:
             return response.json()
@@ -804,8 +853,13 @@ class OpenAIClient:
         data: Mapping[str, str] | None = None,
         files: Mapping[str, tuple[str, bytes, str]] | None = None,
         follow_redirects: bool = False,
+        billed: bool = False,
     ) -> httpx.Response:
+        """`billed`: a request the endpoint bills when it does the work (an image, a
+        transcription). It waits longer for its answer, and once sent it is not sent again
+        (NotAnswered): a refusal (429, 5xx) or a connection never made is still retried."""
         attempt = 0
+        timeout = self._billed_timeout if billed else httpx.USE_CLIENT_DEFAULT
         while True:
             err: RelaybotError
             try:
@@ -822,11 +876,15 @@ class OpenAIClient:
                     files=files,
                     headers=headers,
                     follow_redirects=follow_redirects,
+                    timeout=timeout,
                 )
-            except httpx.TimeoutException as exc:
-                err = UpstreamDown(f"{where}: timed out ({type(exc).__name__})")
             except httpx.TransportError as exc:
-                err = UpstreamDown(f"{where}: {type(exc).__name__}: {self._scrub(str(exc))}")
+                if billed and not _never_sent(exc):
+                    raise self._not_answered(where, exc) from None
+                if isinstance(exc, httpx.TimeoutException):
+                    err = UpstreamDown(f"{where}: timed out ({type(exc).__name__})")
+                else:
+                    err = UpstreamDown(f"{where}: {type(exc).__name__}: {self._scrub(str(exc))}")
             else:
                 if response.is_success:
                     return response
@@ -837,6 +895,22 @@ class OpenAIClient:
             attempt += 1
             self._log_retry(where, err, attempt, delay)
             await asyncio.sleep(delay)
+
+    def _not_answered(self, where: str, exc: httpx.TransportError) -> NotAnswered:
+        """The error for a billed request sent but not answered, in the person's words."""
+        service = "image" if where.startswith("/images/") else "transcription"
+        cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+        if isinstance(cause, TimeoutError | httpx.TimeoutException):
+            happened = f"timed out ({type(exc).__name__})"
+            told = f"The {service} service took too long to answer."
+        else:
+            happened = f"connection lost ({type(cause).__name__})"
+            told = f"The connection to the {service} service broke before it answered."
+        return NotAnswered(
+            f"{where}: {happened}; not sent again (the endpoint may have done the work, and "
+            "bills it)",
+            user_message=f"{told} Please try again in a minute.",
+        )
 
     def _retry_delay(self, attempt: int, err: RelaybotError) -> float | None:
         """Seconds to wait before retrying after `err`, or None to give up."""
@@ -916,7 +990,10 @@ class OpenAIClient:
             return response
         return await self._http.send(request, stream=True)
 
-    async def _stream_once(self, body: dict[str, Any]) -> AsyncGenerator[ChatDelta, None]:
+    async def _stream_once(
+        self, body: dict[str, Any], sent: _Sent
+    ) -> AsyncGenerator[ChatDelta, None]:
+        """One streamed request; `sent` is marked once it reached the model."""
         where = "/chat/completions (stream)"
         model = str(body["model"])
         done = False
@@ -935,8 +1012,11 @@ class OpenAIClient:
             except BaseException as exc:
                 watch.close()
                 if isinstance(exc, asyncio.CancelledError) and watch.expired():
+                    sent.reached = True  # the model may be thinking still
                     raise self._stalled(watch, where) from None
+                sent.reached = isinstance(exc, httpx.TransportError) and not _never_sent(exc)
                 raise
+            sent.reached = response.is_success  # an error status: refused, not billed
             try:
                 if not response.is_success:
                     watch.close()
@@ -1190,6 +1270,19 @@ class OpenAIClient:
 
 
 # -- parsing helpers -------------------------------------------------------------------
+def _never_sent(exc: httpx.TransportError) -> bool:
+    """Whether a request that failed with `exc` surely never reached the server: no
+    connection could be made. httpx-aiohttp names every connection failure of aiohttp's,
+    a server closing the connection after the request too, ConnectTimeout: aiohttp's own
+    error (the cause) tells them apart."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):
+        return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    return isinstance(
+        exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout | httpx.ProxyError
+    )
+
+
 def _audio_too_large(message: str) -> str:
     """What the person is told of audio the transcription service found too large, with its
     limit in MB when it said it (OpenAI: "Maximum content size limit (26214400) exceeded

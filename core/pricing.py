@@ -54,6 +54,14 @@ _IMAGE_OUTPUT_TOKENS: dict[str, dict[str, int]] = {
 }
 
 
+def image_output_tokens(size: str, quality: str = "auto") -> int:
+    """The output tokens GPT Image spends on one picture of `size` at `quality` ("auto" is
+    taken as medium; an unlisted size as the largest listed)."""
+    sizes = _IMAGE_OUTPUT_TOKENS.get(quality, _IMAGE_OUTPUT_TOKENS["medium"])
+    size = "1024x1024" if size == "auto" else size
+    return sizes.get(size, max(sizes.values()))
+
+
 def _image(low: Pair, medium: Pair, high: Pair) -> dict[str, dict[str, float]]:
     def sizes(square: float, portrait: float) -> dict[str, float]:
         return {"1024x1024": square, "1024x1536": portrait, "1536x1024": portrait}
@@ -255,10 +263,7 @@ class PriceTable:
         price = self._price(model)
         if price is None or not price.output:
             return 0.0
-        sizes = _IMAGE_OUTPUT_TOKENS.get(quality, _IMAGE_OUTPUT_TOKENS["medium"])
-        size = "1024x1024" if size == "auto" else size
-        tokens = sizes.get(size, max(sizes.values()))
-        return tokens * price.output / PER_MILLION
+        return image_output_tokens(size, quality) * price.output / PER_MILLION
 
     def cost(
         self,

@@ -49,9 +49,17 @@ from core.locks import ChatLocks, Ticket
 from core.media import image_dimensions
 from core.metrics import Metrics
 from core.moderation import UNCHECKED_NOTICE, WITHHELD_NOTICE, Moderator
-from core.openai_client import EncodedMessage, OpenAIClient, Picture, Usage, image_mime
+from core.openai_client import (
+    EncodedMessage,
+    NotAnswered,
+    OpenAIClient,
+    Picture,
+    Usage,
+    image_mime,
+)
 from core.policy import POLICY_COMMANDS, Policy
 from core.ports import ReplySink, ReplyStream, Restorer
+from core.pricing import image_output_tokens
 from core.tokens import (
     TokenCounter,
     context_window,
@@ -1622,10 +1630,7 @@ class ConversationService:
         """Store an answer the person saw (whole, cut short or withheld) and what it cost."""
         counter = counter_for(model)
         tokens = counter.count(answer.text)
-        usage = answer.usage or Usage(
-            prompt_tokens=sum(counter.count(str(m.get("content", ""))) for m in answer.sent),
-            completion_tokens=tokens,
-        )
+        usage = answer.usage or _estimated(answer, counter, tokens)
         row = {
             "role": "assistant",
             "content": answer.text,
@@ -1911,7 +1916,7 @@ class ConversationService:
                 try:
                     try:
                         await self._stream_into(
-                            stream, answer, model, messages, image_parts, confirm
+                            msg, stream, answer, model, messages, image_parts, confirm
                         )
                     except ContextTooLong as refused:
                         if answer.text:
@@ -1920,7 +1925,9 @@ class ConversationService:
                         # than configured): trim harder once before giving up.
                         messages = await trim_harder(refused)
                         try:
-                            await self._stream_into(stream, answer, model, messages, image_parts)
+                            await self._stream_into(
+                                msg, stream, answer, model, messages, image_parts
+                            )
                         except ContextTooLong as err:
                             if answer.text or not _holds_history(messages):
                                 raise  # the newest message alone is too long: the default text
@@ -1953,8 +1960,13 @@ class ConversationService:
                     err.user_message = "The answer was cut short: " + err.user_message
                     raise
                 if not answer.text.strip():  # (only spaces and newlines show as nothing)
-                    if answer.usage is not None:  # what the model spent (thinking) is billed
-                        await self._record_usage(msg, model, "chat", usage=answer.usage)
+                    # What the model spent (reading, thinking) is billed: recorded, estimated
+                    # as a stored answer's is when the server said nothing of it.
+                    usage = answer.usage
+                    if usage is None:
+                        counter = counter_for(model)
+                        usage = _estimated(answer, counter, counter.count(answer.text))
+                    await self._record_usage(msg, model, "chat", usage=usage)
                     raise self._nothing_written(answer, model)
                 note = _STOP_NOTES.get(answer.finish_reason or "")
                 if note:
@@ -2002,6 +2014,7 @@ class ConversationService:
 
     async def _stream_into(
         self,
+        msg: IncomingMessage,
         stream: ReplyStream,
         answer: _Answer,
         model: str,
@@ -2015,7 +2028,17 @@ class ConversationService:
         model is done): the request may have been sent before the person's turn was stored;
         should the stored history differ from what was sent, the request is made again with
         the history as stored, before anything was shown.
+
+        Every request the model read is recorded: one it answered nothing of (made again by
+        the client, or failed) and one dropped for being stale, by its usage or else an
+        estimate (the request's tokens), as a stored answer's is.
         """
+
+        async def abandoned() -> None:
+            """Record the request in `answer.sent`, read by the model and not answered."""
+            usage = _estimated(answer, counter_for(model), 0)
+            await self._record_usage(msg, model, "chat", usage=usage)
+
         while True:
             answer.sent = messages
             if image_parts and messages[-1]["role"] == "user":
@@ -2028,7 +2051,10 @@ class ConversationService:
             with self.metrics.model_call("chat", model):
                 async with aclosing(
                     self.client.chat_stream(
-                        model=model, messages=messages, max_tokens=self.settings.reply_tokens
+                        model=model,
+                        messages=messages,
+                        max_tokens=self.settings.reply_tokens,
+                        abandoned=abandoned,
                     )
                 ) as deltas:
                     async for delta in deltas:
@@ -2047,6 +2073,10 @@ class ConversationService:
                 retry = await confirm()  # an answer with no text at all
             if retry is None:
                 return
+            if answer.usage is None:
+                await abandoned()
+            else:
+                await self._record_usage(msg, model, "chat", usage=answer.usage)
             messages, confirm = retry, None
             answer.usage = answer.finish_reason = None
 
@@ -2076,6 +2106,12 @@ class ConversationService:
                     str(refused)
                 ):
                     raise BadInput(str(refused), user_message=TOO_LONG_AUDIO) from refused
+                raise
+            except NotAnswered:
+                # The endpoint had the audio and may have transcribed it: billed all the
+                # same, recorded by the platform's duration (all that is known of it).
+                seconds = audio.duration_seconds or 0.0
+                await self._record_usage(msg, model, "audio", audio_seconds=seconds)
                 raise
         # Billed as the endpoint reports it (tokens, or seconds); else by the platform's
         # duration (a console file or a Slack upload has none: then only the server knows).
@@ -2331,13 +2367,17 @@ class ConversationService:
         await self.moderator.check_input(prompt)
         await sink.typing()
         model = self.settings.image_model
-        with self.metrics.model_call("image", model):
-            picture = await self.client.generate_image(
-                model=model,
-                prompt=prompt,
-                size=self.settings.image_size,
-                quality=self.settings.image_quality,
-            )
+        try:
+            with self.metrics.model_call("image", model):
+                picture = await self.client.generate_image(
+                    model=model,
+                    prompt=prompt,
+                    size=self.settings.image_size,
+                    quality=self.settings.image_quality,
+                )
+        except NotAnswered:
+            await self._record_unanswered_picture(msg, model)
+            raise
         await self._record_usage(
             msg, model, "image", usage=picture.usage, images=1, picture=picture
         )
@@ -2367,21 +2407,33 @@ class ConversationService:
         await sink.typing()
         model = self.settings.image_model
         # The endpoint may refuse the picture itself (its size, its colour mode, ...).
-        with _refused_input_says(UNUSABLE_IMAGE):
-            picture = await self.client.edit_image(
-                model=model,
-                image=image,
-                filename=source.filename or "image.png",
-                prompt=prompt,
-                size=self.settings.image_size,
-                quality=self.settings.image_quality,
-            )
+        try:
+            with _refused_input_says(UNUSABLE_IMAGE):
+                picture = await self.client.edit_image(
+                    model=model,
+                    image=image,
+                    filename=source.filename or "image.png",
+                    prompt=prompt,
+                    size=self.settings.image_size,
+                    quality=self.settings.image_quality,
+                )
+        except NotAnswered:
+            await self._record_unanswered_picture(msg, model)
+            raise
         await self._record_usage(
             msg, model, "image", usage=picture.usage, images=1, picture=picture
         )
         await sink.send(Reply(text=prompt, image=picture.data, image_name="edited.png"))
 
     # -- usage ----------------------------------------------------------------------------
+    async def _record_unanswered_picture(self, msg: IncomingMessage, model: str) -> None:
+        """Record a picture asked for but not answered (NotAnswered): the endpoint may have
+        made it, and bills it. Estimated as the budgets do: one picture of the configured
+        size and quality (its output tokens, for a model priced by tokens)."""
+        size, quality = self.settings.image_size, self.settings.image_quality
+        usage = Usage(prompt_tokens=0, completion_tokens=image_output_tokens(size, quality))
+        await self._record_usage(msg, model, "image", usage=usage, images=1)
+
     async def _record_usage(
         self,
         msg: IncomingMessage,
@@ -2460,6 +2512,15 @@ def _refused_input_says(user_message: str) -> Iterator[None]:
         if err.user_message != BadInput.user_message:
             raise
         raise BadInput(str(err), user_message=user_message) from err
+
+
+def _estimated(answer: _Answer, counter: TokenCounter, completion_tokens: int) -> Usage:
+    """The usage of a request the server did not report: the text of the messages sent,
+    counted with the model's tokenizer, and `completion_tokens`."""
+    return Usage(
+        prompt_tokens=sum(counter.count(str(m.get("content", ""))) for m in answer.sent),
+        completion_tokens=completion_tokens,
+    )
 
 
 def _data_url_part(data: bytes, mime: str) -> dict[str, Any]:

@@ -7,8 +7,12 @@ methods; they may be changed from the test's thread while the server runs in ano
 without them do, `max_audio_seconds` refuses over-long audio as OpenAI's gpt-4o transcribe
 models do, `max_audio_request_bytes` refuses an audio request whose whole body (the file and
 the multipart form around it) is larger, with OpenAI's 413, `think_seconds` holds back each
-chat answer's first byte (its response head too) as a reasoning model's silence does, and
-`redirect_to` answers every request with a redirect.
+chat answer's first byte (its response head too) as a reasoning model's silence does,
+`answer_delays` holds back the answers of other paths (the work done, and billed, first: GPT
+Image may take two minutes), `drop_after_request` drops the connection of a path's requests
+once read (the work done and billed all the same), `cut_next_streams` cuts the next streamed
+answers after their head, before any words, and `redirect_to` answers every request with a
+redirect.
 
 Other OpenAI-compatible servers speak variants of the API; these knobs make the fake speak
 them: `models_as_list` (/models answers a bare JSON array, as Together AI does),
@@ -294,6 +298,15 @@ class FakeOpenAI(FakeServer):
         # When set, streamed answers are compressed (gzip or deflate, as the client accepts).
         self.compress_streams: bool = False
         self.cut_stream_after: int | None = None
+        # The next this many streamed answers are cut after their head and role chunk, before
+        # any words (a proxy's idle cut while a reasoning model thinks); later ones are whole.
+        self.cut_next_streams: int = 0
+        # By path suffix ("/images/generations"): seconds a request's answer is held back
+        # after it was made (and billed), as a slow endpoint answers.
+        self.answer_delays: dict[str, float] = {}
+        # Path suffixes whose requests are read and worked on (billed), and their connection
+        # then dropped with no answer, as a proxy or server that fails mid-request does.
+        self.drop_after_request: set[str] = set()
         self.error_mid_stream: dict[str, Any] | None = None
         # Variants of compatible servers (see the module's docstring).
         self.models_as_list: bool = False
@@ -432,7 +445,15 @@ class FakeOpenAI(FakeServer):
                     code=failure.code,
                     headers=headers,
                 )
-            return await handler(request)
+            response = await handler(request)
+            if any(request.path.endswith(path) for path in self.drop_after_request):
+                return self._cut(request, response)
+            delay = next(
+                (s for path, s in self.answer_delays.items() if request.path.endswith(path)), 0.0
+            )
+            if delay:
+                await asyncio.sleep(delay)
+            return response
 
         return guarded
 
@@ -618,6 +639,11 @@ class FakeOpenAI(FakeServer):
         if self.compress_streams:
             response.enable_compression()
         include_usage = usage is not None
+        cut_after = self.cut_stream_after
+        with self._lock:
+            if self.cut_next_streams > 0:
+                self.cut_next_streams -= 1
+                cut_after = 0
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             data: dict[str, Any] = {
@@ -667,7 +693,7 @@ class FakeOpenAI(FakeServer):
             parts = self.content_parts and not refused
             pieces = re.findall(r"\S+\s*|\s+", text)
             for sent, piece in enumerate(pieces):
-                if self.cut_stream_after is not None and sent >= self.cut_stream_after:
+                if cut_after is not None and sent >= cut_after:
                     return self._cut(request, response)
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
@@ -680,7 +706,7 @@ class FakeOpenAI(FakeServer):
                     await send(error if "error" in error else {"error": error})
                     await response.write_eof()
                     return response
-            if self.cut_stream_after is not None:
+            if cut_after is not None:
                 return self._cut(request, response)
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)

@@ -28,7 +28,11 @@ from core.errors import (
 from core.openai_client import (
     ChatDelta,
     EncodedMessage,
+    FirstTokenTimeout,
+    NotAnswered,
     OpenAIClient,
+    Picture,
+    Transcript,
     Usage,
     build_http_client,
 )
@@ -709,6 +713,168 @@ async def test_image_edit_of_a_jpeg_named_oddly_is_labelled_jpeg(
     await client.edit_image(model="gpt-image-1", image=photo, filename="file_7", prompt="x")
     upload = fake.calls("/images/edits")[0].form["image"]
     assert (upload["filename"], upload["content_type"]) == ("file_7.jpg", "image/jpeg")
+
+
+# -- billed requests the endpoint does not answer ----------------------------------------
+@pytest.fixture(params=["app", "plain"])
+async def quick_http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The `http` clients with a 0.2 s request timeout."""
+    if request.param == "app":
+        client = build_http_client(Settings(_env_file=None, request_timeout=0.2))  # type: ignore[call-arg]
+    else:
+        client = httpx.AsyncClient(timeout=0.2)
+    async with client:
+        yield client
+
+
+def billed_client(http: httpx.AsyncClient, fake: FakeOpenAI, wait: float) -> OpenAIClient:
+    """A client that waits `wait` seconds for a billed answer (its first_token_timeout),
+    with the usual two retries."""
+    return OpenAIClient(
+        http, base_url=fake.base_url, api_key=KEY, first_token_timeout=wait, retry_base_delay=0.001
+    )
+
+
+async def make_image(client: OpenAIClient) -> Picture:
+    return await client.generate_image(model="gpt-image-1", prompt="a city at night")
+
+
+async def edit_image(client: OpenAIClient) -> Picture:
+    square = (FIXTURES / "square.png").read_bytes()
+    return await client.edit_image(
+        model="gpt-image-1", image=square, filename="square.png", prompt="add a hat"
+    )
+
+
+async def transcribe(client: OpenAIClient) -> Transcript:
+    audio = (FIXTURES / "voice-note.ogg").read_bytes()
+    return await client.transcribe(model="whisper-1", audio=audio, filename="voice.ogg")
+
+
+async def translate(client: OpenAIClient) -> Transcript:
+    audio = (FIXTURES / "voice-note.ogg").read_bytes()
+    return await client.transcribe(
+        model="whisper-1", audio=audio, filename="voice.ogg", translate=True
+    )
+
+
+BILLED = [
+    pytest.param(make_image, "/images/generations", "image", id="image"),
+    pytest.param(edit_image, "/images/edits", "image", id="edit"),
+    pytest.param(transcribe, "/audio/transcriptions", "transcription", id="transcription"),
+    pytest.param(translate, "/audio/translations", "transcription", id="translation"),
+]
+
+
+@pytest.mark.parametrize(("call", "path", "service"), BILLED)
+async def test_a_billed_request_waits_past_the_request_timeout_for_its_answer(
+    quick_http: httpx.AsyncClient, fake: FakeOpenAI, call: Any, path: str, service: str
+) -> None:
+    # GPT Image takes up to two minutes, past RELAYBOT_REQUEST_TIMEOUT's 60 s.
+    fake.answer_delays[path] = 0.5
+    assert await call(billed_client(quick_http, fake, 2.0))
+    assert len(fake.calls(path)) == 1
+
+
+@pytest.mark.parametrize(("call", "path", "service"), BILLED)
+async def test_a_billed_request_not_answered_in_time_is_not_sent_again(
+    quick_http: httpx.AsyncClient, fake: FakeOpenAI, call: Any, path: str, service: str
+) -> None:
+    # Each request sent is made and billed by the endpoint, answered or not.
+    fake.answer_delays[path] = 0.8
+    with pytest.raises(NotAnswered, match="timed out") as caught:
+        await call(billed_client(quick_http, fake, 0.3))
+    assert caught.value.user_message == (
+        f"The {service} service took too long to answer. Please try again in a minute."
+    )
+    assert len(fake.calls(path)) == 1
+
+
+@pytest.mark.parametrize(("call", "path", "service"), BILLED)
+async def test_a_billed_request_whose_connection_breaks_is_not_sent_again(
+    quick_http: httpx.AsyncClient, fake: FakeOpenAI, call: Any, path: str, service: str
+) -> None:
+    fake.drop_after_request.add(path)
+    with pytest.raises(NotAnswered, match="connection lost") as caught:
+        await call(billed_client(quick_http, fake, 2.0))
+    assert caught.value.user_message == (
+        f"The connection to the {service} service broke before it answered. Please try "
+        "again in a minute."
+    )
+    assert len(fake.calls(path)) == 1
+
+
+@pytest.mark.parametrize(("call", "path", "service"), BILLED)
+async def test_a_billed_request_refused_with_a_server_error_is_still_retried(
+    quick_http: httpx.AsyncClient, fake: FakeOpenAI, call: Any, path: str, service: str
+) -> None:
+    # A 503 is the endpoint saying it did not do the work: asking again costs nothing.
+    fake.fail_next(503, message="overloaded", path=path)
+    assert await call(billed_client(quick_http, fake, 2.0))
+    assert len(fake.calls(path)) == 2
+
+
+async def test_a_billed_request_that_never_connects_is_upstream_down(
+    quick_http: httpx.AsyncClient,
+) -> None:
+    # No connection, no request: retried as ever, and failing as the endpoint being down.
+    async with FakeOpenAI() as gone:
+        client = billed_client(quick_http, gone, 2.0)
+    with pytest.raises(UpstreamDown) as caught:
+        await make_image(client)
+    assert not isinstance(caught.value, NotAnswered)
+
+
+async def test_a_stream_cut_before_its_words_is_made_again_and_told_abandoned(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.cut_next_streams = 1  # the head and role came: the model read the request
+    abandoned: list[int] = []
+
+    async def note() -> None:
+        abandoned.append(len(fake.chat_requests()))
+
+    deltas = [
+        d
+        async for d in client.chat_stream(model="gpt-4o-mini", messages=user("hi"), abandoned=note)
+    ]
+    assert "".join(d.text for d in deltas) == "echo: hi"
+    assert abandoned == [1]  # told of the first request, before the second was made
+    assert len(fake.chat_requests()) == 2
+
+
+async def test_a_stream_refused_with_a_server_error_is_not_told_abandoned(
+    client: OpenAIClient, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(503, message="overloaded", path="/chat/completions")
+    abandoned: list[int] = []
+
+    async def note() -> None:
+        abandoned.append(1)
+
+    deltas = [
+        d
+        async for d in client.chat_stream(model="gpt-4o-mini", messages=user("hi"), abandoned=note)
+    ]
+    assert "".join(d.text for d in deltas) == "echo: hi"
+    assert abandoned == []
+    assert len(fake.chat_requests()) == 2
+
+
+async def test_a_stream_that_never_starts_is_told_abandoned(
+    http: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    # The model may still be thinking: not asked again, but what it read is billed.
+    client = idle_client(http, fake, 1.0)
+    fake.think_seconds = 1.5
+    abandoned: list[int] = []
+
+    async def note() -> None:
+        abandoned.append(1)
+
+    with pytest.raises(FirstTokenTimeout):
+        await anext(client.chat_stream(model="gpt-4o-mini", messages=user("hi"), abandoned=note))
+    assert abandoned == [1]
 
 
 # -- moderation and models -------------------------------------------------------------

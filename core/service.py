@@ -581,7 +581,8 @@ class ConversationService:
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._heartbeat: asyncio.Task[None] | None = None
-        self._notes: set[asyncio.Task[None]] = set()  # remember_reply writes in flight
+        # remember_reply writes in flight, and chat moves waiting for their chat's answers
+        self._notes: set[asyncio.Task[None]] = set()
         # Windows smaller than configured, by model, as the endpoint showed them by refusing
         # a request that fitted the configured one (see `_refused_as_too_long`).
         self._told_windows: dict[str, int] = {}
@@ -1019,7 +1020,33 @@ class ConversationService:
 
     async def move_chat(self, old: ChatRef, new: ChatRef) -> None:
         """Adapters: chat `old` lives on as `new` (a Telegram group upgraded to a supergroup
-        changes its id): its history, settings and budgets follow it."""
+        changes its id): its history, settings and budgets follow it.
+
+        After the messages of `old` this process is answering: moved while one is made, its
+        turn went ahead without its answer (which was then asked again of a history gone,
+        and stored under the old id). With none, at once; else in the background, once they
+        are done (the adapter does not wait for answers being made).
+        """
+        ticket = self.locks.reserve(old.key)
+        if ticket.ready:
+            async with ticket:
+                await self._move_chat(old, new)
+            return
+        task = asyncio.create_task(
+            self._move_chat_after(ticket, old, new), name=f"relaybot:move:{old.key}"
+        )
+        self._notes.add(task)
+        task.add_done_callback(self._notes.discard)
+
+    async def _move_chat_after(self, ticket: Ticket, old: ChatRef, new: ChatRef) -> None:
+        """`_move_chat` once the chat's turn comes (a failure is logged: nobody waits)."""
+        try:
+            async with ticket:
+                await self._move_chat(old, new)
+        except Exception:
+            log.exception("could not move a chat", extra={"chat": old.key, "to": new.key})
+
+    async def _move_chat(self, old: ChatRef, new: ChatRef) -> None:
         moved = await self.store.move_chat(old.key, new.key)
         self.windows.drop(old.key)
         self.windows.drop(new.key)

@@ -2394,19 +2394,15 @@ class ConversationService:
         await self.moderator.check_input(prompt)
         await sink.typing()
         model = self.settings.image_model
-        try:
-            with self.metrics.model_call("image", model):
-                picture = await self.client.generate_image(
-                    model=model,
-                    prompt=prompt,
-                    size=self.settings.image_size,
-                    quality=self.settings.image_quality,
-                )
-        except NotAnswered:
-            await self._record_unanswered_picture(msg, model)
-            raise
-        await self._record_usage(
-            msg, model, "image", usage=picture.usage, images=1, picture=picture
+        picture = await self._picture(
+            msg,
+            model,
+            self.client.generate_image(
+                model=model,
+                prompt=prompt,
+                size=self.settings.image_size,
+                quality=self.settings.image_quality,
+            ),
         )
         await sink.send(Reply(text=prompt, image=picture.data, image_name="image.png"))
 
@@ -2434,23 +2430,36 @@ class ConversationService:
         await sink.typing()
         model = self.settings.image_model
         # The endpoint may refuse the picture itself (its size, its colour mode, ...).
-        try:
-            with _refused_input_says(UNUSABLE_IMAGE):
-                picture = await self.client.edit_image(
+        with _refused_input_says(UNUSABLE_IMAGE):
+            picture = await self._picture(
+                msg,
+                model,
+                self.client.edit_image(
                     model=model,
                     image=image,
                     filename=source.filename or "image.png",
                     prompt=prompt,
                     size=self.settings.image_size,
                     quality=self.settings.image_quality,
-                )
+                ),
+            )
+        await sink.send(Reply(text=prompt, image=picture.data, image_name="edited.png"))
+
+    async def _picture(
+        self, msg: IncomingMessage, model: str, asking: Awaitable[Picture]
+    ) -> Picture:
+        """The picture `asking` makes (or edits), with what it cost recorded: also when it
+        was sent but not answered (NotAnswered: the endpoint bills it all the same)."""
+        try:
+            with self.metrics.model_call("image", model):
+                picture = await asking
         except NotAnswered:
             await self._record_unanswered_picture(msg, model)
             raise
         await self._record_usage(
             msg, model, "image", usage=picture.usage, images=1, picture=picture
         )
-        await sink.send(Reply(text=prompt, image=picture.data, image_name="edited.png"))
+        return picture
 
     # -- usage ----------------------------------------------------------------------------
     async def _record_unanswered_picture(self, msg: IncomingMessage, model: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -117,3 +118,27 @@ def wait_ready(
             if time.monotonic() > deadline:
                 raise AssertionError(f"{name} not ready:\n{log()[-3000:]}")
             time.sleep(0.1)  # a process starting up: there is nothing to wait on but time
+
+
+def run_until_ready(cwd: Path, **env: str) -> str:
+    """Start `relaybot run` in `cwd` with `env`, wait until it is ready (every adapter
+    started, its platform reached), stop it with SIGTERM (it must exit 0); its log."""
+    log_path = cwd / "relaybot.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [RELAYBOT, "run"],
+            cwd=cwd,
+            env=clean_env(RELAYBOT_HTTP_HOST="127.0.0.1", RELAYBOT_HTTP_PORT="0", **env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_ready(proc, "http://127.0.0.1:0", time.monotonic() + 60, log_path.read_text)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return log_path.read_text()

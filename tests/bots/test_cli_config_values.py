@@ -10,9 +10,6 @@ the variable, with no secret in it."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,11 @@ import pytest
 
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.fake_telegram import FakeTelegram
-from tests.processes import RELAYBOT, clean_env, endpoint_env, run_relaybot, wait_ready
+from tests.processes import (
+    endpoint_env,
+    run_relaybot,
+    run_until_ready,
+)
 
 KEY = "sk-test-config-values-0123"
 
@@ -35,29 +36,6 @@ def one_line(stderr: str) -> str:
     assert stderr.count("\n") == 1 and stderr.endswith("\n"), stderr
     assert "Traceback" not in stderr
     return stderr.strip()
-
-
-def runs(tmp_path: Path, **env: str) -> str:
-    """Start `relaybot run` with `env`, wait until it is ready, stop it with SIGTERM; its log."""
-    log_path = tmp_path / "relaybot.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [RELAYBOT, "run"],
-            cwd=tmp_path,
-            env=clean_env(RELAYBOT_HTTP_HOST="127.0.0.1", RELAYBOT_HTTP_PORT="0", **env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_ready(proc, "http://127.0.0.1:0", time.monotonic() + 60, log_path.read_text)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log_path.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    return log_path.read_text()
 
 
 def telegram_env(telegram: FakeTelegram, endpoint: FakeOpenAI) -> dict[str, str]:
@@ -88,7 +66,7 @@ def test_a_bot_token_with_a_newline_after_it_starts_the_bot(
 ) -> None:
     env = telegram_env(telegram, endpoint)
     endpoint.api_key = KEY
-    log = runs(
+    log = run_until_ready(
         tmp_path,
         **{**env, "TELEGRAM_BOT_TOKEN": f"{telegram.token}\n", "OPENAI_API_KEY": f"{KEY}\n"},
     )
@@ -141,7 +119,9 @@ def test_a_bot_api_url_with_a_trailing_slash_starts_the_bot(
     endpoint: FakeOpenAI, telegram: FakeTelegram, tmp_path: Path
 ) -> None:
     env = telegram_env(telegram, endpoint)
-    log = runs(tmp_path, **{**env, "TELEGRAM_API_BASE_URL": telegram.api_base_url + "/"})
+    log = run_until_ready(
+        tmp_path, **{**env, "TELEGRAM_API_BASE_URL": telegram.api_base_url + "/"}
+    )
     assert "rejected TELEGRAM_BOT_TOKEN" not in log
     assert telegram.calls("/getMe"), log[-2000:]
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,7 +20,7 @@ from core.testing.fake_slack import FakeSlack
 from core.testing.fake_telegram import FakeTelegram
 from core.testing.server import FakeServer
 from tests.egress_proxy import EgressProxy
-from tests.processes import RELAYBOT, clean_env, wait_ready
+from tests.processes import RELAYBOT, run_until_ready
 
 OPENAI_KEY = "sk-test-doctor-Kq2Vn8Rx"
 TELEGRAM_TOKEN = "424242424:AAF7cT2qLm9XvB4nR8sW1yZ6pJ3dK5hGfEo"
@@ -413,29 +411,6 @@ def test_an_image_folder_the_console_cannot_write_fails(
 
 
 # -- the platforms, reached as the bot reaches them ------------------------------------------
-def bot_runs(cwd: Path, env: dict[str, str]) -> None:
-    """Start `relaybot run` with `env`; wait until it is ready (every adapter started, its
-    platform reached); stop it with SIGTERM."""
-    log_path = cwd / "relaybot.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [RELAYBOT, "run"],
-            cwd=cwd,
-            env=clean_env(RELAYBOT_HTTP_HOST="127.0.0.1", RELAYBOT_HTTP_PORT="0", **env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_ready(proc, "http://127.0.0.1:0", time.monotonic() + 60, log_path.read_text)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log_path.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
 def test_the_platforms_are_checked_as_the_bot_reaches_them_not_through_the_model_proxy(
     endpoint: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -462,7 +437,7 @@ def test_the_platforms_are_checked_as_the_bot_reaches_them_not_through_the_model
             "SLACK_SIGNING_SECRET": "0123456789abcdef0123456789abcdef",
             "SLACK_API_URL": slack.api_url,
         }
-        bot_runs(tmp_path, env)
+        run_until_ready(tmp_path, **env)
         assert telegram.calls("/getMe") and slack.api_calls("auth.test")
         code, lines, output = doctor(tmp_path, env)
         assert code == 0, output

@@ -8,14 +8,20 @@ without sending anything again, `received` ones are processed again.
 
 Across replicas one chat is answered by one process at a time, oldest event first: a process
 takes the chat's lease only when no older unfinished event of that chat exists.
+
+Every lease time (claims, chat leases, the sweep's "now") is the database server's clock, not
+the process's: a replica whose clock ran ahead of another's by more than a lease would see
+that replica's live leases as run out and take over its events and chats (see `Inbox.now`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -168,22 +174,60 @@ class ClaimedEvent:
 
 
 class Inbox:
-    """Claims, leases and recovery queries on the inbound_events and chat_leases tables."""
+    """Claims, leases and recovery queries on the inbound_events and chat_leases tables.
 
-    def __init__(self, db: Database, worker_id: str, lease_seconds: float) -> None:
+    `clock`: this host's time (an aware UTC datetime), the database's own on SQLite (one
+    process, on this host). On PostgreSQL it plays no part in leases: see `now`.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        worker_id: str,
+        lease_seconds: float,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.db = db
         self.worker_id = worker_id
         self.lease = timedelta(seconds=lease_seconds)
+        self.clock = clock
         # One process owns a SQLite file: local per-chat queues already order its chats.
         self.shared = db.shared
+        # The server's clock as last read (PostgreSQL), and time.monotonic() at that moment.
+        self._server_time: tuple[datetime, float] | None = None
+        self._reading = asyncio.Lock()
 
-    def _until(self) -> datetime:
-        return utcnow() + self.lease
+    def _local_now(self) -> datetime:
+        return self.clock() if self.clock is not None else utcnow()
+
+    async def now(self) -> datetime:
+        """The database's time now, for every lease time written or compared.
+
+        PostgreSQL: the server's clock as last read (`read_server_clock`) plus the time
+        elapsed since on this process's monotonic clock, so neither this host's clock being
+        off nor its being stepped (NTP) moves a lease. Read again when older than half a
+        lease (and at each `renew`). SQLite: this host's clock (one process).
+        """
+        if not self.shared:
+            return self._local_now()
+        read = self._server_time
+        if read is None or time.monotonic() - read[1] > self.lease.total_seconds() / 2:
+            async with self._reading:  # one reading for all who need it at once
+                if self._server_time is read:
+                    await self.read_server_clock()
+        assert self._server_time is not None
+        server, at = self._server_time
+        return server + timedelta(seconds=time.monotonic() - at)
+
+    async def read_server_clock(self) -> None:
+        """Read the database server's clock (PostgreSQL; nothing to read on SQLite)."""
+        if self.shared:
+            self._server_time = await self.db.run(_server_clock, autocommit=True)
 
     async def record(self, msg: IncomingMessage) -> int | None:
         """Store the event, claimed by this process; None when its key was seen before."""
         try:
-            return await self.db.run(_record, self._values(msg), autocommit=True)
+            return await self.db.run(_record, await self._values(msg), autocommit=True)
         except IntegrityError as error:
             await self._seen_or_raise(msg.event_key, error)
             return None
@@ -196,17 +240,18 @@ class Inbox:
         if not await self.db.run(_event_seen, event_key):
             raise error
 
-    def _values(self, msg: IncomingMessage) -> dict[str, Any]:
+    async def _values(self, msg: IncomingMessage) -> dict[str, Any]:
         """The event's row, claimed by this process."""
+        now = await self.now()
         return {
             "event_key": msg.event_key,
             "chat_key": msg.chat.key,
             "sender_id": msg.sender.id,
             "status": "received",
-            "received_at": utcnow(),
+            "received_at": now,
             "payload": encode_message(msg),
             "claimed_by": self.worker_id,
-            "lease_until": self._until(),
+            "lease_until": now + self.lease,
             "attempts": 1,
         }
 
@@ -223,12 +268,12 @@ class Inbox:
         if not self.shared:  # one process: the chat's turn is its local queue's; read settings
             try:
                 return await self.db.run(
-                    _record_and_read, self._values(msg), msg.chat.parent_key, autocommit=True
+                    _record_and_read, await self._values(msg), msg.chat.parent_key, autocommit=True
                 )
             except IntegrityError as error:
                 await self._seen_or_raise(msg.event_key, error)
                 return None, None
-        values = self._values(msg)
+        values = await self._values(msg)
         # The lease's times are the event's claim's (the same lease length).
         params = {
             **values,
@@ -274,7 +319,9 @@ class Inbox:
         """
         # Two statements, each on its own: holding the events' locks while waiting for the
         # leases' (or the other way round) could deadlock with an answer being stored.
-        until = self._until()
+        # The server's clock is read again on every heartbeat (its rate and ours may differ).
+        await self.read_server_clock()
+        until = await self.now() + self.lease
         ids, keys = sorted(event_ids), sorted(chat_keys)
         for start in range(0, len(ids), RENEW_BATCH):
             batch = ids[start : start + RENEW_BATCH]
@@ -301,6 +348,7 @@ class Inbox:
         """
         if not platforms:
             return []
+        now = await self.now()
         return await self.db.run(
             _claim_abandoned,
             list(platforms),
@@ -308,7 +356,8 @@ class Inbox:
             everything,
             self.shared,
             self.worker_id,
-            self._until(),
+            now,
+            now + self.lease,
             after,
         )
 
@@ -392,12 +441,13 @@ class Inbox:
         # Every older unanswered event goes first, an abandoned one too: a sweeper (here or on
         # another replica) resumes it once its lease runs out. Overtaking it would answer the
         # chat out of order, without that turn in the history.
+        now = await self.now()
         params = {
             "chat_key": chat_key,
             "parent_key": parent_key,
             "holder": self.worker_id,
-            "until": self._until(),
-            "now": utcnow(),
+            "until": now + self.lease,
+            "now": now,
             "event_id": event_id,
         }
         rows = await self.db.fetch(_TAKE_CHAT, params, durable=False)
@@ -433,6 +483,18 @@ _INSERT_EVENT = Statement(insert(InboundEvent).returning(InboundEvent.id))
 
 def _record(conn: Connection, values: dict[str, Any]) -> int:
     return int(_INSERT_EVENT.execute(conn, values).fetchone()[0])
+
+
+_SERVER_CLOCK = text("SELECT clock_timestamp()")
+
+
+def _server_clock(conn: Connection) -> tuple[datetime, float]:
+    """The server's clock, and this process's monotonic time when the server read it (the
+    middle of the round trip: off by half of it at most)."""
+    before = time.monotonic()
+    server = conn.execute(_SERVER_CLOCK).scalar_one()
+    after = time.monotonic()
+    return server, (before + after) / 2
 
 
 def _event_seen(conn: Connection, event_key: str) -> bool:
@@ -511,6 +573,7 @@ def _claim_abandoned(
     everything: bool,
     shared: bool,
     worker_id: str,
+    now: datetime,
     until: datetime,
     after: int,
 ) -> list[ClaimedEvent]:
@@ -530,7 +593,6 @@ def _claim_abandoned(
         .limit(limit)
     )
     if not everything:
-        now = utcnow()
         query = query.where(
             or_(InboundEvent.lease_until.is_(None), InboundEvent.lease_until < now)
         )

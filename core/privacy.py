@@ -22,8 +22,8 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     SQLColumnExpression,
+    and_,
     delete,
-    func,
     or_,
     select,
     union,
@@ -78,14 +78,20 @@ async def forget_chat(
     `threads`: the conversations in the chat's threads too (keys `CHAT_KEY:THREAD`, see
     `ChatRef.key`), in the same transaction.
     """
-    prefix = f"{chat_key}:"
+    # The threads' keys are those from 'CHAT_KEY:' up to (not including) 'CHAT_KEY;' (';'
+    # follows ':'): a range the key's index serves (substr(key, 1, n) read every row of all
+    # four tables, on SQLite holding the write lock meanwhile). Exact under binary ordering:
+    # SQLite's; on PostgreSQL the columns' collation "C" (migration 0015), named here as well
+    # so that no other collation can ever narrow or widen the range.
+    first, after = f"{chat_key}:", f"{chat_key};"
+    postgres = engine.dialect.name == "postgresql"
 
     def of(column: SQLColumnExpression[Any]) -> ColumnElement[bool]:
         """Rows of the chat (and of its threads)."""
         if not threads:
             return column == chat_key
-        # substr, not LIKE: exact and case-sensitive on every database.
-        return or_(column == chat_key, func.substr(column, 1, len(prefix)) == prefix)
+        ordered = column.collate("C") if postgres else column
+        return or_(column == chat_key, and_(ordered >= first, ordered < after))
 
     session_factory = async_sessionmaker(engine, expire_on_commit=False)
     async with session_factory() as session:

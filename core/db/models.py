@@ -44,6 +44,10 @@ class Chat(Base):
 
     __tablename__ = "chats"
 
+    # On PostgreSQL this and the other chat-key columns (chat_leases, inbound_events,
+    # messages, usage) are collated "C", in byte order as on SQLite (migration 0015): /forget
+    # finds a chat's threads as a range of keys. Not declared here: `String(collation="C")`
+    # would also render in core.db.store's CASTs to the column types, where it is no syntax.
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     platform: Mapped[str] = mapped_column(String(32))
     system_prompt: Mapped[str | None] = mapped_column(Text, default=None)

@@ -129,3 +129,61 @@ async def test_model_names_of_any_length_after_0012_and_back(database_url: str) 
         assert await migrate.current_revision(engine) == migrate.head_revision()
     finally:
         await engine.dispose()
+
+
+async def test_chat_keys_in_byte_order_after_0015_and_back(database_url: str) -> None:
+    # /forget finds a chat's threads as the range of keys ['KEY:', 'KEY;'), exact in byte
+    # order only: from 0015 PostgreSQL's chat-key columns are collated "C" (SQLite compares
+    # BINARY already, and its columns stay as they were).
+    from sqlalchemy import insert, select
+
+    from core.db.models import Chat, Message
+
+    columns = {
+        "chats": "key",
+        "chat_leases": "chat_key",
+        "inbound_events": "chat_key",
+        "messages": "chat_key",
+        "usage": "chat_key",
+    }
+
+    async def collations() -> set[str | None]:
+        async with engine.connect() as conn:
+            found = await conn.run_sync(
+                lambda c: {
+                    column["type"].collation
+                    for table, name in columns.items()
+                    for column in inspect(c).get_columns(table)
+                    if column["name"] == name
+                }
+            )
+        return set(found)
+
+    engine = create_engine(database_url)
+    postgres = database_url.startswith("postgresql")
+    try:
+        await migrate.upgrade(engine, "0014")
+        assert await collations() == {None}
+        async with engine.begin() as conn:
+            await conn.execute(insert(Chat).values(key="test:a:1", platform="test"))
+            await conn.execute(
+                insert(Message).values(
+                    chat_key="test:a:1", role="user", content="hi", token_count=1, encoding="x"
+                )
+            )
+        await migrate.upgrade(engine)
+        await migrate.check(engine)
+        assert await collations() == ({"C"} if postgres else {None})
+        async with engine.connect() as conn:
+            threads = select(Message.chat_key).where(
+                Message.chat_key >= "test:a:", Message.chat_key < "test:a;"
+            )
+            assert (await conn.execute(threads)).scalars().all() == ["test:a:1"]
+        await migrate.downgrade(engine, "0014")
+        assert await collations() == {None}
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(Chat.key))).scalars().all() == ["test:a:1"]
+        await migrate.upgrade(engine)
+        assert await migrate.current_revision(engine) == migrate.head_revision()
+    finally:
+        await engine.dispose()

@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.db.models import UsageRecord, utcnow
+from core.pricing import money
 from core.types import ChatRef
 
 FORGOTTEN = "(forgotten)"
@@ -214,9 +215,6 @@ def render_table(report: dict[str, Any]) -> str:
     names = [str(r["user"]) for r in report["users"]] + [str(r["chat"]) for r in report["chats"]]
     width = max([5, *(len(n) for n in names)])
 
-    def usd(value: float) -> str:
-        return f"${value:,.4f}"
-
     def block(title: str, key: str, rows: list[dict[str, Any]]) -> list[str]:
         head = (
             f"{title:<{width}}  {'today':>11}  {'this month':>11}  {'all time':>11}"
@@ -225,8 +223,8 @@ def render_table(report: dict[str, Any]) -> str:
         lines = [head, "-" * len(head)]
         for r in rows:
             lines.append(
-                f"{r[key]!s:<{width}}  {usd(r['today']['cost_usd']):>11}"
-                f"  {usd(r['month']['cost_usd']):>11}  {usd(r['all_time']['cost_usd']):>11}"
+                f"{r[key]!s:<{width}}  {money(r['today']['cost_usd']):>11}"
+                f"  {money(r['month']['cost_usd']):>11}  {money(r['all_time']['cost_usd']):>11}"
                 f"  {r['all_time']['requests']:>8}  {r['prompt_tokens']:>10}"
                 f"  {r['completion_tokens']:>10}"
             )

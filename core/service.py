@@ -1993,7 +1993,7 @@ class ConversationService:
                     if usage is None:
                         counter = counter_for(model)
                         usage = _estimated(answer, counter, counter.count(answer.text))
-                    await self._record_usage(msg, model, "chat", usage=usage)
+                    await self._record_unanswered(msg, model, "chat", usage=usage)
                     raise self._nothing_written(answer, model)
                 note = _STOP_NOTES.get(answer.finish_reason or "")
                 if note:
@@ -2064,7 +2064,7 @@ class ConversationService:
         async def abandoned() -> None:
             """Record the request in `answer.sent`, read by the model and not answered."""
             usage = _estimated(answer, counter_for(model), 0)
-            await self._record_usage(msg, model, "chat", usage=usage)
+            await self._record_unanswered(msg, model, "chat", usage=usage)
 
         while True:
             answer.sent = messages
@@ -2103,7 +2103,7 @@ class ConversationService:
             if answer.usage is None:
                 await abandoned()
             else:
-                await self._record_usage(msg, model, "chat", usage=answer.usage)
+                await self._record_unanswered(msg, model, "chat", usage=answer.usage)
             messages, confirm = retry, None
             answer.usage = answer.finish_reason = None
 
@@ -2138,7 +2138,7 @@ class ConversationService:
                 # The endpoint had the audio and may have transcribed it: billed all the
                 # same, recorded by the platform's duration (all that is known of it).
                 seconds = audio.duration_seconds or 0.0
-                await self._record_usage(msg, model, "audio", audio_seconds=seconds)
+                await self._record_unanswered(msg, model, "audio", audio_seconds=seconds)
                 raise
         # Billed as the endpoint reports it (tokens, or seconds); else by the platform's
         # duration (a console file or a Slack upload has none: then only the server knows).
@@ -2468,7 +2468,36 @@ class ConversationService:
         size and quality (its output tokens, for a model priced by tokens)."""
         size, quality = self.settings.image_size, self.settings.image_quality
         usage = Usage(prompt_tokens=0, completion_tokens=image_output_tokens(size, quality))
-        await self._record_usage(msg, model, "image", usage=usage, images=1)
+        await self._record_unanswered(msg, model, "image", usage=usage, images=1)
+
+    async def _record_unanswered(
+        self,
+        msg: IncomingMessage,
+        model: str,
+        kind: str,
+        *,
+        usage: Usage | None = None,
+        audio_seconds: float = 0.0,
+        images: int = 0,
+    ) -> None:
+        """Record, at its estimate, a model call sent but not answered (or answered with
+        nothing, or dropped to be made again). The person is then told the model's error
+        (or gets the answer made again): a failed write (the database locked or down that
+        moment) must not replace that, so it is logged for the operator, not raised."""
+        try:
+            await self._record_usage(
+                msg, model, kind, usage=usage, audio_seconds=audio_seconds, images=images
+            )
+        except Exception as err:
+            log.error(
+                "could not record the cost of a model call sent but not answered (%s, %s: "
+                "%s): /usage and the budgets leave it out",
+                kind,
+                model,
+                type(err).__name__,
+                exc_info=True,
+                extra={"chat": msg.chat.key, "model": model},
+            )
 
     async def _record_usage(
         self,

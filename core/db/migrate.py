@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ VERSION_TABLE = "alembic_version"
 
 
 def alembic_config(url: str = "") -> Config:
-    """An Alembic config pointing at the packaged migrations."""
-    cfg = Config()
+    """An Alembic config pointing at the packaged migrations. What Alembic's commands
+    print themselves ("No new upgrade operations detected.") is dropped: `relaybot db`
+    says what happened in its own lines, which an operator or a script reads."""
+    cfg = Config(stdout=io.StringIO())
     cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
     if url:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

@@ -15,6 +15,7 @@ database. A chat with no stored turn at all needs no read: its window starts emp
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,48 @@ from typing import Any
 
 from core.openai_client import EncodedMessage, EncodedMessages, encode_json
 from core.trimming import fit_newest
+
+# What a held window costs in memory beyond its texts (RELAYBOT_HISTORY_CACHE_MB bounds it).
+# Counting only the JSON left out ~97 % of a short chat's memory: a 64 MB cache held ~2 GB.
+# Measured with tracemalloc on CPython 3.11.7 as the bytes freed by dropping windows from a
+# HistoryCache (after gc.collect()), less what `held_bytes` and the JSON buffer count:
+# - WINDOW_BYTES: 3,000 windows with no turn, under keys like "telegram:-1001234567890":
+#   the ChatWindow, its two deques (each with its first 64-slot block), the empty bytearray,
+#   its ints, the key and the cache's entries for it. 1,880 B each.
+# - TURN_BYTES: 10 windows of 3,000 turns, each with a new role string (as a database row
+#   gives), a new content string, an id and a cost above 256: the Turn, its two ints, the
+#   EncodedMessage dict and its key table, the role string, the headers of the JSON bytes and
+#   of the content string, two deque slots. 466 B each, for texts of 2 and of 150 characters.
+# Through the service (role strings shared, small costs) windows hold 0.84-0.94x what they
+# count; tests/core/test_history_cache_memory.py measures short and long chats again.
+WINDOW_BYTES = 1_900
+TURN_BYTES = 470
+_STR_HEADER = sys.getsizeof("")  # an ASCII string's header (TURN_BYTES has the content's)
+
+
+def held_bytes(message: EncodedMessage) -> int:
+    """What a turn's texts hold beyond TURN_BYTES: its JSON, its content and its name."""
+    encoded = len(message.encoded)
+    held = encoded
+    name = message.get("name")
+    if name:
+        held += _STR_HEADER
+    wide = False
+    for text in (message.get("content"), name):
+        if not isinstance(text, str):
+            continue
+        if text.isascii():  # (a flag: known without reading the text)
+            held += len(text)
+        else:
+            # CPython stores a string at the width of its widest character (1, 2 or 4
+            # bytes): the size of a copy tells it (one memcpy; a copy has no cached UTF-8).
+            held += sys.getsizeof(text + "\0") - _STR_HEADER
+            wide = True
+    if wide:
+        # The UTF-8 copy a database driver or the tokenizer leaves cached in such a string
+        # (the message's together are no longer than its JSON).
+        held += encoded
+    return held
 
 
 @dataclass(slots=True)
@@ -41,6 +84,7 @@ class ChatWindow:
     """The newest turns of one chat that fit its history budget, oldest first."""
 
     __slots__ = (
+        "_held",
         "_json",
         "_messages",
         "encoding",
@@ -72,6 +116,7 @@ class ChatWindow:
         # request never walks the whole window to encode it (deleting from the front of a
         # bytearray does not copy the rest).
         self._json = bytearray()
+        self._held = 0  # TURN_BYTES and `held_bytes` of each turn held
         # The cost of the newest stored turn older than `turns` (None: there is none).
         self.older_cost = older_cost
         for turn in turns:
@@ -79,8 +124,9 @@ class ChatWindow:
 
     @property
     def size(self) -> int:
-        """Bytes held (the JSON of the turns, which dominates)."""
-        return len(self._json)
+        """Bytes of memory held, as measured (see WINDOW_BYTES): the window's own objects,
+        each turn's objects and texts, and the JSON buffer as allocated."""
+        return WINDOW_BYTES + self._held + self._json.__alloc__()
 
     def append(self, turn: Turn) -> None:
         """A turn stored after the ones held."""
@@ -90,11 +136,13 @@ class ChatWindow:
         self.turns.append(turn)
         self._messages.append(turn.message)
         self.total += turn.cost
+        self._held += TURN_BYTES + held_bytes(turn.message)
 
     def _drop_oldest(self) -> None:
         dropped = self.turns.popleft()
         self._messages.popleft()
         self.total -= dropped.cost
+        self._held -= TURN_BYTES + held_bytes(dropped.message)
         del self._json[: dropped.size + (1 if self.turns else 0)]
         self.older_cost = dropped.cost
 

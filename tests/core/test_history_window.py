@@ -289,16 +289,19 @@ def test_a_window_keeps_what_fit_newest_keeps(costs: list[int], budgets: list[in
 
 
 def test_the_cache_drops_the_least_recently_used_windows_past_its_memory() -> None:
-    cache = HistoryCache(max_bytes=200)
+    def small() -> ChatWindow:
+        return ChatWindow(1, "enc", [turn(i, 5) for i in range(2)], None, None)
+
+    cache = HistoryCache(max_bytes=3 * small().size)  # room for three small windows
     for key in ("a", "b", "c"):
-        cache.put(key, ChatWindow(1, "enc", [turn(i, 5) for i in range(2)], None, None))
+        cache.put(key, small())
     assert len(cache) == 3
     cache.get("a")  # used: stays
     big = ChatWindow(1, "enc", [turn(i, 5) for i in range(4)], None, None)
     cache.put("d", big)
     assert cache.get("b") is None
     assert cache.get("a") is not None and cache.get("d") is not None
-    assert cache.size <= 200
+    assert cache.size <= cache.max_bytes
 
 
 # -- the request sent while the person's turn is being stored -------------------------------

@@ -9,8 +9,10 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from bots.links import shows_nothing
+from bots.textcut import with_bare_links
 
-_PARSER = MarkdownIt("commonmark").enable("strikethrough")
+# Bare web addresses are links (only those with a scheme: see `with_bare_links`).
+_PARSER = with_bare_links(MarkdownIt("commonmark").enable("strikethrough"))
 # Link targets Slack's `<url|label>` may carry: anything else there is markup of Slack's own
 # (`<!channel|look>`, `<@U123|boss>` ping people), so a link to it is shown as its label.
 _LINKABLE = re.compile(r"^(?:https?://|mailto:)", re.IGNORECASE)

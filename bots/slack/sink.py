@@ -30,6 +30,7 @@ from bots.slack.mrkdwn import (
     unfinished_ping,
     without_hidden_links,
 )
+from bots.textcut import cut_point
 from core.config import FIRST_TOKEN_TIMEOUT
 from core.errors import BadInput, NotDelivered
 from core.types import Reply, ReplyKind
@@ -336,7 +337,8 @@ def open_fence(markdown: str) -> tuple[str, str] | None:
 def split_text(
     text: str, limit: int, *, may_defer: bool = False, before: str = ""
 ) -> tuple[str, str]:
-    """(head, rest) with head ≤ limit, cut at a paragraph, line or word break when possible.
+    """(head, rest) with head ≤ limit, cut at a paragraph, line or word break when possible,
+    never inside a character, nor (where it can be helped) inside bold, a link or code.
 
     `may_defer`: the head tops up a message that already holds text (`before`), so rather
     than cut a word in two it may be shorter, or empty (everything then starts the next
@@ -346,14 +348,14 @@ def split_text(
     """
     if len(text) <= limit:
         return text, ""
-    head, rest = _split(text, limit, may_defer)
+    head, rest = _split(text, limit, may_defer, before)
     fence = open_fence(before + head)
     if fence is None:
         return head, rest
     closing = "\n" + fence[1]
     if len(closing) < limit:
         # Room for the closing fence; the shorter head may no longer be inside the block.
-        head, rest = _split(text, limit - len(closing), may_defer)
+        head, rest = _split(text, limit - len(closing), may_defer, before)
         fence = open_fence(before + head)
         if fence is None:
             return head, rest
@@ -365,18 +367,14 @@ def split_text(
     return f"{head}\n{marker}", rest
 
 
-def _split(text: str, limit: int, may_defer: bool) -> tuple[str, str]:
+def _split(text: str, limit: int, may_defer: bool, before: str) -> tuple[str, str]:
+    """(head, rest) cut where `cut_point` says: at a break, outside bold, links and code
+    (read with `before`, what the message shows already), never inside a character."""
     if len(text) <= limit:
         return text, ""
-    window = text[:limit]
-    for sep in ("\n\n", "\n", " "):
-        cut = window.rfind(sep)
-        if cut > limit // 2:
-            return text[:cut].rstrip(), text[cut + len(sep) :]
-    if may_defer:
-        cut = max(window.rfind(" "), window.rfind("\n"))
-        return (text[:cut].rstrip(), text[cut + 1 :]) if cut > 0 else ("", text)
-    return window, text[limit:]
+    cut = cut_point(before + text, len(before) + limit, start=len(before), defer=may_defer)
+    cut -= len(before)
+    return text[:cut].rstrip(), text[cut:]
 
 
 class Caller:

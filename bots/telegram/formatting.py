@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import bisect
 import html
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
-from functools import cache
+from collections.abc import Sequence
 
 from markdown_it import MarkdownIt
-from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
 from bots.links import shows_nothing
+from bots.textcut import FENCE, MARKS, cut_point, with_bare_links
 
 MAX_MESSAGE_UTF16 = 4096
 MAX_CAPTION_UTF16 = 1024
@@ -21,9 +19,8 @@ MAX_CAPTION_UTF16 = 1024
 # fence (and HTML rendering that is a little longer than the source) still fits.
 SEGMENT_UTF16 = 3900
 
-_md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(
-    ["strikethrough", "table"]
-)
+# Bare web addresses are links (only those with a scheme: see `with_bare_links`).
+_md = with_bare_links(MarkdownIt("commonmark", {"html": False}).enable(["strikethrough", "table"]))
 # Links the model may make: to the web (and e-mail). Any other link shows just its words.
 # Not tg:// links: they act inside the Telegram app on the bot's word, which the bot cannot
 # vouch for, since anyone can make the model write one. tg://user?id=N is a mention of a
@@ -32,7 +29,6 @@ _md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(
 # The address is not shown beside the words either: it means nothing to a reader (a
 # number, a code), and Telegram clients may make a link of it again.
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 _LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]{1,32}")
 _TAGS = re.compile(r"<[^>]*>")
 
@@ -57,7 +53,7 @@ def display_width(text: str) -> int:
     width = 0
     for char in text:
         category = unicodedata.category(char)
-        if category in _MARKS or category == "Cf":
+        if category in MARKS or category == "Cf":
             continue
         width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
     return width
@@ -231,6 +227,11 @@ def _render_inline(children: Sequence[Token]) -> str:
         elif kind == "s_close":
             parts.append("</s>")
         elif kind == "link_open":
+            if child.markup == "linkify":
+                # A bare address: shown as written, and Telegram makes a link of it itself.
+                parts.append(_escape(_label(children, index)))
+                hidden = True
+                continue
             href = str(child.attrGet("href") or "")
             safe = href.lower().startswith(_SAFE_SCHEMES)
             if safe and shows_nothing(_label(children, index)):
@@ -258,7 +259,7 @@ def open_fence(markdown: str) -> str | None:
     opener: str | None = None
     marker = ""
     for line in markdown.split("\n"):
-        m = _FENCE.match(line)
+        m = FENCE.match(line)
         if m is None:
             continue
         fence, info = m.group(1), m.group(2)
@@ -283,218 +284,6 @@ def _prefix_within(text: str, limit: int) -> int:
         else:
             hi = mid - 1
     return lo
-
-
-# -- where a cut may fall -------------------------------------------------------------------
-# A cut never splits a grapheme cluster (what a person sees as one character): these extend
-# the character before them. Approximately Unicode's rules (UAX #29), enough for emoji
-# sequences, flags, keycaps and accented letters written with combining marks.
-_EXTENDERS = re.compile(
-    "[\u200c\u200d\ufe00-\ufe0f\u20e3\U0001f3fb-\U0001f3ff"
-    "\U000e0020-\U000e007f\U000e0100-\U000e01ef]"
-)
-
-
-def _regional_indicator(char: str) -> bool:
-    return "\U0001f1e6" <= char <= "\U0001f1ff"
-
-
-_MARKS = frozenset({"Mn", "Mc", "Me"})  # combining marks: accents, vowel signs, keycaps
-
-
-def _inside_cluster(text: str, at: int) -> bool:
-    """Whether cutting `text` at `at` would split a grapheme cluster."""
-    if at <= 0 or at >= len(text):
-        return False
-    before, after = text[at - 1], text[at]
-    if before == "\u200d" or _EXTENDERS.match(after) or unicodedata.category(after) in _MARKS:
-        return True
-    if before == "\r" and after == "\n":
-        return True
-    if _regional_indicator(before) and _regional_indicator(after):
-        # Flags are pairs of regional indicators: inside one when an odd number precede.
-        run = 0
-        while at - run > 0 and _regional_indicator(text[at - run - 1]):
-            run += 1
-        return run % 2 == 1
-    return False
-
-
-# Inline constructs (emphasis, strikethrough, code, links) must not be cut either: each
-# part is rendered on its own, and half a "**bold**" or "[link](url)" shows its Markdown.
-# A second parser finds where they are in the source: its rules for them are wrapped to
-# note the positions they start and end at (markdown-it's inline tokens carry none).
-_UNFINISHED_LINK = re.compile(r"\[[^\]]*(?:\](?:\([^)]*)?)?")
-_INLINE_MARKUP = re.compile(r"[*_~`\[<]")
-_SPAN_OPENERS = {"strong_open", "em_open", "s_open"}
-_SPAN_CLOSERS = {"strong_close", "em_close", "s_close"}
-
-InlineRule = Callable[[StateInline, bool], bool]
-
-
-def _tracked(name: str, rule: InlineRule) -> InlineRule:
-    def track(state: StateInline, silent: bool) -> bool:
-        if silent:
-            return rule(state, silent)
-        start = state.pos
-        if state.pending:
-            state.pushPending()  # so that what this rule pushes is its own
-        tokens, delimiters = len(state.tokens), len(state.delimiters)
-        matched = rule(state, silent)
-        spans: list[tuple[int, int | None]] = state.env["spans"]
-        if name in ("emphasis", "strikethrough"):
-            if matched:
-                at = start
-                for token in state.tokens[tokens:]:  # one per delimiter ("*", "~~")
-                    token.meta["at"] = at
-                    at += len(token.content)
-                for delimiter in state.delimiters[delimiters:]:
-                    if delimiter.open:
-                        state.tokens[delimiter.token].meta["opens"] = True
-        elif name == "backticks":
-            if matched:  # a run with no closing run is pushed as text: unfinished code
-                spans.append((start, state.pos if len(state.tokens) > tokens else None))
-        elif matched:
-            spans.append((start, state.pos))
-        elif name in ("link", "image"):
-            bracket = start + (name == "image")  # "![alt](...": an image
-            if _UNFINISHED_LINK.fullmatch(state.src, bracket, state.posMax):
-                spans.append((start, None))  # "[text" or "[text](http://exa": arriving
-        return matched
-
-    return track
-
-
-@cache
-def _span_parser() -> MarkdownIt:
-    md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("strikethrough")
-    for name in ("emphasis", "strikethrough", "backticks", "link", "image", "autolink"):
-        rule = next(r.fn for r in md.inline.ruler.__rules__ if r.name == name)
-        md.inline.ruler.at(name, _tracked(name, rule))
-    # Unmatched delimiters keep their own tokens (and positions): no joining of text.
-    md.inline.ruler2.disable("fragments_join")
-    md.core.ruler.disable("text_join")
-    return md
-
-
-def _inline_spans(source: str) -> list[tuple[int, int]]:
-    """(start, end) of the inline constructs in one paragraph's source. One that is not
-    closed (yet: a streamed answer's end) runs to the end of the source."""
-    env: dict[str, list[tuple[int, int | None]]] = {"spans": []}
-    (inline,) = _span_parser().parseInline(source, env)
-    found = [(start, len(source) if end is None else end) for start, end in env["spans"]]
-    opened: list[Token] = []
-    for token in inline.children or []:
-        if token.type in _SPAN_OPENERS:
-            opened.append(token)
-        elif token.type in _SPAN_CLOSERS and opened:
-            start = opened.pop().meta.get("at", 0)
-            found.append((start, token.meta.get("at", len(source)) + len(token.markup)))
-        elif token.type == "text" and token.content and token.meta.get("opens"):
-            found.append((token.meta["at"], len(source)))  # "**" with no closing "**"
-    return found
-
-
-def _paragraphs(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each run of non-blank lines outside code blocks: where inline
-    constructs live (none crosses a blank line or a fence)."""
-    found: list[tuple[int, int]] = []
-    start: int | None = None
-    end = 0
-    marker = ""  # the open code block's fence
-    pos = 0
-    for line in text.split("\n"):
-        m = _FENCE.match(line)
-        boundary = bool(marker) or m is not None or not line.strip()
-        if marker:
-            closing = m.group(1) if m is not None and not m.group(2).strip() else ""
-            if closing[:1] == marker[0] and len(closing) >= len(marker):
-                marker = ""
-        elif m is not None and not (m.group(1)[0] == "`" and "`" in m.group(2)):
-            marker = m.group(1)
-        elif m is not None:
-            boundary = False  # backticks in the "info string": not a fence
-        if boundary:
-            if start is not None:
-                found.append((start, end))
-            start = None
-        else:
-            if start is None:
-                start = pos
-            end = pos + len(line)
-        pos += len(line) + 1
-    if start is not None:
-        found.append((start, end))
-    return found
-
-
-class _Cuts:
-    """Which cut positions of a text keep its inline formatting and its characters whole."""
-
-    def __init__(self, text: str, horizon: int) -> None:
-        self._text = text
-        # Only text up to `horizon`, a little past the last possible cut, is looked at: a
-        # span still open there crosses the cut just as it would if it closed later.
-        self._paragraphs = _paragraphs(text[:horizon])
-        self._starts = [start for start, _ in self._paragraphs]
-        self._spans: dict[int, list[tuple[int, int]]] = {}
-
-    def whole(self, at: int) -> bool:
-        """Cutting at `at` splits no grapheme cluster."""
-        return not _inside_cluster(self._text, at)
-
-    def clean(self, at: int) -> bool:
-        """Cutting at `at` splits neither a grapheme cluster nor an inline construct."""
-        if not self.whole(at):
-            return False
-        index = bisect.bisect_left(self._starts, at) - 1  # the last paragraph before `at`
-        if index < 0 or at >= self._paragraphs[index][1]:
-            return True  # between paragraphs, or in a code block
-        start, end = self._paragraphs[index]
-        if start not in self._spans:
-            source = self._text[start:end]
-            plain = _INLINE_MARKUP.search(source) is None
-            self._spans[start] = [] if plain else _inline_spans(source)
-        offset = at - start
-        return not any(s < offset < e for s, e in self._spans[start])
-
-
-def _cut_point(text: str, limit: int) -> int:
-    """Where to cut `text` so the head fits `limit`: a paragraph, line or word boundary in
-    the head's second half, outside bold, italic, code and links; failing that such a
-    boundary in its second quarter; failing that (a span longer than that) the best boundary
-    in the second half. Never inside a grapheme cluster (unless one fills half the head).
-
-    Cuts stay in the head's second half or quarter so that each part makes progress, even
-    when a code block open at the cut is reopened in the rest.
-    """
-    end = _prefix_within(text, limit)
-    cuts = _Cuts(text, end + 64)
-    separators = ("\n\n", "\n", " ")
-
-    def boundaries(low: int, high: int) -> list[int]:
-        found = []
-        for separator in separators:
-            at = text.rfind(separator, 0, high)
-            while at > low:
-                found.append(at + len(separator))
-                at = text.rfind(separator, 0, at)
-        return found
-
-    late = boundaries(end // 2, end)
-    for at in late:
-        if cuts.clean(at):
-            return at
-    for at in boundaries(end // 4, end // 2 + 1):
-        if cuts.clean(at):
-            return at
-    for at in late:
-        if cuts.whole(at):
-            return at
-    at = end
-    while at > end // 2 and not cuts.whole(at):
-        at -= 1
-    return at if cuts.whole(at) else max(end, 1)
 
 
 _TABLE_DELIMITER = re.compile(r"^ {0,3}\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
@@ -571,7 +360,8 @@ def split_once(markdown: str, limit: int = SEGMENT_UTF16) -> tuple[str, str]:
     """Split off a head that fits `limit` (UTF-16 units); a code block open at the cut is
     closed in the head and reopened in the tail."""
     budget = limit - 4  # room for "\n```" closing an open fence
-    cut = _cut_point(markdown, budget)
+    # Not inside a character, nor (when it can) inside bold, a link or code: `cut_point`.
+    cut = cut_point(markdown, _prefix_within(markdown, budget))
     head, tail = markdown[:cut], markdown[cut:]
     header = _table_header(head, tail)
     if header is not None and utf16_len(header) < cut // 2:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import logging
 import mimetypes
 import os
 import queue
@@ -26,6 +27,7 @@ from typing import Any, TextIO
 
 from core.app import Core
 from core.commands import COMMANDS, HELP_TEXT, parse_command
+from core.db.database import unavailable
 from core.errors import BadInput
 from core.ports import ReplySink
 from core.types import (
@@ -41,6 +43,13 @@ from core.types import (
 )
 
 PLATFORM = "console"
+log = logging.getLogger("relaybot.console")
+# A typed line the database could not store (its file locked by another program past the
+# busy timeout, a PostgreSQL server down): said on one line, and the next lines are read.
+NOT_STORED = (
+    "! The database is busy or unreachable, so your message was not stored. "
+    "Please send it again.\n"
+)
 
 
 # The console's own forms: files are given by path, and there are no groups.
@@ -511,6 +520,33 @@ def _terminal_state(src: TextIO) -> _TerminalState | None:
         return None
 
 
+async def _handle(core: Core, msg: IncomingMessage, sink: ReplySink, out: ConsoleOutput) -> None:
+    """Answer one typed line; a database that cannot store it now does not end the console."""
+    try:
+        job = await core.service.submit(msg, sink)
+    except Exception as err:
+        if not unavailable(err):
+            raise
+        log.warning(
+            "a typed line was not stored: the database is unavailable (%s)", type(err).__name__
+        )
+        out.write(NOT_STORED)
+        out.flush()
+        return
+    if job is None:
+        return
+    try:
+        await asyncio.shield(job)
+    except Exception as err:
+        # Stored, and the person was told what went wrong; only closing its event failed
+        # (the next start takes it on again).
+        if not unavailable(err):
+            raise
+        log.warning(
+            "a message's end was not stored: the database is unavailable (%s)", type(err).__name__
+        )
+
+
 async def run_console(
     core: Core,
     *,
@@ -565,7 +601,7 @@ async def run_console(
                 out.write(f"! {_printable(msg)}\n")
                 out.flush()
                 continue
-            await core.service.handle(msg, sink)
+            await _handle(core, msg, sink, out)
         await core.service.drain()
     finally:
         if terminal is not None:

@@ -382,6 +382,11 @@ class Inbox:
         event), else None."""
         return await self.db.run(_user_turn_id, event_key)
 
+    async def status(self, event_id: int) -> str | None:
+        """The event's status ("received", "answered", "done", ...); None when it is gone
+        (its chat forgotten)."""
+        return await self.db.run(_status, event_id, autocommit=True)
+
     # -- messages sent in parts (IncomingMessage.part_of, continuation_id) -------------------
     async def waiting(self, event_id: int) -> bool:
         """Whether the event still waits for its answer (not taken in by an earlier part)."""
@@ -672,6 +677,12 @@ def _user_turn_id(conn: Connection, event_key: str) -> int | None:
     found = conn.execute(select(Message.id).where(Message.event_key == event_key).limit(1))
     row = found.first()
     return None if row is None else int(row[0])
+
+
+def _status(conn: Connection, event_id: int) -> str | None:
+    found = conn.execute(select(InboundEvent.status).where(InboundEvent.id == event_id))
+    status = found.scalar()
+    return None if status is None else str(status)
 
 
 def _waiting(conn: Connection, event_id: int) -> bool:

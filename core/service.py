@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import aclosing, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from anyascii import anyascii
 
 from core.chat_models import chat_models, not_chat_purpose
 from core.commands import HELP_TEXT, help_text, parse_command
 from core.config import Settings
+from core.db.database import unavailable
 from core.db.store import Appended, ChatSettings, Store
 from core.errors import (
     AuthFailed,
@@ -286,6 +287,25 @@ TRANSCRIPT_NOT_DELIVERED = (
 # split) waits up to PARTS_QUIET_SECONDS for its continuation, each part for the next.
 PARTS_QUIET_SECONDS = 1.0
 PARTS_WAIT_SECONDS = 5.0
+# An answer the person saw is kept in memory while the database cannot store it (down,
+# restarting, its SQLite file locked by another program): storing it and closing its event
+# are tried again after these pauses (doubling), for as long as the process runs (see
+# `ConversationService._until_stored`).
+KEEP_RETRY_FIRST = 0.1
+KEEP_RETRY_MAX = 5.0
+T = TypeVar("T")
+
+
+def _driver_error(err: BaseException) -> str:
+    """The database driver's own error under SQLAlchemy's wrappers, on one short line (the
+    wrappers' text names the statement; the driver's holds no value or message content)."""
+    for _ in range(8):
+        inner = getattr(err, "orig", None) or err.__cause__
+        if inner is None or inner is err:
+            break
+        err = inner
+    said = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {said[0][:160]}" if said else type(err).__name__
 
 
 def _plain_text(msg: IncomingMessage) -> bool:
@@ -412,6 +432,11 @@ class _Job:
     released: bool = False
     # Which time this event is taken on (1: as it arrived; a resumed one counts up).
     attempt: int = 1
+    # The person saw the answer (or transcript): storing it and closing the event are tried
+    # until the database takes them, and a failure then is not told as an error.
+    kept: bool = False
+    # Waiting for the database to store what the person saw (see `_until_stored`).
+    keeping: bool = False
 
 
 # The job the running task works on (each task has its own copy of the context).
@@ -598,6 +623,9 @@ class ConversationService:
         # `_remember_unheard`): the chat's newest stored turn then, the message, and whether
         # it asked for its transcript only.
         self._unheard: dict[str, tuple[int | None, IncomingMessage, bool]] = {}
+        # When the database became unavailable (time.monotonic()), while it is: the operator
+        # is told once per outage, not once per attempt (see `_database_down`).
+        self._outage: float | None = None
 
     # -- entry points ---------------------------------------------------------------------
     async def handle(self, msg: IncomingMessage, sink: ReplySink) -> bool:
@@ -683,7 +711,7 @@ class ConversationService:
                             await self._process(whole, sink)
                 finally:
                     if not job.released:
-                        await self.inbox.release_chat(msg.chat.key)
+                        await self._keeping(job, lambda: self.inbox.release_chat(msg.chat.key))
                         job.released = True
         except asyncio.CancelledError:
             # Shutdown past the grace period: the event stays open for the next process.
@@ -738,7 +766,7 @@ class ConversationService:
             self.metrics.finished(msg.chat.platform, outcome, time.perf_counter() - started)
             # A whole answer closed its event in the transaction that stored it.
             if outcome != "released" and not (outcome == "done" and job.closed):
-                await self.inbox.finish(job.event_id, outcome)
+                await self._keeping(job, lambda: self.inbox.finish(job.event_id, outcome))
             log.info(
                 "handled message",
                 extra={
@@ -913,8 +941,12 @@ class ConversationService:
                 await self.inbox.renew([j.event_id for j in jobs], held)
                 if self.inbox.shared:
                     await self._drop_taken_over()
-            except Exception:
-                log.exception("could not renew leases")
+                self._database_back()
+            except Exception as err:
+                if unavailable(err):
+                    self._database_down(err)  # told once per outage
+                else:
+                    log.exception("could not renew leases")
 
     async def _drop_taken_over(self) -> None:
         """Stop working on events another replica took over while this process stalled."""
@@ -1115,12 +1147,20 @@ class ConversationService:
         still = [task for task in self._jobs if not task.done()]
         if still:
             unfinished = [self._jobs[task].event_id for task in still]
+            kept = sum(1 for task in still if self._jobs[task].keeping)
             for task in still:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
-            await self.inbox.release(unfinished)
+            if kept:
+                log.error(
+                    "stopped while the database was unavailable: %d answer(s) already shown "
+                    "could not be stored; their messages are left open and will be answered "
+                    "again by the next process",
+                    kept,
+                )
+            await self._releasing(self.inbox.release(unfinished))
         if worked or still:
-            await self.inbox.release_all_chats()
+            await self._releasing(self.inbox.release_all_chats())
         if self._notes:
             await asyncio.gather(*self._notes, return_exceptions=True)
         if self._heartbeat is not None:
@@ -1128,6 +1168,19 @@ class ConversationService:
             await asyncio.gather(self._heartbeat, return_exceptions=True)
         await self.store.db.release()
         return len(still)
+
+    async def _releasing(self, release: Awaitable[None]) -> None:
+        """Shutdown: give claims or chat leases back; with the database unavailable they
+        run out by themselves (after RELAYBOT_LEASE_SECONDS) instead."""
+        try:
+            await release
+        except Exception as err:
+            if not unavailable(err):
+                raise
+            log.warning(
+                "could not give back this process's claims (%s): they run out by themselves",
+                _driver_error(err),
+            )
 
     async def _tell(self, sink: ReplySink, text: str, kind: ReplyKind) -> None:
         try:
@@ -1682,18 +1735,43 @@ class ConversationService:
         across replicas, this process's turn in the chat ends with it); else it is marked
         answered. Nothing is stored once another replica took the event over."""
         job = _current.get()
-        window = self.windows.get(msg.chat.key)
         release = job is not None and close and self.inbox.shared
-        appended = await self.store.append_messages(
-            msg.chat.key,
-            [row],
-            answered_event=job.event_id if job else None,
-            usage=usage,
-            close_event=close,
-            expected_revision=window.revision if window else None,
-            release_chat=self.inbox.worker_id if release else None,
-            claim=self._claim(),
-        )
+        if job is not None:
+            job.kept = True  # shown: stored and closed once the database takes them
+        tried = False
+        found: str | None = None
+
+        async def store() -> tuple[ChatWindow | None, Appended] | None:
+            """One try; None when an earlier try was stored after all (its reply lost as
+            the server stopped, the event `found` answered or done): never stored twice."""
+            nonlocal tried, found
+            if tried and job is not None:
+                found = await self.inbox.status(job.event_id)
+                if found in ("answered", "done"):
+                    return None
+            tried = True
+            window = self.windows.get(msg.chat.key)
+            appended = await self.store.append_messages(
+                msg.chat.key,
+                [row],
+                answered_event=job.event_id if job else None,
+                usage=usage,
+                close_event=close,
+                expected_revision=window.revision if window else None,
+                release_chat=self.inbox.worker_id if release else None,
+                claim=self._claim(),
+            )
+            return window, appended
+
+        stored = await self._until_stored(job, store)
+        if stored is None:
+            assert job is not None
+            self.windows.drop(msg.chat.key)  # its new turn's id is not known here
+            if found == "done":
+                job.closed = True
+                job.released = release
+            return
+        window, appended = stored
         if appended.forgotten:
             # /forget took the chat while this answer was made (a thread of a DM forgotten
             # at its top level): nothing was stored, and its event went with the chat.
@@ -1708,6 +1786,69 @@ class ConversationService:
         if job is not None and close:
             job.closed = True
             job.released = release
+
+    async def _keeping(self, job: _Job, work: Callable[[], Awaitable[None]]) -> None:
+        """`work` on the database for `job`: until the database takes it once the person saw
+        the answer (see `_until_stored`), else tried once."""
+        task = asyncio.current_task()
+        if not job.kept:
+            await work()
+        elif task is not None and task.cancelling():
+            # Stopping (shutdown past its grace): one try, no wait; with the database
+            # unavailable the event's claim and the chat's lease run out by themselves.
+            try:
+                await work()
+            except Exception as err:
+                if not unavailable(err):
+                    raise
+        else:
+            await self._until_stored(job, work)
+
+    async def _until_stored(self, job: _Job | None, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work`, database work keeping what the person saw (the answer, the event's
+        end), until the database takes it.
+
+        Failing instead would tell the person "something went wrong" about an answer they
+        have, and leave its event open for a sweep to answer (and bill) a second time. While
+        the database is unavailable (see `core.db.database.unavailable`) the answer waits in
+        memory and `work` is tried again after a pause growing to KEEP_RETRY_MAX, for as long
+        as the process runs; the job stays live meanwhile, so the heartbeat renews its claim
+        and chat lease as soon as the database answers, and the chat's next messages wait
+        their turn. Shutdown cancels the wait (see `shutdown`). Any other error is raised.
+        """
+        pause = KEEP_RETRY_FIRST
+        while True:
+            try:
+                result = await work()
+            except Exception as err:
+                if job is None or not unavailable(err):
+                    raise
+                self._database_down(err)
+                job.keeping = True
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, KEEP_RETRY_MAX)
+                continue
+            if job is not None and job.keeping:
+                job.keeping = False
+                self._database_back()
+            return result
+
+    def _database_down(self, err: BaseException) -> None:
+        """Tell the operator, once per outage, that the database cannot be used now."""
+        if self._outage is not None:
+            return
+        self._outage = time.monotonic()
+        log.warning(
+            "the database is unavailable (%s): messages wait for it; answers already shown "
+            "are kept in memory and stored once it is back",
+            _driver_error(err),
+        )
+
+    def _database_back(self) -> None:
+        if self._outage is None:
+            return
+        log.warning("the database is back after %.1f s", time.monotonic() - self._outage)
+        self._outage = None
 
     def _claim(self) -> tuple[int, str] | None:
         """The running job's event and this worker: stored turns need the claim to hold.

@@ -58,6 +58,14 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 RETRIES_ON_CONFLICT = 3
 SWITCH_INTERVAL = 0.0005  # seconds; see Database.__init__
 GROUP_LIMIT = 64  # units committed together at most (SQLite thread)
+# How long a SQLite statement waits for the file's write lock (another program writing it)
+# before it fails with "database is locked": the one value, set on every connection.
+SQLITE_BUSY_SECONDS = 30.0
+# SQLSTATE classes of a server that cannot serve now (connection exception, insufficient
+# resources, operator intervention: shutting down, starting up), not of a bad statement.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+# What sqlite3 says when the file cannot be written now (another writer, the disk).
+_SQLITE_UNAVAILABLE = ("locked", "busy", "disk i/o error", "unable to open")
 _ASYNCPG = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
 _POSITIONAL: dict[TextClause, tuple[str, tuple[str, ...]]] = {}
 
@@ -149,7 +157,8 @@ def sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) ->
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    # Set here, after connecting: it overrides sqlite3's own `timeout` (the connect one).
+    cursor.execute(f"PRAGMA busy_timeout={round(SQLITE_BUSY_SECONDS * 1000)}")
     cursor.close()
 
 
@@ -453,6 +462,31 @@ def unreachable(url: URL, exc: BaseException) -> DatabaseUnreachable:
     return DatabaseUnreachable(message[:500])
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot do the work now but may later (the server
+    down, restarting or unreachable, a connection lost, the pool exhausted, a SQLite file
+    locked by another program past SQLITE_BUSY_SECONDS), not that the work itself is wrong:
+    the same work may then be tried again."""
+    seen: list[BaseException] = []
+    error: BaseException | None = exc
+    while error is not None and error not in seen:
+        seen.append(error)
+        if isinstance(error, OSError | TimeoutError | PoolTimeout):
+            return True
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return True
+        if isinstance(error, sqlite3.OperationalError):
+            return any(word in str(error).lower() for word in _SQLITE_UNAVAILABLE)
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
+            return True
+        said = str(error).lower()
+        if "connection" in said and "closed" in said:
+            return True  # asyncpg's InterfaceError: the connection was closed under it
+        error = getattr(error, "orig", None) or error.__cause__
+    return False
+
+
 async def answered_within(
     work: Coroutine[Any, Any, T], seconds: float, abandoned: set[asyncio.Task[Any]]
 ) -> tuple[bool, T | None]:
@@ -500,7 +534,7 @@ class Database:
                 engine.url.set(drivername="sqlite"),
                 pool_size=1,
                 max_overflow=0,
-                connect_args={"timeout": 30, "check_same_thread": False},
+                connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False},
                 hide_parameters=True,
             )
             event.listen(sync, "connect", sqlite_pragmas)
@@ -617,4 +651,4 @@ class Database:
         await asyncio.to_thread(thread.stop)
 
 
-__all__ = ["Connection", "Database", "sqlite_pragmas"]
+__all__ = ["SQLITE_BUSY_SECONDS", "Connection", "Database", "sqlite_pragmas", "unavailable"]

@@ -47,7 +47,7 @@ def locks_briefly(settings: Settings) -> Settings:
 
 
 def _short_busy_timeout(conn: Connection) -> None:
-    conn.exec_driver_sql("PRAGMA busy_timeout=200")  # relaybot waits 10 s for the lock
+    conn.exec_driver_sql("PRAGMA busy_timeout=200")  # relaybot waits 30 s for the lock
 
 
 def _nothing(conn: Connection) -> None:

@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,17 +109,25 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
         yield server
 
 
-@pytest.fixture
-def settings(database_url: str, fake_openai: FakeOpenAI, tmp_path: Path) -> Settings:
-    """Settings pointing the core at the fake server and the test database."""
+def settings_for(
+    database_url: str, fake_openai: FakeOpenAI, tmp_path: Path, **overrides: Any
+) -> Settings:
+    """Settings pointing the core at the fake server and `database_url` (and `overrides`)."""
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         openai_api_key="sk-test-not-a-real-key",
         openai_base_url=fake_openai.base_url,
         database_url=database_url,
         image_dir=str(tmp_path / "images"),
         max_retries=1,
+        **overrides,
     )
+
+
+@pytest.fixture
+def settings(database_url: str, fake_openai: FakeOpenAI, tmp_path: Path) -> Settings:
+    """Settings pointing the core at the fake server and the test database."""
+    return settings_for(database_url, fake_openai, tmp_path)
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from core.ports import ReplySink
 from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
 from core.types import ChatRef, IncomingMessage, Sender
+from tests.conftest import settings_for
 from tests.processes import free_port
 
 ANSWER = "the one answer to the question"
@@ -167,15 +168,8 @@ def sqlite_settings(
 ) -> Settings:
     # relaybot waits SQLITE_BUSY_SECONDS (30 s) for the lock: shorter here, as for a longer lock.
     monkeypatch.setattr(core.db.database, "SQLITE_BUSY_SECONDS", 0.3, raising=False)
-    return Settings(
-        _env_file=None,
-        openai_api_key="sk-test-not-a-real-key",
-        openai_base_url=fake_openai.base_url,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'relaybot.db'}",
-        image_dir=str(tmp_path / "images"),
-        max_retries=1,
-        lease_seconds=2,
-    )
+    url = f"sqlite+aiosqlite:///{tmp_path / 'relaybot.db'}"
+    return settings_for(url, fake_openai, tmp_path, lease_seconds=2)
 
 
 async def test_an_answer_made_while_the_sqlite_file_is_locked_is_stored_once_it_is_free(
@@ -338,15 +332,7 @@ def private_postgres() -> Iterator[PrivateServer]:
 async def postgres_settings(
     private_postgres: PrivateServer, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> AsyncIterator[Settings]:
-    yield Settings(
-        _env_file=None,
-        openai_api_key="sk-test-not-a-real-key",
-        openai_base_url=fake_openai.base_url,
-        database_url=private_postgres.url,
-        image_dir=str(tmp_path / "images"),
-        max_retries=1,
-        lease_seconds=2,
-    )
+    yield settings_for(private_postgres.url, fake_openai, tmp_path, lease_seconds=2)
 
 
 async def test_an_answer_made_while_postgres_restarts_is_stored_once_it_is_back(

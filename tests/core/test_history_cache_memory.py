@@ -26,21 +26,15 @@ from core.testing.fake_openai import FakeOpenAI
 from core.testing.sink import RecordingSink
 from core.tokens import counter_for
 from core.types import ChatRef, IncomingMessage, Sender
+from tests.conftest import settings_for
 
 _ids = itertools.count(1)
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven")
 
 
-def settings_for(fake: FakeOpenAI, tmp_path: Path, cache_bytes: int) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        openai_api_key="sk-test-not-a-real-key",
-        openai_base_url=fake.base_url,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'relaybot.db'}",
-        image_dir=str(tmp_path / "images"),
-        max_retries=1,
-        history_cache_mb=cache_bytes / 2**20,
-    )
+def cache_settings(fake: FakeOpenAI, tmp_path: Path, cache_bytes: int) -> Settings:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'relaybot.db'}"
+    return settings_for(url, fake, tmp_path, history_cache_mb=cache_bytes / 2**20)
 
 
 async def say(core: Core, chat: str, text: str) -> None:
@@ -96,7 +90,7 @@ async def test_many_short_chats_hold_what_the_cache_allows(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     cache_bytes = 64 * 1024
-    async with open_core(settings_for(fake_openai, tmp_path, cache_bytes)) as core:
+    async with open_core(cache_settings(fake_openai, tmp_path, cache_bytes)) as core:
         await say(core, "warm-up", "hi")  # first-use allocations, outside the measure
         tracemalloc.start()
         try:
@@ -114,7 +108,7 @@ async def test_a_few_long_chats_hold_what_the_cache_allows(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     cache_bytes = 4 * 2**20
-    async with open_core(settings_for(fake_openai, tmp_path, cache_bytes)) as core:
+    async with open_core(cache_settings(fake_openai, tmp_path, cache_bytes)) as core:
         chats = [f"long{i}" for i in range(8)]
         for chat in chats:
             await prefill(core, chat, 3000)

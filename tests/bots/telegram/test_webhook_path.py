@@ -50,9 +50,8 @@ async def test_updates_posted_to_the_webhook_urls_own_path_are_answered(
         running = asyncio.create_task(run_platforms(core, stop))
         try:
             await telegram.wait_until(lambda: telegram.webhook is not None, within=20)
-            async with httpx.AsyncClient() as client:
-                ready = await client.get(f"{local}/readyz")
-            assert ready.status_code == 200
+            # Ready once the adapter's start has returned, a moment after setWebhook.
+            assert await became_ready(f"{local}/readyz", within=10)
             await telegram.push_update(telegram.text_update(PRIVATE_CHAT, "hello?"))
             await telegram.wait_until(lambda: len(telegram.texts(PRIVATE_CHAT)) == 1)
             # An ingress that rewrites the path to the documented one reaches it too.
@@ -69,6 +68,18 @@ async def test_updates_posted_to_the_webhook_urls_own_path_are_answered(
     assert telegram.texts(PRIVATE_CHAT) == ["echo: hello?", "echo: and here?"]
     said = [r.getMessage() for r in caplog.records]
     assert "Telegram webhook served on /bots/relay and /telegram/webhook" in said
+
+
+async def became_ready(url: str, within: float) -> bool:
+    """Whether `url` answered 200 within `within` seconds (asked every 50 ms)."""
+    async with httpx.AsyncClient() as client:
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            if (await client.get(url)).status_code == 200:
+                return True
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
 
 
 def test_a_webhook_url_on_a_path_relaybot_uses_for_something_else_stops_the_start(

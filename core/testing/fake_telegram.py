@@ -1224,7 +1224,7 @@ class FakeTelegram(FakeServer):
         if not self.pending and wait > 0 and self._changed is not None:
             try:
                 async with asyncio.timeout(wait), self._changed:
-                    await self._changed.wait_for(lambda: bool(self.pending))
+                    await self._changed.wait_for(lambda: bool(self.pending) or self.closing)
             except TimeoutError:
                 pass
         return self.pending[:limit]

@@ -93,6 +93,9 @@ class FakeServer:
         # Set whenever a request is recorded, so tests wait on events instead of sleeping.
         self._changed: asyncio.Condition | None = None
         self._changed_sync = threading.Condition()
+        # Set when the server stops: a request held open (a long poll) returns at once, so
+        # stopping does not wait for it (aiohttp's cleanup waits for running handlers).
+        self.closing = False
 
     # -- to override -------------------------------------------------------------------
     def routes(self, app: web.Application) -> None:
@@ -114,6 +117,7 @@ class FakeServer:
 
     async def start(self) -> None:
         """Start listening on a free port of 127.0.0.1."""
+        self.closing = False
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._record])
         self.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
@@ -129,6 +133,10 @@ class FakeServer:
     async def stop(self) -> None:
         """Stop the server."""
         if self._runner is not None:
+            self.closing = True
+            if self._changed is not None:
+                async with self._changed:
+                    self._changed.notify_all()
             await self._runner.cleanup()
             self._runner = None
 

@@ -574,9 +574,13 @@ async def _through(
 ) -> Result:
     """`check` with a client of its own that goes through `proxy`, or directly over
     aiohttp's pool (as python-telegram-bot's requests do: see TelegramAdapter.setup)."""
-    from core.openai_client import pooled_transport
+    from core.openai_client import pooled_transport, tls_context
 
-    transport = httpx.AsyncHTTPTransport(proxy=proxy) if proxy else pooled_transport(1)
+    transport = (
+        httpx.AsyncHTTPTransport(proxy=proxy, verify=tls_context())
+        if proxy
+        else pooled_transport(1)
+    )
     async with httpx.AsyncClient(transport=transport) as http:
         return await check(settings, http)
 

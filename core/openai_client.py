@@ -15,10 +15,12 @@ import codecs
 import contextlib
 import dataclasses
 import email.utils
+import functools
 import json
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -230,7 +232,9 @@ def build_http_client(settings: Settings) -> HTTPClient:
     )
     transport: httpx.AsyncBaseTransport
     if settings.http_proxy:
-        transport = httpx.AsyncHTTPTransport(proxy=settings.http_proxy, limits=limits)
+        transport = httpx.AsyncHTTPTransport(
+            proxy=settings.http_proxy, limits=limits, verify=tls_context()
+        )
     else:
         transport = pooled_transport(settings.max_connections)
     return HTTPClient(timeout=timeout, transport=transport)
@@ -266,7 +270,8 @@ class _PooledTransport(AiohttpTransport):
     event loop) and made again if the transport is used after it was closed."""
 
     def __init__(self, session: Callable[[], aiohttp.ClientSession]) -> None:
-        super().__init__(client=session)
+        # Its own context goes unused (the session's connector has one) but cost ~20 ms.
+        super().__init__(client=session, verify=tls_context())
         self._session = session
 
     async def aclose(self) -> None:
@@ -274,11 +279,21 @@ class _PooledTransport(AiohttpTransport):
         self.client = self._session
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The one TLS context of the process's HTTP clients (the model's, the Bot API's).
+
+    Making one reads and parses the whole CA bundle (~20 ms of CPU); each client made its
+    own, three for a Telegram bot. A context is safe to share between clients and event
+    loops (httpx's documentation suggests reusing one): nothing changes it once made."""
+    return httpx.create_ssl_context()
+
+
 def pooled_transport(max_connections: int) -> httpx.AsyncBaseTransport:
     """An httpx transport over aiohttp's connection pool and C HTTP parser (see
     `build_http_client`), up to `max_connections` connections, each kept alive between
     requests for KEEPALIVE_SECONDS. Also what python-telegram-bot's requests go through."""
-    tls = httpx.create_ssl_context()
+    tls = tls_context()
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(

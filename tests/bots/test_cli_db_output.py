@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from core.db import migrate
 from tests.processes import run_relaybot
+
+# Each test migrates a database from nothing itself.
+pytestmark = pytest.mark.empty_database
 
 
 async def test_db_commands_print_only_relaybots_lines(database_url: str, tmp_path: Path) -> None:

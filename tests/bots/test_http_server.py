@@ -85,6 +85,7 @@ async def test_readyz_is_ready_on_a_migrated_database(http: httpx.AsyncClient) -
     assert response.json() == {"status": "ready"}
 
 
+@pytest.mark.empty_database
 async def test_readyz_says_why_an_unmigrated_database_is_not_ready(settings: Settings) -> None:
     async with open_core(settings, migrate_db=False) as core:
         async for http in serve(core):

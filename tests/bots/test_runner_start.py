@@ -135,6 +135,7 @@ def no_migrate_env(endpoint: FakeOpenAI, slack: FakeSlack, database_url: str) ->
 NOT_MIGRATED = "relaybot: the database has no relaybot tables yet; run `relaybot db upgrade`"
 
 
+@pytest.mark.empty_database
 async def test_no_migrate_on_a_database_never_migrated_is_one_line_saying_what_to_run(
     endpoint: FakeOpenAI, fake_slack: FakeSlack, tmp_path: Path, database_url: str
 ) -> None:
@@ -161,6 +162,7 @@ def test_no_migrate_on_a_database_never_migrated_shows_no_sql_error(
     assert result.stderr == NOT_MIGRATED + "\n"
 
 
+@pytest.mark.empty_database
 async def test_the_runner_itself_refuses_a_database_never_migrated(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -204,6 +204,7 @@ def _spent_line(answer: str, head: str) -> str:
     return line.split(": ", 1)[1].split(" of ", 1)[0]
 
 
+@pytest.mark.empty_database
 async def test_an_upgrade_counts_what_was_spent_before_it(
     settings: Settings, fake_openai: FakeOpenAI
 ) -> None:

@@ -10,6 +10,9 @@ from sqlalchemy import inspect
 from core.db import migrate
 from core.db.store import create_engine
 
+# Each test migrates a database from nothing itself.
+pytestmark = pytest.mark.empty_database
+
 
 async def _tables(engine) -> set[str]:  # type: ignore[no-untyped-def]
     async with engine.connect() as conn:

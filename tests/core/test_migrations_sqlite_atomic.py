@@ -11,11 +11,15 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect, text
 
 from core.db import migrate
 from core.db.store import create_engine
 from tests.processes import RELAYBOT, clean_env, run_relaybot
+
+# Each test migrates a database from nothing itself.
+pytestmark = pytest.mark.empty_database
 
 # The name of an index migration 0008 creates: an object of that name already there makes
 # the first upgrade fail part-way (after 0001-0007 ran).

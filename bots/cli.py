@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.access import Access
-from core.app import Core, open_core
 from core.config import Settings, sqlite_file
 from core.db import migrate
 from core.db.database import check_reachable
@@ -35,10 +34,15 @@ from core.errors import (
 from core.feature_models import missing_feature_models
 from core.image_models import image_settings_problem
 from core.logs import RedactingFilter, settings_secrets
-from core.openai_client import EndpointRedirects, ModelsUnreadable
 from core.pricing import PriceTable
 from core.privacy import maintenance_loop, run_maintenance
 from core.types import PLATFORMS
+
+if TYPE_CHECKING:
+    # The model client, the conversation service and the HTTP stack under them are
+    # imported by the commands that run them: `relaybot db ...`, `usage` and `export` (a
+    # migration job, a script) start ~0.2 s sooner without them.
+    from core.app import Core
 
 OFFICIAL_API = "api.openai.com"
 TELEGRAM_TOKEN_REJECTED = "Telegram rejected TELEGRAM_BOT_TOKEN; check it with @BotFather"
@@ -121,6 +125,8 @@ async def require_schema(core: Core) -> None:
 async def started_core(settings: Settings, args: argparse.Namespace) -> AsyncIterator[Core]:
     """The core for `run` and `console`: migrated as told, its schema checked when not."""
     # --no-migrate says no; without it RELAYBOT_AUTO_MIGRATE decides (open_core's None).
+    from core.app import open_core
+
     migrate_db = False if args.no_migrate else None
     will_migrate = settings.auto_migrate if migrate_db is None else migrate_db
     if not will_migrate and missing_database_file(settings) is not None:
@@ -134,6 +140,8 @@ async def started_core(settings: Settings, args: argparse.Namespace) -> AsyncIte
 async def probe_endpoint(core: Core) -> None:
     """List models once so a wrong URL or key is reported at start, not on the first message;
     with moderation on, moderate once too (a server without it would fail every message)."""
+    from core.openai_client import EndpointRedirects, ModelsUnreadable
+
     url = core.settings.openai_base_url
     unlisted: RelaybotError | None = None
     models: list[str] = []
@@ -176,6 +184,8 @@ async def probe_endpoint(core: Core) -> None:
 async def _probe_moderation(core: Core, *, missing_models: bool) -> None:
     """Moderate once, when moderation is on: a server without it (Ollama's) would fail
     every message."""
+    from core.openai_client import EndpointRedirects
+
     url = core.settings.openai_base_url
     try:  # one free request; a passing failure is the first message's to meet
         await core.service.moderator.probe()

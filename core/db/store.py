@@ -95,7 +95,7 @@ def create_engine(
         "hide_parameters": True,
     }
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 30}
+        kwargs["connect_args"] = {"timeout": database.SQLITE_BUSY_SECONDS}
         # SQLite takes one writer at a time: several connections of one process only make
         # them fight over the file lock ("database is locked" under load). One connection
         # queues them in the pool instead, in order; WAL keeps reads cheap.

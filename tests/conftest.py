@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +122,7 @@ async def migrated_postgres(url: str) -> None:
                 )
                 await conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
             return
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
+        await reset_postgres(url)
         await migrate.upgrade(engine)
         if not _migrated_fingerprint:
             async with engine.connect() as conn:
@@ -147,18 +145,23 @@ async def _admin(url: str, statement: str) -> None:
         await engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A database of our own on the test server, so parallel test runs never collide."""
+def in_own_loop(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` to its end in a thread and event loop of its own: a session fixture may
+    be first requested from inside a test's running loop."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, work).result()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of our own on the test server, so parallel test runs never collide."""
     from sqlalchemy.engine import make_url
 
     def admin(statement: str) -> None:
-        # Its own thread and loop: this may be first requested from inside a running loop.
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, _admin(POSTGRES_URL or "", statement)).result()
+        in_own_loop(_admin(POSTGRES_URL or "", statement))
 
     assert POSTGRES_URL
     name = f"relaybot_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -172,9 +175,6 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file the migrations took to head, for tests to start from a copy of."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
     from core.db import migrate
     from core.db.store import create_engine
 
@@ -187,9 +187,7 @@ def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         finally:
             await engine.dispose()
 
-    # Its own thread and loop: this may be first requested from inside a running loop.
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, build()).result()
+    in_own_loop(build())
     return path
 
 
